@@ -1,0 +1,62 @@
+"""Reading request bodies: size limit, media type and strict JSON.
+
+Invariants: a body over the limit is refused before it is buffered whole (413); only JSON media
+types are accepted (415), with curl's default form type tolerated so ``curl -d @job.json`` works;
+JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded", "text/plain"})
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise BadRequest(f"the JSON object has the key {key!r} twice")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not valid JSON")
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(
+            f"the body has {request.content_length} bytes; the limit is {max_bytes}"
+        )
+    media = request.content_type
+    if request.body_exists and media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"send JSON (application/json), not {media}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("the request needs a JSON body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except RecursionError as exc:
+        raise BadRequest("the JSON body is nested too deeply") from exc

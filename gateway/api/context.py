@@ -1,0 +1,20 @@
+"""Application state, behind typed ``web.AppKey``s."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.domain.jobspec import SpecLimits
+from gateway.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SPEC_LIMITS = web.AppKey("spec_limits", SpecLimits)
+
+ANONYMOUS = "anonymous"
+
+
+def actor(request: web.Request) -> str:
+    """Who is making the request. Until authentication lands every caller is anonymous."""
+    return ANONYMOUS

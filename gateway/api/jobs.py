@@ -1,0 +1,112 @@
+"""Job routes: submit, read, list, cancel, events."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api import schema
+from gateway.api.body import read_json
+from gateway.api.context import ENGINE, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.views import event_view, job_view
+from gateway.db import jobs as job_rows
+from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
+from gateway.domain.states import JobState
+from gateway.errors import BadRequest, ValidationFailed
+
+routes = web.RouteTableDef()
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+@routes.post("/v1/jobs")
+async def submit_job(request: web.Request) -> web.Response:
+    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+        raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
+    problems = schema.check("JobSpec", body)
+    meaning = check_job_spec(body, request.app[SPEC_LIMITS])
+    if isinstance(meaning, list):
+        # Report schema and meaning problems together, each field once.
+        known = {p.pointer for p in problems}
+        problems += [p for p in meaning if p.pointer not in known]
+    if problems or isinstance(meaning, list):
+        raise ValidationFailed(problems or (meaning if isinstance(meaning, list) else []))
+    submitted = await job_rows.submit(
+        request.app[ENGINE],
+        meaning,
+        body_hash=job_rows.request_hash(body),
+        idempotency_key=key,
+        actor=actor(request),
+    )
+    view = job_view(submitted.job)
+    return web.json_response(
+        view,
+        status=201 if submitted.created else 200,
+        headers={"Location": f"/v1/jobs/{view['id']}"},
+    )
+
+
+@routes.get("/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    query = request.query
+    unknown = sorted(set(query) - {"state", "tenant", "label", "limit", "cursor"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    state = None
+    if "state" in query:
+        try:
+            state = JobState(query["state"])
+        except ValueError as exc:
+            raise BadRequest(
+                f"state must be one of {', '.join(s.value for s in JobState)}"
+            ) from exc
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE))
+    except ValueError as exc:
+        raise BadRequest("limit must be an integer") from exc
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    after = job_rows.decode_cursor(query["cursor"]) if "cursor" in query else None
+    page = await job_rows.list_jobs(
+        request.app[ENGINE],
+        state=state,
+        tenant=query.get("tenant"),
+        labels=parse_selector(query.get("label", "")),
+        limit=limit,
+        after=after,
+    )
+    return web.json_response(
+        {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+def parse_selector(selector: str) -> dict[str, str]:
+    """``team=ranking,tier=gold`` -> a dict; only equality terms are supported."""
+    labels: dict[str, str] = {}
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        key, sep, value = term.partition("=")
+        key, value = key.strip(), value.strip().removeprefix("=")
+        if not sep or not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
+            raise BadRequest(f"label selector term {term!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+@routes.get("/v1/jobs/{id}")
+async def get_job(request: web.Request) -> web.Response:
+    row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
+    return web.json_response(job_view(row))
+
+
+@routes.post("/v1/jobs/{id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    row = await job_rows.cancel(request.app[ENGINE], request.match_info["id"], actor=actor(request))
+    return web.json_response(job_view(row))
+
+
+@routes.get("/v1/jobs/{id}/events")
+async def job_events(request: web.Request) -> web.Response:
+    rows = await job_rows.events(request.app[ENGINE], request.match_info["id"])
+    return web.json_response({"items": [event_view(row) for row in rows]})

@@ -1,0 +1,117 @@
+"""Errors as RFC 9457 ``application/problem+json`` responses: one middleware for the whole app.
+
+Invariants: a ``ClientError`` becomes its own 4xx; aiohttp's HTTP exceptions (unknown route, wrong
+method, body too large) become problems too; anything else is logged with its traceback and answers
+a bare 500 that reveals nothing. Client input must never reach that last branch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import (
+    ClientError,
+    DatabaseUnavailable,
+    TooManyRequests,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE_BASE = "https://muster.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
+    extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, ValidationFailed):
+        extra["errors"] = [{"pointer": p.pointer, "detail": p.detail} for p in exc.problems]
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+    return problem_response(
+        exc.status,
+        exc.title,
+        exc.detail,
+        slug=exc.slug,
+        instance=instance,
+        extra=extra,
+        headers=headers,
+    )
+
+
+_HTTP_SLUGS = {
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+}
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ClientError as exc:
+        return from_client_error(exc, request.path)
+    except DatabaseUnavailable as exc:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            503,
+            "Service unavailable",
+            "the database does not answer",
+            slug="unavailable",
+            instance=request.path,
+            headers={"Retry-After": "5"},
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug, title = _HTTP_SLUGS.get(exc.status, ("http-error", exc.reason))
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else title
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem_response(
+            exc.status, title, detail, slug=slug, instance=request.path, headers=headers
+        )
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return problem_response(
+            500,
+            "Internal server error",
+            "the server failed; the error has been logged",
+            slug="internal",
+            instance=request.path,
+        )

@@ -1,0 +1,99 @@
+"""The OpenAPI document, and request bodies checked against its schemas.
+
+Invariant: the document in ``openapi/openapi.yaml`` is the contract. Request bodies are validated
+with its own component schemas (JSON Schema 2020-12), so the API cannot accept what the contract
+refuses. Every violation becomes a ``FieldProblem`` with a JSON pointer to the offending field.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from gateway.domain.problems import FieldProblem, pointer
+
+
+@functools.cache
+def openapi_document() -> Mapping[str, Any]:
+    text = resources.files("gateway.openapi").joinpath("openapi.yaml").read_text("utf-8")
+    document: Mapping[str, Any] = yaml.safe_load(text)
+    return document
+
+
+@functools.cache
+def validator(component: str) -> Draft202012Validator:
+    """A validator for ``#/components/schemas/<component>`` that resolves the document's refs."""
+    document = openapi_document()
+    schema = {"$ref": f"#/components/schemas/{component}", "components": document["components"]}
+    return Draft202012Validator(schema)
+
+
+def check(component: str, body: object) -> list[FieldProblem]:
+    """Every schema violation in ``body``, innermost first, one problem per field."""
+    problems: list[FieldProblem] = []
+    seen: set[tuple[str, str]] = set()
+    for error in sorted(validator(component).iter_errors(body), key=lambda e: list(e.path)):
+        for problem in _describe(error):
+            key = (problem.pointer, problem.detail)
+            if key not in seen:
+                seen.add(key)
+                problems.append(problem)
+    return problems
+
+
+def _describe(error: ValidationError) -> list[FieldProblem]:
+    # A oneOf/anyOf failure says little; its closest sub-errors say what is wrong.
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        best = [e for e in error.context if e.validator != "type"] or list(error.context)
+        deepest = max(len(e.path) for e in best)
+        return [p for e in best if len(e.path) == deepest for p in _describe(e)][:1] or [
+            FieldProblem(pointer=pointer(*error.path), detail=_message(error))
+        ]
+    base = [*error.path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extras = sorted(k for k in error.instance if k not in allowed)
+        return [FieldProblem(pointer=pointer(*base, key), detail="unknown field") for key in extras]
+    if error.validator == "required" and isinstance(error.validator_value, list):
+        missing = [
+            k
+            for k in error.validator_value
+            if isinstance(error.instance, dict) and k not in error.instance
+        ]
+        return [FieldProblem(pointer=pointer(*base, key), detail="is required") for key in missing]
+    return [FieldProblem(pointer=pointer(*base), detail=_message(error))]
+
+
+def _message(error: ValidationError) -> str:
+    kind = error.validator
+    value = error.validator_value
+    if kind == "type":
+        expected = value if isinstance(value, str) else " or ".join(value)
+        return f"must be of type {expected}"
+    if kind == "enum":
+        return "must be one of " + ", ".join(str(v) for v in value)
+    if kind == "minimum":
+        return f"must be at least {value}"
+    if kind == "maximum":
+        return f"must be at most {value}"
+    if kind == "exclusiveMinimum":
+        return f"must be more than {value}"
+    if kind == "maxLength":
+        return f"must be at most {value} characters long"
+    if kind == "minLength":
+        return f"must be at least {value} characters long" if value > 1 else "must not be empty"
+    if kind == "maxItems":
+        return f"must have at most {value} items"
+    if kind == "maxProperties":
+        return f"must have at most {value} entries"
+    if kind == "minProperties":
+        return f"must have at least {value} entries"
+    if kind == "pattern":
+        return f"must match {value}"
+    return str(error.message)

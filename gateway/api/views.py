@@ -1,0 +1,67 @@
+"""Rows -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from gateway.domain.resources import format_cpu, format_gpu, format_memory
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "tenant": row["tenant"],
+        "framework": row["framework"],
+        "state": row["state"],
+        "reason": row["reason"],
+        "message": row["message"],
+        "priority": row["priority"],
+        "attempt": row["attempt"],
+        "labels": row["labels"],
+        "spec": row["spec"],
+        "submitted_by": row["submitted_by"],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+        "admitted_at": timestamp(row["admitted_at"]),
+        "started_at": timestamp(row["started_at"]),
+        "finished_at": timestamp(row["finished_at"]),
+    }
+
+
+def event_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "job_id": str(row["job_id"]),
+        "type": row["type"],
+        "from_state": row["from_state"],
+        "to_state": row["to_state"],
+        "reason": row["reason"],
+        "message": row["message"],
+        "actor": row["actor"],
+        "data": row["data"],
+        "created_at": timestamp(row["created_at"]),
+    }
+
+
+def tenant_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "namespace": row["namespace"],
+        "quota": {
+            "cpu": format_cpu(row["quota_cpu_millis"]),
+            "memory": format_memory(row["quota_memory_bytes"]),
+            "gpu": format_gpu(row["quota_gpu_shares"]),
+            "max_running_jobs": row["max_running_jobs"],
+            "max_queued_jobs": row["max_queued_jobs"],
+        },
+        "weight": row["weight"],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+    }

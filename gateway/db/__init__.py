@@ -1,0 +1,4 @@
+"""PostgreSQL: the source of truth for tenants, quotas, jobs, placements, events and the outbox.
+
+Mapping between rows and domain values lives here and nowhere else.
+"""

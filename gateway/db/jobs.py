@@ -1,0 +1,297 @@
+"""Job rows: submit, read, list, cancel, and the job's event history.
+
+Every state change writes its job_events row in the same statement or transaction, so the history
+and the state never disagree. A submit is one SQL statement (job, event and NOTIFY together), which
+keeps the time a tenant's row is locked by the queued-job counter as short as it can be.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import RowMapping, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.domain.jobspec import JobSpec, to_document
+from gateway.domain.problems import FieldProblem
+from gateway.domain.states import EventType, JobState
+from gateway.errors import BadRequest, Conflict, NotFound, TooManyRequests, ValidationFailed
+
+NOTIFY_CHANNEL = "muster_jobs"
+QUEUED_CAP_SQLSTATE = "MU429"
+QUEUED_CAP_RETRY_AFTER = 30
+
+JOB_COLUMNS = (
+    "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "
+    "submitted_by, created_at, updated_at, queued_at, not_before, admitted_at, started_at, "
+    "finished_at"
+)
+
+_SUBMIT = text(
+    f"""
+    WITH job AS (
+        INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
+                          idempotency_key, request_hash, submitted_by)
+        VALUES (:id, :tenant, :name, :framework, 'queued', :priority, :spec, :labels,
+                :idempotency_key, :request_hash, :actor)
+        ON CONFLICT (tenant, idempotency_key) DO NOTHING
+        RETURNING {JOB_COLUMNS}
+    ), event AS (
+        INSERT INTO job_events (job_id, tenant, type, to_state, actor)
+        SELECT id, tenant, 'submitted', 'queued', :actor FROM job
+    )
+    SELECT job.*, pg_notify('{NOTIFY_CHANNEL}', job.id::text) AS notified FROM job
+    """
+).bindparams(bindparam("spec", type_=JSONB), bindparam("labels", type_=JSONB))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Submitted:
+    job: RowMapping
+    created: bool
+
+
+def request_hash(body: Mapping[str, Any]) -> str:
+    import hashlib
+
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def submit(
+    engine: AsyncEngine,
+    spec: JobSpec,
+    *,
+    body_hash: str,
+    idempotency_key: str | None,
+    actor: str | None,
+) -> Submitted:
+    """Insert a queued job with its 'submitted' event, or return the job an earlier retry made."""
+    params = {
+        "id": uuid.uuid4(),
+        "tenant": spec.tenant,
+        "name": spec.name,
+        "framework": spec.framework.value,
+        "priority": spec.priority,
+        "spec": to_document(spec),
+        "labels": dict(spec.labels),
+        "idempotency_key": idempotency_key,
+        "request_hash": body_hash if idempotency_key else None,
+        "actor": actor,
+    }
+    try:
+        async with engine.begin() as conn:
+            await _require_tenant(conn, spec.tenant)
+            row = (await conn.execute(_SUBMIT, params)).mappings().first()
+            if row is not None:
+                return Submitted(job=row, created=True)
+            earlier = (
+                (
+                    await conn.execute(
+                        text(
+                            f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
+                            "WHERE tenant = :tenant AND idempotency_key = :key"
+                        ),
+                        {"tenant": spec.tenant, "key": idempotency_key},
+                    )
+                )
+                .mappings()
+                .one()
+            )
+    except IntegrityError as exc:
+        if "uq_jobs_live_name" in str(exc.orig):
+            raise Conflict(
+                f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
+                "pick another name or wait until it ends"
+            ) from exc
+        raise
+    except DBAPIError as exc:
+        if _sqlstate(exc) == QUEUED_CAP_SQLSTATE:
+            raise TooManyRequests(
+                f"tenant {spec.tenant!r} has reached its limit of queued jobs",
+                retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
+            ) from exc
+        raise
+    if earlier["request_hash"] != body_hash:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return Submitted(job=earlier, created=False)
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+    return str(code) if code else None
+
+
+async def _require_tenant(conn: AsyncConnection, tenant: str) -> None:
+    found = await conn.scalar(text("SELECT 1 FROM tenants WHERE name = :t"), {"t": tenant})
+    if not found:
+        raise ValidationFailed(
+            [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
+        )
+
+
+def _parse_id(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError as exc:
+        raise NotFound(f"job {job_id!r} does not exist") from exc
+
+
+async def get(engine: AsyncEngine, job_id: str) -> RowMapping:
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"),
+                    {"id": _parse_id(job_id)},
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return row
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Page:
+    items: Sequence[RowMapping]
+    next_cursor: str | None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"cursor {cursor!r} is not one this server gave out") from exc
+
+
+async def list_jobs(
+    engine: AsyncEngine,
+    *,
+    state: JobState | None,
+    tenant: str | None,
+    labels: Mapping[str, str],
+    limit: int,
+    after: int | None,
+) -> Page:
+    """One page in submit order (``seq``), which never changes, so cursors stay valid."""
+    clauses = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit + 1}
+    if state is not None:
+        clauses.append("state = :state")
+        params["state"] = state.value
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if labels:
+        clauses.append("labels @> :labels")
+        params["labels"] = dict(labels)
+    if after is not None:
+        clauses.append("seq > :after")
+        params["after"] = after
+    query = text(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT :limit"
+    )
+    if labels:
+        query = query.bindparams(bindparam("labels", type_=JSONB))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query, params)).mappings().all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=rows, next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+
+
+async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowMapping:
+    """Cancel a live job; cancelling a cancelled job is a no-op; a finished job is a conflict."""
+    ident = _parse_id(job_id)
+    async with engine.begin() as conn:
+        row = (
+            (
+                await conn.execute(
+                    text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id FOR UPDATE"), {"id": ident}
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist")
+        state = JobState(row["state"])
+        if state is JobState.CANCELLED:
+            return row
+        if state.terminal:
+            raise Conflict(f"job {job_id} already {state.value}; it cannot be cancelled")
+        updated = (
+            (
+                await conn.execute(
+                    text(
+                        f"""
+                    UPDATE jobs SET state = 'cancelled', reason = 'Cancelled',
+                        message = :message, finished_at = now(), updated_at = now()
+                    WHERE id = :id RETURNING {JOB_COLUMNS}
+                    """
+                    ),
+                    {"id": ident, "message": f"cancelled by {actor or 'a client'}"},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        await conn.execute(
+            text(
+                """
+                INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, actor)
+                VALUES (:id, :tenant, :type, :from_state, 'cancelled', 'Cancelled', :actor)
+                """
+            ),
+            {
+                "id": ident,
+                "tenant": row["tenant"],
+                "type": EventType.CANCELLED.value,
+                "from_state": state.value,
+                "actor": actor,
+            },
+        )
+        await conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :id)"), {"id": str(ident)})
+    return updated
+
+
+async def events(engine: AsyncEngine, job_id: str) -> Sequence[RowMapping]:
+    ident = _parse_id(job_id)
+    async with engine.connect() as conn:
+        exists = await conn.scalar(text("SELECT 1 FROM jobs WHERE id = :id"), {"id": ident})
+        if not exists:
+            raise NotFound(f"job {job_id} does not exist")
+        rows = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT id, job_id, type, from_state, to_state, reason, message, actor, "
+                        "data, created_at FROM job_events WHERE job_id = :id ORDER BY id"
+                    ),
+                    {"id": ident},
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return rows

@@ -1,0 +1,237 @@
+"""The schema, as SQLAlchemy 2 typed models. Alembic's migrations must produce exactly this.
+
+Invariants kept by the database itself, so that no bug in the shell can break them:
+- job states and reasons are check-constrained to the domain's enums;
+- quotas, attempts and resource amounts are never negative, fair-share weights are positive;
+- tenant and job names are DNS labels; at most one live (non-terminal) job per tenant and name;
+- an idempotency key is unique per tenant;
+- job_events is append-only: a trigger refuses UPDATE (see the initial migration);
+- tenants.queued_jobs always equals the tenant's number of queued jobs (a trigger keeps it), and an
+  INSERT of a queued job beyond max_queued_jobs fails with SQLSTATE MU429;
+- at most one placement per job, attempt and pod.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from gateway.domain.states import JobState
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STATES_SQL = ", ".join(f"'{state.value}'" for state in JobState)
+LIVE_STATES_SQL = "'queued', 'admitted', 'running'"
+DNS_LABEL_SQL = "'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
+        CheckConstraint(f"namespace ~ {DNS_LABEL_SQL}", name="namespace_dns_label"),
+        CheckConstraint(
+            "quota_cpu_millis >= 0 AND quota_memory_bytes >= 0 AND quota_gpu_shares >= 0 "
+            "AND max_running_jobs >= 0 AND max_queued_jobs >= 0 AND queued_jobs >= 0",
+            name="quota_non_negative",
+        ),
+        CheckConstraint("weight > 0", name="weight_positive"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
+    quota_cpu_millis: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    quota_memory_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    quota_gpu_shares: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
+    # Kept by a trigger on jobs (see the initial migration), which also enforces max_queued_jobs.
+    queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({STATES_SQL})", name="state_known"),
+        CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
+        CheckConstraint("attempt >= 0", name="attempt_non_negative"),
+        CheckConstraint(
+            "(state IN ('succeeded', 'failed', 'cancelled')) = (finished_at IS NOT NULL)",
+            name="finished_iff_terminal",
+        ),
+        UniqueConstraint("tenant", "idempotency_key"),
+        Index(
+            "uq_jobs_live_name",
+            "tenant",
+            "name",
+            unique=True,
+            postgresql_where=text(f"state IN ({LIVE_STATES_SQL})"),
+        ),
+        Index("ix_jobs_state_seq", "state", "seq"),
+        Index("ix_jobs_tenant_seq", "tenant", "seq"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    # A monotonic sequence gives lists a stable order and cursors something to point at.
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), nullable=False, unique=True)
+    tenant: Mapped[str] = mapped_column(
+        ForeignKey("tenants.name", onupdate="CASCADE", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
+    framework: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    labels: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    submitted_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    queued_at: Mapped[datetime] = _now()
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (
+        CheckConstraint(f"to_state IS NULL OR to_state IN ({STATES_SQL})", name="to_state_known"),
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        Index("ix_job_events_tenant_id", "tenant", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    message: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Placement(Base):
+    """Where one pod of one attempt of a job runs: its node and GPU device slices."""
+
+    __tablename__ = "placements"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "pod_name"),
+        CheckConstraint(
+            "cpu_millis >= 0 AND memory_bytes >= 0 AND gpu_shares >= 0 AND replica_index >= 0",
+            name="amounts_non_negative",
+        ),
+        Index("ix_placements_live_node", "node", postgresql_where=text("released_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    pod_name: Mapped[str] = mapped_column(String(63), nullable=False)
+    role: Mapped[str] = mapped_column(String(63), nullable=False)
+    replica_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    node: Mapped[str] = mapped_column(String(253), nullable=False)
+    cpu_millis: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    gpu_shares: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # [{"device": 0, "shares": 50}, ...]: CUDA_VISIBLE_DEVICES follows from the device indices.
+    gpu: Mapped[list[Any]] = mapped_column(nullable=False, server_default=text("'[]'"))
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookOutbox(Base):
+    """One event to deliver; written in the same transaction as the state change it reports."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'dead', 'disabled')", name="status_known"
+        ),
+        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        Index(
+            "ix_webhook_outbox_due", "next_attempt_at", postgresql_where=text("status = 'pending'")
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = _now()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class AuditEntry(Base):
+    """Who changed what in a tenant's settings, and when, with the values before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_tenant_id", "tenant", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    actor: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()

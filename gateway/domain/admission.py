@@ -1,0 +1,652 @@
+"""Admission: which pending jobs start this cycle, and on which nodes.
+
+`plan(snapshot)` is a pure function from a `Snapshot` (nodes, Muster's holdings, tenants with quota
+and usage, pending jobs, the time) to an `AdmissionPlan` (the admitted gangs with a node and GPU
+slices for every pod, and every other job with a reason and its queue positions). The admission
+loop loads the snapshot, calls `plan()` and writes the plan in one transaction. Node-level fit lives
+in `placement.py`; its public names are re-exported here.
+
+Invariants of every plan:
+
+- Whole gang or nothing: an admitted job has exactly one placement per pod, each on a node that
+  passes the pod's selector, taints and GPU mode; a job that is not admitted has none.
+- No node is over-committed in CPU, memory or any GPU device's shares, counting existing holdings.
+- No tenant goes over its quota in CPU, memory, GPU shares or running jobs.
+- Every pending job appears exactly once, either admitted or waiting with a reason.
+- Once a reservation is made for a starving job, no later job in the cycle is placed on its nodes.
+- Deterministic: jobs are taken in (priority, weighted dominant share, submitted_at, id) order and
+  nodes in name order, so the same snapshot always yields the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from heapq import heapify, heappop, heappush
+from operator import attrgetter
+
+from gateway.domain.placement import (
+    GPU_FRACTION,
+    GPU_INVALID,
+    GPU_NONE,
+    GPU_WHOLE,
+    SHARES_PER_DEVICE,
+    ClusterState,
+    GpuMode,
+    GpuSlice,
+    Holding,
+    Need,
+    Node,
+    NodeFree,
+    Placement,
+    PodRequest,
+    Taint,
+    Toleration,
+    free_capacity,
+    gpu_kind,
+    node_admits,
+)
+
+__all__ = [
+    "Admission",
+    "AdmissionPlan",
+    "GpuMode",
+    "GpuSlice",
+    "Holding",
+    "Node",
+    "NodeFree",
+    "PendingJob",
+    "PendingReason",
+    "Placement",
+    "PodRequest",
+    "Quota",
+    "Snapshot",
+    "Taint",
+    "TenantState",
+    "Toleration",
+    "Usage",
+    "Waiting",
+    "free_capacity",
+    "never_fits",
+    "plan",
+]
+
+
+class PendingReason(StrEnum):
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    FRAGMENTED = "Fragmented"
+    RESERVED = "Reserved"
+    BACKOFF_AFTER_EVICTION = "BackoffAfterEviction"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quota:
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int
+    max_running_jobs: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """What the tenant's admitted and running jobs hold."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpu_shares: int = 0
+    running_jobs: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TenantState:
+    name: str
+    weight: float = 1.0
+    quota: Quota
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PendingJob:
+    id: str
+    tenant: str
+    priority: int = 0
+    submitted_at: float
+    not_before: float | None = None  # set after an eviction: backoff until then
+    pods: tuple[PodRequest, ...]
+    # When the job last entered the queue (reset on requeue); starvation counts from here.
+    # None means submitted_at.
+    queued_since: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot:
+    now: float
+    nodes: tuple[Node, ...]
+    holdings: tuple[Holding, ...] = ()
+    tenants: Mapping[str, TenantState]
+    pending: tuple[PendingJob, ...]
+    starvation_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Admission:
+    job_id: str
+    tenant: str
+    placements: tuple[Placement, ...]  # in the job's pod order
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Waiting:
+    job_id: str
+    reason: PendingReason
+    message: str
+    position_in_tenant: int  # 1-based, among waiting jobs, in the order the cycle took them
+    position_overall: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdmissionPlan:
+    admitted: tuple[Admission, ...]  # in the order they were admitted
+    waiting: tuple[Waiting, ...]  # in position order
+    reserved_nodes: tuple[str, ...] = ()  # sorted
+    reserved_for: str | None = None  # the starving job the reservation holds nodes for
+
+
+def plan(snapshot: Snapshot) -> AdmissionPlan:
+    """Decide one admission cycle. Pure: the same snapshot always yields the same plan."""
+    return _Cycle(snapshot).run()
+
+
+_CPU = attrgetter("cpu_millis")
+_MEMORY = attrgetter("memory_bytes")
+_GPU = attrgetter("gpu_shares")
+_MIN_WEIGHT = 1e-9
+_NO_QUOTA = Quota(cpu_millis=0, memory_bytes=0, gpu_shares=0, max_running_jobs=0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Blocked:
+    """A job the cycle could not place for lack of capacity; its reason is settled at the end."""
+
+    job: PendingJob
+    totals: tuple[int, int, int]  # gpu, cpu, memory
+    needs: tuple[Need, ...] | None  # None: the free sums already ruled it out
+    roles: tuple[str, ...]  # role of each need
+    note: str = ""
+
+
+class _Cycle:
+    """The mutable state of one `plan()` call."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.cluster = ClusterState(snapshot.nodes, snapshot.holdings)
+        ready = [node for node in snapshot.nodes if node.ready]
+        # Cluster totals for the dominant resource share: allocatable of ready nodes.
+        self.total_cpu = sum(node.cpu_millis for node in ready)
+        self.total_mem = sum(node.memory_bytes for node in ready)
+        self.total_gpu = sum(
+            node.gpu_devices * SHARES_PER_DEVICE
+            for node in ready
+            if node.gpu_mode is not GpuMode.NONE
+        )
+        # Per tenant: [cpu, memory, gpu, running jobs], raised as the cycle admits.
+        self.usage: dict[str, list[int]] = {}
+        for name, tenant in snapshot.tenants.items():
+            used = tenant.usage
+            self.usage[name] = [
+                used.cpu_millis,
+                used.memory_bytes,
+                used.gpu_shares,
+                used.running_jobs,
+            ]
+        self.admitted: list[Admission] = []
+        self.waiting: list[tuple[PendingJob, PendingReason, str] | _Blocked] = []
+        self.reserved: tuple[str, ...] = ()
+        self.reserved_for: PendingJob | None = None
+
+    def run(self) -> AdmissionPlan:
+        snapshot = self.snapshot
+        # 1. Heads: one queue per tenant, best first. Jobs still in backoff sit this cycle out.
+        queues: dict[str, list[PendingJob]] = {}
+        backoff: list[PendingJob] = []
+        for job in snapshot.pending:
+            if job.not_before is not None and job.not_before > snapshot.now:
+                backoff.append(job)
+            else:
+                queues.setdefault(job.tenant, []).append(job)
+        for queue in queues.values():
+            queue.sort(key=lambda job: (-job.priority, job.submitted_at, job.id))
+        # 2. Snapshot: the working copy of free capacity (built in __init__) and of tenant usage,
+        #    both updated as jobs are assumed admitted, so later entries see earlier ones.
+        #
+        # 3. Order: a heap over the tenant heads, keyed on (priority, weighted dominant share,
+        #    submitted_at, id). The share moves with every admission, so the heap is re-keyed one
+        #    tenant at a time instead of sorting every job once: two tenants of equal weight with
+        #    long queues then take turns.
+        heap = [self._head_key(name, queue, 0) for name, queue in sorted(queues.items())]
+        heapify(heap)
+        while heap:
+            *_, position, name = heappop(heap)
+            queue = queues[name]
+            job = queue[position]
+            # 4. Nominate and 5. process the entry: admit it, or record why it waits.
+            self._consider(job)
+            if position + 1 < len(queue):
+                heappush(heap, self._head_key(name, queue, position + 1))
+        # 6. Requeue the rest: every job not admitted waits, with a reason and its positions.
+        return self._finish(backoff)
+
+    def _head_key(
+        self, name: str, queue: list[PendingJob], position: int
+    ) -> tuple[int, float, float, str, int, str]:
+        job = queue[position]
+        return (-job.priority, self._share(name), job.submitted_at, job.id, position, name)
+
+    def _share(self, name: str) -> float:
+        """Weighted dominant-resource share: the largest fraction of the cluster held, / weight."""
+        used = self.usage.get(name)
+        tenant = self.snapshot.tenants.get(name)
+        if used is None or tenant is None:
+            return 0.0
+        share = 0.0
+        for amount, total in (
+            (used[0], self.total_cpu),
+            (used[1], self.total_mem),
+            (used[2], self.total_gpu),
+        ):
+            if total > 0:
+                share = max(share, amount / total)
+        return share / max(tenant.weight, _MIN_WEIGHT)
+
+    # -- 4 and 5: one entry -----------------------------------------------------------------------
+
+    def _consider(self, job: PendingJob) -> None:
+        tenant = self.snapshot.tenants.get(job.tenant)
+        used = self.usage.get(job.tenant)
+        if tenant is None or used is None:
+            self._wait(job, PendingReason.WAITING_FOR_QUOTA, f"tenant {job.tenant} has no quota")
+            return
+        quota = tenant.quota
+        # A tenant at its running-job cap is skipped before any per-pod work.
+        if used[3] + 1 > quota.max_running_jobs:
+            self._wait(
+                job,
+                PendingReason.WAITING_FOR_QUOTA,
+                f"tenant {job.tenant} already runs {used[3]} of at most "
+                f"{quota.max_running_jobs} jobs",
+            )
+            return
+        pods = job.pods
+        totals = (sum(map(_GPU, pods)), sum(map(_CPU, pods)), sum(map(_MEMORY, pods)))
+        over = _over_quota(job.tenant, totals, used, quota)
+        if over:
+            self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
+            return
+        cluster = self.cluster
+        gpu, cpu, mem = totals
+        # Cheap rejection on the free sums, before looking at single pods.
+        fits_open = (
+            gpu <= cluster.free_gpu - cluster.blocked_gpu
+            and cpu <= cluster.free_cpu - cluster.blocked_cpu
+            and mem <= cluster.free_mem - cluster.blocked_mem
+        )
+        fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
+        if not fits_all:
+            self.waiting.append(_Blocked(job=job, totals=totals, needs=None, roles=()))
+            return
+        needs, order = _needs(cluster, pods)
+        if fits_open:
+            hits = cluster.place_gang(needs, honor=True)
+            if hits is not None:
+                cluster.commit()
+                self._admit(job, totals, order, hits)
+                return
+        if cluster.any_blocked and cluster.place_gang(needs, honor=False) is not None:
+            cluster.rollback(0)
+            assert self.reserved_for is not None
+            self._wait(
+                job,
+                PendingReason.RESERVED,
+                f"it would fit, but nodes {', '.join(self.reserved)} are held for job "
+                f"{self.reserved_for.id}, which has waited past the starvation threshold",
+            )
+            return
+        note = ""
+        if self.reserved_for is None and self._starving(job):
+            note = self._reserve(job)
+        roles = tuple(pods[k].role for k in order)
+        self.waiting.append(
+            _Blocked(job=job, totals=totals, needs=tuple(needs), roles=roles, note=note)
+        )
+
+    def _admit(
+        self,
+        job: PendingJob,
+        totals: tuple[int, int, int],
+        order: list[int],
+        hits: list[tuple[int, tuple[tuple[int, int], ...]]],
+    ) -> None:
+        used = self.usage[job.tenant]
+        used[0] += totals[1]
+        used[1] += totals[2]
+        used[2] += totals[0]
+        used[3] += 1
+        nodes = self.cluster.nodes
+        by_pod: list[Placement | None] = [None] * len(job.pods)
+        for k, (i, slices) in zip(order, hits, strict=True):
+            by_pod[k] = Placement(
+                pod_name=job.pods[k].name,
+                node=nodes[i].name,
+                gpu=tuple(GpuSlice(device=d, shares=s) for d, s in slices),
+            )
+        placements = tuple(p for p in by_pod if p is not None)
+        self.admitted.append(Admission(job_id=job.id, tenant=job.tenant, placements=placements))
+
+    def _wait(self, job: PendingJob, reason: PendingReason, message: str) -> None:
+        self.waiting.append((job, reason, message))
+
+    def _starving(self, job: PendingJob) -> bool:
+        since = job.queued_since if job.queued_since is not None else job.submitted_at
+        return self.snapshot.now - since > self.snapshot.starvation_seconds
+
+    def _reserve(self, job: PendingJob) -> str:
+        """Hold the nodes a starving job needs, so that they drain for it.
+
+        The job is placed on an empty cluster (allocatable, no holdings). Among equal nodes the
+        ones with the most free now win, so the reservation drains fast and stays on the same
+        nodes from one cycle to the next.
+        """
+        cluster = self.cluster
+        count = len(cluster.nodes)
+        by_free = sorted(
+            range(count), key=lambda i: (-cluster.gfree[i], -cluster.cpu[i], -cluster.mem[i], i)
+        )
+        tiebreak = [0] * count
+        for rank, i in enumerate(by_free):
+            tiebreak[i] = rank
+        empty = ClusterState(cluster.nodes, (), tiebreak=tiebreak)
+        needs, _ = _needs(empty, job.pods)
+        hits = empty.place_gang(needs, honor=False)
+        if hits is None:
+            return ""
+        chosen = sorted({i for i, _ in hits})
+        cluster.block(chosen)
+        self.reserved = tuple(cluster.nodes[i].name for i in chosen)
+        self.reserved_for = job
+        return f"; nodes {', '.join(self.reserved)} are reserved for it"
+
+    # -- 6: the rest ------------------------------------------------------------------------------
+
+    def _finish(self, backoff: list[PendingJob]) -> AdmissionPlan:
+        settled: list[tuple[PendingJob, PendingReason, str]] = []
+        for entry in self.waiting:
+            if isinstance(entry, _Blocked):
+                reason, message = _capacity_reason(self.cluster, entry)
+                settled.append((entry.job, reason, message + entry.note))
+            else:
+                settled.append(entry)
+        # Jobs in backoff were not taken this cycle; they queue behind, soonest back first.
+        for job in sorted(
+            backoff,
+            key=lambda job: (job.not_before or 0.0, -job.priority, job.submitted_at, job.id),
+        ):
+            back_in = (job.not_before or 0.0) - self.snapshot.now
+            settled.append(
+                (
+                    job,
+                    PendingReason.BACKOFF_AFTER_EVICTION,
+                    f"evicted; it returns to the queue in {back_in:.0f} s",
+                )
+            )
+        in_tenant: dict[str, int] = {}
+        waiting: list[Waiting] = []
+        for overall, (job, reason, message) in enumerate(settled, start=1):
+            in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
+            waiting.append(
+                Waiting(
+                    job_id=job.id,
+                    reason=reason,
+                    message=message,
+                    position_in_tenant=in_tenant[job.tenant],
+                    position_overall=overall,
+                )
+            )
+        return AdmissionPlan(
+            admitted=tuple(self.admitted),
+            waiting=tuple(waiting),
+            reserved_nodes=self.reserved,
+            reserved_for=self.reserved_for.id if self.reserved_for is not None else None,
+        )
+
+
+def _needs(cluster: ClusterState, pods: Sequence[PodRequest]) -> tuple[list[Need], list[int]]:
+    """The gang in placement order, largest first (GPU, then CPU, then memory; ties on name)."""
+    order = sorted(
+        range(len(pods)),
+        key=lambda k: (
+            -pods[k].gpu_shares,
+            -pods[k].cpu_millis,
+            -pods[k].memory_bytes,
+            pods[k].name,
+        ),
+    )
+    needs: list[Need] = []
+    for k in order:
+        pod = pods[k]
+        cls, kind = cluster.class_of(pod)
+        needs.append((cls, kind, pod.cpu_millis, pod.memory_bytes, pod.gpu_shares, pod.spread))
+    return needs, order
+
+
+def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:
+    gpu, cpu, mem = totals
+    for need, held, limit, fmt in (
+        (gpu, used[2], quota.gpu_shares, _gpus),
+        (cpu, used[0], quota.cpu_millis, _cpus),
+        (mem, used[1], quota.memory_bytes, _memory),
+    ):
+        if need and held + need > limit:
+            return (
+                f"needs {fmt(need)}; tenant {tenant} has {fmt(max(limit - held, 0))} of its "
+                f"{fmt(limit)} quota left"
+            )
+    return ""
+
+
+def _capacity_reason(cluster: ClusterState, blocked: _Blocked) -> tuple[PendingReason, str]:
+    """InsufficientCapacity when a free sum is too small, else Fragmented. Uses the end state."""
+    gpu, cpu, mem = blocked.totals
+    for need, free, fmt in (
+        (gpu, cluster.free_gpu, _gpus),
+        (cpu, cluster.free_cpu, _cpus),
+        (mem, cluster.free_mem, _memory),
+    ):
+        if need > free:
+            return (
+                PendingReason.INSUFFICIENT_CAPACITY,
+                f"needs {fmt(need)} in total; {fmt(free)} free in the cluster",
+            )
+    needs = blocked.needs or ()
+    # The same per pod class: only the nodes a pod may use count for it.
+    by_class: dict[int, list[int]] = {}
+    first_role: dict[int, str] = {}
+    for need_, role in zip(needs, blocked.roles, strict=True):
+        sums = by_class.setdefault(need_[0], [0, 0, 0])
+        first_role.setdefault(need_[0], role)
+        sums[0] += need_[4]
+        sums[1] += need_[2]
+        sums[2] += need_[3]
+    for cls in sorted(by_class):
+        free_ = cluster.class_free(cls)
+        role = first_role[cls]
+        if free_.nodes == 0:
+            return (
+                PendingReason.INSUFFICIENT_CAPACITY,
+                f"no ready node passes the node selector, taints and GPU mode of its {role} pod",
+            )
+        sums = by_class[cls]
+        for need, free, fmt in (
+            (sums[0], free_.gpu_sum, _gpus),
+            (sums[1], free_.cpu_sum, _cpus),
+            (sums[2], free_.memory_sum, _memory),
+        ):
+            if need > free:
+                return (
+                    PendingReason.INSUFFICIENT_CAPACITY,
+                    f"needs {fmt(need)} on the nodes its {role} pods may use; "
+                    f"{fmt(free)} free there",
+                )
+    for need_, role in zip(needs, blocked.roles, strict=True):
+        free_ = cluster.class_free(need_[0])
+        _, kind, cpu, mem, gpu, _ = need_
+        if kind == GPU_INVALID:
+            return (
+                PendingReason.FRAGMENTED,
+                f"its {role} pod asks for {_gpus(gpu)}; a request is whole GPUs or a fraction "
+                "of one",
+            )
+        if kind == GPU_WHOLE and gpu > free_.gpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_gpus(gpu)} on one node; the most free on any node is "
+                f"{_count(free_.gpu_max // SHARES_PER_DEVICE)}",
+            )
+        if kind == GPU_FRACTION and gpu > free_.gpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_gpus(gpu)} of one device; the most free on any device is "
+                f"{_gpus(free_.gpu_max)}",
+            )
+        if cpu > free_.cpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_cpus(cpu)} on one node; the most free on any node is "
+                f"{_cpus(free_.cpu_max)}",
+            )
+        if mem > free_.memory_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_memory(mem)} on one node; the most free on any node is "
+                f"{_memory(free_.memory_max)}",
+            )
+    return (
+        PendingReason.FRAGMENTED,
+        f"the free sums would fit, but no set of nodes fits all {len(needs)} pods at once",
+    )
+
+
+def never_fits(
+    pods: Sequence[PodRequest], nodes: Sequence[Node], quota: Quota
+) -> list[tuple[str, str]]:
+    """Problems that keep a job out forever, as (resource, message); empty if it could fit one day.
+
+    Uses only allocatable and quota, never what is free now. Readiness is ignored: a node that is
+    down may come back.
+    """
+    problems: list[tuple[str, str]] = []
+    totals = (sum(map(_GPU, pods)), sum(map(_CPU, pods)), sum(map(_MEMORY, pods)))
+    for resource, need, limit, fmt in (
+        ("gpu", totals[0], quota.gpu_shares, _gpus),
+        ("cpu", totals[1], quota.cpu_millis, _cpus),
+        ("memory", totals[2], quota.memory_bytes, _memory),
+    ):
+        if need > limit:
+            problems.append(
+                (resource, f"the job needs {fmt(need)} but the tenant's quota is {fmt(limit)}")
+            )
+    if quota.max_running_jobs < 1:
+        problems.append(("jobs", "the tenant's quota allows no running jobs"))
+    any_shared = any(node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0 for node in nodes)
+    for pod in pods:
+        for problem in _pod_never_fits(pod, nodes, any_shared):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _pod_never_fits(
+    pod: PodRequest, nodes: Sequence[Node], any_shared: bool
+) -> list[tuple[str, str]]:
+    role = pod.role
+    kind = gpu_kind(pod.gpu_shares)
+    if kind == GPU_INVALID:
+        return [
+            (
+                "gpu",
+                f"the {role} pod asks for {_gpus(pod.gpu_shares)}; a request is whole GPUs or "
+                "a fraction of one",
+            )
+        ]
+    if kind == GPU_FRACTION and not any_shared:
+        return [
+            (
+                "gpu",
+                f"the {role} pod asks for {_gpus(pod.gpu_shares)}, a fraction of a GPU, but no "
+                "node shares GPUs",
+            )
+        ]
+    selector, tolerations = pod.node_selector, pod.tolerations
+    eligible = [
+        node for node in nodes if node_admits(node, selector, tolerations, kind, ignore_ready=True)
+    ]
+    if not eligible:
+        if kind != GPU_NONE and any(
+            node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True) for node in nodes
+        ):
+            sort = "shared GPUs" if kind == GPU_FRACTION else "GPUs"
+            return [("gpu", f"no node the {role} pod may use offers {sort}")]
+        return [("selector", f"no node passes the node selector and tolerations of the {role} pod")]
+    problems: list[tuple[str, str]] = []
+    if kind == GPU_WHOLE:
+        most = max(node.gpu_devices for node in eligible)
+        if pod.gpu_shares > most * SHARES_PER_DEVICE:
+            problems.append(
+                (
+                    "gpu",
+                    f"the {role} pod needs {_gpus(pod.gpu_shares)} on one node; the largest node "
+                    f"it may use has {_count(most)}",
+                )
+            )
+    for resource, need, most, fmt in (
+        ("cpu", pod.cpu_millis, max(node.cpu_millis for node in eligible), _cpus),
+        ("memory", pod.memory_bytes, max(node.memory_bytes for node in eligible), _memory),
+    ):
+        if need > most:
+            problems.append(
+                (
+                    resource,
+                    f"the {role} pod needs {fmt(need)} on one node; the largest node it may use "
+                    f"has {fmt(most)}",
+                )
+            )
+    return problems
+
+
+# -- human units ---------------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text if text != "-0" else "0"
+
+
+def _count(devices: int) -> str:
+    return f"{devices} GPU" if devices == 1 else f"{devices} GPUs"
+
+
+def _gpus(shares: int) -> str:
+    return f"{_number(shares / SHARES_PER_DEVICE)} GPU" + ("" if shares == 100 else "s")
+
+
+def _cpus(millis: int) -> str:
+    return f"{_number(millis / 1000)} CPU" + ("" if millis == 1000 else "s")
+
+
+def _memory(size: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(size) >= scale:
+            return f"{_number(size / scale)} {unit}"
+    return f"{size} bytes"

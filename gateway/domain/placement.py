@@ -1,0 +1,520 @@
+"""Node-level fit: which node may take a pod, and the working copy of free capacity a cycle uses.
+
+`admission.plan()` decides *which* jobs go; this module decides *where* their pods go. It knows
+nodes, GPU devices and holdings, and nothing about tenants, quotas or queues.
+
+Invariants kept here:
+
+- A placement made through `ClusterState` never drives a node's free CPU or memory, or any GPU
+  device's free shares, below zero. Over-commitment that arrives in the holdings is kept as it is
+  and never made worse.
+- A fractional GPU request (1..99 shares) sits on exactly one device: the fullest device that still
+  fits. A whole request (k * 100 shares) takes k entirely free devices. A pod never spans nodes.
+- Every change to a `ClusterState` is journaled, so a gang that does not fit leaves the state
+  exactly as it found it ("assume, then write", with undo).
+- Nodes are indexed in name order and every search breaks ties on that index, so the same inputs
+  always give the same placement.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+SHARES_PER_DEVICE = 100
+
+# Kinds of GPU request. They decide which nodes are eligible, so they are part of a pod's class.
+GPU_NONE = 0
+GPU_FRACTION = 1
+GPU_WHOLE = 2
+GPU_INVALID = 3
+
+_ENFORCED_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+class GpuMode(StrEnum):
+    NONE = "none"
+    DEVICE_PLUGIN = "device-plugin"
+    SHARED = "shared"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"  # NoSchedule | PreferNoSchedule | NoExecute
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Toleration:
+    """Kubernetes semantics: key None with operator Exists tolerates every taint."""
+
+    key: str | None
+    operator: str = "Equal"  # Equal | Exists
+    value: str | None = None
+    effect: str | None = None  # None matches every effect
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuSlice:
+    device: int
+    shares: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Node:
+    """A node as Muster may use it: allocatable minus pods that Muster does not own."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
+    gpu_mode: GpuMode = GpuMode.NONE
+    cpu_millis: int
+    memory_bytes: int
+    gpu_devices: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Holding:
+    """What one admitted or running Muster pod already holds on a node."""
+
+    node: str
+    cpu_millis: int
+    memory_bytes: int
+    gpu: tuple[GpuSlice, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PodRequest:
+    name: str
+    role: str
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int = 0
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    spread: bool = False  # parameter servers: distinct nodes when possible
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Placement:
+    pod_name: str
+    node: str
+    gpu: tuple[GpuSlice, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeFree:
+    """Free capacity of one node after Muster's holdings; `gpu` is free shares per device."""
+
+    name: str
+    ready: bool
+    gpu_mode: GpuMode
+    cpu_millis: int
+    memory_bytes: int
+    gpu: tuple[int, ...]
+
+
+def gpu_kind(shares: int) -> int:
+    if shares == 0:
+        return GPU_NONE
+    if 0 < shares < SHARES_PER_DEVICE:
+        return GPU_FRACTION
+    if shares > 0 and shares % SHARES_PER_DEVICE == 0:
+        return GPU_WHOLE
+    return GPU_INVALID
+
+
+def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
+    for tol in tolerations:
+        if tol.effect is not None and tol.effect != taint.effect:
+            continue
+        if tol.key is None:
+            # An empty key is only valid with Exists, and then it matches every taint.
+            if tol.operator == "Exists":
+                return True
+            continue
+        if tol.key != taint.key:
+            continue
+        if tol.operator == "Exists" or (tol.value or "") == taint.value:
+            return True
+    return False
+
+
+def node_admits(
+    node: Node,
+    selector: Mapping[str, str],
+    tolerations: Sequence[Toleration],
+    kind: int,
+    *,
+    ignore_ready: bool = False,
+) -> bool:
+    """Whether `node` may ever run a pod of this class (capacity aside)."""
+    if not (node.ready or ignore_ready):
+        return False
+    labels = node.labels
+    for key, value in selector.items():
+        if labels.get(key) != value:
+            return False
+    for taint in node.taints:
+        if taint.effect in _ENFORCED_EFFECTS and not tolerates(tolerations, taint):
+            return False
+    if kind == GPU_NONE:
+        return True
+    if kind == GPU_FRACTION:
+        return node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0
+    if kind == GPU_WHOLE:
+        return node.gpu_mode is not GpuMode.NONE and node.gpu_devices > 0
+    return False
+
+
+def _device_count(node: Node) -> int:
+    return 0 if node.gpu_mode is GpuMode.NONE else max(node.gpu_devices, 0)
+
+
+def _free_after_holdings(
+    nodes: Sequence[Node], holdings: Iterable[Holding]
+) -> tuple[list[int], list[int], list[list[int]]]:
+    index = {node.name: i for i, node in enumerate(nodes)}
+    cpu = [node.cpu_millis for node in nodes]
+    mem = [node.memory_bytes for node in nodes]
+    devs = [[SHARES_PER_DEVICE] * _device_count(node) for node in nodes]
+    for holding in holdings:
+        i = index.get(holding.node)
+        if i is None:  # a node that left the inventory: its pods hold nothing we can use
+            continue
+        cpu[i] -= holding.cpu_millis
+        mem[i] -= holding.memory_bytes
+        for gpu_slice in holding.gpu:
+            if 0 <= gpu_slice.device < len(devs[i]):
+                devs[i][gpu_slice.device] -= gpu_slice.shares
+    return cpu, mem, devs
+
+
+def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[NodeFree, ...]:
+    """Free CPU, memory and per-device GPU shares of every node, in name order."""
+    ordered = sorted(nodes, key=lambda node: node.name)
+    cpu, mem, devs = _free_after_holdings(ordered, holdings)
+    return tuple(
+        NodeFree(
+            name=node.name,
+            ready=node.ready,
+            gpu_mode=node.gpu_mode,
+            cpu_millis=cpu[i],
+            memory_bytes=mem[i],
+            gpu=tuple(devs[i]),
+        )
+        for i, node in enumerate(ordered)
+    )
+
+
+# A pod as the hot loop sees it: (class id, gpu kind, cpu, memory, gpu shares, spread).
+Need = tuple[int, int, int, int, int, bool]
+Slices = tuple[tuple[int, int], ...]  # (device, shares)
+Hit = tuple[int, Slices]  # (node index, slices)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClassFree:
+    """Free capacity over the nodes eligible for one pod class, for waiting messages."""
+
+    nodes: int
+    cpu_sum: int
+    memory_sum: int
+    gpu_sum: int
+    cpu_max: int
+    memory_max: int
+    gpu_max: int  # whole: most entirely free devices on a node (in shares); fraction: best device
+
+
+class ClusterState:
+    """The working copy of free capacity that one cycle places into. Never leaves `plan()`.
+
+    Per-node values live in plain lists. For every set of eligible nodes there is a list of keys
+    `(gpu free, cpu free, memory free, tiebreak, node)` kept sorted, so best fit is a bisect plus a
+    short scan instead of a pass over every node.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        holdings: Iterable[Holding] = (),
+        *,
+        tiebreak: Sequence[int] | None = None,
+    ) -> None:
+        self.nodes = tuple(sorted(nodes, key=lambda node: node.name))
+        self.index = {node.name: i for i, node in enumerate(self.nodes)}
+        self.cpu, self.mem, self.devs = _free_after_holdings(self.nodes, holdings)
+        # Free GPU counts only devices with room: an over-committed device must not hide the
+        # free shares of its neighbours from the sorted keys, which are upper bounds on fit.
+        self.gfree = [sum(max(d, 0) for d in devs) for devs in self.devs]
+        self.full = [d.count(SHARES_PER_DEVICE) for d in self.devs]
+        self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(len(self.nodes)))
+        # Reserved nodes: no pod may go there while `honor` is set on a search.
+        self.blocked = bytearray(len(self.nodes))
+        self.any_blocked = False
+        ready = [i for i, node in enumerate(self.nodes) if node.ready]
+        # Free sums over ready nodes, of what can actually be used (never below zero per node).
+        self.free_cpu = sum(max(self.cpu[i], 0) for i in ready)
+        self.free_mem = sum(max(self.mem[i], 0) for i in ready)
+        self.free_gpu = sum(self.gfree[i] for i in ready)
+        self.blocked_cpu = self.blocked_mem = self.blocked_gpu = 0
+        self._ready = [node.ready for node in self.nodes]
+        self._classes: dict[tuple[object, ...], int] = {}
+        self._class_set: list[int] = []  # class id -> node-set id
+        self._class_kind: list[int] = []  # class id -> gpu kind
+        self._set_ids: dict[tuple[int, ...], int] = {}
+        self._sets: list[tuple[int, ...]] = []
+        self._lists: list[list[tuple[int, int, int, int, int]] | None] = []
+        self._node_lists: list[list[list[tuple[int, int, int, int, int]]]] = [
+            [] for _ in self.nodes
+        ]
+        self._journal: list[tuple[int, int, int, Slices]] = []
+        # Failure memos, per class: the minimal (cpu, memory, gpu) shapes known not to fit. Free
+        # capacity only shrinks within a cycle, so a shape that failed keeps failing, and so does
+        # any shape at least as large in every resource.
+        self._failed_open: dict[int, list[tuple[int, int, int]]] = {}
+        self._failed_all: dict[int, list[tuple[int, int, int]]] = {}
+        self._failed_gangs_open: set[tuple[Need, ...]] = set()
+        self._failed_gangs_all: set[tuple[Need, ...]] = set()
+        self._class_free: dict[int, ClassFree] = {}
+
+    # -- classes --------------------------------------------------------------------------------
+
+    def class_of(self, pod: PodRequest) -> tuple[int, int]:
+        """(class id, gpu kind). Pods of one class are eligible for exactly the same nodes."""
+        kind = gpu_kind(pod.gpu_shares)
+        selector = pod.node_selector
+        tolerations = pod.tolerations
+        if not selector and not tolerations:
+            key: tuple[object, ...] = (kind,)
+        else:
+            key = (kind, tuple(sorted(selector.items())), tolerations)
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._new_class(key, selector, tolerations, kind)
+        return cls, kind
+
+    def _new_class(
+        self,
+        key: tuple[object, ...],
+        selector: Mapping[str, str],
+        tolerations: Sequence[Toleration],
+        kind: int,
+    ) -> int:
+        members = tuple(
+            i for i, node in enumerate(self.nodes) if node_admits(node, selector, tolerations, kind)
+        )
+        set_id = self._set_ids.get(members)
+        if set_id is None:
+            set_id = len(self._sets)
+            self._set_ids[members] = set_id
+            self._sets.append(members)
+            self._lists.append(None)
+        cls = len(self._class_set)
+        self._class_set.append(set_id)
+        self._class_kind.append(kind)
+        self._classes[key] = cls
+        return cls
+
+    def _key(self, i: int) -> tuple[int, int, int, int, int]:
+        return (self.gfree[i], self.cpu[i], self.mem[i], self.tiebreak[i], i)
+
+    def _sorted(self, cls: int) -> list[tuple[int, int, int, int, int]]:
+        set_id = self._class_set[cls]
+        keys = self._lists[set_id]
+        if keys is None:
+            members = self._sets[set_id]
+            keys = sorted(self._key(i) for i in members)
+            self._lists[set_id] = keys
+            for i in members:
+                self._node_lists[i].append(keys)
+        return keys
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def find(self, need: Need, skip: set[int] | None, honor: bool) -> Hit | None:
+        """Best fit: the eligible node that leaves the least free GPU, then CPU, then memory."""
+        cls, kind, cpu, mem, gpu, _ = need
+        if kind == GPU_INVALID:
+            return None
+        keys = self._sorted(cls)
+        blocked = self.blocked if honor and self.any_blocked else None
+        n = len(keys)
+        pos = bisect_left(keys, (gpu, cpu))
+        while pos < n:
+            kg, kc, km, _, i = keys[pos]
+            if kc < cpu:
+                # Inside one GPU level keys ascend by CPU: jump to the first that has enough.
+                pos = bisect_left(keys, (kg, cpu), pos + 1)
+                continue
+            pos += 1
+            if km < mem or (blocked is not None and blocked[i]) or (skip and i in skip):
+                continue
+            slices = self._devices(i, kind, gpu)
+            if slices is not None:
+                return i, slices
+        return None
+
+    def _devices(self, i: int, kind: int, gpu: int) -> Slices | None:
+        if kind == GPU_NONE:
+            return ()
+        devs = self.devs[i]
+        if kind == GPU_FRACTION:
+            best = -1
+            best_free = SHARES_PER_DEVICE + 1
+            for d, free in enumerate(devs):
+                if gpu <= free < best_free:
+                    best, best_free = d, free
+            return ((best, gpu),) if best >= 0 else None
+        count = gpu // SHARES_PER_DEVICE
+        if self.full[i] < count:
+            return None
+        whole = [d for d, free in enumerate(devs) if free == SHARES_PER_DEVICE][:count]
+        return tuple((d, SHARES_PER_DEVICE) for d in whole)
+
+    # -- assume and undo ------------------------------------------------------------------------
+
+    def _change(self, i: int, cpu: int, mem: int, slices: Slices, sign: int) -> None:
+        old = self._key(i)
+        old_cpu, old_mem, old_gpu = self.cpu[i], self.mem[i], self.gfree[i]
+        new_cpu = self.cpu[i] = old_cpu - sign * cpu
+        new_mem = self.mem[i] = old_mem - sign * mem
+        devs = self.devs[i]
+        new_gpu = old_gpu
+        for d, shares in slices:
+            before = devs[d]
+            after = devs[d] = before - sign * shares
+            new_gpu += max(after, 0) - max(before, 0)
+            self.full[i] += (after == SHARES_PER_DEVICE) - (before == SHARES_PER_DEVICE)
+        self.gfree[i] = new_gpu
+        self.free_cpu += max(new_cpu, 0) - max(old_cpu, 0)
+        self.free_mem += max(new_mem, 0) - max(old_mem, 0)
+        self.free_gpu += new_gpu - old_gpu
+        new = self._key(i)
+        for keys in self._node_lists[i]:
+            del keys[bisect_left(keys, old)]
+            insort(keys, new)
+
+    def _take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
+        self._change(i, cpu, mem, slices, 1)
+        self._journal.append((i, cpu, mem, slices))
+
+    def rollback(self, mark: int) -> None:
+        journal = self._journal
+        while len(journal) > mark:
+            i, cpu, mem, slices = journal.pop()
+            self._change(i, cpu, mem, slices, -1)
+
+    def commit(self) -> None:
+        self._journal.clear()
+
+    def place_gang(self, needs: Sequence[Need], honor: bool) -> list[Hit] | None:
+        """Place every pod of a gang, largest first as given, or nothing.
+
+        On success the placement stays applied until `commit()` or `rollback(0)`; on failure the
+        state is restored and the failure is memoized when it does not depend on the gang itself.
+        """
+        signature = tuple(needs)
+        if self._known_to_fail(needs, signature, honor):
+            return None
+        mark = len(self._journal)
+        spread_used: set[int] = set()
+        hits: list[Hit] = []
+        for k, need in enumerate(needs):
+            hit = None
+            if need[5] and spread_used:
+                hit = self.find(need, spread_used, honor)
+            if hit is None:
+                # Spreading is a preference: reuse a node rather than fail the gang.
+                hit = self.find(need, None, honor)
+            if hit is None:
+                self.rollback(mark)
+                self._learn(needs, k, signature, honor)
+                return None
+            i, slices = hit
+            self._take(i, need[2], need[3], slices)
+            if need[5]:
+                spread_used.add(i)
+            hits.append(hit)
+        return hits
+
+    def _learn(
+        self, needs: Sequence[Need], k: int, signature: tuple[Need, ...], honor: bool
+    ) -> None:
+        scoped = honor and self.any_blocked
+        (self._failed_gangs_open if scoped else self._failed_gangs_all).add(signature)
+        need = needs[k]
+        # The pod may have failed only because earlier pods of its own gang took the room; check
+        # it alone against the restored state before memoizing its shape.
+        if k > 0 and self.find(need, None, honor) is not None:
+            return
+        memo = self._failed_open if scoped else self._failed_all
+        shape = (need[2], need[3], need[4])
+        frontier = memo.setdefault(need[0], [])
+        frontier[:] = [f for f in frontier if not _dominates(f, shape)]
+        frontier.append(shape)
+
+    def _known_to_fail(
+        self, needs: Sequence[Need], signature: tuple[Need, ...], honor: bool
+    ) -> bool:
+        if signature in self._failed_gangs_all or (honor and signature in self._failed_gangs_open):
+            return True
+        memos = (self._failed_all, self._failed_open) if honor else (self._failed_all,)
+        last = None
+        for need in needs:
+            if need == last:
+                continue
+            last = need
+            if need[1] == GPU_INVALID:
+                return True
+            for memo in memos:
+                frontier = memo.get(need[0])
+                if frontier and any(_dominates((need[2], need[3], need[4]), f) for f in frontier):
+                    return True
+        return False
+
+    # -- reservations ---------------------------------------------------------------------------
+
+    def block(self, nodes: Iterable[int]) -> None:
+        for i in nodes:
+            if self.blocked[i]:
+                continue
+            self.blocked[i] = 1
+            self.any_blocked = True
+            if self._ready[i]:
+                self.blocked_cpu += max(self.cpu[i], 0)
+                self.blocked_mem += max(self.mem[i], 0)
+                self.blocked_gpu += self.gfree[i]
+
+    # -- what is left, for messages --------------------------------------------------------------
+
+    def class_free(self, cls: int) -> ClassFree:
+        """Free capacity over the class's nodes, reserved ones included. Cached: call at the end."""
+        cached = self._class_free.get(cls)
+        if cached is not None:
+            return cached
+        members = self._sets[self._class_set[cls]]
+        if self._class_kind[cls] == GPU_FRACTION:
+            gpu_max = max((max(self.devs[i], default=0) for i in members), default=0)
+        else:
+            gpu_max = SHARES_PER_DEVICE * max((self.full[i] for i in members), default=0)
+        result = ClassFree(
+            nodes=len(members),
+            cpu_sum=sum(self.cpu[i] for i in members),
+            memory_sum=sum(self.mem[i] for i in members),
+            gpu_sum=sum(self.gfree[i] for i in members),
+            cpu_max=max((self.cpu[i] for i in members), default=0),
+            memory_max=max((self.mem[i] for i in members), default=0),
+            gpu_max=gpu_max,
+        )
+        self._class_free[cls] = result
+        return result
+
+
+def _dominates(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """a needs at least as much as b in every resource."""
+    return a[0] >= b[0] and a[1] >= b[1] and a[2] >= b[2]

@@ -1,0 +1,151 @@
+"""Kubernetes quantities and Muster's integer resource units.
+
+Muster keeps every amount as an integer so sums and comparisons are exact:
+
+- CPU in millicores (``"500m"`` -> 500, ``"4"`` -> 4000),
+- memory in bytes (``"4Gi"`` -> 4294967296),
+- GPU in shares, one device being ``GPU_SHARES_PER_DEVICE`` (100) shares.
+
+Invariants: every parser returns a non-negative integer or raises ``QuantityError`` with a message a
+person can act on; nothing is rounded silently (a CPU finer than 1m or a fractional byte is
+refused).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+GPU_SHARES_PER_DEVICE = 100
+# Generous ceilings that keep every amount inside PostgreSQL's bigint and catch typos like "4Ei".
+MAX_CPU_MILLIS = 10**9
+MAX_MEMORY_BYTES = 2**62
+
+_QUANTITY = re.compile(
+    r"^(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
+
+
+class QuantityError(ValueError):
+    """A quantity that is not a valid, non-negative Kubernetes quantity in range."""
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """Parse a Kubernetes quantity (``"500m"``, ``"4Gi"``, ``"1e3"``, ``2``) exactly."""
+    if isinstance(value, bool):
+        raise QuantityError('must be a quantity such as "500m" or "4Gi", not a boolean')
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise QuantityError("must be a finite number")
+        if value < 0:
+            raise QuantityError("must not be negative")
+        return Decimal(str(value))
+    text = value.strip()
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        if text.startswith("-"):
+            raise QuantityError(f"{value!r} is negative; quantities must not be negative")
+        raise QuantityError(
+            f'{value!r} is not a Kubernetes quantity (examples: "500m", "2", "4Gi", "512Mi")'
+        )
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimals
+        raise QuantityError(f"{value!r} is not a number") from exc
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        return number * _BINARY[suffix]
+    if suffix in _DECIMAL:
+        return number * _DECIMAL[suffix]
+    exponent = int(suffix[1:])
+    if abs(exponent) > 30:
+        raise QuantityError(f"{value!r} has an exponent out of range")
+    return number.scaleb(exponent)
+
+
+def cpu_millis(value: str | int | float) -> int:
+    """CPU quantity -> millicores. Refuses amounts finer than 1m."""
+    millis = parse_quantity(value) * 1000
+    if millis != millis.to_integral_value():
+        raise QuantityError(f"{value!r} is finer than 1m (one millicore)")
+    result = int(millis)
+    if result > MAX_CPU_MILLIS:
+        raise QuantityError(f"{value!r} is more CPU than any node can have")
+    return result
+
+
+def memory_bytes(value: str | int | float) -> int:
+    """Memory quantity -> bytes. Refuses fractional bytes."""
+    amount = parse_quantity(value)
+    if amount != amount.to_integral_value():
+        raise QuantityError(f"{value!r} is not a whole number of bytes")
+    result = int(amount)
+    if result > MAX_MEMORY_BYTES:
+        raise QuantityError(f"{value!r} is more memory than any node can have")
+    return result
+
+
+def gpu_shares(value: int | float | str) -> int:
+    """GPU request -> shares: a whole count (1, 2, ...) or a fraction of one device (0 < g < 1).
+
+    Fractions have a granularity of 0.01: ``0.5`` is 50 shares; ``1.5`` and ``0.005`` are refused.
+    """
+    if isinstance(value, str):
+        raise QuantityError("must be a number such as 1 or 0.5, not a string")
+    amount = parse_quantity(value)
+    shares = amount * GPU_SHARES_PER_DEVICE
+    if amount > 1 and amount != amount.to_integral_value():
+        raise QuantityError(
+            f"{value} GPUs: a request is either a whole count or a fraction of one device (< 1)"
+        )
+    if shares != shares.to_integral_value():
+        raise QuantityError(f"{value} GPUs: fractions have a granularity of 0.01")
+    if amount > 1024:
+        raise QuantityError(f"{value} GPUs is more than any node can have")
+    return int(shares)
+
+
+def format_cpu(millis: int) -> str:
+    """Millicores -> the shortest quantity (``4000`` -> ``"4"``, ``500`` -> ``"500m"``)."""
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def format_memory(amount: int) -> str:
+    """Bytes -> the largest exact binary suffix (``4294967296`` -> ``"4Gi"``)."""
+    for suffix, factor in reversed(_BINARY.items()):
+        if amount and amount % factor == 0:
+            return f"{amount // factor}{suffix}"
+    return str(amount)
+
+
+def format_gpu(shares: int) -> int | float:
+    """Shares -> the GPU number users write (``200`` -> ``2``, ``50`` -> ``0.5``)."""
+    if shares % GPU_SHARES_PER_DEVICE == 0:
+        return shares // GPU_SHARES_PER_DEVICE
+    return shares / GPU_SHARES_PER_DEVICE
+
+
+def gpu_quota_shares(value: int | float | str) -> int:
+    """A GPU quota -> shares. Unlike a request, a quota may be any amount in steps of 0.01."""
+    if isinstance(value, str):
+        raise QuantityError("must be a number such as 8 or 2.5, not a string")
+    shares = parse_quantity(value) * GPU_SHARES_PER_DEVICE
+    if shares != shares.to_integral_value():
+        raise QuantityError(f"{value} GPUs: quotas have a granularity of 0.01")
+    if shares > 10**9:
+        raise QuantityError(f"{value} GPUs is out of range")
+    return int(shares)

@@ -1,0 +1,98 @@
+"""Running the gateway: database (embedded or external), migrations, the API, and shutdown.
+
+Startup order: settings -> database -> migrations -> HTTP. Shutdown runs in reverse on SIGINT or
+SIGTERM: stop accepting and finish in-flight requests (up to the grace period), close the pool, and
+let go of the embedded PostgreSQL, which stops when no other gateway process uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.api.app import make_app
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.engine import make_engine
+from gateway.db.migrate import upgrade
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Database:
+    engine: AsyncEngine
+    description: str
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Database]:
+    """Connect to MUSTER_DATABASE_URL, or start the embedded server; apply migrations."""
+    embedded: EmbeddedPostgres | None = None
+    if settings.database_url:
+        url = settings.database_url
+        description = make_url(url).render_as_string(hide_password=True)
+    else:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = await embedded.start()
+        description = f"embedded PostgreSQL in {embedded.pgdata}"
+    engine = make_engine(url)
+    try:
+        if migrate:
+            await upgrade(engine)
+        yield Database(engine=engine, description=description)
+    finally:
+        await engine.dispose()
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_database(settings) as database:
+        app = make_app(settings, database.engine)
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        try:
+            port = _bound_port(runner, settings.port)
+            print(f"Muster is listening on http://{settings.host}:{port}", flush=True)
+            print(f"  data directory: {settings.data_dir}", flush=True)
+            print(f"  database:       {database.description}", flush=True)
+            print(f"  backend:        {settings.backend}", flush=True)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            print("Muster is shutting down", flush=True)
+        finally:
+            await runner.cleanup()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    print("Muster stopped", flush=True)
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured
+
+
+async def migrate_only(settings: Settings) -> str:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with open_database(settings) as database:
+        return database.description

@@ -1,0 +1,294 @@
+"""Settings: one frozen object, built once from the environment and the flags of ``muster serve``.
+
+Every setting is an environment variable ``MUSTER_*`` and a flag of the same name
+(``MUSTER_PORT`` <-> ``--port``); a flag wins over the variable. ``SETTINGS`` below is the single
+table of them: the parser, ``muster serve --help`` and the README's table all come from it.
+
+Invariants: nothing else in Muster reads ``os.environ``; a malformed value stops startup with a
+``ConfigError`` that names the variable; a ``Settings`` value is immutable and passed explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+Backend = Literal["local", "kubernetes", "static"]
+BACKENDS: tuple[Backend, ...] = ("local", "kubernetes", "static")
+
+
+def _default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "muster"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Setting:
+    """One row of the settings table."""
+
+    env: str
+    help: str
+    default: str | None
+    parse: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("MUSTER_").lower().replace("_", "-")
+
+    @property
+    def attr(self) -> str:
+        return self.env.removeprefix("MUSTER_").lower()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535; 0 picks a free one)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _backend(text: str) -> Backend:
+    for backend in BACKENDS:
+        if text == backend:
+            return backend
+    raise ValueError("must be one of " + ", ".join(BACKENDS))
+
+
+def _log_format(text: str) -> str:
+    if text not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return text
+
+
+def _log_level(text: str) -> str:
+    upper = text.upper()
+    if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return upper
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(env="MUSTER_HOST", default="127.0.0.1", help="address the API listens on"),
+    Setting(env="MUSTER_PORT", default="8080", parse=_port, help="port the API listens on"),
+    Setting(
+        env="MUSTER_DATA_DIR",
+        default=None,
+        parse=Path,
+        help="embedded database, local-backend logs, the local issuer's key "
+        "(default: $XDG_DATA_HOME/muster, else ~/.local/share/muster)",
+    ),
+    Setting(
+        env="MUSTER_DATABASE_URL",
+        default=None,
+        help="an external PostgreSQL (postgresql://user:pass@host:5432/db); unset starts an "
+        "embedded one in the data directory",
+    ),
+    Setting(
+        env="MUSTER_BACKEND",
+        default="local",
+        parse=_backend,
+        help="cluster backend: local, kubernetes, or static (a node list from MUSTER_NODES_FILE)",
+    ),
+    Setting(
+        env="MUSTER_NODES_FILE",
+        default=None,
+        parse=Path,
+        help="YAML node list for the static backend",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_CPUS",
+        default=None,
+        parse=_positive_float,
+        help="CPUs the local node offers (default: this machine's count)",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_MEMORY",
+        default=None,
+        help="memory the local node offers, as a quantity like 16Gi (default: this machine's)",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_GPUS",
+        default=None,
+        parse=int,
+        help="GPUs the local node offers (default: from nvidia-smi -L, else 0)",
+    ),
+    Setting(
+        env="MUSTER_KUBECONFIG",
+        default=None,
+        parse=Path,
+        help="kubeconfig for the kubernetes backend; unset means in-cluster configuration",
+    ),
+    Setting(
+        env="MUSTER_KUBE_QPS",
+        default="50",
+        parse=_positive_float,
+        help="Kubernetes client request rate limit (requests per second)",
+    ),
+    Setting(
+        env="MUSTER_KUBE_BURST",
+        default="100",
+        parse=_positive_int,
+        help="Kubernetes client burst above the rate limit",
+    ),
+    Setting(
+        env="MUSTER_OIDC_ISSUER",
+        default=None,
+        help="external OIDC issuer URL; unset means the local issuer",
+    ),
+    Setting(env="MUSTER_OIDC_AUDIENCE", default="muster", help="expected token audience"),
+    Setting(env="MUSTER_OIDC_GROUPS_CLAIM", default="groups", help="token claim holding groups"),
+    Setting(
+        env="MUSTER_ADMIN_GROUPS",
+        default="muster-admins",
+        parse=_csv,
+        help="comma-separated groups whose members are platform admins",
+    ),
+    Setting(
+        env="MUSTER_WEBHOOK_ALLOW_NETS",
+        default="",
+        parse=_csv,
+        help="comma-separated networks exempt from the webhook SSRF guard (e.g. 10.0.0.0/8)",
+    ),
+    Setting(
+        env="MUSTER_WEBHOOK_ALLOW_HTTP",
+        default="false",
+        parse=_bool,
+        help="allow plain http webhook URLs",
+    ),
+    Setting(
+        env="MUSTER_MAX_BODY_BYTES",
+        default="1048576",
+        parse=_positive_int,
+        help="largest request body accepted (bytes)",
+    ),
+    Setting(
+        env="MUSTER_MAX_REPLICAS",
+        default="512",
+        parse=_positive_int,
+        help="most pods one job may have",
+    ),
+    Setting(
+        env="MUSTER_ADMISSION_INTERVAL",
+        default="2",
+        parse=_positive_float,
+        help="seconds between admission cycles when no submit wakes the loop",
+    ),
+    Setting(
+        env="MUSTER_STARVATION_SECONDS",
+        default="300",
+        parse=_positive_float,
+        help="how long a blocked job at the head waits before nodes are reserved for it",
+    ),
+    Setting(
+        env="MUSTER_SHUTDOWN_GRACE",
+        default="10",
+        parse=_positive_float,
+        help="seconds to finish in-flight requests on SIGTERM",
+    ),
+    Setting(env="MUSTER_LOG_LEVEL", default="INFO", parse=_log_level, help="log level"),
+    Setting(
+        env="MUSTER_LOG_FORMAT", default="text", parse=_log_format, help="log format: text or json"
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settings:
+    """Every setting, parsed. Build it with ``Settings.load``; tests build it directly."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
+    database_url: str | None = None
+    backend: Backend = "local"
+    nodes_file: Path | None = None
+    local_cpus: float | None = None
+    local_memory: str | None = None
+    local_gpus: int | None = None
+    kubeconfig: Path | None = None
+    kube_qps: float = 50.0
+    kube_burst: int = 100
+    oidc_issuer: str | None = None
+    oidc_audience: str = "muster"
+    oidc_groups_claim: str = "groups"
+    admin_groups: tuple[str, ...] = ("muster-admins",)
+    webhook_allow_nets: tuple[str, ...] = ()
+    webhook_allow_http: bool = False
+    max_body_bytes: int = 1024 * 1024
+    max_replicas: int = 512
+    admission_interval: float = 2.0
+    starvation_seconds: float = 300.0
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str], flags: Mapping[str, str | None] | None = None
+    ) -> Settings:
+        """Build settings from environment variables, overridden by flags (keyed by env name)."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = (flags or {}).get(setting.env)
+            if raw is None:
+                raw = env.get(setting.env)
+            if raw is None:
+                raw = setting.default
+            if raw is None:
+                continue
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
+        if "data_dir" not in values:
+            values["data_dir"] = _default_data_dir(env)
+        settings = cls(**values)
+        if settings.backend == "static" and settings.nodes_file is None:
+            raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE (a YAML node list)")
+        return settings
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` one flag per setting; parsed values are keyed by the setting's env name."""
+    for setting in SETTINGS:
+        default = f" (default: {setting.default})" if setting.default not in (None, "") else ""
+        parser.add_argument(
+            setting.flag,
+            dest=setting.env,
+            metavar=setting.attr.upper(),
+            default=None,
+            help=f"{setting.help}{default} [env {setting.env}]",
+        )

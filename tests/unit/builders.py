@@ -1,0 +1,256 @@
+"""Builders for admission tests: short calls that fill in every field a case does not care about.
+
+Units follow the domain: CPU in cores here (converted to millicores), memory in GiB (to bytes), GPU
+in shares (100 = one device), so that tables of cases read like the job specs they stand for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from gateway.domain.admission import (
+    AdmissionPlan,
+    GpuMode,
+    GpuSlice,
+    Holding,
+    Node,
+    PendingJob,
+    PodRequest,
+    Quota,
+    Snapshot,
+    Taint,
+    TenantState,
+    Toleration,
+    Usage,
+)
+from gateway.domain.placement import node_admits, gpu_kind
+
+GIB = 1 << 30
+BIG = 10**15  # a quota nobody reaches
+
+
+def node(
+    name: str,
+    *,
+    gpus: int = 8,
+    cpu: int = 64,
+    mem_gib: int = 512,
+    mode: GpuMode | None = None,
+    labels: Mapping[str, str] | None = None,
+    taints: Sequence[Taint] = (),
+    ready: bool = True,
+) -> Node:
+    if mode is None:
+        mode = GpuMode.SHARED if gpus else GpuMode.NONE
+    return Node(
+        name=name,
+        labels=dict(labels or {}),
+        taints=tuple(taints),
+        ready=ready,
+        gpu_mode=mode,
+        cpu_millis=cpu * 1000,
+        memory_bytes=mem_gib * GIB,
+        gpu_devices=gpus,
+    )
+
+
+def pod(
+    name: str = "worker-0",
+    *,
+    role: str | None = None,
+    cpu: float = 1,
+    mem_gib: float = 1,
+    gpu: int = 0,
+    selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Toleration] = (),
+    spread: bool = False,
+) -> PodRequest:
+    return PodRequest(
+        name=name,
+        role=role or name.rsplit("-", 1)[0],
+        cpu_millis=int(cpu * 1000),
+        memory_bytes=int(mem_gib * GIB),
+        gpu_shares=gpu,
+        node_selector=dict(selector or {}),
+        tolerations=tuple(tolerations),
+        spread=spread,
+    )
+
+
+def job(
+    id: str,
+    *pods: PodRequest,
+    tenant: str = "t",
+    priority: int = 0,
+    submitted_at: float = 0.0,
+    not_before: float | None = None,
+    queued_since: float | None = None,
+) -> PendingJob:
+    return PendingJob(
+        id=id,
+        tenant=tenant,
+        priority=priority,
+        submitted_at=submitted_at,
+        not_before=not_before,
+        queued_since=queued_since,
+        pods=pods or (pod(),),
+    )
+
+
+def gang(id: str, count: int, *, role: str = "worker", **kwargs: object) -> list[PodRequest]:
+    """`count` identical pods named role-0 .. role-(count-1)."""
+    return [pod(f"{role}-{k}", role=role, **kwargs) for k in range(count)]  # type: ignore[arg-type]
+
+
+def tenant(
+    name: str,
+    *,
+    weight: float = 1.0,
+    cpu: float | None = None,
+    mem_gib: float | None = None,
+    gpu: int | None = None,
+    max_running: int = 10**6,
+    usage: Usage | None = None,
+) -> TenantState:
+    return TenantState(
+        name=name,
+        weight=weight,
+        quota=Quota(
+            cpu_millis=BIG if cpu is None else int(cpu * 1000),
+            memory_bytes=BIG if mem_gib is None else int(mem_gib * GIB),
+            gpu_shares=BIG if gpu is None else gpu,
+            max_running_jobs=max_running,
+        ),
+        usage=usage or Usage(),
+    )
+
+
+def holding(node_name: str, *, cpu: float = 0, mem_gib: float = 0, gpu: Iterable[tuple[int, int]] = ()) -> Holding:
+    return Holding(
+        node=node_name,
+        cpu_millis=int(cpu * 1000),
+        memory_bytes=int(mem_gib * GIB),
+        gpu=tuple(GpuSlice(device=d, shares=s) for d, s in gpu),
+    )
+
+
+def snapshot(
+    nodes: Sequence[Node],
+    pending: Sequence[PendingJob],
+    *,
+    tenants: Sequence[TenantState] = (),
+    holdings: Sequence[Holding] = (),
+    now: float = 0.0,
+    starvation_seconds: float = 3600.0,
+) -> Snapshot:
+    """Tenants not given get an unlimited quota."""
+    by_name = {t.name: t for t in tenants}
+    for pending_job in pending:
+        by_name.setdefault(pending_job.tenant, tenant(pending_job.tenant))
+    return Snapshot(
+        now=now,
+        nodes=tuple(nodes),
+        holdings=tuple(holdings),
+        tenants=by_name,
+        pending=tuple(pending),
+        starvation_seconds=starvation_seconds,
+    )
+
+
+def holdings_of(plan: AdmissionPlan, snap: Snapshot) -> list[Holding]:
+    """What the plan's admitted pods will hold once they run."""
+    pods = {(j.id, p.name): p for j in snap.pending for p in j.pods}
+    result = []
+    for admission in plan.admitted:
+        for placement in admission.placements:
+            request = pods[(admission.job_id, placement.pod_name)]
+            result.append(
+                Holding(
+                    node=placement.node,
+                    cpu_millis=request.cpu_millis,
+                    memory_bytes=request.memory_bytes,
+                    gpu=placement.gpu,
+                )
+            )
+    return result
+
+
+def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
+    """Every way the plan breaks an invariant of `plan()`; empty when it keeps them all."""
+    found: list[str] = []
+    nodes = {n.name: n for n in snap.nodes}
+    jobs = {j.id: j for j in snap.pending}
+    # Each pending job exactly once, admitted or waiting.
+    seen = [a.job_id for a in plan.admitted] + [w.job_id for w in plan.waiting]
+    if sorted(seen) != sorted(jobs):
+        found.append(f"jobs in plan {sorted(seen)} != pending {sorted(jobs)}")
+    # Free capacity after existing holdings plus the plan's placements.
+    cpu = {n.name: n.cpu_millis for n in snap.nodes}
+    mem = {n.name: n.memory_bytes for n in snap.nodes}
+    devices = {
+        n.name: [100] * (n.gpu_devices if n.gpu_mode is not GpuMode.NONE else 0) for n in snap.nodes
+    }
+    over_before = set()
+    for h in snap.holdings:
+        if h.node not in nodes:
+            continue
+        cpu[h.node] -= h.cpu_millis
+        mem[h.node] -= h.memory_bytes
+        for s in h.gpu:
+            devices[h.node][s.device] -= s.shares
+    for name in nodes:
+        if cpu[name] < 0 or mem[name] < 0 or min(devices[name], default=0) < 0:
+            over_before.add(name)
+    usage = {
+        name: [t.usage.cpu_millis, t.usage.memory_bytes, t.usage.gpu_shares, t.usage.running_jobs]
+        for name, t in snap.tenants.items()
+    }
+    for admission in plan.admitted:
+        pending_job = jobs[admission.job_id]
+        if admission.tenant != pending_job.tenant:
+            found.append(f"{admission.job_id}: tenant {admission.tenant}")
+        names = sorted(p.pod_name for p in admission.placements)
+        if names != sorted(p.name for p in pending_job.pods):
+            found.append(f"{admission.job_id}: placed pods {names}")
+            continue
+        by_name = {p.name: p for p in pending_job.pods}
+        for placement in admission.placements:
+            request = by_name[placement.pod_name]
+            target = nodes.get(placement.node)
+            if target is None:
+                found.append(f"{admission.job_id}: unknown node {placement.node}")
+                continue
+            kind = gpu_kind(request.gpu_shares)
+            if not node_admits(target, request.node_selector, request.tolerations, kind):
+                found.append(f"{admission.job_id}/{request.name}: ineligible {target.name}")
+            if sum(s.shares for s in placement.gpu) != request.gpu_shares:
+                found.append(f"{admission.job_id}/{request.name}: gpu slices {placement.gpu}")
+            if request.gpu_shares % 100 == 0 and any(s.shares != 100 for s in placement.gpu):
+                found.append(f"{admission.job_id}/{request.name}: whole gpu split {placement.gpu}")
+            if 0 < request.gpu_shares < 100 and len(placement.gpu) != 1:
+                found.append(f"{admission.job_id}/{request.name}: fraction spans devices")
+            if len({s.device for s in placement.gpu}) != len(placement.gpu):
+                found.append(f"{admission.job_id}/{request.name}: device used twice")
+            cpu[target.name] -= request.cpu_millis
+            mem[target.name] -= request.memory_bytes
+            for s in placement.gpu:
+                devices[target.name][s.device] -= s.shares
+        used = usage[pending_job.tenant]
+        used[0] += sum(p.cpu_millis for p in pending_job.pods)
+        used[1] += sum(p.memory_bytes for p in pending_job.pods)
+        used[2] += sum(p.gpu_shares for p in pending_job.pods)
+        used[3] += 1
+    for name in nodes:
+        if name in over_before:
+            continue
+        if cpu[name] < 0 or mem[name] < 0 or min(devices[name], default=0) < 0:
+            found.append(f"node {name} over-committed: {cpu[name]} {mem[name]} {devices[name]}")
+    for name, used in usage.items():
+        quota = snap.tenants[name].quota
+        usage0 = snap.tenants[name].usage
+        limits = (quota.cpu_millis, quota.memory_bytes, quota.gpu_shares, quota.max_running_jobs)
+        before = (usage0.cpu_millis, usage0.memory_bytes, usage0.gpu_shares, usage0.running_jobs)
+        for got, limit, was in zip(used, limits, before, strict=True):
+            if got > limit and got != was:
+                found.append(f"tenant {name} over quota: {used} > {limits}")
+    return found
