@@ -19,9 +19,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.backends.factory import make_inventory
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
+from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,12 +64,22 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    inventory = make_inventory(settings)
     async with open_database(settings) as database:
-        app = make_app(settings, database.engine)
+        app = make_app(settings, database.engine, inventory)
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        admission = AdmissionLoop(
+            database.engine,
+            inventory,
+            interval=settings.admission_interval,
+            starvation_seconds=settings.starvation_seconds,
+        )
+        loops = [asyncio.create_task(admission.run(), name="admission")]
+        for task in loops:
+            task.add_done_callback(lambda t: _loop_ended(t, stop))
         try:
             port = _bound_port(runner, settings.port)
             print(f"Muster is listening on http://{settings.host}:{port}", flush=True)
@@ -79,10 +91,26 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             await stop.wait()
             print("Muster is shutting down", flush=True)
         finally:
+            # Stop the loops first (an open admission transaction rolls back whole and the
+            # leader lock is released), then finish in-flight requests.
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await runner.cleanup()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     print("Muster stopped", flush=True)
+
+
+def _loop_ended(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """A loop must never end on its own: if one does, stop the whole process loudly."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    log.critical(
+        "background loop %r ended unexpectedly; shutting down", task.get_name(), exc_info=error
+    )
+    stop.set()
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -10,12 +10,14 @@ from aiohttp import web
 from gateway.api import schema
 from gateway.api.body import read_json
 from gateway.api.context import ENGINE, SETTINGS, actor
-from gateway.api.views import tenant_view
+from gateway.api.paging import page_limit
+from gateway.api.views import audit_view, tenant_view
 from gateway.db import tenants as tenant_rows
+from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.jobspec import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -27,28 +29,41 @@ def _tenant_name(request: web.Request) -> str:
     return name
 
 
-def tenant_values(name: str, body: Mapping[str, Any]) -> tenant_rows.TenantValues:
-    """A schema-valid TenantPut body -> values in Muster's units, or every problem in it."""
-    quota = body["quota"]
+_QUOTA_PARSERS = (
+    ("cpu", "quota_cpu_millis", cpu_millis),
+    ("memory", "quota_memory_bytes", memory_bytes),
+    ("gpu", "quota_gpu_shares", gpu_quota_shares),
+)
+
+
+def tenant_values(body: Mapping[str, Any], current: Mapping[str, Any]) -> tenant_rows.TenantValues:
+    """A schema-valid TenantPut/TenantPatch body over ``current`` values -> the new values.
+
+    Raises ValidationFailed listing every quantity that does not parse.
+    """
+    quota = body.get("quota", {})
     problems: list[FieldProblem] = []
-    amounts: dict[str, int] = {}
-    parsers = (("cpu", cpu_millis), ("memory", memory_bytes), ("gpu", gpu_quota_shares))
-    for key, parse in parsers:
-        try:
-            amounts[key] = parse(quota[key])
-        except QuantityError as exc:
-            problems.append(FieldProblem(pointer=pointer("quota", key), detail=str(exc)))
+    values = dict(current)
+    for key, column, parse in _QUOTA_PARSERS:
+        if key in quota:
+            try:
+                values[column] = parse(quota[key])
+            except QuantityError as exc:
+                problems.append(FieldProblem(pointer=pointer("quota", key), detail=str(exc)))
     if problems:
         raise ValidationFailed(problems)
-    return tenant_rows.TenantValues(
-        namespace=body.get("namespace", name),
-        quota_cpu_millis=amounts["cpu"],
-        quota_memory_bytes=amounts["memory"],
-        quota_gpu_shares=amounts["gpu"],
-        max_running_jobs=quota["max_running_jobs"],
-        max_queued_jobs=quota["max_queued_jobs"],
-        weight=float(body.get("weight", 1)),
-    )
+    for key in ("max_running_jobs", "max_queued_jobs"):
+        if key in quota:
+            values[key] = quota[key]
+    if "namespace" in body:
+        values["namespace"] = body["namespace"]
+    if "weight" in body:
+        values["weight"] = float(body["weight"])
+    return tenant_rows.TenantValues(**values)
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    return {"namespace": name, "weight": 1.0}
 
 
 @routes.put("/v1/admin/tenants/{tenant}")
@@ -59,7 +74,7 @@ async def put_tenant(request: web.Request) -> web.Response:
     if problems:
         raise ValidationFailed(problems)
     row, created = await tenant_rows.put(
-        request.app[ENGINE], name, tenant_values(name, body), actor=actor(request)
+        request.app[ENGINE], name, tenant_values(body, _defaults(name)), actor=actor(request)
     )
     headers = {"Location": f"/v1/admin/tenants/{name}"} if created else None
     return web.json_response(tenant_view(row), status=201 if created else 200, headers=headers)
@@ -75,3 +90,51 @@ async def get_tenant(request: web.Request) -> web.Response:
 async def list_tenants(request: web.Request) -> web.Response:
     rows = await tenant_rows.list_all(request.app[ENGINE])
     return web.json_response({"items": [tenant_view(row) for row in rows]})
+
+
+@routes.patch("/v1/admin/tenants/{tenant}")
+async def patch_tenant(request: web.Request) -> web.Response:
+    """Change some settings; quota keys left out keep their values.
+
+    Lowering a quota below current usage stops new admissions for the tenant; running jobs
+    keep running.
+    """
+    name = _tenant_name(request)
+    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    problems = schema.check("TenantPatch", body)
+    if problems:
+        raise ValidationFailed(problems)
+
+    def merge(current: Mapping[Any, Any]) -> tenant_rows.TenantValues:
+        fields = tenant_rows.TenantValues.__dataclass_fields__
+        return tenant_values(body, {key: current[key] for key in fields})
+
+    row = await tenant_rows.patch(request.app[ENGINE], name, merge, actor=actor(request))
+    return web.json_response(tenant_view(row))
+
+
+@routes.delete("/v1/admin/tenants/{tenant}")
+async def delete_tenant(request: web.Request) -> web.Response:
+    await tenant_rows.delete(request.app[ENGINE], _tenant_name(request), actor=actor(request))
+    return web.Response(status=204)
+
+
+@routes.get("/v1/admin/audit")
+async def list_audit(request: web.Request) -> web.Response:
+    query = request.query
+    unknown = sorted(set(query) - {"tenant", "limit", "cursor"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    limit = page_limit(query.get("limit"))
+    before = decode_cursor(query["cursor"]) if "cursor" in query else None
+    rows = await tenant_rows.audit(
+        request.app[ENGINE], tenant=query.get("tenant"), limit=limit + 1, before_id=before
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return web.json_response(
+        {
+            "items": [audit_view(row) for row in rows],
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
+        }
+    )

@@ -9,22 +9,25 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api import admin, jobs, service
-from gateway.api.context import ENGINE, SETTINGS, SPEC_LIMITS
+from gateway.api import admin, cluster, jobs, service
+from gateway.api.context import ENGINE, INVENTORY, SETTINGS, SPEC_LIMITS
 from gateway.api.problems import problems_middleware
+from gateway.backends.base import Inventory
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
 
-def make_app(settings: Settings, engine: AsyncEngine) -> web.Application:
+def make_app(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> web.Application:
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.max_body_bytes + 1
     )
     app[SETTINGS] = settings
     app[ENGINE] = engine
+    app[INVENTORY] = inventory
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
+    app.add_routes(cluster.routes)
     return app

@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.backends.base import Inventory
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SPEC_LIMITS = web.AppKey("spec_limits", SpecLimits)
+INVENTORY = web.AppKey("inventory", Inventory)
 
 ANONYMOUS = "anonymous"
 

@@ -6,17 +6,19 @@ from aiohttp import web
 
 from gateway.api import schema
 from gateway.api.body import read_json
-from gateway.api.context import ENGINE, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.context import ENGINE, INVENTORY, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.paging import page_limit
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
-from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
+from gateway.db import tenants as tenant_rows
+from gateway.domain.admission import never_fits
+from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, JobSpec, check_job_spec
+from gateway.domain.pods import pod_requests
+from gateway.domain.problems import FieldProblem
 from gateway.domain.states import JobState
 from gateway.errors import BadRequest, ValidationFailed
 
 routes = web.RouteTableDef()
-
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
 
 
 @routes.post("/v1/jobs")
@@ -33,6 +35,7 @@ async def submit_job(request: web.Request) -> web.Response:
         problems += [p for p in meaning if p.pointer not in known]
     if problems or isinstance(meaning, list):
         raise ValidationFailed(problems or (meaning if isinstance(meaning, list) else []))
+    await refuse_impossible(request, meaning)
     submitted = await job_rows.submit(
         request.app[ENGINE],
         meaning,
@@ -62,12 +65,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise BadRequest(
                 f"state must be one of {', '.join(s.value for s in JobState)}"
             ) from exc
-    try:
-        limit = int(query.get("limit", DEFAULT_PAGE))
-    except ValueError as exc:
-        raise BadRequest("limit must be an integer") from exc
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+    limit = page_limit(query.get("limit"))
     after = job_rows.decode_cursor(query["cursor"]) if "cursor" in query else None
     page = await job_rows.list_jobs(
         request.app[ENGINE],
@@ -80,6 +78,25 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response(
         {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
     )
+
+
+async def refuse_impossible(request: web.Request, spec: JobSpec) -> None:
+    """422 for a job that can never run: bigger than its tenant's quota or than every node."""
+    quota = await tenant_rows.quota(request.app[ENGINE], spec.tenant)
+    if quota is None:
+        raise ValidationFailed(
+            [FieldProblem(pointer="/tenant", detail=f"tenant {spec.tenant!r} does not exist")]
+        )
+    nodes = await request.app[INVENTORY].nodes()
+    impossible = never_fits(pod_requests(spec), nodes, quota)
+    if impossible:
+        raise ValidationFailed(
+            [
+                FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
+                for resource, message in impossible
+            ],
+            detail="the job can never run: " + "; ".join(m for _, m in impossible),
+        )
 
 
 def parse_selector(selector: str) -> dict[str, str]:

@@ -32,6 +32,9 @@ def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "admitted_at": timestamp(row["admitted_at"]),
         "started_at": timestamp(row["started_at"]),
         "finished_at": timestamp(row["finished_at"]),
+        "queue": None
+        if row["state"] != "queued" or row["queue_position"] is None
+        else {"position": row["queue_position"], "tenant_position": row["tenant_queue_position"]},
     }
 
 
@@ -64,4 +67,29 @@ def tenant_view(row: Mapping[Any, Any]) -> dict[str, Any]:
         "weight": row["weight"],
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
+    }
+
+
+def audit_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "actor": row["actor"],
+        "action": row["action"],
+        "tenant": row["tenant"],
+        "before": row["before"],
+        "after": row["after"],
+        "created_at": timestamp(row["created_at"]),
+    }
+
+
+def usage_view(cpu: int, memory: int, gpu: int) -> dict[str, Any]:
+    return {"cpu": format_cpu(cpu), "memory": format_memory(memory), "gpu": format_gpu(gpu)}
+
+
+def tenant_status_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        **tenant_view(row),
+        "usage": usage_view(int(row["used_cpu"]), int(row["used_memory"]), int(row["used_gpu"])),
+        "running_jobs": int(row["running_jobs"]),
+        "queued_jobs": int(row["queued_jobs"]),
     }

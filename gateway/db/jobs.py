@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
@@ -31,7 +31,7 @@ QUEUED_CAP_RETRY_AFTER = 30
 JOB_COLUMNS = (
     "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "
     "submitted_by, created_at, updated_at, queued_at, not_before, admitted_at, started_at, "
-    "finished_at"
+    "finished_at, queue_position, tenant_queue_position"
 )
 
 _SUBMIT = text(
@@ -88,7 +88,6 @@ async def submit(
     }
     try:
         async with engine.begin() as conn:
-            await _require_tenant(conn, spec.tenant)
             row = (await conn.execute(_SUBMIT, params)).mappings().first()
             if row is not None:
                 return Submitted(job=row, created=True)
@@ -106,6 +105,8 @@ async def submit(
                 .one()
             )
     except IntegrityError as exc:
+        if "fk_jobs_tenant_tenants" in str(exc.orig):
+            raise _no_tenant(spec.tenant) from exc
         if "uq_jobs_live_name" in str(exc.orig):
             raise Conflict(
                 f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
@@ -132,12 +133,10 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return str(code) if code else None
 
 
-async def _require_tenant(conn: AsyncConnection, tenant: str) -> None:
-    found = await conn.scalar(text("SELECT 1 FROM tenants WHERE name = :t"), {"t": tenant})
-    if not found:
-        raise ValidationFailed(
-            [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
-        )
+def _no_tenant(tenant: str) -> ValidationFailed:
+    return ValidationFailed(
+        [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
+    )
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
@@ -246,7 +245,8 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
                     text(
                         f"""
                     UPDATE jobs SET state = 'cancelled', reason = 'Cancelled',
-                        message = :message, finished_at = now(), updated_at = now()
+                        message = :message, finished_at = now(), updated_at = now(),
+                        queue_position = NULL, tenant_queue_position = NULL
                     WHERE id = :id RETURNING {JOB_COLUMNS}
                     """
                     ),
@@ -255,6 +255,14 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
             )
             .mappings()
             .one()
+        )
+        # The cluster backend deletes the pods; their resources are no longer Muster's to plan.
+        await conn.execute(
+            text(
+                "UPDATE placements SET released_at = now() WHERE job_id = :id "
+                "AND released_at IS NULL"
+            ),
+            {"id": ident},
         )
         await conn.execute(
             text(

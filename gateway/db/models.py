@@ -122,6 +122,9 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Where a queued job stood in the last admission cycle (1-based); NULL once it leaves the queue.
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    tenant_queue_position: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     labels: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +17,24 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.domain.admission import Quota
 from gateway.domain.problems import FieldProblem
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
     "name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
     "max_queued_jobs, weight, queued_jobs, created_at, updated_at"
+)
+
+
+_UPDATE = text(
+    f"""
+    UPDATE tenants SET namespace = :namespace, quota_cpu_millis = :quota_cpu_millis,
+        quota_memory_bytes = :quota_memory_bytes, quota_gpu_shares = :quota_gpu_shares,
+        max_running_jobs = :max_running_jobs, max_queued_jobs = :max_queued_jobs,
+        weight = :weight, updated_at = now()
+    WHERE name = :name RETURNING {TENANT_COLUMNS}
+    """
 )
 
 
@@ -109,6 +121,10 @@ async def put(
     """Create or replace a tenant. Returns the row and whether it was created."""
     try:
         async with engine.begin() as conn:
+            # Serialize writers of this tenant name, so create-or-replace has no race window.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext('tenant:' || :name))"), {"name": name}
+            )
             before = await _select(conn, name, lock=True)
             if before is None:
                 row = (
@@ -122,7 +138,6 @@ async def put(
                             VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
                                 :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight,
                                 :secret)
-                            ON CONFLICT (name) DO NOTHING
                             RETURNING {TENANT_COLUMNS}
                             """
                             ),
@@ -130,30 +145,12 @@ async def put(
                         )
                     )
                     .mappings()
-                    .first()
+                    .one()
                 )
-                if row is None:  # created concurrently between our SELECT and INSERT
-                    return await put(engine, name, values, actor=actor)
                 created = True
             else:
                 row = (
-                    (
-                        await conn.execute(
-                            text(
-                                f"""
-                            UPDATE tenants SET namespace = :namespace,
-                                quota_cpu_millis = :quota_cpu_millis,
-                                quota_memory_bytes = :quota_memory_bytes,
-                                quota_gpu_shares = :quota_gpu_shares,
-                                max_running_jobs = :max_running_jobs,
-                                max_queued_jobs = :max_queued_jobs, weight = :weight,
-                                updated_at = now()
-                            WHERE name = :name RETURNING {TENANT_COLUMNS}
-                            """
-                            ),
-                            {"name": name, **values.as_params()},
-                        )
-                    )
+                    (await conn.execute(_UPDATE, {"name": name, **values.as_params()}))
                     .mappings()
                     .one()
                 )
@@ -168,16 +165,19 @@ async def put(
             )
     except IntegrityError as exc:
         if "uq_tenants_namespace" in str(exc.orig):
-            raise ValidationFailed(
-                [
-                    FieldProblem(
-                        pointer="/namespace",
-                        detail=f"namespace {values.namespace!r} belongs to another tenant",
-                    )
-                ]
-            ) from exc
+            raise _namespace_taken(values.namespace) from exc
         raise
     return row, created
+
+
+def _namespace_taken(namespace: str) -> ValidationFailed:
+    return ValidationFailed(
+        [
+            FieldProblem(
+                pointer="/namespace", detail=f"namespace {namespace!r} belongs to another tenant"
+            )
+        ]
+    )
 
 
 async def get(engine: AsyncEngine, name: str) -> RowMapping:
@@ -192,3 +192,118 @@ async def list_all(engine: AsyncEngine) -> Sequence[RowMapping]:
     async with engine.connect() as conn:
         result = await conn.execute(text(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"))
         return result.mappings().all()
+
+
+async def quota(engine: AsyncEngine, name: str) -> Quota | None:
+    """The tenant's quota, or None when there is no such tenant."""
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, "
+                        "max_running_jobs FROM tenants WHERE name = :name"
+                    ),
+                    {"name": name},
+                )
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        return None
+    return Quota(
+        cpu_millis=row["quota_cpu_millis"],
+        memory_bytes=row["quota_memory_bytes"],
+        gpu_shares=row["quota_gpu_shares"],
+        max_running_jobs=row["max_running_jobs"],
+    )
+
+
+_STATUS = text(
+    f"""
+    SELECT {TENANT_COLUMNS},
+        (SELECT COALESCE(sum(p.cpu_millis), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
+         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_cpu,
+        (SELECT COALESCE(sum(p.memory_bytes), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
+         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_memory,
+        (SELECT COALESCE(sum(p.gpu_shares), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
+         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_gpu,
+        (SELECT count(*) FROM jobs j WHERE j.tenant = t.name
+         AND j.state IN ('admitted', 'running')) AS running_jobs
+    FROM tenants t WHERE t.name = :name
+    """
+)
+
+
+async def status(engine: AsyncEngine, name: str) -> RowMapping:
+    """The tenant with its current usage and job counts."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(_STATUS, {"name": name})).mappings().first()
+    if row is None:
+        raise NotFound(f"tenant {name!r} does not exist")
+    return row
+
+
+async def patch(
+    engine: AsyncEngine,
+    name: str,
+    merge: Callable[[Mapping[Any, Any]], TenantValues],
+    *,
+    actor: str,
+) -> RowMapping:
+    """Change some of a tenant's settings: ``merge`` maps the current row to the new values."""
+    async with engine.begin() as conn:
+        before = await _select(conn, name, lock=True)
+        if before is None:
+            raise NotFound(f"tenant {name!r} does not exist")
+        values = merge(before)
+        try:
+            async with conn.begin_nested():
+                result = await conn.execute(_UPDATE, {"name": name, **values.as_params()})
+                row = result.mappings().one()
+        except IntegrityError as exc:
+            raise _namespace_taken(values.namespace) from exc
+        await _audit(conn, actor=actor, action="update", tenant=name, before=before, after=row)
+    return row
+
+
+async def delete(engine: AsyncEngine, name: str, *, actor: str) -> None:
+    """Delete a tenant with its finished jobs; refused while it has queued or active jobs."""
+    async with engine.begin() as conn:
+        before = await _select(conn, name, lock=True)
+        if before is None:
+            raise NotFound(f"tenant {name!r} does not exist")
+        live = await conn.scalar(
+            text(
+                "SELECT count(*) FROM jobs WHERE tenant = :name "
+                "AND state IN ('queued', 'admitted', 'running')"
+            ),
+            {"name": name},
+        )
+        if live:
+            raise Conflict(
+                f"tenant {name!r} still has {live} queued or running jobs; cancel them first"
+            )
+        await conn.execute(text("DELETE FROM tenants WHERE name = :name"), {"name": name})
+        await _audit(conn, actor=actor, action="delete", tenant=name, before=before, after=None)
+
+
+async def audit(
+    engine: AsyncEngine, *, tenant: str | None, limit: int, before_id: int | None
+) -> Sequence[RowMapping]:
+    """Audit entries, newest first."""
+    clauses: list[str] = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit}
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if before_id is not None:
+        clauses.append("id < :before_id")
+        params["before_id"] = before_id
+    query = text(
+        "SELECT id, actor, action, tenant, before, after, created_at FROM audit_log "
+        f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        return (await conn.execute(query, params)).mappings().all()

@@ -202,6 +202,9 @@ class _Cycle:
                 used.gpu_shares,
                 used.running_jobs,
             ]
+        # Shares only move when a tenant is admitted a job, so they are cached until then.
+        self.shares: dict[str, float] = {}
+        self.slices: dict[tuple[int, int], GpuSlice] = {}
         self.admitted: list[Admission] = []
         self.waiting: list[tuple[PendingJob, PendingReason, str] | _Blocked] = []
         self.reserved: tuple[str, ...] = ()
@@ -247,6 +250,12 @@ class _Cycle:
 
     def _share(self, name: str) -> float:
         """Weighted dominant-resource share: the largest fraction of the cluster held, / weight."""
+        share = self.shares.get(name)
+        if share is None:
+            share = self.shares[name] = self._compute_share(name)
+        return share
+
+    def _compute_share(self, name: str) -> float:
         used = self.usage.get(name)
         tenant = self.snapshot.tenants.get(name)
         if used is None or tenant is None:
@@ -297,15 +306,15 @@ class _Cycle:
         if not fits_all:
             self.waiting.append(_Blocked(job=job, totals=totals, needs=None, roles=()))
             return
-        needs, order = _needs(cluster, pods)
+        gang = cluster.gang_of(pods)
         if fits_open:
-            hits = cluster.place_gang(needs, honor=True)
+            hits = cluster.place_gang(gang, honor=True)
             if hits is not None:
                 cluster.commit()
-                self._admit(job, totals, order, hits)
+                self._admit(job, totals, gang.order, hits)
                 return
-        if cluster.any_blocked and cluster.place_gang(needs, honor=False) is not None:
-            cluster.rollback(0)
+        if cluster.any_blocked and cluster.place_gang(gang, honor=False) is not None:
+            cluster.rollback()
             assert self.reserved_for is not None
             self._wait(
                 job,
@@ -317,16 +326,16 @@ class _Cycle:
         note = ""
         if self.reserved_for is None and self._starving(job):
             note = self._reserve(job)
-        roles = tuple(pods[k].role for k in order)
+        roles = tuple(pods[k].role for k in gang.order)
         self.waiting.append(
-            _Blocked(job=job, totals=totals, needs=tuple(needs), roles=roles, note=note)
+            _Blocked(job=job, totals=totals, needs=gang.needs, roles=roles, note=note)
         )
 
     def _admit(
         self,
         job: PendingJob,
         totals: tuple[int, int, int],
-        order: list[int],
+        order: Sequence[int],
         hits: list[tuple[int, tuple[tuple[int, int], ...]]],
     ) -> None:
         used = self.usage[job.tenant]
@@ -334,16 +343,23 @@ class _Cycle:
         used[1] += totals[2]
         used[2] += totals[0]
         used[3] += 1
+        self.shares.pop(job.tenant, None)
         nodes = self.cluster.nodes
         by_pod: list[Placement | None] = [None] * len(job.pods)
         for k, (i, slices) in zip(order, hits, strict=True):
             by_pod[k] = Placement(
                 pod_name=job.pods[k].name,
                 node=nodes[i].name,
-                gpu=tuple(GpuSlice(device=d, shares=s) for d, s in slices),
+                gpu=tuple(self._slice(d, s) for d, s in slices),
             )
         placements = tuple(p for p in by_pod if p is not None)
         self.admitted.append(Admission(job_id=job.id, tenant=job.tenant, placements=placements))
+
+    def _slice(self, device: int, shares: int) -> GpuSlice:
+        found = self.slices.get((device, shares))
+        if found is None:
+            found = self.slices[(device, shares)] = GpuSlice(device=device, shares=shares)
+        return found
 
     def _wait(self, job: PendingJob, reason: PendingReason, message: str) -> None:
         self.waiting.append((job, reason, message))
@@ -368,8 +384,7 @@ class _Cycle:
         for rank, i in enumerate(by_free):
             tiebreak[i] = rank
         empty = ClusterState(cluster.nodes, (), tiebreak=tiebreak)
-        needs, _ = _needs(empty, job.pods)
-        hits = empty.place_gang(needs, honor=False)
+        hits = empty.place_gang(empty.gang_of(job.pods), honor=False)
         if hits is None:
             return ""
         chosen = sorted({i for i, _ in hits})
@@ -382,9 +397,15 @@ class _Cycle:
 
     def _finish(self, backoff: list[PendingJob]) -> AdmissionPlan:
         settled: list[tuple[PendingJob, PendingReason, str]] = []
+        # Many blocked jobs share a shape; the end state is fixed, so their reason is too.
+        reasons: dict[object, tuple[PendingReason, str]] = {}
         for entry in self.waiting:
             if isinstance(entry, _Blocked):
-                reason, message = _capacity_reason(self.cluster, entry)
+                key = (entry.totals, entry.needs, entry.roles)
+                found = reasons.get(key)
+                if found is None:
+                    found = reasons[key] = _capacity_reason(self.cluster, entry)
+                reason, message = found
                 settled.append((entry.job, reason, message + entry.note))
             else:
                 settled.append(entry)
@@ -420,25 +441,6 @@ class _Cycle:
             reserved_nodes=self.reserved,
             reserved_for=self.reserved_for.id if self.reserved_for is not None else None,
         )
-
-
-def _needs(cluster: ClusterState, pods: Sequence[PodRequest]) -> tuple[list[Need], list[int]]:
-    """The gang in placement order, largest first (GPU, then CPU, then memory; ties on name)."""
-    order = sorted(
-        range(len(pods)),
-        key=lambda k: (
-            -pods[k].gpu_shares,
-            -pods[k].cpu_millis,
-            -pods[k].memory_bytes,
-            pods[k].name,
-        ),
-    )
-    needs: list[Need] = []
-    for k in order:
-        pod = pods[k]
-        cls, kind = cluster.class_of(pod)
-        needs.append((cls, kind, pod.cpu_millis, pod.memory_bytes, pod.gpu_shares, pod.spread))
-    return needs, order
 
 
 def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:

@@ -22,6 +22,8 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import groupby
+from operator import attrgetter
 
 SHARES_PER_DEVICE = 100
 
@@ -215,6 +217,20 @@ def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[N
 Need = tuple[int, int, int, int, int, bool]
 Slices = tuple[tuple[int, int], ...]  # (device, shares)
 Hit = tuple[int, Slices]  # (node index, slices)
+_Key = tuple[int, int, int, int, int]  # (gpu free, cpu free, memory free, tiebreak, node index)
+_NAME = attrgetter("name")
+_SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread")
+_SELECTOR = attrgetter("node_selector")
+_TOLERATIONS = attrgetter("tolerations")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Gang:
+    """The pods of one job as placement sees them, largest first."""
+
+    needs: tuple[Need, ...]
+    order: tuple[int, ...]  # for each need, the index of its pod in the job
+    signature: tuple[tuple[Need, int], ...]  # runs of equal needs: equal gangs, equal signature
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -236,6 +252,11 @@ class ClusterState:
     Per-node values live in plain lists. For every set of eligible nodes there is a list of keys
     `(gpu free, cpu free, memory free, tiebreak, node)` kept sorted, so best fit is a bisect plus a
     short scan instead of a pass over every node.
+
+    While a gang is being placed, the nodes it touched keep their old keys in the sorted lists (an
+    old key is never below the real free, so a bisect never skips a node that fits) and are
+    searched on the side with their real values. `commit()` re-sorts them; `rollback()` only
+    restores values. A gang that fails therefore never touches the sorted lists.
     """
 
     def __init__(
@@ -246,43 +267,112 @@ class ClusterState:
         tiebreak: Sequence[int] | None = None,
     ) -> None:
         self.nodes = tuple(sorted(nodes, key=lambda node: node.name))
-        self.index = {node.name: i for i, node in enumerate(self.nodes)}
+        count = len(self.nodes)
         self.cpu, self.mem, self.devs = _free_after_holdings(self.nodes, holdings)
         # Free GPU counts only devices with room: an over-committed device must not hide the
         # free shares of its neighbours from the sorted keys, which are upper bounds on fit.
         self.gfree = [sum(max(d, 0) for d in devs) for devs in self.devs]
         self.full = [d.count(SHARES_PER_DEVICE) for d in self.devs]
-        self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(len(self.nodes)))
+        self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
         # Reserved nodes: no pod may go there while `honor` is set on a search.
-        self.blocked = bytearray(len(self.nodes))
+        self.blocked = bytearray(count)
         self.any_blocked = False
-        ready = [i for i, node in enumerate(self.nodes) if node.ready]
+        self._ready = [node.ready for node in self.nodes]
+        ready = [i for i in range(count) if self._ready[i]]
         # Free sums over ready nodes, of what can actually be used (never below zero per node).
         self.free_cpu = sum(max(self.cpu[i], 0) for i in ready)
         self.free_mem = sum(max(self.mem[i], 0) for i in ready)
         self.free_gpu = sum(self.gfree[i] for i in ready)
         self.blocked_cpu = self.blocked_mem = self.blocked_gpu = 0
-        self._ready = [node.ready for node in self.nodes]
         self._classes: dict[tuple[object, ...], int] = {}
         self._class_set: list[int] = []  # class id -> node-set id
         self._class_kind: list[int] = []  # class id -> gpu kind
         self._set_ids: dict[tuple[int, ...], int] = {}
         self._sets: list[tuple[int, ...]] = []
-        self._lists: list[list[tuple[int, int, int, int, int]] | None] = []
-        self._node_lists: list[list[list[tuple[int, int, int, int, int]]]] = [
-            [] for _ in self.nodes
-        ]
+        self._masks: list[bytearray] = []
+        self._lists: list[list[_Key] | None] = []
+        self._node_lists: list[list[list[_Key]]] = [[] for _ in range(count)]
+        # The gang being placed: what it took, and the keys its nodes still have in the lists.
         self._journal: list[tuple[int, int, int, Slices]] = []
+        self._touched: dict[int, _Key] = {}
         # Failure memos, per class: the minimal (cpu, memory, gpu) shapes known not to fit. Free
         # capacity only shrinks within a cycle, so a shape that failed keeps failing, and so does
-        # any shape at least as large in every resource.
+        # any shape at least as large in every resource. "open" memos hold failures that may be
+        # due to reserved nodes, "all" memos failures on every node.
         self._failed_open: dict[int, list[tuple[int, int, int]]] = {}
         self._failed_all: dict[int, list[tuple[int, int, int]]] = {}
-        self._failed_gangs_open: set[tuple[Need, ...]] = set()
-        self._failed_gangs_all: set[tuple[Need, ...]] = set()
+        # Whole gangs that failed. Greedy placement is not strictly monotone in free capacity,
+        # so this can, rarely, turn away a gang that a retry would have placed; it never lets
+        # anything through, and it keeps a long queue of identical gangs cheap.
+        self._failed_gangs_open: set[tuple[tuple[Need, int], ...]] = set()
+        self._failed_gangs_all: set[tuple[tuple[Need, int], ...]] = set()
         self._class_free: dict[int, ClassFree] = {}
 
     # -- classes --------------------------------------------------------------------------------
+
+    def gang_of(self, pods: Sequence[PodRequest]) -> Gang:
+        """The pods of one job in placement order: largest first (GPU, CPU, memory; ties on name).
+
+        Replicas of a role are identical but for their name, so the work here is per group of
+        identical pods, not per pod: one class lookup and one `Need` object per group.
+        """
+        groups: dict[tuple[object, ...], list[int]] = {}
+        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+            for k, pod in enumerate(pods):
+                selector = pod.node_selector
+                tolerations = pod.tolerations
+                key = (
+                    *_SHAPE(pod),
+                    tuple(selector.items()) if selector else (),
+                    id(tolerations) if tolerations else 0,
+                )
+                members = groups.get(key)
+                if members is None:
+                    groups[key] = [k]
+                else:
+                    members.append(k)
+        else:
+            # The common case, done in C: no constraints, so the shape alone is the group.
+            shapes = list(map(_SHAPE, pods))
+            for shape, run in groupby(range(len(pods)), shapes.__getitem__):
+                members = groups.get(shape)
+                if members is None:
+                    groups[shape] = list(run)
+                else:
+                    members.extend(run)
+        names = list(map(_NAME, pods))
+        # (size, first name, need, members), the members of each group in name order.
+        entries: list[tuple[tuple[int, int, int], str, Need, list[int]]] = []
+        for members in groups.values():
+            pod = pods[members[0]]
+            cls, kind = self.class_of(pod)
+            need = (cls, kind, pod.cpu_millis, pod.memory_bytes, pod.gpu_shares, pod.spread)
+            if len(members) > 1:
+                members.sort(key=names.__getitem__)
+            size = (-pod.gpu_shares, -pod.cpu_millis, -pod.memory_bytes)
+            entries.append((size, names[members[0]], need, members))
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
+        needs: list[Need] = []
+        order: list[int] = []
+        for n, (size, _, need, members) in enumerate(entries):
+            if (n > 0 and entries[n - 1][0] == size) or (
+                n + 1 < len(entries) and entries[n + 1][0] == size
+            ):
+                break
+            needs.extend([need] * len(members))
+            order.extend(members)
+        else:
+            signature = tuple((entry[2], len(entry[3])) for entry in entries)
+            return Gang(needs=tuple(needs), order=tuple(order), signature=signature)
+        # Groups of the same size but other constraints: interleave them by name, as one sort.
+        merged = sorted(
+            (size, names[k], need, k) for size, _, need, members in entries for k in members
+        )
+        needs = [entry[2] for entry in merged]
+        signature = tuple((need, 1) for need in needs)
+        return Gang(
+            needs=tuple(needs), order=tuple(entry[3] for entry in merged), signature=signature
+        )
 
     def class_of(self, pod: PodRequest) -> tuple[int, int]:
         """(class id, gpu kind). Pods of one class are eligible for exactly the same nodes."""
@@ -313,6 +403,10 @@ class ClusterState:
             set_id = len(self._sets)
             self._set_ids[members] = set_id
             self._sets.append(members)
+            mask = bytearray(len(self.nodes))
+            for i in members:
+                mask[i] = 1
+            self._masks.append(mask)
             self._lists.append(None)
         cls = len(self._class_set)
         self._class_set.append(set_id)
@@ -320,15 +414,16 @@ class ClusterState:
         self._classes[key] = cls
         return cls
 
-    def _key(self, i: int) -> tuple[int, int, int, int, int]:
+    def _key(self, i: int) -> _Key:
         return (self.gfree[i], self.cpu[i], self.mem[i], self.tiebreak[i], i)
 
-    def _sorted(self, cls: int) -> list[tuple[int, int, int, int, int]]:
-        set_id = self._class_set[cls]
+    def _sorted(self, set_id: int) -> list[_Key]:
         keys = self._lists[set_id]
         if keys is None:
             members = self._sets[set_id]
-            keys = sorted(self._key(i) for i in members)
+            # Nodes the current gang touched go in under the key the other lists hold for them.
+            touched = self._touched
+            keys = sorted(touched.get(i) or self._key(i) for i in members)
             self._lists[set_id] = keys
             for i in members:
                 self._node_lists[i].append(keys)
@@ -341,23 +436,51 @@ class ClusterState:
         cls, kind, cpu, mem, gpu, _ = need
         if kind == GPU_INVALID:
             return None
-        keys = self._sorted(cls)
+        set_id = self._class_set[cls]
+        keys = self._sorted(set_id)
         blocked = self.blocked if honor and self.any_blocked else None
+        touched = self._touched
+        best: _Key | None = None
+        best_slices: Slices = ()
         n = len(keys)
         pos = bisect_left(keys, (gpu, cpu))
         while pos < n:
-            kg, kc, km, _, i = keys[pos]
+            key = keys[pos]
+            kg, kc, km, _, i = key
             if kc < cpu:
                 # Inside one GPU level keys ascend by CPU: jump to the first that has enough.
                 pos = bisect_left(keys, (kg, cpu), pos + 1)
                 continue
             pos += 1
-            if km < mem or (blocked is not None and blocked[i]) or (skip and i in skip):
+            if (
+                km < mem
+                or (blocked is not None and blocked[i])
+                or (skip and i in skip)
+                or i in touched
+            ):
                 continue
             slices = self._devices(i, kind, gpu)
             if slices is not None:
-                return i, slices
-        return None
+                best, best_slices = key, slices
+                break
+        if touched:
+            mask = self._masks[set_id]
+            for i in touched:
+                if (
+                    not mask[i]
+                    or self.cpu[i] < cpu
+                    or self.mem[i] < mem
+                    or self.gfree[i] < gpu
+                    or (blocked is not None and blocked[i])
+                    or (skip and i in skip)
+                ):
+                    continue
+                key = self._key(i)
+                if best is None or key < best:
+                    slices = self._devices(i, kind, gpu)
+                    if slices is not None:
+                        best, best_slices = key, slices
+        return None if best is None else (best[4], best_slices)
 
     def _devices(self, i: int, kind: int, gpu: int) -> Slices | None:
         if kind == GPU_NONE:
@@ -378,8 +501,7 @@ class ClusterState:
 
     # -- assume and undo ------------------------------------------------------------------------
 
-    def _change(self, i: int, cpu: int, mem: int, slices: Slices, sign: int) -> None:
-        old = self._key(i)
+    def _apply(self, i: int, cpu: int, mem: int, slices: Slices, sign: int) -> None:
         old_cpu, old_mem, old_gpu = self.cpu[i], self.mem[i], self.gfree[i]
         new_cpu = self.cpu[i] = old_cpu - sign * cpu
         new_mem = self.mem[i] = old_mem - sign * mem
@@ -394,45 +516,62 @@ class ClusterState:
         self.free_cpu += max(new_cpu, 0) - max(old_cpu, 0)
         self.free_mem += max(new_mem, 0) - max(old_mem, 0)
         self.free_gpu += new_gpu - old_gpu
-        new = self._key(i)
-        for keys in self._node_lists[i]:
-            del keys[bisect_left(keys, old)]
-            insort(keys, new)
 
     def _take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
-        self._change(i, cpu, mem, slices, 1)
+        if i not in self._touched:
+            self._touched[i] = self._key(i)
+        self._apply(i, cpu, mem, slices, 1)
         self._journal.append((i, cpu, mem, slices))
 
-    def rollback(self, mark: int) -> None:
+    def rollback(self) -> None:
+        """Undo everything taken since the last commit."""
         journal = self._journal
-        while len(journal) > mark:
+        while journal:
             i, cpu, mem, slices = journal.pop()
-            self._change(i, cpu, mem, slices, -1)
+            self._apply(i, cpu, mem, slices, -1)
+        self._touched.clear()
 
     def commit(self) -> None:
+        """Keep everything taken since the last commit, and re-sort the nodes it touched."""
+        for i, old in self._touched.items():
+            new = self._key(i)
+            for keys in self._node_lists[i]:
+                del keys[bisect_left(keys, old)]
+                insort(keys, new)
+        self._touched.clear()
         self._journal.clear()
 
-    def place_gang(self, needs: Sequence[Need], honor: bool) -> list[Hit] | None:
-        """Place every pod of a gang, largest first as given, or nothing.
+    def place_gang(self, gang: Gang, honor: bool) -> list[Hit] | None:
+        """Place every pod of a gang, in its order, or nothing.
 
-        On success the placement stays applied until `commit()` or `rollback(0)`; on failure the
+        On success the placement stays applied until `commit()` or `rollback()`; on failure the
         state is restored and the failure is memoized when it does not depend on the gang itself.
         """
-        signature = tuple(needs)
-        if self._known_to_fail(needs, signature, honor):
+        assert not self._journal, "commit or roll back the previous gang first"
+        needs = gang.needs
+        signature = gang.signature
+        if self._known_to_fail(signature, honor):
             return None
-        mark = len(self._journal)
         spread_used: set[int] = set()
         hits: list[Hit] = []
+        last: Need | None = None
+        last_node = -1
         for k, need in enumerate(needs):
             hit = None
-            if need[5] and spread_used:
-                hit = self.find(need, spread_used, honor)
+            if need[5]:
+                if spread_used:
+                    hit = self.find(need, spread_used, honor)
+            elif need == last:
+                # The same shape again: the node that was the best fit is still the best if the
+                # pod fits there, since only that node changed and it now has less free.
+                slices = self._fits(last_node, need)
+                if slices is not None:
+                    hit = (last_node, slices)
             if hit is None:
                 # Spreading is a preference: reuse a node rather than fail the gang.
                 hit = self.find(need, None, honor)
             if hit is None:
-                self.rollback(mark)
+                self.rollback()
                 self._learn(needs, k, signature, honor)
                 return None
             i, slices = hit
@@ -440,10 +579,17 @@ class ClusterState:
             if need[5]:
                 spread_used.add(i)
             hits.append(hit)
+            last, last_node = need, i
         return hits
 
+    def _fits(self, i: int, need: Need) -> Slices | None:
+        _, kind, cpu, mem, gpu, _ = need
+        if self.cpu[i] < cpu or self.mem[i] < mem or self.gfree[i] < gpu:
+            return None
+        return self._devices(i, kind, gpu)
+
     def _learn(
-        self, needs: Sequence[Need], k: int, signature: tuple[Need, ...], honor: bool
+        self, needs: Sequence[Need], k: int, signature: tuple[tuple[Need, int], ...], honor: bool
     ) -> None:
         scoped = honor and self.any_blocked
         (self._failed_gangs_open if scoped else self._failed_gangs_all).add(signature)
@@ -458,17 +604,11 @@ class ClusterState:
         frontier[:] = [f for f in frontier if not _dominates(f, shape)]
         frontier.append(shape)
 
-    def _known_to_fail(
-        self, needs: Sequence[Need], signature: tuple[Need, ...], honor: bool
-    ) -> bool:
+    def _known_to_fail(self, signature: tuple[tuple[Need, int], ...], honor: bool) -> bool:
         if signature in self._failed_gangs_all or (honor and signature in self._failed_gangs_open):
             return True
         memos = (self._failed_all, self._failed_open) if honor else (self._failed_all,)
-        last = None
-        for need in needs:
-            if need == last:
-                continue
-            last = need
+        for need, _ in signature:
             if need[1] == GPU_INVALID:
                 return True
             for memo in memos:
@@ -480,6 +620,7 @@ class ClusterState:
     # -- reservations ---------------------------------------------------------------------------
 
     def block(self, nodes: Iterable[int]) -> None:
+        """Reserve nodes: searches that honor reservations skip them from now on."""
         for i in nodes:
             if self.blocked[i]:
                 continue
@@ -504,8 +645,8 @@ class ClusterState:
             gpu_max = SHARES_PER_DEVICE * max((self.full[i] for i in members), default=0)
         result = ClassFree(
             nodes=len(members),
-            cpu_sum=sum(self.cpu[i] for i in members),
-            memory_sum=sum(self.mem[i] for i in members),
+            cpu_sum=sum(max(self.cpu[i], 0) for i in members),
+            memory_sum=sum(max(self.mem[i], 0) for i in members),
             gpu_sum=sum(self.gfree[i] for i in members),
             cpu_max=max((self.cpu[i] for i in members), default=0),
             memory_max=max((self.mem[i] for i in members), default=0),

@@ -1,0 +1,81 @@
+"""Cluster and tenant status: what the cluster offers, what is free, and each tenant's usage."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.api.context import ENGINE, INVENTORY
+from gateway.api.views import tenant_status_view
+from gateway.db import tenants as tenant_rows
+from gateway.db.admission import load_holdings
+from gateway.domain.jobspec import DNS_1123_LABEL
+from gateway.domain.placement import free_capacity
+from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
+from gateway.errors import NotFound
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/cluster")
+async def cluster(request: web.Request) -> web.Response:
+    nodes = await request.app[INVENTORY].nodes()
+    async with request.app[ENGINE].connect() as conn:
+        holdings = await load_holdings(conn)
+    free = {f.name: f for f in free_capacity(nodes, holdings)}
+    items = []
+    totals = {"cpu": 0, "memory": 0, "gpu": 0, "free_cpu": 0, "free_memory": 0, "free_gpu": 0}
+    for node in sorted(nodes, key=lambda n: n.name):
+        left = free[node.name]
+        gpu_free = sum(left.gpu)
+        items.append(
+            {
+                "name": node.name,
+                "ready": node.ready,
+                "gpu_mode": node.gpu_mode.value,
+                "labels": dict(node.labels),
+                "capacity": {
+                    "cpu": format_cpu(node.cpu_millis),
+                    "memory": format_memory(node.memory_bytes),
+                    "gpu": node.gpu_devices,
+                },
+                "free": {
+                    "cpu": format_cpu(max(left.cpu_millis, 0)),
+                    "memory": format_memory(max(left.memory_bytes, 0)),
+                    "gpu": format_gpu(max(gpu_free, 0)),
+                },
+                "gpu_devices": [
+                    {"index": i, "free_shares": shares} for i, shares in enumerate(left.gpu)
+                ],
+            }
+        )
+        if node.ready:
+            totals["cpu"] += node.cpu_millis
+            totals["memory"] += node.memory_bytes
+            totals["gpu"] += node.gpu_devices * GPU_SHARES_PER_DEVICE
+            totals["free_cpu"] += max(left.cpu_millis, 0)
+            totals["free_memory"] += max(left.memory_bytes, 0)
+            totals["free_gpu"] += max(gpu_free, 0)
+    return web.json_response(
+        {
+            "nodes": items,
+            "capacity": {
+                "cpu": format_cpu(totals["cpu"]),
+                "memory": format_memory(totals["memory"]),
+                "gpu": format_gpu(totals["gpu"]),
+            },
+            "free": {
+                "cpu": format_cpu(totals["free_cpu"]),
+                "memory": format_memory(totals["free_memory"]),
+                "gpu": format_gpu(totals["free_gpu"]),
+            },
+        }
+    )
+
+
+@routes.get("/v1/tenants/{tenant}")
+async def tenant_status(request: web.Request) -> web.Response:
+    name = request.match_info["tenant"]
+    if not DNS_1123_LABEL.fullmatch(name):
+        raise NotFound(f"tenant {name!r} does not exist")
+    row = await tenant_rows.status(request.app[ENGINE], name)
+    return web.json_response(tenant_status_view(row))

@@ -1,0 +1,1 @@
+"""Background loops: leadership, admission (and later reconciliation and webhook delivery)."""

@@ -1,0 +1,77 @@
+"""The admission loop: on the leader, run a cycle whenever a submit NOTIFYs or the tick passes.
+
+A failed cycle is logged and retried at the next wake-up; it never stops the loop. Cancellation
+(shutdown) ends the loop between cycles or aborts the open transaction, which rolls back whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.backends.base import Inventory
+from gateway.db.admission import CycleResult, SpecCache, run_cycle
+from gateway.db.jobs import NOTIFY_CHANNEL
+from gateway.loops.leader import Leadership
+
+log = logging.getLogger(__name__)
+
+
+class AdmissionLoop:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        inventory: Inventory,
+        *,
+        interval: float,
+        starvation_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.inventory = inventory
+        self.interval = interval
+        self.starvation_seconds = starvation_seconds
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self.leadership = Leadership(engine, [NOTIFY_CHANNEL], self.wake)
+        self.cache = SpecCache()
+        self.cycles = 0
+        self.last: CycleResult | None = None
+
+    async def cycle(self) -> CycleResult:
+        result = await run_cycle(
+            self.engine,
+            self.inventory,
+            self.cache,
+            clock=self.clock,
+            starvation_seconds=self.starvation_seconds,
+        )
+        self.cycles += 1
+        self.last = result
+        if result.admitted:
+            log.info(
+                "admitted %d of %d queued jobs in %.3f s",
+                len(result.admitted),
+                result.considered,
+                result.seconds,
+            )
+        return result
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self.wake.clear()
+                try:
+                    if await self.leadership.check():
+                        await self.cycle()
+                except Exception:
+                    log.exception("admission cycle failed; retrying at the next wake-up")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.interval)
+        finally:
+            await self.leadership.release()

@@ -1,0 +1,120 @@
+"""Check every API response against the OpenAPI document.
+
+``CheckedClient`` wraps aiohttp's test client. For each response it finds the route's path template
+in the application's router, looks up the operation and the status code in the document, and
+validates the content type and the JSON body against the declared schema. An undeclared status code
+or a body that breaks its schema fails the test that received it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator, FormatChecker
+
+from gateway.api.schema import openapi_document
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Any
+    body: Any
+    text: str
+    content_type: str
+
+
+def _resolve(node: Any, document: dict[str, Any]) -> Any:
+    while isinstance(node, dict) and "$ref" in node and len(node) == 1:
+        target: Any = document
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def response_schema(template: str, method: str, status: int, content_type: str) -> Any:
+    document = dict(openapi_document())
+    path = document["paths"].get(template)
+    assert path is not None, f"{template} is not in the OpenAPI document"
+    operation = path.get(method.lower())
+    assert operation is not None, f"{method} {template} is not in the OpenAPI document"
+    responses = operation["responses"]
+    declared = responses.get(str(status)) or responses.get(f"{str(status)[0]}XX")
+    assert declared is not None, (
+        f"{method} {template} answered {status}, which the OpenAPI document does not declare"
+    )
+    declared = _resolve(declared, document)
+    content = declared.get("content", {})
+    assert content_type in content, (
+        f"{method} {template} {status} answered {content_type}; declared: {sorted(content)}"
+    )
+    return content[content_type].get("schema", {})
+
+
+def validate(template: str, method: str, response: Response) -> None:
+    schema = response_schema(template, method, response.status, response.content_type)
+    document = openapi_document()
+    wrapped = {**schema, "components": document["components"]}
+    Draft202012Validator(wrapped, format_checker=FormatChecker()).validate(response.body)
+
+
+class CheckedClient:
+    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
+        self.client = client
+        self.app = client.app
+
+    def _template(self, method: str, path: str) -> str | None:
+        assert self.app is not None
+        for resource in self.app.router.resources():
+            match = resource.get_info()
+            info = resource.canonical
+            route_match = None
+            for route in resource:
+                if route.method in (method.upper(), "*"):
+                    route_match = route
+            if route_match is None:
+                continue
+            if "formatter" in match or "path" in match:
+                import re
+
+                pattern = match.get("pattern")
+                if pattern is not None and re.fullmatch(pattern, path.split("?")[0]):
+                    return info
+                if match.get("path") == path.split("?")[0]:
+                    return info
+        return None
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        async with self.client.request(method, path, **kwargs) as raw:
+            text = await raw.text()
+            content_type = raw.content_type
+            body: Any = json.loads(text) if "json" in content_type and text else text
+            response = Response(status=raw.status, headers=raw.headers, body=body, text=text,
+                                content_type=content_type)
+        template = self._template(method, path)
+        if template is not None:
+            validate(template, method, response)
+        else:
+            # No route matched: the answer must still be a problem document.
+            assert response.content_type == "application/problem+json", response.text
+        return response
+
+    async def get(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", path, **kwargs)
