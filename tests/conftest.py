@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.placement import GpuMode, Node
 from gateway.db.engine import make_engine
+from gateway.domain.placement import GpuMode, Node
 from gateway.settings import Settings
 from tests import pg
 from tests.openapi_check import CheckedClient
@@ -48,8 +48,12 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 def settings(tmp_path: Path, database: str) -> Settings:
-    return Settings(data_dir=tmp_path, database_url=database, backend="static",
-                    nodes_file=tmp_path / "nodes.yaml")
+    return Settings(
+        data_dir=tmp_path,
+        database_url=database,
+        backend="static",
+        nodes_file=tmp_path / "nodes.yaml",
+    )
 
 
 @pytest.fixture
@@ -59,11 +63,21 @@ def nodes() -> tuple[Node, ...]:
     return (
         Node(name="cpu-0", cpu_millis=64_000, memory_bytes=256 * gib),
         Node(name="cpu-1", cpu_millis=64_000, memory_bytes=256 * gib),
-        Node(name="gpu-0", cpu_millis=32_000, memory_bytes=128 * gib,
-             gpu_mode=GpuMode.DEVICE_PLUGIN, gpu_devices=8),
-        Node(name="shared-0", cpu_millis=32_000, memory_bytes=128 * gib,
-             gpu_mode=GpuMode.SHARED, gpu_devices=4,
-             labels={"muster.dev/gpu-sharing": "true"}),
+        Node(
+            name="gpu-0",
+            cpu_millis=32_000,
+            memory_bytes=128 * gib,
+            gpu_mode=GpuMode.DEVICE_PLUGIN,
+            gpu_devices=8,
+        ),
+        Node(
+            name="shared-0",
+            cpu_millis=32_000,
+            memory_bytes=128 * gib,
+            gpu_mode=GpuMode.SHARED,
+            gpu_devices=4,
+            labels={"muster.dev/gpu-sharing": "true"},
+        ),
     )
 
 

@@ -37,6 +37,11 @@ def _resolve(node: Any, document: dict[str, Any]) -> Any:
     return node
 
 
+def response_schema_declared(template: str, method: str, status: int) -> None:
+    operation = openapi_document()["paths"][template][method.lower()]
+    assert str(status) in operation["responses"], f"{method} {template} does not declare {status}"
+
+
 def response_schema(template: str, method: str, status: int, content_type: str) -> Any:
     document = dict(openapi_document())
     path = document["paths"].get(template)
@@ -57,6 +62,10 @@ def response_schema(template: str, method: str, status: int, content_type: str) 
 
 
 def validate(template: str, method: str, response: Response) -> None:
+    if response.status == 204:
+        assert not response.text, "a 204 response must have no body"
+        response_schema_declared(template, method, 204)
+        return
     schema = response_schema(template, method, response.status, response.content_type)
     document = openapi_document()
     wrapped = {**schema, "components": document["components"]}
@@ -94,8 +103,13 @@ class CheckedClient:
             text = await raw.text()
             content_type = raw.content_type
             body: Any = json.loads(text) if "json" in content_type and text else text
-            response = Response(status=raw.status, headers=raw.headers, body=body, text=text,
-                                content_type=content_type)
+            response = Response(
+                status=raw.status,
+                headers=raw.headers,
+                body=body,
+                text=text,
+                content_type=content_type,
+            )
         template = self._template(method, path)
         if template is not None:
             validate(template, method, response)
