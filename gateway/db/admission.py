@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.backends.base import Inventory
 from gateway.domain.admission import (
     AdmissionPlan,
     PendingJob,
@@ -32,7 +31,7 @@ from gateway.domain.admission import (
     plan,
 )
 from gateway.domain.jobspec import SpecLimits, check_job_spec
-from gateway.domain.placement import GpuSlice, Holding, PodRequest
+from gateway.domain.placement import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.pods import pod_requests
 
 ADMISSION_LOCK = 0x6D75_0001
@@ -184,7 +183,7 @@ async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
 
 async def load_snapshot(
     conn: AsyncConnection,
-    inventory: Inventory,
+    nodes: tuple[Node, ...],
     cache: SpecCache,
     *,
     now: float,
@@ -208,7 +207,7 @@ async def load_snapshot(
     cache.keep_only({job.id for job in pending})
     snapshot = Snapshot(
         now=now,
-        nodes=await inventory.nodes(),
+        nodes=nodes,
         holdings=holdings,
         tenants=tenants,
         pending=pending,
@@ -314,7 +313,7 @@ def _replica_indexes(gang: Sequence[PodRequest]) -> dict[str, int]:
 
 async def run_cycle(
     engine: AsyncEngine,
-    inventory: Inventory,
+    nodes: tuple[Node, ...],
     cache: SpecCache,
     *,
     clock: Callable[[], float],
@@ -325,7 +324,7 @@ async def run_cycle(
         # Serialize cycles across every process, whatever each believes about leadership.
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
         snapshot, queued = await load_snapshot(
-            conn, inventory, cache, now=clock(), starvation_seconds=starvation_seconds
+            conn, nodes, cache, now=clock(), starvation_seconds=starvation_seconds
         )
         decided = plan(snapshot)
         pods = {job.id: job.pods for job in snapshot.pending}

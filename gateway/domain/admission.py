@@ -33,6 +33,7 @@ from gateway.domain.placement import (
     GPU_WHOLE,
     SHARES_PER_DEVICE,
     ClusterState,
+    Gang,
     GpuMode,
     GpuSlice,
     Holding,
@@ -172,8 +173,7 @@ class _Blocked:
 
     job: PendingJob
     totals: tuple[int, int, int]  # gpu, cpu, memory
-    needs: tuple[Need, ...] | None  # None: the free sums already ruled it out
-    roles: tuple[str, ...]  # role of each need
+    gang: Gang | None  # None: ruled out before the gang was built
     note: str = ""
 
 
@@ -303,8 +303,8 @@ class _Cycle:
             and mem <= cluster.free_mem - cluster.blocked_mem
         )
         fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
-        if not fits_all:
-            self.waiting.append(_Blocked(job=job, totals=totals, needs=None, roles=()))
+        if not fits_all or cluster.surely_fails(pods):
+            self.waiting.append(_Blocked(job=job, totals=totals, gang=None))
             return
         gang = cluster.gang_of(pods)
         if fits_open:
@@ -326,10 +326,7 @@ class _Cycle:
         note = ""
         if self.reserved_for is None and self._starving(job):
             note = self._reserve(job)
-        roles = tuple(pods[k].role for k in gang.order)
-        self.waiting.append(
-            _Blocked(job=job, totals=totals, needs=gang.needs, roles=roles, note=note)
-        )
+        self.waiting.append(_Blocked(job=job, totals=totals, gang=gang, note=note))
 
     def _admit(
         self,
@@ -359,6 +356,27 @@ class _Cycle:
         found = self.slices.get((device, shares))
         if found is None:
             found = self.slices[(device, shares)] = GpuSlice(device=device, shares=shares)
+        return found
+
+    def _capacity_reason(
+        self, blocked: _Blocked, cache: dict[object, tuple[PendingReason, str]]
+    ) -> tuple[PendingReason, str]:
+        """Why a job did not fit, judged on the state the cycle ends in (the one users see).
+
+        Free capacity only shrinks during a cycle, so what did not fit then does not fit now.
+        Many blocked jobs share a shape, and their reason is cached on it.
+        """
+        cluster = self.cluster
+        short = _short_of_sums(cluster, blocked.totals)
+        if short:
+            return PendingReason.INSUFFICIENT_CAPACITY, short
+        pods = blocked.job.pods
+        gang = blocked.gang or cluster.gang_of(pods)
+        roles = tuple(pods[k].role for k in gang.order)
+        key = (gang.signature, roles)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = _gang_reason(cluster, gang.needs, roles)
         return found
 
     def _wait(self, job: PendingJob, reason: PendingReason, message: str) -> None:
@@ -391,7 +409,7 @@ class _Cycle:
         cluster.block(chosen)
         self.reserved = tuple(cluster.nodes[i].name for i in chosen)
         self.reserved_for = job
-        return f"; nodes {', '.join(self.reserved)} are reserved for it"
+        return f"; nodes held for it: {', '.join(self.reserved)}"
 
     # -- 6: the rest ------------------------------------------------------------------------------
 
@@ -401,10 +419,7 @@ class _Cycle:
         reasons: dict[object, tuple[PendingReason, str]] = {}
         for entry in self.waiting:
             if isinstance(entry, _Blocked):
-                key = (entry.totals, entry.needs, entry.roles)
-                found = reasons.get(key)
-                if found is None:
-                    found = reasons[key] = _capacity_reason(self.cluster, entry)
+                found = self._capacity_reason(entry, reasons)
                 reason, message = found
                 settled.append((entry.job, reason, message + entry.note))
             else:
@@ -458,24 +473,25 @@ def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quot
     return ""
 
 
-def _capacity_reason(cluster: ClusterState, blocked: _Blocked) -> tuple[PendingReason, str]:
-    """InsufficientCapacity when a free sum is too small, else Fragmented. Uses the end state."""
-    gpu, cpu, mem = blocked.totals
+def _short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
     for need, free, fmt in (
-        (gpu, cluster.free_gpu, _gpus),
-        (cpu, cluster.free_cpu, _cpus),
-        (mem, cluster.free_mem, _memory),
+        (totals[0], cluster.free_gpu, _gpus),
+        (totals[1], cluster.free_cpu, _cpus),
+        (totals[2], cluster.free_mem, _memory),
     ):
         if need > free:
-            return (
-                PendingReason.INSUFFICIENT_CAPACITY,
-                f"needs {fmt(need)} in total; {fmt(free)} free in the cluster",
-            )
-    needs = blocked.needs or ()
+            return f"needs {fmt(need)} in total; {fmt(free)} free in the cluster"
+    return ""
+
+
+def _gang_reason(
+    cluster: ClusterState, needs: Sequence[Need], roles: Sequence[str]
+) -> tuple[PendingReason, str]:
+    """InsufficientCapacity when a free sum over a pod's nodes is too small, else Fragmented."""
     # The same per pod class: only the nodes a pod may use count for it.
     by_class: dict[int, list[int]] = {}
     first_role: dict[int, str] = {}
-    for need_, role in zip(needs, blocked.roles, strict=True):
+    for need_, role in zip(needs, roles, strict=True):
         sums = by_class.setdefault(need_[0], [0, 0, 0])
         first_role.setdefault(need_[0], role)
         sums[0] += need_[4]
@@ -501,7 +517,7 @@ def _capacity_reason(cluster: ClusterState, blocked: _Blocked) -> tuple[PendingR
                     f"needs {fmt(need)} on the nodes its {role} pods may use; "
                     f"{fmt(free)} free there",
                 )
-    for need_, role in zip(needs, blocked.roles, strict=True):
+    for need_, role in zip(needs, roles, strict=True):
         free_ = cluster.class_free(need_[0])
         _, kind, cpu, mem, gpu, _ = need_
         if kind == GPU_INVALID:

@@ -219,6 +219,7 @@ Slices = tuple[tuple[int, int], ...]  # (device, shares)
 Hit = tuple[int, Slices]  # (node index, slices)
 _Key = tuple[int, int, int, int, int]  # (gpu free, cpu free, memory free, tiebreak, node index)
 _NAME = attrgetter("name")
+_GPU = attrgetter("gpu_shares")
 _SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread")
 _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
@@ -284,6 +285,19 @@ class ClusterState:
         self.free_mem = sum(max(self.mem[i], 0) for i in ready)
         self.free_gpu = sum(self.gfree[i] for i in ready)
         self.blocked_cpu = self.blocked_mem = self.blocked_gpu = 0
+        # Upper bounds for a cheap "surely not" before a job's gang is built: how many ready
+        # nodes have k entirely free devices, and how many devices of ready shared nodes have v
+        # free shares. The tops only fall within a cycle, except when a gang is rolled back.
+        self._shared = [node.ready and node.gpu_mode is GpuMode.SHARED for node in self.nodes]
+        self._by_full = [0] * (max(self.full, default=0) + 1)
+        self._by_device_free = [0] * (SHARES_PER_DEVICE + 1)
+        for i in ready:
+            self._by_full[self.full[i]] += 1
+            if self._shared[i]:
+                for free in self.devs[i]:
+                    self._by_device_free[min(max(free, 0), SHARES_PER_DEVICE)] += 1
+        self._top_full = len(self._by_full) - 1
+        self._top_device_free = SHARES_PER_DEVICE
         self._classes: dict[tuple[object, ...], int] = {}
         self._class_set: list[int] = []  # class id -> node-set id
         self._class_kind: list[int] = []  # class id -> gpu kind
@@ -507,11 +521,23 @@ class ClusterState:
         new_mem = self.mem[i] = old_mem - sign * mem
         devs = self.devs[i]
         new_gpu = old_gpu
-        for d, shares in slices:
-            before = devs[d]
-            after = devs[d] = before - sign * shares
-            new_gpu += max(after, 0) - max(before, 0)
-            self.full[i] += (after == SHARES_PER_DEVICE) - (before == SHARES_PER_DEVICE)
+        if slices:
+            full_before = self.full[i]
+            by_device_free = self._by_device_free if self._shared[i] else None
+            for d, shares in slices:
+                before = devs[d]
+                after = devs[d] = before - sign * shares
+                new_gpu += max(after, 0) - max(before, 0)
+                self.full[i] += (after == SHARES_PER_DEVICE) - (before == SHARES_PER_DEVICE)
+                if by_device_free is not None:
+                    by_device_free[min(max(before, 0), SHARES_PER_DEVICE)] -= 1
+                    clamped = min(max(after, 0), SHARES_PER_DEVICE)
+                    by_device_free[clamped] += 1
+                    self._top_device_free = max(self._top_device_free, clamped)
+            full_after = self.full[i]
+            self._by_full[full_before] -= 1
+            self._by_full[full_after] += 1
+            self._top_full = max(self._top_full, full_after)
         self.gfree[i] = new_gpu
         self.free_cpu += max(new_cpu, 0) - max(old_cpu, 0)
         self.free_mem += max(new_mem, 0) - max(old_mem, 0)
@@ -615,6 +641,33 @@ class ClusterState:
                 frontier = memo.get(need[0])
                 if frontier and any(_dominates((need[2], need[3], need[4]), f) for f in frontier):
                     return True
+        return False
+
+    def surely_fails(self, pods: Sequence[PodRequest]) -> bool:
+        """A cheap test before the gang is built: True only if no node at all could take it now.
+
+        Checks the largest GPU request against the most free devices on any node, and, for pods
+        without selectors or tolerations, each shape against the failure memo.
+        """
+        top = max(map(_GPU, pods), default=0)
+        if top >= SHARES_PER_DEVICE:
+            while self._top_full > 0 and not self._by_full[self._top_full]:
+                self._top_full -= 1
+            if top // SHARES_PER_DEVICE > self._top_full:
+                return True
+        elif top > 0:
+            while self._top_device_free > 0 and not self._by_device_free[self._top_device_free]:
+                self._top_device_free -= 1
+            if top > self._top_device_free:
+                return True
+        memo = self._failed_all
+        if not memo or any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+            return False
+        for gpu, cpu, mem, _ in dict.fromkeys(map(_SHAPE, pods)):
+            cls = self._classes.get((gpu_kind(gpu),))
+            frontier = memo.get(cls) if cls is not None else None
+            if frontier and any(_dominates((cpu, mem, gpu), f) for f in frontier):
+                return True
         return False
 
     # -- reservations ---------------------------------------------------------------------------

@@ -44,9 +44,10 @@ class AdmissionLoop:
         self.last: CycleResult | None = None
 
     async def cycle(self) -> CycleResult:
+        nodes = await self.inventory.nodes()
         result = await run_cycle(
             self.engine,
-            self.inventory,
+            nodes,
             self.cache,
             clock=self.clock,
             starvation_seconds=self.starvation_seconds,

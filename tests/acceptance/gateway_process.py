@@ -51,7 +51,8 @@ class GatewayProcess:
         raise AssertionError("muster serve did not start:\n" + "".join(self.output))
 
     def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
             self.lines.put(line)

@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.backends.nodes_file import StaticInventory
 from gateway.db.admission import SpecCache, run_cycle
 from gateway.domain.placement import GpuMode, Node
 from tests.openapi_check import CheckedClient
@@ -54,9 +53,7 @@ async def make_tenant(api: CheckedClient, name: str = "search", **quota: Any) ->
 
 
 async def cycle(engine: AsyncEngine, nodes: tuple[Node, ...], now: float = 1e10) -> Any:
-    return await run_cycle(
-        engine, StaticInventory(nodes), SpecCache(), clock=Clock(now), starvation_seconds=300
-    )
+    return await run_cycle(engine, nodes, SpecCache(), clock=Clock(now), starvation_seconds=300)
 
 
 async def test_admitted_job_gets_state_placements_and_event(

@@ -1,0 +1,43 @@
+"""The project keeps its promises about itself: the README is true and the layers hold."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.settings import SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text("utf-8")
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = _readme()
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in readme or f"`{s.flag}`" not in readme]
+    assert missing == []
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", _readme(), flags=re.S)
+    test_command = next(b.strip() for b in blocks if "pytest" in b)
+    assert test_command in (ROOT / ".ci" / "run").read_text("utf-8")
+
+
+def test_readme_start_command_installs_and_serves() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", _readme(), flags=re.S)
+    start = next(b.strip() for b in blocks if "muster serve" in b)
+    assert "pip install" in start
+
+
+def test_imports_only_point_down() -> None:
+    linter = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    result = subprocess.run(
+        [linter, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
