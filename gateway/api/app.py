@@ -6,13 +6,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api import admin, cluster, jobs, service
-from gateway.api.context import ENGINE, INVENTORY, SETTINGS, SPEC_LIMITS
+from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, SETTINGS, SPEC_LIMITS
 from gateway.api.problems import problems_middleware
 from gateway.backends.base import Inventory
+from gateway.db.jobs import NOTIFY_CHANNEL
+from gateway.db.notify import Notifier
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
@@ -25,9 +31,21 @@ def make_app(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> w
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[INVENTORY] = inventory
+    app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
+    app.cleanup_ctx.append(_notifier)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
     app.add_routes(cluster.routes)
     return app
+
+
+async def _notifier(app: web.Application) -> AsyncIterator[None]:
+    """Run the coalescing NOTIFY sender for as long as the application runs."""
+    task = asyncio.create_task(app[NOTIFIER].run(), name="notifier")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app[NOTIFIER].flush()

@@ -2,7 +2,8 @@
 
 Invariants: a body over the limit is refused before it is buffered whole (413); only JSON media
 types are accepted (415), with curl's default form type tolerated so ``curl -d @job.json`` works;
-JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400.
+JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400;
+text that PostgreSQL cannot store (NUL, unpaired surrogates) is a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from gateway.domain.problems import FieldProblem, pointer
+from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded", "text/plain"})
 
@@ -53,10 +55,47 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
     except RecursionError as exc:
         raise BadRequest("the JSON body is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise BadRequest(f"the body is not usable JSON: {exc}") from exc
+    _refuse_unstorable(value)
+    return value
+
+
+def _refuse_unstorable(value: Any) -> None:
+    """PostgreSQL cannot store NUL characters or unpaired surrogates in text or JSONB: 422."""
+    problems: list[FieldProblem] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if _unstorable(key):
+                    problems.append(
+                        FieldProblem(pointer=pointer(*path), detail=f"a key {_unstorable(key)}")
+                    )
+                stack.append(((*path, key), child))
+        elif isinstance(item, list):
+            stack.extend(((*path, index), child) for index, child in enumerate(item))
+        elif isinstance(item, str) and _unstorable(item):
+            problems.append(
+                FieldProblem(pointer=pointer(*path), detail=f"the text {_unstorable(item)}")
+            )
+    if problems:
+        raise ValidationFailed(sorted(problems, key=lambda p: p.pointer))
+
+
+def _unstorable(text: str) -> str:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired UTF-16 surrogate, which is not valid Unicode"
+    return ""

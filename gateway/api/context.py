@@ -6,6 +6,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Inventory
+from gateway.db.notify import Notifier
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
@@ -13,6 +14,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SPEC_LIMITS = web.AppKey("spec_limits", SpecLimits)
 INVENTORY = web.AppKey("inventory", Inventory)
+NOTIFIER = web.AppKey("notifier", Notifier)
 
 ANONYMOUS = "anonymous"
 

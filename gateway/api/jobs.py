@@ -6,13 +6,12 @@ from aiohttp import web
 
 from gateway.api import schema
 from gateway.api.body import read_json
-from gateway.api.context import ENGINE, INVENTORY, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, SETTINGS, SPEC_LIMITS, actor
 from gateway.api.paging import page_limit
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
-from gateway.db import tenants as tenant_rows
-from gateway.domain.admission import never_fits
-from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, JobSpec, check_job_spec
+from gateway.domain.admission import Quota, never_fits
+from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
 from gateway.domain.pods import pod_requests
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import JobState
@@ -35,14 +34,31 @@ async def submit_job(request: web.Request) -> web.Response:
         problems += [p for p in meaning if p.pointer not in known]
     if problems or isinstance(meaning, list):
         raise ValidationFailed(problems or (meaning if isinstance(meaning, list) else []))
-    await refuse_impossible(request, meaning)
+    nodes = await request.app[INVENTORY].nodes()
+    pods = pod_requests(meaning)
+
+    def refuse_impossible(quota: Quota) -> None:
+        """422 for a job that can never run: bigger than its tenant's quota or every node."""
+        impossible = never_fits(pods, nodes, quota)
+        if impossible:
+            raise ValidationFailed(
+                [
+                    FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
+                    for resource, message in impossible
+                ],
+                detail="the job can never run: " + "; ".join(m for _, m in impossible),
+            )
+
     submitted = await job_rows.submit(
         request.app[ENGINE],
         meaning,
         body_hash=job_rows.request_hash(body),
         idempotency_key=key,
         actor=actor(request),
+        admissible=refuse_impossible,
     )
+    if submitted.created:
+        request.app[NOTIFIER].poke()
     view = job_view(submitted.job)
     return web.json_response(
         view,
@@ -80,25 +96,6 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
 
 
-async def refuse_impossible(request: web.Request, spec: JobSpec) -> None:
-    """422 for a job that can never run: bigger than its tenant's quota or than every node."""
-    quota = await tenant_rows.quota(request.app[ENGINE], spec.tenant)
-    if quota is None:
-        raise ValidationFailed(
-            [FieldProblem(pointer="/tenant", detail=f"tenant {spec.tenant!r} does not exist")]
-        )
-    nodes = await request.app[INVENTORY].nodes()
-    impossible = never_fits(pod_requests(spec), nodes, quota)
-    if impossible:
-        raise ValidationFailed(
-            [
-                FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
-                for resource, message in impossible
-            ],
-            detail="the job can never run: " + "; ".join(m for _, m in impossible),
-        )
-
-
 def parse_selector(selector: str) -> dict[str, str]:
     """``team=ranking,tier=gold`` -> a dict; only equality terms are supported."""
     labels: dict[str, str] = {}
@@ -120,6 +117,7 @@ async def get_job(request: web.Request) -> web.Response:
 @routes.post("/v1/jobs/{id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     row = await job_rows.cancel(request.app[ENGINE], request.match_info["id"], actor=actor(request))
+    request.app[NOTIFIER].poke()
     return web.json_response(job_view(row))
 
 

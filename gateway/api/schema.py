@@ -38,7 +38,8 @@ def check(component: str, body: object) -> list[FieldProblem]:
     """Every schema violation in ``body``, innermost first, one problem per field."""
     problems: list[FieldProblem] = []
     seen: set[tuple[str, str]] = set()
-    for error in sorted(validator(component).iter_errors(body), key=lambda e: list(e.path)):
+    errors = validator(component).iter_errors(body)
+    for error in sorted(errors, key=lambda e: [str(part) for part in e.absolute_path]):
         for problem in _describe(error):
             key = (problem.pointer, problem.detail)
             if key not in seen:
@@ -51,11 +52,12 @@ def _describe(error: ValidationError) -> list[FieldProblem]:
     # A oneOf/anyOf failure says little; its closest sub-errors say what is wrong.
     if error.validator in ("oneOf", "anyOf") and error.context:
         best = [e for e in error.context if e.validator != "type"] or list(error.context)
-        deepest = max(len(e.path) for e in best)
-        return [p for e in best if len(e.path) == deepest for p in _describe(e)][:1] or [
-            FieldProblem(pointer=pointer(*error.path), detail=_message(error))
+        deepest = max(len(e.absolute_path) for e in best)
+        return [p for e in best if len(e.absolute_path) == deepest for p in _describe(e)][:1] or [
+            FieldProblem(pointer=pointer(*error.absolute_path), detail=_message(error))
         ]
-    base = [*error.path]
+    # absolute_path: errors nested in a oneOf carry paths relative to the oneOf's instance.
+    base = [*error.absolute_path]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         extras = sorted(k for k in error.instance if k not in allowed)

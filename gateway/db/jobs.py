@@ -1,8 +1,9 @@
 """Job rows: submit, read, list, cancel, and the job's event history.
 
 Every state change writes its job_events row in the same statement or transaction, so the history
-and the state never disagree. A submit is one SQL statement (job, event and NOTIFY together), which
-keeps the time a tenant's row is locked by the queued-job counter as short as it can be.
+and the state never disagree. A submit is one SQL statement (job and event together), which
+keeps the time a tenant's row is locked by the queued-job counter as short as it can be. Callers
+wake the admission loop afterwards through ``gateway.db.notify.Notifier``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.domain.admission import Quota
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import EventType, JobState
@@ -47,9 +49,30 @@ _SUBMIT = text(
         INSERT INTO job_events (job_id, tenant, type, to_state, actor)
         SELECT id, tenant, 'submitted', 'queued', :actor FROM job
     )
-    SELECT job.*, pg_notify('{NOTIFY_CHANNEL}', job.id::text) AS notified FROM job
+    SELECT job.* FROM job
     """
 ).bindparams(bindparam("spec", type_=JSONB), bindparam("labels", type_=JSONB))
+
+
+_QUOTA = text(
+    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs "
+    "FROM tenants WHERE name = :tenant"
+)
+
+
+def quota_of(row: RowMapping) -> Quota:
+    return Quota(
+        cpu_millis=row["quota_cpu_millis"],
+        memory_bytes=row["quota_memory_bytes"],
+        gpu_shares=row["quota_gpu_shares"],
+        max_running_jobs=row["max_running_jobs"],
+    )
+
+
+_BY_KEY = text(
+    f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
+    "WHERE tenant = :tenant AND idempotency_key = :key"
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,8 +95,12 @@ async def submit(
     body_hash: str,
     idempotency_key: str | None,
     actor: str | None,
+    admissible: Callable[[Quota], None],
 ) -> Submitted:
-    """Insert a queued job with its 'submitted' event, or return the job an earlier retry made."""
+    """Insert a queued job with its 'submitted' event, or return the job an earlier retry made.
+
+    ``admissible`` sees the tenant's quota first and raises to refuse a job that can never run.
+    """
     params = {
         "id": uuid.uuid4(),
         "tenant": spec.tenant,
@@ -88,25 +115,26 @@ async def submit(
     }
     try:
         async with engine.begin() as conn:
+            found = (await conn.execute(_QUOTA, {"tenant": spec.tenant})).mappings().first()
+            if found is None:
+                raise _no_tenant(spec.tenant)
+            admissible(quota_of(found))
             row = (await conn.execute(_SUBMIT, params)).mappings().first()
             if row is not None:
                 return Submitted(job=row, created=True)
             earlier = (
-                (
-                    await conn.execute(
-                        text(
-                            f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
-                            "WHERE tenant = :tenant AND idempotency_key = :key"
-                        ),
-                        {"tenant": spec.tenant, "key": idempotency_key},
-                    )
-                )
+                (await conn.execute(_BY_KEY, {"tenant": spec.tenant, "key": idempotency_key}))
                 .mappings()
                 .one()
             )
     except IntegrityError as exc:
         if "fk_jobs_tenant_tenants" in str(exc.orig):
             raise _no_tenant(spec.tenant) from exc
+        if "uq_jobs_live_name" in str(exc.orig) and idempotency_key is not None:
+            # A concurrent retry with the same key won the race: answer with its job.
+            winner = await _by_key(engine, spec.tenant, idempotency_key)
+            if winner is not None:
+                return _replay(winner, body_hash)
         if "uq_jobs_live_name" in str(exc.orig):
             raise Conflict(
                 f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
@@ -120,9 +148,19 @@ async def submit(
                 retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
             ) from exc
         raise
+    return _replay(earlier, body_hash)
+
+
+def _replay(earlier: RowMapping, body_hash: str) -> Submitted:
     if earlier["request_hash"] != body_hash:
         raise Conflict("this Idempotency-Key was already used with a different request body")
     return Submitted(job=earlier, created=False)
+
+
+async def _by_key(engine: AsyncEngine, tenant: str, key: str) -> RowMapping | None:
+    async with engine.connect() as conn:
+        result = await conn.execute(_BY_KEY, {"tenant": tenant, "key": key})
+        return result.mappings().first()
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -178,7 +216,10 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if not raw.startswith("s"):
             raise ValueError(raw)
-        return int(raw[1:])
+        seq = int(raw[1:])
+        if not 0 <= seq < 2**63:
+            raise ValueError(raw)
+        return seq
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"cursor {cursor!r} is not one this server gave out") from exc
 
@@ -279,7 +320,6 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
                 "actor": actor,
             },
         )
-        await conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :id)"), {"id": str(ident)})
     return updated
 
 

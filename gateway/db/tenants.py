@@ -17,7 +17,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.domain.admission import Quota
 from gateway.domain.problems import FieldProblem
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
@@ -192,32 +191,6 @@ async def list_all(engine: AsyncEngine) -> Sequence[RowMapping]:
     async with engine.connect() as conn:
         result = await conn.execute(text(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"))
         return result.mappings().all()
-
-
-async def quota(engine: AsyncEngine, name: str) -> Quota | None:
-    """The tenant's quota, or None when there is no such tenant."""
-    async with engine.connect() as conn:
-        row = (
-            (
-                await conn.execute(
-                    text(
-                        "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, "
-                        "max_running_jobs FROM tenants WHERE name = :name"
-                    ),
-                    {"name": name},
-                )
-            )
-            .mappings()
-            .first()
-        )
-    if row is None:
-        return None
-    return Quota(
-        cpu_millis=row["quota_cpu_millis"],
-        memory_bytes=row["quota_memory_bytes"],
-        gpu_shares=row["quota_gpu_shares"],
-        max_running_jobs=row["max_running_jobs"],
-    )
 
 
 _STATUS = text(

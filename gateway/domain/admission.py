@@ -163,8 +163,10 @@ def plan(snapshot: Snapshot) -> AdmissionPlan:
 _CPU = attrgetter("cpu_millis")
 _MEMORY = attrgetter("memory_bytes")
 _GPU = attrgetter("gpu_shares")
+_SELECTOR = attrgetter("node_selector")
+_TOLERATIONS = attrgetter("tolerations")
+_REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "spread")
 _MIN_WEIGHT = 1e-9
-_NO_QUOTA = Quota(cpu_millis=0, memory_bytes=0, gpu_shares=0, max_running_jobs=0)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -304,7 +306,7 @@ class _Cycle:
         )
         fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
         if not fits_all or cluster.surely_fails(pods):
-            self.waiting.append(_Blocked(job=job, totals=totals, gang=None))
+            self._blocked(job, totals, None)
             return
         gang = cluster.gang_of(pods)
         if fits_open:
@@ -323,6 +325,10 @@ class _Cycle:
                 f"{self.reserved_for.id}, which has waited past the starvation threshold",
             )
             return
+        self._blocked(job, totals, gang)
+
+    def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
+        """The job does not fit now. The first starving one gets nodes reserved for it."""
         note = ""
         if self.reserved_for is None and self._starving(job):
             note = self._reserve(job)
@@ -371,11 +377,19 @@ class _Cycle:
         if short:
             return PendingReason.INSUFFICIENT_CAPACITY, short
         pods = blocked.job.pods
-        gang = blocked.gang or cluster.gang_of(pods)
-        roles = tuple(pods[k].role for k in gang.order)
-        key = (gang.signature, roles)
+        gang = blocked.gang
+        key: object
+        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+            gang = gang or cluster.gang_of(pods)
+            key = (gang.signature, tuple(pods[k].role for k in gang.order))
+        else:
+            # Without constraints the requests alone decide; skip building the gang when the
+            # same requests were judged before.
+            key = tuple(map(_REQUEST, pods))
         found = cache.get(key)
         if found is None:
+            gang = gang or cluster.gang_of(pods)
+            roles = tuple(pods[k].role for k in gang.order)
             found = cache[key] = _gang_reason(cluster, gang.needs, roles)
         return found
 

@@ -282,7 +282,11 @@ def _check_replicas(
             )
         elif framework is Framework.PYTORCH and role not in PYTORCH_ROLES:
             c.add(pointer(*where), f"role {role!r} is not a PyTorch role; use master, worker")
+        before = len(c.problems)
         replica = _check_replica(c, role, raw[role], where)
+        if replica is None and len(c.problems) == before:
+            # Never drop a replica silently: a spec missing one would still be accepted.
+            c.add(pointer(*where), "this replica spec is invalid")
         if replica is not None:
             total += replica.count
             typed = framework in (Framework.TENSORFLOW, Framework.PYTORCH)
@@ -313,6 +317,10 @@ def _check_replica(
     if not isinstance(raw, Mapping):
         return None
     ok = True
+    for key in ("count", "port"):
+        if isinstance(raw.get(key), float):
+            c.add(pointer(*where, key), "must be a whole number written without a fraction")
+            ok = False
     count = raw.get("count", 1)
     if isinstance(count, int) and not isinstance(count, bool):
         if count < 1:

@@ -164,6 +164,11 @@ def node_admits(
     for taint in node.taints:
         if taint.effect in _ENFORCED_EFFECTS and not tolerates(tolerations, taint):
             return False
+    return _takes_kind(node, kind)
+
+
+def _takes_kind(node: Node, kind: int) -> bool:
+    """GPU modes: shared nodes take fractions and wholes, device-plugin nodes only wholes."""
     if kind == GPU_NONE:
         return True
     if kind == GPU_FRACTION:
@@ -217,7 +222,18 @@ def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[N
 Need = tuple[int, int, int, int, int, bool]
 Slices = tuple[tuple[int, int], ...]  # (device, shares)
 Hit = tuple[int, Slices]  # (node index, slices)
-_Key = tuple[int, int, int, int, int]  # (gpu free, cpu free, memory free, tiebreak, node index)
+_Key = tuple[int, int, int, int, int]  # (gpu measure, cpu free, memory free, tiebreak, node)
+_Raw = tuple[int, int, int, int]  # (whole free, roomiest device, cpu free, memory free)
+
+# What the first element of a node's sorted key measures, by the kind of GPU request searched.
+_BY_WHOLE_FREE = 0  # shares on entirely free devices: whole GPUs, and CPU-only pods
+_BY_DEVICE_FREE = 1  # free shares of the roomiest device: fractions
+_KEY_TYPE = {
+    GPU_NONE: _BY_WHOLE_FREE,
+    GPU_FRACTION: _BY_DEVICE_FREE,
+    GPU_WHOLE: _BY_WHOLE_FREE,
+    GPU_INVALID: _BY_WHOLE_FREE,
+}
 _NAME = attrgetter("name")
 _GPU = attrgetter("gpu_shares")
 _SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread")
@@ -251,8 +267,8 @@ class ClusterState:
     """The working copy of free capacity that one cycle places into. Never leaves `plan()`.
 
     Per-node values live in plain lists. For every set of eligible nodes there is a list of keys
-    `(gpu free, cpu free, memory free, tiebreak, node)` kept sorted, so best fit is a bisect plus a
-    short scan instead of a pass over every node.
+    `(gpu measure, cpu free, memory free, tiebreak, node)` kept sorted, so best fit is a bisect
+    plus a short scan instead of a pass over every node.
 
     While a gang is being placed, the nodes it touched keep their old keys in the sorted lists (an
     old key is never below the real free, so a bisect never skips a node that fits) and are
@@ -274,6 +290,7 @@ class ClusterState:
         # free shares of its neighbours from the sorted keys, which are upper bounds on fit.
         self.gfree = [sum(max(d, 0) for d in devs) for devs in self.devs]
         self.full = [d.count(SHARES_PER_DEVICE) for d in self.devs]
+        self.roomiest = [max(max(devs, default=0), 0) for devs in self.devs]
         self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
         # Reserved nodes: no pod may go there while `honor` is set on a search.
         self.blocked = bytearray(count)
@@ -295,20 +312,31 @@ class ClusterState:
             self._by_full[self.full[i]] += 1
             if self._shared[i]:
                 for free in self.devs[i]:
-                    self._by_device_free[min(max(free, 0), SHARES_PER_DEVICE)] += 1
+                    self._by_device_free[_bucket(free)] += 1
         self._top_full = len(self._by_full) - 1
         self._top_device_free = SHARES_PER_DEVICE
+        # Eligibility indexes: nodes by gpu kind, by label, and the nodes whose taints matter.
+        self._by_kind: dict[int, frozenset[int]] = {}
+        self._by_label: dict[tuple[str, str], frozenset[int]] = {}
+        self._tainted = [
+            (i, taints)
+            for i, node in enumerate(self.nodes)
+            if (taints := tuple(t for t in node.taints if t.effect in _ENFORCED_EFFECTS))
+        ]
+        # Pod classes, and the node sets (eligible nodes plus key type) they search.
         self._classes: dict[tuple[object, ...], int] = {}
         self._class_set: list[int] = []  # class id -> node-set id
         self._class_kind: list[int] = []  # class id -> gpu kind
-        self._set_ids: dict[tuple[int, ...], int] = {}
+        self._set_ids: dict[tuple[int, tuple[int, ...]], int] = {}
         self._sets: list[tuple[int, ...]] = []
+        self._set_key_type: list[int] = []
         self._masks: list[bytearray] = []
         self._lists: list[list[_Key] | None] = []
-        self._node_lists: list[list[list[_Key]]] = [[] for _ in range(count)]
-        # The gang being placed: what it took, and the keys its nodes still have in the lists.
+        self._node_lists: list[list[tuple[int, list[_Key]]]] = [[] for _ in range(count)]
+        # The gang being placed: what it took, and the values its nodes had before (the keys
+        # they still have in the sorted lists).
         self._journal: list[tuple[int, int, int, Slices]] = []
-        self._touched: dict[int, _Key] = {}
+        self._touched: dict[int, _Raw] = {}
         # Failure memos, per class: the minimal (cpu, memory, gpu) shapes known not to fit. Free
         # capacity only shrinks within a cycle, so a shape that failed keeps failing, and so does
         # any shape at least as large in every resource. "open" memos hold failures that may be
@@ -409,14 +437,14 @@ class ClusterState:
         tolerations: Sequence[Toleration],
         kind: int,
     ) -> int:
-        members = tuple(
-            i for i, node in enumerate(self.nodes) if node_admits(node, selector, tolerations, kind)
-        )
-        set_id = self._set_ids.get(members)
+        members = self._eligible(selector, tolerations, kind)
+        key_type = _KEY_TYPE[kind]
+        set_id = self._set_ids.get((key_type, members))
         if set_id is None:
             set_id = len(self._sets)
-            self._set_ids[members] = set_id
+            self._set_ids[(key_type, members)] = set_id
             self._sets.append(members)
+            self._set_key_type.append(key_type)
             mask = bytearray(len(self.nodes))
             for i in members:
                 mask[i] = 1
@@ -428,25 +456,65 @@ class ClusterState:
         self._classes[key] = cls
         return cls
 
-    def _key(self, i: int) -> _Key:
-        return (self.gfree[i], self.cpu[i], self.mem[i], self.tiebreak[i], i)
+    def _eligible(
+        self, selector: Mapping[str, str], tolerations: Sequence[Toleration], kind: int
+    ) -> tuple[int, ...]:
+        """The nodes `node_admits` accepts, from indexes instead of a pass over every node."""
+        members = self._by_kind.get(kind)
+        if members is None:
+            members = self._by_kind[kind] = frozenset(
+                i for i, node in enumerate(self.nodes) if node.ready and _takes_kind(node, kind)
+            )
+        for label in selector.items():
+            with_label = self._by_label.get(label)
+            if with_label is None:
+                key, value = label
+                with_label = self._by_label[label] = frozenset(
+                    i for i, node in enumerate(self.nodes) if node.labels.get(key) == value
+                )
+            members = members & with_label
+        refused = {
+            i
+            for i, taints in self._tainted
+            if i in members and not all(tolerates(tolerations, taint) for taint in taints)
+        }
+        return tuple(sorted(members - refused))
+
+    def _key(self, i: int, key_type: int) -> _Key:
+        first = self.full[i] * SHARES_PER_DEVICE if key_type == _BY_WHOLE_FREE else self.roomiest[i]
+        return (first, self.cpu[i], self.mem[i], self.tiebreak[i], i)
+
+    def _raw(self, i: int) -> _Raw:
+        return (self.full[i] * SHARES_PER_DEVICE, self.roomiest[i], self.cpu[i], self.mem[i])
+
+    def _listed_key(self, i: int, key_type: int) -> _Key:
+        """The key node i has in the sorted lists: from before the current gang touched it."""
+        raw = self._touched.get(i)
+        if raw is None:
+            return self._key(i, key_type)
+        return (raw[key_type], raw[2], raw[3], self.tiebreak[i], i)
 
     def _sorted(self, set_id: int) -> list[_Key]:
         keys = self._lists[set_id]
         if keys is None:
             members = self._sets[set_id]
-            # Nodes the current gang touched go in under the key the other lists hold for them.
-            touched = self._touched
-            keys = sorted(touched.get(i) or self._key(i) for i in members)
+            key_type = self._set_key_type[set_id]
+            keys = sorted(self._listed_key(i, key_type) for i in members)
             self._lists[set_id] = keys
             for i in members:
-                self._node_lists[i].append(keys)
+                self._node_lists[i].append((key_type, keys))
         return keys
 
     # -- search ---------------------------------------------------------------------------------
 
     def find(self, need: Need, skip: set[int] | None, honor: bool) -> Hit | None:
-        """Best fit: the eligible node that leaves the least free GPU, then CPU, then memory."""
+        """Best fit: the eligible node that leaves the least free, then the lowest tiebreak.
+
+        "Least free" is, in order: of a GPU measure (entirely free devices for whole GPUs and for
+        CPU-only pods, which so keep off nodes with whole GPUs to give; the roomiest device for
+        fractions), then of CPU, then of memory. That GPU measure also decides whether the GPU
+        request fits, so the bisect lands on nodes that fit it.
+        """
         cls, kind, cpu, mem, gpu, _ = need
         if kind == GPU_INVALID:
             return None
@@ -478,19 +546,21 @@ class ClusterState:
                 best, best_slices = key, slices
                 break
         if touched:
+            # Nodes this gang already took from sit in the lists under their old keys; judge
+            # them on what they have now.
             mask = self._masks[set_id]
+            key_type = self._set_key_type[set_id]
             for i in touched:
                 if (
                     not mask[i]
                     or self.cpu[i] < cpu
                     or self.mem[i] < mem
-                    or self.gfree[i] < gpu
                     or (blocked is not None and blocked[i])
                     or (skip and i in skip)
                 ):
                     continue
-                key = self._key(i)
-                if best is None or key < best:
+                key = self._key(i, key_type)
+                if key[0] >= gpu and (best is None or key < best):
                     slices = self._devices(i, kind, gpu)
                     if slices is not None:
                         best, best_slices = key, slices
@@ -516,36 +586,46 @@ class ClusterState:
     # -- assume and undo ------------------------------------------------------------------------
 
     def _apply(self, i: int, cpu: int, mem: int, slices: Slices, sign: int) -> None:
-        old_cpu, old_mem, old_gpu = self.cpu[i], self.mem[i], self.gfree[i]
+        """Take (sign 1) or give back (sign -1) a pod's requests on node i. Hot: no max()."""
+        old_cpu = self.cpu[i]
+        old_mem = self.mem[i]
         new_cpu = self.cpu[i] = old_cpu - sign * cpu
         new_mem = self.mem[i] = old_mem - sign * mem
+        # The free sums count what is usable: a node over its capacity adds nothing, not less.
+        self.free_cpu += (new_cpu if new_cpu > 0 else 0) - (old_cpu if old_cpu > 0 else 0)
+        self.free_mem += (new_mem if new_mem > 0 else 0) - (old_mem if old_mem > 0 else 0)
+        if not slices:
+            return
         devs = self.devs[i]
-        new_gpu = old_gpu
-        if slices:
-            full_before = self.full[i]
-            by_device_free = self._by_device_free if self._shared[i] else None
-            for d, shares in slices:
-                before = devs[d]
-                after = devs[d] = before - sign * shares
-                new_gpu += max(after, 0) - max(before, 0)
-                self.full[i] += (after == SHARES_PER_DEVICE) - (before == SHARES_PER_DEVICE)
-                if by_device_free is not None:
-                    by_device_free[min(max(before, 0), SHARES_PER_DEVICE)] -= 1
-                    clamped = min(max(after, 0), SHARES_PER_DEVICE)
-                    by_device_free[clamped] += 1
-                    self._top_device_free = max(self._top_device_free, clamped)
-            full_after = self.full[i]
-            self._by_full[full_before] -= 1
-            self._by_full[full_after] += 1
-            self._top_full = max(self._top_full, full_after)
-        self.gfree[i] = new_gpu
-        self.free_cpu += max(new_cpu, 0) - max(old_cpu, 0)
-        self.free_mem += max(new_mem, 0) - max(old_mem, 0)
-        self.free_gpu += new_gpu - old_gpu
+        full_before = full = self.full[i]
+        gpu = 0
+        by_device_free = self._by_device_free if self._shared[i] else None
+        for d, shares in slices:
+            before = devs[d]
+            after = devs[d] = before - sign * shares
+            gpu += (after if after > 0 else 0) - (before if before > 0 else 0)
+            if before == SHARES_PER_DEVICE:
+                full -= 1
+            if after == SHARES_PER_DEVICE:
+                full += 1
+            if by_device_free is not None:
+                by_device_free[_bucket(before)] -= 1
+                by_device_free[_bucket(after)] += 1
+                if after > self._top_device_free:
+                    self._top_device_free = _bucket(after)
+        self.full[i] = full
+        roomiest = max(devs)
+        self.roomiest[i] = roomiest if roomiest > 0 else 0
+        self.gfree[i] += gpu
+        self.free_gpu += gpu
+        self._by_full[full_before] -= 1
+        self._by_full[full] += 1
+        if full > self._top_full:
+            self._top_full = full
 
     def _take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
         if i not in self._touched:
-            self._touched[i] = self._key(i)
+            self._touched[i] = self._raw(i)
         self._apply(i, cpu, mem, slices, 1)
         self._journal.append((i, cpu, mem, slices))
 
@@ -559,11 +639,11 @@ class ClusterState:
 
     def commit(self) -> None:
         """Keep everything taken since the last commit, and re-sort the nodes it touched."""
-        for i, old in self._touched.items():
-            new = self._key(i)
-            for keys in self._node_lists[i]:
-                del keys[bisect_left(keys, old)]
-                insort(keys, new)
+        tiebreak = self.tiebreak
+        for i, raw in self._touched.items():
+            for key_type, keys in self._node_lists[i]:
+                del keys[bisect_left(keys, (raw[key_type], raw[2], raw[3], tiebreak[i], i))]
+                insort(keys, self._key(i, key_type))
         self._touched.clear()
         self._journal.clear()
 
@@ -693,7 +773,7 @@ class ClusterState:
             return cached
         members = self._sets[self._class_set[cls]]
         if self._class_kind[cls] == GPU_FRACTION:
-            gpu_max = max((max(self.devs[i], default=0) for i in members), default=0)
+            gpu_max = max((self.roomiest[i] for i in members), default=0)
         else:
             gpu_max = SHARES_PER_DEVICE * max((self.full[i] for i in members), default=0)
         result = ClassFree(
@@ -707,6 +787,10 @@ class ClusterState:
         )
         self._class_free[cls] = result
         return result
+
+
+def _bucket(free: int) -> int:
+    return 0 if free < 0 else SHARES_PER_DEVICE if free > SHARES_PER_DEVICE else free
 
 
 def _dominates(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
