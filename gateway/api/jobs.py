@@ -30,7 +30,8 @@ async def submit_job(request: web.Request) -> web.Response:
     meaning = check_job_spec(body, request.app[SPEC_LIMITS])
     if isinstance(meaning, list):
         # Report schema and meaning problems together, each field once.
-        known = {p.pointer for p in problems}
+        # The core's catch-all "" problem adds nothing when the schema already said what is wrong.
+        known = {p.pointer for p in problems} | ({""} if problems else set())
         problems += [p for p in meaning if p.pointer not in known]
     if problems or isinstance(meaning, list):
         raise ValidationFailed(problems or (meaning if isinstance(meaning, list) else []))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
@@ -174,7 +175,7 @@ class _Blocked:
     """A job the cycle could not place for lack of capacity; its reason is settled at the end."""
 
     job: PendingJob
-    totals: tuple[int, int, int]  # gpu, cpu, memory
+    totals: tuple[int, int, int]  # cpu, memory, gpu
     gang: Gang | None  # None: ruled out before the gang was built
     note: str = ""
 
@@ -211,6 +212,7 @@ class _Cycle:
         self.waiting: list[tuple[PendingJob, PendingReason, str] | _Blocked] = []
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
+        self.reserved_message = ""
 
     def run(self) -> AdmissionPlan:
         snapshot = self.snapshot
@@ -291,13 +293,21 @@ class _Cycle:
             )
             return
         pods = job.pods
-        totals = (sum(map(_GPU, pods)), sum(map(_CPU, pods)), sum(map(_MEMORY, pods)))
-        over = _over_quota(job.tenant, totals, used, quota)
-        if over:
+        if not pods:
+            # Admitting an empty gang would start nothing and hold a running-job slot forever.
+            self._wait(job, PendingReason.FRAGMENTED, "the job has no pods to place")
+            return
+        totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
+        cpu, mem, gpu = totals
+        if (
+            (gpu and used[2] + gpu > quota.gpu_shares)
+            or (cpu and used[0] + cpu > quota.cpu_millis)
+            or (mem and used[1] + mem > quota.memory_bytes)
+        ):
+            over = _over_quota(job.tenant, totals, used, quota)
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
             return
         cluster = self.cluster
-        gpu, cpu, mem = totals
         # Cheap rejection on the free sums, before looking at single pods.
         fits_open = (
             gpu <= cluster.free_gpu - cluster.blocked_gpu
@@ -317,13 +327,7 @@ class _Cycle:
                 return
         if cluster.any_blocked and cluster.place_gang(gang, honor=False) is not None:
             cluster.rollback()
-            assert self.reserved_for is not None
-            self._wait(
-                job,
-                PendingReason.RESERVED,
-                f"it would fit, but nodes {', '.join(self.reserved)} are held for job "
-                f"{self.reserved_for.id}, which has waited past the starvation threshold",
-            )
+            self._wait(job, PendingReason.RESERVED, self.reserved_message)
             return
         self._blocked(job, totals, gang)
 
@@ -342,9 +346,9 @@ class _Cycle:
         hits: list[tuple[int, tuple[tuple[int, int], ...]]],
     ) -> None:
         used = self.usage[job.tenant]
-        used[0] += totals[1]
-        used[1] += totals[2]
-        used[2] += totals[0]
+        used[0] += totals[0]
+        used[1] += totals[1]
+        used[2] += totals[2]
         used[3] += 1
         self.shares.pop(job.tenant, None)
         nodes = self.cluster.nodes
@@ -373,9 +377,13 @@ class _Cycle:
         Many blocked jobs share a shape, and their reason is cached on it.
         """
         cluster = self.cluster
-        short = _short_of_sums(cluster, blocked.totals)
-        if short:
-            return PendingReason.INSUFFICIENT_CAPACITY, short
+        cpu, mem, gpu = blocked.totals
+        if gpu > cluster.free_gpu or cpu > cluster.free_cpu or mem > cluster.free_mem:
+            found = cache.get(blocked.totals)
+            if found is None:
+                short = _short_of_sums(cluster, blocked.totals)
+                found = cache[blocked.totals] = (PendingReason.INSUFFICIENT_CAPACITY, short)
+            return found
         pods = blocked.job.pods
         gang = blocked.gang
         key: object
@@ -423,7 +431,11 @@ class _Cycle:
         cluster.block(chosen)
         self.reserved = tuple(cluster.nodes[i].name for i in chosen)
         self.reserved_for = job
-        return f"; nodes held for it: {', '.join(self.reserved)}"
+        self.reserved_message = (
+            f"it would fit, but job {job.id} has waited past the starvation threshold and holds "
+            f"{_listing(self.reserved)}"
+        )
+        return f"; held for it: {_listing(self.reserved)}"
 
     # -- 6: the rest ------------------------------------------------------------------------------
 
@@ -443,12 +455,14 @@ class _Cycle:
             backoff,
             key=lambda job: (job.not_before or 0.0, -job.priority, job.submitted_at, job.id),
         ):
-            back_in = (job.not_before or 0.0) - self.snapshot.now
+            # An absolute time, not a countdown: the message stays the same from one cycle to
+            # the next, so the shell need not rewrite it every cycle.
+            back_at = datetime.fromtimestamp(job.not_before or 0.0, tz=UTC)
             settled.append(
                 (
                     job,
                     PendingReason.BACKOFF_AFTER_EVICTION,
-                    f"evicted; it returns to the queue in {back_in:.0f} s",
+                    f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
                 )
             )
         in_tenant: dict[str, int] = {}
@@ -473,7 +487,8 @@ class _Cycle:
 
 
 def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:
-    gpu, cpu, mem = totals
+    cpu, mem, gpu = totals
+    # GPU first: in a training cluster it is the quota people run out of and ask about.
     for need, held, limit, fmt in (
         (gpu, used[2], quota.gpu_shares, _gpus),
         (cpu, used[0], quota.cpu_millis, _cpus),
@@ -489,9 +504,9 @@ def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quot
 
 def _short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
     for need, free, fmt in (
-        (totals[0], cluster.free_gpu, _gpus),
-        (totals[1], cluster.free_cpu, _cpus),
-        (totals[2], cluster.free_mem, _memory),
+        (totals[2], cluster.free_gpu, _gpus),
+        (totals[0], cluster.free_cpu, _cpus),
+        (totals[1], cluster.free_mem, _memory),
     ):
         if need > free:
             return f"needs {fmt(need)} in total; {fmt(free)} free in the cluster"
@@ -564,6 +579,16 @@ def _gang_reason(
                 f"a {role} pod needs {_memory(mem)} on one node; the most free on any node is "
                 f"{_memory(free_.memory_max)}",
             )
+    for need_, role in zip(needs, roles, strict=True):
+        if cluster.find(need_, None, honor=False) is None:
+            _, _, cpu, mem, gpu, _ = need_
+            wanted = [_gpus(gpu)] if gpu else []
+            wanted += [_cpus(cpu), _memory(mem)]
+            return (
+                PendingReason.FRAGMENTED,
+                f"no node has {', '.join(wanted[:-1])} and {wanted[-1]} free at once for a "
+                f"{role} pod",
+            )
     return (
         PendingReason.FRAGMENTED,
         f"the free sums would fit, but no set of nodes fits all {len(needs)} pods at once",
@@ -579,11 +604,10 @@ def never_fits(
     down may come back.
     """
     problems: list[tuple[str, str]] = []
-    totals = (sum(map(_GPU, pods)), sum(map(_CPU, pods)), sum(map(_MEMORY, pods)))
     for resource, need, limit, fmt in (
-        ("gpu", totals[0], quota.gpu_shares, _gpus),
-        ("cpu", totals[1], quota.cpu_millis, _cpus),
-        ("memory", totals[2], quota.memory_bytes, _memory),
+        ("gpu", sum(map(_GPU, pods)), quota.gpu_shares, _gpus),
+        ("cpu", sum(map(_CPU, pods)), quota.cpu_millis, _cpus),
+        ("memory", sum(map(_MEMORY, pods)), quota.memory_bytes, _memory),
     ):
         if need > limit:
             problems.append(
@@ -658,6 +682,12 @@ def _pod_never_fits(
 
 
 # -- human units ---------------------------------------------------------------------------------
+
+
+def _listing(nodes: Sequence[str], most: int = 5) -> str:
+    named = ", ".join(nodes[:most])
+    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
+    return f"node{'s' if len(nodes) > 1 else ''} {named}{more}"
 
 
 def _number(value: float) -> str:

@@ -272,8 +272,9 @@ class ClusterState:
 
     While a gang is being placed, the nodes it touched keep their old keys in the sorted lists (an
     old key is never below the real free, so a bisect never skips a node that fits) and are
-    searched on the side with their real values. `commit()` re-sorts them; `rollback()` only
-    restores values. A gang that fails therefore never touches the sorted lists.
+    searched on the side with their real values. `commit()` marks them for re-sorting at the
+    next search of each list; `rollback()` only restores values. A gang that fails therefore
+    never touches the sorted lists.
     """
 
     def __init__(
@@ -332,7 +333,11 @@ class ClusterState:
         self._set_key_type: list[int] = []
         self._masks: list[bytearray] = []
         self._lists: list[list[_Key] | None] = []
-        self._node_lists: list[list[tuple[int, list[_Key]]]] = [[] for _ in range(count)]
+        self._node_sets: list[list[int]] = [[] for _ in range(count)]  # sets with a built list
+        # Per set: nodes whose key changed since the list was last searched, with the key the
+        # list still holds. Re-sorting waits for the next search, so a list searched rarely
+        # re-sorts a node once however many gangs took from it meanwhile.
+        self._stale: list[dict[int, _Key]] = []
         # The gang being placed: what it took, and the values its nodes had before (the keys
         # they still have in the sorted lists).
         self._journal: list[tuple[int, int, int, Slices]] = []
@@ -450,6 +455,7 @@ class ClusterState:
                 mask[i] = 1
             self._masks.append(mask)
             self._lists.append(None)
+            self._stale.append({})
         cls = len(self._class_set)
         self._class_set.append(set_id)
         self._class_kind.append(kind)
@@ -495,14 +501,22 @@ class ClusterState:
         return (raw[key_type], raw[2], raw[3], self.tiebreak[i], i)
 
     def _sorted(self, set_id: int) -> list[_Key]:
+        """The set's sorted keys, current but for the nodes the gang being placed touched."""
         keys = self._lists[set_id]
+        key_type = self._set_key_type[set_id]
         if keys is None:
             members = self._sets[set_id]
-            key_type = self._set_key_type[set_id]
             keys = sorted(self._listed_key(i, key_type) for i in members)
             self._lists[set_id] = keys
             for i in members:
-                self._node_lists[i].append((key_type, keys))
+                self._node_sets[i].append(set_id)
+            return keys
+        stale = self._stale[set_id]
+        if stale:
+            for i, old in stale.items():
+                del keys[bisect_left(keys, old)]
+                insort(keys, self._listed_key(i, key_type))
+            stale.clear()
         return keys
 
     # -- search ---------------------------------------------------------------------------------
@@ -549,18 +563,22 @@ class ClusterState:
             # Nodes this gang already took from sit in the lists under their old keys; judge
             # them on what they have now.
             mask = self._masks[set_id]
-            key_type = self._set_key_type[set_id]
+            measure = self.full if self._set_key_type[set_id] == _BY_WHOLE_FREE else self.roomiest
+            scale = SHARES_PER_DEVICE if measure is self.full else 1
+            free_cpu, free_mem = self.cpu, self.mem
             for i in touched:
+                first = measure[i] * scale
                 if (
-                    not mask[i]
-                    or self.cpu[i] < cpu
-                    or self.mem[i] < mem
+                    first < gpu
+                    or free_cpu[i] < cpu
+                    or free_mem[i] < mem
+                    or not mask[i]
                     or (blocked is not None and blocked[i])
                     or (skip and i in skip)
                 ):
                     continue
-                key = self._key(i, key_type)
-                if key[0] >= gpu and (best is None or key < best):
+                key = (first, free_cpu[i], free_mem[i], self.tiebreak[i], i)
+                if best is None or key < best:
                     slices = self._devices(i, kind, gpu)
                     if slices is not None:
                         best, best_slices = key, slices
@@ -638,12 +656,15 @@ class ClusterState:
         self._touched.clear()
 
     def commit(self) -> None:
-        """Keep everything taken since the last commit, and re-sort the nodes it touched."""
+        """Keep everything taken since the last commit; its nodes re-sort at their next search."""
         tiebreak = self.tiebreak
+        key_types = self._set_key_type
+        every_stale = self._stale
         for i, raw in self._touched.items():
-            for key_type, keys in self._node_lists[i]:
-                del keys[bisect_left(keys, (raw[key_type], raw[2], raw[3], tiebreak[i], i))]
-                insort(keys, self._key(i, key_type))
+            for set_id in self._node_sets[i]:
+                stale = every_stale[set_id]
+                if i not in stale:
+                    stale[i] = (raw[key_types[set_id]], raw[2], raw[3], tiebreak[i], i)
         self._touched.clear()
         self._journal.clear()
 

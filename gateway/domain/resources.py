@@ -53,7 +53,10 @@ def parse_quantity(value: str | int | float) -> Decimal:
             raise QuantityError("must be a finite number")
         if value < 0:
             raise QuantityError("must not be negative")
-        return Decimal(str(value))
+        try:
+            return Decimal(str(value))
+        except ValueError as exc:  # an int too long to print (sys.int_info.str_digits_check)
+            raise QuantityError("is far too large") from exc
     text = value.strip()
     match = _QUANTITY.fullmatch(text)
     if match is None:

@@ -1,0 +1,168 @@
+"""The migrations build exactly the schema of ``gateway.db.models``, and undo it completely.
+
+Each test starts from a database created from ``template0`` (nothing of Muster in it), so the
+migrations run from scratch rather than on the migrated template the other tests clone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db.engine import make_engine
+from gateway.db.migrate import downgrade, upgrade
+from gateway.db.models import Base
+from tests import pg
+
+MUSTER_TABLES = frozenset(Base.metadata.tables)
+MUSTER_FUNCTIONS = frozenset({"muster_refuse_update", "muster_count_queued"})
+MUSTER_TRIGGERS = frozenset(
+    {("job_events", "job_events_append_only"), ("jobs", "jobs_count_queued")}
+)
+
+
+@pytest.fixture
+async def empty_engine(pg_server: pg.TestServer) -> AsyncIterator[AsyncEngine]:
+    name = await pg_server.create_database(template="template0")
+    engine = make_engine(pg_server.url_for(name), pool_size=1)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        await pg_server.drop_database(name)
+
+
+def _diff(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "compare_server_default": True}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def schema_diff(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_diff)
+
+
+async def names(engine: AsyncEngine, sql: str) -> set[Any]:
+    async with engine.connect() as conn:
+        return {tuple(row) if len(row) > 1 else row[0] for row in await conn.execute(text(sql))}
+
+
+async def tables(engine: AsyncEngine) -> set[Any]:
+    return await names(
+        engine, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    )
+
+
+async def functions(engine: AsyncEngine) -> set[Any]:
+    return await names(
+        engine,
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = current_schema()",
+    )
+
+
+async def triggers(engine: AsyncEngine) -> set[Any]:
+    return await names(
+        engine,
+        "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE NOT t.tgisinternal",
+    )
+
+
+async def test_the_database_starts_without_any_muster_object(empty_engine: AsyncEngine) -> None:
+    assert await tables(empty_engine) == set()
+    assert await functions(empty_engine) == set()
+
+
+async def test_upgrade_builds_exactly_the_models_schema(empty_engine: AsyncEngine) -> None:
+    await upgrade(empty_engine)
+
+    assert await schema_diff(empty_engine) == []
+    assert await tables(empty_engine) == MUSTER_TABLES | {"alembic_version"}
+
+
+async def test_downgrade_to_base_removes_everything_and_upgrade_rebuilds_it(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine)
+
+    await downgrade(empty_engine, "base")
+
+    assert await tables(empty_engine) <= {"alembic_version"}
+    assert await functions(empty_engine) == set()
+    assert await triggers(empty_engine) == set()
+    await upgrade(empty_engine, "head")
+    assert await schema_diff(empty_engine) == []
+    assert await tables(empty_engine) == MUSTER_TABLES | {"alembic_version"}
+    assert await triggers(empty_engine) == MUSTER_TRIGGERS
+
+
+async def test_upgrade_twice_is_a_no_op(empty_engine: AsyncEngine) -> None:
+    await upgrade(empty_engine)
+
+    await upgrade(empty_engine)
+
+    assert await schema_diff(empty_engine) == []
+
+
+async def test_upgrade_installs_the_triggers_and_their_functions(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine)
+
+    assert await triggers(empty_engine) == MUSTER_TRIGGERS
+    assert await functions(empty_engine) == MUSTER_FUNCTIONS
+
+
+async def test_the_triggers_keep_the_queued_counter_and_the_append_only_log(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine)
+    async with empty_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, "
+                "quota_gpu_shares, max_running_jobs, max_queued_jobs, webhook_secret) "
+                "VALUES ('t', 't', 1000, 1000, 0, 1, 1, 's')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
+                "VALUES (gen_random_uuid(), 't', 'a', 'generic', 'queued', 0, '{}')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, tenant, type, to_state) "
+                "SELECT id, tenant, 'submitted', 'queued' FROM jobs"
+            )
+        )
+        assert await conn.scalar(text("SELECT queued_jobs FROM tenants")) == 1
+
+    with pytest.raises(DBAPIError, match="limit of queued jobs"):
+        async with empty_engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
+                    "VALUES (gen_random_uuid(), 't', 'b', 'generic', 'queued', 0, '{}')"
+                )
+            )
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with empty_engine.begin() as conn:
+            await conn.execute(text("UPDATE job_events SET reason = 'x'"))
+    async with empty_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE name = 'a'")
+        )
+        assert await conn.scalar(text("SELECT queued_jobs FROM tenants")) == 0
