@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
@@ -23,6 +24,7 @@ from gateway.backends.factory import make_inventory
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
+from gateway.errors import DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings
 
@@ -49,7 +51,12 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     engine = make_engine(url)
     try:
         if migrate:
-            await upgrade(engine)
+            try:
+                await upgrade(engine)
+            except (OSError, DBAPIError) as exc:
+                raise DatabaseUnavailable(
+                    f"cannot reach the database ({description}): {exc}"
+                ) from exc
         yield Database(engine=engine, description=description)
     finally:
         await engine.dispose()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.errors import (
     ClientError,
@@ -87,7 +88,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     except ClientError as exc:
         return from_client_error(exc, request.path)
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, OSError, OperationalError, InterfaceError) as exc:
         log.warning("database unavailable: %s", exc)
         return problem_response(
             503,

@@ -52,14 +52,16 @@ class SpecCache:
     def __init__(self) -> None:
         self._pods: dict[str, tuple[PodRequest, ...]] = {}
 
-    def pods(self, job_id: str, spec: Mapping[str, Any]) -> tuple[PodRequest, ...]:
-        cached = self._pods.get(job_id)
-        if cached is None:
-            # Stored specs passed the same check at submit, with limits at least as wide.
-            checked = check_job_spec(spec, SpecLimits(max_replicas=10**6))
-            cached = () if isinstance(checked, list) else pod_requests(checked)
-            self._pods[job_id] = cached
-        return cached
+    def missing(self, job_ids: Sequence[str]) -> list[str]:
+        return [job_id for job_id in job_ids if job_id not in self._pods]
+
+    def add(self, job_id: str, spec: Mapping[str, Any]) -> None:
+        # Stored specs passed the same check at submit, with limits at least as wide.
+        checked = check_job_spec(spec, SpecLimits(max_replicas=10**6))
+        self._pods[job_id] = () if isinstance(checked, list) else pod_requests(checked)
+
+    def pods(self, job_id: str) -> tuple[PodRequest, ...]:
+        return self._pods[job_id]
 
     def keep_only(self, job_ids: set[str]) -> None:
         for job_id in [k for k in self._pods if k not in job_ids]:
@@ -92,7 +94,7 @@ _HOLDINGS = text(
 
 _QUEUED = text(
     """
-    SELECT id, tenant, priority, attempt, spec, created_at, queued_at, not_before, reason,
+    SELECT id, tenant, priority, attempt, created_at, queued_at, not_before, reason,
            message, queue_position, tenant_queue_position
     FROM jobs WHERE state = 'queued' ORDER BY seq
     """
@@ -192,6 +194,14 @@ async def load_snapshot(
     tenants = {row["name"]: _tenant_state(row) for row in (await conn.execute(_TENANTS)).mappings()}
     holdings = await load_holdings(conn)
     queued = (await conn.execute(_QUEUED)).mappings().all()
+    # Specs never change: only jobs new to this process have theirs fetched and parsed.
+    missing = cache.missing([str(row["id"]) for row in queued])
+    if missing:
+        specs = await conn.execute(
+            text("SELECT id, spec FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": missing}
+        )
+        for job_id, spec in specs:
+            cache.add(str(job_id), spec)
     pending = tuple(
         PendingJob(
             id=str(row["id"]),
@@ -200,7 +210,7 @@ async def load_snapshot(
             submitted_at=row["created_at"].timestamp(),
             queued_since=row["queued_at"].timestamp(),
             not_before=None if row["not_before"] is None else row["not_before"].timestamp(),
-            pods=cache.pods(str(row["id"]), row["spec"]),
+            pods=cache.pods(str(row["id"])),
         )
         for row in queued
     )

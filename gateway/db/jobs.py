@@ -114,7 +114,10 @@ async def submit(
         "actor": actor,
     }
     try:
-        async with engine.begin() as conn:
+        # Autocommit: the insert is one statement, so the tenant row the queued-job counter
+        # locks is held only while that statement runs and commits, never across round trips.
+        async with engine.connect() as base:
+            conn = await base.execution_options(isolation_level="AUTOCOMMIT")
             found = (await conn.execute(_QUOTA, {"tenant": spec.tenant})).mappings().first()
             if found is None:
                 raise _no_tenant(spec.tenant)

@@ -170,16 +170,6 @@ _REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "sprea
 _MIN_WEIGHT = 1e-9
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Blocked:
-    """A job the cycle could not place for lack of capacity; its reason is settled at the end."""
-
-    job: PendingJob
-    totals: tuple[int, int, int]  # cpu, memory, gpu
-    gang: Gang | None  # None: ruled out before the gang was built
-    note: str = ""
-
-
 class _Cycle:
     """The mutable state of one `plan()` call."""
 
@@ -209,7 +199,15 @@ class _Cycle:
         self.shares: dict[str, float] = {}
         self.slices: dict[tuple[int, int], GpuSlice] = {}
         self.admitted: list[Admission] = []
-        self.waiting: list[tuple[PendingJob, PendingReason, str] | _Blocked] = []
+        # Waiting jobs in the order taken, as parallel lists rather than an object per job: with
+        # 100k jobs, objects that live through the cycle are what wake the full garbage
+        # collector, which then walks the whole snapshot. A reason of None means "did not fit",
+        # settled at the end; for those, the gang if it was built and the reservation note.
+        self.waiting_jobs: list[PendingJob] = []
+        self.waiting_reasons: list[PendingReason | None] = []
+        self.waiting_messages: list[str] = []
+        self.blocked_gangs: dict[int, Gang] = {}
+        self.blocked_notes: dict[int, str] = {}
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
         self.reserved_message = ""
@@ -316,7 +314,7 @@ class _Cycle:
         )
         fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
         if not fits_all or cluster.surely_fails(pods):
-            self._blocked(job, totals, None)
+            self._blocked(job, None)
             return
         gang = cluster.gang_of(pods)
         if fits_open:
@@ -329,14 +327,16 @@ class _Cycle:
             cluster.rollback()
             self._wait(job, PendingReason.RESERVED, self.reserved_message)
             return
-        self._blocked(job, totals, gang)
+        self._blocked(job, gang)
 
-    def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
-        """The job does not fit now. The first starving one gets nodes reserved for it."""
-        note = ""
+    def _blocked(self, job: PendingJob, gang: Gang | None) -> None:
+        """The job does not fit now; why is settled at the end. A starving one may reserve."""
+        index = len(self.waiting_jobs)
+        self._wait(job, None, "")
+        if gang is not None:
+            self.blocked_gangs[index] = gang
         if self.reserved_for is None and self._starving(job):
-            note = self._reserve(job)
-        self.waiting.append(_Blocked(job=job, totals=totals, gang=gang, note=note))
+            self.blocked_notes[index] = self._reserve(job)
 
     def _admit(
         self,
@@ -369,7 +369,7 @@ class _Cycle:
         return found
 
     def _capacity_reason(
-        self, blocked: _Blocked, cache: dict[object, tuple[PendingReason, str]]
+        self, job: PendingJob, gang: Gang | None, cache: dict[object, tuple[PendingReason, str]]
     ) -> tuple[PendingReason, str]:
         """Why a job did not fit, judged on the state the cycle ends in (the one users see).
 
@@ -377,15 +377,15 @@ class _Cycle:
         Many blocked jobs share a shape, and their reason is cached on it.
         """
         cluster = self.cluster
-        cpu, mem, gpu = blocked.totals
+        pods = job.pods
+        totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
+        cpu, mem, gpu = totals
         if gpu > cluster.free_gpu or cpu > cluster.free_cpu or mem > cluster.free_mem:
-            found = cache.get(blocked.totals)
+            found = cache.get(totals)
             if found is None:
-                short = _short_of_sums(cluster, blocked.totals)
-                found = cache[blocked.totals] = (PendingReason.INSUFFICIENT_CAPACITY, short)
+                short = _short_of_sums(cluster, totals)
+                found = cache[totals] = (PendingReason.INSUFFICIENT_CAPACITY, short)
             return found
-        pods = blocked.job.pods
-        gang = blocked.gang
         key: object
         if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
             gang = gang or cluster.gang_of(pods)
@@ -401,8 +401,10 @@ class _Cycle:
             found = cache[key] = _gang_reason(cluster, gang.needs, roles)
         return found
 
-    def _wait(self, job: PendingJob, reason: PendingReason, message: str) -> None:
-        self.waiting.append((job, reason, message))
+    def _wait(self, job: PendingJob, reason: PendingReason | None, message: str) -> None:
+        self.waiting_jobs.append(job)
+        self.waiting_reasons.append(reason)
+        self.waiting_messages.append(message)
 
     def _starving(self, job: PendingJob) -> bool:
         since = job.queued_since if job.queued_since is not None else job.submitted_at
@@ -440,16 +442,6 @@ class _Cycle:
     # -- 6: the rest ------------------------------------------------------------------------------
 
     def _finish(self, backoff: list[PendingJob]) -> AdmissionPlan:
-        settled: list[tuple[PendingJob, PendingReason, str]] = []
-        # Many blocked jobs share a shape; the end state is fixed, so their reason is too.
-        reasons: dict[object, tuple[PendingReason, str]] = {}
-        for entry in self.waiting:
-            if isinstance(entry, _Blocked):
-                found = self._capacity_reason(entry, reasons)
-                reason, message = found
-                settled.append((entry.job, reason, message + entry.note))
-            else:
-                settled.append(entry)
         # Jobs in backoff were not taken this cycle; they queue behind, soonest back first.
         for job in sorted(
             backoff,
@@ -458,24 +450,29 @@ class _Cycle:
             # An absolute time, not a countdown: the message stays the same from one cycle to
             # the next, so the shell need not rewrite it every cycle.
             back_at = datetime.fromtimestamp(job.not_before or 0.0, tz=UTC)
-            settled.append(
-                (
-                    job,
-                    PendingReason.BACKOFF_AFTER_EVICTION,
-                    f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
-                )
+            self._wait(
+                job,
+                PendingReason.BACKOFF_AFTER_EVICTION,
+                f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
             )
+        # Many blocked jobs share a shape; the end state is fixed, so their reason is too.
+        cache: dict[object, tuple[PendingReason, str]] = {}
         in_tenant: dict[str, int] = {}
         waiting: list[Waiting] = []
-        for overall, (job, reason, message) in enumerate(settled, start=1):
-            in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
+        for index, job in enumerate(self.waiting_jobs):
+            reason = self.waiting_reasons[index]
+            message = self.waiting_messages[index]
+            if reason is None:
+                reason, message = self._capacity_reason(job, self.blocked_gangs.get(index), cache)
+                message += self.blocked_notes.get(index, "")
+            position = in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
             waiting.append(
                 Waiting(
                     job_id=job.id,
                     reason=reason,
                     message=message,
-                    position_in_tenant=in_tenant[job.tenant],
-                    position_overall=overall,
+                    position_in_tenant=position,
+                    position_overall=index + 1,
                 )
             )
         return AdmissionPlan(

@@ -23,7 +23,7 @@ from gateway.domain.admission import (
     Toleration,
     Usage,
 )
-from gateway.domain.placement import node_admits, gpu_kind
+from gateway.domain.placement import gpu_kind, node_admits
 
 GIB = 1 << 30
 BIG = 10**15  # a quota nobody reaches
@@ -125,7 +125,9 @@ def tenant(
     )
 
 
-def holding(node_name: str, *, cpu: float = 0, mem_gib: float = 0, gpu: Iterable[tuple[int, int]] = ()) -> Holding:
+def holding(
+    node_name: str, *, cpu: float = 0, mem_gib: float = 0, gpu: Iterable[tuple[int, int]] = ()
+) -> Holding:
     return Holding(
         node=node_name,
         cpu_millis=int(cpu * 1000),
@@ -157,21 +159,20 @@ def snapshot(
     )
 
 
-def holdings_of(plan: AdmissionPlan, snap: Snapshot) -> list[Holding]:
-    """What the plan's admitted pods will hold once they run."""
+def holdings_of(plan: AdmissionPlan, snap: Snapshot) -> dict[str, list[Holding]]:
+    """What each admitted job's pods will hold once they run, by job id."""
     pods = {(j.id, p.name): p for j in snap.pending for p in j.pods}
-    result = []
+    result: dict[str, list[Holding]] = {}
     for admission in plan.admitted:
-        for placement in admission.placements:
-            request = pods[(admission.job_id, placement.pod_name)]
-            result.append(
-                Holding(
-                    node=placement.node,
-                    cpu_millis=request.cpu_millis,
-                    memory_bytes=request.memory_bytes,
-                    gpu=placement.gpu,
-                )
+        result[admission.job_id] = [
+            Holding(
+                node=placement.node,
+                cpu_millis=pods[(admission.job_id, placement.pod_name)].cpu_millis,
+                memory_bytes=pods[(admission.job_id, placement.pod_name)].memory_bytes,
+                gpu=placement.gpu,
             )
+            for placement in admission.placements
+        ]
     return result
 
 

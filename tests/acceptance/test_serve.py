@@ -1,0 +1,290 @@
+"""The ``muster`` command run as a user runs it: a subprocess, real HTTP, real signals.
+
+With no ``MUSTER_DATABASE_URL`` the gateway starts an embedded PostgreSQL in its data directory;
+these tests check that it comes up, keeps its data across a restart, and leaves no server behind.
+Data directories live directly under /tmp because the server's Unix socket path must stay short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from gateway.settings import SETTINGS
+
+MUSTER = [sys.executable, "-m", "gateway"]
+LISTENING = re.compile(r"Muster is listening on (http://[^\s:]+:(\d+))")
+
+START_TIMEOUT = 40.0  # the first start runs initdb
+STOP_TIMEOUT = 15.0  # an idle gateway stops well within MUSTER_SHUTDOWN_GRACE (10 s)
+COMMAND_TIMEOUT = 40.0
+HTTP_TIMEOUT = 10.0
+
+TENANT = {
+    "quota": {
+        "cpu": "8",
+        "memory": "32Gi",
+        "gpu": 0,
+        "max_running_jobs": 2,
+        "max_queued_jobs": 10,
+    }
+}
+# The static backend with one node that is down: a job fits it one day but is never admitted now,
+# so a submitted job stays queued whatever the admission loop does.
+NODES = 'nodes: [{name: n1, cpu: "8", memory: 32Gi, gpus: 0, ready: false}]\n'
+JOB = {
+    "name": "train-1",
+    "tenant": "acme",
+    "framework": "tensorflow",
+    "replicas": {
+        "chief": {"image": "trainer:1", "resources": {"cpu": "1", "memory": "1Gi"}},
+        "worker": {"count": 2, "image": "trainer:1"},
+    },
+}
+
+# Requests go straight to 127.0.0.1, whatever proxy the environment names.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _env(data_dir: Path | None, **extra: str) -> dict[str, str]:
+    """The caller's environment without any MUSTER_* variable, plus the given ones."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MUSTER_")}
+    if data_dir is not None:
+        env["MUSTER_DATA_DIR"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _http.open(request, timeout=HTTP_TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+
+def _postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    """Live processes whose command line names ``data_dir``: the embedded server and children."""
+    marker = str(data_dir)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if marker in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def _stop_leftover_postgres(data_dir: Path) -> None:
+    """Cleanup after a failed test: stop the embedded server the gateway left running, by pid."""
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+        postmaster = psutil.Process(pid)
+        if str(data_dir) not in " ".join(postmaster.cmdline()):
+            return
+        postmaster.terminate()
+        postmaster.wait(10)
+    except (OSError, ValueError, psutil.Error):
+        pass
+
+
+class Gateway:
+    """One ``muster serve`` process, with its stdout and stderr read line by line in a thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        nodes = data_dir / "nodes.yaml"
+        nodes.write_text(NODES)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(
+            [*MUSTER, "serve", "--port", "0"],
+            env=_env(data_dir, MUSTER_BACKEND="static", MUSTER_NODES_FILE=str(nodes)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def _next_line(self, deadline: float) -> str | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        line = self.lines.get(timeout=remaining)
+        if line is not None:
+            self.output.append(line)
+        return line
+
+    def transcript(self) -> str:
+        return "".join(self.output)
+
+    def wait_listening(self) -> str:
+        """The base URL the gateway printed once it listens."""
+        deadline = time.monotonic() + START_TIMEOUT
+        try:
+            while (line := self._next_line(deadline)) is not None:
+                if match := LISTENING.search(line):
+                    return match.group(1)
+        except (TimeoutError, queue.Empty):
+            pytest.fail(
+                f"muster serve did not listen within {START_TIMEOUT} s:\n{self.transcript()}"
+            )
+        code = self.proc.wait(STOP_TIMEOUT)
+        pytest.fail(f"muster serve exited with {code} before listening:\n{self.transcript()}")
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for the exit status and the rest of the output."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"muster serve did not stop within {STOP_TIMEOUT} s of SIGTERM:\n"
+                f"{self.transcript()}"
+            )
+        deadline = time.monotonic() + STOP_TIMEOUT
+        try:
+            while self._next_line(deadline) is not None:
+                pass
+        except (TimeoutError, queue.Empty):
+            pytest.fail(f"muster serve's output did not end:\n{self.transcript()}")
+        return code
+
+    def close(self) -> None:
+        """Always safe: stop the process if it still runs (gracefully first), release the pipe."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        self._reader.join(STOP_TIMEOUT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ma-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        _stop_leftover_postgres(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stop_cleanly(gateway: Gateway, data_dir: Path) -> None:
+    code = gateway.stop()
+    assert code == 0, gateway.transcript()
+    assert "Muster stopped" in gateway.transcript()
+    assert "Traceback" not in gateway.transcript(), gateway.transcript()
+    left = _postgres_processes(data_dir)
+    assert not left, f"processes still use {data_dir}: {[p.info['cmdline'] for p in left]}"
+
+
+def test_serve_keeps_jobs_across_restart_and_stops_its_database(data_dir: Path) -> None:
+    gateway = Gateway(data_dir)
+    try:
+        base = gateway.wait_listening()
+        status, tenant = _request("PUT", f"{base}/v1/admin/tenants/acme", TENANT)
+        assert status == 201, tenant
+        status, job = _request("POST", f"{base}/v1/jobs", JOB)
+        assert status == 201, job
+        status, got = _request("GET", f"{base}/v1/jobs/{job['id']}")
+        assert status == 200
+        assert (got["id"], got["name"], got["state"]) == (job["id"], "train-1", "queued")
+        # The check after the stop below can see the embedded server: here it runs.
+        assert _postgres_processes(data_dir), "no process names the data directory"
+        _stop_cleanly(gateway, data_dir)
+    finally:
+        gateway.close()
+
+    again = Gateway(data_dir)
+    try:
+        base = again.wait_listening()
+        status, got = _request("GET", f"{base}/v1/jobs/{job['id']}")
+        assert status == 200
+        assert (got["id"], got["tenant"], got["state"]) == (job["id"], "acme", "queued")
+        _stop_cleanly(again, data_dir)
+    finally:
+        again.close()
+
+
+def test_migrate_applies_migrations_and_exits(data_dir: Path) -> None:
+    result = subprocess.run(
+        [*MUSTER, "migrate"],
+        env=_env(data_dir),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "migrations applied" in result.stdout
+    assert not _postgres_processes(data_dir)
+
+
+def test_malformed_setting_fails_fast_without_traceback(data_dir: Path) -> None:
+    result = subprocess.run(
+        [*MUSTER, "serve"],
+        env=_env(data_dir, MUSTER_PORT="abc"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "MUSTER_PORT" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (data_dir / "postgres").exists()
+
+
+def test_serve_help_lists_every_setting() -> None:
+    result = subprocess.run(
+        [*MUSTER, "serve", "--help"],
+        env=_env(None, NO_COLOR="1"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    listed = set(re.findall(r"(?<![\w-])--[a-z][-a-z]*", result.stdout))
+    missing = [s.flag for s in SETTINGS if s.flag not in listed]
+    assert not missing, result.stdout
+    # Each flag's help also names its environment variable.
+    assert [s.env for s in SETTINGS if s.env not in result.stdout] == [], result.stdout
