@@ -44,6 +44,9 @@ class Leadership:
         if self._conn is not None:
             try:
                 await self._conn.execute(text("SELECT 1"))
+                # End the transaction: PostgreSQL delivers NOTIFY only to sessions that are
+                # not inside one, so an open transaction here would mute every wake-up.
+                await self._conn.commit()
                 return True
             except Exception:
                 log.warning("lost the leader connection; stepping down", exc_info=True)
