@@ -1,4 +1,8 @@
-"""Run ``muster serve`` as a subprocess, as a user or an operator would."""
+"""Run ``muster serve`` as a subprocess, as a user or an operator would.
+
+The process's stdout and stderr are read line by line in a thread, so a test can wait for the
+"listening" line and keep the whole transcript for its failure messages.
+"""
 
 from __future__ import annotations
 
@@ -13,66 +17,131 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+MUSTER = (sys.executable, "-m", "gateway")
 LISTENING = re.compile(r"Muster is listening on (http://\S+)")
+START_TIMEOUT = 60.0  # the first start runs initdb
+STOP_TIMEOUT = 15.0  # an idle gateway stops well within MUSTER_SHUTDOWN_GRACE (10 s)
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The caller's environment without any MUSTER_* variable, plus the given settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MUSTER_")}
+    env.update(settings)
+    return env
 
 
 class GatewayProcess:
+    """One ``muster serve --port 0`` process. ``close()`` is always safe to call."""
+
     def __init__(self, env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> None:
-        self.env = {**os.environ, **env}
+        self.env = clean_env(**env)
         self.args = args
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._output: list[str] = []
+        self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 60) -> str:
+    def transcript(self) -> str:
+        """Everything the process has printed so far."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._lines.put(None)  # keep the end marker for stop()
+                break
+            self._output.append(line)
+        return "".join(self._output)
+
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Start the process; return the base URL it printed once it listens."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", "0", *self.args],
+            [*MUSTER, "serve", "--port", "0", *self.args],
             env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
-        self._pump_thread.start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            match = LISTENING.search(line)
-            if match:
-                self.url = match.group(1)
-                return self.url
-        self.kill()
-        raise AssertionError("muster serve did not start:\n" + "".join(self.output))
+        try:
+            while (line := self._next_line(deadline)) is not None:
+                if match := LISTENING.search(line):
+                    self.url = match.group(1)
+                    return self.url
+        except (TimeoutError, queue.Empty):
+            self.close()
+            raise AssertionError(
+                f"muster serve did not listen within {timeout} s:\n{self.transcript()}"
+            ) from None
+        code = self.proc.wait(STOP_TIMEOUT)
+        self.close()
+        raise AssertionError(
+            f"muster serve exited with {code} before listening:\n{self.transcript()}"
+        )
 
-    def _pump(self) -> None:
+    def _read(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.output.append(line)
-            self.lines.put(line)
+            self._lines.put(line)
+        self._lines.put(None)
 
-    def stop(self, timeout: float = 30) -> int:
+    def _next_line(self, deadline: float) -> str | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        line = self._lines.get(timeout=remaining)
+        if line is not None:
+            self._output.append(line)
+        return line
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then wait for the exit status and the rest of the output."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._close()
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"muster serve did not stop within {timeout} s of SIGTERM:\n{self.transcript()}"
+            ) from None
+        deadline = time.monotonic() + timeout
+        try:
+            while self._next_line(deadline) is not None:
+                pass
+        except (TimeoutError, queue.Empty):
+            raise AssertionError(
+                f"muster serve's output did not end:\n{self.transcript()}"
+            ) from None
+        self.close()
         return code
 
     def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up, as after a crash."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
-        self._close()
+            self.proc.wait(STOP_TIMEOUT)
+        self.close()
 
-    def _close(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
-            self._pump_thread.join(10)
+    def close(self) -> None:
+        """Stop the process if it still runs (gracefully first) and release the pipe."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+        if self._reader is not None:
+            self._reader.join(STOP_TIMEOUT)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
 
 

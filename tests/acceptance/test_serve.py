@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,12 +23,8 @@ import psutil
 import pytest
 
 from gateway.settings import SETTINGS
+from tests.acceptance.gateway_process import MUSTER, GatewayProcess, clean_env
 
-MUSTER = [sys.executable, "-m", "gateway"]
-LISTENING = re.compile(r"Muster is listening on (http://[^\s:]+:(\d+))")
-
-START_TIMEOUT = 40.0  # the first start runs initdb
-STOP_TIMEOUT = 15.0  # an idle gateway stops well within MUSTER_SHUTDOWN_GRACE (10 s)
 COMMAND_TIMEOUT = 40.0
 HTTP_TIMEOUT = 10.0
 
@@ -65,11 +56,15 @@ _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def _env(data_dir: Path | None, **extra: str) -> dict[str, str]:
     """The caller's environment without any MUSTER_* variable, plus the given ones."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MUSTER_")}
     if data_dir is not None:
-        env["MUSTER_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
+        extra["MUSTER_DATA_DIR"] = str(data_dir)
+    return clean_env(**extra)
+
+
+def _gateway(data_dir: Path) -> GatewayProcess:
+    nodes = data_dir / "nodes.yaml"
+    nodes.write_text(NODES)
+    return GatewayProcess(_env(data_dir, MUSTER_BACKEND="static", MUSTER_NODES_FILE=str(nodes)))
 
 
 def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -111,89 +106,6 @@ def _stop_leftover_postgres(data_dir: Path) -> None:
         pass
 
 
-class Gateway:
-    """One ``muster serve`` process, with its stdout and stderr read line by line in a thread."""
-
-    def __init__(self, data_dir: Path) -> None:
-        nodes = data_dir / "nodes.yaml"
-        nodes.write_text(NODES)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.output: list[str] = []
-        self.proc = subprocess.Popen(
-            [*MUSTER, "serve", "--port", "0"],
-            env=_env(data_dir, MUSTER_BACKEND="static", MUSTER_NODES_FILE=str(nodes)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def _next_line(self, deadline: float) -> str | None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        line = self.lines.get(timeout=remaining)
-        if line is not None:
-            self.output.append(line)
-        return line
-
-    def transcript(self) -> str:
-        return "".join(self.output)
-
-    def wait_listening(self) -> str:
-        """The base URL the gateway printed once it listens."""
-        deadline = time.monotonic() + START_TIMEOUT
-        try:
-            while (line := self._next_line(deadline)) is not None:
-                if match := LISTENING.search(line):
-                    return match.group(1)
-        except (TimeoutError, queue.Empty):
-            pytest.fail(
-                f"muster serve did not listen within {START_TIMEOUT} s:\n{self.transcript()}"
-            )
-        code = self.proc.wait(STOP_TIMEOUT)
-        pytest.fail(f"muster serve exited with {code} before listening:\n{self.transcript()}")
-
-    def stop(self) -> int:
-        """SIGTERM, then wait for the exit status and the rest of the output."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(
-                f"muster serve did not stop within {STOP_TIMEOUT} s of SIGTERM:\n"
-                f"{self.transcript()}"
-            )
-        deadline = time.monotonic() + STOP_TIMEOUT
-        try:
-            while self._next_line(deadline) is not None:
-                pass
-        except (TimeoutError, queue.Empty):
-            pytest.fail(f"muster serve's output did not end:\n{self.transcript()}")
-        return code
-
-    def close(self) -> None:
-        """Always safe: stop the process if it still runs (gracefully first), release the pipe."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(STOP_TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ma-", dir="/tmp"))
@@ -204,7 +116,7 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _stop_cleanly(gateway: Gateway, data_dir: Path) -> None:
+def _stop_cleanly(gateway: GatewayProcess, data_dir: Path) -> None:
     code = gateway.stop()
     assert code == 0, gateway.transcript()
     assert "Muster stopped" in gateway.transcript()
@@ -214,9 +126,9 @@ def _stop_cleanly(gateway: Gateway, data_dir: Path) -> None:
 
 
 def test_serve_keeps_jobs_across_restart_and_stops_its_database(data_dir: Path) -> None:
-    gateway = Gateway(data_dir)
+    gateway = _gateway(data_dir)
     try:
-        base = gateway.wait_listening()
+        base = gateway.start()
         status, tenant = _request("PUT", f"{base}/v1/admin/tenants/acme", TENANT)
         assert status == 201, tenant
         status, job = _request("POST", f"{base}/v1/jobs", JOB)
@@ -230,9 +142,9 @@ def test_serve_keeps_jobs_across_restart_and_stops_its_database(data_dir: Path) 
     finally:
         gateway.close()
 
-    again = Gateway(data_dir)
+    again = _gateway(data_dir)
     try:
-        base = again.wait_listening()
+        base = again.start()
         status, got = _request("GET", f"{base}/v1/jobs/{job['id']}")
         assert status == 200
         assert (got["id"], got["tenant"], got["state"]) == (job["id"], "acme", "queued")

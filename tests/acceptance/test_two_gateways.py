@@ -14,6 +14,7 @@ import asyncpg
 from tests import pg
 from tests.acceptance.gateway_process import GatewayProcess, write_nodes
 
+LEADS = "this replica is now the leader"
 JOBS = 500
 NODES = 4
 NODE_CPUS = 8
@@ -86,7 +87,7 @@ async def test_two_gateways_admit_each_job_once_within_quota(
         "MUSTER_NODES_FILE": str(nodes),
         "MUSTER_ADMISSION_INTERVAL": "0.2",
         "MUSTER_DATA_DIR": str(tmp_path / "data"),
-        "MUSTER_LOG_LEVEL": "WARNING",
+        "MUSTER_LOG_LEVEL": "INFO",
     }
     gateways = [GatewayProcess(env), GatewayProcess(env)]
     stop = asyncio.Event()
@@ -130,14 +131,11 @@ async def test_two_gateways_admit_each_job_once_within_quota(
                 assert row["nodes_over"] == 0, row
                 assert row["admitted_twice"] == 0, row
                 if not killed and row["admitted"] >= JOBS // 3:
-                    # Kill whichever holds the lock, without a chance to clean up.
-                    leader = await conn.fetchval(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                        "AND granted AND objid = $1",
-                        0x6D75_0000,
-                    )
-                    assert leader == 1
-                    gateways[0].kill()
+                    # Kill the leader, without a chance to clean up.
+                    leaders = [g for g in gateways if LEADS in g.transcript()]
+                    assert len(leaders) == 1, [g.transcript() for g in gateways]
+                    leaders[0].kill()
+                    survivor = next(g for g in gateways if g is not leaders[0])
                     killed = True
                 if row["admitted"] == JOBS:
                     break
@@ -148,7 +146,8 @@ async def test_two_gateways_admit_each_job_once_within_quota(
             await finisher
             await conn.close()
         assert killed
-        assert gateways[1].stop() == 0
+        assert LEADS in survivor.transcript()  # it took over
+        assert survivor.stop() == 0
     finally:
         for gateway in gateways:
             gateway.kill()
