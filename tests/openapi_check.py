@@ -78,24 +78,16 @@ class CheckedClient:
         self.app = client.app
 
     def _template(self, method: str, path: str) -> str | None:
+        """The path template of the route that serves ``method path``, if any does."""
         assert self.app is not None
+        bare = path.split("?", 1)[0]
         for resource in self.app.router.resources():
-            match = resource.get_info()
-            info = resource.canonical
-            route_match = None
-            for route in resource:
-                if route.method in (method.upper(), "*"):
-                    route_match = route
-            if route_match is None:
+            if not any(route.method in (method.upper(), "*") for route in resource):
                 continue
-            if "formatter" in match or "path" in match:
-                import re
-
-                pattern = match.get("pattern")
-                if pattern is not None and re.fullmatch(pattern, path.split("?")[0]):
-                    return info
-                if match.get("path") == path.split("?")[0]:
-                    return info
+            info = resource.get_info()
+            pattern = info.get("pattern")  # dynamic resources: /v1/jobs/{id}
+            if (pattern is not None and pattern.fullmatch(bare)) or info.get("path") == bare:
+                return resource.canonical
         return None
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Response:

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.db.tenants import TENANTS_WITH_USAGE
 from gateway.domain.admission import (
     AdmissionPlan,
     PendingJob,
@@ -68,25 +69,7 @@ class SpecCache:
             del self._pods[job_id]
 
 
-_TENANTS = text(
-    """
-    SELECT t.name, t.weight, t.quota_cpu_millis, t.quota_memory_bytes, t.quota_gpu_shares,
-           t.max_running_jobs,
-           COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
-           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
-    FROM tenants t
-    LEFT JOIN (
-        SELECT j.tenant, sum(p.cpu_millis) AS cpu, sum(p.memory_bytes) AS memory,
-               sum(p.gpu_shares) AS gpu
-        FROM placements p JOIN jobs j ON j.id = p.job_id
-        WHERE p.released_at IS NULL GROUP BY j.tenant
-    ) u ON u.tenant = t.name
-    LEFT JOIN (
-        SELECT tenant, count(*) AS running FROM jobs
-        WHERE state IN ('admitted', 'running') GROUP BY tenant
-    ) r ON r.tenant = t.name
-    """
-)
+_TENANTS = text(TENANTS_WITH_USAGE)
 
 _HOLDINGS = text(
     "SELECT node, cpu_millis, memory_bytes, gpu FROM placements WHERE released_at IS NULL"

@@ -9,6 +9,7 @@ wake the admission loop afterwards through ``gateway.db.notify.Notifier``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -82,8 +83,7 @@ class Submitted:
 
 
 def request_hash(body: Mapping[str, Any]) -> str:
-    import hashlib
-
+    """A digest of the body's meaning: key order and whitespace do not change it."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

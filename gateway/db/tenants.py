@@ -193,20 +193,25 @@ async def list_all(engine: AsyncEngine) -> Sequence[RowMapping]:
         return result.mappings().all()
 
 
-_STATUS = text(
-    f"""
-    SELECT {TENANT_COLUMNS},
-        (SELECT COALESCE(sum(p.cpu_millis), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
-         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_cpu,
-        (SELECT COALESCE(sum(p.memory_bytes), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
-         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_memory,
-        (SELECT COALESCE(sum(p.gpu_shares), 0) FROM placements p JOIN jobs j ON j.id = p.job_id
-         WHERE j.tenant = t.name AND p.released_at IS NULL) AS used_gpu,
-        (SELECT count(*) FROM jobs j WHERE j.tenant = t.name
-         AND j.state IN ('admitted', 'running')) AS running_jobs
-    FROM tenants t WHERE t.name = :name
-    """
-)
+# Every tenant with what its live placements hold and how many jobs hold resources. Admission
+# and GET /v1/tenants/{tenant} both read usage through this one query.
+TENANTS_WITH_USAGE = f"""
+    SELECT {", ".join(f"t.{c.strip()}" for c in TENANT_COLUMNS.split(","))},
+           COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
+           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
+    FROM tenants t
+    LEFT JOIN (
+        SELECT j.tenant, sum(p.cpu_millis) AS cpu, sum(p.memory_bytes) AS memory,
+               sum(p.gpu_shares) AS gpu
+        FROM placements p JOIN jobs j ON j.id = p.job_id
+        WHERE p.released_at IS NULL GROUP BY j.tenant
+    ) u ON u.tenant = t.name
+    LEFT JOIN (
+        SELECT tenant, count(*) AS running FROM jobs
+        WHERE state IN ('admitted', 'running') GROUP BY tenant
+    ) r ON r.tenant = t.name
+"""
+_STATUS = text(TENANTS_WITH_USAGE + " WHERE t.name = :name")
 
 
 async def status(engine: AsyncEngine, name: str) -> RowMapping:
