@@ -138,7 +138,10 @@ def job_body(name: str, tenant: str = TENANT) -> dict[str, Any]:
 
 
 def run_bare_server(port: int, dsn: str) -> None:
-    asyncio.run(_bare_server(port, dsn))
+    # The same event loop as `muster serve` (uvloop where installed), so the two compare fairly.
+    from gateway.cli import run
+
+    run(_bare_server(port, dsn))
 
 
 async def _bare_server(port: int, dsn: str) -> None:

@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from gateway import __version__, logs
 from gateway.errors import ConfigError, DatabaseUnavailable
@@ -36,6 +37,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(os.environ, flags)
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the service on uvloop where it is installed (it is a dependency on Linux and macOS)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -44,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from gateway.server import serve
 
-            asyncio.run(serve(settings))
+            run(serve(settings))
         elif args.command == "migrate":
             from gateway.server import migrate_only
 

@@ -53,7 +53,7 @@ async def submit_job(request: web.Request) -> web.Response:
     submitted = await job_rows.submit(
         request.app[ENGINE],
         meaning,
-        body_hash=job_rows.request_hash(body),
+        body_hash=job_rows.request_hash(body) if key is not None else "",
         idempotency_key=key,
         actor=actor(request),
         admissible=refuse_impossible,

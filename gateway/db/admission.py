@@ -31,9 +31,8 @@ from gateway.domain.admission import (
     Usage,
     plan,
 )
-from gateway.domain.jobspec import SpecLimits, check_job_spec
 from gateway.domain.placement import GpuSlice, Holding, Node, PodRequest
-from gateway.domain.pods import pod_requests
+from gateway.domain.pods import pod_requests_from_document
 
 ADMISSION_LOCK = 0x6D75_0001
 ADMITTED_CHANNEL = "muster_admitted"
@@ -57,9 +56,8 @@ class SpecCache:
         return [job_id for job_id in job_ids if job_id not in self._pods]
 
     def add(self, job_id: str, spec: Mapping[str, Any]) -> None:
-        # Stored specs passed the same check at submit, with limits at least as wide.
-        checked = check_job_spec(spec, SpecLimits(max_replicas=10**6))
-        self._pods[job_id] = () if isinstance(checked, list) else pod_requests(checked)
+        # Stored specs were checked at submit and written complete by to_document.
+        self._pods[job_id] = pod_requests_from_document(spec)
 
     def pods(self, job_id: str) -> tuple[PodRequest, ...]:
         return self._pods[job_id]

@@ -1,9 +1,10 @@
 """Job rows: submit, read, list, cancel, and the job's event history.
 
 Every state change writes its job_events row in the same statement or transaction, so the history
-and the state never disagree. A submit is one SQL statement (job and event together), which
-keeps the time a tenant's row is locked by the queued-job counter as short as it can be. Callers
-wake the admission loop afterwards through ``gateway.db.notify.Notifier``.
+and the state never disagree. A submit is one SQL statement (job, event and queue slot together);
+max_queued_jobs is kept by queue slots (see ``gateway.db.models``), so submits of one tenant never
+wait for each other. Callers wake the admission loop afterwards through
+``gateway.db.notify.Notifier``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db.engine import driver_connection
 from gateway.domain.admission import Quota
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
@@ -28,8 +31,6 @@ from gateway.domain.states import EventType, JobState
 from gateway.errors import BadRequest, Conflict, NotFound, TooManyRequests, ValidationFailed
 
 NOTIFY_CHANNEL = "muster_jobs"
-QUEUED_CAP_SQLSTATE = "MU429"
-QUEUED_CAP_RETRY_AFTER = 30
 
 JOB_COLUMNS = (
     "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "
@@ -37,31 +38,50 @@ JOB_COLUMNS = (
     "finished_at, queue_position, tenant_queue_position"
 )
 
-_SUBMIT = text(
-    f"""
+# Submits run on the driver connection directly (positional asyncpg SQL): this is the hottest
+# path in Muster, and SQLAlchemy's statement layer cost several times the round trip itself.
+_RETURNED = [c.strip() for c in JOB_COLUMNS.split(",") if c.strip() not in ("spec", "labels")]
+_SUBMIT = f"""
     WITH job AS (
         INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
-                          idempotency_key, request_hash, submitted_by)
-        VALUES (:id, :tenant, :name, :framework, 'queued', :priority, :spec, :labels,
-                :idempotency_key, :request_hash, :actor)
+                          idempotency_key, request_hash, submitted_by, queue_slot)
+        VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11)
         ON CONFLICT (tenant, idempotency_key) DO NOTHING
-        RETURNING {JOB_COLUMNS}
+        RETURNING {", ".join(_RETURNED)}
     ), event AS (
         INSERT INTO job_events (job_id, tenant, type, to_state, actor)
-        SELECT id, tenant, 'submitted', 'queued', :actor FROM job
+        SELECT id, tenant, 'submitted', 'queued', $10 FROM job
     )
-    SELECT job.* FROM job
-    """
-).bindparams(bindparam("spec", type_=JSONB), bindparam("labels", type_=JSONB))
+    SELECT * FROM job
+"""
+_QUOTA = (
+    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
+    "max_queued_jobs FROM tenants WHERE name = $1"
+)
+# A free slot, searched upwards from a random start and wrapping around; the count first, so a
+# tenant at its cap is refused without a scan.
+_SLOTS_TAKEN = (
+    "SELECT count(*) FROM jobs WHERE tenant = $1 AND state = 'queued' AND queue_slot IS NOT NULL"
+)
+_FREE_SLOT = """
+    SELECT s FROM (
+        SELECT s FROM generate_series($2::int, $3::int - 1) AS s
+        UNION ALL SELECT s FROM generate_series(0, $2::int - 1) AS s
+    ) candidates
+    WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = $1 AND state = 'queued'
+                      AND queue_slot = candidates.s)
+    LIMIT 1
+"""
+SLOT_TRIES = 6
+QUEUED_CAP_RETRY_AFTER = 30
 
-
-_QUOTA = text(
-    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs "
-    "FROM tenants WHERE name = :tenant"
+_BY_KEY = text(
+    f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
+    "WHERE tenant = :tenant AND idempotency_key = :key"
 )
 
 
-def quota_of(row: RowMapping) -> Quota:
+def quota_of(row: Mapping[str, Any]) -> Quota:
     return Quota(
         cpu_millis=row["quota_cpu_millis"],
         memory_bytes=row["quota_memory_bytes"],
@@ -70,15 +90,9 @@ def quota_of(row: RowMapping) -> Quota:
     )
 
 
-_BY_KEY = text(
-    f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
-    "WHERE tenant = :tenant AND idempotency_key = :key"
-)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Submitted:
-    job: RowMapping
+    job: Mapping[Any, Any]
     created: bool
 
 
@@ -100,58 +114,86 @@ async def submit(
     """Insert a queued job with its 'submitted' event, or return the job an earlier retry made.
 
     ``admissible`` sees the tenant's quota first and raises to refuse a job that can never run.
+    Each statement commits on its own: the insert (job, event and queue slot) is one statement.
     """
-    params = {
-        "id": uuid.uuid4(),
-        "tenant": spec.tenant,
-        "name": spec.name,
-        "framework": spec.framework.value,
-        "priority": spec.priority,
-        "spec": to_document(spec),
-        "labels": dict(spec.labels),
-        "idempotency_key": idempotency_key,
-        "request_hash": body_hash if idempotency_key else None,
-        "actor": actor,
-    }
-    try:
-        # Autocommit: the insert is one statement, so the tenant row the queued-job counter
-        # locks is held only while that statement runs and commits, never across round trips.
-        async with engine.connect() as base:
-            conn = await base.execution_options(isolation_level="AUTOCOMMIT")
-            found = (await conn.execute(_QUOTA, {"tenant": spec.tenant})).mappings().first()
-            if found is None:
-                raise _no_tenant(spec.tenant)
-            admissible(quota_of(found))
-            row = (await conn.execute(_SUBMIT, params)).mappings().first()
-            if row is not None:
-                return Submitted(job=row, created=True)
-            earlier = (
-                (await conn.execute(_BY_KEY, {"tenant": spec.tenant, "key": idempotency_key}))
-                .mappings()
-                .one()
-            )
-    except IntegrityError as exc:
-        if "fk_jobs_tenant_tenants" in str(exc.orig):
-            raise _no_tenant(spec.tenant) from exc
-        if "uq_jobs_live_name" in str(exc.orig) and idempotency_key is not None:
-            # A concurrent retry with the same key won the race: answer with its job.
-            winner = await _by_key(engine, spec.tenant, idempotency_key)
-            if winner is not None:
-                return _replay(winner, body_hash)
-        if "uq_jobs_live_name" in str(exc.orig):
-            raise Conflict(
-                f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
-                "pick another name or wait until it ends"
-            ) from exc
-        raise
-    except DBAPIError as exc:
-        if _sqlstate(exc) == QUEUED_CAP_SQLSTATE:
-            raise TooManyRequests(
-                f"tenant {spec.tenant!r} has reached its limit of queued jobs",
-                retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
-            ) from exc
-        raise
-    return _replay(earlier, body_hash)
+    document = to_document(spec)
+    labels = dict(spec.labels)
+    async with driver_connection(engine) as conn:
+        found = await conn.fetchrow(_QUOTA, spec.tenant)
+        if found is None:
+            raise _no_tenant(spec.tenant)
+        admissible(quota_of(found))
+        cap: int = found["max_queued_jobs"]
+        args = [
+            uuid.uuid4(),
+            spec.tenant,
+            spec.name,
+            spec.framework.value,
+            spec.priority,
+            json.dumps(document),
+            json.dumps(labels),
+            idempotency_key,
+            body_hash if idempotency_key else None,
+            actor,
+        ]
+        for attempt in range(SLOT_TRIES):
+            slot = await _pick_slot(conn, spec.tenant, cap, search=attempt >= SLOT_TRIES // 2)
+            if slot is None:
+                break
+            try:
+                row = await conn.fetchrow(_SUBMIT, *args, slot)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "uq_jobs_queue_slot":
+                    continue  # another submit took this slot a moment ago
+                if exc.constraint_name == "uq_jobs_live_name":
+                    return await _live_name_taken(engine, spec, idempotency_key, body_hash, exc)
+                raise
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise _no_tenant(spec.tenant) from exc
+            if row is None:  # the Idempotency-Key was used before
+                break
+            return Submitted(job={**row, "spec": document, "labels": labels}, created=True)
+    if idempotency_key is not None:
+        earlier = await _by_key(engine, spec.tenant, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, body_hash)
+    raise TooManyRequests(
+        f"tenant {spec.tenant!r} has {cap} queued jobs, its limit; retry when some are admitted",
+        retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
+    )
+
+
+async def _pick_slot(
+    conn: asyncpg.Connection, tenant: str, cap: int, *, search: bool
+) -> int | None:
+    """A queue slot below ``cap`` to try: at random first, then by searching for a free one."""
+    if cap <= 0:
+        return None
+    start = random.randrange(cap)
+    if not search:
+        return start
+    if await conn.fetchval(_SLOTS_TAKEN, tenant) >= cap:
+        return None
+    found: int | None = await conn.fetchval(_FREE_SLOT, tenant, start, cap)
+    return found
+
+
+async def _live_name_taken(
+    engine: AsyncEngine,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    body_hash: str,
+    exc: Exception,
+) -> Submitted:
+    if idempotency_key is not None:
+        # A concurrent retry with the same key won the race: answer with its job.
+        winner = await _by_key(engine, spec.tenant, idempotency_key)
+        if winner is not None:
+            return _replay(winner, body_hash)
+    raise Conflict(
+        f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
+        "pick another name or wait until it ends"
+    ) from exc
 
 
 def _replay(earlier: RowMapping, body_hash: str) -> Submitted:
@@ -164,14 +206,6 @@ async def _by_key(engine: AsyncEngine, tenant: str, key: str) -> RowMapping | No
     async with engine.connect() as conn:
         result = await conn.execute(_BY_KEY, {"tenant": tenant, "key": key})
         return result.mappings().first()
-
-
-def _sqlstate(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(
-        getattr(orig, "__cause__", None), "sqlstate", None
-    )
-    return str(code) if code else None
 
 
 def _no_tenant(tenant: str) -> ValidationFailed:

@@ -6,8 +6,11 @@ Invariants kept by the database itself, so that no bug in the shell can break th
 - tenant and job names are DNS labels; at most one live (non-terminal) job per tenant and name;
 - an idempotency key is unique per tenant;
 - job_events is append-only: a trigger refuses UPDATE (see the initial migration);
-- tenants.queued_jobs always equals the tenant's number of queued jobs (a trigger keeps it), and an
-  INSERT of a queued job beyond max_queued_jobs fails with SQLSTATE MU429;
+- a submitted job takes one of its tenant's queue slots (0 <= slot < max_queued_jobs, chosen when
+  it is submitted); a partial unique index makes each slot held by at most one queued job, so a
+  tenant never has more than max_queued_jobs submitted jobs waiting. Slots are independent rows
+  of one index, so concurrent submits of one tenant never wait for each other. A job requeued
+  after an eviction waits without a slot: a requeue is never refused;
 - at most one placement per job, attempt and pod.
 """
 
@@ -67,7 +70,7 @@ class Tenant(Base):
         CheckConstraint(f"namespace ~ {DNS_LABEL_SQL}", name="namespace_dns_label"),
         CheckConstraint(
             "quota_cpu_millis >= 0 AND quota_memory_bytes >= 0 AND quota_gpu_shares >= 0 "
-            "AND max_running_jobs >= 0 AND max_queued_jobs >= 0 AND queued_jobs >= 0",
+            "AND max_running_jobs >= 0 AND max_queued_jobs >= 0",
             name="quota_non_negative",
         ),
         CheckConstraint("weight > 0", name="weight_positive"),
@@ -81,8 +84,6 @@ class Tenant(Base):
     max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
-    # Kept by a trigger on jobs (see the initial migration), which also enforces max_queued_jobs.
-    queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
@@ -94,6 +95,7 @@ class Job(Base):
         CheckConstraint(f"state IN ({STATES_SQL})", name="state_known"),
         CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
         CheckConstraint("attempt >= 0", name="attempt_non_negative"),
+        CheckConstraint("queue_slot >= 0", name="queue_slot_non_negative"),
         CheckConstraint(
             "(state IN ('succeeded', 'failed', 'cancelled')) = (finished_at IS NOT NULL)",
             name="finished_iff_terminal",
@@ -105,6 +107,13 @@ class Job(Base):
             "name",
             unique=True,
             postgresql_where=text(f"state IN ({LIVE_STATES_SQL})"),
+        ),
+        Index(
+            "uq_jobs_queue_slot",
+            "tenant",
+            "queue_slot",
+            unique=True,
+            postgresql_where=text("state = 'queued' AND queue_slot IS NOT NULL"),
         ),
         Index("ix_jobs_state_seq", "state", "seq"),
         Index("ix_jobs_tenant_seq", "tenant", "seq"),
@@ -125,6 +134,7 @@ class Job(Base):
     # Where a queued job stood in the last admission cycle (1-based); NULL once it leaves the queue.
     queue_position: Mapped[int | None] = mapped_column(Integer)
     tenant_queue_position: Mapped[int | None] = mapped_column(Integer)
+    queue_slot: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     labels: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))

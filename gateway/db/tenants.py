@@ -22,7 +22,7 @@ from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
     "name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs, weight, queued_jobs, created_at, updated_at"
+    "max_queued_jobs, weight, created_at, updated_at"
 )
 
 
@@ -198,7 +198,8 @@ async def list_all(engine: AsyncEngine) -> Sequence[RowMapping]:
 TENANTS_WITH_USAGE = f"""
     SELECT {", ".join(f"t.{c.strip()}" for c in TENANT_COLUMNS.split(","))},
            COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
-           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
+           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs,
+           COALESCE(r.queued, 0) AS queued_jobs
     FROM tenants t
     LEFT JOIN (
         SELECT j.tenant, sum(p.cpu_millis) AS cpu, sum(p.memory_bytes) AS memory,
@@ -207,8 +208,9 @@ TENANTS_WITH_USAGE = f"""
         WHERE p.released_at IS NULL GROUP BY j.tenant
     ) u ON u.tenant = t.name
     LEFT JOIN (
-        SELECT tenant, count(*) AS running FROM jobs
-        WHERE state IN ('admitted', 'running') GROUP BY tenant
+        SELECT tenant, count(*) FILTER (WHERE state <> 'queued') AS running,
+               count(*) FILTER (WHERE state = 'queued') AS queued
+        FROM jobs WHERE state IN ('queued', 'admitted', 'running') GROUP BY tenant
     ) r ON r.tenant = t.name
 """
 _STATUS = text(TENANTS_WITH_USAGE + " WHERE t.name = :name")

@@ -36,6 +36,7 @@ from gateway.domain.resources import (
 # DNS-1035 labels: Service names must start with a letter, so job and role names must too.
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+IMAGE = re.compile(r"^\S+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 LABEL_KEY = re.compile(
@@ -333,7 +334,7 @@ def _check_replica(
         ok = False
     image = raw.get("image")
     if isinstance(image, str):
-        if not image.strip() or any(ch.isspace() for ch in image):
+        if not IMAGE.fullmatch(image):
             c.add(pointer(*where, "image"), "must be a container image reference without spaces")
             ok = False
     else:

@@ -8,9 +8,12 @@ hash suffix of the full name); ``pod_requests`` lists every pod of the gang in r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from gateway.domain.jobspec import JobSpec, ReplicaSpec
 from gateway.domain.placement import PodRequest, Toleration
+from gateway.domain.resources import cpu_millis, gpu_shares, memory_bytes
 
 MAX_NAME = 63
 SPREAD_ROLES = frozenset({"ps"})
@@ -50,6 +53,44 @@ def pod_requests(spec: JobSpec) -> tuple[PodRequest, ...]:
                     node_selector=selector,
                     tolerations=tolerations,
                     spread=replica.role in SPREAD_ROLES,
+                )
+            )
+    return tuple(pods)
+
+
+def pod_requests_from_document(document: Mapping[str, Any]) -> tuple[PodRequest, ...]:
+    """Pods of a spec as ``to_document`` wrote it: complete and already checked at submit.
+
+    The admission loop reads every stored spec once; this skips the full check, which only
+    matters for untrusted input.
+    """
+    pods: list[PodRequest] = []
+    for role in sorted(document["replicas"]):
+        replica = document["replicas"][role]
+        resources = replica["resources"]
+        cpu, memory = cpu_millis(resources["cpu"]), memory_bytes(resources["memory"])
+        gpu = gpu_shares(resources["gpu"])
+        selector = dict(replica["node_selector"])
+        tolerations = tuple(
+            Toleration(
+                key=t.get("key"),
+                operator=t.get("operator", "Equal"),
+                value=t.get("value"),
+                effect=t.get("effect"),
+            )
+            for t in replica["tolerations"]
+        )
+        for index in range(replica["count"]):
+            pods.append(
+                PodRequest(
+                    name=pod_name(document["name"], role, index),
+                    role=role,
+                    cpu_millis=cpu,
+                    memory_bytes=memory,
+                    gpu_shares=gpu,
+                    node_selector=selector,
+                    tolerations=tolerations,
+                    spread=role in SPREAD_ROLES,
                 )
             )
     return tuple(pods)

@@ -36,7 +36,22 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 
 async def queued_counter(engine: AsyncEngine, tenant: str = "search") -> int:
-    return int(await scalar(engine, "SELECT queued_jobs FROM tenants WHERE name = :t", t=tenant))
+    """Queued jobs holding a queue slot; slots are distinct and below the tenant's cap."""
+    held = int(
+        await scalar(
+            engine,
+            "SELECT count(DISTINCT j.queue_slot) FROM jobs j JOIN tenants t ON t.name = j.tenant "
+            "WHERE j.tenant = :t AND j.state = 'queued' AND j.queue_slot < t.max_queued_jobs",
+            t=tenant,
+        )
+    )
+    queued = int(
+        await scalar(
+            engine, "SELECT count(*) FROM jobs WHERE tenant = :t AND state = 'queued'", t=tenant
+        )
+    )
+    assert held == queued, "every submitted queued job holds its own slot below the cap"
+    return held
 
 
 # -- submit and read ------------------------------------------------------------------------------
@@ -350,6 +365,19 @@ async def test_a_tenant_over_max_queued_jobs_gets_429_with_retry_after_and_nothi
     assert int(refused.headers["Retry-After"]) > 0
     assert await row_counts(engine) == before
     assert await queued_counter(engine) == 2
+
+
+async def test_concurrent_submits_never_exceed_max_queued_jobs(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await create_tenant(api, **tenant_body(max_queued_jobs=5))
+
+    responses = await asyncio.gather(
+        *(api.post("/v1/jobs", json=job_spec(f"burst-{i}")) for i in range(20))
+    )
+
+    assert sorted(r.status for r in responses) == [201] * 5 + [429] * 15
+    assert await queued_counter(engine) == 5
 
 
 async def test_the_queued_counter_follows_cancels(api: CheckedClient, engine: AsyncEngine) -> None:

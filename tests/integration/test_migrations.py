@@ -23,10 +23,8 @@ from gateway.db.models import Base
 from tests import pg
 
 MUSTER_TABLES = frozenset(Base.metadata.tables)
-MUSTER_FUNCTIONS = frozenset({"muster_refuse_update", "muster_count_queued"})
-MUSTER_TRIGGERS = frozenset(
-    {("job_events", "job_events_append_only"), ("jobs", "jobs_count_queued")}
-)
+MUSTER_FUNCTIONS = frozenset({"muster_refuse_update"})
+MUSTER_TRIGGERS = frozenset({("job_events", "job_events_append_only")})
 
 
 @pytest.fixture
@@ -124,7 +122,7 @@ async def test_upgrade_installs_the_triggers_and_their_functions(
     assert await functions(empty_engine) == MUSTER_FUNCTIONS
 
 
-async def test_the_triggers_keep_the_queued_counter_and_the_append_only_log(
+async def test_queue_slots_are_unique_and_the_event_log_is_append_only(
     empty_engine: AsyncEngine,
 ) -> None:
     await upgrade(empty_engine)
@@ -138,8 +136,8 @@ async def test_the_triggers_keep_the_queued_counter_and_the_append_only_log(
         )
         await conn.execute(
             text(
-                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
-                "VALUES (gen_random_uuid(), 't', 'a', 'generic', 'queued', 0, '{}')"
+                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, "
+                "queue_slot) VALUES (gen_random_uuid(), 't', 'a', 'generic', 'queued', 0, '{}', 0)"
             )
         )
         await conn.execute(
@@ -148,14 +146,14 @@ async def test_the_triggers_keep_the_queued_counter_and_the_append_only_log(
                 "SELECT id, tenant, 'submitted', 'queued' FROM jobs"
             )
         )
-        assert await conn.scalar(text("SELECT queued_jobs FROM tenants")) == 1
 
-    with pytest.raises(DBAPIError, match="limit of queued jobs"):
+    with pytest.raises(DBAPIError, match="uq_jobs_queue_slot"):
         async with empty_engine.begin() as conn:
             await conn.execute(
                 text(
-                    "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
-                    "VALUES (gen_random_uuid(), 't', 'b', 'generic', 'queued', 0, '{}')"
+                    "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, "
+                    "queue_slot) VALUES (gen_random_uuid(), 't', 'b', 'generic', 'queued', 0, "
+                    "'{}', 0)"
                 )
             )
     with pytest.raises(DBAPIError, match="append-only"):
@@ -165,4 +163,10 @@ async def test_the_triggers_keep_the_queued_counter_and_the_append_only_log(
         await conn.execute(
             text("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE name = 'a'")
         )
-        assert await conn.scalar(text("SELECT queued_jobs FROM tenants")) == 0
+        # A job that left the queue gives its slot back.
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, "
+                "queue_slot) VALUES (gen_random_uuid(), 't', 'b', 'generic', 'queued', 0, '{}', 0)"
+            )
+        )
