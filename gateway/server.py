@@ -20,12 +20,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
-from gateway.backends.factory import make_inventory
+from gateway.backends.factory import make_backend
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
 from gateway.errors import DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
+from gateway.loops.reconciler import Reconciler
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,20 +72,26 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    inventory = make_inventory(settings)
+    backend = make_backend(settings)
     async with open_database(settings) as database:
-        app = make_app(settings, database.engine, inventory)
+        app = make_app(settings, database.engine, backend.inventory, backend.runtime)
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         admission = AdmissionLoop(
             database.engine,
-            inventory,
+            backend.inventory,
             interval=settings.admission_interval,
             starvation_seconds=settings.starvation_seconds,
         )
         loops = [asyncio.create_task(admission.run(), name="admission")]
+        if backend.runtime is not None:
+            reconciler = Reconciler(
+                database.engine, backend.runtime, is_leader=lambda: admission.leadership.is_leader
+            )
+            admission.on_admitted = reconciler.wake.set
+            loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         for task in loops:
             task.add_done_callback(lambda t: _loop_ended(t, stop))
         try:
@@ -104,6 +111,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await runner.cleanup()
+            if backend.runtime is not None:
+                # Replicas keep running; the next gateway adopts them.
+                await backend.runtime.close()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     print("Muster stopped", flush=True)

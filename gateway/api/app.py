@@ -14,16 +14,21 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api import admin, cluster, jobs, service
-from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, SETTINGS, SPEC_LIMITS
+from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
 from gateway.api.problems import problems_middleware
-from gateway.backends.base import Inventory
+from gateway.backends.base import Inventory, Runtime
 from gateway.db.jobs import NOTIFY_CHANNEL
 from gateway.db.notify import Notifier
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
 
-def make_app(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> web.Application:
+def make_app(
+    settings: Settings,
+    engine: AsyncEngine,
+    inventory: Inventory,
+    runtime: Runtime | None = None,
+) -> web.Application:
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
     app = web.Application(
         middlewares=[problems_middleware], client_max_size=settings.max_body_bytes + 1
@@ -31,6 +36,7 @@ def make_app(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> w
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[INVENTORY] = inventory
+    app[RUNTIME] = runtime
     app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
     app.cleanup_ctx.append(_notifier)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.backends.base import Inventory
+from gateway.backends.base import Inventory, Runtime
 from gateway.db.notify import Notifier
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
@@ -14,6 +14,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
 SPEC_LIMITS = web.AppKey("spec_limits", SpecLimits)
 INVENTORY = web.AppKey("inventory", Inventory)
+RUNTIME: web.AppKey[Runtime | None] = web.AppKey("runtime")
 NOTIFIER = web.AppKey("notifier", Notifier)
 
 ANONYMOUS = "anonymous"

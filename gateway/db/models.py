@@ -135,6 +135,8 @@ class Job(Base):
     queue_position: Mapped[int | None] = mapped_column(Integer)
     tenant_queue_position: Mapped[int | None] = mapped_column(Integer)
     queue_slot: Mapped[int | None] = mapped_column(Integer)
+    # Pod restarts spent in the current attempt, counted against run_policy.backoff_limit.
+    restarts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     labels: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))

@@ -45,6 +45,8 @@ class AdmissionLoop:
         self.cache = SpecCache()
         self.cycles = 0
         self.last: CycleResult | None = None
+        # Called after a cycle admitted jobs, e.g. to wake the reconciler at once.
+        self.on_admitted: Callable[[], None] | None = None
 
     async def cycle(self) -> CycleResult:
         nodes = await self.inventory.nodes()
@@ -57,6 +59,8 @@ class AdmissionLoop:
         )
         self.cycles += 1
         self.last = result
+        if result.admitted and self.on_admitted is not None:
+            self.on_admitted()
         if result.admitted:
             log.info(
                 "admitted %d of %d queued jobs in %.3f s",

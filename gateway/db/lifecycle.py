@@ -1,0 +1,194 @@
+"""Running jobs in the database: what the reconciler reads, and the transitions it writes.
+
+Every write is guarded by the job's state and attempt as the reconciler saw them, so a decision
+taken on stale observations (a cancel meanwhile, another replica's eviction) changes nothing.
+Each transition writes its job_events row in the same transaction, and a job that leaves the
+cluster (finished or requeued) releases its placements in that transaction too.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.domain.lifecycle import Decision
+from gateway.domain.placement import GpuSlice
+from gateway.domain.states import JobState
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ActiveJob:
+    row: RowMapping
+    namespace: str
+    placements: tuple[RowMapping, ...]
+
+
+_ACTIVE = text(
+    """
+    SELECT j.id, j.name, j.tenant, j.state, j.attempt, j.restarts, j.spec, j.admitted_at,
+           j.started_at, t.namespace
+    FROM jobs j JOIN tenants t ON t.name = j.tenant
+    WHERE j.state IN ('admitted', 'running') ORDER BY j.seq
+    """
+)
+_PLACEMENTS = text(
+    """
+    SELECT p.job_id, p.pod_name, p.role, p.replica_index, p.node, p.cpu_millis, p.memory_bytes,
+           p.gpu
+    FROM placements p JOIN jobs j ON j.id = p.job_id AND p.attempt = j.attempt
+    WHERE j.state IN ('admitted', 'running') AND p.released_at IS NULL
+    ORDER BY p.pod_name
+    """
+)
+_STATES = text(
+    "SELECT id, state, attempt, spec -> 'run_policy' ->> 'clean_pod_policy' AS clean_pod_policy "
+    "FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+async def active_jobs(engine: AsyncEngine) -> list[ActiveJob]:
+    async with engine.connect() as conn:
+        jobs = (await conn.execute(_ACTIVE)).mappings().all()
+        placements = (await conn.execute(_PLACEMENTS)).mappings().all()
+    by_job: dict[Any, list[RowMapping]] = {}
+    for placement in placements:
+        by_job.setdefault(placement["job_id"], []).append(placement)
+    return [
+        ActiveJob(row=job, namespace=job["namespace"], placements=tuple(by_job.get(job["id"], ())))
+        for job in jobs
+    ]
+
+
+async def job_states(engine: AsyncEngine, job_ids: Sequence[str]) -> Mapping[str, RowMapping]:
+    """State, attempt and clean-pod policy of the given jobs (those that exist)."""
+    valid = [job_id for job_id in job_ids if _is_uuid(job_id)]
+    if not valid:
+        return {}
+    async with engine.connect() as conn:
+        rows = (await conn.execute(_STATES, {"ids": valid})).mappings().all()
+    return {str(row["id"]): row for row in rows}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def gpu_slices(raw: Sequence[Mapping[str, int]]) -> tuple[GpuSlice, ...]:
+    return tuple(GpuSlice(device=int(s["device"]), shares=int(s["shares"])) for s in raw)
+
+
+_EVENT = text(
+    """
+    INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, message, data)
+    SELECT id, tenant, :type, :from_state, :to_state, :reason, :message, CAST(:data AS jsonb)
+    FROM jobs WHERE id = :id
+    """
+)
+
+
+async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool:
+    """Write the decision's transition and restarts. False if the job changed meanwhile."""
+    current = JobState(job.row["state"])
+    guard = {"id": job.row["id"], "state": current.value, "attempt": job.row["attempt"]}
+    async with engine.begin() as conn:
+        if decision.restart:
+            updated = await conn.execute(
+                text(
+                    "UPDATE jobs SET restarts = restarts + :n, updated_at = now() "
+                    "WHERE id = :id AND state = :state AND attempt = :attempt"
+                ),
+                {**guard, "n": len(decision.restart)},
+            )
+            if updated.rowcount == 0:
+                return False
+            await conn.execute(
+                _EVENT,
+                {
+                    "id": job.row["id"],
+                    "type": "restarted",
+                    "from_state": None,
+                    "to_state": None,
+                    "reason": decision.reason or "ReplicaRestarted",
+                    "message": decision.message,
+                    "data": json.dumps({"pods": list(decision.restart)}),
+                },
+            )
+        target = decision.transition
+        if target is None:
+            return True
+        if target is JobState.RUNNING:
+            sql = (
+                "UPDATE jobs SET state = 'running', started_at = now(), updated_at = now(), "
+                "reason = :reason, message = :message "
+                "WHERE id = :id AND state = :state AND attempt = :attempt"
+            )
+            event = "running"
+        elif target in (JobState.SUCCEEDED, JobState.FAILED):
+            sql = (
+                "UPDATE jobs SET state = :target, finished_at = now(), updated_at = now(), "
+                "reason = :reason, message = :message "
+                "WHERE id = :id AND state = :state AND attempt = :attempt"
+            )
+            event = target.value
+        elif target is JobState.QUEUED:
+            sql = (
+                "UPDATE jobs SET state = 'queued', attempt = attempt + 1, restarts = 0, "
+                "queued_at = now(), not_before = to_timestamp(:not_before), "
+                "admitted_at = NULL, started_at = NULL, queue_slot = NULL, "
+                "updated_at = now(), reason = :reason, message = :message "
+                "WHERE id = :id AND state = :state AND attempt = :attempt"
+            )
+            event = "requeued"
+        else:  # pragma: no cover - decide() never asks for another transition
+            raise ValueError(f"unexpected transition to {target}")
+        updated = await conn.execute(
+            text(sql),
+            {
+                **guard,
+                "target": target.value,
+                "reason": decision.reason,
+                "message": decision.message,
+                "not_before": decision.requeue_not_before,
+            },
+        )
+        if updated.rowcount == 0:
+            return False
+        if target is JobState.RUNNING:
+            await conn.execute(
+                text(
+                    "UPDATE placements SET started_at = now() WHERE job_id = :id "
+                    "AND attempt = :attempt AND released_at IS NULL"
+                ),
+                guard,
+            )
+        else:
+            await conn.execute(
+                text(
+                    "UPDATE placements SET released_at = now() WHERE job_id = :id "
+                    "AND attempt = :attempt AND released_at IS NULL"
+                ),
+                guard,
+            )
+        await conn.execute(
+            _EVENT,
+            {
+                "id": job.row["id"],
+                "type": event,
+                "from_state": current.value,
+                "to_state": target.value,
+                "reason": decision.reason,
+                "message": decision.message,
+                "data": json.dumps({"attempt": job.row["attempt"]}),
+            },
+        )
+    return True

@@ -1,0 +1,320 @@
+"""Real jobs on this machine: `muster serve` with the local backend runs replicas as processes.
+
+Each test starts a gateway as a user would (embedded PostgreSQL, local backend) in a fresh data
+directory, submits jobs over HTTP, and watches them run to the end. Replicas are small Python
+programs; nothing but Python is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from tests.acceptance.gateway_process import GatewayProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANT = {
+    "quota": {
+        "cpu": "64",
+        "memory": "64Gi",
+        "gpu": 4,
+        "max_running_jobs": 10,
+        "max_queued_jobs": 100,
+    }
+}
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with _http.open(request, timeout=30) as response:
+            raw = response.read()
+            kind = response.headers.get("Content-Type", "")
+            return response.status, json.loads(raw) if "json" in kind else raw.decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def job_state(base: str, job_id: str) -> dict[str, Any]:
+    status, job = call("GET", f"{base}/v1/jobs/{job_id}")
+    assert status == 200, job
+    return job  # type: ignore[no-any-return]
+
+
+def finished(base: str, job_id: str) -> dict[str, Any] | None:
+    job = job_state(base, job_id)
+    return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+
+def replica_processes(data_dir: Path) -> list[psutil.Process]:
+    """Live replica shims started for this data directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        ours = "gateway.backends.shim" in cmdline and str(data_dir) in cmdline
+        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ml-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        for proc in replica_processes(path):
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def start(data_dir: Path, **settings: str) -> GatewayProcess:
+    env = {
+        "MUSTER_DATA_DIR": str(data_dir),
+        "MUSTER_BACKEND": "local",
+        "MUSTER_LOCAL_CPUS": "8",
+        "MUSTER_LOCAL_MEMORY": "16Gi",
+        "MUSTER_LOCAL_GPUS": "0",
+        "MUSTER_ADMISSION_INTERVAL": "0.5",
+        "MUSTER_SHUTDOWN_GRACE": "3",
+        **settings,
+    }
+    gateway = GatewayProcess(env)
+    gateway.start()
+    return gateway
+
+
+def submit(base: str, spec: dict[str, Any]) -> dict[str, Any]:
+    status, job = call("POST", f"{base}/v1/jobs", spec)
+    assert status == 201, job
+    return job  # type: ignore[no-any-return]
+
+
+def program(code: str, **replica: Any) -> dict[str, Any]:
+    return {
+        "image": "python",
+        "command": ["python3", "-c", code],
+        "resources": {"cpu": "250m", "memory": "64Mi"},
+        **replica,
+    }
+
+
+def test_ps_worker_example_succeeds_and_workers_reach_the_ps(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        spec = yaml.safe_load((ROOT / "examples" / "ps-worker.yaml").read_text())
+        job = submit(gateway.url, spec)
+        done = wait_for(lambda: finished(gateway.url, job["id"]), 90, "the job to finish")
+        assert done["state"] == "succeeded", done
+        for index in (0, 1):
+            status, log = call(
+                "GET", f"{gateway.url}/v1/jobs/{job['id']}/logs?replica=worker-{index}"
+            )
+            assert status == 200
+            assert f"worker {index} reached the ps" in log, log
+            assert "OK" in log, log
+        # The PS served forever; clean_pod_policy Running stopped it when the job ended.
+        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+        events = [
+            e["type"] for e in call("GET", f"{gateway.url}/v1/jobs/{job['id']}/events")[1]["items"]
+        ]
+        # A quick job may end between two passes of the reconciler, never seen running.
+        assert events[:2] == ["submitted", "admitted"]
+        assert events[-1] == "succeeded"
+    finally:
+        gateway.close()
+
+
+def test_two_half_gpu_jobs_share_the_device_and_a_third_waits(data_dir: Path) -> None:
+    gateway = start(data_dir, MUSTER_LOCAL_GPUS="1")
+    release = data_dir / "release"
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        code = (
+            "import os, pathlib, time\n"
+            "print('CUDA_VISIBLE_DEVICES=' + os.environ.get('CUDA_VISIBLE_DEVICES', '-'), "
+            "flush=True)\n"
+            f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.1)\n"
+        )
+
+        def gpu_job(name: str) -> dict[str, Any]:
+            replica = program(code)
+            replica["resources"]["gpu"] = 0.5
+            return {"name": name, "tenant": "demo", "replicas": {"worker": replica}}
+
+        first, second = submit(gateway.url, gpu_job("a")), submit(gateway.url, gpu_job("b"))
+        for job in (first, second):
+            wait_for(
+                lambda job=job: job_state(gateway.url, job["id"])["state"] == "running",
+                30,
+                f"job {job['name']} to run",
+            )
+        third = submit(gateway.url, gpu_job("c"))
+        waiting = wait_for(
+            lambda: job_state(gateway.url, third["id"])["reason"], 10, "the third job's reason"
+        )
+        assert waiting == "InsufficientCapacity"
+        for job in (first, second):
+            log = call("GET", f"{gateway.url}/v1/jobs/{job['id']}/logs")[1]
+            assert "CUDA_VISIBLE_DEVICES=0" in log, log
+        release.touch()
+        for job in (first, second, third):
+            done = wait_for(lambda job=job: finished(gateway.url, job["id"]), 60, "jobs to end")
+            assert done["state"] == "succeeded", done
+    finally:
+        gateway.close()
+
+
+def test_job_asking_more_cpus_than_the_machine_is_refused(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        replica = program("pass")
+        replica["resources"]["cpu"] = "9"
+        status, problem = call(
+            "POST",
+            f"{gateway.url}/v1/jobs",
+            {"name": "big", "tenant": "demo", "replicas": {"w": replica}},
+        )
+        assert status == 422
+        assert problem["errors"][0]["detail"].startswith("cpu:"), problem
+    finally:
+        gateway.close()
+
+
+def test_restart_policies_with_real_processes(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        flaky = submit(
+            gateway.url,
+            {
+                "name": "flaky",
+                "tenant": "demo",
+                "run_policy": {"backoff_limit": 2},
+                "replicas": {
+                    "worker": program(
+                        "import sys; print('failing', flush=True); sys.exit(1)",
+                        restart_policy="OnFailure",
+                    )
+                },
+            },
+        )
+        chief = submit(
+            gateway.url,
+            {
+                "name": "chief-ends",
+                "tenant": "demo",
+                "framework": "tensorflow",
+                "replicas": {
+                    "chief": program("import time; time.sleep(1); print('chief done')"),
+                    "ps": program("import time; time.sleep(600)"),
+                },
+            },
+        )
+        failed = wait_for(lambda: finished(gateway.url, flaky["id"]), 60, "flaky to fail")
+        assert (failed["state"], failed["reason"]) == ("failed", "BackoffLimitExceeded"), failed
+        events = call("GET", f"{gateway.url}/v1/jobs/{flaky['id']}/events")[1]["items"]
+        assert [e["type"] for e in events].count("restarted") == 2
+        log = call("GET", f"{gateway.url}/v1/jobs/{flaky['id']}/logs")[1]
+        assert log.count("failing") == 3, log
+        done = wait_for(lambda: finished(gateway.url, chief["id"]), 60, "the chief to succeed")
+        assert (done["state"], done["reason"]) == ("succeeded", "ChiefSucceeded"), done
+        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+    finally:
+        gateway.close()
+
+
+def test_gateway_killed_while_a_job_runs_leaves_no_orphan(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    release = data_dir / "release"
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        code = (
+            "import pathlib, time\n"
+            f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.1)\n"
+            "print('released', flush=True)\n"
+        )
+        job = submit(
+            gateway.url,
+            {"name": "survivor", "tenant": "demo", "replicas": {"worker": program(code, count=2)}},
+        )
+        wait_for(lambda: job_state(gateway.url, job["id"])["state"] == "running", 30, "running")
+        assert len(replica_processes(data_dir)) == 2
+        gateway.kill()  # SIGKILL: no cleanup at all
+        # The replicas outlive the gateway (their own process groups) ...
+        assert len(replica_processes(data_dir)) == 2
+        gateway = start(data_dir)
+        # ... and the next gateway adopts them: the job keeps running and then succeeds.
+        assert job_state(gateway.url, job["id"])["state"] == "running"
+        release.touch()
+        done = wait_for(lambda: finished(gateway.url, job["id"]), 60, "the adopted job to end")
+        assert done["state"] == "succeeded", done
+        assert done["attempt"] == 0
+        wait_for(lambda: not replica_processes(data_dir), 20, "no replica left")
+    finally:
+        gateway.close()
+
+
+def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 201
+        job = submit(
+            gateway.url,
+            {
+                "name": "lost",
+                "tenant": "demo",
+                "replicas": {"worker": program("import time; time.sleep(600)")},
+            },
+        )
+        wait_for(lambda: job_state(gateway.url, job["id"])["state"] == "running", 30, "running")
+        gateway.kill()
+        for proc in replica_processes(data_dir):
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole machine's replicas die with it
+        wait_for(lambda: not replica_processes(data_dir), 10, "the replicas to die")
+        gateway = start(data_dir)
+        requeued = wait_for(
+            lambda: (lambda j: j if j["attempt"] == 1 else None)(job_state(gateway.url, job["id"])),
+            30,
+            "the job to be requeued",
+        )
+        assert requeued["state"] in ("queued", "admitted", "running"), requeued
+        events = call("GET", f"{gateway.url}/v1/jobs/{job['id']}/events")[1]["items"]
+        requeue = next(e for e in events if e["type"] == "requeued")
+        assert requeue["reason"] == "NodeLost", requeue
+        status, _ = call("POST", f"{gateway.url}/v1/jobs/{job['id']}/cancel")
+        assert status == 200
+        wait_for(lambda: not replica_processes(data_dir), 20, "cancel to stop every replica")
+    finally:
+        gateway.close()
