@@ -20,10 +20,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.backends.base import Inventory
 from gateway.backends.factory import make_backend
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
+from gateway.db.tenants import TenantValues, create_first
+from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.errors import DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
 from gateway.loops.reconciler import Reconciler
@@ -74,6 +77,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(settings)
     async with open_database(settings) as database:
+        first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
         app = make_app(settings, database.engine, backend.inventory, backend.runtime)
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()
@@ -100,6 +104,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             print(f"  data directory: {settings.data_dir}", flush=True)
             print(f"  database:       {database.description}", flush=True)
             print(f"  backend:        {settings.backend}", flush=True)
+            if first_tenant:
+                print(f"  tenant:         {first_tenant}", flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -117,6 +123,30 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(sig)
     print("Muster stopped", flush=True)
+
+
+DEFAULT_TENANT = "demo"
+
+
+async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> str:
+    """On a fresh local install, make a tenant that may use the whole machine, so a newcomer can
+    submit the examples at once. Never touches a database that already has tenants."""
+    if settings.backend != "local":
+        return ""
+    (node,) = await inventory.nodes()
+    values = TenantValues(
+        namespace=DEFAULT_TENANT,
+        quota_cpu_millis=node.cpu_millis,
+        quota_memory_bytes=node.memory_bytes,
+        quota_gpu_shares=node.gpu_devices * GPU_SHARES_PER_DEVICE,
+        max_running_jobs=100,
+        max_queued_jobs=1000,
+        weight=1.0,
+    )
+    created = await create_first(engine, DEFAULT_TENANT, values, actor="muster serve")
+    return (
+        f"{DEFAULT_TENANT} (created for this machine: its CPUs, memory and GPUs)" if created else ""
+    )
 
 
 def _loop_ended(task: asyncio.Task[None], stop: asyncio.Event) -> None:

@@ -287,3 +287,34 @@ async def audit(
     )
     async with engine.connect() as conn:
         return (await conn.execute(query, params)).mappings().all()
+
+
+async def create_first(engine: AsyncEngine, name: str, values: TenantValues, *, actor: str) -> bool:
+    """Create ``name`` only if there is no tenant at all yet. Returns whether it was created."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('tenant:' || :name))"), {"name": name}
+        )
+        if await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM tenants)")):
+            return False
+        row = (
+            (
+                await conn.execute(
+                    text(
+                        f"""
+                    INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes,
+                        quota_gpu_shares, max_running_jobs, max_queued_jobs, weight,
+                        webhook_secret)
+                    VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
+                        :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight, :secret)
+                    RETURNING {TENANT_COLUMNS}
+                    """
+                    ),
+                    {"name": name, "secret": new_webhook_secret(), **values.as_params()},
+                )
+            )
+            .mappings()
+            .one()
+        )
+        await _audit(conn, actor=actor, action="create", tenant=name, before=None, after=row)
+    return True
