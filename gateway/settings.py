@@ -4,6 +4,9 @@ Every setting is an environment variable ``MUSTER_*`` and a flag of the same nam
 (``MUSTER_PORT`` <-> ``--port``); a flag wins over the variable. ``SETTINGS`` below is the single
 table of them: the parser, ``muster serve --help`` and the README's table all come from it.
 
+The client commands (``muster submit``, ``jobs``, ...) need only where the gateway is and a token:
+``ClientSettings``, from ``MUSTER_URL`` and ``MUSTER_TOKEN`` or ``--url`` and ``--token``.
+
 Invariants: nothing else in Muster reads ``os.environ``; a malformed value stops startup with a
 ``ConfigError`` that names the variable; a ``Settings`` value is immutable and passed explicitly.
 """
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -292,3 +296,26 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"{setting.help}{default} [env {setting.env}]",
         )
+
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientSettings:
+    """Where the client commands send requests, and the bearer token they send (if any)."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str], *, url: str | None = None, token: str | None = None
+    ) -> ClientSettings:
+        """``MUSTER_URL`` and ``MUSTER_TOKEN``, each overridden by its flag when given."""
+        source = "--url" if url else "MUSTER_URL"
+        url = url or env.get("MUSTER_URL") or DEFAULT_URL
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(f"{source}={url!r}: must be an http:// or https:// URL")
+        return cls(url=url.rstrip("/"), token=token or env.get("MUSTER_TOKEN") or None)

@@ -1,0 +1,252 @@
+"""A small synchronous client of the Muster API, for the ``muster`` client commands.
+
+It speaks plain ``urllib`` so that ``muster jobs`` starts fast and imports nothing of the server.
+Every failure leaves this module as one of two errors, drawn here because only the command line
+sees them::
+
+    MusterError
+    ├── BadDocument              the file to submit is not one JSON or YAML mapping  exit 1
+    └── RequestFailed            a request to the gateway did not succeed
+        ├── ApiProblem           the gateway answered 4xx/5xx (RFC 9457 problem)    exit 1
+        └── Unreachable          no usable answer: refused, unknown host,          exit 2
+                                 timeout, broken connection, not JSON
+
+Invariants: requests to a loopback address never go through a proxy (other hosts honour the
+usual ``*_proxy`` variables); the token, when set, travels only as ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import yaml
+
+from gateway.errors import MusterError
+from gateway.settings import ClientSettings
+
+TIMEOUT = 30.0
+CHUNK = 64 * 1024
+
+Query = Mapping[str, str | int | None]
+
+
+class BadDocument(MusterError):
+    """The file to submit is not one JSON or YAML mapping."""
+
+
+def load_document(text: str, source: str) -> dict[str, Any]:
+    """A job spec or TFJob manifest: JSON when it parses as JSON, else YAML; returned as JSON data.
+
+    YAML values JSON lacks (dates, timestamps) become their text, as Kubernetes would read them.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise BadDocument(f"{source} is neither JSON nor YAML: {exc}") from exc
+    if document is None:
+        raise BadDocument(f"{source} is empty")
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise BadDocument(f"{source} must hold one job spec or TFJob (a mapping), not a {kind}")
+    try:
+        data: dict[str, Any] = json.loads(json.dumps(document, default=str))
+    except (TypeError, ValueError) as exc:
+        raise BadDocument(f"{source} cannot be sent as JSON: {exc}") from exc
+    return data
+
+
+class RequestFailed(MusterError):
+    """A request to the gateway did not succeed."""
+
+
+class ApiProblem(RequestFailed):
+    """The gateway answered with an error; ``errors`` lists (pointer, detail) for a 422."""
+
+    def __init__(
+        self, status: int, title: str, detail: str, errors: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(f"{title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+
+
+class Unreachable(RequestFailed):
+    """No usable answer from the gateway at ``url``; ``refused`` when nothing listens there."""
+
+    def __init__(self, url: str, reason: str, *, refused: bool = False) -> None:
+        super().__init__(f"cannot reach Muster at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.refused = refused
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None or host == "localhost":
+        return host is not None
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(exc: urllib.error.HTTPError) -> ApiProblem:
+    """An HTTP error answer -> ApiProblem, whether or not its body is a problem document."""
+    with exc:
+        try:
+            raw = exc.read()
+        except (OSError, http.client.HTTPException):
+            raw = b""
+    title = exc.reason if isinstance(exc.reason, str) and exc.reason else f"HTTP {exc.code}"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = raw.decode(errors="replace").strip()
+        return ApiProblem(exc.code, title, text[:200] or title)
+    errors = tuple(
+        (str(item.get("pointer", "")), str(item.get("detail", "")))
+        for item in body.get("errors") or ()
+        if isinstance(item, dict)
+    )
+    return ApiProblem(
+        exc.code,
+        str(body.get("title") or title),
+        str(body.get("detail") or body.get("title") or title),
+        errors,
+    )
+
+
+class Client:
+    """One gateway, addressed by ``settings.url``. Methods return the API's JSON as-is."""
+
+    def __init__(self, settings: ClientSettings, *, timeout: float = TIMEOUT) -> None:
+        self.url = settings.url
+        self.token = settings.token
+        self.timeout = timeout
+        if _is_loopback(urlsplit(self.url).hostname):
+            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        else:
+            self._opener = urllib.request.build_opener()
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Query | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> http.client.HTTPResponse:
+        params = {key: str(value) for key, value in (query or {}).items() if value is not None}
+        url = self.url + path + ("?" + urlencode(params) if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method)
+        request.add_header("Accept", "application/json, application/problem+json, text/plain")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        # A stream (a followed log) may stay quiet for hours: no read timeout for it.
+        timeout = None if stream else self.timeout
+        try:
+            response: http.client.HTTPResponse = self._opener.open(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            raise _problem(exc) from exc
+        except urllib.error.URLError as exc:
+            refused = isinstance(exc.reason, ConnectionRefusedError)
+            raise Unreachable(self.url, str(exc.reason), refused=refused) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.url, str(exc) or type(exc).__name__) from exc
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._open(method, path, **kwargs)
+        try:
+            with response:
+                raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(self.url, f"the answer broke off: {exc}") from exc
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise Unreachable(self.url, f"{method} {path} answered something not JSON") from exc
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        document: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """POST /v1/jobs; ``tenant`` goes in the query (the way a TFJob names its tenant)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._json(
+            "POST", "/v1/jobs", query={"tenant": tenant}, body=document, headers=headers
+        )
+
+    def list_jobs(
+        self,
+        *,
+        tenant: str | None = None,
+        state: str | None = None,
+        label: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Any:
+        query = {"tenant": tenant, "state": state, "label": label, "limit": limit, "cursor": cursor}
+        return self._json("GET", "/v1/jobs", query=query)
+
+    def get_job(self, job_id: str) -> Any:
+        return self._json("GET", f"/v1/jobs/{quote(job_id, safe='')}")
+
+    def job_events(self, job_id: str) -> Any:
+        return self._json("GET", f"/v1/jobs/{quote(job_id, safe='')}/events")
+
+    def cancel_job(self, job_id: str) -> Any:
+        return self._json("POST", f"/v1/jobs/{quote(job_id, safe='')}/cancel")
+
+    def job_logs(self, job_id: str, *, replica: str | None, follow: bool) -> Iterator[bytes]:
+        """The job's log text, chunk by chunk as the gateway sends it."""
+        response = self._open(
+            "GET",
+            f"/v1/jobs/{quote(job_id, safe='')}/logs",
+            query={"replica": replica, "follow": "true" if follow else "false"},
+            stream=follow,
+        )
+        with response:
+            while True:
+                try:
+                    chunk = response.read1(CHUNK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise Unreachable(self.url, f"the log stream broke off: {exc}") from exc
+                if not chunk:
+                    return
+                yield chunk
+
+    # --- tenants -------------------------------------------------------------------------------
+
+    def list_tenants(self) -> Any:
+        return self._json("GET", "/v1/admin/tenants")
+
+    def tenant_status(self, tenant: str) -> Any:
+        return self._json("GET", f"/v1/tenants/{quote(tenant, safe='')}")
