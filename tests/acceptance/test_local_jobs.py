@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -22,7 +24,6 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 
 from tests.acceptance.gateway_process import GatewayProcess
 
@@ -113,6 +114,20 @@ def start(data_dir: Path, **settings: str) -> GatewayProcess:
     return gateway
 
 
+def muster(url: str, *args: str) -> str:
+    """Run the muster command against ``url``; return its output (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MUSTER_URL": url},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def submit(base: str, spec: dict[str, Any]) -> dict[str, Any]:
     status, job = call("POST", f"{base}/v1/jobs", spec)
     assert status == 201, job
@@ -133,16 +148,15 @@ def test_ps_worker_example_succeeds_and_workers_reach_the_ps(data_dir: Path) -> 
     try:
         # A fresh local install makes the examples' tenant for the newcomer.
         wait_for(lambda: "tenant:         demo" in gateway.transcript(), 10, "the tenant line")
-        spec = yaml.safe_load((ROOT / "examples" / "ps-worker.yaml").read_text())
-        job = submit(gateway.url, spec)
+        # Exactly what the README shows a newcomer: the muster command, as a subprocess.
+        out = muster(gateway.url, "submit", str(ROOT / "examples" / "ps-worker.yaml"))
+        job = {"id": out.split(" as ", 1)[1].split()[0]}
         done = wait_for(lambda: finished(gateway.url, job["id"]), 90, "the job to finish")
         assert done["state"] == "succeeded", done
         for index in (0, 1):
-            status, log = call(
-                "GET", f"{gateway.url}/v1/jobs/{job['id']}/logs?replica=worker-{index}"
-            )
-            assert status == 200
+            log = muster(gateway.url, "logs", job["id"], "--replica", f"worker-{index}")
             assert f"worker {index} reached the ps" in log, log
+            assert "through TF_CONFIG" in log, log
             assert "OK" in log, log
         # The PS served forever; clean_pod_policy Running stopped it when the job ended.
         wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
