@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from gateway.domain.problems import FieldProblem, pointer
@@ -33,14 +34,50 @@ def _no_constant(name: str) -> Any:
     raise BadRequest(f"{name} is not valid JSON")
 
 
-async def read_json(request: web.Request, max_bytes: int) -> Any:
+YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+MAX_YAML_ALIASES = 16  # enough for a shared command; few enough that no alias bomb expands
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML that refuses more than a few aliases (a "billion laughs" document)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise BadRequest(f"the YAML body uses more than {MAX_YAML_ALIASES} aliases")
+        return super().compose_node(parent, index)
+
+
+async def read_document(request: web.Request, max_bytes: int) -> Any:
+    """A JSON body, or a YAML one when the media type says so (Kubernetes manifests)."""
+    if request.content_type not in YAML_TYPES:
+        return await read_json(request, max_bytes)
+    text = await _read_text(request, max_bytes)
+    try:
+        value = yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as exc:
+        raise BadRequest(f"the body is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("the YAML body is nested too deeply") from exc
+    try:
+        # YAML has more types than JSON (dates, binary): keep what JSON can say, as JSON says it.
+        value = json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"the YAML body cannot be expressed as JSON: {exc}") from exc
+    _refuse_unstorable(value)
+    return value
+
+
+async def _read_text(request: web.Request, max_bytes: int) -> str:
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(
             f"the body has {request.content_length} bytes; the limit is {max_bytes}"
         )
-    media = request.content_type
-    if request.body_exists and media and media not in JSON_TYPES and not media.endswith("+json"):
-        raise UnsupportedMediaType(f"send JSON (application/json), not {media}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(64 * 1024):
@@ -50,11 +87,18 @@ async def read_json(request: web.Request, max_bytes: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
-        raise BadRequest("the request needs a JSON body")
+        raise BadRequest("the request needs a body")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    media = request.content_type
+    if request.body_exists and media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"send JSON (application/json), not {media}")
+    text = await _read_text(request, max_bytes)
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:

@@ -8,16 +8,18 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import schema
-from gateway.api.body import read_json
+from gateway.api.body import read_document
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS, actor
 from gateway.api.paging import page_limit
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
+from gateway.db import tenants as tenant_rows
 from gateway.domain.admission import Quota, never_fits
 from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
 from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import JobState
+from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -25,19 +27,29 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/jobs")
 async def submit_job(request: web.Request) -> web.Response:
-    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    body = await read_document(request, request.app[SETTINGS].max_body_bytes)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
-    problems = schema.check("JobSpec", body)
-    meaning = check_job_spec(body, request.app[SPEC_LIMITS])
+    unknown = sorted(set(request.query) - {"tenant"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    if is_tfjob(body):
+        document, tenant = await _from_tfjob(request, body)
+    else:
+        document, tenant = body, None
+    problems = schema.check("JobSpec", document)
+    meaning = check_job_spec(document, request.app[SPEC_LIMITS])
     if isinstance(meaning, list):
         # Report schema and meaning problems together, each field once.
         # The core's catch-all "" problem adds nothing when the schema already said what is wrong.
         known = {p.pointer for p in problems} | ({""} if problems else set())
         problems += [p for p in meaning if p.pointer not in known]
     if problems or isinstance(meaning, list):
-        raise ValidationFailed(problems or (meaning if isinstance(meaning, list) else []))
+        problems = problems or (meaning if isinstance(meaning, list) else [])
+        if document is not body:  # point into the manifest the client sent
+            problems = relocate_problems(_without_namespace(body), problems, tenant=tenant)
+        raise ValidationFailed(problems)
     nodes = await request.app[INVENTORY].nodes()
     pods = pod_requests(meaning)
 
@@ -98,6 +110,48 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response(
         {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
     )
+
+
+async def _from_tfjob(
+    request: web.Request, manifest: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """A Kubeflow TFJob -> a Muster job spec. The tenant is ?tenant=, else the tenant that owns
+    the manifest's metadata.namespace."""
+    tenant = request.query.get("tenant")
+    metadata = manifest.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    if tenant is None:
+        if not isinstance(namespace, str):
+            raise ValidationFailed(
+                [
+                    FieldProblem(
+                        pointer="/metadata/namespace",
+                        detail="a TFJob needs metadata.namespace (its tenant's) or ?tenant=",
+                    )
+                ]
+            )
+        tenant = await tenant_rows.owning(request.app[ENGINE], namespace)
+        if tenant is None:
+            raise ValidationFailed(
+                [
+                    FieldProblem(
+                        pointer="/metadata/namespace",
+                        detail=f"no tenant owns namespace {namespace!r}",
+                    )
+                ]
+            )
+    translated = translate_tfjob(_without_namespace(manifest), tenant=tenant)
+    if isinstance(translated, list):
+        raise ValidationFailed(translated)
+    return translated, tenant
+
+
+def _without_namespace(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The namespace names the tenant, which is settled by then: drop it before translating."""
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return dict(manifest)
+    return {**manifest, "metadata": {k: v for k, v in metadata.items() if k != "namespace"}}
 
 
 def parse_selector(selector: str) -> dict[str, str]:

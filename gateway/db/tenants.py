@@ -318,3 +318,12 @@ async def create_first(engine: AsyncEngine, name: str, values: TenantValues, *, 
         )
         await _audit(conn, actor=actor, action="create", tenant=name, before=None, after=row)
     return True
+
+
+async def owning(engine: AsyncEngine, namespace: str) -> str | None:
+    """The tenant whose Kubernetes namespace this is, if any."""
+    async with engine.connect() as conn:
+        name: str | None = await conn.scalar(
+            text("SELECT name FROM tenants WHERE namespace = :ns"), {"ns": namespace}
+        )
+    return name

@@ -333,3 +333,19 @@ def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(data_dir: Path
         wait_for(lambda: not replica_processes(data_dir), 20, "cancel to stop every replica")
     finally:
         gateway.close()
+
+
+def test_the_v1_tfjob_example_runs_locally_with_fifteen_replicas(data_dir: Path) -> None:
+    gateway = start(data_dir, MUSTER_LOCAL_CPUS="2")
+    try:
+        out = muster(gateway.url, "submit", str(ROOT / "examples" / "tfjob-local.yaml"))
+        job_id = out.split(" as ", 1)[1].split()[0]
+        done = wait_for(lambda: finished(gateway.url, job_id), 120, "the TFJob to finish")
+        assert (done["state"], done["reason"]) == ("succeeded", "ChiefSucceeded"), done
+        assert done["tenant"] == "demo"
+        assert sum(r["count"] for r in done["spec"]["replicas"].values()) == 15
+        log = muster(gateway.url, "logs", job_id, "--replica", "worker-9")
+        assert "worker-9: OMP_NUM_THREADS=1" in log, log
+        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+    finally:
+        gateway.close()

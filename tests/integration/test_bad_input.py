@@ -144,7 +144,17 @@ SIZE_AND_MEDIA_CASES = [
         raw=b"<job><name>wd</name></job>",
         headers={"Content-Type": "application/xml"},
     ),
-    Case("media-type-yaml", 415, raw=b"name: wd\n", headers={"Content-Type": "application/yaml"}),
+    # Jobs may come as YAML (Kubernetes manifests), so broken YAML is a malformed body there ...
+    Case("yaml-not-parsing", 400, raw=b"name: [wd\n", headers={"Content-Type": "application/yaml"}),
+    # ... while tenants are JSON only.
+    Case(
+        "tenant-media-type-yaml",
+        415,
+        method="PUT",
+        path="/v1/admin/tenants/fresh",
+        raw=b"quota: {}\n",
+        headers={"Content-Type": "application/yaml"},
+    ),
     Case(
         "media-type-multipart",
         415,
