@@ -349,3 +349,29 @@ def test_the_v1_tfjob_example_runs_locally_with_fifteen_replicas(data_dir: Path)
         wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
     finally:
         gateway.close()
+
+
+def test_following_logs_streams_until_the_replica_ends(data_dir: Path) -> None:
+    gateway = start(data_dir)
+    try:
+        code = (
+            "import time\n"
+            "for i in range(5):\n"
+            "    print(f'line {i}', flush=True)\n"
+            "    time.sleep(0.3)\n"
+        )
+        job = submit(
+            gateway.url, {"name": "chatty", "tenant": "demo", "replicas": {"worker": program(code)}}
+        )
+        wait_for(
+            lambda: job_state(gateway.url, job["id"])["state"] in ("running", "succeeded"),
+            30,
+            "the replica to start",
+        )
+        started = time.monotonic()
+        log = muster(gateway.url, "logs", job["id"], "--follow")
+        # The stream ended by itself when the replica did, with every line in it.
+        assert [f"line {i}" in log for i in range(5)] == [True] * 5, log
+        assert time.monotonic() - started < 30
+    finally:
+        gateway.close()
