@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.backends.base import Inventory, Runtime
+from gateway.backends.kubernetes.client import kube_client
+from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
+from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.backends.local import LocalInventory, LocalRuntime, local_node
 from gateway.backends.nodes_file import StaticInventory
 from gateway.errors import ConfigError
@@ -18,7 +21,7 @@ class Backend:
     runtime: Runtime | None
 
 
-def make_backend(settings: Settings) -> Backend:
+async def make_backend(settings: Settings) -> Backend:
     if settings.backend == "static":
         if settings.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE")
@@ -28,6 +31,9 @@ def make_backend(settings: Settings) -> Backend:
             inventory=LocalInventory(local_node(settings)),
             runtime=LocalRuntime(settings.data_dir, grace_seconds=settings.shutdown_grace),
         )
-    raise ConfigError(
-        "MUSTER_BACKEND=kubernetes is not available in this version yet; use local or static"
+    api = await kube_client(settings.kubeconfig, qps=settings.kube_qps, burst=settings.kube_burst)
+    nodes = NodeCache(api)  # listed once for the inventory and the runtime's node checks
+    return Backend(
+        inventory=KubernetesInventory(api, nodes=nodes),
+        runtime=KubernetesRuntime(api, cluster_domain=settings.cluster_domain, nodes=nodes),
     )

@@ -8,8 +8,8 @@ One pass, in order:
 2. for each admitted or running job, ask ``domain.lifecycle.decide`` what its pods mean;
 3. write the decision's transition (guarded by state and attempt), then act on the runtime:
    delete, restart (delete and create again), create;
-4. delete pods no live job wants: pods of unknown jobs, of old attempts, and of finished jobs
-   (except those of a finished job whose clean_pod_policy is None).
+4. delete pods no live job wants: pods of unknown, cancelled and requeued jobs, and pods of
+   finished jobs that their clean_pod_policy does not keep.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -90,7 +91,7 @@ class Reconciler:
             # 2. Decide.
             decision = decide(self._view(job, spec), self._observations(gang, observed), now)
             # 3. Write, then act.
-            if not await rows.apply(self.engine, job, decision):
+            if not await rows.apply(self.engine, job, decision, now):
                 continue
             if decision.transition is not None:
                 log.info(
@@ -160,16 +161,28 @@ class Reconciler:
         states = await rows.job_states(self.engine, sorted({job_id for job_id, _ in strays}))
         deletions = []
         for job_id, name in strays:
-            state = states.get(job_id)
-            keep = (
-                state is not None
-                and state["state"] in (JobState.SUCCEEDED.value, JobState.FAILED.value)
-                and state["clean_pod_policy"] == "None"
-            )
-            if not keep:
-                log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
-                deletions.append(self.runtime.delete(job_id, name))
+            if not self._unwanted(states.get(job_id), observed[(job_id, name)]):
+                continue
+            log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
+            deletions.append(self.runtime.delete(job_id, name))
         await asyncio.gather(*deletions)
+
+    @staticmethod
+    def _unwanted(job: Mapping[Any, Any] | None, pod: PodStatus) -> bool:
+        """Whether a pod that no admitted or running job wants must go.
+
+        Pods of unknown, queued (an earlier attempt) and cancelled jobs go. A finished job keeps
+        what its clean_pod_policy keeps: None keeps every pod, Running keeps the pods that have
+        ended (their logs stay readable), All keeps none.
+        """
+        if job is None or job["state"] not in (JobState.SUCCEEDED.value, JobState.FAILED.value):
+            return True
+        policy = job["clean_pod_policy"]
+        if policy == "None":
+            return False
+        if policy == "All":
+            return True
+        return pod.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING)
 
     async def run(self) -> None:
         while True:

@@ -21,6 +21,7 @@ import yaml
 # run on. It is also the newest that the oldest allowed kubernetes-validate (>=1.30, see
 # pyproject.toml) ships schemas for, so the check means the same with every allowed release.
 KUBERNETES_VERSION = "1.30.0"
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding"})
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -202,9 +203,11 @@ def test_every_namespaced_object_lives_in_muster_system() -> None:
     misplaced = [
         f"{obj['kind']}/{obj['metadata']['name']}: {obj['metadata'].get('namespace')}"
         for obj in _objects()
-        if obj["kind"] != "Namespace" and obj["metadata"].get("namespace") != NAMESPACE
+        if obj["kind"] not in CLUSTER_SCOPED and obj["metadata"].get("namespace") != NAMESPACE
     ]
     assert not misplaced
+    cluster_scoped = [o for o in _objects() if o["kind"] in CLUSTER_SCOPED]
+    assert all("namespace" not in o["metadata"] for o in cluster_scoped)
 
 
 # --- the gateway Deployment -------------------------------------------------------------------

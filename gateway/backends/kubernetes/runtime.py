@@ -1,0 +1,145 @@
+"""``Runtime`` over the Kubernetes API: Muster's pods in every tenant namespace.
+
+- ``observe`` lists the pods labelled ``app.kubernetes.io/managed-by=muster`` in all namespaces
+  (checked again on each object: the selector only trims the transfer) and maps each through
+  ``observing.pod_status``, with node readiness from the ``NodeCache``.
+- ``create`` renders and creates the gang's objects (``creating.create_gang``) with each pod's
+  GPU mode taken from its planned node.
+- ``delete`` removes the replica's Pod and its Service (``deleting.delete_object``).
+- ``logs`` streams the pod's log (``follow`` keeps it open until the container ends).
+- ``close`` closes the API client, which this runtime owns.
+
+Where a job's objects live: the Runtime protocol names a pod by (job id, pod name), without a
+namespace. The runtime remembers, from its last ``observe``, each pod's namespace and uid, and
+from each ``create``, each job's namespace. When neither knows the job (a gateway that serves the
+API but does not reconcile, or one that just restarted), the pods and services labelled with the
+job's id are listed across namespaces. The memory is rebuilt by every ``observe``, so it holds
+only live pods and jobs created since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+from kubernetes_asyncio.client import ApiClient
+
+from gateway.backends.base import Gang, PodStatus
+from gateway.backends.kubernetes.client import Kube
+from gateway.backends.kubernetes.creating import create_gang
+from gateway.backends.kubernetes.deleting import delete_object, object_path
+from gateway.backends.kubernetes.errors import Invalid, NotFound
+from gateway.backends.kubernetes.inventory import NodeCache
+from gateway.backends.kubernetes.observing import pod_status
+from gateway.domain.k8s_objects import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+
+__all__ = ["KubernetesRuntime"]
+
+MANAGED = f"{LABEL_MANAGED}={MANAGER}"
+
+
+class KubernetesRuntime:
+    """Muster's pods on a Kubernetes cluster; see the module docstring."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        cluster_domain: str | None = None,
+        nodes: NodeCache | None = None,
+    ) -> None:
+        self.api = api
+        self.cluster_domain = cluster_domain
+        self._kube = Kube(api)
+        self._nodes = nodes if nodes is not None else NodeCache(api)
+        # (job id, pod name) -> (namespace, uid), from the last observe().
+        self._pods: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # job id -> namespace, from observe() and create().
+        self._namespaces: dict[str, str] = {}
+
+    async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
+        pods = await self._kube.list("/api/v1/pods", label_selector=MANAGED)
+        nodes = await self._nodes.get()
+        found: dict[tuple[str, str], PodStatus] = {}
+        where: dict[tuple[str, str], tuple[str, str | None]] = {}
+        namespaces: dict[str, str] = {}
+        for pod in pods:
+            status = pod_status(pod, nodes)
+            if status is None:
+                continue
+            metadata = pod.get("metadata") or {}
+            namespace = metadata.get("namespace")
+            if not isinstance(namespace, str):
+                continue
+            key = (status.job_id, status.name)
+            found[key] = status
+            where[key] = (namespace, metadata.get("uid") or None)
+            namespaces[status.job_id] = namespace
+        self._pods = where
+        self._namespaces = namespaces
+        return found
+
+    async def create(self, gang: Gang, names: tuple[str, ...]) -> None:
+        self._namespaces[gang.job_id] = gang.namespace
+        nodes = await self._nodes.get()
+        await create_gang(
+            self._kube,
+            gang,
+            names,
+            gpu_modes={name: node.gpu_mode for name, node in nodes.items()},
+            cluster_domain=self.cluster_domain,
+        )
+
+    async def delete(self, job_id: str, name: str) -> None:
+        seen = self._pods.get((job_id, name))
+        if seen is not None:
+            namespaces = [seen[0]]
+        elif job_id in self._namespaces:
+            namespaces = [self._namespaces[job_id]]
+        else:
+            namespaces = await self._find_namespaces(job_id, name)
+        for namespace in namespaces:
+            uid = seen[1] if seen is not None and seen[0] == namespace else None
+            await delete_object(self._kube, "pods", namespace, name, job_id=job_id, uid=uid)
+            await delete_object(self._kube, "services", namespace, name, job_id=job_id)
+
+    async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
+        seen = self._pods.get((job_id, name))
+        if seen is not None:
+            namespace: str | None = seen[0]
+        else:
+            found = await self._find_namespaces(job_id, name, plurals=("pods",))
+            namespace = found[0] if found else None
+        if namespace is None:
+            return
+        query = {"follow": "true" if follow else "false"}
+        try:
+            async for chunk in self._kube.stream(
+                object_path("pods", namespace, name) + "/log", query
+            ):
+                yield chunk
+        except (NotFound, Invalid):
+            # Gone, or no container has started yet (400): there is no log to show.
+            return
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _find_namespaces(
+        self, job_id: str, name: str, *, plurals: tuple[str, ...] = ("pods", "services")
+    ) -> list[str]:
+        """The namespaces holding a pod or service ``name`` labelled with ``job_id``."""
+        found: set[str] = set()
+        for plural in plurals:
+            for obj in await self._kube.list(
+                f"/api/v1/{plural}", label_selector=f"{LABEL_JOB_ID}={job_id}"
+            ):
+                metadata = obj.get("metadata") or {}
+                labels = metadata.get("labels") or {}
+                namespace = metadata.get("namespace")
+                if (
+                    metadata.get("name") == name
+                    and labels.get(LABEL_JOB_ID) == job_id
+                    and isinstance(namespace, str)
+                ):
+                    found.add(namespace)
+        return sorted(found)

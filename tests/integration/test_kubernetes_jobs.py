@@ -1,0 +1,371 @@
+"""Jobs from submit to the end on Kubernetes: the API, admission, the reconciler and the real
+kubernetes-asyncio client against kmock's emulator, with a test kubelet moving pods through their
+phases. Time is an injected clock (real time plus an offset the tests advance)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.backends.kubernetes.client import RateLimitedApiClient, kube_client
+from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
+from gateway.backends.kubernetes.runtime import KubernetesRuntime
+from gateway.db.admission import SpecCache, run_cycle
+from gateway.domain.k8s_objects import LABEL_JOB_ID
+from gateway.domain.placement import GpuMode, Node
+from gateway.loops.reconciler import Reconciler
+from tests.integration.kube import Cluster, Kubelet, kubeconfig, node, running_cluster, seed
+from tests.openapi_check import CheckedClient
+
+GIB = 2**30
+NAMESPACE = "search"
+EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+QUOTA = {"cpu": "1000", "memory": "10Ti", "gpu": 64, "max_running_jobs": 50, "max_queued_jobs": 100}
+NODE_NAMES = [f"n-{i}" for i in range(8)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def nodes() -> tuple[Node, ...]:
+    """What the API checks submits against: the same nodes the emulated cluster has."""
+    cpu = [Node(name=name, cpu_millis=32_000, memory_bytes=128 * GIB) for name in NODE_NAMES]
+    gpu = Node(
+        name="g-0",
+        cpu_millis=32_000,
+        memory_bytes=128 * GIB,
+        gpu_mode=GpuMode.DEVICE_PLUGIN,
+        gpu_devices=8,
+    )
+    return (*cpu, gpu)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with running_cluster() as cluster:
+        seed(
+            cluster,
+            *(node(name, cpu="32", memory="128Gi") for name in NODE_NAMES),
+            node("g-0", cpu="32", memory="128Gi", gpus=8),
+        )
+        yield cluster
+
+
+@pytest.fixture
+async def kube(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApiClient]:
+    client = await kube_client(
+        kubeconfig(tmp_path / "kubeconfig", str(cluster.url)), qps=1000, burst=1000
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+class Harness:
+    """One gateway's loops, run a step at a time."""
+
+    def __init__(self, engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.node_cache = NodeCache(kube, max_age=0)
+        self.inventory = KubernetesInventory(kube, nodes=self.node_cache, max_age=0)
+        self.runtime = KubernetesRuntime(kube, cluster_domain=None, nodes=self.node_cache)
+        self.reconciler = Reconciler(engine, self.runtime, is_leader=lambda: True, clock=clock)
+        self.cache = SpecCache()
+
+    async def admit(self) -> tuple[str, ...]:
+        result = await run_cycle(
+            self.engine,
+            await self.inventory.nodes(),
+            self.cache,
+            clock=self.clock,
+            starvation_seconds=300,
+        )
+        return result.admitted
+
+    async def step(self) -> None:
+        await self.admit()
+        await self.reconciler.reconcile()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def gateway(engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock) -> Harness:
+    return Harness(engine, kube, clock)
+
+
+async def make_tenant(api: CheckedClient) -> None:
+    body = {"namespace": NAMESPACE, "quota": QUOTA}
+    assert (await api.put("/v1/admin/tenants/search", json=body)).status == 201
+
+
+def pods(cluster: Cluster, job_id: str | None = None) -> dict[str, dict[str, Any]]:
+    return _objects(cluster, "v1/pods", job_id)
+
+
+def services(cluster: Cluster, job_id: str | None = None) -> dict[str, dict[str, Any]]:
+    return _objects(cluster, "v1/services", job_id)
+
+
+def _objects(cluster: Cluster, resource: str, job_id: str | None) -> dict[str, dict[str, Any]]:
+    found = {}
+    for key, obj in cluster.objects.items():
+        if str(key[0]) != resource and getattr(key[0], "plural", None) != resource.split("/")[1]:
+            continue
+        if obj.deleted:
+            continue
+        labels = obj["metadata"].get("labels") or {}
+        if job_id is None or labels.get(LABEL_JOB_ID) == job_id:
+            found[obj["metadata"]["name"]] = dict(obj)
+    return found
+
+
+def env(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+
+
+def tf_job(name: str, **replicas: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "tenant": "search",
+        "framework": "tensorflow",
+        "run_policy": {"backoff_limit": 2, "ready_timeout_seconds": 60},
+        "replicas": {role: {"image": "img", **spec} for role, spec in replicas.items()},
+    }
+
+
+async def submit(api: CheckedClient, spec: dict[str, Any]) -> str:
+    response = await api.post("/v1/jobs", json=spec)
+    assert response.status == 201, response.text
+    return str(response.body["id"])
+
+
+async def state(api: CheckedClient, job_id: str) -> dict[str, Any]:
+    return (await api.get(f"/v1/jobs/{job_id}")).body  # type: ignore[no-any-return]
+
+
+async def run_all(kubelet: Kubelet, cluster: Cluster, job_id: str) -> None:
+    for name in pods(cluster, job_id):
+        await kubelet.run(NAMESPACE, name)
+
+
+Step = Callable[[], Coroutine[Any, Any, None]]
+
+
+async def test_success_via_the_chief_deletes_the_still_running_ps(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("wd", chief={}, worker={"count": 1}, ps={"count": 2}))
+    await gateway.step()
+    assert sorted(pods(cluster, job_id)) == ["wd-chief-0", "wd-ps-0", "wd-ps-1", "wd-worker-0"]
+    assert sorted(services(cluster, job_id)) == sorted(pods(cluster, job_id))
+    kubelet = Kubelet(cluster)
+    await run_all(kubelet, cluster, job_id)
+    await gateway.step()
+    assert (await state(api, job_id))["state"] == "running"
+    await kubelet.exit(NAMESPACE, "wd-chief-0", 0)
+    await gateway.step()
+    done = await state(api, job_id)
+    assert (done["state"], done["reason"]) == ("succeeded", "ChiefSucceeded")
+    # clean_pod_policy Running: the PS and the worker, still running, are gone with their
+    # Services; the chief's pod stays for its logs.
+    assert sorted(pods(cluster, job_id)) == ["wd-chief-0"]
+
+
+async def test_worker_failing_under_on_failure_is_restarted_then_the_job_fails(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("flaky", worker={"restart_policy": "OnFailure"}))
+    kubelet = Kubelet(cluster)
+    await gateway.step()
+    for restart in range(2):
+        await kubelet.run(NAMESPACE, "flaky-worker-0")
+        await kubelet.exit(NAMESPACE, "flaky-worker-0", 1)
+        await gateway.step()  # deletes the failed pod (a restart) ...
+        await gateway.step()  # ... and creates it again
+        assert "flaky-worker-0" in pods(cluster, job_id), restart
+        assert (await state(api, job_id))["state"] in ("admitted", "running")
+    await kubelet.run(NAMESPACE, "flaky-worker-0")
+    await kubelet.exit(NAMESPACE, "flaky-worker-0", 1)
+    await gateway.step()
+    failed = await state(api, job_id)
+    assert (failed["state"], failed["reason"]) == ("failed", "BackoffLimitExceeded")
+    events = (await api.get(f"/v1/jobs/{job_id}/events")).body["items"]
+    assert [e["type"] for e in events].count("restarted") == 2
+
+
+@pytest.mark.parametrize(("code", "outcome"), [(137, "restarted"), (1, "failed")])
+async def test_exit_code_policy_retries_signals_and_not_permanent_codes(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, code: int, outcome: str
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("codes", worker={"restart_policy": "ExitCode"}))
+    kubelet = Kubelet(cluster)
+    await gateway.step()
+    await kubelet.run(NAMESPACE, "codes-worker-0")
+    await kubelet.exit(NAMESPACE, "codes-worker-0", code)
+    await gateway.step()
+    job = await state(api, job_id)
+    events = [e["type"] for e in (await api.get(f"/v1/jobs/{job_id}/events")).body["items"]]
+    if outcome == "restarted":
+        assert job["state"] in ("admitted", "running")
+        assert "restarted" in events
+    else:
+        assert (job["state"], job["reason"]) == ("failed", "PermanentExitCode")
+
+
+async def test_gang_not_ready_in_time_is_evicted_whole_and_requeued_with_backoff(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, clock: Clock
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("slow", chief={}, worker={"count": 2}))
+    await gateway.step()
+    await Kubelet(cluster).run(NAMESPACE, "slow-chief-0")  # the workers never start
+    clock.offset = 61
+    await gateway.reconciler.reconcile()
+    job = await state(api, job_id)
+    assert (job["state"], job["reason"], job["attempt"]) == ("queued", "ReadyTimeout", 1)
+    assert pods(cluster, job_id) == {}
+    assert services(cluster, job_id) == {}
+    await gateway.admit()
+    assert (await state(api, job_id))["reason"] == "BackoffAfterEviction"
+    clock.offset += 61  # the first backoff is 60 s
+    assert await gateway.admit() == (job_id,)
+
+
+async def test_node_going_not_ready_requeues_the_job_onto_other_nodes(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, clock: Clock
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("moving", worker={"count": 2}))
+    await gateway.step()
+    kubelet = Kubelet(cluster)
+    await run_all(kubelet, cluster, job_id)
+    await gateway.step()
+    lost = pods(cluster, job_id)["moving-worker-0"]["metadata"]["annotations"]["muster.dev/node"]
+    async with cluster.patch(
+        f"/api/v1/nodes/{lost}",
+        json={"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    ) as response:
+        assert response.status == 200
+    await gateway.reconciler.reconcile()
+    job = await state(api, job_id)
+    assert (job["state"], job["reason"]) == ("queued", "NodeLost")
+    clock.offset = 61
+    await gateway.step()
+    placed = {
+        p["metadata"]["annotations"]["muster.dev/node"] for p in pods(cluster, job_id).values()
+    }
+    assert placed
+    assert lost not in placed
+
+
+async def test_a_gateway_killed_after_admission_leaves_exactly_one_set_of_pods(
+    api: CheckedClient,
+    cluster: Cluster,
+    engine: AsyncEngine,
+    kube: RateLimitedApiClient,
+    clock: Clock,
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("once", chief={}, worker={"count": 3}))
+    first = Harness(engine, kube, clock)
+    assert await first.admit() == (job_id,)  # ... and the gateway dies before creating pods
+    second = Harness(engine, kube, clock)  # the next leader, knowing nothing
+    await second.reconciler.reconcile()
+    await second.reconciler.reconcile()
+    await first.reconciler.reconcile()  # even a late pass of the dead one changes nothing
+    assert sorted(pods(cluster, job_id)) == [
+        "once-chief-0",
+        "once-worker-0",
+        "once-worker-1",
+        "once-worker-2",
+    ]
+    assert len(services(cluster, job_id)) == 4
+
+
+async def test_cancel_leaves_no_pod_or_service(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("gone", chief={}, ps={"count": 2}))
+    await gateway.step()
+    await run_all(Kubelet(cluster), cluster, job_id)
+    await gateway.step()
+    assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status == 200
+    await gateway.reconciler.reconcile()
+    assert pods(cluster, job_id) == {}
+    assert services(cluster, job_id) == {}
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/examples is not here")
+@pytest.mark.parametrize("example", ["tfjob-v1.yaml", "tfjob-v1alpha1.yaml"])
+async def test_reference_tfjobs_yield_fifteen_pods_and_services_with_tf_config(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, example: str
+) -> None:
+    await make_tenant(api)
+    response = await api.post(
+        "/v1/jobs?tenant=search",
+        data=(EXAMPLES / example).read_text(),
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert response.status == 201, response.text
+    job_id = response.body["id"]
+    await gateway.step()
+    created = pods(cluster, job_id)
+    assert len(created) == 15
+    assert len(services(cluster, job_id)) == 15
+    name = response.body["name"]
+    config = json.loads(env(created[f"{name}-worker-3"])["TF_CONFIG"])
+    assert config["task"] == {"type": "worker", "index": 3}
+    assert config["environment"] == "cloud"
+    assert list(config["cluster"]) == ["chief", "ps", "worker"]
+    assert config["cluster"]["worker"][3] == f"{name}-worker-3.{NAMESPACE}.svc:2222"
+    assert len(config["cluster"]["ps"]) == 4
+    if example == "tfjob-v1.yaml":
+        worker = created[f"{name}-worker-0"]["spec"]["containers"][0]
+        assert worker["resources"]["requests"]["cpu"] == worker["resources"]["limits"]["cpu"]
+        assert env(created[f"{name}-worker-0"])["OMP_NUM_THREADS"] == "8"
+
+
+async def test_pods_are_pinned_to_the_node_admission_planned(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("pinned", worker={"count": 2, "resources": {"gpu": 2}}))
+    await gateway.step()
+    async with engine.connect() as conn:
+        planned = dict(
+            (
+                await conn.execute(
+                    text("SELECT pod_name, node FROM placements WHERE job_id = :id"), {"id": job_id}
+                )
+            ).all()
+        )
+    for name, pod in pods(cluster, job_id).items():
+        terms = pod["spec"]["affinity"]["nodeAffinity"][
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ]["nodeSelectorTerms"]
+        assert terms[0]["matchExpressions"][0]["values"] == [planned[name]]
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
