@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.api.views import job_view
 from gateway.backends.base import Inventory
 from gateway.backends.factory import make_backend
 from gateway.db.embedded import EmbeddedPostgres
@@ -27,10 +28,13 @@ from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
 from gateway.db.tenants import TenantValues, create_first
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
+from gateway.domain.webhooks import RetryPolicy
 from gateway.errors import DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
 from gateway.loops.reconciler import Reconciler
 from gateway.settings import Settings
+from gateway.webhooks.delivery import DeliveryLoop
+from gateway.webhooks.ssrf import Guard
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    backend = make_backend(settings)
+    backend = await make_backend(settings)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
         app = make_app(settings, database.engine, backend.inventory, backend.runtime)
@@ -96,6 +100,16 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             )
             admission.on_admitted = reconciler.wake.set
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        # Every replica delivers webhooks: claims are leased rows, so replicas share the work.
+        delivery = DeliveryLoop(
+            database.engine,
+            render_job=job_view,
+            guard=Guard.from_settings(settings.webhook_allow_nets, settings.webhook_allow_http),
+            policy=RetryPolicy(schedule=settings.webhook_retry_schedule),
+            timeout=settings.webhook_timeout,
+            secret_overlap=settings.webhook_secret_overlap,
+        )
+        loops.append(asyncio.create_task(delivery.run(), name="webhooks"))
         for task in loops:
             task.add_done_callback(lambda t: _loop_ended(t, stop))
         try:
@@ -111,8 +125,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             await stop.wait()
             print("Muster is shutting down", flush=True)
         finally:
-            # Stop the loops first (an open admission transaction rolls back whole and the
-            # leader lock is released), then finish in-flight requests.
+            # Stop the loops first (an open admission transaction rolls back whole, the
+            # leader lock is released, webhook attempts in flight get a few seconds to end),
+            # then finish in-flight requests.
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)

@@ -14,6 +14,7 @@ Invariants: nothing else in Muster reads ``os.environ``; a malformed value stops
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.domain.webhooks import DEFAULT_RETRY_SCHEDULE
 from gateway.errors import ConfigError
 
 Backend = Literal["local", "kubernetes", "static"]
@@ -104,6 +106,31 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    """Networks (or single addresses), each checked now so a typo stops startup."""
+    networks = []
+    for part in _csv(text):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not a network such as 10.0.0.0/8") from exc
+    return tuple(networks)
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _schedule(text: str) -> tuple[float, ...]:
+    delays = tuple(_non_negative_float(part) for part in _csv(text))
+    if not 1 <= len(delays) <= 50:
+        raise ValueError("must list 1 to 50 delays in seconds")
+    return delays
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(env="MUSTER_HOST", default="127.0.0.1", help="address the API listens on"),
     Setting(env="MUSTER_PORT", default="8080", parse=_port, help="port the API listens on"),
@@ -168,6 +195,12 @@ SETTINGS: tuple[Setting, ...] = (
         help="Kubernetes client burst above the rate limit",
     ),
     Setting(
+        env="MUSTER_CLUSTER_DOMAIN",
+        default=None,
+        help="cluster DNS domain appended to replica hosts in TF_CONFIG (as the training "
+        "operator's CUSTOM_CLUSTER_DOMAIN), e.g. cluster.local",
+    ),
+    Setting(
         env="MUSTER_OIDC_ISSUER",
         default=None,
         help="external OIDC issuer URL; unset means the local issuer",
@@ -183,7 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="MUSTER_WEBHOOK_ALLOW_NETS",
         default="",
-        parse=_csv,
+        parse=_networks,
         help="comma-separated networks exempt from the webhook SSRF guard (e.g. 10.0.0.0/8)",
     ),
     Setting(
@@ -191,6 +224,26 @@ SETTINGS: tuple[Setting, ...] = (
         default="false",
         parse=_bool,
         help="allow plain http webhook URLs",
+    ),
+    Setting(
+        env="MUSTER_WEBHOOK_TIMEOUT",
+        default="15",
+        parse=_positive_float,
+        help="seconds one webhook delivery attempt may take before it counts as failed",
+    ),
+    Setting(
+        env="MUSTER_WEBHOOK_RETRY_SCHEDULE",
+        default=",".join(f"{delay:g}" for delay in DEFAULT_RETRY_SCHEDULE),
+        parse=_schedule,
+        help="comma-separated seconds before each webhook delivery attempt (the first is "
+        "usually 0); after the last, a failing delivery is dead",
+    ),
+    Setting(
+        env="MUSTER_WEBHOOK_SECRET_OVERLAP",
+        default="86400",
+        parse=_non_negative_float,
+        help="seconds after a webhook secret rotation during which deliveries are also signed "
+        "with the previous secret",
     ),
     Setting(
         env="MUSTER_MAX_BODY_BYTES",
@@ -245,12 +298,16 @@ class Settings:
     kubeconfig: Path | None = None
     kube_qps: float = 50.0
     kube_burst: int = 100
+    cluster_domain: str | None = None
     oidc_issuer: str | None = None
     oidc_audience: str = "muster"
     oidc_groups_claim: str = "groups"
     admin_groups: tuple[str, ...] = ("muster-admins",)
     webhook_allow_nets: tuple[str, ...] = ()
     webhook_allow_http: bool = False
+    webhook_timeout: float = 15.0
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_secret_overlap: float = 86400.0
     max_body_bytes: int = 1024 * 1024
     max_replicas: int = 512
     admission_interval: float = 2.0

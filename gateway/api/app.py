@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api import admin, cluster, jobs, service
+from gateway.api import admin, cluster, jobs, service, webhooks
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
 from gateway.api.problems import problems_middleware
 from gateway.backends.base import Inventory, Runtime
@@ -44,6 +44,7 @@ def make_app(
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)
     app.add_routes(cluster.routes)
+    app.add_routes(webhooks.routes)
     return app
 
 

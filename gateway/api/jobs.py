@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import schema
+from gateway.api import schema, webhooks
 from gateway.api.body import read_document
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS, actor
 from gateway.api.paging import page_limit
@@ -45,6 +45,9 @@ async def submit_job(request: web.Request) -> web.Response:
         # The core's catch-all "" problem adds nothing when the schema already said what is wrong.
         known = {p.pointer for p in problems} | ({""} if problems else set())
         problems += [p for p in meaning if p.pointer not in known]
+    else:
+        # The SSRF guard's check of the callback URL: a setting, so the shell's to make.
+        problems += webhooks.callback_problems(request.app[SETTINGS], meaning)
     if problems or isinstance(meaning, list):
         problems = problems or (meaning if isinstance(meaning, list) else [])
         if document is not body:  # point into the manifest the client sent

@@ -22,6 +22,7 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.db.webhooks import enqueue_sql
 from gateway.domain.admission import (
     AdmissionPlan,
     PendingJob,
@@ -31,6 +32,7 @@ from gateway.domain.admission import (
     Usage,
     plan,
 )
+from gateway.domain.jobspec import CallbackEvent
 from gateway.domain.placement import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.pods import pod_requests_from_document
 
@@ -81,22 +83,25 @@ _QUEUED = text(
     """
 )
 
+# The webhook outbox rows come from the admitted rows as updated (a CTE cannot see its sibling's
+# update in the jobs table). Loops that deliver them LISTEN on ADMITTED_CHANNEL too.
 _ADMIT = text(
-    """
+    f"""
     WITH planned AS (
         SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
                              CAST(:data AS text[])) AS p(id, attempt, data)
     ), admitted AS (
-        UPDATE jobs j SET state = 'admitted', admitted_at = now(), updated_at = now(),
+        UPDATE jobs j SET state = 'admitted', admitted_at = to_timestamp(:now),
+            updated_at = now(),
             reason = NULL, message = NULL, queue_position = NULL, tenant_queue_position = NULL
         FROM planned p
         WHERE j.id = p.id AND j.state = 'queued' AND j.attempt = p.attempt
-        RETURNING j.id, j.tenant, p.data
+        RETURNING j.*, p.data AS plan
     ), events AS (
         INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, data)
-        SELECT id, tenant, 'admitted', 'queued', 'admitted', 'Admitted', CAST(data AS jsonb)
+        SELECT id, tenant, 'admitted', 'queued', 'admitted', 'Admitted', CAST(plan AS jsonb)
         FROM admitted
-    )
+    ), outbox AS ({enqueue_sql(CallbackEvent.ADMITTED, "admitted j")})
     SELECT id FROM admitted
     """
 )
@@ -209,6 +214,7 @@ async def load_snapshot(
 
 async def write_plan(
     conn: AsyncConnection,
+    now: float,
     result: AdmissionPlan,
     queued: Sequence[RowMapping],
     pods: Mapping[str, tuple[PodRequest, ...]],
@@ -258,6 +264,7 @@ async def write_plan(
         rows = await conn.execute(
             _ADMIT,
             {
+                "now": now,
                 "ids": [a.job_id for a in result.admitted],
                 "attempts": [by_id[a.job_id]["attempt"] for a in result.admitted],
                 "data": data,
@@ -319,7 +326,8 @@ async def run_cycle(
         )
         decided = plan(snapshot)
         pods = {job.id: job.pods for job in snapshot.pending}
-        admitted = await write_plan(conn, decided, queued, pods)
+        # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
+        admitted = await write_plan(conn, snapshot.now, decided, queued, pods)
     return CycleResult(
         considered=len(snapshot.pending),
         admitted=admitted,

@@ -1,7 +1,8 @@
 """Job rows: submit, read, list, cancel, and the job's event history.
 
-Every state change writes its job_events row in the same statement or transaction, so the history
-and the state never disagree. A submit is one SQL statement (job, event and queue slot together);
+Every state change writes its job_events row (and its webhook outbox row, when the job's callback
+subscribed to the event) in the same statement or transaction, so the history, the callbacks and
+the state never disagree. A submit is one SQL statement (job, event and queue slot together);
 max_queued_jobs is kept by queue slots (see ``gateway.db.models``), so submits of one tenant never
 wait for each other. Callers wake the admission loop afterwards through
 ``gateway.db.notify.Notifier``.
@@ -23,9 +24,10 @@ from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db import webhooks
 from gateway.db.engine import driver_connection
 from gateway.domain.admission import Quota
-from gateway.domain.jobspec import JobSpec, to_document
+from gateway.domain.jobspec import CallbackEvent, JobSpec, to_document
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import EventType, JobState
 from gateway.errors import BadRequest, Conflict, NotFound, TooManyRequests, ValidationFailed
@@ -357,6 +359,7 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
                 "actor": actor,
             },
         )
+        await webhooks.enqueue(conn, ident, CallbackEvent.CANCELLED)
     return updated
 
 

@@ -2,8 +2,9 @@
 
 Every write is guarded by the job's state and attempt as the reconciler saw them, so a decision
 taken on stale observations (a cancel meanwhile, another replica's eviction) changes nothing.
-Each transition writes its job_events row in the same transaction, and a job that leaves the
-cluster (finished or requeued) releases its placements in that transaction too.
+Each transition writes its job_events row (and its webhook outbox row, if the job's callback
+subscribed to the event) in the same transaction, and a job that leaves the cluster (finished or
+requeued) releases its placements in that transaction too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db import webhooks
+from gateway.domain.jobspec import CallbackEvent
 from gateway.domain.lifecycle import Decision
 from gateway.domain.placement import GpuSlice
 from gateway.domain.states import JobState
@@ -96,8 +99,12 @@ _EVENT = text(
 )
 
 
-async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool:
-    """Write the decision's transition and restarts. False if the job changed meanwhile."""
+async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision, now: float) -> bool:
+    """Write the decision's transition and restarts. False if the job changed meanwhile.
+
+    ``now`` is the reconciler's clock: started_at and queued_at, which the lifecycle and
+    admission compare with that clock, come from it.
+    """
     current = JobState(job.row["state"])
     guard = {"id": job.row["id"], "state": current.value, "attempt": job.row["attempt"]}
     async with engine.begin() as conn:
@@ -128,7 +135,8 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool
             return True
         if target is JobState.RUNNING:
             sql = (
-                "UPDATE jobs SET state = 'running', started_at = now(), updated_at = now(), "
+                "UPDATE jobs SET state = 'running', started_at = to_timestamp(:now), "
+                "updated_at = now(), "
                 "reason = :reason, message = :message "
                 "WHERE id = :id AND state = :state AND attempt = :attempt"
             )
@@ -143,7 +151,7 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool
         elif target is JobState.QUEUED:
             sql = (
                 "UPDATE jobs SET state = 'queued', attempt = attempt + 1, restarts = 0, "
-                "queued_at = now(), not_before = to_timestamp(:not_before), "
+                "queued_at = to_timestamp(:now), not_before = to_timestamp(:not_before), "
                 "admitted_at = NULL, started_at = NULL, queue_slot = NULL, "
                 "updated_at = now(), reason = :reason, message = :message "
                 "WHERE id = :id AND state = :state AND attempt = :attempt"
@@ -159,6 +167,7 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool
                 "reason": decision.reason,
                 "message": decision.message,
                 "not_before": decision.requeue_not_before,
+                "now": now,
             },
         )
         if updated.rowcount == 0:
@@ -191,4 +200,13 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision) -> bool
                 "data": json.dumps({"attempt": job.row["attempt"]}),
             },
         )
+        await webhooks.enqueue(conn, job.row["id"], _CALLBACK_EVENTS[target])
     return True
+
+
+_CALLBACK_EVENTS = {
+    JobState.RUNNING: CallbackEvent.RUNNING,
+    JobState.SUCCEEDED: CallbackEvent.SUCCEEDED,
+    JobState.FAILED: CallbackEvent.FAILED,
+    JobState.QUEUED: CallbackEvent.REQUEUED,
+}

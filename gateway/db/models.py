@@ -11,7 +11,9 @@ Invariants kept by the database itself, so that no bug in the shell can break th
   tenant never has more than max_queued_jobs submitted jobs waiting. Slots are independent rows
   of one index, so concurrent submits of one tenant never wait for each other. A job requeued
   after an eviction waits without a slot: a requeue is never refused;
-- at most one placement per job, attempt and pod.
+- at most one placement per job, attempt and pod;
+- a webhook delivery (an outbox row) is leased to one delivery loop at a time through
+  ``locked_until``/``locked_by``; its attempts are rows of webhook_attempts, numbered from 1.
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class Tenant(Base):
     max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
+    # The secret before the last rotation; deliveries are signed with both for an overlap.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -219,6 +224,7 @@ class WebhookOutbox(Base):
         Index(
             "ix_webhook_outbox_due", "next_attempt_at", postgresql_where=text("status = 'pending'")
         ),
+        Index("ix_webhook_outbox_job_id", "job_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -230,11 +236,41 @@ class WebhookOutbox(Base):
     url: Mapped[str] = mapped_column(Text, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    # Attempts of the current retry schedule (a redelivery starts a new one), counted at claim.
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     next_attempt_at: Mapped[datetime] = _now()
+    # The lease of the delivery loop that is sending it now: no other loop claims the row until
+    # locked_until passes, and only the holder of locked_by may record the attempt's result.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    locked_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery (or its refusal by the SSRF guard): when, how long, and the answer."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        CheckConstraint(
+            "outcome IN ('delivered', 'failed', 'gone', 'refused')", name="outcome_known"
+        ),
+        CheckConstraint("number >= 1 AND duration_ms >= 0", name="number_and_duration_valid"),
+        Index("ix_webhook_attempts_delivery_id_id", "delivery_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_outbox.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False)
 
 
 class AuditEntry(Base):

@@ -41,3 +41,15 @@ def test_imports_only_point_down() -> None:
         [linter, "--no-cache"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_ships_in_the_wheel() -> None:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in (ROOT / "gateway").rglob("__init__.py")
+    }
+    assert found - listed == set(), "packages missing from [tool.setuptools] packages"

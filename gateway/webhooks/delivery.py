@@ -1,0 +1,347 @@
+"""The delivery loop: claim due outbox rows, POST each signed event, record every attempt.
+
+It runs on every replica. Claims lease rows in short transactions (``gateway.db.webhooks``), so
+loops on several gateways share the work and never send one event twice in parallel; the POST
+happens outside any transaction, and its result is recorded in another short one.
+
+One pass:
+1. claim up to the free slots of due deliveries (each claimed row is leased for the request
+   timeout plus ``LEASE_MARGIN``, and its attempt number counted);
+2. for each, concurrently: check the URL again with the SSRF guard (settings may have changed
+   since submit); render the payload from the job's snapshot; sign it with the tenant's secret
+   (and the previous one during the overlap after a rotation); POST it through the guarded
+   connector, without following redirects, within the timeout;
+3. judge the outcome (``gateway.domain.webhooks.judge``) and record the attempt and the verdict.
+
+The loop wakes on NOTIFY (a transition wrote a row, an admission cycle committed, a redelivery)
+and ticks every ``interval`` seconds for retries that come due. A failed claim or record is
+logged and retried at the next tick: a delivery whose result could not be recorded is sent again
+when its lease passes, with the same webhook-id (receivers deduplicate on it). On shutdown
+in-flight attempts get ``STOP_GRACE`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db import webhooks as rows
+from gateway.db.admission import ADMITTED_CHANNEL
+from gateway.domain.webhooks import (
+    AttemptResult,
+    DeliveryStatus,
+    RetryPolicy,
+    Verdict,
+    active_secrets,
+    event_body,
+    judge,
+    webhook_headers,
+    webhook_id,
+)
+from gateway.webhooks.ssrf import REFUSED, Guard, Refused
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN = 10.0  # seconds a lease outlasts the request timeout: claim and record round trips
+STOP_GRACE = 5.0
+RESPONSE_READ_LIMIT = 64 * 1024  # read this much of an answer, so the connection can be reused
+USER_AGENT = "Muster-Webhooks/1"
+
+RenderJob = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Attempted:
+    """One attempt as carried out: the delivery, its number, what happened, what was decided."""
+
+    delivery_id: uuid.UUID
+    webhook_id: str
+    attempt: int
+    result: AttemptResult
+    verdict: Verdict
+    recorded: bool
+
+
+class DeliveryLoop:
+    """``render_job`` turns a job row into the JSON that GET /v1/jobs/{id} returns (the API's
+    job view, passed in because the API layer sits above this one)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        render_job: RenderJob,
+        guard: Guard,
+        policy: RetryPolicy | None = None,
+        timeout: float = 15.0,
+        secret_overlap: float = 86400.0,
+        concurrency: int = 64,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self.engine = engine
+        self.render_job = render_job
+        self.guard = guard
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout
+        self.secret_overlap = secret_overlap
+        self.concurrency = concurrency
+        self.interval = interval
+        self.clock = clock
+        self.rand = rand
+        self.wake = asyncio.Event()
+        self._resolver = resolver
+        self._client: aiohttp.ClientSession | None = None
+        self._wakeups = _Wakeups(engine, (rows.WEBHOOKS_CHANNEL, ADMITTED_CHANNEL), self.wake)
+
+    @property
+    def lease(self) -> float:
+        return self.timeout + LEASE_MARGIN
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                connector=self.guard.connector(self._resolver, limit=self.concurrency),
+                # No cookies carried from one receiver to the next; no proxy from the
+                # environment (it would see the traffic, and its address is not checked).
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                headers={"user-agent": USER_AGENT},
+            )
+        return self._client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        await self._wakeups.close()
+
+    async def run_once(self) -> list[Attempted]:
+        """Claim what is due now (up to ``concurrency`` deliveries) and attempt it all."""
+        claimed = await self._claim(self.concurrency)
+        done = await asyncio.gather(*(self._attempt(c) for c in claimed))
+        return [a for a in done if a is not None]
+
+    async def run(self) -> None:
+        tasks: set[asyncio.Task[Attempted | None]] = set()
+        try:
+            while True:
+                self.wake.clear()
+                await self._wakeups.ensure()
+                free = self.concurrency - len(tasks)
+                claimed: list[rows.Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self._claim(free)
+                    except Exception:
+                        log.exception("claiming webhook deliveries failed; retrying at the tick")
+                for delivery in claimed:
+                    task = asyncio.create_task(
+                        self._attempt(delivery), name=f"webhook {delivery.id}"
+                    )
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if claimed and len(claimed) == free:
+                    # More may be due: claim again as soon as a slot frees up.
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.interval)
+        finally:
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            await self.close()
+
+    async def _claim(self, limit: int) -> list[rows.Claimed]:
+        return await rows.claim(self.engine, now=self.clock(), lease=self.lease, limit=limit)
+
+    async def _attempt(self, delivery: rows.Claimed) -> Attempted | None:
+        """Steps 2 and 3 for one delivery; never raises (a failure is logged, the lease expires
+        and the delivery is attempted again)."""
+        try:
+            started = self.clock()
+            began = time.monotonic()
+            result = await self._post(delivery, started)
+            duration = time.monotonic() - began
+            now = self.clock()
+            verdict = judge(
+                result, attempt=delivery.attempt, policy=self.policy, now=now, rand=self.rand
+            )
+            recorded = await rows.record(
+                self.engine,
+                delivery,
+                attempted_at=started,
+                duration=duration,
+                result=result,
+                verdict=verdict,
+            )
+            if not recorded:
+                log.warning(
+                    "webhook delivery %s: lease lost before its result was recorded", delivery.id
+                )
+            elif verdict.status is not DeliveryStatus.PENDING and verdict.note:
+                log.warning(
+                    "webhook delivery %s (%s) is %s: %s",
+                    delivery.id,
+                    delivery.event_type,
+                    verdict.status.value,
+                    verdict.note,
+                )
+            return Attempted(
+                delivery_id=delivery.id,
+                webhook_id=webhook_id(str(delivery.id)),
+                attempt=delivery.attempt,
+                result=result,
+                verdict=verdict,
+                recorded=recorded,
+            )
+        except Exception:
+            log.exception(
+                "webhook delivery %s failed unexpectedly; retried when its lease ends", delivery.id
+            )
+            return None
+
+    async def _post(self, delivery: rows.Claimed, now: float) -> AttemptResult:
+        refusal = self.guard.check_url(delivery.url)
+        if refusal is not None:
+            return AttemptResult(error=f"the URL {refusal}", refused=True)
+        try:
+            data = self.render_job(delivery.job)
+        except (KeyError, TypeError, ValueError) as exc:  # a snapshot this version cannot read
+            return AttemptResult(error=f"cannot render the event: {type(exc).__name__}: {exc}")
+        body = event_body(delivery.event_type, delivery.occurred_at, data)
+        secrets = active_secrets(
+            delivery.secret,
+            delivery.previous_secret,
+            None if delivery.rotated_at is None else delivery.rotated_at.timestamp(),
+            now=now,
+            overlap=self.secret_overlap,
+        )
+        headers = webhook_headers(
+            msg_id=webhook_id(str(delivery.id)), timestamp=int(now), body=body, secrets=secrets
+        )
+        try:
+            async with self._session().post(
+                delivery.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                await _drain(response)
+                return AttemptResult(
+                    status_code=response.status, retry_after=response.headers.get("Retry-After")
+                )
+        except TimeoutError:
+            return AttemptResult(error=f"no answer within {self.timeout:g} s")
+        except Refused as exc:
+            return AttemptResult(error=str(exc), refused=True)
+        except aiohttp.ClientError as exc:
+            refused = _refusal(exc)
+            if refused is not None:
+                return AttemptResult(error=refused, refused=True)
+            return AttemptResult(error=_error_text(exc))
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read (a bounded part of) the answer, so a small one leaves the connection reusable."""
+    read = 0
+    while read < RESPONSE_READ_LIMIT:
+        chunk = await response.content.read(16 * 1024)
+        if not chunk:
+            return
+        read += len(chunk)
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        if isinstance(current, aiohttp.ClientConnectorError):
+            yield current.os_error
+        current = current.__cause__ or current.__context__
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """The guard's message when the guard is why the connection failed."""
+    for cause in _causes(exc):
+        if isinstance(cause, Refused):
+            return str(cause)
+        if REFUSED in str(cause):  # several addresses, each refused, in one OSError
+            return str(cause)
+    return None
+
+
+def _error_text(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Wakeups:
+    """LISTEN on a dedicated connection; set ``event`` on every NOTIFY. Reconnects when the
+    connection is gone; without one the loop still ticks."""
+
+    def __init__(self, engine: AsyncEngine, channels: tuple[str, ...], event: asyncio.Event):
+        self._engine = engine
+        self._channels = channels
+        self._event = event
+        self._conn: Any = None
+        self._driver: Any = None
+
+    def _notified(self, *_: Any) -> None:
+        self._event.set()
+
+    async def ensure(self) -> None:
+        if self._driver is not None and not self._driver.is_closed():
+            return
+        await self.close()
+        try:
+            conn = await self._engine.connect()
+        except Exception:
+            log.warning("cannot LISTEN for webhook wake-ups; ticking only", exc_info=True)
+            return
+        try:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            for channel in self._channels:
+                await driver.add_listener(channel, self._notified)
+        except Exception:
+            log.warning("cannot LISTEN for webhook wake-ups; ticking only", exc_info=True)
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            return
+        self._conn, self._driver = conn, driver
+        self._event.set()  # rows may have been written while nobody listened
+
+    async def close(self) -> None:
+        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
+        if conn is None:
+            return
+        # Listeners live on the connection: drop it rather than hand it back to the pool.
+        with contextlib.suppress(Exception):
+            for channel in self._channels:
+                await driver.remove_listener(channel, self._notified)
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()
