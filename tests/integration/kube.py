@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import kmock
 
+from gateway.backends.kubernetes.client import RateLimitedApiClient, kube_client
 from gateway.domain.k8s_objects import NODE_ANNOTATION
 
 GIB = 2**30
@@ -280,3 +281,15 @@ class Kubelet:
             name,
             {"status": {"phase": "Failed", "reason": "Evicted", "containerStatuses": None}},
         )
+
+
+@contextlib.asynccontextmanager
+async def client_for(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApiClient]:
+    """The real kubernetes-asyncio client for the emulator, effectively unthrottled."""
+    client = await kube_client(
+        kubeconfig(tmp_path / "kubeconfig", str(cluster.url)), qps=1000, burst=1000
+    )
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -14,14 +14,21 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.backends.kubernetes.client import RateLimitedApiClient, kube_client
+from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.db.admission import SpecCache, run_cycle
 from gateway.domain.k8s_objects import LABEL_JOB_ID
 from gateway.domain.placement import GpuMode, Node
 from gateway.loops.reconciler import Reconciler
-from tests.integration.kube import Cluster, Kubelet, kubeconfig, node, running_cluster, seed
+from tests.integration.kube import (
+    Cluster,
+    Kubelet,
+    client_for,
+    node,
+    running_cluster,
+    seed,
+)
 from tests.openapi_check import CheckedClient
 
 GIB = 2**30
@@ -66,13 +73,8 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def kube(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApiClient]:
-    client = await kube_client(
-        kubeconfig(tmp_path / "kubeconfig", str(cluster.url)), qps=1000, burst=1000
-    )
-    try:
+    async with client_for(cluster, tmp_path) as client:
         yield client
-    finally:
-        await client.close()
 
 
 class Harness:

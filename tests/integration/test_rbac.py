@@ -14,10 +14,10 @@ import kmock
 import pytest
 import yaml
 
-from gateway.backends.kubernetes.client import RateLimitedApiClient, kube_client
+from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from tests.integration.kube import Cluster, kubeconfig, running_cluster, seed
+from tests.integration.kube import Cluster, client_for, running_cluster, seed
 from tests.integration.test_kubernetes_backend import JOB_ID, NAMES, cluster_objects, gang
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
@@ -65,13 +65,8 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 @pytest.fixture
 async def api(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApiClient]:
-    client = await kube_client(
-        kubeconfig(tmp_path / "kubeconfig", str(cluster.url)), qps=1000, burst=1000
-    )
-    try:
+    async with client_for(cluster, tmp_path) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_rbac_grants_exactly_the_calls_the_backend_makes(
