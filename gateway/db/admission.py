@@ -12,6 +12,7 @@ Specs are parsed once per job and cached (a job's spec never changes).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -324,7 +325,8 @@ async def run_cycle(
         snapshot, queued = await load_snapshot(
             conn, nodes, cache, now=clock(), starvation_seconds=starvation_seconds
         )
-        decided = plan(snapshot)
+        # The plan is pure CPU: in a thread, so the API keeps answering during long cycles.
+        decided = await asyncio.to_thread(plan, snapshot)
         pods = {job.id: job.pods for job in snapshot.pending}
         # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
         admitted = await write_plan(conn, snapshot.now, decided, queued, pods)
