@@ -82,17 +82,23 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     backend = await make_backend(settings)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
-        app = make_app(settings, database.engine, backend.inventory, backend.runtime)
-        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
         admission = AdmissionLoop(
             database.engine,
             backend.inventory,
             interval=settings.admission_interval,
             starvation_seconds=settings.starvation_seconds,
         )
+        app = make_app(
+            settings,
+            database.engine,
+            backend.inventory,
+            backend.runtime,
+            is_leader=lambda: admission.leadership.is_leader,
+        )
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
         loops = [asyncio.create_task(admission.run(), name="admission")]
         if backend.runtime is not None:
             reconciler = Reconciler(

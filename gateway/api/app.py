@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api import admin, cluster, jobs, service, webhooks
+from gateway.api import admin, cluster, jobs, metrics, service, webhooks
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
+from gateway.api.observability import (
+    REQUEST_DURATION,
+    observability_middleware,
+    request_duration_histogram,
+)
 from gateway.api.problems import problems_middleware
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.jobs import NOTIFY_CHANNEL
@@ -28,11 +33,16 @@ def make_app(
     engine: AsyncEngine,
     inventory: Inventory,
     runtime: Runtime | None = None,
+    is_leader: Callable[[], bool] = lambda: False,
 ) -> web.Application:
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
+    # The request-id middleware is outermost, so even problem responses carry X-Request-ID.
     app = web.Application(
-        middlewares=[problems_middleware], client_max_size=settings.max_body_bytes + 1
+        middlewares=[observability_middleware, problems_middleware],
+        client_max_size=settings.max_body_bytes + 1,
     )
+    app[REQUEST_DURATION] = request_duration_histogram()
+    app[metrics.IS_LEADER] = is_leader
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[INVENTORY] = inventory
@@ -45,6 +55,7 @@ def make_app(
     app.add_routes(admin.routes)
     app.add_routes(cluster.routes)
     app.add_routes(webhooks.routes)
+    app.add_routes(metrics.routes)
     return app
 
 

@@ -1,0 +1,150 @@
+"""Figures for observability, read from the database so every replica reports the same truth.
+
+- ``metric_counts``: what /metrics reports about tenants and jobs (queued jobs by waiting reason,
+  quotas and current usage, and counters derived from job_events, which is append-only).
+- ``tenant_usage``: resources consumed by a tenant's jobs in a time window, from placements. A
+  placement holds its resources from ``started_at`` (``created_at`` if it never started) until
+  ``released_at`` (now while it is live); each interval is clipped to the window. GPU shares count
+  fractionally: 50 shares for an hour is half a GPU-hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import RowMapping, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db.admission import load_holdings
+from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.domain.placement import Holding
+from gateway.errors import NotFound
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MetricCounts:
+    tenants: Sequence[RowMapping]
+    pending: Sequence[RowMapping]  # tenant, reason, jobs
+    events: Sequence[RowMapping]  # tenant, type, reason, events
+    holdings: tuple[Holding, ...]
+
+
+_PENDING = text(
+    "SELECT tenant, COALESCE(reason, 'Pending') AS reason, count(*) AS jobs "
+    "FROM jobs WHERE state = 'queued' GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_EVENTS = text(
+    "SELECT tenant, type, COALESCE(reason, '') AS reason, count(*) AS events FROM job_events "
+    "WHERE type IN ('admitted', 'succeeded', 'failed', 'cancelled', 'requeued') "
+    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+_TENANTS = text(TENANTS_WITH_USAGE + " ORDER BY t.name")
+
+
+async def metric_counts(engine: AsyncEngine) -> MetricCounts:
+    """Everything /metrics needs from the database, read in one repeatable-read snapshot."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        tenants = (await conn.execute(_TENANTS)).mappings().all()
+        pending = (await conn.execute(_PENDING)).mappings().all()
+        events = (await conn.execute(_EVENTS)).mappings().all()
+        holdings = await load_holdings(conn)
+    return MetricCounts(tenants=tenants, pending=pending, events=events, holdings=holdings)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Consumption:
+    cpu_core_hours: float
+    memory_gib_hours: float
+    gpu_hours: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobConsumption:
+    job_id: str
+    name: str
+    consumed: Consumption
+
+
+_USAGE = text(
+    """
+    WITH spans AS (
+        SELECT p.job_id, p.cpu_millis, p.memory_bytes, p.gpu_shares,
+               GREATEST(
+                   0,
+                   EXTRACT(EPOCH FROM (
+                       LEAST(COALESCE(p.released_at, now()), :until)
+                       - GREATEST(COALESCE(p.started_at, p.created_at), :since)
+                   ))
+               ) / 3600.0 AS hours
+        FROM placements p JOIN jobs j ON j.id = p.job_id
+        WHERE j.tenant = :tenant
+          AND COALESCE(p.started_at, p.created_at) < :until
+          AND (p.released_at IS NULL OR p.released_at > :since)
+    )
+    SELECT s.job_id, j.name,
+           sum(s.cpu_millis / 1000.0 * s.hours) AS cpu_core_hours,
+           sum(s.memory_bytes / 1073741824.0 * s.hours) AS memory_gib_hours,
+           sum(s.gpu_shares / 100.0 * s.hours) AS gpu_hours
+    FROM spans s JOIN jobs j ON j.id = s.job_id
+    GROUP BY s.job_id, j.name, j.seq
+    ORDER BY j.seq
+    """
+)
+
+
+async def tenant_usage(
+    engine: AsyncEngine, tenant: str, since: datetime, until: datetime
+) -> list[JobConsumption]:
+    """What each of the tenant's jobs consumed in [since, until); jobs that used nothing are left
+    out. Raises NotFound for an unknown tenant."""
+    async with engine.connect() as conn:
+        exists = await conn.scalar(text("SELECT 1 FROM tenants WHERE name = :t"), {"t": tenant})
+        if not exists:
+            raise NotFound(f"tenant {tenant!r} does not exist")
+        rows = (
+            await conn.execute(_USAGE, {"tenant": tenant, "since": since, "until": until})
+        ).mappings()
+        return [
+            JobConsumption(
+                job_id=str(row["job_id"]),
+                name=row["name"],
+                consumed=Consumption(
+                    cpu_core_hours=float(row["cpu_core_hours"]),
+                    memory_gib_hours=float(row["memory_gib_hours"]),
+                    gpu_hours=float(row["gpu_hours"]),
+                ),
+            )
+            for row in rows
+        ]
+
+
+async def events_after(
+    engine: AsyncEngine,
+    after: int,
+    *,
+    tenant: str | None,
+    job_id: str | None,
+    event_type: str | None,
+    limit: int,
+) -> Sequence[RowMapping]:
+    """job_events rows with ids above ``after``, oldest first, filtered, for the event stream."""
+    clauses = ["id > :after"]
+    params: dict[str, object] = {"after": after, "limit": limit}
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if job_id is not None:
+        clauses.append("job_id = CAST(:job_id AS uuid)")
+        params["job_id"] = job_id
+    if event_type is not None:
+        clauses.append("type = :type")
+        params["type"] = event_type
+    sql = text(
+        "SELECT id, job_id, tenant, type, from_state, to_state, reason, message, actor, data, "
+        f"created_at FROM job_events WHERE {' AND '.join(clauses)} ORDER BY id LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        return (await conn.execute(sql, params)).mappings().all()
