@@ -94,6 +94,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             backend.inventory,
             backend.runtime,
             is_leader=lambda: admission.leadership.is_leader,
+            collectors=(admission.cycle_seconds, admission.cycle_jobs),
         )
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
+from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api import admin, cluster, jobs, metrics, service, webhooks
@@ -34,6 +35,7 @@ def make_app(
     inventory: Inventory,
     runtime: Runtime | None = None,
     is_leader: Callable[[], bool] = lambda: False,
+    collectors: Sequence[Collector] = (),
 ) -> web.Application:
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
     # The request-id middleware is outermost, so even problem responses carry X-Request-ID.
@@ -43,6 +45,7 @@ def make_app(
     )
     app[REQUEST_DURATION] = request_duration_histogram()
     app[metrics.IS_LEADER] = is_leader
+    app[metrics.COLLECTORS] = tuple(collectors)
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[INVENTORY] = inventory

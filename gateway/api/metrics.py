@@ -20,7 +20,11 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from gateway.api.context import ENGINE, INVENTORY
@@ -41,10 +45,12 @@ from gateway.errors import BadRequest, NotFound
 from gateway.logs import bind, log_context
 
 IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
+COLLECTORS: web.AppKey[tuple[Collector, ...]] = web.AppKey("collectors")
 
 routes = web.RouteTableDef()
 
 FINISHED = ("succeeded", "failed", "cancelled")
+WAIT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 
 def _resources(cpu_millis: float, memory_bytes: float, gpu_shares: float) -> dict[str, float]:
@@ -66,6 +72,8 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield from self._jobs()
+        yield from self._admission_waits()
+        yield from self._deliveries()
         yield from self._tenants()
         yield from self._cluster()
         leader = GaugeMetricFamily(
@@ -123,6 +131,34 @@ class DatabaseCollector(Collector):
             family.add_metric([tenant, reason], n)
         yield family
 
+    def _admission_waits(self) -> Iterator[Any]:
+        buckets = [sum(1 for w in self.counts.waits if w <= bound) for bound in WAIT_BUCKETS]
+        family = HistogramMetricFamily(
+            "muster_admission_wait_time_seconds",
+            "Time from submit (or requeue) to admission, over every admission.",
+        )
+        family.add_metric(
+            [],
+            [
+                *zip((str(b) for b in WAIT_BUCKETS), map(float, buckets), strict=True),
+                ("+Inf", float(len(self.counts.waits))),
+            ],
+            sum_value=sum(self.counts.waits),
+        )
+        yield family
+
+    def _deliveries(self) -> Iterator[Any]:
+        family = CounterMetricFamily(
+            "muster_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, failed, gone, refused.",
+            labels=["outcome"],
+        )
+        counts = dict.fromkeys(("delivered", "failed", "gone", "refused"), 0.0)
+        counts.update({row["outcome"]: float(row["attempts"]) for row in self.counts.deliveries})
+        for outcome, n in sorted(counts.items()):
+            family.add_metric([outcome], n)
+        yield family
+
     def _tenants(self) -> Iterator[Any]:
         quota = GaugeMetricFamily(
             "muster_tenant_quota", "A tenant's quota by resource.", labels=["tenant", "resource"]
@@ -175,6 +211,8 @@ async def metrics(request: web.Request) -> web.Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(counts, nodes, request.app[IS_LEADER]()))
     registry.register(request.app[REQUEST_DURATION])
+    for collector in request.app[COLLECTORS]:  # the leader's admission cycle figures
+        registry.register(collector)
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

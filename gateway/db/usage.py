@@ -29,6 +29,8 @@ class MetricCounts:
     pending: Sequence[RowMapping]  # tenant, reason, jobs
     events: Sequence[RowMapping]  # tenant, type, reason, events
     holdings: tuple[Holding, ...]
+    deliveries: Sequence[RowMapping]  # outcome, attempts
+    waits: Sequence[float]  # seconds from queued (submit or requeue) to admitted, per admission
 
 
 _PENDING = text(
@@ -41,6 +43,22 @@ _EVENTS = text(
     "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 )
 _TENANTS = text(TENANTS_WITH_USAGE + " ORDER BY t.name")
+_DELIVERIES = text(
+    "SELECT outcome, count(*) AS attempts FROM webhook_attempts GROUP BY 1 ORDER BY 1"
+)
+# Each admission's wait: from the job's latest submitted or requeued event before it.
+_WAITS = text(
+    """
+    SELECT extract(epoch FROM a.created_at - q.created_at) AS wait
+    FROM job_events a
+    CROSS JOIN LATERAL (
+        SELECT created_at FROM job_events q
+        WHERE q.job_id = a.job_id AND q.type IN ('submitted', 'requeued') AND q.id < a.id
+        ORDER BY q.id DESC LIMIT 1
+    ) q
+    WHERE a.type = 'admitted'
+    """
+)
 
 
 async def metric_counts(engine: AsyncEngine) -> MetricCounts:
@@ -51,7 +69,16 @@ async def metric_counts(engine: AsyncEngine) -> MetricCounts:
         pending = (await conn.execute(_PENDING)).mappings().all()
         events = (await conn.execute(_EVENTS)).mappings().all()
         holdings = await load_holdings(conn)
-    return MetricCounts(tenants=tenants, pending=pending, events=events, holdings=holdings)
+        deliveries = (await conn.execute(_DELIVERIES)).mappings().all()
+        waits = [max(0.0, float(row[0])) for row in await conn.execute(_WAITS)]
+    return MetricCounts(
+        tenants=tenants,
+        pending=pending,
+        events=events,
+        holdings=holdings,
+        deliveries=deliveries,
+        waits=waits,
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

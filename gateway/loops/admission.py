@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Inventory
@@ -44,6 +45,18 @@ class AdmissionLoop:
         self.leadership = Leadership(engine, [NOTIFY_CHANNEL], self.wake)
         self.cache = SpecCache()
         self.cycles = 0
+        # In-process figures of this replica's cycles (only the leader runs any).
+        self.cycle_seconds = Histogram(
+            "muster_admission_attempt_duration_seconds",
+            "Time one admission cycle took, snapshot to commit.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=None,
+        )
+        self.cycle_jobs = Gauge(
+            "muster_admission_cycle_jobs",
+            "Queued jobs the last admission cycle considered.",
+            registry=None,
+        )
         self.last: CycleResult | None = None
         # Called after a cycle admitted jobs, e.g. to wake the reconciler at once.
         self.on_admitted: Callable[[], None] | None = None
@@ -59,6 +72,8 @@ class AdmissionLoop:
         )
         self.cycles += 1
         self.last = result
+        self.cycle_seconds.observe(result.seconds)
+        self.cycle_jobs.set(result.considered)
         if result.admitted and self.on_admitted is not None:
             self.on_admitted()
         if result.admitted:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
+from gateway.db import lifecycle
+from gateway.domain.jobspec import JobSpec, check_job_spec
+from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
 from gateway.domain.placement import Node
+from gateway.domain.states import JobState
 from gateway.logs import ContextFilter, JsonFormatter
+from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings
 from tests.integration.test_admission_cycle import cycle, job, make_tenant
 from tests.openapi_check import CheckedClient
@@ -135,19 +143,25 @@ async def test_metrics_after_a_scripted_scenario(
     for name in ("ads-1", "ads-2"):
         submitted = await api.post("/v1/jobs", json=job(name, tenant="ads"))
         assert submitted.status == 201, submitted.text
+    c = (await api.post("/v1/jobs", json=job("c", workers=1))).body
+    e = (await api.post("/v1/jobs", json=job("e", workers=1))).body
     await cycle(engine, nodes)
     cancelled = await api.post(f"/v1/jobs/{b['id']}/cancel")
     assert cancelled.status == 200, cancelled.text
-    # An eviction as the lifecycle records it (the append-only log is what the counter counts).
-    await _record_eviction(engine, a["id"], "NodeLost")
+    # The real lifecycle: a runs; c runs and succeeds; e runs and loses its node.
+    for job_id in (a["id"], c["id"], e["id"]):
+        await _drive(engine, job_id, ReplicaPhase.RUNNING)
+    await _drive(engine, c["id"], ReplicaPhase.SUCCEEDED, exit_code=0)
+    await _drive(engine, e["id"], ReplicaPhase.RUNNING, node_ready=False)
 
     found = await scrape(api)
     reason = await _reason(engine, "ads-2")
     assert value(found, "muster_pending_jobs", tenant="ads", reason=reason) == 1
-    assert value(found, "muster_admitted_jobs_total", tenant="search") == 2
+    assert value(found, "muster_admitted_jobs_total", tenant="search") == 4
     assert value(found, "muster_admitted_jobs_total", tenant="ads") == 1
     assert value(found, "muster_finished_jobs_total", tenant="search", state="cancelled") == 1
-    assert value(found, "muster_finished_jobs_total", tenant="search", state="succeeded") == 0
+    assert value(found, "muster_finished_jobs_total", tenant="search", state="succeeded") == 1
+    assert value(found, "muster_finished_jobs_total", tenant="search", state="failed") == 0
     assert value(found, "muster_evicted_jobs_total", tenant="search", reason="NodeLost") == 1
     assert value(found, "muster_tenant_quota", tenant="search", resource="cpu") == 1000
     assert value(found, "muster_tenant_quota", tenant="search", resource="gpu") == 64
@@ -166,6 +180,10 @@ async def test_metrics_after_a_scripted_scenario(
     assert value(found, "muster_cluster_free", resource="memory") == 765 * GIB
     assert value(found, "muster_cluster_free", resource="gpu_shares") == 1100
     assert value(found, "muster_leader") == 0
+    # Five admissions (a, b, ads-1, c, e), each timed from its submit, all within seconds.
+    assert value(found, "muster_admission_wait_time_seconds_count") == 5
+    assert value(found, "muster_admission_wait_time_seconds_bucket", le="60.0") == 5
+    assert value(found, "muster_webhook_deliveries_total", outcome="delivered") == 0
     # The requests above were timed under their route templates.
     count = value(
         found,
@@ -183,8 +201,25 @@ async def test_metrics_after_a_scripted_scenario(
             method="POST",
             status="201",
         )
-        == 4
+        == 6
     )
+
+
+async def test_metrics_report_the_leaders_admission_cycles(
+    api: CheckedClient, settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await make_tenant(api)
+    for name in ("x", "y", "z"):
+        await api.post("/v1/jobs", json=job(name))
+    loop = AdmissionLoop(engine, StaticInventory(nodes), interval=60, starvation_seconds=300)
+    await loop.cycle()
+    app = make_app(
+        settings, engine, StaticInventory(nodes), collectors=(loop.cycle_seconds, loop.cycle_jobs)
+    )
+    async with TestClient(TestServer(app)) as client:
+        found = await scrape(CheckedClient(client))
+    assert value(found, "muster_admission_attempt_duration_seconds_count") == 1
+    assert value(found, "muster_admission_cycle_jobs") == 3
 
 
 async def test_metrics_report_leadership(
@@ -196,16 +231,40 @@ async def test_metrics_report_leadership(
     assert value(found, "muster_leader") == 1
 
 
-async def _record_eviction(engine: AsyncEngine, job_id: str, reason: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason) "
-                "SELECT id, tenant, 'requeued', 'running', 'queued', :reason FROM jobs "
-                "WHERE id = :id"
-            ),
-            {"id": job_id, "reason": reason},
+async def _drive(
+    engine: AsyncEngine,
+    job_id: str,
+    phase: ReplicaPhase,
+    *,
+    exit_code: int | None = None,
+    node_ready: bool = True,
+) -> None:
+    """One reconciler step for a job whose every replica is observed in ``phase``."""
+    (active,) = [j for j in await lifecycle.active_jobs(engine) if str(j.row["id"]) == job_id]
+    spec = check_job_spec(active.row["spec"])
+    assert isinstance(spec, JobSpec)
+    view = JobView(
+        id=job_id,
+        state=JobState(active.row["state"]),
+        spec=spec,
+        attempt=active.row["attempt"],
+        restarts=active.row["restarts"],
+        admitted_at=active.row["admitted_at"].timestamp(),
+    )
+    observed = [
+        ReplicaObservation(
+            pod_name=p["pod_name"],
+            role=p["role"],
+            index=p["replica_index"],
+            phase=phase,
+            exit_code=exit_code,
+            node_ready=node_ready,
         )
+        for p in active.placements
+    ]
+    decision = decide(view, observed, time.time())
+    assert decision.transition is not None, decision
+    assert await lifecycle.apply(engine, active, decision, time.time())
 
 
 async def _reason(engine: AsyncEngine, name: str) -> str:
@@ -217,6 +276,7 @@ async def _reason(engine: AsyncEngine, name: str) -> str:
 
 # -- usage accounting --------------------------------------------------------------------------
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "muster-dashboard.json"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -461,3 +521,28 @@ async def test_event_stream_refuses_bad_input(
 ) -> None:
     response = await api.get(f"/v1/events?{query}", headers=headers)
     assert response.status == 400
+
+
+async def test_the_grafana_dashboard_queries_only_metrics_muster_exports(
+    settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    loop = AdmissionLoop(engine, StaticInventory(nodes), interval=60, starvation_seconds=300)
+    app = make_app(
+        settings, engine, StaticInventory(nodes), collectors=(loop.cycle_seconds, loop.cycle_jobs)
+    )
+    async with TestClient(TestServer(app)) as client:
+        await client.get("/healthz")
+        async with client.get("/metrics") as response:
+            body = await response.text()
+    exported = set()
+    for family in text_string_to_metric_families(body):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        exported.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in expressions for name in re.findall(r"\bmuster_[a-z_]+", e)}
+    assert used, "the dashboard shows no Muster metric"
+    assert used - exported == set(), "dashboard queries metrics Muster does not export"
+    # Per-replica sizing panels read cAdvisor and DCGM series of a job's pods.
+    assert any("container_cpu_usage_seconds_total" in e for e in expressions)
+    assert any("DCGM_FI_DEV_GPU_UTIL" in e for e in expressions)
