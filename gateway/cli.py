@@ -1,19 +1,23 @@
 """The ``muster`` command.
 
-``muster serve`` runs the gateway; ``muster migrate`` applies database migrations and exits.
-Every setting is also a flag of these commands (see ``gateway.settings``).
+``muster serve`` runs the gateway; ``muster migrate`` applies database migrations and exits;
+``muster token`` mints a token of the local issuer. Every setting is also a flag of these commands
+(see ``gateway.settings``).
 
 The client commands (``submit``, ``jobs``, ``status``, ``logs``, ``cancel``, ``tenants``) talk to a
 running gateway over HTTP through ``gateway.client`` and import nothing of the server. They print
 plain aligned columns (``--json`` prints the API's JSON instead) and exit 0 on success, 1 when the
 gateway refuses (its problem's title and detail, one line per field for a 422), and 2 when there is
-no gateway to talk to. They never print a traceback for either.
+no gateway to talk to. They never print a traceback for either. Without MUSTER_TOKEN they sign a
+short-lived admin token of their own when they can read the local issuer's key (on the machine
+that runs ``muster serve`` with the local issuer), so a newcomer's first commands just work.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +28,7 @@ from typing import Any
 
 from gateway import __version__, logs
 from gateway.client import ApiProblem, BadDocument, Client, Unreachable, load_document
+from gateway.domain.access import Role, role_group
 from gateway.domain.states import JobState
 from gateway.errors import ConfigError, DatabaseUnavailable
 from gateway.settings import DEFAULT_URL, ClientSettings, Settings, add_flags
@@ -31,6 +36,17 @@ from gateway.settings import DEFAULT_URL, ClientSettings, Settings, add_flags
 Command = Callable[[Client, argparse.Namespace], None]
 
 EVENTS_SHOWN = 10
+TOKEN_SETTINGS = frozenset(
+    {
+        "MUSTER_DATA_DIR",
+        "MUSTER_ISSUER_KEY",
+        "MUSTER_OIDC_ISSUER",
+        "MUSTER_OIDC_AUDIENCE",
+        "MUSTER_OIDC_GROUPS_CLAIM",
+        "MUSTER_OIDC_USER_CLAIM",
+        "MUSTER_ADMIN_GROUPS",
+    }
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +60,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(serve)
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     add_flags(migrate)
+    token = commands.add_parser(
+        "token",
+        help="mint a token of the local issuer (prints it)",
+        description="Mint a bearer token signed with the local issuer's key (MUSTER_ISSUER_KEY, "
+        "in the data directory by default) and print it. Roles come as groups "
+        "muster:<tenant>:<role>; --admin adds the first of MUSTER_ADMIN_GROUPS.",
+    )
+    token.add_argument(
+        "--tenant", action="append", default=[], metavar="TENANT", help="a tenant (repeat)"
+    )
+    token.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=Role.SUBMITTER.value,
+        help="the role in each --tenant (default: submitter)",
+    )
+    token.add_argument("--admin", action="store_true", help="a platform admin's token")
+    token.add_argument("--user", help="the user the token names (default: your login name)")
+    token.add_argument(
+        "--group", action="append", default=[], metavar="GROUP", help="another group (repeat)"
+    )
+    token.add_argument(
+        "--ttl", default="1h", type=_ttl, help="lifetime: 90s, 30m, 12h or 7d (default: 1h)"
+    )
+    add_flags(token, only=TOKEN_SETTINGS)
     _add_client_commands(commands)
     return parser
 
@@ -320,6 +361,8 @@ def _run_client(args: argparse.Namespace) -> int:
     """Run one client command; every failure becomes one message on stderr and an exit code."""
     try:
         settings = ClientSettings.load(os.environ, url=args.url, token=args.token)
+        if settings.token is None:
+            settings = dataclasses.replace(settings, token=_own_token())
         args.handler(Client(settings), args)
     except ConfigError as exc:
         print(f"muster: {exc}", file=sys.stderr)
@@ -330,6 +373,11 @@ def _run_client(args: argparse.Namespace) -> int:
     except ApiProblem as exc:
         lines = [f"muster: {exc.title}: {exc.detail}"]
         lines += [f"  {pointer or '(root)'}: {detail}" for pointer, detail in exc.errors]
+        if exc.status == 401:
+            lines.append(
+                "  set MUSTER_TOKEN (or --token) to a token from your issuer, or, for the local "
+                "issuer, from `muster token`"
+            )
         print("\n".join(lines), file=sys.stderr)
         return 1
     except Unreachable as exc:
@@ -349,6 +397,80 @@ def _run_client(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
+
+
+# --- tokens -------------------------------------------------------------------------------------
+
+MAX_TTL_SECONDS = 30 * 86400
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(text: str) -> int:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    if not number.isdigit() or not 0 < int(number) * _TTL_UNITS[unit] <= MAX_TTL_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1s to 30d, such as 90s, 30m, 12h or 7d")
+    return int(number) * _TTL_UNITS[unit]
+
+
+def _login_name() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER") or "muster-user"
+
+
+def _mint(settings: Settings, args: argparse.Namespace) -> str:
+    from gateway.auth.keys import local_key_set
+    from gateway.auth.tokens import mint
+
+    if settings.oidc_issuer is not None:
+        raise ConfigError(
+            f"tokens come from {settings.oidc_issuer} (MUSTER_OIDC_ISSUER); "
+            "`muster token` mints only the local issuer's"
+        )
+    groups = [role_group(tenant, Role(args.role)) for tenant in args.tenant]
+    if args.admin:
+        if not settings.admin_groups:
+            raise ConfigError("--admin needs MUSTER_ADMIN_GROUPS to name a group")
+        groups.append(settings.admin_groups[0])
+    if not groups and not args.group:
+        print("muster: this token grants no role (add --tenant or --admin)", file=sys.stderr)
+    user = args.user or _login_name()
+    return mint(
+        local_key_set(settings.issuer_key_file),
+        audience=settings.oidc_audience,
+        subject=user,
+        groups=[*groups, *args.group],
+        ttl_seconds=args.ttl,
+        groups_claim=settings.oidc_groups_claim,
+        extra=_user_claim(settings.oidc_user_claim, user),
+    )
+
+
+def _user_claim(claim: str, user: str) -> dict[str, str] | None:
+    """The user claim as an issuer would set it (an email claim only for an address); without
+    it the gateway takes the user from sub, which is ``user`` too."""
+    if claim == "sub" or (claim == "email" and "@" not in user):
+        return None
+    return {claim: user}
+
+
+def _own_token() -> str | None:
+    """A short-lived admin token signed with the local issuer's key, when this user can read it
+    and no external issuer is configured; None otherwise."""
+    try:
+        settings = Settings.load(os.environ)
+    except ConfigError:
+        return None
+    if settings.oidc_issuer is not None or not settings.admin_groups:
+        return None
+    if not os.access(settings.issuer_key_file, os.R_OK):
+        return None
+    args = argparse.Namespace(tenant=[], role="viewer", admin=True, user=None, group=[], ttl=600)
+    try:
+        return _mint(settings, args)
+    except (OSError, ValueError, ConfigError):
+        return None
 
 
 # --- serve and migrate --------------------------------------------------------------------------
@@ -385,6 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             where = asyncio.run(migrate_only(settings))
             print(f"migrations applied to {where}")
+        elif args.command == "token":
+            print(_mint(settings, args))
     except (ConfigError, DatabaseUnavailable) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,10 @@ maps this tree onto RFC 9457 problem responses::
     MusterError
     ├── ConfigError                  settings are missing or malformed (startup fails fast)
     ├── DatabaseUnavailable          PostgreSQL cannot be reached                        503
+    ├── IssuerUnavailable            the token issuer's keys cannot be loaded            503
     └── ClientError                  the caller's request cannot be honoured              4xx
         ├── BadRequest               malformed syntax, e.g. JSON that does not parse      400
+        ├── Unauthorized             no bearer token, or one that does not verify         401
         ├── Forbidden                the caller may not do this                           403
         ├── NotFound                 no such object (or not visible to the caller)        404
         ├── Conflict                 the object's state forbids the operation             409
@@ -35,10 +37,12 @@ __all__ = [
     "DatabaseUnavailable",
     "FieldProblem",
     "Forbidden",
+    "IssuerUnavailable",
     "MusterError",
     "NotFound",
     "PayloadTooLarge",
     "TooManyRequests",
+    "Unauthorized",
     "UnsupportedMediaType",
     "ValidationFailed",
 ]
@@ -56,6 +60,10 @@ class DatabaseUnavailable(MusterError):
     """PostgreSQL could not be reached or refused the connection."""
 
 
+class IssuerUnavailable(MusterError):
+    """The token issuer's signing keys could not be loaded, so no token can be checked."""
+
+
 class ClientError(MusterError):
     """The request cannot be honoured because of something the client sent."""
 
@@ -70,6 +78,17 @@ class ClientError(MusterError):
 
 class BadRequest(ClientError):
     status, slug, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(ClientError):
+    """Answered with ``WWW-Authenticate: Bearer`` (RFC 6750); ``error`` is its error code,
+    ``invalid_token`` when a token was sent, None when none was."""
+
+    status, slug, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        self.error = error
 
 
 class Forbidden(ClientError):

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
 from gateway.api.views import job_view
+from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
 from gateway.backends.factory import make_backend
 from gateway.db.embedded import EmbeddedPostgres
@@ -79,6 +80,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.oidc_issuer is None:  # the local issuer: its key exists before the first token
+        await asyncio.to_thread(local_key_set, settings.issuer_key_file)
     backend = await make_backend(settings)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
@@ -127,6 +130,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             print(f"  backend:        {settings.backend}", flush=True)
             if first_tenant:
                 print(f"  tenant:         {first_tenant}", flush=True)
+            if settings.oidc_issuer is None:
+                print(f"  tokens:         muster token --help (key {settings.issuer_key_file})")
+            else:
+                print(f"  tokens:         from {settings.oidc_issuer}", flush=True)
             if ready is not None:
                 ready.set()
             await stop.wait()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +131,47 @@ def _schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
+#: JWS algorithms that may be allowed: asymmetric only. ``none`` and the HMAC algorithms are never
+#: accepted, so a public key can never serve as an HMAC secret.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+def _algorithms(text: str) -> tuple[str, ...]:
+    algorithms = _csv(text)
+    refused = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+    if refused or not algorithms:
+        raise ValueError(
+            f"must list algorithms among {', '.join(ASYMMETRIC_ALGORITHMS)} "
+            f"(refused: {', '.join(refused) or 'an empty list'})"
+        )
+    return algorithms
+
+
+def _issuer(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in {"https", "http"} or not parts.hostname or parts.query:
+        raise ValueError("must be the issuer's URL, e.g. https://dex.example.com")
+    return text
+
+
+def _leeway(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 300:
+        raise ValueError("must be 0 to 300 seconds")
+    return value
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(env="MUSTER_HOST", default="127.0.0.1", help="address the API listens on"),
     Setting(env="MUSTER_PORT", default="8080", parse=_port, help="port the API listens on"),
@@ -203,15 +244,53 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="MUSTER_OIDC_ISSUER",
         default=None,
-        help="external OIDC issuer URL; unset means the local issuer",
+        parse=_issuer,
+        help="external OIDC issuer URL (e.g. Dex); unset means the local issuer "
+        "(tokens from `muster token`)",
     ),
-    Setting(env="MUSTER_OIDC_AUDIENCE", default="muster", help="expected token audience"),
+    Setting(
+        env="MUSTER_OIDC_AUDIENCE",
+        default="muster",
+        help="audience a token must name in aud (with Dex: the client id)",
+    ),
     Setting(env="MUSTER_OIDC_GROUPS_CLAIM", default="groups", help="token claim holding groups"),
+    Setting(
+        env="MUSTER_OIDC_USER_CLAIM",
+        default="email",
+        help="token claim naming the user (recorded as the actor; user grants match it); "
+        "tokens without it use sub",
+    ),
+    Setting(
+        env="MUSTER_OIDC_ALGORITHMS",
+        default="RS256,ES256",
+        parse=_algorithms,
+        help="comma-separated signature algorithms accepted from the external issuer "
+        "(asymmetric only)",
+    ),
+    Setting(
+        env="MUSTER_OIDC_LEEWAY",
+        default="30",
+        parse=_leeway,
+        help="seconds of clock skew tolerated on exp and nbf (0-300)",
+    ),
     Setting(
         env="MUSTER_ADMIN_GROUPS",
         default="muster-admins",
         parse=_csv,
         help="comma-separated groups whose members are platform admins",
+    ),
+    Setting(
+        env="MUSTER_ISSUER_KEY",
+        default=None,
+        parse=Path,
+        help="the local issuer's private key file (JWKS), created if missing; share it between "
+        "replicas (default: issuer-key.json in the data directory)",
+    ),
+    Setting(
+        env="MUSTER_PUBLIC_METRICS",
+        default="false",
+        parse=_bool,
+        help="serve /metrics without a token (otherwise it needs a platform admin's)",
     ),
     Setting(
         env="MUSTER_WEBHOOK_ALLOW_NETS",
@@ -302,7 +381,12 @@ class Settings:
     oidc_issuer: str | None = None
     oidc_audience: str = "muster"
     oidc_groups_claim: str = "groups"
+    oidc_user_claim: str = "email"
+    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    oidc_leeway: int = 30
     admin_groups: tuple[str, ...] = ("muster-admins",)
+    issuer_key: Path | None = None
+    public_metrics: bool = False
     webhook_allow_nets: tuple[str, ...] = ()
     webhook_allow_http: bool = False
     webhook_timeout: float = 15.0
@@ -315,6 +399,11 @@ class Settings:
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
+
+    @property
+    def issuer_key_file(self) -> Path:
+        """The local issuer's key file."""
+        return self.issuer_key or self.data_dir / "issuer-key.json"
 
     @classmethod
     def load(
@@ -342,9 +431,12 @@ class Settings:
         return settings
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Give ``parser`` one flag per setting; parsed values are keyed by the setting's env name."""
+def add_flags(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
+    """Give ``parser`` one flag per setting (or per setting named in ``only``); parsed values are
+    keyed by the setting's env name."""
     for setting in SETTINGS:
+        if only is not None and setting.env not in only:
+            continue
         default = f" (default: {setting.default})" if setting.default not in (None, "") else ""
         parser.add_argument(
             setting.flag,

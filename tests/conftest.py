@@ -18,7 +18,7 @@ from gateway.backends.nodes_file import StaticInventory
 from gateway.db.engine import make_engine
 from gateway.domain.placement import GpuMode, Node
 from gateway.settings import Settings
-from tests import pg
+from tests import pg, tokens
 from tests.openapi_check import CheckedClient
 
 
@@ -46,13 +46,20 @@ async def engine(database: str) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def issuer_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local issuer's key file, shared by every test of the session."""
+    return tokens.shared_key(tmp_path_factory.mktemp("issuer"))
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database: str) -> Settings:
+def settings(tmp_path: Path, database: str, issuer_key: Path) -> Settings:
     return Settings(
         data_dir=tmp_path,
         database_url=database,
         backend="static",
         nodes_file=tmp_path / "nodes.yaml",
+        issuer_key=issuer_key,
     )
 
 
@@ -87,4 +94,4 @@ async def api(
 ) -> AsyncIterator[CheckedClient]:
     app = make_app(settings, engine, StaticInventory(nodes))
     async with TestClient(TestServer(app)) as client:
-        yield CheckedClient(client)
+        yield CheckedClient(client, tokens.admin_token(settings))

@@ -73,9 +73,18 @@ def validate(template: str, method: str, response: Response) -> None:
 
 
 class CheckedClient:
-    def __init__(self, client: TestClient[web.Request, web.Application]) -> None:
+    """The test client, sending ``token`` as a bearer token (none when it is None)."""
+
+    def __init__(
+        self, client: TestClient[web.Request, web.Application], token: str | None = None
+    ) -> None:
         self.client = client
         self.app = client.app
+        self.token = token
+
+    def as_(self, token: str | None) -> CheckedClient:
+        """The same client, sending another token (None: no Authorization header)."""
+        return CheckedClient(self.client, token)
 
     def _template(self, method: str, path: str) -> str | None:
         """The path template of the route that serves ``method path``, if any does."""
@@ -91,6 +100,10 @@ class CheckedClient:
         return None
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        if self.token is not None:
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+            kwargs["headers"] = headers
         async with self.client.request(method, path, **kwargs) as raw:
             text = await raw.text()
             content_type = raw.content_type

@@ -1,4 +1,4 @@
-"""Admin routes: tenants and their quotas."""
+"""Admin routes: tenants, their quotas and grants, and the audit log. Platform admins only."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import schema
+from gateway.api.auth import actor, require_admin
 from gateway.api.body import read_json
-from gateway.api.context import ENGINE, SETTINGS, actor
+from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit
 from gateway.api.views import audit_view, tenant_view
+from gateway.db import grants as grant_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.jobspec import DNS_1123_LABEL
@@ -68,6 +70,7 @@ def _defaults(name: str) -> dict[str, Any]:
 
 @routes.put("/v1/admin/tenants/{tenant}")
 async def put_tenant(request: web.Request) -> web.Response:
+    require_admin(request)
     name = _tenant_name(request)
     body = await read_json(request, request.app[SETTINGS].max_body_bytes)
     problems = schema.check("TenantPut", body)
@@ -82,12 +85,14 @@ async def put_tenant(request: web.Request) -> web.Response:
 
 @routes.get("/v1/admin/tenants/{tenant}")
 async def get_tenant(request: web.Request) -> web.Response:
+    require_admin(request)
     row = await tenant_rows.get(request.app[ENGINE], _tenant_name(request))
     return web.json_response(tenant_view(row))
 
 
 @routes.get("/v1/admin/tenants")
 async def list_tenants(request: web.Request) -> web.Response:
+    require_admin(request)
     rows = await tenant_rows.list_all(request.app[ENGINE])
     return web.json_response({"items": [tenant_view(row) for row in rows]})
 
@@ -99,6 +104,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
     Lowering a quota below current usage stops new admissions for the tenant; running jobs
     keep running.
     """
+    require_admin(request)
     name = _tenant_name(request)
     body = await read_json(request, request.app[SETTINGS].max_body_bytes)
     problems = schema.check("TenantPatch", body)
@@ -115,12 +121,14 @@ async def patch_tenant(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/admin/tenants/{tenant}")
 async def delete_tenant(request: web.Request) -> web.Response:
+    require_admin(request)
     await tenant_rows.delete(request.app[ENGINE], _tenant_name(request), actor=actor(request))
     return web.Response(status=204)
 
 
 @routes.get("/v1/admin/audit")
 async def list_audit(request: web.Request) -> web.Response:
+    require_admin(request)
     query = request.query
     unknown = sorted(set(query) - {"tenant", "limit", "cursor"})
     if unknown:
@@ -138,3 +146,25 @@ async def list_audit(request: web.Request) -> web.Response:
             "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
         }
     )
+
+
+@routes.get("/v1/admin/tenants/{tenant}/grants")
+async def get_grants(request: web.Request) -> web.Response:
+    require_admin(request)
+    found = await grant_rows.of_tenant(request.app[ENGINE], _tenant_name(request))
+    return web.json_response(grant_rows.as_map(found))
+
+
+@routes.put("/v1/admin/tenants/{tenant}/grants")
+async def put_grants(request: web.Request) -> web.Response:
+    """Replace the tenant's grants; this replica forgets its cached grants at once."""
+    require_admin(request)
+    name = _tenant_name(request)
+    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    problems = schema.check("TenantGrants", body)
+    if problems:
+        raise ValidationFailed(problems)
+    grants = grant_rows.from_map(name, body)
+    await grant_rows.replace(request.app[ENGINE], name, grants, actor=actor(request))
+    request.app[AUTHENTICATOR].forget_grants()
+    return web.json_response(grant_rows.as_map(grants))

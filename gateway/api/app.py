@@ -15,13 +15,23 @@ from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api import admin, cluster, jobs, metrics, service, webhooks
-from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
+from gateway.api.auth import auth_middleware
+from gateway.api.context import (
+    AUTHENTICATOR,
+    ENGINE,
+    INVENTORY,
+    NOTIFIER,
+    RUNTIME,
+    SETTINGS,
+    SPEC_LIMITS,
+)
 from gateway.api.observability import (
     REQUEST_DURATION,
     observability_middleware,
     request_duration_histogram,
 )
 from gateway.api.problems import problems_middleware
+from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.jobs import NOTIFY_CHANNEL
 from gateway.db.notify import Notifier
@@ -36,11 +46,12 @@ def make_app(
     runtime: Runtime | None = None,
     is_leader: Callable[[], bool] = lambda: False,
     collectors: Sequence[Collector] = (),
+    authenticator: Authenticator | None = None,
 ) -> web.Application:
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
     # The request-id middleware is outermost, so even problem responses carry X-Request-ID.
     app = web.Application(
-        middlewares=[observability_middleware, problems_middleware],
+        middlewares=[observability_middleware, problems_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes + 1,
     )
     app[REQUEST_DURATION] = request_duration_histogram()
@@ -50,6 +61,7 @@ def make_app(
     app[ENGINE] = engine
     app[INVENTORY] = inventory
     app[RUNTIME] = runtime
+    app[AUTHENTICATOR] = authenticator or make_authenticator(settings, engine)
     app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
     app.cleanup_ctx.append(_notifier)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)

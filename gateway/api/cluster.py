@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.api.auth import check_tenant
 from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.views import tenant_status_view
 from gateway.db import tenants as tenant_rows
@@ -77,5 +78,6 @@ async def tenant_status(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
     if not DNS_1123_LABEL.fullmatch(name):
         raise NotFound(f"tenant {name!r} does not exist")
+    check_tenant(request, name)
     row = await tenant_rows.status(request.app[ENGINE], name)
     return web.json_response(tenant_status_view(row))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.auth.authenticator import Authenticator
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.notify import Notifier
 from gateway.domain.jobspec import SpecLimits
@@ -16,10 +17,4 @@ SPEC_LIMITS = web.AppKey("spec_limits", SpecLimits)
 INVENTORY = web.AppKey("inventory", Inventory)
 RUNTIME: web.AppKey[Runtime | None] = web.AppKey("runtime")
 NOTIFIER = web.AppKey("notifier", Notifier)
-
-ANONYMOUS = "anonymous"
-
-
-def actor(request: web.Request) -> str:
-    """Who is making the request. Until authentication lands every caller is anonymous."""
-    return ANONYMOUS
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

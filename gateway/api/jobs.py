@@ -8,19 +8,21 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import schema, webhooks
-from gateway.api.body import read_document
-from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS, actor
+from gateway.api.auth import access, actor, check_job, require_role
+from gateway.api.body import read_document, read_json
+from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
 from gateway.api.paging import page_limit
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
+from gateway.domain.access import Action
 from gateway.domain.admission import Quota, never_fits
 from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
 from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
 from gateway.domain.states import JobState
 from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
-from gateway.errors import BadRequest, NotFound, ValidationFailed
+from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -34,10 +36,14 @@ async def submit_job(request: web.Request) -> web.Response:
     unknown = sorted(set(request.query) - {"tenant"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
-    if is_tfjob(body):
+    require_role(request)
+    missing_tenant = None
+    tfjob = is_tfjob(body)
+    if tfjob:
         document, tenant = await _from_tfjob(request, body)
     else:
-        document, tenant = body, None
+        (document, missing_tenant), tenant = _with_tenant(request, body), None
+    _check_submitter(request, document)
     problems = schema.check("JobSpec", document)
     meaning = check_job_spec(document, request.app[SPEC_LIMITS])
     if isinstance(meaning, list):
@@ -48,9 +54,11 @@ async def submit_job(request: web.Request) -> web.Response:
     else:
         # The SSRF guard's check of the callback URL: a setting, so the shell's to make.
         problems += webhooks.callback_problems(request.app[SETTINGS], meaning)
+    if missing_tenant is not None:
+        problems = [p for p in problems if p.pointer not in ("/tenant", "")] + [missing_tenant]
     if problems or isinstance(meaning, list):
         problems = problems or (meaning if isinstance(meaning, list) else [])
-        if document is not body:  # point into the manifest the client sent
+        if tfjob:  # point into the manifest the client sent
             problems = relocate_problems(_without_namespace(body), problems, tenant=tenant)
         raise ValidationFailed(problems)
     nodes = await request.app[INVENTORY].nodes()
@@ -106,6 +114,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         request.app[ENGINE],
         state=state,
         tenant=query.get("tenant"),
+        tenants=require_role(request).tenants(Action.READ),
         labels=parse_selector(query.get("label", "")),
         limit=limit,
         after=after,
@@ -113,6 +122,35 @@ async def list_jobs(request: web.Request) -> web.Response:
     return web.json_response(
         {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
     )
+
+
+def _with_tenant(request: web.Request, body: Any) -> tuple[Any, FieldProblem | None]:
+    """A job spec without a tenant goes to the caller's tenant, when it may submit to exactly
+    one; otherwise the spec must name one, and the problem says so."""
+    if not isinstance(body, dict) or "tenant" in body:
+        return body, None
+    allowed = access(request).tenants(Action.SUBMIT)
+    if allowed is not None and len(allowed) == 1:
+        return {**body, "tenant": next(iter(allowed))}, None
+    choices = "several tenants" if allowed is None or allowed else "no tenant"
+    return body, FieldProblem(pointer="/tenant", detail=f"is required: you may submit to {choices}")
+
+
+def _check_submitter(request: web.Request, document: Any) -> None:
+    """A tenant the caller cannot see is reported as one that does not exist; one it can see
+    but may not submit to is a 403."""
+    tenant = document.get("tenant") if isinstance(document, dict) else None
+    if not isinstance(tenant, str):
+        return  # the schema check reports it
+    caller = access(request)
+    if not caller.sees(tenant):
+        raise ValidationFailed(
+            [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
+        )
+    if not caller.may(tenant, Action.SUBMIT):
+        raise Forbidden(
+            f"your role in tenant {tenant!r} is {caller.role(tenant)}; submitting needs submitter"
+        )
 
 
 async def _from_tfjob(
@@ -134,7 +172,7 @@ async def _from_tfjob(
                 ]
             )
         tenant = await tenant_rows.owning(request.app[ENGINE], namespace)
-        if tenant is None:
+        if tenant is None or not access(request).sees(tenant):
             raise ValidationFailed(
                 [
                     FieldProblem(
@@ -172,19 +210,38 @@ def parse_selector(selector: str) -> dict[str, str]:
 @routes.get("/v1/jobs/{id}")
 async def get_job(request: web.Request) -> web.Response:
     row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
+    check_job(request, row)
     return web.json_response(job_view(row))
 
 
 @routes.post("/v1/jobs/{id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
-    row = await job_rows.cancel(request.app[ENGINE], request.match_info["id"], actor=actor(request))
+    reason = await _cancel_reason(request)
+    job_id = request.match_info["id"]
+    check_job(request, await job_rows.get(request.app[ENGINE], job_id), Action.CANCEL)
+    row = await job_rows.cancel(request.app[ENGINE], job_id, actor=actor(request), reason=reason)
     request.app[NOTIFIER].poke()
     return web.json_response(job_view(row))
 
 
+async def _cancel_reason(request: web.Request) -> str | None:
+    """The optional body of a cancel: ``{"reason": "..."}``. Anything else is refused (422), so
+    a client cannot slip in a state, a tenant or a timestamp."""
+    if not request.body_exists:
+        return None
+    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
+    problems = schema.check("CancelRequest", body)
+    if problems:
+        raise ValidationFailed(problems)
+    reason = body.get("reason")
+    return reason if isinstance(reason, str) else None
+
+
 @routes.get("/v1/jobs/{id}/events")
 async def job_events(request: web.Request) -> web.Response:
-    rows = await job_rows.events(request.app[ENGINE], request.match_info["id"])
+    job_id = request.match_info["id"]
+    check_job(request, await job_rows.get(request.app[ENGINE], job_id))
+    rows = await job_rows.events(request.app[ENGINE], job_id)
     return web.json_response({"items": [event_view(row) for row in rows]})
 
 
@@ -195,6 +252,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
+    check_job(request, row)
     runtime = request.app[RUNTIME]
     if runtime is None:
         raise NotFound("this gateway's backend (static) runs no replicas, so it keeps no logs")

@@ -27,7 +27,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.api.context import ENGINE, INVENTORY
+from gateway.api.auth import check_tenant, require_admin, require_role
+from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION, REQUEST_ID_HEADER
 from gateway.api.views import event_view
 from gateway.db.usage import (
@@ -206,6 +207,9 @@ class DatabaseCollector(Collector):
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    """Every tenant's figures: public when MUSTER_PUBLIC_METRICS is set, else for admins."""
+    if not request.app[SETTINGS].public_metrics:
+        require_admin(request)
     counts = await metric_counts(request.app[ENGINE])
     nodes = await request.app[INVENTORY].nodes()
     registry = CollectorRegistry(auto_describe=False)
@@ -251,6 +255,7 @@ async def usage(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
     if not DNS_1123_LABEL.fullmatch(name):
         raise NotFound(f"tenant {name!r} does not exist")
+    check_tenant(request, name)
     bind(tenant=name)
     now = datetime.now(UTC)
     until = _instant(request.query, "to", now)
@@ -311,6 +316,7 @@ def _event_filters(query: Mapping[str, str]) -> tuple[str | None, str | None, st
 async def events(request: web.Request) -> web.StreamResponse:
     """Job events as they are recorded, oldest first, from job_events (so a client that resumes
     with Last-Event-ID misses nothing that was committed meanwhile). Runs until the client goes."""
+    require_role(request)
     last = _last_event_id(request)
     tenant, job, kind = _event_filters(request.query)
     if tenant is not None:

@@ -18,7 +18,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from gateway.errors import (
     ClientError,
     DatabaseUnavailable,
+    IssuerUnavailable,
     TooManyRequests,
+    Unauthorized,
     ValidationFailed,
 )
 
@@ -64,6 +66,8 @@ def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
         extra["errors"] = [{"pointer": p.pointer, "detail": p.detail} for p in exc.problems]
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after_seconds)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = www_authenticate(exc)
     return problem_response(
         exc.status,
         exc.title,
@@ -73,6 +77,15 @@ def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
         extra=extra,
         headers=headers,
     )
+
+
+def www_authenticate(exc: Unauthorized) -> str:
+    """RFC 6750's challenge: the realm, and the error when a token was sent."""
+    if exc.error is None:
+        return 'Bearer realm="muster"'
+    # error_description allows printable ASCII but for quote and backslash (RFC 6750, 3).
+    description = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in exc.detail)
+    return f'Bearer realm="muster", error="{exc.error}", error_description="{description}"'
 
 
 _HTTP_SLUGS = {
@@ -97,6 +110,16 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             slug="unavailable",
             instance=request.path,
             headers={"Retry-After": "5"},
+        )
+    except IssuerUnavailable as exc:
+        log.warning("token issuer unavailable: %s", exc)
+        return problem_response(
+            503,
+            "Service unavailable",
+            "the token issuer's signing keys cannot be loaded, so no token can be checked",
+            slug="unavailable",
+            instance=request.path,
+            headers={"Retry-After": "10"},
         )
     except web.HTTPException as exc:
         if exc.status < 400:

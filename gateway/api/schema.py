@@ -63,6 +63,33 @@ def _fast(component: str) -> Any:
     return jsonschema_rs.validator_for(_inlined(component))
 
 
+#: Fields of jobs and tenants that only the server sets. A request that carries one (at the top
+#: level) is refused with a message that says so, rather than a bare "unknown field".
+SERVER_OWNED_FIELDS = frozenset(
+    {
+        "id",
+        "state",
+        "reason",
+        "message",
+        "attempt",
+        "restarts",
+        "placements",
+        "queue_position",
+        "tenant_queue_position",
+        "submitted_by",
+        "created_at",
+        "updated_at",
+        "queued_at",
+        "admitted_at",
+        "started_at",
+        "finished_at",
+        "usage",
+        "webhook_secret",
+    }
+)
+SERVER_OWNED = "is set by the server and cannot be given in a request"
+
+
 def check(component: str, body: object) -> list[FieldProblem]:
     """Every schema violation in ``body``, innermost first, one problem per field.
 
@@ -96,7 +123,13 @@ def _describe(error: ValidationError) -> list[FieldProblem]:
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         extras = sorted(k for k in error.instance if k not in allowed)
-        return [FieldProblem(pointer=pointer(*base, key), detail="unknown field") for key in extras]
+        return [
+            FieldProblem(
+                pointer=pointer(*base, key),
+                detail=SERVER_OWNED if not base and key in SERVER_OWNED_FIELDS else "unknown field",
+            )
+            for key in extras
+        ]
     if error.validator == "required" and isinstance(error.validator_value, list):
         missing = [
             k

@@ -9,10 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.context import ENGINE, SETTINGS, actor
+from gateway.api.auth import actor, check_job, check_tenant
+from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.views import timestamp
+from gateway.db import jobs as job_rows
 from gateway.db import webhooks as rows
 from gateway.db.tenants import new_webhook_secret
+from gateway.domain.access import Action
 from gateway.domain.jobspec import DNS_1123_LABEL, JobSpec
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.webhooks import webhook_id
@@ -70,12 +73,16 @@ def delivery_view(delivery: rows.Delivery) -> dict[str, Any]:
 
 @routes.get("/v1/jobs/{id}/deliveries")
 async def list_deliveries(request: web.Request) -> web.Response:
-    found = await rows.for_job(request.app[ENGINE], request.match_info["id"])
+    job_id = request.match_info["id"]
+    check_job(request, await job_rows.get(request.app[ENGINE], job_id))
+    found = await rows.for_job(request.app[ENGINE], job_id)
     return web.json_response({"items": [delivery_view(d) for d in found]})
 
 
 @routes.post("/v1/jobs/{id}/deliveries/{delivery}/redeliver")
 async def redeliver(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    check_job(request, await job_rows.get(request.app[ENGINE], job_id), Action.REDELIVER)
     delivery = await rows.redeliver(
         request.app[ENGINE], request.match_info["id"], request.match_info["delivery"]
     )
@@ -87,6 +94,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     if not DNS_1123_LABEL.fullmatch(tenant):
         raise NotFound(f"tenant {tenant!r} does not exist (tenant names are DNS-1123 labels)")
+    check_tenant(request, tenant, Action.ROTATE_WEBHOOK_SECRET)
     rotated = await rows.rotate_secret(
         request.app[ENGINE], tenant, new_webhook_secret(), actor=actor(request)
     )

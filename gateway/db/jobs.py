@@ -16,7 +16,7 @@ import hashlib
 import json
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,10 +305,16 @@ async def list_jobs(
     labels: Mapping[str, str],
     limit: int,
     after: int | None,
+    tenants: Collection[str] | None = None,
 ) -> Page:
-    """One page in submit order (``seq``), which never changes, so cursors stay valid."""
+    """One page in submit order (``seq``), which never changes, so cursors stay valid.
+
+    ``tenants`` limits the page to those tenants' jobs (None: every tenant's)."""
     clauses = ["TRUE"]
     params: dict[str, Any] = {"limit": limit + 1}
+    if tenants is not None:
+        clauses.append("tenant = ANY(:tenants)")
+        params["tenants"] = sorted(tenants)
     if state is not None:
         clauses.append("state = :state")
         params["state"] = state.value
@@ -333,8 +339,13 @@ async def list_jobs(
     return Page(items=rows, next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
 
 
-async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowMapping:
-    """Cancel a live job; cancelling a cancelled job is a no-op; a finished job is a conflict."""
+async def cancel(
+    engine: AsyncEngine, job_id: str, *, actor: str | None, reason: str | None = None
+) -> RowMapping:
+    """Cancel a live job; cancelling a cancelled job is a no-op; a finished job is a conflict.
+
+    The job's message and the event say who cancelled it, and why when ``reason`` is given."""
+    message = f"cancelled by {actor or 'a client'}" + (f": {reason}" if reason else "")
     ident = _parse_id(job_id)
     async with engine.begin() as conn:
         row = (
@@ -364,7 +375,7 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
                     WHERE id = :id RETURNING {JOB_COLUMNS}
                     """
                     ),
-                    {"id": ident, "message": f"cancelled by {actor or 'a client'}"},
+                    {"id": ident, "message": message},
                 )
             )
             .mappings()
@@ -381,8 +392,10 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
         await conn.execute(
             text(
                 """
-                INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, actor)
-                VALUES (:id, :tenant, :type, :from_state, 'cancelled', 'Cancelled', :actor)
+                INSERT INTO job_events
+                    (job_id, tenant, type, from_state, to_state, reason, message, actor)
+                VALUES
+                    (:id, :tenant, :type, :from_state, 'cancelled', 'Cancelled', :message, :actor)
                 """
             ),
             {
@@ -390,6 +403,7 @@ async def cancel(engine: AsyncEngine, job_id: str, *, actor: str | None) -> RowM
                 "tenant": row["tenant"],
                 "type": EventType.CANCELLED.value,
                 "from_state": state.value,
+                "message": message,
                 "actor": actor,
             },
         )

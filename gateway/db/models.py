@@ -94,6 +94,25 @@ class Tenant(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class TenantGrant(Base):
+    """An admin-managed role: members of a group, or one user, get a role in a tenant."""
+
+    __tablename__ = "tenant_grants"
+    __table_args__ = (
+        CheckConstraint("kind IN ('group', 'user')", name="kind_known"),
+        CheckConstraint("role IN ('viewer', 'submitter', 'tenant-admin')", name="role_known"),
+        CheckConstraint("length(name) BETWEEN 1 AND 256", name="name_length"),
+    )
+
+    tenant: Mapped[str] = mapped_column(
+        String(63), ForeignKey("tenants.name", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

@@ -6,16 +6,21 @@ The process's stdout and stderr are read line by line in a thread, so a test can
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+from gateway.auth.keys import local_key_set
+from gateway.auth.tokens import mint
 
 MUSTER = (sys.executable, "-m", "gateway")
 LISTENING = re.compile(r"Muster is listening on (http://\S+)")
@@ -23,11 +28,37 @@ START_TIMEOUT = 60.0  # the first start runs initdb
 STOP_TIMEOUT = 15.0  # an idle gateway stops well within MUSTER_SHUTDOWN_GRACE (10 s)
 
 
+#: One local issuer key for every gateway and client command of the session: gateways that share
+#: a database must share the key (as replicas do through MUSTER_ISSUER_KEY), and generating an
+#: RSA key per process would be slow.
+ISSUER_KEY = Path(tempfile.gettempdir()) / f"muster-tests-issuer-{os.getpid()}.json"
+
+
 def clean_env(**settings: str) -> dict[str, str]:
-    """The caller's environment without any MUSTER_* variable, plus the given settings."""
+    """The caller's environment without any MUSTER_* variable, plus the session's issuer key and
+    the given settings. Client commands run with it sign their own admin token with that key."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("MUSTER_")}
+    env["MUSTER_ISSUER_KEY"] = str(ISSUER_KEY)
     env.update(settings)
     return env
+
+
+@functools.cache
+def admin_token() -> str:
+    """A platform admin's token of the session's issuer key."""
+    return mint(
+        local_key_set(ISSUER_KEY),
+        audience="muster",
+        subject="admin@example.com",
+        email="admin@example.com",
+        groups=["muster-admins"],
+        ttl_seconds=4 * 3600,
+    )
+
+
+def bearer() -> dict[str, str]:
+    """The Authorization header of ``admin_token``."""
+    return {"Authorization": f"Bearer {admin_token()}"}
 
 
 class GatewayProcess:

@@ -7,6 +7,7 @@ stays queued and gets a queue position from the admission loop; each test submit
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import re
@@ -299,11 +300,16 @@ def test_token_and_url_flags_win_and_loopback_skips_the_proxy(closed_url: str) -
         from_flags = muster(
             "tenants", "--url", url, "--token", "flag-token", url=closed_url, MUSTER_TOKEN="x"
         )
-        without = muster("tenants", url=url)
+        without = muster("tenants", url=url, MUSTER_ISSUER_KEY="/nonexistent/issuer-key.json")
+        own = muster("tenants", url=url)  # the session's issuer key is readable
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
-    for result in (from_env, from_flags, without):
+    for result in (from_env, from_flags, without, own):
         assert result.returncode == 0, result.stderr
-    assert _Recorder.seen == ["Bearer env-token", "Bearer flag-token", None]
+    assert _Recorder.seen[:3] == ["Bearer env-token", "Bearer flag-token", None]
+    own_token = (_Recorder.seen[3] or "").removeprefix("Bearer ")
+    claims = json.loads(base64.urlsafe_b64decode(own_token.split(".")[1] + "=="))
+    assert claims["groups"] == ["muster-admins"]
+    assert claims["exp"] - claims["iat"] == 600

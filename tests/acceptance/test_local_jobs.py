@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.acceptance.gateway_process import GatewayProcess
+from tests.acceptance.gateway_process import ISSUER_KEY, GatewayProcess, bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = {
@@ -42,7 +42,7 @@ _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
     request.add_header("Content-Type", "application/json")
     try:
         with _http.open(request, timeout=30) as response:
@@ -121,7 +121,7 @@ def muster(url: str, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "MUSTER_URL": url},
+        env={**os.environ, "MUSTER_URL": url, "MUSTER_ISSUER_KEY": str(ISSUER_KEY)},
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from gateway.settings import SETTINGS
-from tests.acceptance.gateway_process import MUSTER, GatewayProcess, clean_env
+from tests.acceptance.gateway_process import MUSTER, GatewayProcess, bearer, clean_env
 
 COMMAND_TIMEOUT = 40.0
 HTTP_TIMEOUT = 10.0
@@ -69,7 +69,7 @@ def _gateway(data_dir: Path) -> GatewayProcess:
 
 def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:

@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 
 from tests import pg
-from tests.acceptance.gateway_process import GatewayProcess, write_nodes
+from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
 
 LEADS = "this replica is now the leader"
 JOBS = 500
@@ -94,7 +94,7 @@ async def test_two_gateways_admit_each_job_once_within_quota(
     audits: list[asyncpg.Record] = []
     try:
         urls = [g.start() for g in gateways]
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=bearer()) as http:
             for tenant, cpus in TENANT_CPUS.items():
                 quota = {
                     "cpu": str(cpus),

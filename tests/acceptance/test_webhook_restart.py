@@ -12,7 +12,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from tests import pg
-from tests.acceptance.gateway_process import GatewayProcess, write_nodes
+from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
 
 QUOTA = {"cpu": "8", "memory": "32Gi", "gpu": 0, "max_running_jobs": 5, "max_queued_jobs": 5}
 TIMEOUT = 1.0  # MUSTER_WEBHOOK_TIMEOUT: the lease the dead gateway left runs out 11 s later
@@ -52,7 +52,7 @@ async def test_an_event_survives_a_gateway_killed_while_delivering_it(
     first, second = GatewayProcess(env), GatewayProcess(env)
     try:
         url = await asyncio.to_thread(first.start)
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=bearer()) as http:
             async with http.put(f"{url}/v1/admin/tenants/acme", json={"quota": QUOTA}) as r:
                 assert r.status == 201, await r.text()
             job = {

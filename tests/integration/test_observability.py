@@ -29,6 +29,7 @@ from gateway.domain.states import JobState
 from gateway.logs import ContextFilter, JsonFormatter
 from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings
+from tests import tokens
 from tests.integration.test_admission_cycle import cycle, job, make_tenant
 from tests.openapi_check import CheckedClient
 
@@ -217,7 +218,7 @@ async def test_metrics_report_the_leaders_admission_cycles(
         settings, engine, StaticInventory(nodes), collectors=(loop.cycle_seconds, loop.cycle_jobs)
     )
     async with TestClient(TestServer(app)) as client:
-        found = await scrape(CheckedClient(client))
+        found = await scrape(CheckedClient(client, tokens.admin_token(settings)))
     assert value(found, "muster_admission_attempt_duration_seconds_count") == 1
     assert value(found, "muster_admission_cycle_jobs") == 3
 
@@ -227,7 +228,7 @@ async def test_metrics_report_leadership(
 ) -> None:
     app = make_app(settings, engine, StaticInventory(nodes), is_leader=lambda: True)
     async with TestClient(TestServer(app)) as client:
-        found = await scrape(CheckedClient(client))
+        found = await scrape(CheckedClient(client, tokens.admin_token(settings)))
     assert value(found, "muster_leader") == 1
 
 
@@ -439,6 +440,7 @@ async def read_events(
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
     received: list[dict[str, Any]] = []
     async with asyncio.timeout(10):
+        headers["Authorization"] = f"Bearer {api.token}"
         response = await api.client.get(f"/v1/events?{query}", headers=headers)
         try:
             assert response.status == 200
@@ -532,7 +534,8 @@ async def test_the_grafana_dashboard_queries_only_metrics_muster_exports(
     )
     async with TestClient(TestServer(app)) as client:
         await client.get("/healthz")
-        async with client.get("/metrics") as response:
+        headers = {"Authorization": f"Bearer {tokens.admin_token(settings)}"}
+        async with client.get("/metrics", headers=headers) as response:
             body = await response.text()
     exported = set()
     for family in text_string_to_metric_families(body):

@@ -43,6 +43,7 @@ from gateway.domain.webhooks import RetryPolicy
 from gateway.settings import Settings
 from gateway.webhooks.delivery import DeliveryLoop
 from gateway.webhooks.ssrf import Guard, Refused
+from tests import tokens
 from tests.integration.helpers import QUOTA, TENANT, create_tenant, job_spec, row_counts, submit
 from tests.openapi_check import CheckedClient
 
@@ -734,12 +735,14 @@ async def test_the_running_loop_wakes_on_notify_and_stops_cleanly(
 
 @pytest.fixture
 async def strict_api(
-    tmp_path: Path, engine: AsyncEngine, nodes: tuple[Node, ...]
+    tmp_path: Path, engine: AsyncEngine, nodes: tuple[Node, ...], issuer_key: Path
 ) -> AsyncIterator[CheckedClient]:
     """The API with the default settings: https only, no network allowed."""
-    settings = Settings(data_dir=tmp_path, backend="static", nodes_file=tmp_path / "n.yaml")
+    settings = Settings(
+        data_dir=tmp_path, backend="static", nodes_file=tmp_path / "n.yaml", issuer_key=issuer_key
+    )
     async with TestClient(TestServer(make_app(settings, engine, StaticInventory(nodes)))) as client:
-        yield CheckedClient(client)
+        yield CheckedClient(client, tokens.admin_token(settings))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,96 @@
+"""Authentication on every request, and the authorization checks the handlers make.
+
+Invariants:
+
+- every route but the public ones (liveness, readiness, the OpenAPI document, the JWKS, and
+  /metrics when MUSTER_PUBLIC_METRICS is set) needs a valid bearer token, else 401 with
+  ``WWW-Authenticate: Bearer``; unknown paths too, so routes cannot be probed without a token;
+- an object of a tenant where the caller has no role answers exactly as an object that does not
+  exist (404, same message); 403 is reserved for objects the caller can see but may not act on,
+  for admin endpoints, and for callers whose token grants no role anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.context import AUTHENTICATOR, SETTINGS
+from gateway.api.problems import Handler
+from gateway.domain.access import Access, Action
+from gateway.errors import Forbidden, NotFound
+from gateway.logs import bind
+
+ACCESS = web.RequestKey("access", Access)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or (
+        request.path == "/metrics" and request.app[SETTINGS].public_metrics
+    ):
+        return await handler(request)
+    access = await request.app[AUTHENTICATOR].access(request.headers.get("Authorization"))
+    request[ACCESS] = access
+    bind(user=access.principal.user)
+    return await handler(request)
+
+
+def access(request: web.Request) -> Access:
+    return request[ACCESS]
+
+
+def actor(request: web.Request) -> str:
+    """Who is making the request, as recorded on jobs, events and the audit log."""
+    return request[ACCESS].principal.user
+
+
+def require_admin(request: web.Request) -> Access:
+    caller = request[ACCESS]
+    if not caller.admin:
+        groups = ", ".join(request.app[SETTINGS].admin_groups) or "(none configured)"
+        raise Forbidden(f"only platform admins may do this (members of: {groups})")
+    return caller
+
+
+def require_role(request: web.Request) -> Access:
+    """The caller's access, when it has a role in some tenant (or is an admin); else 403."""
+    caller = request[ACCESS]
+    if not caller.anywhere:
+        raise Forbidden(
+            f"{caller.principal.user} has no role in any tenant; ask an admin to grant one of "
+            "your groups (or you) a role"
+        )
+    return caller
+
+
+def _role_refusal(caller: Access, tenant: str, action: Action) -> Forbidden:
+    role = caller.role(tenant)
+    return Forbidden(
+        f"your role in tenant {tenant!r} is {role}; to {action.value} you need "
+        f"{'submitter' if action is not Action.ROTATE_WEBHOOK_SECRET else 'tenant-admin'}"
+    )
+
+
+def check_tenant(request: web.Request, tenant: str, action: Action = Action.READ) -> None:
+    """404 for a tenant the caller cannot see (as for one that does not exist), 403 when it can
+    see it but may not do ``action``."""
+    caller = require_role(request)
+    if not caller.sees(tenant):
+        raise NotFound(f"tenant {tenant!r} does not exist")
+    if not caller.may(tenant, action):
+        raise _role_refusal(caller, tenant, action)
+
+
+def check_job(request: web.Request, job: Mapping[Any, Any], action: Action = Action.READ) -> None:
+    """404 for a job of a tenant the caller cannot see, exactly as for a job that does not exist;
+    403 when it can see the job but may not do ``action``."""
+    caller = require_role(request)
+    tenant = job["tenant"]
+    if not caller.sees(tenant):
+        raise NotFound(f"job {request.match_info.get('id', job['id'])} does not exist")
+    if not caller.may(tenant, action):
+        raise _role_refusal(caller, tenant, action)

@@ -1,0 +1,1 @@
+"""Authentication: bearer tokens, the keys of their issuers, and the principal behind a request."""

@@ -1,0 +1,169 @@
+"""From an ``Authorization`` header to an ``Access``: verify the bearer token, read the principal
+from its claims, and resolve its roles against the tenant grants.
+
+Invariants:
+
+- authentication is never off: with no external issuer configured the local issuer is the issuer,
+  and its tokens go through the same ``Verifier`` as an external issuer's;
+- the grants are cached whole for ``grants_ttl`` seconds (a few rows per tenant), so a change made
+  through another replica takes effect within that time; this replica's own changes at once;
+- every refusal is an ``Unauthorized`` with a message that says what is wrong, never a 500; an
+  issuer whose keys cannot be loaded at all is a ``DatabaseUnavailable``-like 503, since the token
+  may well be good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.auth.keys import (
+    LOCAL_ALGORITHM,
+    CachedKeys,
+    JwksLoader,
+    KeysUnavailable,
+    local_loader,
+)
+from gateway.auth.tokens import LOCAL_ISSUER, InvalidToken, Verifier
+from gateway.db import grants as grant_rows
+from gateway.domain.access import Access, Grant, principal_from_claims, resolve
+from gateway.errors import IssuerUnavailable, Unauthorized
+from gateway.settings import Settings
+
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+def oidc_loader(issuer: str, *, timeout: float = 10.0) -> JwksLoader:
+    """A loader of an OIDC issuer's keys: discovery once (``jwks_uri``), then the JWKS.
+
+    Loads are rare (see ``CachedKeys``), so each opens its own HTTP session.
+    """
+    jwks_uri: str | None = None
+    base = issuer.rstrip("/")
+
+    async def get_json(url: str) -> Any:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                session.get(url, allow_redirects=False) as response,
+            ):
+                if response.status != 200:
+                    raise OSError(f"{url} answered {response.status}")
+                return await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise OSError(f"{url}: {exc or type(exc).__name__}") from exc
+
+    async def load() -> Mapping[str, Any]:
+        nonlocal jwks_uri
+        if jwks_uri is None:
+            discovery = await get_json(base + "/.well-known/openid-configuration")
+            if not isinstance(discovery, dict) or not isinstance(discovery.get("jwks_uri"), str):
+                raise ValueError("the issuer's discovery document names no jwks_uri")
+            if str(discovery.get("issuer", "")).rstrip("/") != base:
+                raise ValueError(
+                    f"the discovery document names issuer {discovery.get('issuer')!r}, "
+                    f"not {issuer!r}"
+                )
+            jwks_uri = discovery["jwks_uri"]
+        document = await get_json(jwks_uri)
+        if not isinstance(document, dict):
+            raise ValueError("the JWKS is not a JSON object")
+        return document
+
+    return load
+
+
+class Authenticator:
+    def __init__(
+        self,
+        verifier: Verifier,
+        engine: AsyncEngine,
+        *,
+        admin_groups: Iterable[str],
+        user_claim: str,
+        groups_claim: str,
+        grants_ttl: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.verifier = verifier
+        self._engine = engine
+        self._admin_groups = frozenset(admin_groups)
+        self._user_claim = user_claim
+        self._groups_claim = groups_claim
+        self._grants_ttl = grants_ttl
+        self._clock = clock
+        self._grants: list[Grant] = []
+        self._grants_at: float | None = None
+        self._grants_lock = asyncio.Lock()
+
+    async def access(self, authorization: str | None) -> Access:
+        """What the bearer of this ``Authorization`` header may do; Unauthorized if nothing."""
+        claims = await self.claims(authorization)
+        principal = principal_from_claims(
+            claims, user_claim=self._user_claim, groups_claim=self._groups_claim
+        )
+        if isinstance(principal, str):
+            raise Unauthorized(principal)
+        return resolve(principal, await self.grants(), self._admin_groups)
+
+    async def claims(self, authorization: str | None) -> dict[str, Any]:
+        if authorization is None:
+            raise Unauthorized(
+                "this endpoint needs a bearer token (Authorization: Bearer <token>)", error=None
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthorized(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+        try:
+            return await self.verifier.verify(token)
+        except InvalidToken as exc:
+            raise Unauthorized(str(exc)) from exc
+        except KeysUnavailable as exc:
+            raise IssuerUnavailable(f"the token issuer's keys cannot be loaded: {exc}") from exc
+
+    async def grants(self) -> list[Grant]:
+        fresh = self._grants_at is not None and self._clock() - self._grants_at < self._grants_ttl
+        if fresh:
+            return self._grants
+        async with self._grants_lock:
+            if self._grants_at is None or self._clock() - self._grants_at >= self._grants_ttl:
+                self._grants = await grant_rows.all_grants(self._engine)
+                self._grants_at = self._clock()
+        return self._grants
+
+    def forget_grants(self) -> None:
+        """Reload the grants on the next request (after this replica changed them)."""
+        self._grants_at = None
+
+
+def make_authenticator(settings: Settings, engine: AsyncEngine) -> Authenticator:
+    """The settings' issuer: the external one when MUSTER_OIDC_ISSUER is set (its keys fetched
+    over HTTP), else the local issuer (its keys read from the key file)."""
+    if settings.oidc_issuer is not None:
+        keys = CachedKeys(oidc_loader(settings.oidc_issuer))
+        issuer, algorithms = settings.oidc_issuer, settings.oidc_algorithms
+    else:
+        keys = CachedKeys(local_loader(settings.issuer_key_file), min_refresh=5.0)
+        issuer, algorithms = LOCAL_ISSUER, (LOCAL_ALGORITHM,)
+    verifier = Verifier(
+        keys=keys,
+        issuer=issuer,
+        audience=settings.oidc_audience,
+        algorithms=algorithms,
+        leeway=settings.oidc_leeway,
+    )
+    return Authenticator(
+        verifier,
+        engine,
+        admin_groups=settings.admin_groups,
+        user_claim=settings.oidc_user_claim,
+        groups_claim=settings.oidc_groups_claim,
+    )
