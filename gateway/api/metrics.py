@@ -1,6 +1,11 @@
 """GET /metrics (Prometheus text format), GET /v1/tenants/{tenant}/usage (accounting) and
 GET /v1/events (a Server-Sent Events stream of job events).
 
+The stream's event ids are positions, ``<txid>-<id>`` (the writing transaction's id, then the
+event's id; see ``gateway.db.usage``): a client that resumes with Last-Event-ID gets every event
+after that position and none before it. A plain event id is accepted too (the ids of
+GET /v1/jobs/{id}/events, and of this stream before positions).
+
 Names follow Kueue's where the meaning is the same, with the ``muster_`` prefix. Gauges and
 counters about jobs and tenants are computed from the database at scrape time (counters count
 job_events rows, which are append-only), so every replica reports the same truth; only the HTTP
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,12 +38,17 @@ from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION, REQUEST_ID_HEADER
 from gateway.api.views import event_view
 from gateway.db.usage import (
+    STREAM_START,
     Consumption,
+    EventPosition,
     MetricCounts,
+    event_position,
     events_after,
     metric_counts,
+    position_of_event,
     tenant_usage,
 )
+from gateway.domain.access import Action
 from gateway.domain.jobspec import DNS_1123_LABEL
 from gateway.domain.placement import Node, free_capacity
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
@@ -287,13 +298,28 @@ EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
-def _last_event_id(request: web.Request) -> int:
+MAX_TXID = 2**64 - 1  # xid8 is unsigned
+MAX_EVENT_ID = 2**63 - 1  # job_events.id is a bigint
+POSITION_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,19})")
+PLAIN_ID = re.compile(r"[0-9]{1,19}")
+
+
+def _sse_id(position: EventPosition) -> str:
+    return f"{position.txid}-{position.id}"
+
+
+async def _resume_from(request: web.Request) -> EventPosition:
+    """The position after which the stream starts: Last-Event-ID's, else the beginning."""
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
-        return 0
-    if not raw.isdigit() or len(raw) > 19:
-        raise BadRequest("Last-Event-ID must be an event id (a non-negative integer)")
-    return int(raw)
+        return STREAM_START
+    if (match := POSITION_ID.fullmatch(raw)) is not None:
+        position = EventPosition(int(match[1]), int(match[2]))
+        if position.txid <= MAX_TXID and position.id <= MAX_EVENT_ID:
+            return position
+    elif PLAIN_ID.fullmatch(raw) is not None and int(raw) <= MAX_EVENT_ID:
+        return await position_of_event(request.app[ENGINE], int(raw))
+    raise BadRequest("Last-Event-ID must be an id of this stream (<txid>-<id>) or an event id")
 
 
 def _event_filters(query: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
@@ -314,11 +340,12 @@ def _event_filters(query: Mapping[str, str]) -> tuple[str | None, str | None, st
 
 @routes.get("/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
-    """Job events as they are recorded, oldest first, from job_events (so a client that resumes
-    with Last-Event-ID misses nothing that was committed meanwhile). Runs until the client goes."""
-    require_role(request)
-    last = _last_event_id(request)
+    """Job events from job_events, by writing transaction then id, each once its transaction and
+    every older one have finished (so a client that resumes with Last-Event-ID misses nothing
+    committed meanwhile, whatever order transactions commit in). Runs until the client goes."""
+    tenants = require_role(request).tenants(Action.READ)  # None: an admin sees every tenant
     tenant, job, kind = _event_filters(request.query)
+    last = await _resume_from(request)
     if tenant is not None:
         bind(tenant=tenant)
     engine = request.app[ENGINE]
@@ -335,14 +362,19 @@ async def events(request: web.Request) -> web.StreamResponse:
         quiet_since = time.monotonic()
         while request.transport is not None and not request.transport.is_closing():
             rows = await events_after(
-                engine, last, tenant=tenant, job_id=job, event_type=kind, limit=EVENT_PAGE
+                engine,
+                last,
+                tenant=tenant,
+                tenants=tenants,
+                job_id=job,
+                event_type=kind,
+                limit=EVENT_PAGE,
             )
             for row in rows:
                 data = {**event_view(row), "tenant": row["tenant"]}
-                await response.write(
-                    f"id: {row['id']}\nevent: {row['type']}\ndata: {json.dumps(data)}\n\n".encode()
-                )
-                last = row["id"]
+                last = event_position(row)
+                message = f"id: {_sse_id(last)}\nevent: {row['type']}\ndata: {json.dumps(data)}\n\n"
+                await response.write(message.encode())
             if rows:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:

@@ -6,6 +6,10 @@ Invariants kept by the database itself, so that no bug in the shell can break th
 - tenant and job names are DNS labels; at most one live (non-terminal) job per tenant and name;
 - an idempotency key is unique per tenant;
 - job_events is append-only: a trigger refuses UPDATE (see the initial migration);
+- every job_events row records ``txid``, the id of the transaction that wrote it (a column default,
+  so no writer can forget it; rows older than migration 0007 hold 0). The event stream orders by
+  (txid, id) and only reads below the oldest running transaction, so no event can commit behind
+  a client's cursor (see ``gateway.db.usage.events_after``);
 - a submitted job takes one of its tenant's queue slots (0 <= slot < max_queued_jobs, chosen when
   it is submitted); a partial unique index makes each slot held by at most one queued job, so a
   tenant never has more than max_queued_jobs submitted jobs waiting. Slots are independent rows
@@ -39,7 +43,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from gateway.domain.states import JobState
 
@@ -54,6 +60,24 @@ NAMING = {
 STATES_SQL = ", ".join(f"'{state.value}'" for state in JobState)
 LIVE_STATES_SQL = "'queued', 'admitted', 'running'"
 DNS_LABEL_SQL = "'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'"
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (``xid8``, PostgreSQL 13+), which SQLAlchemy lacks.
+
+    Only the schema uses it: queries cast it to text in SQL, since not every asyncpg release has a
+    codec for it.
+    """
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "XID8"
+
+
+# Reflection (alembic's schema comparison) looks column types up here; an unknown one would be
+# reported as NullType with a warning.
+ischema_names.setdefault("xid8", Xid8)
 
 
 class Base(DeclarativeBase):
@@ -182,6 +206,7 @@ class JobEvent(Base):
         CheckConstraint(f"to_state IS NULL OR to_state IN ({STATES_SQL})", name="to_state_known"),
         Index("ix_job_events_job_id_id", "job_id", "id"),
         Index("ix_job_events_tenant_id", "tenant", "id"),
+        Index("ix_job_events_txid_id", "txid", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -197,6 +222,10 @@ class JobEvent(Base):
     actor: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))
     created_at: Mapped[datetime] = _now()
+    # The writing transaction's id: the stream's order, and its horizon (see the module docstring).
+    txid: Mapped[int] = mapped_column(
+        Xid8(), nullable=False, server_default=func.pg_current_xact_id()
+    )
 
 
 class Placement(Base):

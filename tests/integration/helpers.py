@@ -1,11 +1,17 @@
-"""Small helpers the API integration tests share: a tenant to submit to, valid job specs, and row
-counts that show whether a request wrote anything."""
+"""Small helpers the API integration tests share: a tenant to submit to, valid job specs, row
+counts that show whether a request wrote anything, and a reader of the event stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
+import json
+import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+from aiohttp import ClientResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,3 +67,54 @@ async def row_counts(engine: AsyncEngine) -> dict[str, int]:
         for table in COUNTED_TABLES:
             counts[table] = int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
     return counts
+
+
+STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
+STREAM_READ_SECONDS = 10  # a bound on a wait for an event, so a lost one fails instead of hanging
+
+
+class EventStream:
+    """An open GET /v1/events response, read one event at a time."""
+
+    def __init__(self, response: ClientResponse) -> None:
+        self.response = response
+
+    async def next(self) -> dict[str, Any]:
+        """The next event's data, with its SSE id under ``stream_id``. Checks that the SSE id is
+        ``<txid>-<id>`` with the event's id, and that the SSE event is its type."""
+        fields: dict[str, str] = {}
+        async with asyncio.timeout(STREAM_READ_SECONDS):
+            while True:
+                line = (await self.response.content.readline()).decode().rstrip("\n")
+                if line:
+                    if not line.startswith(":"):  # comments keep the connection alive
+                        key, _, value = line.partition(": ")
+                        fields[key] = value
+                    continue
+                if "data" in fields:
+                    break
+                fields = {}
+        event: dict[str, Any] = json.loads(fields["data"])
+        position = STREAM_ID.fullmatch(fields["id"])
+        assert position is not None, fields["id"]
+        assert position[2] == str(event["id"])
+        assert fields["event"] == event["type"]
+        return {**event, "stream_id": fields["id"]}
+
+
+@contextlib.asynccontextmanager
+async def event_stream(
+    api: CheckedClient, query: str = "", last_event_id: str | None = None
+) -> AsyncIterator[EventStream]:
+    """GET /v1/events?query (resuming after ``last_event_id``), disconnected on exit."""
+    headers = {} if last_event_id is None else {"Last-Event-ID": last_event_id}
+    if api.token is not None:
+        headers["Authorization"] = f"Bearer {api.token}"
+    response = await api.client.get(f"/v1/events?{query}", headers=headers)
+    try:
+        assert response.status == 200
+        assert response.content_type == "text/event-stream"
+        assert response.headers["X-Request-ID"]
+        yield EventStream(response)
+    finally:
+        response.close()

@@ -170,3 +170,49 @@ async def test_queue_slots_are_unique_and_the_event_log_is_append_only(
                 "queue_slot) VALUES (gen_random_uuid(), 't', 'b', 'generic', 'queued', 0, '{}', 0)"
             )
         )
+
+
+async def test_events_written_before_0007_keep_their_id_order_ahead_of_later_events(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine, "0005")
+    async with empty_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, "
+                "quota_gpu_shares, max_running_jobs, max_queued_jobs, webhook_secret) "
+                "VALUES ('t', 't', 1000, 1000, 0, 1, 1, 's')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
+                "VALUES (gen_random_uuid(), 't', 'a', 'generic', 'queued', 0, '{}')"
+            )
+        )
+        for message in ("old-1", "old-2"):
+            await conn.execute(
+                text(
+                    "INSERT INTO job_events (job_id, tenant, type, message) "
+                    "SELECT id, tenant, 'submitted', :m FROM jobs"
+                ),
+                {"m": message},
+            )
+
+    await upgrade(empty_engine)
+
+    async with empty_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, tenant, type, message) "
+                "SELECT id, tenant, 'submitted', 'new' FROM jobs"
+            )
+        )
+    async with empty_engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT message, txid::text AS txid FROM job_events ORDER BY txid, id")
+        )
+        found = [(row.message, int(row.txid)) for row in rows]
+    assert [message for message, _ in found] == ["old-1", "old-2", "new"]
+    assert [txid for _, txid in found][:2] == [0, 0]
+    assert found[2][1] > 0

@@ -3,7 +3,6 @@ accounting with hand-computed figures."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from gateway.logs import ContextFilter, JsonFormatter
 from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings
 from tests import tokens
+from tests.integration.helpers import event_stream
 from tests.integration.test_admission_cycle import cycle, job, make_tenant
 from tests.openapi_check import CheckedClient
 
@@ -434,41 +434,18 @@ async def test_usage_refuses_bad_windows_and_unknown_tenants(api: CheckedClient)
 
 
 async def read_events(
-    api: CheckedClient, count: int, query: str, last_event_id: int | None = None
+    api: CheckedClient, count: int, query: str, last_event_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Read ``count`` events from GET /v1/events?query, then disconnect."""
-    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-    received: list[dict[str, Any]] = []
-    async with asyncio.timeout(10):
-        headers["Authorization"] = f"Bearer {api.token}"
-        response = await api.client.get(f"/v1/events?{query}", headers=headers)
-        try:
-            assert response.status == 200
-            assert response.content_type == "text/event-stream"
-            assert response.headers["X-Request-ID"]
-            fields: dict[str, str] = {}
-            while len(received) < count:
-                line = (await response.content.readline()).decode().rstrip("\n")
-                if line:
-                    if not line.startswith(":"):
-                        key, _, value = line.partition(": ")
-                        fields[key] = value
-                    continue
-                if "data" in fields:
-                    event = json.loads(fields["data"])
-                    assert fields["id"] == str(event["id"])
-                    assert fields["event"] == event["type"]
-                    received.append(event)
-                fields = {}
-        finally:
-            response.close()
-    return received
+    async with event_stream(api, query, last_event_id) as stream:
+        return [await stream.next() for _ in range(count)]
 
 
 async def _event_ids(engine: AsyncEngine, tenant: str) -> list[int]:
+    """The tenant's event ids in the stream's order."""
     async with engine.connect() as conn:
         rows = await conn.execute(
-            text("SELECT id FROM job_events WHERE tenant = :t ORDER BY id"), {"t": tenant}
+            text("SELECT id FROM job_events WHERE tenant = :t ORDER BY txid, id"), {"t": tenant}
         )
         return [row.id for row in rows]
 
@@ -487,7 +464,7 @@ async def test_event_stream_resumes_without_losing_or_repeating_events(
     await api.post("/v1/jobs", json=job("s4"))
     expected = await _event_ids(engine, "search")
     assert len(expected) == 7
-    rest = await read_events(api, 5, "tenant=search", last_event_id=first[-1]["id"])
+    rest = await read_events(api, 5, "tenant=search", last_event_id=first[-1]["stream_id"])
     received = first + rest
     assert [event["id"] for event in received] == expected
     assert {event["tenant"] for event in received} == {"search"}
@@ -513,6 +490,13 @@ async def test_event_stream_filters_by_job_and_type(
     ("query", "headers"),
     [
         ("", {"Last-Event-ID": "x"}),
+        ("", {"Last-Event-ID": "12-"}),
+        ("", {"Last-Event-ID": "-12"}),
+        ("", {"Last-Event-ID": "1-2-3"}),
+        ("", {"Last-Event-ID": "1.5"}),
+        ("", {"Last-Event-ID": "18446744073709551616-1"}),  # txid beyond xid8
+        ("", {"Last-Event-ID": "1-9223372036854775808"}),  # id beyond bigint
+        ("", {"Last-Event-ID": "9223372036854775808"}),
         ("job=nope", {}),
         ("type=exploded", {}),
         ("tenant=Not_A_Name", {}),
