@@ -508,7 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = asyncio.run(migrate_only(settings))
             print(f"migrations applied to {where}")
         elif args.command == "token":
-            print(_mint(settings, args))
+            try:
+                print(_mint(settings, args))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot mint a token: {exc}") from exc
     except (ConfigError, DatabaseUnavailable) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 2

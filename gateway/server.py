@@ -30,7 +30,7 @@ from gateway.db.migrate import upgrade
 from gateway.db.tenants import TenantValues, create_first
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.webhooks import RetryPolicy
-from gateway.errors import DatabaseUnavailable
+from gateway.errors import ConfigError, DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
 from gateway.loops.reconciler import Reconciler
 from gateway.settings import Settings
@@ -73,6 +73,18 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
             await embedded.stop()
 
 
+async def _issuer_key(settings: Settings) -> None:
+    """Create (or check) the local issuer's key; a key that cannot be read or made stops start."""
+    try:
+        await asyncio.to_thread(local_key_set, settings.issuer_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"the local issuer's key {settings.issuer_key_file} cannot be read or created ({exc}); "
+            "make one with `muster token --issuer-key FILE` and point MUSTER_ISSUER_KEY at it, "
+            "or set MUSTER_OIDC_ISSUER"
+        ) from exc
+
+
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -81,7 +93,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(sig, stop.set)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.oidc_issuer is None:  # the local issuer: its key exists before the first token
-        await asyncio.to_thread(local_key_set, settings.issuer_key_file)
+        await _issuer_key(settings)
     backend = await make_backend(settings)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)

@@ -62,10 +62,13 @@ def local_key_set(path: Path) -> KeySet:
 
 
 def _read_key_set(path: Path) -> KeySet:
-    document = json.loads(path.read_text())
-    keys = KeySet.import_key_set(document)
-    if not keys.keys:
-        raise ValueError(f"{path} holds no keys")
+    """The key set in ``path``; ValueError when the file is not a JWKS with a private key."""
+    try:
+        keys = KeySet.import_key_set(json.loads(path.read_text()))
+    except (JoseError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path} is not a JSON Web Key Set: {exc}") from exc
+    if not keys.keys or not keys.keys[0].is_private:
+        raise ValueError(f"{path} holds no private key")
     return keys
 
 

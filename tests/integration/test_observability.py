@@ -471,6 +471,27 @@ async def test_event_stream_resumes_without_losing_or_repeating_events(
     assert [event["type"] for event in received].count("admitted") == 3
 
 
+async def test_event_stream_shows_a_caller_only_its_own_tenants_events(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...], settings: Settings
+) -> None:
+    await make_tenant(api)
+    await make_tenant(api, "ads")
+    for name in ("s1", "s2", "s3"):  # the two tenants' events interleave
+        await api.post("/v1/jobs", json=job(name, tenant="ads"))
+        await api.post("/v1/jobs", json=job(name))
+    await cycle(engine, nodes)
+    expected = await _event_ids(engine, "search")
+    search = api.as_(tokens.token(settings, user="viewer@search", roles={"search": "viewer"}))
+    received = await read_events(search, len(expected), "")
+    assert [event["id"] for event in received] == expected
+    # On resuming, the other tenant's newer event is skipped: the next one is its own tenant's.
+    await api.post("/v1/jobs", json=job("a4", tenant="ads"))
+    await api.post("/v1/jobs", json=job("s4"))
+    (after,) = await read_events(search, 1, "", last_event_id=received[-1]["stream_id"])
+    assert after["tenant"] == "search"
+    assert after["id"] == (await _event_ids(engine, "search"))[-1]
+
+
 async def test_event_stream_filters_by_job_and_type(
     api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> None:
