@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.settings import SETTINGS
+
 # The Kubernetes version the manifests are validated against: the oldest one they are meant to
 # run on. It is also the newest that the oldest allowed kubernetes-validate (>=1.30, see
 # pyproject.toml) ships schemas for, so the check means the same with every allowed release.
@@ -38,32 +40,9 @@ NOT_KUBERNETES_OBJECTS = frozenset({KUSTOMIZATION.name, NODES_EXAMPLE.name})
 
 # The settings table of DESIGN.md ("Settings"), plus the node list of the static backend and the
 # logging settings. Deploy files may only use these names: they are part of the interface.
-DOCUMENTED_SETTINGS = frozenset(
-    {
-        "MUSTER_HOST",
-        "MUSTER_PORT",
-        "MUSTER_DATA_DIR",
-        "MUSTER_DATABASE_URL",
-        "MUSTER_BACKEND",
-        "MUSTER_NODES_FILE",
-        "MUSTER_LOCAL_CPUS",
-        "MUSTER_LOCAL_MEMORY",
-        "MUSTER_LOCAL_GPUS",
-        "MUSTER_KUBECONFIG",
-        "MUSTER_KUBE_QPS",
-        "MUSTER_KUBE_BURST",
-        "MUSTER_OIDC_ISSUER",
-        "MUSTER_OIDC_AUDIENCE",
-        "MUSTER_OIDC_GROUPS_CLAIM",
-        "MUSTER_ADMIN_GROUPS",
-        "MUSTER_WEBHOOK_ALLOW_NETS",
-        "MUSTER_WEBHOOK_ALLOW_HTTP",
-        "MUSTER_URL",
-        "MUSTER_TOKEN",
-        "MUSTER_LOG_FORMAT",
-        "MUSTER_LOG_LEVEL",
-    }
-)
+# Every MUSTER_* setting (the README documents each; tests/unit/test_project.py checks it), and
+# the client commands' two.
+DOCUMENTED_SETTINGS = frozenset({s.env for s in SETTINGS} | {"MUSTER_URL", "MUSTER_TOKEN"})
 MUSTER_VARIABLE = re.compile(r"\bMUSTER_[A-Z0-9_]*[A-Z0-9]\b")
 
 GPU_MODES = frozenset({"device-plugin", "shared", "none"})
