@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
-from tests.acceptance.gateway_process import GatewayProcess, write_nodes
+from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
 
 
 async def main() -> None:
@@ -56,7 +56,7 @@ async def main() -> None:
             }
         )
         base = gateway.start()
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=bearer()) as http:
             quota = {
                 "cpu": "100000",
                 "memory": "1000Ti",

@@ -220,9 +220,12 @@ async def _drive(
     concurrency: int,
     seconds: float,
     phase: Phase | None,
+    token: str,
 ) -> None:
-    """``concurrency`` clients posting to ``url`` for ``seconds``; results go into ``phase``."""
-    headers = {"Content-Type": "application/json"}
+    """``concurrency`` clients posting to ``url`` for ``seconds``; results go into ``phase``.
+
+    Both targets get the same headers, a bearer token included (the bare server ignores it)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     end = time.perf_counter() + seconds
 
     async def client() -> None:
@@ -281,9 +284,9 @@ async def _load(args: argparse.Namespace) -> list[Phase]:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 drive = (session, url, templates, prefix, counter, args.concurrency)
                 if args.warmup > 0:
-                    await _drive(*drive, args.warmup, None)
+                    await _drive(*drive, args.warmup, None, args.token)
                 before = _cpu_seconds(watched(name))
-                await _drive(*drive, args.duration, phase)
+                await _drive(*drive, args.duration, phase, args.token)
                 after = _cpu_seconds(watched(name))
             phase.cpu = {who: after[who] - before[who] for who in after if who in before}
             phases.append(phase)
@@ -378,10 +381,11 @@ def _free_port() -> int:
 _http = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, no proxy
 
 
-def _http_json(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def _http_json(method: str, url: str, token: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {token}")
     try:
         with _http.open(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -403,7 +407,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, what: str) -
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
         with contextlib.suppress(OSError):
-            status, _ = _http_json("GET", url)
+            status, _ = _http_json("GET", url, "")
             if status == 200:
                 return
         time.sleep(0.1)
@@ -474,7 +478,9 @@ def orchestrate(args: argparse.Namespace) -> int:
             MUSTER_DATA_DIR=str(root / "data"),
             MUSTER_BACKEND="static",
             MUSTER_NODES_FILE=str(nodes),
+            MUSTER_ISSUER_KEY=str(root / "issuer-key.json"),
         )
+        token = _admin_token(root / "issuer-key.json")
         muster_log, bare_log = root / "muster.log", root / "bare.log"
         logs += [muster_log.open("wb"), bare_log.open("wb")]
         muster = subprocess.Popen(
@@ -496,7 +502,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         _wait_ready(bare, f"{bare_base}/healthz", bare_log, "the bare server")
         for tenant in tenant_names(args.tenants):
             status, answer = _http_json(
-                "PUT", f"{muster_base}/v1/admin/tenants/{tenant}", TENANT_BODY
+                "PUT", f"{muster_base}/v1/admin/tenants/{tenant}", token, TENANT_BODY
             )
             if status not in (200, 201):
                 raise SystemExit(f"could not create tenant {tenant!r}: HTTP {status} {answer}")
@@ -520,6 +526,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             str(args.rounds),
             "--tenants",
             str(args.tenants),
+            "--token",
+            token,
         ]
         # "server" is the muster process in muster phases and the bare one in bare phases.
         command += ["--pid", f"server:muster={muster.pid}", "--pid", f"server:bare={bare.pid}"]
@@ -544,6 +552,20 @@ def orchestrate(args: argparse.Namespace) -> int:
         if embedded is not None:
             asyncio.run(embedded.stop())
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _admin_token(key_file: Path) -> str:
+    """A platform admin's token of the local issuer whose key ``muster serve`` will read."""
+    from gateway.auth.keys import local_key_set
+    from gateway.auth.tokens import mint
+
+    return mint(
+        local_key_set(key_file),
+        audience="muster",
+        subject="bench@example.com",
+        groups=["muster-admins"],
+        ttl_seconds=6 * 3600,
+    )
 
 
 def _postmaster_pid(embedded: Any) -> int | None:
@@ -576,6 +598,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--target", action="append", metavar="NAME=URL", help=argparse.SUPPRESS)
     parser.add_argument("--pid", action="append", metavar="NAME=PID", help=argparse.SUPPRESS)
+    parser.add_argument("--token", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 10.0)

@@ -50,7 +50,7 @@ from gateway.db.engine import make_engine, normalize_url
 from gateway.db.migrate import upgrade
 from gateway.domain.lifecycle import Decision, Reason
 from gateway.domain.states import JobState
-from tests.acceptance.gateway_process import GatewayProcess, write_nodes
+from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
 
 QUOTA = {
     "cpu": "100000",
@@ -148,7 +148,7 @@ async def run(args: argparse.Namespace, url: str, root: Path) -> None:
 
     try:
         bases = [await asyncio.to_thread(g.start) for g in gateways]
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=bearer()) as http:
             async with http.put(f"{bases[0]}/v1/admin/tenants/bench", json={"quota": QUOTA}) as r:
                 assert r.status == 201, await r.text()
             counter = iter(range(2 * args.jobs))
