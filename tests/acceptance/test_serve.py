@@ -7,6 +7,7 @@ Data directories live directly under /tmp because the server's Unix socket path 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -200,3 +201,67 @@ def test_serve_help_lists_every_setting() -> None:
     assert not missing, result.stdout
     # Each flag's help also names its environment variable.
     assert [s.env for s in SETTINGS if s.env not in result.stdout] == [], result.stdout
+
+
+def _call(method: str, url: str, token: str | None, body: Any = None) -> tuple[int, Any, Any]:
+    """One request with ``token`` (or none): status, parsed body and headers."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with _http.open(request, timeout=HTTP_TIMEOUT) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read()), exc.headers
+
+
+def _muster_token(data_dir: Path, *args: str) -> str:
+    env = _env(data_dir)
+    del env["MUSTER_ISSUER_KEY"]  # the default: the key in the data directory
+    result = subprocess.run(
+        [*MUSTER, "token", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_fresh_install_is_its_own_token_issuer(data_dir: Path) -> None:
+    gateway = _gateway(data_dir)
+    del gateway.env["MUSTER_ISSUER_KEY"]  # no key given: the local issuer keeps one in the data dir
+    try:
+        base = gateway.start()
+        key = data_dir / "issuer-key.json"
+        assert key.stat().st_mode & 0o777 == 0o600
+        status, problem, headers = _call("GET", f"{base}/v1/jobs", None)
+        assert status == 401, problem
+        assert headers["WWW-Authenticate"] == 'Bearer realm="muster"'
+        status, _, _ = _call("GET", f"{base}/healthz", None)
+        assert status == 200
+
+        admin = _muster_token(data_dir, "--admin")
+        status, tenant, _ = _call("PUT", f"{base}/v1/admin/tenants/acme", admin, TENANT)
+        assert status == 201, tenant
+        viewer = _muster_token(data_dir, "--tenant", "acme", "--role", "viewer", "--user", "v@x")
+        status, problem, _ = _call("POST", f"{base}/v1/jobs", viewer, JOB)
+        assert status == 403, problem
+        status, listed, _ = _call("GET", f"{base}/v1/jobs", viewer)
+        assert status == 200, listed
+
+        # The published keys are the ones that sign muster token's tokens.
+        status, jwks, _ = _call("GET", f"{base}/.well-known/jwks.json", None)
+        header = json.loads(base64.urlsafe_b64decode(admin.split(".")[0] + "=="))
+        assert status == 200
+        assert [k["kid"] for k in jwks["keys"]] == [header["kid"]]
+        assert all("d" not in k for k in jwks["keys"]), "the JWKS must hold public keys only"
+        _stop_cleanly(gateway, data_dir)
+    finally:
+        gateway.close()
