@@ -119,7 +119,12 @@ class Authenticator:
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+            # RFC 6750, 3.1: no bearer credentials at all (another scheme) gets no error code;
+            # a Bearer header without a token is a malformed request.
+            raise Unauthorized(
+                "the Authorization header must be 'Bearer <token>'",
+                error="invalid_request" if scheme.lower() == "bearer" else None,
+            )
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         try:

@@ -171,14 +171,17 @@ def principal_from_claims(
     """A principal from verified token claims, or why the claims do not name one.
 
     ``sub`` is required. The user is the ``user_claim`` value when it is a non-empty string, else
-    ``sub`` (client-credentials tokens carry no email). Groups may be a list of strings or a
-    single string; anything else is refused rather than guessed at.
+    ``sub`` (client-credentials tokens carry no email); an email the issuer marks unverified
+    (``email_verified: false``) is never the user, so nobody can claim another's address and
+    with it their user grants. Groups may be a list of strings or a single string; anything
+    else is refused rather than guessed at.
     """
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         return "the token has no subject (sub)"
-    user = claims.get(user_claim)
-    email = claims.get("email")
+    unverified = claims.get("email_verified") is False
+    user = None if unverified and user_claim == "email" else claims.get(user_claim)
+    email = None if unverified else claims.get("email")
     raw_groups = claims.get(groups_claim, [])
     if isinstance(raw_groups, str):
         raw_groups = [raw_groups]
