@@ -22,11 +22,13 @@ JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded",
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise BadRequest(f"the JSON object has the key {key!r} twice")
-        result[key] = value
+    result = dict(pairs)  # in C; only an object with a repeated key has fewer entries than pairs
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadRequest(f"the JSON object has the key {key!r} twice")
+            seen.add(key)
     return result
 
 

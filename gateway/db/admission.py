@@ -7,7 +7,15 @@ admitted at most once and no quota or node is over-committed by Muster. Every ad
 by ``state = 'queued' AND attempt = <the attempt we planned>``, so a job cancelled while the cycle
 thought cannot be admitted.
 
-Specs are parsed once per job and cached (a job's spec never changes).
+Queued jobs are cached between cycles (``SpecCache``): each cycle reads only the queue's id,
+attempt and waiting columns; a job's other fields and its spec are read, and its pods derived,
+once per attempt: when the job is first seen, and again if it is requeued.
+
+Cache invariant (why an entry is never stale): a job's spec, tenant, priority and created_at are
+written once, by its submit, and never updated; its queued_at and not_before change only when it
+is requeued after an eviction, and that same statement increments its attempt
+(``gateway.db.lifecycle``). An entry is used only while the row's attempt equals the attempt it
+was read at. Memory is bounded by the queue: each cycle drops the entries of jobs it did not read.
 """
 
 from __future__ import annotations
@@ -50,25 +58,54 @@ class CycleResult:
 
 
 class SpecCache:
-    """Pod requests per job id; entries for jobs that left the queue are dropped each cycle."""
+    """Per queued job id: its attempt and the ``PendingJob`` read at that attempt.
+
+    See the module docstring for why an entry is never stale and how its size is bounded.
+    """
 
     def __init__(self) -> None:
-        self._pods: dict[str, tuple[PodRequest, ...]] = {}
+        self._jobs: dict[str, tuple[int, PendingJob]] = {}
 
-    def missing(self, job_ids: Sequence[str]) -> list[str]:
-        return [job_id for job_id in job_ids if job_id not in self._pods]
+    def __len__(self) -> int:
+        return len(self._jobs)
 
-    def add(self, job_id: str, spec: Mapping[str, Any]) -> None:
-        # Stored specs were checked at submit and written complete by to_document.
-        self._pods[job_id] = pod_requests_from_document(spec)
+    def stale(self, queued: Sequence[Sequence[Any]]) -> list[str]:
+        """Ids of ``_QUEUED`` rows without an entry for their current attempt."""
+        jobs = self._jobs
+        return [row[0] for row in queued if jobs.get(row[0], _NO_ENTRY)[0] != row[1]]
+
+    def add(self, row: Sequence[Any]) -> None:
+        """A ``_DETAILS`` row: the job at its attempt, with its spec (checked at submit and
+        written complete by ``to_document``)."""
+        job_id, attempt, tenant, priority, created_at, queued_at, not_before, spec = row
+        self._jobs[job_id] = (
+            attempt,
+            PendingJob(
+                id=job_id,
+                tenant=tenant,
+                priority=priority,
+                submitted_at=created_at.timestamp(),
+                queued_since=queued_at.timestamp(),
+                not_before=None if not_before is None else not_before.timestamp(),
+                pods=pod_requests_from_document(spec),
+            ),
+        )
+
+    def pending(self, row: Sequence[Any]) -> PendingJob:
+        """The job of a ``_QUEUED`` row (after ``add`` of its ``stale`` details)."""
+        return self._jobs[row[0]][1]
 
     def pods(self, job_id: str) -> tuple[PodRequest, ...]:
-        return self._pods[job_id]
+        return self._jobs[job_id][1].pods
 
     def keep_only(self, job_ids: set[str]) -> None:
-        for job_id in [k for k in self._pods if k not in job_ids]:
-            del self._pods[job_id]
+        jobs = self._jobs
+        if len(jobs) > len(job_ids):
+            for job_id in [k for k in jobs if k not in job_ids]:
+                del jobs[job_id]
 
+
+_NO_ENTRY: tuple[int, None] = (-1, None)
 
 _TENANTS = text(TENANTS_WITH_USAGE)
 
@@ -76,13 +113,20 @@ _HOLDINGS = text(
     "SELECT node, cpu_millis, memory_bytes, gpu FROM placements WHERE released_at IS NULL"
 )
 
-_QUEUED = text(
-    """
-    SELECT id, tenant, priority, attempt, created_at, queued_at, not_before, reason,
-           message, queue_position, tenant_queue_position
+# Read on the driver connection (asyncpg records, by position): with a long queue, building
+# SQLAlchemy rows and decoding timestamps for every job cost more than the rest of the cycle.
+# _QUEUED: what may change from one cycle to the next (1: the attempt, which the admission
+# guards on; 2-5: the waiting columns write_plan compares). _DETAILS: what SpecCache keeps.
+_QUEUED = """
+    SELECT id::text, attempt, reason, message, queue_position, tenant_queue_position
     FROM jobs WHERE state = 'queued' ORDER BY seq
-    """
-)
+"""
+_ATTEMPT = 1
+_WAITING_COLUMNS = slice(2, 6)
+_DETAILS = """
+    SELECT id::text, attempt, tenant, priority, created_at, queued_at, not_before, spec
+    FROM jobs WHERE id = ANY($1::uuid[])
+"""
 
 # The webhook outbox rows come from the admitted rows as updated (a CTE cannot see its sibling's
 # update in the jobs table). Loops that deliver them LISTEN on ADMITTED_CHANNEL too.
@@ -177,31 +221,23 @@ async def load_snapshot(
     *,
     now: float,
     starvation_seconds: float,
-) -> tuple[Snapshot, Sequence[RowMapping]]:
+) -> tuple[Snapshot, Sequence[Sequence[Any]]]:
+    """The snapshot a cycle plans on, and the queued rows it was made of (``_QUEUED``'s columns).
+
+    ``conn`` must already be in its transaction (a statement has run on it): the queue is read
+    on its driver connection, which then shares that transaction.
+    """
     tenants = {row["name"]: _tenant_state(row) for row in (await conn.execute(_TENANTS)).mappings()}
     holdings = await load_holdings(conn)
-    queued = (await conn.execute(_QUEUED)).mappings().all()
-    # Specs never change: only jobs new to this process have theirs fetched and parsed.
-    missing = cache.missing([str(row["id"]) for row in queued])
-    if missing:
-        specs = await conn.execute(
-            text("SELECT id, spec FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"), {"ids": missing}
-        )
-        for job_id, spec in specs:
-            cache.add(str(job_id), spec)
-    pending = tuple(
-        PendingJob(
-            id=str(row["id"]),
-            tenant=row["tenant"],
-            priority=row["priority"],
-            submitted_at=row["created_at"].timestamp(),
-            queued_since=row["queued_at"].timestamp(),
-            not_before=None if row["not_before"] is None else row["not_before"].timestamp(),
-            pods=cache.pods(str(row["id"])),
-        )
-        for row in queued
-    )
-    cache.keep_only({job.id for job in pending})
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    queued: list[Any] = await driver.fetch(_QUEUED)
+    # Only jobs new to this process, or requeued since, have their details read and parsed.
+    stale = cache.stale(queued)
+    if stale:
+        for row in await driver.fetch(_DETAILS, stale):
+            cache.add(row)
+    pending = tuple(map(cache.pending, queued))
+    cache.keep_only({row[0] for row in queued})
     snapshot = Snapshot(
         now=now,
         nodes=nodes,
@@ -217,11 +253,14 @@ async def write_plan(
     conn: AsyncConnection,
     now: float,
     result: AdmissionPlan,
-    queued: Sequence[RowMapping],
+    queued: Sequence[Sequence[Any]],
     pods: Mapping[str, tuple[PodRequest, ...]],
 ) -> tuple[str, ...]:
-    """Persist admissions (state, placements, events) and changed waiting reasons/positions."""
-    by_id = {str(row["id"]): row for row in queued}
+    """Persist admissions (state, placements, events) and changed waiting reasons/positions.
+
+    ``queued`` are the rows ``load_snapshot`` read (``_QUEUED``'s columns, by position).
+    """
+    by_id = {row[0]: row for row in queued}
     admitted_ids: list[str] = []
     if result.admitted:
         columns: dict[str, list[Any]] = {
@@ -241,7 +280,7 @@ async def write_plan(
         }
         data = []
         for admission in result.admitted:
-            attempt = by_id[admission.job_id]["attempt"]
+            attempt = by_id[admission.job_id][_ATTEMPT]
             gang = pods[admission.job_id]
             requests = {pod.name: pod for pod in gang}
             indexes = _replica_indexes(gang)
@@ -267,7 +306,7 @@ async def write_plan(
             {
                 "now": now,
                 "ids": [a.job_id for a in result.admitted],
-                "attempts": [by_id[a.job_id]["attempt"] for a in result.admitted],
+                "attempts": [by_id[a.job_id][_ATTEMPT] for a in result.admitted],
                 "data": data,
             },
         )
@@ -276,11 +315,12 @@ async def write_plan(
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(f"SELECT pg_notify('{ADMITTED_CHANNEL}', '')"))
     # Only rows whose reason or position moved are written: a long, stable queue costs nothing.
+    # (A PendingReason is a str enum: it equals the text stored for it.)
     changed = [
         w
         for w in result.waiting
-        if _waiting_columns(by_id[w.job_id])
-        != (w.reason.value, w.message, w.position_overall, w.position_in_tenant)
+        if tuple(by_id[w.job_id][_WAITING_COLUMNS])
+        != (w.reason, w.message, w.position_overall, w.position_in_tenant)
     ]
     if changed:
         await conn.execute(
@@ -294,10 +334,6 @@ async def write_plan(
             },
         )
     return tuple(admitted_ids)
-
-
-def _waiting_columns(row: RowMapping) -> tuple[Any, ...]:
-    return (row["reason"], row["message"], row["queue_position"], row["tenant_queue_position"])
 
 
 def _replica_indexes(gang: Sequence[PodRequest]) -> dict[str, int]:

@@ -207,6 +207,7 @@ class _Cycle:
         self.waiting_reasons: list[PendingReason | None] = []
         self.waiting_messages: list[str] = []
         self.blocked_gangs: dict[int, Gang] = {}
+        self.blocked_totals: dict[int, tuple[int, int, int]] = {}
         self.blocked_notes: dict[int, str] = {}
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
@@ -314,7 +315,7 @@ class _Cycle:
         )
         fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
         if not fits_all or cluster.surely_fails(pods):
-            self._blocked(job, None)
+            self._blocked(job, totals, None)
             return
         gang = cluster.gang_of(pods)
         if fits_open:
@@ -327,12 +328,13 @@ class _Cycle:
             cluster.rollback()
             self._wait(job, PendingReason.RESERVED, self.reserved_message)
             return
-        self._blocked(job, gang)
+        self._blocked(job, totals, gang)
 
-    def _blocked(self, job: PendingJob, gang: Gang | None) -> None:
+    def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
         """The job does not fit now; why is settled at the end. A starving one may reserve."""
         index = len(self.waiting_jobs)
         self._wait(job, None, "")
+        self.blocked_totals[index] = totals
         if gang is not None:
             self.blocked_gangs[index] = gang
         if self.reserved_for is None and self._starving(job):
@@ -369,7 +371,11 @@ class _Cycle:
         return found
 
     def _capacity_reason(
-        self, job: PendingJob, gang: Gang | None, cache: dict[object, tuple[PendingReason, str]]
+        self,
+        job: PendingJob,
+        totals: tuple[int, int, int],
+        gang: Gang | None,
+        cache: dict[object, tuple[PendingReason, str]],
     ) -> tuple[PendingReason, str]:
         """Why a job did not fit, judged on the state the cycle ends in (the one users see).
 
@@ -378,7 +384,6 @@ class _Cycle:
         """
         cluster = self.cluster
         pods = job.pods
-        totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
         cpu, mem, gpu = totals
         if gpu > cluster.free_gpu or cpu > cluster.free_cpu or mem > cluster.free_mem:
             found = cache.get(totals)
@@ -463,7 +468,9 @@ class _Cycle:
             reason = self.waiting_reasons[index]
             message = self.waiting_messages[index]
             if reason is None:
-                reason, message = self._capacity_reason(job, self.blocked_gangs.get(index), cache)
+                reason, message = self._capacity_reason(
+                    job, self.blocked_totals[index], self.blocked_gangs.get(index), cache
+                )
                 message += self.blocked_notes.get(index, "")
             position = in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
             waiting.append(
@@ -613,7 +620,21 @@ def never_fits(
     if quota.max_running_jobs < 1:
         problems.append(("jobs", "the tenant's quota allows no running jobs"))
     any_shared = any(node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0 for node in nodes)
+    previous: tuple[object, ...] = ()
     for pod in pods:
+        # The replicas of a role come one after another with the same requests; their problems
+        # would be the same ones again (_pod_never_fits reads nothing else of a pod).
+        asks = (
+            pod.role,
+            pod.gpu_shares,
+            pod.cpu_millis,
+            pod.memory_bytes,
+            pod.node_selector,
+            pod.tolerations,
+        )
+        if asks == previous:
+            continue
+        previous = asks
         for problem in _pod_never_fits(pod, nodes, any_shared):
             if problem not in problems:
                 problems.append(problem)

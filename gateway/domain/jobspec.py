@@ -15,11 +15,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import (
@@ -32,6 +33,36 @@ from gateway.domain.resources import (
     gpu_shares,
     memory_bytes,
 )
+
+MEMO_QUANTITY_CHARS = 32  # longer texts (whitespace around a quantity) are parsed every time
+
+
+def _memoized(parse: Callable[[str | int | float], int]) -> Callable[[str | int | float], int]:
+    """``parse`` with its results for short texts remembered (at most 512 of them).
+
+    Quantity parsers are pure functions of their argument, and most jobs repeat a few texts
+    ("4", "16Gi"), so a remembered result is always the one ``parse`` would return. Errors are
+    raised afresh every time; numbers are not remembered (1, 1.0 and True are equal keys).
+    """
+    remembered = functools.lru_cache(maxsize=512)(parse)
+
+    def parse_(value: str | int | float) -> int:
+        if type(value) is str and len(value) <= MEMO_QUANTITY_CHARS:
+            return remembered(value)
+        return parse(value)
+
+    return parse_
+
+
+_cpu_millis = _memoized(cpu_millis)
+_memory_bytes = _memoized(memory_bytes)
+_gpu_shares = _memoized(gpu_shares)
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    # Parsed JSON is made of dicts: skip the slower ABC check for them.
+    return type(value) is dict or isinstance(value, Mapping)
+
 
 # DNS-1035 labels: Service names must start with a letter, so job and role names must too.
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -203,7 +234,7 @@ class _Checker:
 def check_job_spec(raw: object, limits: SpecLimits | None = None) -> JobSpec | list[FieldProblem]:
     """Check a spec's meaning. Returns the typed spec, or every problem found (never both)."""
     checker = _Checker(limits or SpecLimits())
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return [FieldProblem(pointer="", detail="the job spec must be a JSON object")]
     spec = _check_spec(checker, raw)
     if checker.problems or spec is None:
@@ -262,7 +293,7 @@ def _check_spec(c: _Checker, raw: Mapping[str, Any]) -> JobSpec | None:
 def _check_replicas(
     c: _Checker, raw: object, framework: Framework | None
 ) -> tuple[ReplicaSpec, ...] | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     if not raw:
         c.add(pointer("replicas"), "a job needs at least one replica")
@@ -315,7 +346,7 @@ def _check_replicas(
 def _check_replica(
     c: _Checker, role: str, raw: object, where: tuple[str, ...]
 ) -> ReplicaSpec | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     ok = True
     for key in ("count", "port"):
@@ -392,13 +423,13 @@ def _strings(value: object) -> bool:
 
 
 def _check_resources(c: _Checker, raw: object, where: tuple[str, ...]) -> Resources | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     values: dict[str, int] = {}
     parsers = (
-        ("cpu", cpu_millis, DEFAULT_CPU),
-        ("memory", memory_bytes, DEFAULT_MEMORY),
-        ("gpu", gpu_shares, 0),
+        ("cpu", _cpu_millis, DEFAULT_CPU),
+        ("memory", _memory_bytes, DEFAULT_MEMORY),
+        ("gpu", _gpu_shares, 0),
     )
     for key, parse, default in parsers:
         value = raw.get(key, default)
@@ -424,7 +455,7 @@ def _check_resources(c: _Checker, raw: object, where: tuple[str, ...]) -> Resour
 def _check_env(
     c: _Checker, raw: object, where: tuple[str, ...]
 ) -> tuple[tuple[str, str], ...] | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     ok = True
     for name in sorted(raw):
@@ -442,7 +473,7 @@ def _check_env(
 def _check_labels(
     c: _Checker, raw: object, where: tuple[str, ...], *, allow_reserved: bool = False
 ) -> tuple[tuple[str, str], ...] | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     ok = True
     for key in sorted(raw):
@@ -468,7 +499,7 @@ def _check_tolerations(
         return None
     result: list[Toleration] = []
     for index, item in enumerate(raw):
-        if not isinstance(item, Mapping):
+        if not _is_mapping(item):
             return None
         operator = item.get("operator", "Equal")
         if operator == "Exists" and item.get("value") not in (None, ""):
@@ -490,7 +521,7 @@ def _check_tolerations(
 
 
 def _check_run_policy(c: _Checker, raw: object) -> RunPolicy | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     where = ("run_policy",)
     clean = _enum(
@@ -520,7 +551,7 @@ def _check_run_policy(c: _Checker, raw: object) -> RunPolicy | None:
 
 
 def _check_callback(c: _Checker, raw: object) -> Callback | None:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return None
     url = raw.get("url")
     events_raw = raw.get("events", [e.value for e in DEFAULT_CALLBACK_EVENTS])
