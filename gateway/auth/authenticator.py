@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from gateway.errors import IssuerUnavailable, Unauthorized
 from gateway.settings import Settings
 
 MAX_TOKEN_BYTES = 16 * 1024
+RESOLVED_ACCESSES = 4096
 
 
 def oidc_loader(issuer: str, *, timeout: float = 10.0) -> JwksLoader:
@@ -100,16 +102,28 @@ class Authenticator:
         self._grants: list[Grant] = []
         self._grants_at: float | None = None
         self._grants_lock = asyncio.Lock()
+        # Header -> (the grants list it was resolved against, its access): reused while those
+        # grants are current (a reload makes a new list). The token is verified every time.
+        self._resolved: OrderedDict[str, tuple[list[Grant], Access]] = OrderedDict()
 
     async def access(self, authorization: str | None) -> Access:
         """What the bearer of this ``Authorization`` header may do; Unauthorized if nothing."""
         claims = await self.claims(authorization)
+        grants = await self.grants()
+        key = authorization or ""  # claims() refused a missing header
+        resolved = self._resolved.get(key)
+        if resolved is not None and resolved[0] is grants:
+            return resolved[1]
         principal = principal_from_claims(
             claims, user_claim=self._user_claim, groups_claim=self._groups_claim
         )
         if isinstance(principal, str):
             raise Unauthorized(principal)
-        return resolve(principal, await self.grants(), self._admin_groups)
+        access = resolve(principal, grants, self._admin_groups)
+        self._resolved[key] = (grants, access)
+        if len(self._resolved) > RESOLVED_ACCESSES:
+            self._resolved.popitem(last=False)
+        return access
 
     async def claims(self, authorization: str | None) -> dict[str, Any]:
         if authorization is None:

@@ -1,8 +1,9 @@
 """The admission loop: on the leader, run a cycle whenever a submit NOTIFYs or the tick passes.
 
 A failed cycle is logged and retried at the next wake-up; it never stops the loop. Cycles are
-paced by their own cost, so a burst of submits costs a few cycles, not one per submit. Cancellation
-(shutdown) ends the loop between cycles or aborts the open transaction, which rolls back whole.
+paced by their own cost (and run at most five a second), so a burst of submits costs a few
+cycles, not one per submit. Cancellation (shutdown) ends the loop between cycles or aborts the
+open transaction, which rolls back whole.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from gateway.loops.leader import Leadership
 log = logging.getLogger(__name__)
 
 PACING = 4.0
+#: The shortest rest between cycles: under a stream of submits, admit in batches of at most a
+#: fifth of a second's arrivals rather than re-planning the queue for every few submits.
+MIN_REST = 0.2
 
 
 class AdmissionLoop:
@@ -95,10 +99,11 @@ class AdmissionLoop:
                         busy = (await self.cycle()).seconds
                 except Exception:
                     log.exception("admission cycle failed; retrying at the next wake-up")
-                # Pace the cycles: after one that took d seconds, rest at least PACING * d, so
-                # a long queue re-planned on every submit never takes more than a fifth of the
-                # process. Wake-ups that arrive meanwhile are served by the next cycle.
-                await asyncio.sleep(PACING * busy)
+                # Pace the cycles: after one that took d seconds, rest at least PACING * d (and
+                # MIN_REST), so a long queue re-planned on every submit never takes more than a
+                # fifth of the process. Wake-ups that arrive meanwhile are served by the next
+                # cycle.
+                await asyncio.sleep(max(PACING * busy, MIN_REST) if busy else 0.0)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.interval)
         finally:
