@@ -15,9 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeGuard, TypeVar
@@ -26,37 +25,13 @@ from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import (
     GPU_SHARES_PER_DEVICE,
     QuantityError,
-    cpu_millis,
+    cached_cpu_millis,
+    cached_gpu_shares,
+    cached_memory_bytes,
     format_cpu,
     format_gpu,
     format_memory,
-    gpu_shares,
-    memory_bytes,
 )
-
-MEMO_QUANTITY_CHARS = 32  # longer texts (whitespace around a quantity) are parsed every time
-
-
-def _memoized(parse: Callable[[str | int | float], int]) -> Callable[[str | int | float], int]:
-    """``parse`` with its results for short texts remembered (at most 512 of them).
-
-    Quantity parsers are pure functions of their argument, and most jobs repeat a few texts
-    ("4", "16Gi"), so a remembered result is always the one ``parse`` would return. Errors are
-    raised afresh every time; numbers are not remembered (1, 1.0 and True are equal keys).
-    """
-    remembered = functools.lru_cache(maxsize=512)(parse)
-
-    def parse_(value: str | int | float) -> int:
-        if type(value) is str and len(value) <= MEMO_QUANTITY_CHARS:
-            return remembered(value)
-        return parse(value)
-
-    return parse_
-
-
-_cpu_millis = _memoized(cpu_millis)
-_memory_bytes = _memoized(memory_bytes)
-_gpu_shares = _memoized(gpu_shares)
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
@@ -427,9 +402,9 @@ def _check_resources(c: _Checker, raw: object, where: tuple[str, ...]) -> Resour
         return None
     values: dict[str, int] = {}
     parsers = (
-        ("cpu", _cpu_millis, DEFAULT_CPU),
-        ("memory", _memory_bytes, DEFAULT_MEMORY),
-        ("gpu", _gpu_shares, 0),
+        ("cpu", cached_cpu_millis, DEFAULT_CPU),
+        ("memory", cached_memory_bytes, DEFAULT_MEMORY),
+        ("gpu", cached_gpu_shares, 0),
     )
     for key, parse, default in parsers:
         value = raw.get(key, default)

@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.domain.jobspec import JobSpec, ReplicaSpec
 from gateway.domain.placement import PodRequest, Toleration
-from gateway.domain.resources import cpu_millis, gpu_shares, memory_bytes
+from gateway.domain.resources import cached_cpu_millis, cached_gpu_shares, cached_memory_bytes
 
 MAX_NAME = 63
 SPREAD_ROLES = frozenset({"ps"})
@@ -68,8 +68,9 @@ def pod_requests_from_document(document: Mapping[str, Any]) -> tuple[PodRequest,
     for role in sorted(document["replicas"]):
         replica = document["replicas"][role]
         resources = replica["resources"]
-        cpu, memory = cpu_millis(resources["cpu"]), memory_bytes(resources["memory"])
-        gpu = gpu_shares(resources["gpu"])
+        cpu = cached_cpu_millis(resources["cpu"])
+        memory = cached_memory_bytes(resources["memory"])
+        gpu = cached_gpu_shares(resources["gpu"])
         selector = dict(replica["node_selector"])
         tolerations = tuple(
             Toleration(

@@ -13,7 +13,9 @@ refused).
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 GPU_SHARES_PER_DEVICE = 100
@@ -120,6 +122,31 @@ def gpu_shares(value: int | float | str) -> int:
     if amount > 1024:
         raise QuantityError(f"{value} GPUs is more than any node can have")
     return int(shares)
+
+
+MEMO_QUANTITY_CHARS = 32  # longer texts (whitespace around a quantity) are parsed every time
+
+
+def _memoized(parse: Callable[[str | int | float], int]) -> Callable[[str | int | float], int]:
+    """``parse`` with its results for short texts remembered (at most 512 of them).
+
+    The quantity parsers are pure functions of their argument, and most jobs repeat a few texts
+    ("4", "16Gi"), so a remembered result is always the one ``parse`` would return. Errors are
+    raised afresh every time; numbers are not remembered (1, 1.0 and True are equal keys).
+    """
+    remembered = functools.lru_cache(maxsize=512)(parse)
+
+    def parse_(value: str | int | float) -> int:
+        if type(value) is str and len(value) <= MEMO_QUANTITY_CHARS:
+            return remembered(value)
+        return parse(value)
+
+    return parse_
+
+
+cached_cpu_millis = _memoized(cpu_millis)
+cached_memory_bytes = _memoized(memory_bytes)
+cached_gpu_shares = _memoized(gpu_shares)
 
 
 def format_cpu(millis: int) -> str:
