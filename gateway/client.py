@@ -92,7 +92,8 @@ class Unreachable(RequestFailed):
         self.refused = refused
 
 
-def _is_loopback(host: str | None) -> bool:
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` names this machine (localhost or a loopback address)."""
     if host is None or host == "localhost":
         return host is not None
     try:
@@ -109,6 +110,14 @@ def _problem(exc: urllib.error.HTTPError) -> ApiProblem:
         except (OSError, http.client.HTTPException):
             raw = b""
     title = exc.reason if isinstance(exc.reason, str) and exc.reason else f"HTTP {exc.code}"
+    if 300 <= exc.code < 400:
+        where = exc.headers.get("Location", "elsewhere") if exc.headers else "elsewhere"
+        return ApiProblem(
+            exc.code,
+            title,
+            f"the gateway redirects to {where}; redirects are not followed, so a token never "
+            "leaves for another host: point MUSTER_URL (or --url) at the final address",
+        )
     try:
         body = json.loads(raw)
     except ValueError:
@@ -129,6 +138,13 @@ def _problem(exc: urllib.error.HTTPError) -> ApiProblem:
     )
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Answer a 3xx as the error it is here, instead of following it."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Client:
     """One gateway, addressed by ``settings.url``. Methods return the API's JSON as-is."""
 
@@ -136,10 +152,12 @@ class Client:
         self.url = settings.url
         self.token = settings.token
         self.timeout = timeout
-        if _is_loopback(urlsplit(self.url).hostname):
-            self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        else:
-            self._opener = urllib.request.build_opener()
+        # Redirects are never followed: the request carries a bearer token, which must only
+        # ever reach the gateway the user named.
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirects()]
+        if is_loopback(urlsplit(self.url).hostname):
+            handlers.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*handlers)
 
     # --- transport ---------------------------------------------------------------------------
 

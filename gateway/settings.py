@@ -261,6 +261,13 @@ SETTINGS: tuple[Setting, ...] = (
         "tokens without it use sub",
     ),
     Setting(
+        env="MUSTER_OIDC_ROLE_GROUPS",
+        default="false",
+        parse=_bool,
+        help="let an external issuer's groups named muster:<tenant>:<role> grant that role "
+        "(only if users cannot create groups of their own there; grants work either way)",
+    ),
+    Setting(
         env="MUSTER_OIDC_ALGORITHMS",
         default="RS256,ES256",
         parse=_algorithms,
@@ -277,7 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
         env="MUSTER_ADMIN_GROUPS",
         default="muster-admins",
         parse=_csv,
-        help="comma-separated groups whose members are platform admins",
+        help="comma-separated groups whose members are platform admins (with an external issuer: "
+        "groups only admins can join)",
     ),
     Setting(
         env="MUSTER_ISSUER_KEY",
@@ -382,6 +390,7 @@ class Settings:
     oidc_audience: str = "muster"
     oidc_groups_claim: str = "groups"
     oidc_user_claim: str = "email"
+    oidc_role_groups: bool = False
     oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
     oidc_leeway: int = 30
     admin_groups: tuple[str, ...] = ("muster-admins",)

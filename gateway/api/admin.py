@@ -11,7 +11,7 @@ from gateway.api import schema
 from gateway.api.auth import actor, require_admin
 from gateway.api.body import read_json
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
-from gateway.api.paging import page_limit
+from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.views import audit_view, tenant_view
 from gateway.db import grants as grant_rows
 from gateway.db import tenants as tenant_rows
@@ -136,7 +136,7 @@ async def list_audit(request: web.Request) -> web.Response:
     limit = page_limit(query.get("limit"))
     before = decode_cursor(query["cursor"]) if "cursor" in query else None
     rows = await tenant_rows.audit(
-        request.app[ENGINE], tenant=query.get("tenant"), limit=limit + 1, before_id=before
+        request.app[ENGINE], tenant=tenant_filter(query), limit=limit + 1, before_id=before
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -65,6 +65,7 @@ def make_app(
     app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
     app.cleanup_ctx.append(_notifier)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
+    app[service.JWKS_CACHE] = {}
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)

@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway.api.context import AUTHENTICATOR, SETTINGS
 from gateway.api.problems import Handler
 from gateway.domain.access import Access, Action
-from gateway.errors import Forbidden, NotFound
+from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.logs import bind
 
 ACCESS = web.RequestKey("access", Access)
@@ -41,6 +41,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def access(request: web.Request) -> Access:
     return request[ACCESS]
+
+
+async def recheck(request: web.Request) -> Access | None:
+    """The caller's access now, for a long-lived response (an event stream, a followed log):
+    None once its token has expired or it holds no role any more, and the response should end.
+    Cheap: the token and its access are cached."""
+    try:
+        current = await request.app[AUTHENTICATOR].access(request.headers.get("Authorization"))
+    except Unauthorized:
+        return None
+    return current if current.anywhere else None
 
 
 def actor(request: web.Request) -> str:

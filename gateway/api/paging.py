@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from gateway.domain.jobspec import DNS_1123_LABEL
 from gateway.errors import BadRequest
 
 MAX_PAGE = 500
@@ -18,3 +21,11 @@ def page_limit(raw: str | None) -> int:
     if not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
     return limit
+
+
+def tenant_filter(query: Mapping[str, str]) -> str | None:
+    """The ``tenant`` query parameter, which must name a tenant (a DNS-1123 label) if given."""
+    tenant = query.get("tenant")
+    if tenant is not None and not DNS_1123_LABEL.fullmatch(tenant):
+        raise BadRequest("tenant must be a tenant name (a DNS-1123 label)")
+    return tenant

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
@@ -14,6 +16,7 @@ from gateway.auth.keys import local_key_set, public_jwks
 from gateway.errors import DatabaseUnavailable
 
 routes = web.RouteTableDef()
+JWKS_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("jwks_cache")
 
 
 @routes.get("/healthz")
@@ -39,9 +42,26 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/.well-known/jwks.json")
 async def jwks(request: web.Request) -> web.Response:
     """The local issuer's public keys; none when an external issuer is configured (its tokens
-    are the only ones accepted then)."""
+    are the only ones accepted then), or before the key exists.
+
+    Anyone may ask, so the answer is built once per version of the key file (its mtime and
+    size), not by reading and checking the private key on every request."""
     settings = request.app[SETTINGS]
     if settings.oidc_issuer is not None:
         return web.json_response({"keys": []})
-    keys = await asyncio.to_thread(local_key_set, settings.issuer_key_file)
-    return web.json_response(public_jwks(keys), headers={"Cache-Control": "max-age=300"})
+    path = settings.issuer_key_file
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return web.json_response({"keys": []})
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = request.app[JWKS_CACHE]
+    if cached.get("version") != version:
+        keys = await asyncio.to_thread(local_key_set, path)
+        cached.clear()
+        cached.update(version=version, body=json.dumps(public_jwks(keys)))
+    return web.Response(
+        text=cached["body"],
+        content_type="application/json",
+        headers={"Cache-Control": "max-age=300"},
+    )

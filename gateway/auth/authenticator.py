@@ -89,6 +89,7 @@ class Authenticator:
         admin_groups: Iterable[str],
         user_claim: str,
         groups_claim: str,
+        role_groups: bool = True,
         grants_ttl: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,6 +98,7 @@ class Authenticator:
         self._admin_groups = frozenset(admin_groups)
         self._user_claim = user_claim
         self._groups_claim = groups_claim
+        self._role_groups = role_groups
         self._grants_ttl = grants_ttl
         self._clock = clock
         self._grants: list[Grant] = []
@@ -119,7 +121,7 @@ class Authenticator:
         )
         if isinstance(principal, str):
             raise Unauthorized(principal)
-        access = resolve(principal, grants, self._admin_groups)
+        access = resolve(principal, grants, self._admin_groups, role_groups=self._role_groups)
         self._resolved[key] = (grants, access)
         if len(self._resolved) > RESOLVED_ACCESSES:
             self._resolved.popitem(last=False)
@@ -185,4 +187,7 @@ def make_authenticator(settings: Settings, engine: AsyncEngine) -> Authenticator
         admin_groups=settings.admin_groups,
         user_claim=settings.oidc_user_claim,
         groups_claim=settings.oidc_groups_claim,
+        # The local issuer's role groups come from `muster token`; an external issuer's only
+        # count when the operator trusts its group names (MUSTER_OIDC_ROLE_GROUPS).
+        role_groups=settings.oidc_issuer is None or settings.oidc_role_groups,
     )

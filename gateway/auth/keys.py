@@ -9,7 +9,9 @@ first and keeping the old one until its tokens expire.
 ``CachedKeys`` serves verification keys by ``kid`` for any issuer, local or external, from a
 loader that returns a JWKS document. Invariants: keys are loaded at most every ``min_refresh``
 seconds when a token names an unknown ``kid`` (so a stream of forged kids causes no refetch
-storm), and at least every ``max_age`` seconds otherwise; a failed load keeps the keys it had.
+storm), and about every ``max_age`` seconds otherwise, in the background (requests keep using
+the keys already loaded while a slow issuer answers); a failed load keeps the keys it had. Only
+the first load, and a token naming an unknown kid, wait for the issuer.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class CachedKeys:
         self._attempted_at: float | None = None  # last load, successful or not
         self._error = ""
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
         self.loads = 0  # load attempts, for tests and metrics
 
     async def get(self, kid: str | None) -> Key | None:
@@ -122,8 +125,10 @@ class CachedKeys:
 
         Raises KeysUnavailable when no keys were ever loaded.
         """
-        if self._loaded_at is None or self._clock() - self._loaded_at >= self._max_age:
+        if self._loaded_at is None:
             await self._refresh()
+        elif self._clock() - self._loaded_at >= self._max_age:
+            self._refresh_soon()  # keys we have still serve: nobody waits for an old-age reload
         key = self._find(kid)
         if key is None:
             await self._refresh()
@@ -131,6 +136,10 @@ class CachedKeys:
         if self._loaded_at is None:
             raise KeysUnavailable(self._error)
         return key
+
+    def _refresh_soon(self) -> None:
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(self._refresh(), name="jwks-refresh")
 
     def _find(self, kid: str | None) -> Key | None:
         if kid is None:

@@ -4,8 +4,9 @@ A request is made by a ``Principal`` (from a verified token: subject, user name,
 ``resolve`` turns it into an ``Access``: the principal's role in each tenant, from
 
 - the admin-managed grants (``Grant``: a group or a single user gets a role in a tenant), and
-- groups that name a role themselves, ``muster:<tenant>:<role>`` (what ``muster token`` mints, and
-  what an identity provider may emit without any grant being written),
+- groups that name a role themselves, ``muster:<tenant>:<role>`` (what ``muster token`` mints;
+  honoured for an external issuer's tokens only when the operator says so, since some providers
+  let users create groups),
 
 and whether the principal is a platform admin (a member of one of the admin groups).
 
@@ -142,9 +143,15 @@ def _from_role_group(group: str) -> tuple[str, Role] | None:
         return None
 
 
-def resolve(principal: Principal, grants: Iterable[Grant], admin_groups: Iterable[str]) -> Access:
-    """The principal's roles: the highest role per tenant over its matching grants and role
-    groups; admin when it belongs to an admin group."""
+def resolve(
+    principal: Principal,
+    grants: Iterable[Grant],
+    admin_groups: Iterable[str],
+    *,
+    role_groups: bool = True,
+) -> Access:
+    """The principal's roles: the highest role per tenant over its matching grants and (when
+    ``role_groups``) its role groups; admin when it belongs to an admin group."""
     roles: dict[str, Role] = {}
 
     def give(tenant: str, role: Role) -> None:
@@ -157,7 +164,7 @@ def resolve(principal: Principal, grants: Iterable[Grant], admin_groups: Iterabl
             grant.kind is GrantKind.USER and grant.name == principal.user
         ):
             give(grant.tenant, grant.role)
-    for group in principal.groups:
+    for group in principal.groups if role_groups else ():
         named = _from_role_group(group)
         if named is not None:
             give(*named)
@@ -171,17 +178,17 @@ def principal_from_claims(
     """A principal from verified token claims, or why the claims do not name one.
 
     ``sub`` is required. The user is the ``user_claim`` value when it is a non-empty string, else
-    ``sub`` (client-credentials tokens carry no email); an email the issuer marks unverified
-    (``email_verified: false``) is never the user, so nobody can claim another's address and
-    with it their user grants. Groups may be a list of strings or a single string; anything
-    else is refused rather than guessed at.
+    ``sub`` (client-credentials tokens carry no email). An email is used only when the issuer
+    vouches for it (``email_verified: true``): some providers let users type any address, and
+    the user is what single-user grants match. Groups may be a list of strings or a single
+    string; anything else is refused rather than guessed at.
     """
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         return "the token has no subject (sub)"
-    unverified = claims.get("email_verified") is False
-    user = None if unverified and user_claim == "email" else claims.get(user_claim)
-    email = None if unverified else claims.get("email")
+    verified = claims.get("email_verified") is True
+    user = claims.get(user_claim) if verified or user_claim != "email" else None
+    email = claims.get("email") if verified else None
     raw_groups = claims.get(groups_claim, [])
     if isinstance(raw_groups, str):
         raw_groups = [raw_groups]

@@ -239,7 +239,7 @@ def from_claims(
 
 
 def test_a_principal_carries_subject_user_issuer_email_and_groups() -> None:
-    found = from_claims(claims(email="ada@example.com", groups=["ml", "ops"]))
+    found = from_claims(claims(email="ada@example.com", email_verified=True, groups=["ml", "ops"]))
 
     assert found == Principal(
         subject="sub-1",
@@ -275,7 +275,8 @@ def test_the_user_falls_back_to_the_subject_without_a_usable_user_claim(email: o
 
 def test_the_user_claim_is_configurable() -> None:
     principal = from_claims(
-        claims(email="ada@example.com", preferred_username="ada"), user_claim="preferred_username"
+        claims(email="ada@example.com", email_verified=True, preferred_username="ada"),
+        user_claim="preferred_username",
     )
     assert isinstance(principal, Principal)
     assert principal.user == "ada"
@@ -337,3 +338,21 @@ def test_a_verified_email_is_the_user() -> None:
     principal = principal_from_claims(claims, user_claim="email", groups_claim="groups")
     assert isinstance(principal, Principal)
     assert principal.user == "me@example.com"
+
+
+@pytest.mark.parametrize("verified", [None, "true", 1, False], ids=repr)
+def test_an_email_the_issuer_does_not_vouch_for_is_not_the_user(verified: object) -> None:
+    found = claims(email="boss@example.com")
+    if verified is not None:
+        found["email_verified"] = verified
+    principal = from_claims(found)
+    assert isinstance(principal, Principal)
+    assert (principal.user, principal.email) == ("sub-1", None)
+
+
+def test_role_groups_can_be_ignored() -> None:
+    principal = Principal(
+        subject="s", user="u", issuer="i", groups=frozenset({role_group("a", Role.SUBMITTER)})
+    )
+    assert resolve(principal, [], ["admins"]).role("a") is Role.SUBMITTER
+    assert resolve(principal, [], ["admins"], role_groups=False).role("a") is None

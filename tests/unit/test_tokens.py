@@ -8,6 +8,7 @@ cache (refresh intervals) read.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -525,6 +526,7 @@ async def test_an_issuer_failing_later_keeps_serving_the_keys_it_had(
     clock.advance(MAX_AGE)  # the keys are due for a refresh, which fails
 
     assert (await verifier.verify(sign(claims(clock, sub="later"), key)))["sub"] == "later"
+    await settle()  # the refresh runs in the background
     assert keys.loads == 2
     # an unknown kid is a bad token, not an unavailable issuer
     clock.advance(MIN_REFRESH)
@@ -575,3 +577,34 @@ def test_the_published_jwks_holds_public_parts_only(tmp_path: Path) -> None:
     published = document["keys"][0]
     assert published["kty"] == "RSA"
     assert not {"d", "p", "q", "dp", "dq", "qi"} & set(published)
+
+
+async def settle() -> None:
+    """Let background tasks (a key refresh) run to their next wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_keys_due_for_a_refresh_keep_serving_while_a_slow_issuer_answers(
+    clock: Clock, key: RSAKey
+) -> None:
+    release = asyncio.Event()
+    loads = 0
+
+    async def loader() -> Mapping[str, Any]:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            await release.wait()  # the issuer hangs on the refresh
+        return {"keys": [key.as_dict(private=False)]}
+
+    keys = CachedKeys(loader, clock=clock, min_refresh=MIN_REFRESH, max_age=MAX_AGE)
+    assert await keys.get(key.kid) is not None
+    clock.advance(MAX_AGE)
+    # While the refresh hangs, requests are answered from the keys already loaded.
+    for _ in range(10):
+        assert await keys.get(key.kid) is not None
+    await settle()
+    assert loads == 2
+    release.set()
+    await settle()
