@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.auth import check_tenant
+from gateway.api.auth import check_tenant, require_role
 from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.views import tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
+from gateway.domain.capacity import free_capacity
 from gateway.domain.jobspec import DNS_1123_LABEL
-from gateway.domain.placement import free_capacity
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
 from gateway.errors import NotFound
 
@@ -19,6 +19,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/cluster")
 async def cluster(request: web.Request) -> web.Response:
+    require_role(request)
     nodes = await request.app[INVENTORY].nodes()
     async with request.app[ENGINE].connect() as conn:
         holdings = await load_holdings(conn)

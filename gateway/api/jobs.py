@@ -8,18 +8,19 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import schema, webhooks
-from gateway.api.auth import access, actor, check_job, require_role
+from gateway.api.auth import access, actor, check_job, recheck, require_role
 from gateway.api.body import read_document, read_json
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
-from gateway.api.paging import page_limit
+from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
 from gateway.domain.access import Action
-from gateway.domain.admission import Quota, never_fits
 from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
 from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
+from gateway.domain.queueing import Quota
+from gateway.domain.reasons import never_fits
 from gateway.domain.states import JobState
 from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
@@ -113,7 +114,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     page = await job_rows.list_jobs(
         request.app[ENGINE],
         state=state,
-        tenant=query.get("tenant"),
+        tenant=tenant_filter(query),
         tenants=require_role(request).tenants(Action.READ),
         labels=parse_selector(query.get("label", "")),
         limit=limit,
@@ -263,7 +264,12 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
     name = pod_name(row["name"], role, index)
-    async for chunk in runtime.logs(str(row["id"]), name, follow=follow in ("true", "1")):
+    following = follow in ("true", "1")
+    async for chunk in runtime.logs(str(row["id"]), name, follow=following):
+        if following:  # a followed log may outlive its token, or the caller's role
+            caller = await recheck(request)
+            if caller is None or not caller.sees(row["tenant"]):
+                break
         await response.write(chunk)
     await response.write_eof()
     return response

@@ -33,7 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from gateway.api.auth import check_tenant, require_admin, require_role
+from gateway.api.auth import check_tenant, recheck, require_admin, require_role
 from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION, REQUEST_ID_HEADER
 from gateway.api.views import event_view
@@ -49,8 +49,9 @@ from gateway.db.usage import (
     tenant_usage,
 )
 from gateway.domain.access import Action
+from gateway.domain.capacity import free_capacity
 from gateway.domain.jobspec import DNS_1123_LABEL
-from gateway.domain.placement import Node, free_capacity
+from gateway.domain.nodes import Node
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.states import EventType
 from gateway.errors import BadRequest, NotFound
@@ -243,7 +244,10 @@ def _instant(query: Mapping[str, str], key: str, default: datetime) -> datetime:
         raise BadRequest(f"{key} must be an RFC 3339 date-time") from exc
     if value.tzinfo is None:
         raise BadRequest(f"{key} must carry a time zone offset")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+00:01 is before year 1 in UTC
+        raise BadRequest(f"{key} is out of range") from exc
 
 
 def _flag(query: Mapping[str, str], key: str) -> bool:
@@ -342,7 +346,8 @@ def _event_filters(query: Mapping[str, str]) -> tuple[str | None, str | None, st
 async def events(request: web.Request) -> web.StreamResponse:
     """Job events from job_events, by writing transaction then id, each once its transaction and
     every older one have finished (so a client that resumes with Last-Event-ID misses nothing
-    committed meanwhile, whatever order transactions commit in). Runs until the client goes."""
+    committed meanwhile, whatever order transactions commit in). Runs until the client goes, or
+    its token expires, or it loses its last role; a revoked tenant's events stop at once."""
     tenants = require_role(request).tenants(Action.READ)  # None: an admin sees every tenant
     tenant, job, kind = _event_filters(request.query)
     last = await _resume_from(request)
@@ -361,6 +366,12 @@ async def events(request: web.Request) -> web.StreamResponse:
         await response.write(b"retry: 1000\n\n")
         quiet_since = time.monotonic()
         while request.transport is not None and not request.transport.is_closing():
+            # A stream outlives its request: it ends when the token expires, and follows
+            # grants as they change.
+            caller = await recheck(request)
+            if caller is None:
+                break
+            tenants = caller.tenants(Action.READ)
             rows = await events_after(
                 engine,
                 last,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.domain.placement import GpuSlice, Node
+from gateway.domain.nodes import GpuSlice, Node
 
 if TYPE_CHECKING:  # annotations only: keeps this interface importable on its own
     from gateway.domain.jobspec import JobSpec

@@ -37,7 +37,7 @@ import psutil
 
 from gateway.backends.base import Gang, PodStatus
 from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.placement import GpuMode, Node
+from gateway.domain.nodes import GpuMode, Node
 from gateway.domain.replica_env import local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.errors import ConfigError

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gateway.domain.placement import GpuMode, Node, Taint
+from gateway.domain.nodes import GpuMode, Node, Taint
 from gateway.domain.resources import QuantityError, cpu_millis, memory_bytes
 from gateway.errors import ConfigError
 

@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import webhooks
 from gateway.db.engine import driver_connection
-from gateway.domain.admission import Quota
 from gateway.domain.jobspec import CallbackEvent, JobSpec, to_document
 from gateway.domain.problems import FieldProblem
+from gateway.domain.queueing import Quota
 from gateway.domain.states import EventType, JobState
 from gateway.errors import BadRequest, Conflict, NotFound, TooManyRequests, ValidationFailed
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.db import webhooks
 from gateway.domain.jobspec import CallbackEvent
 from gateway.domain.lifecycle import Decision
-from gateway.domain.placement import GpuSlice
+from gateway.domain.nodes import GpuSlice
 from gateway.domain.states import JobState
 
 

@@ -3,8 +3,8 @@
 `plan(snapshot)` is a pure function from a `Snapshot` (nodes, Muster's holdings, tenants with quota
 and usage, pending jobs, the time) to an `AdmissionPlan` (the admitted gangs with a node and GPU
 slices for every pod, and every other job with a reason and its queue positions). The admission
-loop loads the snapshot, calls `plan()` and writes the plan in one transaction. Node-level fit lives
-in `placement.py`; its public names are re-exported here.
+loop loads the snapshot, calls `plan()` and writes the plan in one transaction. The values live in
+`queueing.py`, node-level fit in `placement.py`, the words of every reason in `reasons.py`.
 
 Invariants of every plan:
 
@@ -20,140 +20,23 @@ Invariants of every plan:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
-from gateway.domain.placement import (
-    GPU_FRACTION,
-    GPU_INVALID,
-    GPU_NONE,
-    GPU_WHOLE,
-    SHARES_PER_DEVICE,
-    ClusterState,
-    Gang,
-    GpuMode,
-    GpuSlice,
-    Holding,
-    Need,
-    Node,
-    NodeFree,
+from gateway.domain.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
+from gateway.domain.placement import ClusterState, Gang
+from gateway.domain.queueing import (
+    Admission,
+    AdmissionPlan,
+    PendingJob,
+    PendingReason,
     Placement,
-    PodRequest,
-    Taint,
-    Toleration,
-    free_capacity,
-    gpu_kind,
-    node_admits,
+    Snapshot,
+    Waiting,
 )
-
-__all__ = [
-    "Admission",
-    "AdmissionPlan",
-    "GpuMode",
-    "GpuSlice",
-    "Holding",
-    "Node",
-    "NodeFree",
-    "PendingJob",
-    "PendingReason",
-    "Placement",
-    "PodRequest",
-    "Quota",
-    "Snapshot",
-    "Taint",
-    "TenantState",
-    "Toleration",
-    "Usage",
-    "Waiting",
-    "free_capacity",
-    "never_fits",
-    "plan",
-]
-
-
-class PendingReason(StrEnum):
-    WAITING_FOR_QUOTA = "WaitingForQuota"
-    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
-    FRAGMENTED = "Fragmented"
-    RESERVED = "Reserved"
-    BACKOFF_AFTER_EVICTION = "BackoffAfterEviction"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Quota:
-    cpu_millis: int
-    memory_bytes: int
-    gpu_shares: int
-    max_running_jobs: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Usage:
-    """What the tenant's admitted and running jobs hold."""
-
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    gpu_shares: int = 0
-    running_jobs: int = 0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TenantState:
-    name: str
-    weight: float = 1.0
-    quota: Quota
-    usage: Usage = Usage()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PendingJob:
-    id: str
-    tenant: str
-    priority: int = 0
-    submitted_at: float
-    not_before: float | None = None  # set after an eviction: backoff until then
-    pods: tuple[PodRequest, ...]
-    # When the job last entered the queue (reset on requeue); starvation counts from here.
-    # None means submitted_at.
-    queued_since: float | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Snapshot:
-    now: float
-    nodes: tuple[Node, ...]
-    holdings: tuple[Holding, ...] = ()
-    tenants: Mapping[str, TenantState]
-    pending: tuple[PendingJob, ...]
-    starvation_seconds: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Admission:
-    job_id: str
-    tenant: str
-    placements: tuple[Placement, ...]  # in the job's pod order
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Waiting:
-    job_id: str
-    reason: PendingReason
-    message: str
-    position_in_tenant: int  # 1-based, among waiting jobs, in the order the cycle took them
-    position_overall: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AdmissionPlan:
-    admitted: tuple[Admission, ...]  # in the order they were admitted
-    waiting: tuple[Waiting, ...]  # in position order
-    reserved_nodes: tuple[str, ...] = ()  # sorted
-    reserved_for: str | None = None  # the starving job the reservation holds nodes for
+from gateway.domain.reasons import gang_reason, listing, over_quota, short_of_sums
 
 
 def plan(snapshot: Snapshot) -> AdmissionPlan:
@@ -211,7 +94,6 @@ class _Cycle:
         self.blocked_notes: dict[int, str] = {}
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
-        self.reserved_message = ""
 
     def run(self) -> AdmissionPlan:
         snapshot = self.snapshot
@@ -303,7 +185,7 @@ class _Cycle:
             or (cpu and used[0] + cpu > quota.cpu_millis)
             or (mem and used[1] + mem > quota.memory_bytes)
         ):
-            over = _over_quota(job.tenant, totals, used, quota)
+            over = over_quota(job.tenant, totals, used, quota)
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
             return
         cluster = self.cluster
@@ -326,7 +208,7 @@ class _Cycle:
                 return
         if cluster.any_blocked and cluster.place_gang(gang, honor=False) is not None:
             cluster.rollback()
-            self._wait(job, PendingReason.RESERVED, self.reserved_message)
+            self._wait(job, PendingReason.RESERVED, self._reserved_message(job))
             return
         self._blocked(job, totals, gang)
 
@@ -388,7 +270,7 @@ class _Cycle:
         if gpu > cluster.free_gpu or cpu > cluster.free_cpu or mem > cluster.free_mem:
             found = cache.get(totals)
             if found is None:
-                short = _short_of_sums(cluster, totals)
+                short = short_of_sums(cluster, totals)
                 found = cache[totals] = (PendingReason.INSUFFICIENT_CAPACITY, short)
             return found
         key: object
@@ -403,7 +285,7 @@ class _Cycle:
         if found is None:
             gang = gang or cluster.gang_of(pods)
             roles = tuple(pods[k].role for k in gang.order)
-            found = cache[key] = _gang_reason(cluster, gang.needs, roles)
+            found = cache[key] = gang_reason(cluster, gang.needs, roles)
         return found
 
     def _wait(self, job: PendingJob, reason: PendingReason | None, message: str) -> None:
@@ -438,11 +320,21 @@ class _Cycle:
         cluster.block(chosen)
         self.reserved = tuple(cluster.nodes[i].name for i in chosen)
         self.reserved_for = job
-        self.reserved_message = (
-            f"it would fit, but job {job.id} has waited past the starvation threshold and holds "
-            f"{_listing(self.reserved)}"
+        return f"; held for it: {listing(self.reserved)}"
+
+    def _reserved_message(self, waiting: PendingJob) -> str:
+        """Why ``waiting`` waits behind the reservation. Another tenant's job is not named: a
+        tenant must not learn the ids of jobs it cannot see."""
+        holder = self.reserved_for
+        who = (
+            f"job {holder.id}"
+            if holder is not None and holder.tenant == waiting.tenant
+            else "a job of another tenant"
         )
-        return f"; held for it: {_listing(self.reserved)}"
+        return (
+            f"it would fit, but {who} has waited past the starvation threshold and holds "
+            f"{listing(self.reserved)}"
+        )
 
     # -- 6: the rest ------------------------------------------------------------------------------
 
@@ -488,245 +380,3 @@ class _Cycle:
             reserved_nodes=self.reserved,
             reserved_for=self.reserved_for.id if self.reserved_for is not None else None,
         )
-
-
-def _over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:
-    cpu, mem, gpu = totals
-    # GPU first: in a training cluster it is the quota people run out of and ask about.
-    for need, held, limit, fmt in (
-        (gpu, used[2], quota.gpu_shares, _gpus),
-        (cpu, used[0], quota.cpu_millis, _cpus),
-        (mem, used[1], quota.memory_bytes, _memory),
-    ):
-        if need and held + need > limit:
-            return (
-                f"needs {fmt(need)}; tenant {tenant} has {fmt(max(limit - held, 0))} of its "
-                f"{fmt(limit)} quota left"
-            )
-    return ""
-
-
-def _short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
-    for need, free, fmt in (
-        (totals[2], cluster.free_gpu, _gpus),
-        (totals[0], cluster.free_cpu, _cpus),
-        (totals[1], cluster.free_mem, _memory),
-    ):
-        if need > free:
-            return f"needs {fmt(need)} in total; {fmt(free)} free in the cluster"
-    return ""
-
-
-def _gang_reason(
-    cluster: ClusterState, needs: Sequence[Need], roles: Sequence[str]
-) -> tuple[PendingReason, str]:
-    """InsufficientCapacity when a free sum over a pod's nodes is too small, else Fragmented."""
-    # The same per pod class: only the nodes a pod may use count for it.
-    by_class: dict[int, list[int]] = {}
-    first_role: dict[int, str] = {}
-    for need_, role in zip(needs, roles, strict=True):
-        sums = by_class.setdefault(need_[0], [0, 0, 0])
-        first_role.setdefault(need_[0], role)
-        sums[0] += need_[4]
-        sums[1] += need_[2]
-        sums[2] += need_[3]
-    for cls in sorted(by_class):
-        free_ = cluster.class_free(cls)
-        role = first_role[cls]
-        if free_.nodes == 0:
-            return (
-                PendingReason.INSUFFICIENT_CAPACITY,
-                f"no ready node passes the node selector, taints and GPU mode of its {role} pod",
-            )
-        sums = by_class[cls]
-        for need, free, fmt in (
-            (sums[0], free_.gpu_sum, _gpus),
-            (sums[1], free_.cpu_sum, _cpus),
-            (sums[2], free_.memory_sum, _memory),
-        ):
-            if need > free:
-                return (
-                    PendingReason.INSUFFICIENT_CAPACITY,
-                    f"needs {fmt(need)} on the nodes its {role} pods may use; "
-                    f"{fmt(free)} free there",
-                )
-    for need_, role in zip(needs, roles, strict=True):
-        free_ = cluster.class_free(need_[0])
-        _, kind, cpu, mem, gpu, _ = need_
-        if kind == GPU_INVALID:
-            return (
-                PendingReason.FRAGMENTED,
-                f"its {role} pod asks for {_gpus(gpu)}; a request is whole GPUs or a fraction "
-                "of one",
-            )
-        if kind == GPU_WHOLE and gpu > free_.gpu_max:
-            return (
-                PendingReason.FRAGMENTED,
-                f"a {role} pod needs {_gpus(gpu)} on one node; the most free on any node is "
-                f"{_count(free_.gpu_max // SHARES_PER_DEVICE)}",
-            )
-        if kind == GPU_FRACTION and gpu > free_.gpu_max:
-            return (
-                PendingReason.FRAGMENTED,
-                f"a {role} pod needs {_gpus(gpu)} of one device; the most free on any device is "
-                f"{_gpus(free_.gpu_max)}",
-            )
-        if cpu > free_.cpu_max:
-            return (
-                PendingReason.FRAGMENTED,
-                f"a {role} pod needs {_cpus(cpu)} on one node; the most free on any node is "
-                f"{_cpus(free_.cpu_max)}",
-            )
-        if mem > free_.memory_max:
-            return (
-                PendingReason.FRAGMENTED,
-                f"a {role} pod needs {_memory(mem)} on one node; the most free on any node is "
-                f"{_memory(free_.memory_max)}",
-            )
-    for need_, role in zip(needs, roles, strict=True):
-        if cluster.find(need_, None, honor=False) is None:
-            _, _, cpu, mem, gpu, _ = need_
-            wanted = [_gpus(gpu)] if gpu else []
-            wanted += [_cpus(cpu), _memory(mem)]
-            return (
-                PendingReason.FRAGMENTED,
-                f"no node has {', '.join(wanted[:-1])} and {wanted[-1]} free at once for a "
-                f"{role} pod",
-            )
-    return (
-        PendingReason.FRAGMENTED,
-        f"the free sums would fit, but no set of nodes fits all {len(needs)} pods at once",
-    )
-
-
-def never_fits(
-    pods: Sequence[PodRequest], nodes: Sequence[Node], quota: Quota
-) -> list[tuple[str, str]]:
-    """Problems that keep a job out forever, as (resource, message); empty if it could fit one day.
-
-    Uses only allocatable and quota, never what is free now. Readiness is ignored: a node that is
-    down may come back.
-    """
-    problems: list[tuple[str, str]] = []
-    for resource, need, limit, fmt in (
-        ("gpu", sum(map(_GPU, pods)), quota.gpu_shares, _gpus),
-        ("cpu", sum(map(_CPU, pods)), quota.cpu_millis, _cpus),
-        ("memory", sum(map(_MEMORY, pods)), quota.memory_bytes, _memory),
-    ):
-        if need > limit:
-            problems.append(
-                (resource, f"the job needs {fmt(need)} but the tenant's quota is {fmt(limit)}")
-            )
-    if quota.max_running_jobs < 1:
-        problems.append(("jobs", "the tenant's quota allows no running jobs"))
-    any_shared = any(node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0 for node in nodes)
-    previous: tuple[object, ...] = ()
-    for pod in pods:
-        # The replicas of a role come one after another with the same requests; their problems
-        # would be the same ones again (_pod_never_fits reads nothing else of a pod).
-        asks = (
-            pod.role,
-            pod.gpu_shares,
-            pod.cpu_millis,
-            pod.memory_bytes,
-            pod.node_selector,
-            pod.tolerations,
-        )
-        if asks == previous:
-            continue
-        previous = asks
-        for problem in _pod_never_fits(pod, nodes, any_shared):
-            if problem not in problems:
-                problems.append(problem)
-    return problems
-
-
-def _pod_never_fits(
-    pod: PodRequest, nodes: Sequence[Node], any_shared: bool
-) -> list[tuple[str, str]]:
-    role = pod.role
-    kind = gpu_kind(pod.gpu_shares)
-    if kind == GPU_INVALID:
-        return [
-            (
-                "gpu",
-                f"the {role} pod asks for {_gpus(pod.gpu_shares)}; a request is whole GPUs or "
-                "a fraction of one",
-            )
-        ]
-    if kind == GPU_FRACTION and not any_shared:
-        return [
-            (
-                "gpu",
-                f"the {role} pod asks for {_gpus(pod.gpu_shares)}, a fraction of a GPU, but no "
-                "node shares GPUs",
-            )
-        ]
-    selector, tolerations = pod.node_selector, pod.tolerations
-    eligible = [
-        node for node in nodes if node_admits(node, selector, tolerations, kind, ignore_ready=True)
-    ]
-    if not eligible:
-        if kind != GPU_NONE and any(
-            node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True) for node in nodes
-        ):
-            sort = "shared GPUs" if kind == GPU_FRACTION else "GPUs"
-            return [("gpu", f"no node the {role} pod may use offers {sort}")]
-        return [("selector", f"no node passes the node selector and tolerations of the {role} pod")]
-    problems: list[tuple[str, str]] = []
-    if kind == GPU_WHOLE:
-        most = max(node.gpu_devices for node in eligible)
-        if pod.gpu_shares > most * SHARES_PER_DEVICE:
-            problems.append(
-                (
-                    "gpu",
-                    f"the {role} pod needs {_gpus(pod.gpu_shares)} on one node; the largest node "
-                    f"it may use has {_count(most)}",
-                )
-            )
-    for resource, need, most, fmt in (
-        ("cpu", pod.cpu_millis, max(node.cpu_millis for node in eligible), _cpus),
-        ("memory", pod.memory_bytes, max(node.memory_bytes for node in eligible), _memory),
-    ):
-        if need > most:
-            problems.append(
-                (
-                    resource,
-                    f"the {role} pod needs {fmt(need)} on one node; the largest node it may use "
-                    f"has {fmt(most)}",
-                )
-            )
-    return problems
-
-
-# -- human units ---------------------------------------------------------------------------------
-
-
-def _listing(nodes: Sequence[str], most: int = 5) -> str:
-    named = ", ".join(nodes[:most])
-    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
-    return f"node{'s' if len(nodes) > 1 else ''} {named}{more}"
-
-
-def _number(value: float) -> str:
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return text if text != "-0" else "0"
-
-
-def _count(devices: int) -> str:
-    return f"{devices} GPU" if devices == 1 else f"{devices} GPUs"
-
-
-def _gpus(shares: int) -> str:
-    return f"{_number(shares / SHARES_PER_DEVICE)} GPU" + ("" if shares == 100 else "s")
-
-
-def _cpus(millis: int) -> str:
-    return f"{_number(millis / 1000)} CPU" + ("" if millis == 1000 else "s")
-
-
-def _memory(size: int) -> str:
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(size) >= scale:
-            return f"{_number(size / scale)} {unit}"
-    return f"{size} bytes"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.domain.jobspec import JobSpec, ReplicaSpec
-from gateway.domain.placement import PodRequest, Toleration
+from gateway.domain.nodes import PodRequest, Toleration
 from gateway.domain.resources import cached_cpu_millis, cached_gpu_shares, cached_memory_bytes
 
 MAX_NAME = 63

@@ -33,7 +33,7 @@ from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.auth.keys import local_key_set
 from gateway.auth.tokens import mint
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.placement import Node
+from gateway.domain.nodes import Node
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, row_counts, submit, tenant_body

@@ -37,7 +37,7 @@ from gateway.domain.k8s_objects import (
     parent_name,
 )
 from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.placement import GpuMode, GpuSlice, Taint
+from gateway.domain.nodes import GpuMode, GpuSlice, Taint
 from gateway.domain.pods import pod_name
 from gateway.errors import ConfigError
 from tests.integration.kube import (

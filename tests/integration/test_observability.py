@@ -23,7 +23,7 @@ from gateway.backends.nodes_file import StaticInventory
 from gateway.db import lifecycle
 from gateway.domain.jobspec import JobSpec, check_job_spec
 from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
-from gateway.domain.placement import Node
+from gateway.domain.nodes import Node
 from gateway.domain.states import JobState
 from gateway.logs import ContextFilter, JsonFormatter
 from gateway.loops.admission import AdmissionLoop

@@ -31,7 +31,7 @@ from gateway.auth.authenticator import Authenticator, make_authenticator, oidc_l
 from gateway.auth.keys import CachedKeys, public_jwks
 from gateway.auth.tokens import Verifier
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.placement import Node
+from gateway.domain.nodes import Node
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, row_counts
@@ -129,6 +129,7 @@ class FakeIssuer:
         }
         if email is not None:
             body["email"] = email
+            body.setdefault("email_verified", True)  # as Dex vouches for its LDAP users' mail
         header = {"alg": "RS256", "typ": "JWT", "kid": kid or signer.kid}
         return jwt.encode(header, body, signer)
 
@@ -180,6 +181,7 @@ def clocked_authenticator(settings: Settings, engine: AsyncEngine, clock: Clock)
         admin_groups=settings.admin_groups,
         user_claim=settings.oidc_user_claim,
         groups_claim=settings.oidc_groups_claim,
+        role_groups=settings.oidc_role_groups,
     )
 
 
@@ -217,10 +219,20 @@ def test_make_authenticator_uses_the_external_issuer_when_one_is_set(
     assert local.verifier.algorithms == ("RS256",)
 
 
+async def test_an_external_issuers_role_group_grants_nothing_unless_the_operator_allows_it(
+    issuer: FakeIssuer, settings: Settings, gateway: Gateway
+) -> None:
+    async with gateway(oidc_settings(settings, issuer.url), token=issuer.admin_token()) as api:
+        await create_tenant(api, TENANT)
+        ada = api.as_(issuer.token(groups=[f"muster:{TENANT}:submitter"]))
+        refused = await ada.post("/v1/jobs", json=job_spec("oidc", tenant=TENANT))
+        assert refused.status == 403, refused.text
+
+
 async def test_a_token_of_the_external_issuer_with_a_role_group_submits_to_its_tenant(
     issuer: FakeIssuer, settings: Settings, gateway: Gateway
 ) -> None:
-    configured = oidc_settings(settings, issuer.url)
+    configured = dataclasses.replace(oidc_settings(settings, issuer.url), oidc_role_groups=True)
     async with gateway(configured, token=issuer.admin_token()) as api:
         await create_tenant(api, TENANT)
         ada = api.as_(issuer.token(groups=[f"muster:{TENANT}:submitter"]))

@@ -37,7 +37,7 @@ from gateway.db import lifecycle
 from gateway.db.admission import SpecCache, run_cycle
 from gateway.db.engine import make_engine
 from gateway.domain.lifecycle import Decision, Reason
-from gateway.domain.placement import Node
+from gateway.domain.nodes import Node
 from gateway.domain.states import JobState
 from gateway.domain.webhooks import RetryPolicy
 from gateway.settings import Settings

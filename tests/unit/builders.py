@@ -8,22 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.domain.admission import (
-    AdmissionPlan,
+from gateway.domain.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
     Node,
-    PendingJob,
     PodRequest,
-    Quota,
-    Snapshot,
     Taint,
-    TenantState,
     Toleration,
-    Usage,
+    gpu_kind,
+    node_admits,
 )
-from gateway.domain.placement import gpu_kind, node_admits
+from gateway.domain.queueing import AdmissionPlan, PendingJob, Quota, Snapshot, TenantState, Usage
 
 GIB = 1 << 30
 BIG = 10**15  # a quota nobody reaches

@@ -8,23 +8,20 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.admission import (
+from gateway.domain.admission import plan
+from gateway.domain.capacity import free_capacity
+from gateway.domain.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
     Node,
-    PendingJob,
     PodRequest,
-    Quota,
-    Snapshot,
     Taint,
-    TenantState,
     Toleration,
-    Usage,
-    free_capacity,
-    plan,
+    gpu_kind,
+    node_admits,
 )
-from gateway.domain.placement import gpu_kind, node_admits
+from gateway.domain.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
 from tests.unit.builders import GIB, snapshot, violations
 
 # Modest counts keep the file at a few seconds; the invariants test gets the most examples.

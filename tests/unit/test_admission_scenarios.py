@@ -7,26 +7,28 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.domain.admission import (
-    AdmissionPlan,
+from gateway.domain.admission import plan
+from gateway.domain.capacity import free_capacity
+from gateway.domain.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
     Node,
-    PendingJob,
-    PendingReason,
     PodRequest,
-    Quota,
-    Snapshot,
     Taint,
     Toleration,
+    tolerates,
+)
+from gateway.domain.queueing import (
+    AdmissionPlan,
+    PendingJob,
+    PendingReason,
+    Quota,
+    Snapshot,
     Usage,
     Waiting,
-    free_capacity,
-    never_fits,
-    plan,
 )
-from gateway.domain.placement import tolerates
+from gateway.domain.reasons import never_fits
 from tests.unit.builders import (
     GIB,
     gang,
@@ -652,6 +654,25 @@ def test_a_job_that_fits_only_on_reserved_nodes_waits_as_reserved() -> None:
     result = decide(snap)
     assert result.admitted == ()
     assert waiting(result, "new").reason is PendingReason.RESERVED
+    # Another tenant's job is not named to this one.
+    assert waiting(result, "new").message == (
+        "it would fit, but a job of another tenant has waited past the starvation threshold "
+        "and holds node a"
+    )
+
+
+def test_a_reservation_names_the_starving_job_to_its_own_tenant() -> None:
+    snap = snapshot(
+        [node("a", gpus=4), node("b", gpus=4)],
+        [
+            job("old", pod(gpu=400), tenant="x", submitted_at=0.0),
+            job("new", pod(gpu=300), tenant="x", submitted_at=90.0),
+        ],
+        holdings=[holding("a", gpu=[(0, 100)]), holding("b", gpu=[(0, 100), (1, 100)])],
+        now=100.0,
+        starvation_seconds=60.0,
+    )
+    result = decide(snap)
     assert waiting(result, "new").message == (
         "it would fit, but job old has waited past the starvation threshold and holds node a"
     )

@@ -34,7 +34,7 @@ from gateway.domain.k8s_objects import (
     replica_labels,
     service_manifest,
 )
-from gateway.domain.placement import GpuMode, GpuSlice
+from gateway.domain.nodes import GpuMode, GpuSlice
 from gateway.domain.pods import pod_name
 from gateway.domain.replica_env import kubernetes_addresses, replica_env
 

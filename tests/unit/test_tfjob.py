@@ -15,14 +15,8 @@ from hypothesis import strategies as st
 from gateway.api.schema import check as schema_check
 from gateway.domain.jobspec import JobSpec, RestartPolicy, check_job_spec
 from gateway.domain.problems import FieldProblem
-from gateway.domain.tfjob import (
-    API_VERSIONS,
-    HARMLESS,
-    REFUSED,
-    is_tfjob,
-    relocate_problems,
-    translate_tfjob,
-)
+from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
+from gateway.domain.tfjob_fields import API_VERSIONS, HARMLESS, REFUSED
 
 GI = 2**30
 PROPERTY = settings(database=None, max_examples=300, deadline=None)

@@ -48,7 +48,7 @@ from gateway.domain.k8s_objects import (
     pod_manifest,
     service_manifest,
 )
-from gateway.domain.placement import SHARES_PER_DEVICE, GpuMode
+from gateway.domain.nodes import SHARES_PER_DEVICE, GpuMode
 
 __all__ = ["create_gang", "ensure_parent", "fallback_gpu_mode"]
 

@@ -34,7 +34,7 @@ from gateway.domain.k8s_objects import (
     NODE_ANNOTATION,
 )
 from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.placement import Node
+from gateway.domain.nodes import Node
 
 __all__ = ["exit_code", "pod_node", "pod_status"]
 

@@ -1,0 +1,348 @@
+"""The client commands of ``muster``: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel`` and
+``tenants``, and how they print.
+
+They talk to a running gateway over HTTP through ``gateway.client`` and import nothing of the
+server. ``gateway.cli`` adds them to its parser (`add_client_commands`) and runs the one chosen
+(`run_client`).
+
+Invariants kept here:
+
+- Output is plain aligned columns; ``--json`` prints the API's JSON instead, unchanged.
+- Exit 0 on success, 1 when the gateway refuses (its problem's title and detail, one line per field
+  for a 422) or the document cannot be read, and 2 when there is no gateway to talk to or the
+  settings are wrong. Never a traceback for any of these.
+- Without MUSTER_TOKEN a command signs a short-lived admin token of its own when it can read the
+  local issuer's key (``cli_token.own_token``), so a newcomer's first commands just work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.cli_token import own_token
+from gateway.client import ApiProblem, BadDocument, Client, Unreachable, load_document
+from gateway.domain.states import JobState
+from gateway.errors import ConfigError
+from gateway.settings import DEFAULT_URL, ClientSettings
+
+Command = Callable[[Client, argparse.Namespace], None]
+
+EVENTS_SHOWN = 10
+
+
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url", help=f"the gateway's base URL (default: {DEFAULT_URL}) [env MUSTER_URL]"
+    )
+    connection.add_argument(
+        "--token", help="bearer token sent with every request [env MUSTER_TOKEN]"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the API's JSON instead")
+
+    def command(
+        name: str, handler: Command, summary: str, *, with_json: bool = False
+    ) -> argparse.ArgumentParser:
+        parents = [connection, as_json] if with_json else [connection]
+        sub = commands.add_parser(name, parents=parents, help=summary, description=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    submit = command("submit", _submit, "submit a Muster job spec or a Kubeflow TFJob")
+    submit.add_argument("file", metavar="FILE", help="the spec, YAML or JSON; - reads stdin")
+    submit.add_argument("--tenant", help="the tenant, for a spec or TFJob that names none")
+    submit.add_argument(
+        "--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the job"
+    )
+
+    jobs = command("jobs", _jobs, "list jobs, oldest first", with_json=True)
+    jobs.add_argument("--tenant", help="only this tenant's jobs")
+    states = [state.value for state in JobState]
+    jobs.add_argument(
+        "--state", choices=states, metavar="STATE", help="only jobs in STATE: " + ", ".join(states)
+    )
+    jobs.add_argument(
+        "--label", action="append", metavar="KEY=VALUE", help="only jobs with this label (repeat)"
+    )
+    jobs.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="at most N jobs (1-500, default 50; with --all: a page)",
+    )
+    jobs.add_argument("--all", action="store_true", help="every job, page after page")
+
+    status = command(
+        "status", _status, "show one job: state, queue place, replicas, events", with_json=True
+    )
+    status.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+
+    logs_ = command("logs", _logs, "print a job's logs")
+    logs_.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+    logs_.add_argument("--replica", metavar="REPLICA", help="one replica, such as worker-0")
+    logs_.add_argument("--follow", "-f", action="store_true", help="keep printing as logs grow")
+
+    cancel = command("cancel", _cancel, "cancel a job (its pods are deleted)")
+    cancel.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+
+    command("tenants", _tenants, "list tenants with their quota and usage", with_json=True)
+
+
+# --- the client commands ------------------------------------------------------------------------
+
+
+def _submit(client: Client, args: argparse.Namespace) -> None:
+    source = "standard input" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, ValueError) as exc:
+        raise BadDocument(f"cannot read {source}: {exc}") from exc
+    document = load_document(text, source)
+    query_tenant = None
+    if document.get("kind") == "TFJob":
+        # A TFJob has no tenant field: it travels in the query.
+        query_tenant = args.tenant
+    elif args.tenant is not None:
+        named = document.setdefault("tenant", args.tenant)
+        if named != args.tenant:
+            raise BadDocument(f"{source} names tenant {named!r} but --tenant says {args.tenant!r}")
+    job = client.submit_job(document, tenant=query_tenant, idempotency_key=args.idempotency_key)
+    print(f"submitted {job['name']} as {job['id']} ({job['state']})")
+
+
+def _jobs(client: Client, args: argparse.Namespace) -> None:
+    label = ",".join(args.label) if args.label else None
+    query = {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
+    page = client.list_jobs(**query)
+    items = list(page["items"])
+    while args.all and page["next_cursor"]:
+        page = client.list_jobs(**query, cursor=page["next_cursor"])
+        items += page["items"]
+    if args.json:
+        _print_json({"items": items, "next_cursor": page["next_cursor"]})
+        return
+    now = datetime.now(UTC)
+    rows = [
+        (
+            job["id"][:8],
+            job["name"],
+            job["tenant"],
+            job["state"],
+            job["reason"] or "-",
+            _age(job["created_at"], now),
+            str(job["queue"]["position"]) if job.get("queue") else "-",
+        )
+        for job in items
+    ]
+    print(_table(("ID", "NAME", "TENANT", "STATE", "REASON", "AGE", "QUEUE"), rows))
+    if page["next_cursor"] and not args.all:
+        print("(more jobs: add --all, or a larger --limit)", file=sys.stderr)
+
+
+def _status(client: Client, args: argparse.Namespace) -> None:
+    job = client.get_job(args.id)
+    if args.json:
+        _print_json(job)
+        return
+    events = client.job_events(job["id"])["items"]
+    now = datetime.now(UTC)
+    fields: list[tuple[str, str]] = [
+        ("name", job["name"]),
+        ("id", job["id"]),
+        ("tenant", job["tenant"]),
+        ("framework", job["framework"]),
+        ("priority", str(job["priority"])),
+        ("state", job["state"]),
+    ]
+    fields += [(key, job[key]) for key in ("reason", "message") if job.get(key)]
+    if job["state"] == JobState.QUEUED:
+        queue = job.get("queue")
+        place = "not placed yet (the next admission cycle ranks it)"
+        if queue:
+            place = f"{queue['position']} overall, {queue['tenant_position']} in {job['tenant']}"
+        fields.append(("queue", place))
+    fields.append(("attempt", str(job["attempt"])))
+    for key in ("created", "admitted", "started", "finished", "updated"):
+        if stamp := job.get(f"{key}_at"):
+            fields.append((key, f"{_when(stamp)} ({_age(stamp, now)} ago)"))
+    width = max(len(key) for key, _ in fields) + 1
+    print("\n".join(f"{key + ':':<{width}} {value}" for key, value in fields))
+
+    replicas: Mapping[str, Any] = job["spec"].get("replicas", {})
+    print("\nreplicas:")
+    print(
+        _indent(
+            _table(
+                ("ROLE", "COUNT", "CPU", "MEMORY", "GPU", "IMAGE"),
+                map(_replica_row, replicas.items()),
+            )
+        )
+    )
+
+    shown = events[-EVENTS_SHOWN:]
+    more = f" (last {len(shown)} of {len(events)})" if len(events) > len(shown) else ""
+    print(f"\nevents{more}:")
+    rows = [
+        (
+            _when(event["created_at"]),
+            event["type"],
+            "->".join(filter(None, (event["from_state"], event["to_state"]))) or "-",
+            event["reason"] or "-",
+        )
+        for event in shown
+    ]
+    print(_indent(_table(("TIME", "TYPE", "FROM->TO", "REASON"), rows)))
+
+
+def _replica_row(item: tuple[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    role, spec = item
+    resources = spec.get("resources") or {}
+    return (
+        role,
+        str(spec.get("count", 1)),
+        _number(resources.get("cpu", "1")),
+        _number(resources.get("memory", "1Gi")),
+        _number(resources.get("gpu", 0)),
+        str(spec.get("image", "-")),
+    )
+
+
+def _logs(client: Client, args: argparse.Namespace) -> None:
+    out = sys.stdout.buffer
+    try:
+        for chunk in client.job_logs(args.id, replica=args.replica, follow=args.follow):
+            out.write(chunk)
+            out.flush()
+    except ApiProblem as exc:
+        if exc.status == 404 and exc.detail.lower() == exc.title.lower():
+            # The route itself is missing (a job that is not there has a detail naming it).
+            raise ApiProblem(
+                404, exc.title, "this gateway does not serve logs (GET /v1/jobs/{id}/logs)"
+            ) from exc
+        raise
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> None:
+    job = client.cancel_job(args.id)
+    print(f"cancelled {job['name']} ({job['id']})")
+
+
+def _tenants(client: Client, args: argparse.Namespace) -> None:
+    tenants = []
+    for tenant in client.list_tenants()["items"]:
+        try:
+            tenants.append(client.tenant_status(tenant["name"]))
+        except ApiProblem as exc:
+            if exc.status != 404:  # 404: deleted since the list was read; leave it out
+                raise
+    if args.json:
+        _print_json({"items": tenants})
+        return
+    rows = []
+    for tenant in tenants:
+        quota, usage = tenant["quota"], tenant["usage"]
+        rows.append(
+            (
+                tenant["name"],
+                tenant["namespace"],
+                *(
+                    f"{_number(usage[key])}/{_number(quota[key])}"
+                    for key in ("cpu", "memory", "gpu")
+                ),
+                f"{tenant['running_jobs']}/{quota['max_running_jobs']}",
+                f"{tenant['queued_jobs']}/{quota['max_queued_jobs']}",
+            )
+        )
+    print(_table(("NAME", "NAMESPACE", "CPU", "MEMORY", "GPU", "RUNNING", "QUEUED"), rows))
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = [list(headers), *(list(row) for row in rows)]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _age(stamp: str, now: datetime) -> str:
+    """``2024-05-01T12:00:00Z`` -> ``5s``, ``3m``, ``2h`` or ``4d`` before ``now``."""
+    seconds = max(0, int((now - datetime.fromisoformat(stamp)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _when(stamp: str) -> str:
+    """``2024-05-01T12:00:00.123456Z`` -> ``2024-05-01T12:00:00Z``: seconds are enough to read."""
+    return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _number(value: object) -> str:
+    """A quantity as the API gave it, with ``2.0`` shown as ``2``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Run one client command; every failure becomes one message on stderr and an exit code."""
+    try:
+        settings = ClientSettings.load(os.environ, url=args.url, token=args.token)
+        if settings.token is None:
+            settings = dataclasses.replace(settings, token=own_token(settings.url))
+        args.handler(Client(settings), args)
+    except ConfigError as exc:
+        print(f"muster: {exc}", file=sys.stderr)
+        return 2
+    except BadDocument as exc:
+        print(f"muster: {exc}", file=sys.stderr)
+        return 1
+    except ApiProblem as exc:
+        lines = [f"muster: {exc.title}: {exc.detail}"]
+        lines += [f"  {pointer or '(root)'}: {detail}" for pointer, detail in exc.errors]
+        if exc.status == 401:
+            lines.append(
+                "  set MUSTER_TOKEN (or --token) to a token from your issuer, or, for the local "
+                "issuer, from `muster token`"
+            )
+        print("\n".join(lines), file=sys.stderr)
+        return 1
+    except Unreachable as exc:
+        if exc.refused:
+            print(
+                f"muster: cannot reach Muster at {exc.url} (is `muster serve` running?)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"muster: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``muster jobs | head``): stop quietly. Point stdout at devnull so
+        # the interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0

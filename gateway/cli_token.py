@@ -1,0 +1,97 @@
+"""Tokens of the local issuer on the command line: ``muster token``, and the client commands' own.
+
+Invariants kept here:
+
+- Only the local issuer's tokens are minted, signed with its key (MUSTER_ISSUER_KEY); with an
+  external issuer configured (MUSTER_OIDC_ISSUER) minting is refused with a `ConfigError`.
+- A lifetime is 1 second to 30 days (`parse_ttl`), refused otherwise before anything is signed.
+- `own_token` gives a 10-minute admin token when this user can read the key and an admin group is
+  configured, and None otherwise: a missing or unreadable key is never an error of its own.
+- ``gateway.auth`` is imported only when a token is minted, so the client commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from urllib.parse import urlsplit
+
+from gateway.client import is_loopback
+from gateway.domain.access import Role, role_group
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+MAX_TTL_SECONDS = 30 * 86400
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    if not number.isdigit() or not 0 < int(number) * _TTL_UNITS[unit] <= MAX_TTL_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1s to 30d, such as 90s, 30m, 12h or 7d")
+    return int(number) * _TTL_UNITS[unit]
+
+
+def _login_name() -> str:
+    try:
+        return os.getlogin()
+    except OSError:
+        return os.environ.get("USER") or "muster-user"
+
+
+def mint_token(settings: Settings, args: argparse.Namespace) -> str:
+    from gateway.auth.keys import local_key_set
+    from gateway.auth.tokens import mint
+
+    if settings.oidc_issuer is not None:
+        raise ConfigError(
+            f"tokens come from {settings.oidc_issuer} (MUSTER_OIDC_ISSUER); "
+            "`muster token` mints only the local issuer's"
+        )
+    groups = [role_group(tenant, Role(args.role)) for tenant in args.tenant]
+    if args.admin:
+        if not settings.admin_groups:
+            raise ConfigError("--admin needs MUSTER_ADMIN_GROUPS to name a group")
+        groups.append(settings.admin_groups[0])
+    if not groups and not args.group:
+        print("muster: this token grants no role (add --tenant or --admin)", file=sys.stderr)
+    user = args.user or _login_name()
+    return mint(
+        local_key_set(settings.issuer_key_file),
+        audience=settings.oidc_audience,
+        subject=user,
+        groups=[*groups, *args.group],
+        ttl_seconds=args.ttl,
+        groups_claim=settings.oidc_groups_claim,
+        extra=_user_claim(settings.oidc_user_claim, user),
+    )
+
+
+def _user_claim(claim: str, user: str) -> dict[str, str] | None:
+    """The user claim as an issuer would set it (an email claim only for an address); without
+    it the gateway takes the user from sub, which is ``user`` too."""
+    if claim == "sub" or (claim == "email" and "@" not in user):
+        return None
+    return {claim: user}
+
+
+def own_token(url: str) -> str | None:
+    """A short-lived admin token signed with the local issuer's key, for a gateway at ``url`` on
+    this machine (a loopback address), when this user can read the key and no external issuer is
+    configured; None otherwise. A token is never made for a gateway elsewhere."""
+    if not is_loopback(urlsplit(url).hostname):
+        return None
+    try:
+        settings = Settings.load(os.environ)
+    except ConfigError:
+        return None
+    if settings.oidc_issuer is not None or not settings.admin_groups:
+        return None
+    if not os.access(settings.issuer_key_file, os.R_OK):
+        return None
+    args = argparse.Namespace(tenant=[], role="viewer", admin=True, user=None, group=[], ttl=600)
+    try:
+        return mint_token(settings, args)
+    except (OSError, ValueError, ConfigError):
+        return None

@@ -1,0 +1,316 @@
+"""Best fit for one pod: pod classes, the node sets they may use, and a sorted search of each set.
+
+`BestFit` adds to `FreeCapacity` what finding a node for one pod needs; `ClusterState` in
+`placement.py` builds gangs on it.
+
+Invariants kept here:
+
+- Pods of one class are eligible for exactly the same nodes, the nodes `nodes.node_admits` accepts
+  (among ready nodes); the indexes by GPU kind, label and taint only make that cheaper.
+- Every node set keeps a sorted list of keys `(gpu measure, cpu free, memory free, tiebreak, node)`.
+  A key in a list is never below the node's real free (it is either current or from before the
+  gang being placed took from the node), so a bisect never skips a node that fits; the nodes the
+  gang touched are searched on the side with their real values.
+- `find` returns the eligible node that leaves the least free, ties broken on the tiebreak (node
+  name order unless the caller gives another), so the same inputs always give the same node. It
+  never offers a node without room for the pod, nor a reserved one when `honor` is set.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.domain.capacity import FreeCapacity, Slices
+from gateway.domain.nodes import (
+    ENFORCED_EFFECTS,
+    GPU_FRACTION,
+    GPU_INVALID,
+    GPU_NONE,
+    GPU_WHOLE,
+    SHARES_PER_DEVICE,
+    Holding,
+    Node,
+    PodRequest,
+    Toleration,
+    gpu_kind,
+    takes_kind,
+    tolerates,
+)
+
+# A pod as the hot loop sees it: (class id, gpu kind, cpu, memory, gpu shares, spread).
+Need = tuple[int, int, int, int, int, bool]
+Hit = tuple[int, Slices]  # (node index, slices)
+_Key = tuple[int, int, int, int, int]  # (gpu measure, cpu free, memory free, tiebreak, node)
+
+# What the first element of a node's sorted key measures, by the kind of GPU request searched.
+# Each is also the index of that measure in `capacity.Raw`.
+_BY_WHOLE_FREE = 0  # shares on entirely free devices: whole GPUs, and CPU-only pods
+_BY_DEVICE_FREE = 1  # free shares of the roomiest device: fractions
+_KEY_TYPE = {
+    GPU_NONE: _BY_WHOLE_FREE,
+    GPU_FRACTION: _BY_DEVICE_FREE,
+    GPU_WHOLE: _BY_WHOLE_FREE,
+    GPU_INVALID: _BY_WHOLE_FREE,
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClassFree:
+    """Free capacity over the nodes eligible for one pod class, for waiting messages."""
+
+    nodes: int
+    cpu_sum: int
+    memory_sum: int
+    gpu_sum: int
+    cpu_max: int
+    memory_max: int
+    gpu_max: int  # whole: most entirely free devices on a node (in shares); fraction: best device
+
+
+class BestFit(FreeCapacity):
+    """Free capacity with the indexes of a best-fit search. Never leaves `plan()`.
+
+    For every set of eligible nodes there is a list of keys `(gpu measure, cpu free, memory free,
+    tiebreak, node)` kept sorted, so best fit is a bisect plus a short scan instead of a pass over
+    every node.
+
+    While a gang is being placed, the nodes it touched keep their old keys in the sorted lists (an
+    old key is never below the real free, so a bisect never skips a node that fits) and are
+    searched on the side with their real values. `commit()` marks them for re-sorting at the
+    next search of each list; `rollback()` only restores values. A gang that fails therefore
+    never touches the sorted lists.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        holdings: Iterable[Holding] = (),
+        *,
+        tiebreak: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(nodes, holdings)
+        count = len(self.nodes)
+        self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
+        # Eligibility indexes: nodes by gpu kind, by label, and the nodes whose taints matter.
+        self._by_kind: dict[int, frozenset[int]] = {}
+        self._by_label: dict[tuple[str, str], frozenset[int]] = {}
+        self._tainted = [
+            (i, taints)
+            for i, node in enumerate(self.nodes)
+            if (taints := tuple(t for t in node.taints if t.effect in ENFORCED_EFFECTS))
+        ]
+        # Pod classes, and the node sets (eligible nodes plus key type) they search.
+        self._classes: dict[tuple[object, ...], int] = {}
+        self._class_set: list[int] = []  # class id -> node-set id
+        self._class_kind: list[int] = []  # class id -> gpu kind
+        self._set_ids: dict[tuple[int, tuple[int, ...]], int] = {}
+        self._sets: list[tuple[int, ...]] = []
+        self._set_key_type: list[int] = []
+        self._masks: list[bytearray] = []
+        self._lists: list[list[_Key] | None] = []
+        self._node_sets: list[list[int]] = [[] for _ in range(count)]  # sets with a built list
+        # Per set: nodes whose key changed since the list was last searched, with the key the
+        # list still holds. Re-sorting waits for the next search, so a list searched rarely
+        # re-sorts a node once however many gangs took from it meanwhile.
+        self._stale: list[dict[int, _Key]] = []
+        self._class_free: dict[int, ClassFree] = {}
+
+    # -- classes --------------------------------------------------------------------------------
+
+    def class_of(self, pod: PodRequest) -> tuple[int, int]:
+        """(class id, gpu kind). Pods of one class are eligible for exactly the same nodes."""
+        kind = gpu_kind(pod.gpu_shares)
+        selector = pod.node_selector
+        tolerations = pod.tolerations
+        if not selector and not tolerations:
+            key: tuple[object, ...] = (kind,)
+        else:
+            key = (kind, tuple(sorted(selector.items())), tolerations)
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._new_class(key, selector, tolerations, kind)
+        return cls, kind
+
+    def _new_class(
+        self,
+        key: tuple[object, ...],
+        selector: Mapping[str, str],
+        tolerations: Sequence[Toleration],
+        kind: int,
+    ) -> int:
+        members = self._eligible(selector, tolerations, kind)
+        key_type = _KEY_TYPE[kind]
+        set_id = self._set_ids.get((key_type, members))
+        if set_id is None:
+            set_id = len(self._sets)
+            self._set_ids[(key_type, members)] = set_id
+            self._sets.append(members)
+            self._set_key_type.append(key_type)
+            mask = bytearray(len(self.nodes))
+            for i in members:
+                mask[i] = 1
+            self._masks.append(mask)
+            self._lists.append(None)
+            self._stale.append({})
+        cls = len(self._class_set)
+        self._class_set.append(set_id)
+        self._class_kind.append(kind)
+        self._classes[key] = cls
+        return cls
+
+    def _eligible(
+        self, selector: Mapping[str, str], tolerations: Sequence[Toleration], kind: int
+    ) -> tuple[int, ...]:
+        """The nodes `node_admits` accepts, from indexes instead of a pass over every node."""
+        members = self._by_kind.get(kind)
+        if members is None:
+            members = self._by_kind[kind] = frozenset(
+                i for i, node in enumerate(self.nodes) if node.ready and takes_kind(node, kind)
+            )
+        for label in selector.items():
+            with_label = self._by_label.get(label)
+            if with_label is None:
+                key, value = label
+                with_label = self._by_label[label] = frozenset(
+                    i for i, node in enumerate(self.nodes) if node.labels.get(key) == value
+                )
+            members = members & with_label
+        refused = {
+            i
+            for i, taints in self._tainted
+            if i in members and not all(tolerates(tolerations, taint) for taint in taints)
+        }
+        return tuple(sorted(members - refused))
+
+    def _key(self, i: int, key_type: int) -> _Key:
+        first = self.full[i] * SHARES_PER_DEVICE if key_type == _BY_WHOLE_FREE else self.roomiest[i]
+        return (first, self.cpu[i], self.mem[i], self.tiebreak[i], i)
+
+    def _listed_key(self, i: int, key_type: int) -> _Key:
+        """The key node i has in the sorted lists: from before the current gang touched it."""
+        raw = self._touched.get(i)
+        if raw is None:
+            return self._key(i, key_type)
+        return (raw[key_type], raw[2], raw[3], self.tiebreak[i], i)
+
+    def _sorted(self, set_id: int) -> list[_Key]:
+        """The set's sorted keys, current but for the nodes the gang being placed touched."""
+        keys = self._lists[set_id]
+        key_type = self._set_key_type[set_id]
+        if keys is None:
+            members = self._sets[set_id]
+            keys = sorted(self._listed_key(i, key_type) for i in members)
+            self._lists[set_id] = keys
+            for i in members:
+                self._node_sets[i].append(set_id)
+            return keys
+        stale = self._stale[set_id]
+        if stale:
+            for i, old in stale.items():
+                del keys[bisect_left(keys, old)]
+                insort(keys, self._listed_key(i, key_type))
+            stale.clear()
+        return keys
+
+    def commit(self) -> None:
+        """Keep everything taken since the last commit; its nodes re-sort at their next search."""
+        tiebreak = self.tiebreak
+        key_types = self._set_key_type
+        every_stale = self._stale
+        for i, raw in self._touched.items():
+            for set_id in self._node_sets[i]:
+                stale = every_stale[set_id]
+                if i not in stale:
+                    stale[i] = (raw[key_types[set_id]], raw[2], raw[3], tiebreak[i], i)
+        super().commit()
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def find(self, need: Need, skip: set[int] | None, honor: bool) -> Hit | None:
+        """Best fit: the eligible node that leaves the least free, then the lowest tiebreak.
+
+        "Least free" is, in order: of a GPU measure (entirely free devices for whole GPUs and for
+        CPU-only pods, which so keep off nodes with whole GPUs to give; the roomiest device for
+        fractions), then of CPU, then of memory. That GPU measure also decides whether the GPU
+        request fits, so the bisect lands on nodes that fit it.
+        """
+        cls, kind, cpu, mem, gpu, _ = need
+        if kind == GPU_INVALID:
+            return None
+        set_id = self._class_set[cls]
+        keys = self._sorted(set_id)
+        blocked = self.blocked if honor and self.any_blocked else None
+        touched = self._touched
+        best: _Key | None = None
+        best_slices: Slices = ()
+        n = len(keys)
+        pos = bisect_left(keys, (gpu, cpu))
+        while pos < n:
+            key = keys[pos]
+            kg, kc, km, _, i = key
+            if kc < cpu:
+                # Inside one GPU level keys ascend by CPU: jump to the first that has enough.
+                pos = bisect_left(keys, (kg, cpu), pos + 1)
+                continue
+            pos += 1
+            if (
+                km < mem
+                or (blocked is not None and blocked[i])
+                or (skip and i in skip)
+                or i in touched
+            ):
+                continue
+            slices = self._devices(i, kind, gpu)
+            if slices is not None:
+                best, best_slices = key, slices
+                break
+        if touched:
+            # Nodes this gang already took from sit in the lists under their old keys; judge
+            # them on what they have now.
+            mask = self._masks[set_id]
+            measure = self.full if self._set_key_type[set_id] == _BY_WHOLE_FREE else self.roomiest
+            scale = SHARES_PER_DEVICE if measure is self.full else 1
+            free_cpu, free_mem = self.cpu, self.mem
+            for i in touched:
+                first = measure[i] * scale
+                if (
+                    first < gpu
+                    or free_cpu[i] < cpu
+                    or free_mem[i] < mem
+                    or not mask[i]
+                    or (blocked is not None and blocked[i])
+                    or (skip and i in skip)
+                ):
+                    continue
+                key = (first, free_cpu[i], free_mem[i], self.tiebreak[i], i)
+                if best is None or key < best:
+                    slices = self._devices(i, kind, gpu)
+                    if slices is not None:
+                        best, best_slices = key, slices
+        return None if best is None else (best[4], best_slices)
+
+    # -- what is left, for messages --------------------------------------------------------------
+
+    def class_free(self, cls: int) -> ClassFree:
+        """Free capacity over the class's nodes, reserved ones included. Cached: call at the end."""
+        cached = self._class_free.get(cls)
+        if cached is not None:
+            return cached
+        members = self._sets[self._class_set[cls]]
+        if self._class_kind[cls] == GPU_FRACTION:
+            gpu_max = max((self.roomiest[i] for i in members), default=0)
+        else:
+            gpu_max = SHARES_PER_DEVICE * max((self.full[i] for i in members), default=0)
+        result = ClassFree(
+            nodes=len(members),
+            cpu_sum=sum(max(self.cpu[i], 0) for i in members),
+            memory_sum=sum(max(self.mem[i], 0) for i in members),
+            gpu_sum=sum(self.gfree[i] for i in members),
+            cpu_max=max((self.cpu[i] for i in members), default=0),
+            memory_max=max((self.mem[i] for i in members), default=0),
+            gpu_max=gpu_max,
+        )
+        self._class_free[cls] = result
+        return result

@@ -1,0 +1,157 @@
+"""Nodes and pods as placement sees them, and which node may ever run which pod.
+
+A `Node` is what Muster may use of a Kubernetes node (allocatable minus pods Muster does not own), a
+`Holding` what one of Muster's own pods already holds there, a `PodRequest` what one pod of a gang
+asks for. Free capacity is in `capacity.py`; the search for a node in `best_fit.py` and
+`placement.py`.
+
+Invariants kept here:
+
+- GPU amounts are shares, `SHARES_PER_DEVICE` to a device. A request is of exactly one kind
+  (`gpu_kind`): none, a fraction of one device (1..99 shares), whole devices (k * 100 shares), or
+  invalid; the kind is part of a pod's class.
+- Shared nodes take fractions and whole devices, device-plugin nodes only whole devices, nodes
+  without GPUs neither (`takes_kind`).
+- `node_admits` is the one definition of "may ever run this pod, capacity aside": readiness, the
+  node selector, the NoSchedule and NoExecute taints (`ENFORCED_EFFECTS`) against the tolerations,
+  and the GPU kind. The indexes in `best_fit.py` must agree with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+SHARES_PER_DEVICE = 100
+
+# Kinds of GPU request. They decide which nodes are eligible, so they are part of a pod's class.
+GPU_NONE = 0
+GPU_FRACTION = 1
+GPU_WHOLE = 2
+GPU_INVALID = 3
+
+ENFORCED_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+class GpuMode(StrEnum):
+    NONE = "none"
+    DEVICE_PLUGIN = "device-plugin"
+    SHARED = "shared"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"  # NoSchedule | PreferNoSchedule | NoExecute
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Toleration:
+    """Kubernetes semantics: key None with operator Exists tolerates every taint."""
+
+    key: str | None
+    operator: str = "Equal"  # Equal | Exists
+    value: str | None = None
+    effect: str | None = None  # None matches every effect
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GpuSlice:
+    device: int
+    shares: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Node:
+    """A node as Muster may use it: allocatable minus pods that Muster does not own."""
+
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
+    gpu_mode: GpuMode = GpuMode.NONE
+    cpu_millis: int
+    memory_bytes: int
+    gpu_devices: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Holding:
+    """What one admitted or running Muster pod already holds on a node."""
+
+    node: str
+    cpu_millis: int
+    memory_bytes: int
+    gpu: tuple[GpuSlice, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PodRequest:
+    name: str
+    role: str
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int = 0
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    spread: bool = False  # parameter servers: distinct nodes when possible
+
+
+def gpu_kind(shares: int) -> int:
+    if shares == 0:
+        return GPU_NONE
+    if 0 < shares < SHARES_PER_DEVICE:
+        return GPU_FRACTION
+    if shares > 0 and shares % SHARES_PER_DEVICE == 0:
+        return GPU_WHOLE
+    return GPU_INVALID
+
+
+def tolerates(tolerations: Iterable[Toleration], taint: Taint) -> bool:
+    for tol in tolerations:
+        if tol.effect is not None and tol.effect != taint.effect:
+            continue
+        if tol.key is None:
+            # An empty key is only valid with Exists, and then it matches every taint.
+            if tol.operator == "Exists":
+                return True
+            continue
+        if tol.key != taint.key:
+            continue
+        if tol.operator == "Exists" or (tol.value or "") == taint.value:
+            return True
+    return False
+
+
+def node_admits(
+    node: Node,
+    selector: Mapping[str, str],
+    tolerations: Sequence[Toleration],
+    kind: int,
+    *,
+    ignore_ready: bool = False,
+) -> bool:
+    """Whether `node` may ever run a pod of this class (capacity aside)."""
+    if not (node.ready or ignore_ready):
+        return False
+    labels = node.labels
+    for key, value in selector.items():
+        if labels.get(key) != value:
+            return False
+    for taint in node.taints:
+        if taint.effect in ENFORCED_EFFECTS and not tolerates(tolerations, taint):
+            return False
+    return takes_kind(node, kind)
+
+
+def takes_kind(node: Node, kind: int) -> bool:
+    """GPU modes: shared nodes take fractions and wholes, device-plugin nodes only wholes."""
+    if kind == GPU_NONE:
+        return True
+    if kind == GPU_FRACTION:
+        return node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0
+    if kind == GPU_WHOLE:
+        return node.gpu_mode is not GpuMode.NONE and node.gpu_devices > 0
+    return False

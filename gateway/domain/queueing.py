@@ -1,0 +1,110 @@
+"""The admission queue as values: what one admission cycle reads and what it decides.
+
+A `Snapshot` holds the nodes, Muster's holdings, the tenants with their quota and usage, the pending
+jobs and the time; `admission.plan()` turns it into an `AdmissionPlan`. The database layer maps rows
+to and from these values (`gateway.db.admission`).
+
+Invariants of the values (`admission.py` keeps those of the decisions):
+
+- Every value is frozen: a snapshot is never changed by planning it.
+- Resource amounts are integers in Muster's units: CPU in millicores, memory in bytes, GPU in
+  shares (`nodes.SHARES_PER_DEVICE` to a device).
+- A job's pods are in the job's pod order, and an `Admission` lists its placements in that order.
+- Queue positions in a `Waiting` are 1-based, in the order the cycle took the jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.domain.nodes import GpuSlice, Holding, Node, PodRequest
+
+
+class PendingReason(StrEnum):
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    FRAGMENTED = "Fragmented"
+    RESERVED = "Reserved"
+    BACKOFF_AFTER_EVICTION = "BackoffAfterEviction"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quota:
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int
+    max_running_jobs: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Usage:
+    """What the tenant's admitted and running jobs hold."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpu_shares: int = 0
+    running_jobs: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TenantState:
+    name: str
+    weight: float = 1.0
+    quota: Quota
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PendingJob:
+    id: str
+    tenant: str
+    priority: int = 0
+    submitted_at: float
+    not_before: float | None = None  # set after an eviction: backoff until then
+    pods: tuple[PodRequest, ...]
+    # When the job last entered the queue (reset on requeue); starvation counts from here.
+    # None means submitted_at.
+    queued_since: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot:
+    now: float
+    nodes: tuple[Node, ...]
+    holdings: tuple[Holding, ...] = ()
+    tenants: Mapping[str, TenantState]
+    pending: tuple[PendingJob, ...]
+    starvation_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Placement:
+    pod_name: str
+    node: str
+    gpu: tuple[GpuSlice, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Admission:
+    job_id: str
+    tenant: str
+    placements: tuple[Placement, ...]  # in the job's pod order
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Waiting:
+    job_id: str
+    reason: PendingReason
+    message: str
+    position_in_tenant: int  # 1-based, among waiting jobs, in the order the cycle took them
+    position_overall: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdmissionPlan:
+    admitted: tuple[Admission, ...]  # in the order they were admitted
+    waiting: tuple[Waiting, ...]  # in position order
+    reserved_nodes: tuple[str, ...] = ()  # sorted
+    reserved_for: str | None = None  # the starving job the reservation holds nodes for

@@ -1,0 +1,283 @@
+"""Why a job waits, or can never run, in words a person can act on.
+
+`admission.plan()` asks here for the reason and message of every job it does not admit:
+`over_quota` when the tenant's quota is short, `short_of_sums` when the cluster's free sums are,
+and `gang_reason` when the sums fit but no placement does. `never_fits` is asked at submission,
+for problems that keep a job out forever.
+
+Invariants kept here:
+
+- Pure and deterministic: a message depends only on its arguments, never on the clock, so the
+  same state gives the same words from one cycle to the next and the shell need not rewrite them.
+- Every check reads the state it is given and changes nothing (`gang_reason` only searches).
+- `never_fits` uses only allocatable and quota, never what is free now, and ignores readiness (a
+  node that is down may come back): a job it passes could fit one day.
+- Amounts are shown in human units (GPUs, CPUs, KiB..TiB), with at most two decimals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+
+from gateway.domain.best_fit import Need
+from gateway.domain.nodes import (
+    GPU_FRACTION,
+    GPU_INVALID,
+    GPU_NONE,
+    GPU_WHOLE,
+    SHARES_PER_DEVICE,
+    GpuMode,
+    Node,
+    PodRequest,
+    gpu_kind,
+    node_admits,
+)
+from gateway.domain.placement import ClusterState
+from gateway.domain.queueing import PendingReason, Quota
+
+_CPU = attrgetter("cpu_millis")
+_MEMORY = attrgetter("memory_bytes")
+_GPU = attrgetter("gpu_shares")
+
+
+def over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:
+    cpu, mem, gpu = totals
+    # GPU first: in a training cluster it is the quota people run out of and ask about.
+    for need, held, limit, fmt in (
+        (gpu, used[2], quota.gpu_shares, _gpus),
+        (cpu, used[0], quota.cpu_millis, _cpus),
+        (mem, used[1], quota.memory_bytes, _memory),
+    ):
+        if need and held + need > limit:
+            return (
+                f"needs {fmt(need)}; tenant {tenant} has {fmt(max(limit - held, 0))} of its "
+                f"{fmt(limit)} quota left"
+            )
+    return ""
+
+
+def short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
+    for need, free, fmt in (
+        (totals[2], cluster.free_gpu, _gpus),
+        (totals[0], cluster.free_cpu, _cpus),
+        (totals[1], cluster.free_mem, _memory),
+    ):
+        if need > free:
+            return f"needs {fmt(need)} in total; {fmt(free)} free in the cluster"
+    return ""
+
+
+def gang_reason(
+    cluster: ClusterState, needs: Sequence[Need], roles: Sequence[str]
+) -> tuple[PendingReason, str]:
+    """InsufficientCapacity when a free sum over a pod's nodes is too small, else Fragmented."""
+    # The same per pod class: only the nodes a pod may use count for it.
+    by_class: dict[int, list[int]] = {}
+    first_role: dict[int, str] = {}
+    for need_, role in zip(needs, roles, strict=True):
+        sums = by_class.setdefault(need_[0], [0, 0, 0])
+        first_role.setdefault(need_[0], role)
+        sums[0] += need_[4]
+        sums[1] += need_[2]
+        sums[2] += need_[3]
+    for cls in sorted(by_class):
+        free_ = cluster.class_free(cls)
+        role = first_role[cls]
+        if free_.nodes == 0:
+            return (
+                PendingReason.INSUFFICIENT_CAPACITY,
+                f"no ready node passes the node selector, taints and GPU mode of its {role} pod",
+            )
+        sums = by_class[cls]
+        for need, free, fmt in (
+            (sums[0], free_.gpu_sum, _gpus),
+            (sums[1], free_.cpu_sum, _cpus),
+            (sums[2], free_.memory_sum, _memory),
+        ):
+            if need > free:
+                return (
+                    PendingReason.INSUFFICIENT_CAPACITY,
+                    f"needs {fmt(need)} on the nodes its {role} pods may use; "
+                    f"{fmt(free)} free there",
+                )
+    for need_, role in zip(needs, roles, strict=True):
+        free_ = cluster.class_free(need_[0])
+        _, kind, cpu, mem, gpu, _ = need_
+        if kind == GPU_INVALID:
+            return (
+                PendingReason.FRAGMENTED,
+                f"its {role} pod asks for {_gpus(gpu)}; a request is whole GPUs or a fraction "
+                "of one",
+            )
+        if kind == GPU_WHOLE and gpu > free_.gpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_gpus(gpu)} on one node; the most free on any node is "
+                f"{_count(free_.gpu_max // SHARES_PER_DEVICE)}",
+            )
+        if kind == GPU_FRACTION and gpu > free_.gpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_gpus(gpu)} of one device; the most free on any device is "
+                f"{_gpus(free_.gpu_max)}",
+            )
+        if cpu > free_.cpu_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_cpus(cpu)} on one node; the most free on any node is "
+                f"{_cpus(free_.cpu_max)}",
+            )
+        if mem > free_.memory_max:
+            return (
+                PendingReason.FRAGMENTED,
+                f"a {role} pod needs {_memory(mem)} on one node; the most free on any node is "
+                f"{_memory(free_.memory_max)}",
+            )
+    for need_, role in zip(needs, roles, strict=True):
+        if cluster.find(need_, None, honor=False) is None:
+            _, _, cpu, mem, gpu, _ = need_
+            wanted = [_gpus(gpu)] if gpu else []
+            wanted += [_cpus(cpu), _memory(mem)]
+            return (
+                PendingReason.FRAGMENTED,
+                f"no node has {', '.join(wanted[:-1])} and {wanted[-1]} free at once for a "
+                f"{role} pod",
+            )
+    return (
+        PendingReason.FRAGMENTED,
+        f"the free sums would fit, but no set of nodes fits all {len(needs)} pods at once",
+    )
+
+
+def never_fits(
+    pods: Sequence[PodRequest], nodes: Sequence[Node], quota: Quota
+) -> list[tuple[str, str]]:
+    """Problems that keep a job out forever, as (resource, message); empty if it could fit one day.
+
+    Uses only allocatable and quota, never what is free now. Readiness is ignored: a node that is
+    down may come back.
+    """
+    problems: list[tuple[str, str]] = []
+    for resource, need, limit, fmt in (
+        ("gpu", sum(map(_GPU, pods)), quota.gpu_shares, _gpus),
+        ("cpu", sum(map(_CPU, pods)), quota.cpu_millis, _cpus),
+        ("memory", sum(map(_MEMORY, pods)), quota.memory_bytes, _memory),
+    ):
+        if need > limit:
+            problems.append(
+                (resource, f"the job needs {fmt(need)} but the tenant's quota is {fmt(limit)}")
+            )
+    if quota.max_running_jobs < 1:
+        problems.append(("jobs", "the tenant's quota allows no running jobs"))
+    any_shared = any(node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0 for node in nodes)
+    previous: tuple[object, ...] = ()
+    for pod in pods:
+        # The replicas of a role come one after another with the same requests; their problems
+        # would be the same ones again (_pod_never_fits reads nothing else of a pod).
+        asks = (
+            pod.role,
+            pod.gpu_shares,
+            pod.cpu_millis,
+            pod.memory_bytes,
+            pod.node_selector,
+            pod.tolerations,
+        )
+        if asks == previous:
+            continue
+        previous = asks
+        for problem in _pod_never_fits(pod, nodes, any_shared):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _pod_never_fits(
+    pod: PodRequest, nodes: Sequence[Node], any_shared: bool
+) -> list[tuple[str, str]]:
+    role = pod.role
+    kind = gpu_kind(pod.gpu_shares)
+    if kind == GPU_INVALID:
+        return [
+            (
+                "gpu",
+                f"the {role} pod asks for {_gpus(pod.gpu_shares)}; a request is whole GPUs or "
+                "a fraction of one",
+            )
+        ]
+    if kind == GPU_FRACTION and not any_shared:
+        return [
+            (
+                "gpu",
+                f"the {role} pod asks for {_gpus(pod.gpu_shares)}, a fraction of a GPU, but no "
+                "node shares GPUs",
+            )
+        ]
+    selector, tolerations = pod.node_selector, pod.tolerations
+    eligible = [
+        node for node in nodes if node_admits(node, selector, tolerations, kind, ignore_ready=True)
+    ]
+    if not eligible:
+        if kind != GPU_NONE and any(
+            node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True) for node in nodes
+        ):
+            sort = "shared GPUs" if kind == GPU_FRACTION else "GPUs"
+            return [("gpu", f"no node the {role} pod may use offers {sort}")]
+        return [("selector", f"no node passes the node selector and tolerations of the {role} pod")]
+    problems: list[tuple[str, str]] = []
+    if kind == GPU_WHOLE:
+        most = max(node.gpu_devices for node in eligible)
+        if pod.gpu_shares > most * SHARES_PER_DEVICE:
+            problems.append(
+                (
+                    "gpu",
+                    f"the {role} pod needs {_gpus(pod.gpu_shares)} on one node; the largest node "
+                    f"it may use has {_count(most)}",
+                )
+            )
+    for resource, need, most, fmt in (
+        ("cpu", pod.cpu_millis, max(node.cpu_millis for node in eligible), _cpus),
+        ("memory", pod.memory_bytes, max(node.memory_bytes for node in eligible), _memory),
+    ):
+        if need > most:
+            problems.append(
+                (
+                    resource,
+                    f"the {role} pod needs {fmt(need)} on one node; the largest node it may use "
+                    f"has {fmt(most)}",
+                )
+            )
+    return problems
+
+
+# -- human units ---------------------------------------------------------------------------------
+
+
+def listing(nodes: Sequence[str], most: int = 5) -> str:
+    named = ", ".join(nodes[:most])
+    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
+    return f"node{'s' if len(nodes) > 1 else ''} {named}{more}"
+
+
+def _number(value: float) -> str:
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text if text != "-0" else "0"
+
+
+def _count(devices: int) -> str:
+    return f"{devices} GPU" if devices == 1 else f"{devices} GPUs"
+
+
+def _gpus(shares: int) -> str:
+    return f"{_number(shares / SHARES_PER_DEVICE)} GPU" + ("" if shares == 100 else "s")
+
+
+def _cpus(millis: int) -> str:
+    return f"{_number(millis / 1000)} CPU" + ("" if millis == 1000 else "s")
+
+
+def _memory(size: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(size) >= scale:
+            return f"{_number(size / scale)} {unit}"
+    return f"{size} bytes"
