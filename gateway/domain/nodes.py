@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-SHARES_PER_DEVICE = 100
+from gateway.domain.resources import GPU_SHARES_PER_DEVICE
+
+SHARES_PER_DEVICE = GPU_SHARES_PER_DEVICE  # one GPU device, in the shares placement counts
 
 # Kinds of GPU request. They decide which nodes are eligible, so they are part of a pod's class.
 GPU_NONE = 0
