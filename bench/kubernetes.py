@@ -27,7 +27,8 @@ from gateway.backends.base import Gang, PodPlacement
 from gateway.backends.kubernetes.client import kube_client
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.domain.jobspec import JobSpec, check_job_spec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.pods import pod_name
 from tests.integration.kube import kubeconfig, node, running_cluster, seed
 

@@ -16,7 +16,7 @@ from gateway.api.views import audit_view, tenant_view
 from gateway.db import grants as grant_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.jobs import decode_cursor, encode_cursor
-from gateway.domain.jobspec import DNS_1123_LABEL
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
 from gateway.errors import BadRequest, NotFound, ValidationFailed

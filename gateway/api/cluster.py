@@ -10,7 +10,7 @@ from gateway.api.views import tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
 from gateway.domain.capacity import free_capacity
-from gateway.domain.jobspec import DNS_1123_LABEL
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
 from gateway.errors import NotFound
 

@@ -16,7 +16,8 @@ from gateway.api.views import event_view, job_view
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
 from gateway.domain.access import Action
-from gateway.domain.jobspec import LABEL_KEY, LABEL_VALUE, check_job_spec
+from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.names import LABEL_KEY, LABEL_VALUE
 from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
 from gateway.domain.queueing import Quota

@@ -50,7 +50,7 @@ from gateway.db.usage import (
 )
 from gateway.domain.access import Action
 from gateway.domain.capacity import free_capacity
-from gateway.domain.jobspec import DNS_1123_LABEL
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.nodes import Node
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.states import EventType

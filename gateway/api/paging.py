@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.domain.jobspec import DNS_1123_LABEL
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.errors import BadRequest
 
 MAX_PAGE = 500

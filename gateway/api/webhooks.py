@@ -16,7 +16,8 @@ from gateway.db import jobs as job_rows
 from gateway.db import webhooks as rows
 from gateway.db.tenants import new_webhook_secret
 from gateway.domain.access import Action
-from gateway.domain.jobspec import DNS_1123_LABEL, JobSpec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.webhooks import webhook_id
 from gateway.errors import NotFound

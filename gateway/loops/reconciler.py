@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Gang, PodPlacement, PodStatus, Runtime
 from gateway.db import lifecycle as rows
-from gateway.domain.jobspec import JobSpec, SpecLimits, check_job_spec
+from gateway.domain.jobspec import JobSpec, SpecLimits
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
 from gateway.domain.states import JobState
 

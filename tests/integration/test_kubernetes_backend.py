@@ -27,7 +27,8 @@ from gateway.backends.kubernetes.client import (
 )
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.domain.jobspec import JobSpec, check_job_spec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.k8s_objects import (
     GPU_RESOURCE,
     LABEL_ATTEMPT,

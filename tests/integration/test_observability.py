@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db import lifecycle
-from gateway.domain.jobspec import JobSpec, check_job_spec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
 from gateway.domain.nodes import Node
 from gateway.domain.states import JobState

@@ -17,9 +17,9 @@ from gateway.domain.jobspec import (
     JobSpec,
     RestartPolicy,
     SpecLimits,
-    check_job_spec,
     to_document,
 )
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.problems import FieldProblem
 
 GI = 2**30

@@ -14,7 +14,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from gateway.domain.jobspec import DNS_1123_LABEL, JobSpec, check_job_spec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.k8s_objects import (
     GPU_RESOURCE,
     LABEL_ATTEMPT,
@@ -34,6 +35,7 @@ from gateway.domain.k8s_objects import (
     replica_labels,
     service_manifest,
 )
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.nodes import GpuMode, GpuSlice
 from gateway.domain.pods import pod_name
 from gateway.domain.replica_env import kubernetes_addresses, replica_env

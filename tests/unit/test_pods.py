@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.jobspec import DNS_1035_LABEL, JobSpec, check_job_spec, to_document
+from gateway.domain.jobspec import JobSpec, to_document
+from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.names import DNS_1035_LABEL
 from gateway.domain.pods import pod_name, pod_requests, pod_requests_from_document
 
 SPECS: dict[str, dict[str, Any]] = {

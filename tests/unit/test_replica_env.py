@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.jobspec import JobSpec, check_job_spec
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.replica_env import (
     THREAD_VARIABLES,
     Address,
