@@ -165,14 +165,17 @@ class Authenticator:
         self._grants_at = None
 
 
-def make_authenticator(settings: Settings, engine: AsyncEngine) -> Authenticator:
+def make_authenticator(
+    settings: Settings, engine: AsyncEngine, *, clock: Callable[[], float] = time.monotonic
+) -> Authenticator:
     """The settings' issuer: the external one when MUSTER_OIDC_ISSUER is set (its keys fetched
-    over HTTP), else the local issuer (its keys read from the key file)."""
+    over HTTP), else the local issuer (its keys read from the key file). ``clock`` paces the
+    key cache's refreshes."""
     if settings.oidc_issuer is not None:
-        keys = CachedKeys(oidc_loader(settings.oidc_issuer))
+        keys = CachedKeys(oidc_loader(settings.oidc_issuer), clock=clock)
         issuer, algorithms = settings.oidc_issuer, settings.oidc_algorithms
     else:
-        keys = CachedKeys(local_loader(settings.issuer_key_file), min_refresh=5.0)
+        keys = CachedKeys(local_loader(settings.issuer_key_file), clock=clock, min_refresh=5.0)
         issuer, algorithms = LOCAL_ISSUER, (LOCAL_ALGORITHM,)
     verifier = Verifier(
         keys=keys,

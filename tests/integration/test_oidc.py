@@ -27,9 +27,8 @@ from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
-from gateway.auth.authenticator import Authenticator, make_authenticator, oidc_loader
-from gateway.auth.keys import CachedKeys, public_jwks
-from gateway.auth.tokens import Verifier
+from gateway.auth.authenticator import Authenticator, make_authenticator
+from gateway.auth.keys import public_jwks
 from gateway.backends.nodes_file import StaticInventory
 from gateway.domain.nodes import Node
 from gateway.settings import Settings
@@ -167,22 +166,7 @@ def oidc_settings(settings: Settings, issuer_url: str) -> Settings:
 def clocked_authenticator(settings: Settings, engine: AsyncEngine, clock: Clock) -> Authenticator:
     """What make_authenticator builds for an external issuer, with the key cache on ``clock``."""
     assert settings.oidc_issuer is not None
-    keys = CachedKeys(oidc_loader(settings.oidc_issuer), clock=clock)
-    verifier = Verifier(
-        keys=keys,
-        issuer=settings.oidc_issuer,
-        audience=settings.oidc_audience,
-        algorithms=settings.oidc_algorithms,
-        leeway=settings.oidc_leeway,
-    )
-    return Authenticator(
-        verifier,
-        engine,
-        admin_groups=settings.admin_groups,
-        user_claim=settings.oidc_user_claim,
-        groups_claim=settings.oidc_groups_claim,
-        role_groups=settings.oidc_role_groups,
-    )
+    return make_authenticator(settings, engine, clock=clock)
 
 
 Gateway = Callable[..., contextlib.AbstractAsyncContextManager[CheckedClient]]
