@@ -189,7 +189,8 @@ def never_fits(
         for problem in _pod_never_fits(pod, nodes, any_shared):
             if problem not in problems:
                 problems.append(problem)
-    return problems
+    # The whole gang against the whole cluster, for a resource no finer problem named yet.
+    return problems + _bigger_than_cluster(pods, nodes, {resource for resource, _ in problems})
 
 
 def _pod_never_fits(
@@ -266,6 +267,33 @@ def _number(value: float) -> str:
 
 def _count(devices: int) -> str:
     return f"{devices} GPU" if devices == 1 else f"{devices} GPUs"
+
+
+def _bigger_than_cluster(
+    pods: Sequence[PodRequest], nodes: Sequence[Node], reported: set[str]
+) -> list[tuple[str, str]]:
+    """A gang runs whole or not at all: one that needs more in all than every node together
+    offers can never run, though each of its pods would fit some node on its own."""
+    problems: list[tuple[str, str]] = []
+    for resource, need, offered, fmt in (
+        (
+            "gpu",
+            sum(map(_GPU, pods)),
+            sum(node.gpu_devices for node in nodes) * SHARES_PER_DEVICE,
+            _gpus,
+        ),
+        ("cpu", sum(map(_CPU, pods)), sum(node.cpu_millis for node in nodes), _cpus),
+        ("memory", sum(map(_MEMORY, pods)), sum(node.memory_bytes for node in nodes), _memory),
+    ):
+        if need > offered and resource not in reported:
+            problems.append(
+                (
+                    resource,
+                    f"the job's pods need {fmt(need)} in all, and every node together offers "
+                    f"{fmt(offered)}",
+                )
+            )
+    return problems
 
 
 def _gpus(shares: int) -> str:

@@ -841,6 +841,30 @@ CLUSTER = (
             [],
             id="a node that is down may come back",
         ),
+        pytest.param(
+            [pod(gpu=400)] * 4,
+            CLUSTER,
+            QUOTA,
+            [
+                (
+                    "gpu",
+                    "the job's pods need 16 GPUs in all, and every node together offers 12 GPUs",
+                )
+            ],
+            id="a gang bigger than the whole cluster, though each pod fits a node",
+        ),
+        pytest.param(
+            [pod(cpu=30)] * 4,
+            CLUSTER,
+            Quota(cpu_millis=200_000, memory_bytes=256 * GIB, gpu_shares=0, max_running_jobs=5),
+            [
+                (
+                    "cpu",
+                    "the job's pods need 120 CPUs in all, and every node together offers 96 CPUs",
+                )
+            ],
+            id="more cpu in all than every node together",
+        ),
     ],
 )
 def test_never_fits_names_what_keeps_a_job_out_forever(
