@@ -19,7 +19,8 @@ from aiohttp import web
 
 from gateway.api.context import AUTHENTICATOR, SETTINGS
 from gateway.api.problems import Handler
-from gateway.domain.access import Access, Action
+from gateway.domain.access import LEAST_ROLE, Access, Action
+from gateway.domain.names import DNS_1123_LABEL
 from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.logs import bind
 
@@ -78,22 +79,22 @@ def require_role(request: web.Request) -> Access:
     return caller
 
 
-def _role_refusal(caller: Access, tenant: str, action: Action) -> Forbidden:
-    role = caller.role(tenant)
+def role_refusal(caller: Access, tenant: str, action: Action) -> Forbidden:
+    """403 for a caller who can see ``tenant`` but whose role there is too small for ``action``."""
     return Forbidden(
-        f"your role in tenant {tenant!r} is {role}; to {action.value} you need "
-        f"{'submitter' if action is not Action.ROTATE_WEBHOOK_SECRET else 'tenant-admin'}"
+        f"your role in tenant {tenant!r} is {caller.role(tenant)}; to {action.value} you need "
+        f"{LEAST_ROLE[action].value}"
     )
 
 
 def check_tenant(request: web.Request, tenant: str, action: Action = Action.READ) -> None:
-    """404 for a tenant the caller cannot see (as for one that does not exist), 403 when it can
-    see it but may not do ``action``."""
+    """404 for a tenant the caller cannot see, or whose name cannot be a tenant's (as for one that
+    does not exist), 403 when it can see it but may not do ``action``."""
     caller = require_role(request)
-    if not caller.sees(tenant):
+    if not DNS_1123_LABEL.fullmatch(tenant) or not caller.sees(tenant):
         raise NotFound(f"tenant {tenant!r} does not exist")
     if not caller.may(tenant, action):
-        raise _role_refusal(caller, tenant, action)
+        raise role_refusal(caller, tenant, action)
 
 
 def check_job(request: web.Request, job: Mapping[Any, Any], action: Action = Action.READ) -> None:
@@ -104,4 +105,4 @@ def check_job(request: web.Request, job: Mapping[Any, Any], action: Action = Act
     if not caller.sees(tenant):
         raise NotFound(f"job {request.match_info.get('id', job['id'])} does not exist")
     if not caller.may(tenant, action):
-        raise _role_refusal(caller, tenant, action)
+        raise role_refusal(caller, tenant, action)

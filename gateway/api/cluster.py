@@ -10,9 +10,7 @@ from gateway.api.views import tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
 from gateway.domain.capacity import free_capacity
-from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
-from gateway.errors import NotFound
 
 routes = web.RouteTableDef()
 
@@ -77,8 +75,6 @@ async def cluster(request: web.Request) -> web.Response:
 @routes.get("/v1/tenants/{tenant}")
 async def tenant_status(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
-    if not DNS_1123_LABEL.fullmatch(name):
-        raise NotFound(f"tenant {name!r} does not exist")
     check_tenant(request, name)
     row = await tenant_rows.status(request.app[ENGINE], name)
     return web.json_response(tenant_status_view(row))

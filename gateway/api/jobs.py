@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import schema, webhooks
-from gateway.api.auth import access, actor, check_job, recheck, require_role
+from gateway.api.auth import access, actor, check_job, recheck, require_role, role_refusal
 from gateway.api.body import read_document, read_json
 from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
 from gateway.api.paging import page_limit, tenant_filter
@@ -24,7 +24,7 @@ from gateway.domain.queueing import Quota
 from gateway.domain.reasons import never_fits
 from gateway.domain.states import JobState
 from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
-from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -150,9 +150,7 @@ def _check_submitter(request: web.Request, document: Any) -> None:
             [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
         )
     if not caller.may(tenant, Action.SUBMIT):
-        raise Forbidden(
-            f"your role in tenant {tenant!r} is {caller.role(tenant)}; submitting needs submitter"
-        )
+        raise role_refusal(caller, tenant, Action.SUBMIT)
 
 
 async def _from_tfjob(

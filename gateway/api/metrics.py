@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from gateway.api.auth import check_tenant, recheck, require_admin, require_role
 from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION, REQUEST_ID_HEADER
+from gateway.api.paging import tenant_filter
 from gateway.api.views import event_view
 from gateway.db.usage import (
     STREAM_START,
@@ -50,11 +51,10 @@ from gateway.db.usage import (
 )
 from gateway.domain.access import Action
 from gateway.domain.capacity import free_capacity
-from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.nodes import Node
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.states import EventType
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest
 from gateway.logs import bind, log_context
 
 IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
@@ -268,8 +268,6 @@ def _consumption_view(consumed: Consumption) -> dict[str, float]:
 @routes.get("/v1/tenants/{tenant}/usage")
 async def usage(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
-    if not DNS_1123_LABEL.fullmatch(name):
-        raise NotFound(f"tenant {name!r} does not exist")
     check_tenant(request, name)
     bind(tenant=name)
     now = datetime.now(UTC)
@@ -327,9 +325,7 @@ async def _resume_from(request: web.Request) -> EventPosition:
 
 
 def _event_filters(query: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:
-    tenant = query.get("tenant")
-    if tenant is not None and not DNS_1123_LABEL.fullmatch(tenant):
-        raise BadRequest("tenant must be a tenant name")
+    tenant = tenant_filter(query)
     job = query.get("job")
     if job is not None:
         try:
