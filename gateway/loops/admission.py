@@ -2,8 +2,9 @@
 
 A failed cycle is logged and retried at the next wake-up; it never stops the loop. Cycles are
 paced by their own cost (and run at most five a second), so a burst of submits costs a few
-cycles, not one per submit. Cancellation (shutdown) ends the loop between cycles or aborts the
-open transaction, which rolls back whole.
+cycles, not one per submit. Cancellation (shutdown) ends the loop between cycles, or lets the
+cycle in progress finish (up to CYCLE_GRACE seconds; past that its transaction is aborted and
+rolls back whole).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,6 +30,8 @@ PACING = 4.0
 #: The shortest rest between cycles: under a stream of submits, admit in batches of at most a
 #: fifth of a second's arrivals rather than re-planning the queue for every few submits.
 MIN_REST = 0.2
+#: On shutdown, how long a cycle in progress may take to finish before it is cancelled.
+CYCLE_GRACE = 5.0
 
 
 class AdmissionLoop:
@@ -89,6 +93,20 @@ class AdmissionLoop:
             )
         return result
 
+    @staticmethod
+    async def _finish_on_shutdown(work: Coroutine[Any, Any, CycleResult]) -> CycleResult:
+        """Await ``work``; if this task is cancelled (shutdown), give the cycle in progress up to
+        CYCLE_GRACE seconds to end whole, commit or rollback, before it is cancelled too: a
+        statement cancelled mid-flight on the driver connection can leave that connection
+        unusable, and closing the pool then waits on it."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, CYCLE_GRACE)
+            raise
+
     async def run(self) -> None:
         try:
             while True:
@@ -96,7 +114,7 @@ class AdmissionLoop:
                 busy = 0.0
                 try:
                     if await self.leadership.check():
-                        busy = (await self.cycle()).seconds
+                        busy = (await self._finish_on_shutdown(self.cycle())).seconds
                 except Exception:
                     log.exception("admission cycle failed; retrying at the next wake-up")
                 # Pace the cycles: after one that took d seconds, rest at least PACING * d (and
