@@ -12,7 +12,7 @@ from gateway.api.auth import actor, require_admin
 from gateway.api.body import read_json
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit, tenant_filter
-from gateway.api.views import audit_view, tenant_view
+from gateway.api.views import audit_view, json_response, tenant_view
 from gateway.db import grants as grant_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.jobs import decode_cursor, encode_cursor
@@ -80,21 +80,21 @@ async def put_tenant(request: web.Request) -> web.Response:
         request.app[ENGINE], name, tenant_values(body, _defaults(name)), actor=actor(request)
     )
     headers = {"Location": f"/v1/admin/tenants/{name}"} if created else None
-    return web.json_response(tenant_view(row), status=201 if created else 200, headers=headers)
+    return json_response(tenant_view(row), status=201 if created else 200, headers=headers)
 
 
 @routes.get("/v1/admin/tenants/{tenant}")
 async def get_tenant(request: web.Request) -> web.Response:
     require_admin(request)
     row = await tenant_rows.get(request.app[ENGINE], _tenant_name(request))
-    return web.json_response(tenant_view(row))
+    return json_response(tenant_view(row))
 
 
 @routes.get("/v1/admin/tenants")
 async def list_tenants(request: web.Request) -> web.Response:
     require_admin(request)
     rows = await tenant_rows.list_all(request.app[ENGINE])
-    return web.json_response({"items": [tenant_view(row) for row in rows]})
+    return json_response({"items": [tenant_view(row) for row in rows]})
 
 
 @routes.patch("/v1/admin/tenants/{tenant}")
@@ -116,7 +116,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
         return tenant_values(body, {key: current[key] for key in fields})
 
     row = await tenant_rows.patch(request.app[ENGINE], name, merge, actor=actor(request))
-    return web.json_response(tenant_view(row))
+    return json_response(tenant_view(row))
 
 
 @routes.delete("/v1/admin/tenants/{tenant}")
@@ -140,7 +140,7 @@ async def list_audit(request: web.Request) -> web.Response:
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    return web.json_response(
+    return json_response(
         {
             "items": [audit_view(row) for row in rows],
             "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
@@ -152,7 +152,7 @@ async def list_audit(request: web.Request) -> web.Response:
 async def get_grants(request: web.Request) -> web.Response:
     require_admin(request)
     found = await grant_rows.of_tenant(request.app[ENGINE], _tenant_name(request))
-    return web.json_response(grant_rows.as_map(found))
+    return json_response(grant_rows.as_map(found))
 
 
 @routes.put("/v1/admin/tenants/{tenant}/grants")
@@ -167,4 +167,4 @@ async def put_grants(request: web.Request) -> web.Response:
     grants = grant_rows.from_map(name, body)
     await grant_rows.replace(request.app[ENGINE], name, grants, actor=actor(request))
     request.app[AUTHENTICATOR].forget_grants()
-    return web.json_response(grant_rows.as_map(grants))
+    return json_response(grant_rows.as_map(grants))

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import check_tenant, require_role
 from gateway.api.context import ENGINE, INVENTORY
-from gateway.api.views import tenant_status_view
+from gateway.api.views import json_response, tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
 from gateway.domain.capacity import free_capacity
@@ -55,7 +55,7 @@ async def cluster(request: web.Request) -> web.Response:
             totals["free_cpu"] += max(left.cpu_millis, 0)
             totals["free_memory"] += max(left.memory_bytes, 0)
             totals["free_gpu"] += max(gpu_free, 0)
-    return web.json_response(
+    return json_response(
         {
             "nodes": items,
             "capacity": {
@@ -77,4 +77,4 @@ async def tenant_status(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
     check_tenant(request, name)
     row = await tenant_rows.status(request.app[ENGINE], name)
-    return web.json_response(tenant_status_view(row))
+    return json_response(tenant_status_view(row))

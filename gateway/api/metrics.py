@@ -37,7 +37,7 @@ from gateway.api.auth import check_tenant, recheck, require_admin, require_role
 from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION, REQUEST_ID_HEADER
 from gateway.api.paging import tenant_filter
-from gateway.api.views import event_view
+from gateway.api.views import event_view, json_response
 from gateway.db.usage import (
     STREAM_START,
     Consumption,
@@ -292,7 +292,7 @@ async def usage(request: web.Request) -> web.Response:
         body["jobs"] = [
             {"id": j.job_id, "name": j.name, **_consumption_view(j.consumed)} for j in jobs
         ]
-    return web.json_response(body)
+    return json_response(body)
 
 
 EVENT_PAGE = 100

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.schema import openapi_document
+from gateway.api.views import json_response
 from gateway.auth.keys import local_key_set, public_jwks
 from gateway.errors import DatabaseUnavailable
 
@@ -21,7 +22,7 @@ JWKS_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("jwks_cache")
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -31,12 +32,12 @@ async def readyz(request: web.Request) -> web.Response:
             await conn.execute(text("SELECT 1"))
     except (OSError, DBAPIError, OperationalError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return json_response(openapi_document())
 
 
 @routes.get("/.well-known/jwks.json")
@@ -48,12 +49,12 @@ async def jwks(request: web.Request) -> web.Response:
     size), not by reading and checking the private key on every request."""
     settings = request.app[SETTINGS]
     if settings.oidc_issuer is not None:
-        return web.json_response({"keys": []})
+        return json_response({"keys": []})
     path = settings.issuer_key_file
     try:
         stat = path.stat()
     except FileNotFoundError:
-        return web.json_response({"keys": []})
+        return json_response({"keys": []})
     version = (stat.st_mtime_ns, stat.st_size)
     cached = request.app[JWKS_CACHE]
     if cached.get("version") != version:

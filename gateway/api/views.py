@@ -1,4 +1,8 @@
-"""Rows -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant."""
+"""Rows -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant.
+
+Every JSON body the API sends is encoded by ``json_response`` (orjson: compact UTF-8, several
+times faster than the standard library on job documents).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,32 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
+from aiohttp import web
+
 from gateway.domain.resources import format_cpu, format_gpu, format_memory
+
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=JSON_OPTIONS)
+
+
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
+) -> web.Response:
+    return web.Response(
+        body=json_bytes(data),
+        status=status,
+        headers=headers,
+        content_type=content_type,
+        charset="utf-8",
+    )
 
 
 def timestamp(value: datetime | None) -> str | None:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.api.auth import actor, check_job, check_tenant
 from gateway.api.context import ENGINE, SETTINGS
-from gateway.api.views import timestamp
+from gateway.api.views import json_response, timestamp
 from gateway.db import jobs as job_rows
 from gateway.db import webhooks as rows
 from gateway.db.tenants import new_webhook_secret
@@ -75,7 +75,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     check_job(request, await job_rows.get(request.app[ENGINE], job_id))
     found = await rows.for_job(request.app[ENGINE], job_id)
-    return web.json_response({"items": [delivery_view(d) for d in found]})
+    return json_response({"items": [delivery_view(d) for d in found]})
 
 
 @routes.post("/v1/jobs/{id}/deliveries/{delivery}/redeliver")
@@ -85,7 +85,7 @@ async def redeliver(request: web.Request) -> web.Response:
     delivery = await rows.redeliver(
         request.app[ENGINE], request.match_info["id"], request.match_info["delivery"]
     )
-    return web.json_response(delivery_view(delivery), status=202)
+    return json_response(delivery_view(delivery), status=202)
 
 
 @routes.post("/v1/tenants/{tenant}/webhook-secret/rotate")
@@ -96,7 +96,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         request.app[ENGINE], tenant, new_webhook_secret(), actor=actor(request)
     )
     overlap = timedelta(seconds=request.app[SETTINGS].webhook_secret_overlap)
-    return web.json_response(
+    return json_response(
         {
             "tenant": rotated.tenant,
             "webhook_secret": rotated.secret,
