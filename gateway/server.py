@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.api.context import SUBMITS
 from gateway.api.views import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
@@ -111,6 +112,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             is_leader=lambda: admission.leadership.is_leader,
             collectors=(admission.cycle_seconds, admission.cycle_jobs),
         )
+        app[SUBMITS].on_queued = admission.queued
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -212,3 +214,4 @@ async def migrate_only(settings: Settings) -> str:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with open_database(settings) as database:
         return database.description
+

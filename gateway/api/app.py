@@ -24,6 +24,7 @@ from gateway.api.context import (
     RUNTIME,
     SETTINGS,
     SPEC_LIMITS,
+    SUBMITS,
 )
 from gateway.api.observability import (
     REQUEST_DURATION,
@@ -35,6 +36,7 @@ from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.jobs import NOTIFY_CHANNEL
 from gateway.db.notify import Notifier
+from gateway.db.submits import Submits
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
@@ -64,6 +66,8 @@ def make_app(
     app[AUTHENTICATOR] = authenticator or make_authenticator(settings, engine)
     app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
     app.cleanup_ctx.append(_notifier)
+    app[SUBMITS] = Submits(engine)
+    app.on_shutdown.append(_finish_submits)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
     app[service.JWKS_CACHE] = {}
     app.add_routes(service.routes)
@@ -73,6 +77,11 @@ def make_app(
     app.add_routes(webhooks.routes)
     app.add_routes(metrics.routes)
     return app
+
+
+async def _finish_submits(app: web.Application) -> None:
+    """Let batched submits in flight commit before the engine goes away."""
+    await app[SUBMITS].close()
 
 
 async def _notifier(app: web.Application) -> AsyncIterator[None]:

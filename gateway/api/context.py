@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.auth.authenticator import Authenticator
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.notify import Notifier
+from gateway.db.submits import Submits
 from gateway.domain.jobspec import SpecLimits
 from gateway.settings import Settings
 
@@ -18,3 +19,4 @@ INVENTORY = web.AppKey("inventory", Inventory)
 RUNTIME: web.AppKey[Runtime | None] = web.AppKey("runtime")
 NOTIFIER = web.AppKey("notifier", Notifier)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+SUBMITS = web.AppKey("submits", Submits)

@@ -10,11 +10,20 @@ from aiohttp import web
 from gateway.api import schema, webhooks
 from gateway.api.auth import access, actor, check_job, recheck, require_role, role_refusal
 from gateway.api.body import read_document, read_json
-from gateway.api.context import ENGINE, INVENTORY, NOTIFIER, RUNTIME, SETTINGS, SPEC_LIMITS
+from gateway.api.context import (
+    ENGINE,
+    INVENTORY,
+    NOTIFIER,
+    RUNTIME,
+    SETTINGS,
+    SPEC_LIMITS,
+    SUBMITS,
+)
 from gateway.api.paging import page_limit, tenant_filter
-from gateway.api.views import event_view, job_view
+from gateway.api.views import event_view, job_view, json_response
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
+from gateway.db.submits import request_hash
 from gateway.domain.access import Action
 from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
@@ -78,18 +87,18 @@ async def submit_job(request: web.Request) -> web.Response:
                 detail="the job can never run: " + "; ".join(m for _, m in impossible),
             )
 
-    submitted = await job_rows.submit(
-        request.app[ENGINE],
+    submitted = await request.app[SUBMITS].submit(
         meaning,
-        body_hash=job_rows.request_hash(body) if key is not None else "",
+        body_hash=request_hash(body) if key is not None else "",
         idempotency_key=key,
         actor=actor(request),
+        pods=pods,
         admissible=refuse_impossible,
     )
     if submitted.created:
         request.app[NOTIFIER].poke()
     view = job_view(submitted.job)
-    return web.json_response(
+    return json_response(
         view,
         status=201 if submitted.created else 200,
         headers={"Location": f"/v1/jobs/{view['id']}"},
@@ -121,7 +130,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=limit,
         after=after,
     )
-    return web.json_response(
+    return json_response(
         {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
     )
 
@@ -211,7 +220,7 @@ def parse_selector(selector: str) -> dict[str, str]:
 async def get_job(request: web.Request) -> web.Response:
     row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
     check_job(request, row)
-    return web.json_response(job_view(row))
+    return json_response(job_view(row))
 
 
 @routes.post("/v1/jobs/{id}/cancel")
@@ -221,7 +230,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     check_job(request, await job_rows.get(request.app[ENGINE], job_id), Action.CANCEL)
     row = await job_rows.cancel(request.app[ENGINE], job_id, actor=actor(request), reason=reason)
     request.app[NOTIFIER].poke()
-    return web.json_response(job_view(row))
+    return json_response(job_view(row))
 
 
 async def _cancel_reason(request: web.Request) -> str | None:
@@ -242,7 +251,7 @@ async def job_events(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
     check_job(request, await job_rows.get(request.app[ENGINE], job_id))
     rows = await job_rows.events(request.app[ENGINE], job_id)
-    return web.json_response({"items": [event_view(row) for row in rows]})
+    return json_response({"items": [event_view(row) for row in rows]})
 
 
 @routes.get("/v1/jobs/{id}/logs")

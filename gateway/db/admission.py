@@ -16,6 +16,12 @@ written once, by its submit, and never updated; its queued_at and not_before cha
 is requeued after an eviction, and that same statement increments its attempt
 (``gateway.db.lifecycle``). An entry is used only while the row's attempt equals the attempt it
 was read at. Memory is bounded by the queue: each cycle drops the entries of jobs it did not read.
+
+The submits of the leader's own process hand their jobs over as they are written (``prime``), so
+that most jobs are never read back at all: a primed job is its submit's row and the very pods its
+submit checked, at attempt 0, which is what a read would give. Primed jobs wait aside until a
+cycle sees them queued; those not seen within two cycles (cancelled, or written after a snapshot
+that then took long) are dropped and, if still queued, read as usual.
 """
 
 from __future__ import annotations
@@ -56,16 +62,35 @@ class SpecCache:
     See the module docstring for why an entry is never stale and how its size is bounded.
     """
 
+    #: Primed jobs kept aside at most (a bound for a leader whose cycles stall).
+    MAX_PRIMED = 100_000
+
     def __init__(self) -> None:
         self._jobs: dict[str, tuple[int, PendingJob]] = {}
+        self._primed: dict[str, tuple[int, PendingJob]] = {}  # id -> (generation, job)
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def prime(self, job: PendingJob) -> None:
+        """A job just submitted (attempt 0), as its submit wrote and checked it."""
+        if len(self._primed) < self.MAX_PRIMED:
+            self._primed[job.id] = (self._generation, job)
+
     def stale(self, queued: Sequence[Sequence[Any]]) -> list[str]:
-        """Ids of ``_QUEUED`` rows without an entry for their current attempt."""
-        jobs = self._jobs
-        return [row[0] for row in queued if jobs.get(row[0], _NO_ENTRY)[0] != row[1]]
+        """Ids of ``_QUEUED`` rows without an entry for their current attempt (primed jobs
+        seen queued at attempt 0 take their entry now)."""
+        jobs, primed = self._jobs, self._primed
+        missing = [row for row in queued if jobs.get(row[0], _NO_ENTRY)[0] != row[1]]
+        stale = []
+        for row in missing:
+            handed = primed.pop(row[0], None)
+            if handed is not None and row[1] == 0:
+                jobs[row[0]] = (0, handed[1])
+            else:
+                stale.append(row[0])
+        return stale
 
     def add(self, row: Sequence[Any]) -> None:
         """A ``_DETAILS`` row: the job at its attempt, with its spec (checked at submit and
@@ -92,10 +117,16 @@ class SpecCache:
         return self._jobs[job_id][1].pods
 
     def keep_only(self, job_ids: set[str]) -> None:
+        """End of a cycle that read ``job_ids`` queued: forget every other job, and primed jobs
+        no cycle has seen for two cycles."""
         jobs = self._jobs
         if len(jobs) > len(job_ids):
             for job_id in [k for k in jobs if k not in job_ids]:
                 del jobs[job_id]
+        self._generation += 1
+        primed, oldest = self._primed, self._generation - 2
+        for job_id in [k for k, (generation, _) in primed.items() if generation < oldest]:
+            del primed[job_id]
 
 
 _NO_ENTRY: tuple[int, None] = (-1, None)

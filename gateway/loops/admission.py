@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.base import Inventory
 from gateway.db.admission import CycleResult, SpecCache, run_cycle
 from gateway.db.jobs import NOTIFY_CHANNEL
+from gateway.domain.queueing import PendingJob
 from gateway.loops.leader import Leadership
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,12 @@ class AdmissionLoop:
         self.last: CycleResult | None = None
         # Called after a cycle admitted jobs, e.g. to wake the reconciler at once.
         self.on_admitted: Callable[[], None] | None = None
+
+    def queued(self, job: PendingJob) -> None:
+        """A job this process just queued: spare the next cycle reading it back (leader only;
+        see ``SpecCache``)."""
+        if self.leadership.is_leader:
+            self.cache.prime(job)
 
     async def cycle(self) -> CycleResult:
         nodes = await self.inventory.nodes()

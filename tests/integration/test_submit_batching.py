@@ -1,0 +1,247 @@
+"""Submits written together (group commit): many jobs per statement, each with its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.api.context import SUBMITS
+from gateway.db.admission import SpecCache, load_snapshot
+from gateway.db.engine import make_engine
+from gateway.db.submits import Submits, Submitted
+from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.nodes import Node
+from gateway.domain.pods import pod_requests
+from gateway.domain.queueing import PendingJob, Quota
+from gateway.errors import Conflict, ValidationFailed
+from tests.integration.test_admission_cycle import job, make_tenant
+from tests.openapi_check import CheckedClient
+
+
+def spec(name: str, tenant: str = "search") -> JobSpec:
+    checked = check_job_spec(job(name, tenant=tenant, gpu=0.5, workers=2))
+    assert isinstance(checked, JobSpec), checked
+    return checked
+
+
+def fits(_: Quota) -> None:
+    """The admissible check of a job that can run."""
+
+
+async def submit(
+    submits: Submits, job_spec: JobSpec, *, key: str | None = None, body_hash: str = "h"
+) -> Submitted:
+    return await submits.submit(
+        job_spec,
+        body_hash=body_hash,
+        idempotency_key=key,
+        actor="alice",
+        pods=pod_requests(job_spec),
+        admissible=fits,
+    )
+
+
+async def counts(engine: AsyncEngine) -> tuple[int, int, list[Any]]:
+    """(jobs, 'submitted' events, job names whose submitted events are not exactly one)."""
+    async with engine.connect() as conn:
+        jobs = await conn.scalar(text("SELECT count(*) FROM jobs"))
+        events = await conn.scalar(text("SELECT count(*) FROM job_events WHERE type='submitted'"))
+        odd = (
+            await conn.execute(
+                text(
+                    "SELECT j.name FROM jobs j LEFT JOIN job_events e "
+                    "ON e.job_id = j.id AND e.type = 'submitted' "
+                    "GROUP BY j.name HAVING count(e.id) <> 1"
+                )
+            )
+        ).all()
+    return jobs or 0, events or 0, list(odd)
+
+
+async def test_submits_arriving_together_are_written_by_one_statement(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    submits = Submits(engine)
+    results = await asyncio.gather(*(submit(submits, spec(f"j{i}")) for i in range(20)))
+    assert submits.statements == 1
+    assert submits.batched == 20
+    assert all(r.created for r in results)
+    assert len({r.job["id"] for r in results}) == 20
+    assert [r.job["name"] for r in results] == [f"j{i}" for i in range(20)]
+    assert all(r.job["submitted_by"] == "alice" and r.job["state"] == "queued" for r in results)
+    assert await counts(engine) == (20, 20, [])
+
+
+async def test_a_batch_never_holds_more_than_its_limit(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    submits = Submits(engine, max_batch=4, max_statements=1)
+    await asyncio.gather(*(submit(submits, spec(f"j{i}")) for i in range(10)))
+    assert submits.statements == 3  # 4 + 4 + 2, one statement in flight at a time
+    assert await counts(engine) == (10, 10, [])
+
+
+async def test_a_skipped_submit_gets_its_own_answer_and_the_rest_of_its_batch_is_written(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    submits = Submits(engine)
+    await submit(submits, spec("taken"))
+    results = await asyncio.gather(
+        submit(submits, spec("a")),
+        submit(submits, spec("taken")),  # a live job has this name
+        submit(submits, spec("b", tenant="nobody")),  # no such tenant
+        submit(submits, spec("c")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Submitted)
+    assert results[0].created
+    assert isinstance(results[1], Conflict)
+    assert "already has a live job named 'taken'" in str(results[1])
+    assert isinstance(results[2], ValidationFailed)
+    assert results[2].problems[0].detail == "tenant 'nobody' does not exist"
+    assert isinstance(results[3], Submitted)
+    assert results[3].created
+    assert await counts(engine) == (3, 3, [])
+
+
+async def test_one_key_twice_in_a_batch_makes_one_job_and_both_get_it(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    submits = Submits(engine)
+    first, again, other_body = await asyncio.gather(
+        submit(submits, spec("k"), key="key-1"),
+        submit(submits, spec("k"), key="key-1"),
+        submit(submits, spec("k"), key="key-1", body_hash="another"),
+        return_exceptions=True,
+    )
+    assert isinstance(first, Submitted)
+    assert first.created
+    assert isinstance(again, Submitted)
+    assert not again.created
+    assert again.job["id"] == first.job["id"]
+    assert isinstance(other_body, Conflict)
+    assert await counts(engine) == (1, 1, [])
+
+
+async def test_a_batch_postgresql_refuses_is_retried_one_submit_at_a_time(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    # The API never lets such a name through; built by hand, it breaks a check constraint
+    # that ON CONFLICT cannot skip, so the whole batch statement fails.
+    await make_tenant(api)
+    submits = Submits(engine)
+    bad = dataclasses.replace(spec("x"), name="Not_A_Label")
+    results = await asyncio.gather(
+        submit(submits, spec("a")),
+        submit(submits, bad),
+        submit(submits, spec("b")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Submitted)
+    assert isinstance(results[2], Submitted)
+    assert isinstance(results[1], asyncpg.CheckViolationError)
+    assert submits.batched == 0
+    assert await counts(engine) == (2, 2, [])
+
+
+async def test_an_unreachable_database_fails_every_waiting_submit_and_strands_none() -> None:
+    dead = make_engine("postgresql://muster@127.0.0.1:9/muster", pool_size=1)
+    submits = Submits(dead)
+    try:
+        results = await asyncio.gather(
+            *(submit(submits, spec(f"j{i}")) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, OSError) for r in results), results
+        await asyncio.wait_for(submits.close(), 5)
+        later = await asyncio.gather(submit(submits, spec("later")), return_exceptions=True)
+        assert isinstance(later[0], OSError)  # a new writer started for it
+    finally:
+        await dead.dispose()
+
+
+async def test_close_waits_for_the_batch_in_flight(api: CheckedClient, engine: AsyncEngine) -> None:
+    await make_tenant(api)
+    submits = Submits(engine)
+    pending = [asyncio.ensure_future(submit(submits, spec(f"j{i}"))) for i in range(5)]
+    await asyncio.sleep(0)  # the writer takes the batch
+    await submits.close()
+    assert all(p.done() for p in pending)
+    assert await counts(engine) == (5, 5, [])
+
+
+async def test_concurrent_api_submits_each_get_the_answer_one_alone_would(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    bodies = [job(f"j{i}") for i in range(24)]
+    answers = await asyncio.gather(
+        *(api.post("/v1/jobs", json=body) for body in bodies),
+        api.post("/v1/jobs", json=job("twin")),
+        api.post("/v1/jobs", json=job("twin")),
+        api.post("/v1/jobs", json=job("lost", tenant="nobody")),
+        api.post("/v1/jobs", json=job("k"), headers={"Idempotency-Key": "same"}),
+        api.post("/v1/jobs", json=job("k"), headers={"Idempotency-Key": "same"}),
+    )
+    assert [a.status for a in answers[:24]] == [201] * 24
+    assert sorted(a.status for a in answers[24:26]) == [201, 409]
+    assert answers[26].status == 422
+    assert sorted(a.status for a in answers[27:]) == [200, 201]
+    assert answers[27].body["id"] == answers[28].body["id"]
+    submits = api.app[SUBMITS]
+    assert submits.statements < submits.batched == 26  # some statements wrote several jobs
+    assert await counts(engine) == (26, 26, [])
+
+
+async def test_a_job_handed_to_admission_by_its_submit_equals_the_job_read_back(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await make_tenant(api)
+    handed: list[PendingJob] = []
+    api.app[SUBMITS].on_queued = handed.append
+    body = job("wide", gpu=0.5, workers=3, priority=7)
+    shared = {"muster.dev/gpu-sharing": "true"}
+    body["replicas"]["ps"] = {"count": 2, "image": "img", "node_selector": shared}
+    created = await api.post("/v1/jobs", json=body)
+    assert created.status == 201
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT 1"))
+        snapshot, _ = await load_snapshot(
+            conn, nodes, SpecCache(), now=1e10, starvation_seconds=300
+        )
+    assert handed == list(snapshot.pending)
+
+
+def test_a_primed_job_is_used_only_at_attempt_0_and_only_until_two_cycles_pass() -> None:
+    cache = SpecCache()
+    primed = PendingJob(id="a", tenant="t", submitted_at=1.0, pods=())
+    cache.prime(primed)
+    cache.prime(dataclasses.replace(primed, id="b"))
+    cache.prime(dataclasses.replace(primed, id="c"))
+    # Queued rows are (id, attempt, ...): a is new, b was requeued (attempt 1), c not yet seen.
+    assert cache.stale([("a", 0), ("b", 1)]) == ["b"]
+    assert cache.pending(("a", 0)) == primed
+    cache.keep_only({"a", "b"})
+    assert cache.stale([("a", 0), ("c", 0)]) == []  # c seen one cycle late: still handed over
+    cache.prime(dataclasses.replace(primed, id="d"))
+    for _ in range(3):
+        cache.keep_only({"a", "c"})
+    assert cache.stale([("d", 0)]) == ["d"]  # not seen for three cycles: read as usual
+
+
+@pytest.mark.parametrize("count", [SpecCache.MAX_PRIMED + 10])
+def test_primed_jobs_are_bounded(count: int) -> None:
+    cache = SpecCache()
+    for i in range(count):
+        cache.prime(PendingJob(id=str(i), tenant="t", submitted_at=1.0, pods=()))
+    assert cache.stale([(str(count - 1), 0)]) == [str(count - 1)]
