@@ -2,9 +2,12 @@
 
 A failed cycle is logged and retried at the next wake-up; it never stops the loop. Cycles are
 paced by their own cost (and run at most five a second), so a burst of submits costs a few
-cycles, not one per submit. Cancellation (shutdown) ends the loop between cycles, or lets the
-cycle in progress finish (up to CYCLE_GRACE seconds; past that its transaction is aborted and
-rolls back whole).
+cycles, not one per submit: after a cycle that admitted jobs the loop rests 4x the cycle's
+time (at most a fifth of the process), after one that admitted none 9x (a tenth: the queue is
+stuck until capacity frees, and re-planning it sooner would only take CPU from the API).
+
+Cancellation (shutdown) ends the loop between cycles, or lets the cycle in progress finish (up to
+CYCLE_GRACE seconds; past that its transaction is aborted and rolls back whole).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from gateway.loops.leader import Leadership
 
 log = logging.getLogger(__name__)
 
+#: Rest after a cycle, as a multiple of its duration: after one that admitted jobs, and after
+#: one that admitted none.
 PACING = 4.0
+IDLE_PACING = 9.0
 #: The shortest rest between cycles: under a stream of submits, admit in batches of at most a
 #: fifth of a second's arrivals rather than re-planning the queue for every few submits.
 MIN_REST = 0.2
@@ -118,18 +124,25 @@ class AdmissionLoop:
         try:
             while True:
                 self.wake.clear()
-                busy = 0.0
+                result = None
                 try:
                     if await self.leadership.check():
-                        busy = (await self._finish_on_shutdown(self.cycle())).seconds
+                        result = await self._finish_on_shutdown(self.cycle())
                 except Exception:
                     log.exception("admission cycle failed; retrying at the next wake-up")
-                # Pace the cycles: after one that took d seconds, rest at least PACING * d (and
-                # MIN_REST), so a long queue re-planned on every submit never takes more than a
-                # fifth of the process. Wake-ups that arrive meanwhile are served by the next
-                # cycle.
-                await asyncio.sleep(max(PACING * busy, MIN_REST) if busy else 0.0)
+                # Wake-ups that arrive during the rest are served by the next cycle.
+                await asyncio.sleep(rest_after(result))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.interval)
         finally:
             await self.leadership.release()
+
+
+def rest_after(result: CycleResult | None) -> float:
+    """Seconds to rest after a cycle (None: no cycle ran), so that a long queue re-planned on
+    every submit takes at most a fifth of the process while it admits, and a tenth while it
+    is stuck."""
+    if result is None or result.seconds <= 0:
+        return 0.0
+    pacing = PACING if result.admitted else IDLE_PACING
+    return max(pacing * result.seconds, MIN_REST)
