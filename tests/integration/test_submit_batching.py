@@ -245,3 +245,21 @@ def test_primed_jobs_are_bounded(count: int) -> None:
     for i in range(count):
         cache.prime(PendingJob(id=str(i), tenant="t", submitted_at=1.0, pods=()))
     assert cache.stale([(str(count - 1), 0)]) == [str(count - 1)]
+
+
+async def test_a_storm_of_conflicting_submits_cannot_starve_a_small_pool(
+    api: CheckedClient, database: str
+) -> None:
+    # Each conflicting submit goes the careful way, and its answer needs a second lookup (by its
+    # Idempotency-Key): were it to keep its first connection meanwhile, ten of them on a pool of
+    # two would wait for each other until the pool gave up.
+    await make_tenant(api)
+    small = make_engine(database, pool_size=2)
+    try:
+        submits = Submits(small, max_statements=1)
+        await submit(submits, spec("taken"))
+        storm = [submit(submits, spec("taken"), key=f"key-{i}") for i in range(10)]
+        results = await asyncio.wait_for(asyncio.gather(*storm, return_exceptions=True), 20)
+        assert all(isinstance(r, Conflict) for r in results), results
+    finally:
+        await small.dispose()
