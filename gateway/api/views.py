@@ -6,6 +6,7 @@ times faster than the standard library on job documents).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,12 @@ JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def json_bytes(value: Any) -> bytes:
-    return orjson.dumps(value, option=JSON_OPTIONS)
+    try:
+        return orjson.dumps(value, option=JSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        # What orjson refuses and the standard library writes (integers beyond 64 bits, lone
+        # surrogates escaped): never a 500 for the encoder's sake.
+        return json.dumps(value, default=str).encode()
 
 
 def json_response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,13 +39,18 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # one that broke (a database restart) fails its request with a 503 and is discarded.
         pool_recycle=300,
         # jsonb documents (job specs above all) in and out at orjson's speed.
-        json_serializer=_json_text,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
     )
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+def json_text(value: Any) -> str:
+    """JSON text for PostgreSQL (orjson; the standard library for what orjson refuses, such as
+    integers beyond 64 bits, which no checked spec holds)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value)
 
 
 @contextlib.asynccontextmanager

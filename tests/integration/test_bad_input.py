@@ -528,6 +528,20 @@ MEANING_CASES = [
 # holding one is refused, naming the field, before anything reaches the database.
 UNSTORABLE_CASES = [
     Case(
+        "toleration-seconds-beyond-64-bits",
+        422,
+        body=with_worker(
+            tolerations=[{"key": "gpu", "operator": "Exists", "tolerationSeconds": 2**64}]
+        ),
+        pointer="/replicas/worker/tolerations/0/tolerationSeconds",
+    ),
+    Case(
+        "deadline-beyond-64-bits",
+        422,
+        body=job_spec(run_policy={"active_deadline_seconds": 2**64}),
+        pointer="/run_policy/active_deadline_seconds",
+    ),
+    Case(
         "string-with-nul-character",
         422,
         body=with_worker(args=["a\u0000b"]),
