@@ -67,7 +67,7 @@ def make_app(
     app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
     app.cleanup_ctx.append(_notifier)
     app[SUBMITS] = Submits(engine)
-    app.on_shutdown.append(_finish_submits)
+    app.on_cleanup.append(_finish_submits)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
     app[service.JWKS_CACHE] = {}
     app.add_routes(service.routes)
@@ -80,7 +80,8 @@ def make_app(
 
 
 async def _finish_submits(app: web.Application) -> None:
-    """Let batched submits in flight commit before the engine goes away."""
+    """After the last request: let batch statements still in flight (their requests may have
+    been cancelled by the shutdown timeout) commit before the engine goes away."""
     await app[SUBMITS].close()
 
 

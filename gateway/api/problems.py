@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -101,7 +102,16 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     except ClientError as exc:
         return from_client_error(exc, request.path)
-    except (DatabaseUnavailable, OSError, OperationalError, InterfaceError) as exc:
+    except (
+        DatabaseUnavailable,
+        OSError,
+        OperationalError,
+        InterfaceError,
+        # Raised by the driver connection itself (submits use it directly): the server went
+        # away mid-statement, or is shutting down or starting up.
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+    ) as exc:
         log.warning("database unavailable: %s", exc)
         return problem_response(
             503,

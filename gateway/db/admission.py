@@ -62,12 +62,14 @@ class SpecCache:
     See the module docstring for why an entry is never stale and how its size is bounded.
     """
 
-    #: Primed jobs kept aside at most (a bound for a leader whose cycles stall).
-    MAX_PRIMED = 100_000
+    #: Pods of primed jobs kept aside at most: a bound on their memory (a few tens of MB) for a
+    #: leader whose cycles stall; past it, jobs are read back as usual.
+    MAX_PRIMED_PODS = 200_000
 
     def __init__(self) -> None:
         self._jobs: dict[str, tuple[int, PendingJob]] = {}
         self._primed: dict[str, tuple[int, PendingJob]] = {}  # id -> (generation, job)
+        self._primed_pods = 0
         self._generation = 0
 
     def __len__(self) -> int:
@@ -75,8 +77,9 @@ class SpecCache:
 
     def prime(self, job: PendingJob) -> None:
         """A job just submitted (attempt 0), as its submit wrote and checked it."""
-        if len(self._primed) < self.MAX_PRIMED:
+        if self._primed_pods + len(job.pods) <= self.MAX_PRIMED_PODS and job.id not in self._primed:
             self._primed[job.id] = (self._generation, job)
+            self._primed_pods += len(job.pods)
 
     def stale(self, queued: Sequence[Sequence[Any]]) -> list[str]:
         """Ids of ``_QUEUED`` rows without an entry for their current attempt (primed jobs
@@ -86,6 +89,8 @@ class SpecCache:
         stale = []
         for row in missing:
             handed = primed.pop(row[0], None)
+            if handed is not None:
+                self._primed_pods -= len(handed[1].pods)
             if handed is not None and row[1] == 0:
                 jobs[row[0]] = (0, handed[1])
             else:
@@ -126,7 +131,7 @@ class SpecCache:
         self._generation += 1
         primed, oldest = self._primed, self._generation - 2
         for job_id in [k for k, (generation, _) in primed.items() if generation < oldest]:
-            del primed[job_id]
+            self._primed_pods -= len(primed.pop(job_id)[1].pods)
 
 
 _NO_ENTRY: tuple[int, None] = (-1, None)

@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.engine import driver_connection
+from gateway.db.engine import driver_connection, json_text
 from gateway.db.jobs import JOB_COLUMNS
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.nodes import PodRequest
@@ -51,28 +50,32 @@ _RETURNED = ", ".join(
     c.strip() for c in JOB_COLUMNS.split(",") if c.strip() not in ("spec", "labels")
 )
 
-# The common case for a batch: one row per job in the arrays, in arrival order. A row is skipped
-# when its tenant is missing, has no room for the whole job, or any unique index objects (name,
-# queue slot, Idempotency-Key); RETURNING names the rows that were written.
+# The common case for a batch: one row per job in the arrays. A row is skipped when its tenant is
+# missing or has no room for the whole job, or when any unique index objects (name, queue slot,
+# Idempotency-Key); RETURNING names the rows that were written. Rows are inserted in (tenant,
+# slot) order: two batches in flight for one tenant then meet on slots in the same order, so
+# neither can hold a slot the other waits for while waiting for one it holds (a deadlock, which
+# PostgreSQL would end by failing a batch after a second). Jobs of one batch arrived together;
+# their order among themselves is the slots'.
 _SUBMIT_BATCH = f"""
     WITH input AS (
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
                              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                              $11::bigint[], $12::bigint[], $13::bigint[])
-            WITH ORDINALITY AS i(id, tenant, name, framework, priority, spec, labels,
-                                 idempotency_key, request_hash, actor,
-                                 cpu_millis, memory_bytes, gpu_shares, n)
-    ), job AS (
-        INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
-                          idempotency_key, request_hash, submitted_by, queue_slot)
-        SELECT i.id, t.name, i.name, i.framework, 'queued', i.priority, i.spec::jsonb,
-               i.labels::jsonb, i.idempotency_key, i.request_hash, i.actor,
-               floor(random() * t.max_queued_jobs)::int
+            AS i(id, tenant, name, framework, priority, spec, labels, idempotency_key,
+                 request_hash, actor, cpu_millis, memory_bytes, gpu_shares)
+    ), fitting AS MATERIALIZED (
+        SELECT i.*, floor(random() * t.max_queued_jobs)::int AS slot
         FROM input i JOIN tenants t ON t.name = i.tenant
         WHERE t.max_queued_jobs > 0 AND t.max_running_jobs > 0
           AND t.quota_cpu_millis >= i.cpu_millis AND t.quota_memory_bytes >= i.memory_bytes
           AND t.quota_gpu_shares >= i.gpu_shares
-        ORDER BY i.n
+    ), job AS (
+        INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
+                          idempotency_key, request_hash, submitted_by, queue_slot)
+        SELECT id, tenant, name, framework, 'queued', priority, spec::jsonb, labels::jsonb,
+               idempotency_key, request_hash, actor, slot
+        FROM fitting ORDER BY tenant, slot
         ON CONFLICT DO NOTHING
         RETURNING {_RETURNED}
     ), event AS (
@@ -120,6 +123,14 @@ QUEUED_CAP_RETRY_AFTER = 30
 _BY_KEY = text(
     f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
     "WHERE tenant = :tenant AND idempotency_key = :key"
+)
+
+#: Errors of a batch statement that come from its rows, not from the database being unwell:
+#: integrity and data errors, deadlocks and serialization failures.
+_ROW_ERRORS = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+    asyncpg.TransactionRollbackError,
 )
 
 #: Jobs written by one batch statement at most, and batch statements in flight at once. With
@@ -202,9 +213,10 @@ class Submits:
         self.max_statements = max_statements
         self._waiting: list[_Waiter] = []
         self._writers: set[asyncio.Task[None]] = set()
-        #: Batch statements run and jobs they wrote (for tests and the benchmark's curiosity).
+        #: Batch statements run, jobs they wrote, and batches PostgreSQL refused whole.
         self.statements = 0
         self.batched = 0
+        self.refused = 0
         #: Told of every job this object queues, e.g. to spare the admission loop reading it.
         self.on_queued: Callable[[PendingJob], None] | None = None
 
@@ -235,8 +247,8 @@ class Submits:
             name=spec.name,
             framework=spec.framework.value,
             priority=spec.priority,
-            spec=orjson.dumps(document).decode(),
-            labels=orjson.dumps(labels).decode(),
+            spec=json_text(document),
+            labels=json_text(labels),
             idempotency_key=idempotency_key,
             request_hash=body_hash if idempotency_key else None,
             actor=actor,
@@ -286,19 +298,25 @@ class Submits:
         (the loop shutting down) ends it early, and cancels the submits it leaves."""
         try:
             while self._waiting:
-                batch = self._waiting[: self.max_batch]
+                taken = self._waiting[: self.max_batch]
                 del self._waiting[: self.max_batch]
+                # A submit whose request is gone (cancelled while it waited) is not written.
+                batch = [waiter for waiter in taken if not waiter[1].done()]
+                if not batch:
+                    continue
                 try:
                     written = await self._write(batch)
-                except asyncpg.PostgresError:
-                    # PostgreSQL refused the statement as a whole (a row broke a rule the batch
-                    # cannot skip): each submit goes the careful way, which names its problem.
+                except _ROW_ERRORS:
+                    # PostgreSQL refused the statement as a whole for something in its rows (a
+                    # rule the batch cannot skip, or a deadlock with another writer): each submit
+                    # goes the careful way, which names its own problem.
+                    self.refused += 1
                     written = {}
                 except asyncio.CancelledError:
                     for _, future in [*batch, *self._waiting]:
                         future.cancel()
                     raise
-                except Exception as exc:  # the database is unreachable
+                except Exception as exc:  # the database is unreachable, or unwell
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
