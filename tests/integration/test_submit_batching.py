@@ -187,8 +187,10 @@ async def test_close_waits_for_the_batch_in_flight(api: CheckedClient, engine: A
     submits = Submits(engine)
     pending = [asyncio.ensure_future(submit(submits, spec(f"j{i}"))) for i in range(5)]
     await asyncio.sleep(0)  # the writer takes the batch
+    assert submits.statements == 0
     await submits.close()
-    assert all(p.done() for p in pending)
+    assert submits.statements == 1  # the statement in flight has returned
+    await asyncio.gather(*pending)
     assert await counts(engine) == (5, 5, [])
 
 
