@@ -7,9 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api import schema
 from gateway.api.auth import actor, require_admin
-from gateway.api.body import read_json
+from gateway.api.body import read_checked
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.views import audit_view, json_response, tenant_view
@@ -72,10 +71,7 @@ def _defaults(name: str) -> dict[str, Any]:
 async def put_tenant(request: web.Request) -> web.Response:
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
-    problems = schema.check("TenantPut", body)
-    if problems:
-        raise ValidationFailed(problems)
+    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPut")
     row, created = await tenant_rows.put(
         request.app[ENGINE], name, tenant_values(body, _defaults(name)), actor=actor(request)
     )
@@ -106,10 +102,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
     """
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
-    problems = schema.check("TenantPatch", body)
-    if problems:
-        raise ValidationFailed(problems)
+    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPatch")
 
     def merge(current: Mapping[Any, Any]) -> tenant_rows.TenantValues:
         fields = tenant_rows.TenantValues.__dataclass_fields__
@@ -160,10 +153,7 @@ async def put_grants(request: web.Request) -> web.Response:
     """Replace the tenant's grants; this replica forgets its cached grants at once."""
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
-    problems = schema.check("TenantGrants", body)
-    if problems:
-        raise ValidationFailed(problems)
+    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantGrants")
     grants = grant_rows.from_map(name, body)
     await grant_rows.replace(request.app[ENGINE], name, grants, actor=actor(request))
     request.app[AUTHENTICATOR].forget_grants()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from gateway.api import schema
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
@@ -94,6 +95,16 @@ async def _read_text(request: web.Request, max_bytes: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+
+
+async def read_checked(request: web.Request, max_bytes: int, component: str) -> Any:
+    """A JSON body that conforms to ``#/components/schemas/<component>`` (else 400, 413, 415,
+    or 422 listing every violation)."""
+    body = await read_json(request, max_bytes)
+    problems = schema.check(component, body)
+    if problems:
+        raise ValidationFailed(problems)
+    return body
 
 
 async def read_json(request: web.Request, max_bytes: int) -> Any:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.api import schema, webhooks
 from gateway.api.auth import access, actor, check_job, recheck, require_role, role_refusal
-from gateway.api.body import read_document, read_json
+from gateway.api.body import read_checked, read_document
 from gateway.api.context import (
     ENGINE,
     INVENTORY,
@@ -238,10 +238,7 @@ async def _cancel_reason(request: web.Request) -> str | None:
     a client cannot slip in a state, a tenant or a timestamp."""
     if not request.body_exists:
         return None
-    body = await read_json(request, request.app[SETTINGS].max_body_bytes)
-    problems = schema.check("CancelRequest", body)
-    if problems:
-        raise ValidationFailed(problems)
+    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "CancelRequest")
     reason = body.get("reason")
     return reason if isinstance(reason, str) else None
 

@@ -6,26 +6,14 @@ times faster than the standard library on job documents).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.domain.resources import format_cpu, format_gpu, format_memory
-
-JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
-
-
-def json_bytes(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value, option=JSON_OPTIONS)
-    except orjson.JSONEncodeError:
-        # What orjson refuses and the standard library writes (integers beyond 64 bits, lone
-        # surrogates escaped): never a 500 for the encoder's sake.
-        return json.dumps(value, default=str).encode()
+from gateway.jsontext import json_bytes
 
 
 def json_response(

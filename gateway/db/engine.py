@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.errors import ConfigError
+from gateway.jsontext import json_text
 
 
 def normalize_url(url: str) -> str:
@@ -42,15 +42,6 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         json_serializer=json_text,
         json_deserializer=orjson.loads,
     )
-
-
-def json_text(value: Any) -> str:
-    """JSON text for PostgreSQL (orjson; the standard library for what orjson refuses, such as
-    integers beyond 64 bits, which no checked spec holds)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
 
 
 @contextlib.asynccontextmanager

@@ -36,13 +36,14 @@ import asyncpg
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.engine import driver_connection, json_text
+from gateway.db.engine import driver_connection
 from gateway.db.jobs import JOB_COLUMNS
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.nodes import PodRequest
 from gateway.domain.problems import FieldProblem
 from gateway.domain.queueing import PendingJob, Quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
+from gateway.jsontext import json_text
 
 # Submits run on the driver connection directly (positional asyncpg SQL): SQLAlchemy's statement
 # layer cost several times the round trip itself here.

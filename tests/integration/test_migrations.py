@@ -27,6 +27,14 @@ MUSTER_FUNCTIONS = frozenset({"muster_refuse_update"})
 MUSTER_TRIGGERS = frozenset({("job_events", "job_events_append_only")})
 
 
+# A tenant "t", in the columns every revision these tests stop at has.
+TENANT_T = text(
+    "INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, "
+    "quota_gpu_shares, max_running_jobs, max_queued_jobs, webhook_secret) "
+    "VALUES ('t', 't', 1000, 1000, 0, 1, 1, 's')"
+)
+
+
 @pytest.fixture
 async def empty_engine(pg_server: pg.TestServer) -> AsyncIterator[AsyncEngine]:
     name = await pg_server.create_database(template="template0")
@@ -127,13 +135,7 @@ async def test_queue_slots_are_unique_and_the_event_log_is_append_only(
 ) -> None:
     await upgrade(empty_engine)
     async with empty_engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, "
-                "quota_gpu_shares, max_running_jobs, max_queued_jobs, webhook_secret) "
-                "VALUES ('t', 't', 1000, 1000, 0, 1, 1, 's')"
-            )
-        )
+        await conn.execute(TENANT_T)
         await conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, "
@@ -177,13 +179,7 @@ async def test_events_written_before_0007_keep_their_id_order_ahead_of_later_eve
 ) -> None:
     await upgrade(empty_engine, "0005")
     async with empty_engine.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, "
-                "quota_gpu_shares, max_running_jobs, max_queued_jobs, webhook_secret) "
-                "VALUES ('t', 't', 1000, 1000, 0, 1, 1, 's')"
-            )
-        )
+        await conn.execute(TENANT_T)
         await conn.execute(
             text(
                 "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
