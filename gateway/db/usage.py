@@ -216,9 +216,11 @@ async def events_after(
     if event_type is not None:
         clauses.append("type = :type")
         params["type"] = event_type
+    # ORDER BY names the columns qualified: a bare txid would be the text output column, which
+    # sorts "1000" before "999" while the cursor above compares xid8 numbers.
     sql = text(
         f"SELECT {_EVENT_COLUMNS} FROM job_events WHERE {' AND '.join(clauses)} "
-        "ORDER BY txid, id LIMIT :limit"
+        "ORDER BY job_events.txid, job_events.id LIMIT :limit"
     )
     async with engine.connect() as conn:
         return (await conn.execute(sql, params)).mappings().all()
