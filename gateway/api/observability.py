@@ -5,6 +5,8 @@ generated (a uuid4 in hex); it is echoed in the response's ``X-Request-ID`` and 
 record written while serving the request (see ``gateway.logs.ContextFilter``), including a DEBUG
 line per request on the ``gateway.api.access`` logger. Each request's
 duration is observed in ``muster_http_request_duration_seconds`` under its route's path template.
+What the client chose (its path, a tenant name in the URL) is escaped by the log formatters
+(``gateway.logs``), not here.
 """
 
 from __future__ import annotations
@@ -81,5 +83,7 @@ async def observability_middleware(request: web.Request, handler: Handler) -> we
         if histogram is not None:
             histogram.labels(route, request.method, str(status)).observe(seconds)
         # One line per request, carrying the request id like every other record written here.
-        log.debug("%s %s -> %d in %.1f ms", request.method, request.path, status, seconds * 1000)
+        # The path as sent (still percent-encoded): what the client wrote, and no decoded %0A.
+        path = request.rel_url.raw_path
+        log.debug("%s %s -> %d in %.1f ms", request.method, path, status, seconds * 1000)
         log_context.reset(token)

@@ -20,6 +20,7 @@ from gateway.errors import (
     ClientError,
     DatabaseUnavailable,
     IssuerUnavailable,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
     ValidationFailed,
@@ -69,7 +70,7 @@ def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after_seconds)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = www_authenticate(exc)
-    return problem_response(
+    response = problem_response(
         exc.status,
         exc.title,
         exc.detail,
@@ -78,6 +79,9 @@ def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
         extra=extra,
         headers=headers,
     )
+    if isinstance(exc, RequestTimeout):
+        response.force_close()  # RFC 9110: a 408 says the server closes the connection
+    return response
 
 
 def www_authenticate(exc: Unauthorized) -> str:
@@ -141,7 +145,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             exc.status, title, detail, slug=slug, instance=request.path, headers=headers
         )
     except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
+        log.exception("unhandled error serving %s %s", request.method, request.rel_url.raw_path)
         return problem_response(
             500,
             "Internal server error",

@@ -36,7 +36,7 @@ def callback_problems(settings: Settings, spec: JobSpec) -> list[FieldProblem]:
     refusal = guard(settings).check_url(spec.callback.url)
     if refusal is None:
         return []
-    return [FieldProblem(pointer=pointer("callback", "url"), detail=refusal)]
+    return [FieldProblem(pointer=pointer("callback", "url"), detail=refusal.detail)]
 
 
 def attempt_view(row: Mapping[Any, Any]) -> dict[str, Any]:

@@ -41,6 +41,9 @@ def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         # jsonb documents (job specs above all) in and out at orjson's speed.
         json_serializer=json_text,
         json_deserializer=orjson.loads,
+        # A statement's parameters never reach an error message (and so a log): they hold
+        # webhook secrets and tenants' input.
+        hide_parameters=True,
     )
 
 

@@ -13,6 +13,10 @@ One pass:
    connector, without following redirects, within the timeout;
 3. judge the outcome (``gateway.domain.webhooks.judge``) and record the attempt and the verdict.
 
+When the guard refuses an address, the attempt records ``PRIVATE_ADDRESS`` and nothing more: the
+tenant reads it in its deliveries. The host, what it resolved to and why it was refused go to the
+server log, at WARNING, with the delivery's and the job's ids.
+
 The loop wakes on NOTIFY (a transition wrote a row, an admission cycle committed, a redelivery)
 and ticks every ``interval`` seconds for retries that come due. A failed claim or record is
 logged and retried at the next tick: a delivery whose result could not be recorded is sent again
@@ -31,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -49,7 +54,7 @@ from gateway.domain.webhooks import (
     webhook_headers,
     webhook_id,
 )
-from gateway.webhooks.ssrf import REFUSED, Guard, Refused
+from gateway.webhooks.ssrf import PRIVATE_ADDRESS, REFUSED, Guard, Refused
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +224,10 @@ class DeliveryLoop:
 
     async def _post(self, delivery: rows.Claimed, now: float) -> AttemptResult:
         refusal = self.guard.check_url(delivery.url)
+        if refusal is not None and refusal.address:
+            return self._refused(delivery, refusal.detail)
         if refusal is not None:
-            return AttemptResult(error=f"the URL {refusal}", refused=True)
+            return AttemptResult(error=f"the URL {refusal.detail}", refused=True)
         try:
             data = self.render_job(delivery.job)
         except (KeyError, TypeError, ValueError) as exc:  # a snapshot this version cannot read
@@ -251,12 +258,25 @@ class DeliveryLoop:
         except TimeoutError:
             return AttemptResult(error=f"no answer within {self.timeout:g} s")
         except Refused as exc:
-            return AttemptResult(error=str(exc), refused=True)
+            return self._refused(delivery, exc.detail)
         except aiohttp.ClientError as exc:
-            refused = _refusal(exc)
-            if refused is not None:
-                return AttemptResult(error=refused, refused=True)
+            detail = _refusal(exc)
+            if detail is not None:
+                return self._refused(delivery, detail)
             return AttemptResult(error=_error_text(exc))
+
+    def _refused(self, delivery: rows.Claimed, detail: str) -> AttemptResult:
+        """The guard refused the address: the server log says which and why, the tenant's
+        record only that it was refused."""
+        log.warning(
+            "webhook delivery %s of job %s to %s: %s",
+            delivery.id,
+            delivery.job_id,
+            urlsplit(delivery.url).hostname,
+            detail,
+            extra={"job_id": str(delivery.job_id), "tenant": delivery.tenant},
+        )
+        return AttemptResult(error=PRIVATE_ADDRESS, refused=True)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
@@ -281,11 +301,12 @@ def _causes(exc: BaseException) -> Iterable[BaseException]:
 
 
 def _refusal(exc: BaseException) -> str | None:
-    """The guard's message when the guard is why the connection failed."""
+    """What the guard refused and why (for the server log), when it is why the connection
+    failed."""
     for cause in _causes(exc):
         if isinstance(cause, Refused):
-            return str(cause)
-        if REFUSED in str(cause):  # several addresses, each refused, in one OSError
+            return cause.detail
+        if REFUSED in str(cause):  # several addresses, some refused, in one OSError
             return str(cause)
     return None
 

@@ -18,6 +18,12 @@ same addresses inside IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible, NAT
 unless a network of ``MUSTER_WEBHOOK_ALLOW_NETS`` contains the address.
 
 Redirects are never followed (the delivery loop does not), so the checked host is the only one.
+
+What a tenant is told: at submit, what is wrong with its URL (it wrote the address, so naming it
+and its range tells nothing new); at delivery, when an address is refused, only
+``PRIVATE_ADDRESS``. What a host name resolves to, and why that is refused, would map Muster's own
+network for the tenant, so ``Refused`` prints as ``PRIVATE_ADDRESS`` and keeps the host, its
+addresses and the reason in ``detail``, for the server log.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REFUSED = "refused by the SSRF guard"
+PRIVATE_ADDRESS = f"{REFUSED}: private or reserved address"
 
 METADATA: frozenset[Address] = frozenset(
     {
@@ -57,7 +64,22 @@ IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 class Refused(OSError):
     """A connection the guard will not make. An OSError, so aiohttp reports it as a connection
-    error whose cause is this."""
+    error whose cause is this. Its text is ``PRIVATE_ADDRESS`` wherever it is printed (aiohttp's
+    errors quote it); ``detail`` says which host, which addresses and why, for the server log."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(PRIVATE_ADDRESS)
+        self.detail = detail
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UrlRefusal:
+    """Why the guard refuses a callback URL: ``detail`` for its author (the 422 at submit) and the
+    server log; ``address`` when it is the address the URL names that is refused, of which a
+    delivery's record says only ``PRIVATE_ADDRESS``."""
+
+    detail: str
+    address: bool = False
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -127,31 +149,35 @@ class Guard:
             return None if reason is None else f"an IPv6 form of {inner}, which is {reason}"
         return _reason(address)
 
-    def check_url(self, url: str) -> str | None:
+    def check_url(self, url: str) -> UrlRefusal | None:
         """Why this callback URL is refused, or None. Resolves nothing: host names are checked
         at connect time."""
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 - raises ValueError on a malformed port
         except ValueError as exc:
-            return f"is not a valid URL: {exc}"
+            return UrlRefusal(detail=f"is not a valid URL: {exc}")
         scheme = parts.scheme.lower()
         if scheme != "https" and not (scheme == "http" and self.allow_http):
             if scheme == "http":
-                return "must use https (plain http needs MUSTER_WEBHOOK_ALLOW_HTTP)"
-            return "must be an https URL"
+                return UrlRefusal(
+                    detail="must use https (plain http needs MUSTER_WEBHOOK_ALLOW_HTTP)"
+                )
+            return UrlRefusal(detail="must be an https URL")
         if "@" in parts.netloc or parts.username is not None or parts.password is not None:
-            return "must not carry credentials"
+            return UrlRefusal(detail="must not carry credentials")
         host = parts.hostname
         if not host:
-            return "has no host"
+            return UrlRefusal(detail="has no host")
         address = _literal(host)
         if isinstance(address, str):
-            return address
+            return UrlRefusal(detail=address)
         if address is None:
             return None
         reason = self.refusal(address)
-        return None if reason is None else f"{REFUSED}: {host} is {reason}"
+        if reason is None:
+            return None
+        return UrlRefusal(detail=f"{REFUSED}: {host} is {reason}", address=True)
 
     def check_address(self, host: str) -> None:
         """Raise ``Refused`` unless a connection to the literal address ``host`` may be made."""
@@ -211,11 +237,13 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        for result in results:
-            address = ipaddress.ip_address(str(result["host"]).split("%", 1)[0])
+        addresses = [ipaddress.ip_address(str(r["host"]).split("%", 1)[0]) for r in results]
+        for address in addresses:
             reason = self._guard.refusal(address)
             if reason is not None:
-                raise Refused(f"{REFUSED}: {host} resolves to {address}, which is {reason}")
+                listed = ", ".join(str(a) for a in addresses)
+                which = "which is" if len(addresses) == 1 else f"and {address} is"
+                raise Refused(f"{REFUSED}: {host} resolves to {listed}, {which} {reason}")
         return results
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import time
 import uuid
@@ -40,9 +41,10 @@ from gateway.domain.lifecycle import Decision, Reason
 from gateway.domain.nodes import Node
 from gateway.domain.states import JobState
 from gateway.domain.webhooks import RetryPolicy
+from gateway.logs import JsonFormatter, TextFormatter
 from gateway.settings import Settings
 from gateway.webhooks.delivery import DeliveryLoop
-from gateway.webhooks.ssrf import Guard, Refused
+from gateway.webhooks.ssrf import PRIVATE_ADDRESS, Guard, Refused
 from tests import tokens
 from tests.integration.helpers import QUOTA, TENANT, create_tenant, job_spec, row_counts, submit
 from tests.openapi_check import CheckedClient
@@ -785,28 +787,53 @@ async def test_submit_accepts_public_urls_and_host_names(strict_api: CheckedClie
         assert response.status == 201, response.text
 
 
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),  # the receiver's own address
+        ("10.20.30.40", "private"),
+    ],
+)
 async def test_a_host_name_resolving_to_a_private_address_is_refused_without_connecting(
-    api: CheckedClient, receiver: Receiver, secret: str, make_loop: MakeLoop
+    api: CheckedClient,
+    receiver: Receiver,
+    secret: str,
+    make_loop: MakeLoop,
+    caplog: pytest.LogCaptureFixture,
+    address: str,
+    reason: str,
 ) -> None:
     url = f"http://hooks.internal.test:{receiver.port}/hook"
     job = await with_callback(api, url)  # a name: submit cannot know where it points
     await cancel(api, job)
     loop = make_loop(
-        guard=Guard(allow_http=True),  # nothing allowed: the receiver's 127.0.0.1 is refused
-        resolver=StaticResolver({"hooks.internal.test": "127.0.0.1"}),
+        guard=Guard(allow_http=True),  # nothing allowed: not even the receiver's 127.0.0.1
+        resolver=StaticResolver({"hooks.internal.test": address}),
     )
 
-    (attempted,) = await loop.run_once()
+    with caplog.at_level(logging.WARNING, logger="gateway.webhooks"):
+        (attempted,) = await loop.run_once()
 
     assert receiver.received == []
     assert attempted.verdict.status.value == "dead"
+    # The tenant reads that the guard refused a private or reserved address, not which.
     (delivery,) = await deliveries(api, job)
     (attempt,) = delivery["attempts"]
     assert attempt["outcome"] == "refused"
-    assert attempt["error"] == (
-        "refused by the SSRF guard: hooks.internal.test resolves to 127.0.0.1, which is loopback"
-    )
+    assert attempt["error"] == delivery["last_error"] == PRIVATE_ADDRESS
     assert delivery["status"] == "dead"
+    assert address not in json.dumps(delivery)
+    assert "resolves" not in json.dumps(delivery)
+    # The server log says which, with the delivery's and the job's ids.
+    (logged,) = [r for r in caplog.records if address in r.getMessage()]
+    assert logged.levelno == logging.WARNING
+    line = TextFormatter().format(logged)
+    assert line.endswith(
+        f"WARNING gateway.webhooks.delivery: webhook delivery {attempted.delivery_id} of job "
+        f"{job['id']} to hooks.internal.test: refused by the SSRF guard: "
+        f"hooks.internal.test resolves to {address}, which is {reason}"
+    )
+    assert json.loads(JsonFormatter().format(logged))["job_id"] == job["id"]
 
 
 async def test_literal_addresses_are_refused_at_delivery_without_connecting(
@@ -815,6 +842,7 @@ async def test_literal_addresses_are_refused_at_delivery_without_connecting(
     receiver: Receiver,
     secret: str,
     make_loop: MakeLoop,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Rows written while the settings allowed more (or by hand) are checked again when sent."""
     port = receiver.port
@@ -843,16 +871,26 @@ async def test_literal_addresses_are_refused_at_delivery_without_connecting(
                 {"job": job["id"], "tenant": TENANT, "url": url},
             )
 
-    attempted = await make_loop(guard=Guard(allow_http=True)).run_once()
+    with caplog.at_level(logging.WARNING, logger="gateway.webhooks"):
+        attempted = await make_loop(guard=Guard(allow_http=True)).run_once()
 
     assert receiver.received == []
     assert len(attempted) == len(urls)
     assert {a.verdict.status.value for a in attempted} == {"dead"}
     assert {a.verdict.outcome.value for a in attempted} == {"refused"}
-    for delivery in await deliveries(api, job):
+    views = await deliveries(api, job)
+    for delivery in views:
         (attempt,) = delivery["attempts"]
-        assert attempt["error"].startswith("the URL "), attempt
-        assert "refused by the SSRF guard" in attempt["error"] or "numeric host" in attempt["error"]
+        if delivery["url"] in (urls[3], urls[4]):  # the tenant's own number, not an address
+            assert attempt["error"].startswith("the URL has a numeric host"), attempt
+        else:
+            assert attempt["error"] == PRIVATE_ADDRESS, attempt
+    # Which address, and why, is in the server log.
+    (metadata,) = [d["id"] for d in views if d["url"] == urls[5]]
+    assert (
+        f"webhook delivery {metadata} of job {job['id']} to 169.254.169.254: "
+        "refused by the SSRF guard: 169.254.169.254 is a cloud metadata address"
+    ) in {r.getMessage() for r in caplog.records}
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]"])
