@@ -64,6 +64,7 @@ from sqlalchemy.engine import make_url
 
 POOL_SIZE = 10  # gateway.db.engine.make_engine's default pool_size
 TENANT = "bench"
+PRIORITY = 10  # the jobs' priority; an admin grants it as the tenant's max_priority
 TENANT_BODY = {
     "quota": {
         "cpu": "100000",
@@ -71,7 +72,8 @@ TENANT_BODY = {
         "gpu": 1000,
         "max_running_jobs": 100000,
         "max_queued_jobs": 1000000,  # the schema's maximum
-    }
+    },
+    "max_priority": PRIORITY,
 }
 NODES_YAML = 'nodes: [{name: n1, cpu: "64", memory: 256Gi, gpus: 8, gpu_mode: device-plugin}]\n'
 BARE_TABLE = """
@@ -100,7 +102,7 @@ def job_body(name: str, tenant: str = TENANT) -> dict[str, Any]:
         "name": name,
         "tenant": tenant,
         "framework": "tensorflow",
-        "priority": 10,
+        "priority": PRIORITY,
         "labels": {"team": "ranking", "experiment": "wide-deep-v3"},
         "replicas": {
             "chief": {

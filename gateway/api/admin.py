@@ -60,6 +60,9 @@ def tenant_values(body: Mapping[str, Any], current: Mapping[str, Any]) -> tenant
         values["namespace"] = body["namespace"]
     if "weight" in body:
         values["weight"] = float(body["weight"])
+    if "max_priority" in body:
+        # The schema bounds it to the job priority range; JSON Schema counts 7.0 as an integer.
+        values["max_priority"] = int(body["max_priority"])
     return tenant_rows.TenantValues(**values)
 
 

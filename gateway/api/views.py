@@ -88,6 +88,7 @@ def tenant_view(row: Mapping[Any, Any]) -> dict[str, Any]:
             "max_queued_jobs": row["max_queued_jobs"],
         },
         "weight": row["weight"],
+        "max_priority": row["max_priority"],
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
     }

@@ -2,7 +2,8 @@
 
 Invariants kept by the database itself, so that no bug in the shell can break them:
 - job states and reasons are check-constrained to the domain's enums;
-- quotas, attempts and resource amounts are never negative, fair-share weights are positive;
+- quotas, attempts and resource amounts are never negative, fair-share weights are positive, a
+  tenant's max_priority lies within the job spec's priority range;
 - tenant and job names are DNS labels; at most one live (non-terminal) job per tenant and name;
 - an idempotency key is unique per tenant;
 - job_events is append-only: a trigger refuses UPDATE (see the initial migration);
@@ -47,6 +48,8 @@ from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
+from gateway.domain.jobspec import PRIORITY_RANGE
+from gateway.domain.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.states import JobState
 
 NAMING = {
@@ -100,6 +103,10 @@ class Tenant(Base):
             name="quota_non_negative",
         ),
         CheckConstraint("weight > 0", name="weight_positive"),
+        CheckConstraint(
+            f"max_priority BETWEEN {PRIORITY_RANGE[0]} AND {PRIORITY_RANGE[1]}",
+            name="max_priority_in_range",
+        ),
     )
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -110,6 +117,10 @@ class Tenant(Base):
     max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
+    # The highest priority the tenant's jobs may have; an admin grants it (gateway.domain.priority).
+    max_priority: Mapped[int] = mapped_column(
+        Integer, nullable=False, server_default=text(str(DEFAULT_MAX_PRIORITY))
+    )
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
     # The secret before the last rotation; deliveries are signed with both for an overlap.
     previous_webhook_secret: Mapped[str | None] = mapped_column(Text)

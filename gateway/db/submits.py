@@ -1,20 +1,21 @@
 """Submitting jobs: the insert of a queued job with its 'submitted' event, many at a time.
 
 ``Submits.submit`` is the hottest path in Muster. Its common case (the tenant exists, the job is
-within the tenant's quota, a random queue slot is free, the name and the Idempotency-Key are new)
-is written by group commit: submits that arrive while earlier ones are being written wait, and go
-to the database together, as one statement that inserts every job and its event. Under load this
-costs PostgreSQL about a third of what one statement per job did, and the gateway less than half
-(bench/api.py); an idle gateway writes a lone submit at once, without waiting for company.
+within the tenant's quota and priority ceiling, a random queue slot is free, the name and the
+Idempotency-Key are new) is written by group commit: submits that arrive while earlier ones are
+being written wait, and go to the database together, as one statement that inserts every job and
+its event. Under load this costs PostgreSQL about a third of what one statement per job did, and
+the gateway less than half (bench/api.py); an idle gateway writes a lone submit at once, without
+waiting for company.
 
 Invariants:
 
 - A job and its 'submitted' event are written by one statement, so neither exists without the
   other; a batch commits or rolls back whole.
 - A submit the batch did not insert (``ON CONFLICT DO NOTHING`` skipped it, its tenant is missing
-  or too small, or the batch statement failed on PostgreSQL's side) is retried alone on the
-  careful path, which either inserts it or says exactly why not. So batching changes what
-  statements run, never which answer a client gets.
+  or too small, its priority is above the tenant's ceiling, or the batch statement failed on
+  PostgreSQL's side) is retried alone on the careful path, which either inserts it or says
+  exactly why not. So batching changes what statements run, never which answer a client gets.
 - At most ``max_statements`` batch statements are in flight, each with at most ``max_batch`` jobs;
   ``close`` waits for those in flight, so none is cut off by shutdown.
 - max_queued_jobs is kept by queue slots (see ``gateway.db.models``): submits of one tenant never
@@ -40,6 +41,7 @@ from gateway.db.engine import driver_connection
 from gateway.db.jobs import JOB_COLUMNS
 from gateway.domain.jobspec import JobSpec, to_document
 from gateway.domain.nodes import PodRequest
+from gateway.domain.priority import above_ceiling
 from gateway.domain.problems import FieldProblem
 from gateway.domain.queueing import PendingJob, Quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
@@ -52,8 +54,9 @@ _RETURNED = ", ".join(
 )
 
 # The common case for a batch: one row per job in a JSON array. A row is skipped when its tenant is
-# missing or has no room for the whole job, or when any unique index objects (name, queue slot,
-# Idempotency-Key); RETURNING names the rows that were written. Rows are inserted in (tenant,
+# missing or has no room for the whole job, when its priority is above the tenant's ceiling (the
+# SQL form of gateway.domain.priority.above_ceiling), or when any unique index objects (name, queue
+# slot, Idempotency-Key); RETURNING names the rows that were written. Rows are inserted in (tenant,
 # slot) order: two batches in flight for one tenant then meet on slots in the same order, so
 # neither can hold a slot the other waits for while waiting for one it holds (a deadlock, which
 # PostgreSQL would end by failing a batch after a second). Jobs of one batch arrived together;
@@ -69,7 +72,7 @@ _SUBMIT_BATCH = f"""
         FROM input i JOIN tenants t ON t.name = i.tenant
         WHERE t.max_queued_jobs > 0 AND t.max_running_jobs > 0
           AND t.quota_cpu_millis >= i.cpu_millis AND t.quota_memory_bytes >= i.memory_bytes
-          AND t.quota_gpu_shares >= i.gpu_shares
+          AND t.quota_gpu_shares >= i.gpu_shares AND i.priority <= t.max_priority
     ), job AS (
         INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
                           idempotency_key, request_hash, submitted_by, queue_slot)
@@ -101,7 +104,7 @@ _SUBMIT = f"""
 UNBOUNDED = Quota(cpu_millis=2**62, memory_bytes=2**62, gpu_shares=2**62, max_running_jobs=2**30)
 _QUOTA = (
     "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs FROM tenants WHERE name = $1"
+    "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
 )
 # A free slot, searched upwards from a random start and wrapping around; the count first, so a
 # tenant at its cap is refused without a scan.
@@ -375,6 +378,10 @@ class Submits:
             found = await conn.fetchrow(_QUOTA, row.tenant)
             if found is None:
                 raise _no_tenant(row.tenant)
+            # Before any insert or Idempotency-Key lookup: a retry meets today's ceiling too.
+            too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
+            if too_high is not None:
+                raise ValidationFailed([too_high])
             admissible(quota_of(found))
             cap: int = found["max_queued_jobs"]
             for attempt in range(SLOT_TRIES):

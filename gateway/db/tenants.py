@@ -17,12 +17,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.domain.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.problems import FieldProblem
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
     "name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs, weight, created_at, updated_at"
+    "max_queued_jobs, weight, max_priority, created_at, updated_at"
 )
 
 
@@ -31,7 +32,7 @@ _UPDATE = text(
     UPDATE tenants SET namespace = :namespace, quota_cpu_millis = :quota_cpu_millis,
         quota_memory_bytes = :quota_memory_bytes, quota_gpu_shares = :quota_gpu_shares,
         max_running_jobs = :max_running_jobs, max_queued_jobs = :max_queued_jobs,
-        weight = :weight, updated_at = now()
+        weight = :weight, max_priority = :max_priority, updated_at = now()
     WHERE name = :name RETURNING {TENANT_COLUMNS}
     """
 )
@@ -39,7 +40,8 @@ _UPDATE = text(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantValues:
-    """What an admin sets on a tenant, in Muster's units."""
+    """What an admin sets on a tenant, in Muster's units; ``max_priority`` is the highest
+    priority its jobs may have (``gateway.domain.priority``)."""
 
     namespace: str
     quota_cpu_millis: int
@@ -48,6 +50,7 @@ class TenantValues:
     max_running_jobs: int
     max_queued_jobs: int
     weight: float
+    max_priority: int = DEFAULT_MAX_PRIORITY
 
     def as_params(self) -> dict[str, Any]:
         return {
@@ -58,6 +61,7 @@ class TenantValues:
             "max_running_jobs": self.max_running_jobs,
             "max_queued_jobs": self.max_queued_jobs,
             "weight": self.weight,
+            "max_priority": self.max_priority,
         }
 
 
@@ -77,6 +81,7 @@ def _audit_view(row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
         "max_running_jobs",
         "max_queued_jobs",
         "weight",
+        "max_priority",
     )
     return {key: row[key] for key in keys}
 
@@ -133,10 +138,10 @@ async def put(
                                 f"""
                             INSERT INTO tenants (name, namespace, quota_cpu_millis,
                                 quota_memory_bytes, quota_gpu_shares, max_running_jobs,
-                                max_queued_jobs, weight, webhook_secret)
+                                max_queued_jobs, weight, max_priority, webhook_secret)
                             VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
                                 :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight,
-                                :secret)
+                                :max_priority, :secret)
                             RETURNING {TENANT_COLUMNS}
                             """
                             ),
@@ -304,9 +309,10 @@ async def create_first(engine: AsyncEngine, name: str, values: TenantValues, *, 
                         f"""
                     INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes,
                         quota_gpu_shares, max_running_jobs, max_queued_jobs, weight,
-                        webhook_secret)
+                        max_priority, webhook_secret)
                     VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
-                        :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight, :secret)
+                        :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight,
+                        :max_priority, :secret)
                     RETURNING {TENANT_COLUMNS}
                     """
                     ),

@@ -42,6 +42,13 @@ async def create_tenant(api: CheckedClient, name: str = TENANT, **body: Any) -> 
     return tenant
 
 
+async def grant_priority(api: CheckedClient, ceiling: int, name: str = TENANT) -> None:
+    """As an admin, let tenant ``name`` submit jobs of priority up to ``ceiling``."""
+    response = await api.patch(f"/v1/admin/tenants/{name}", json={"max_priority": ceiling})
+    assert response.status == 200, response.text
+    assert response.body["max_priority"] == ceiling
+
+
 def job_spec(name: str = "wd", *, tenant: str = TENANT, **fields: Any) -> dict[str, Any]:
     """A valid generic job with one worker; ``fields`` replace top-level entries."""
     spec: dict[str, Any] = {

@@ -580,6 +580,14 @@ IMPOSSIBLE_CASES = [
         body=job_spec(replicas={"worker": replica(count=1, resources={"cpu": "65"})}),
         pointer="/replicas",
     ),
+    # The tenant has the default priority ceiling, 0.
+    Case("priority-above-the-tenant-ceiling", 422, body=job_spec(priority=1), pointer="/priority"),
+    Case(
+        "priority-1000-above-the-tenant-ceiling",
+        422,
+        body=job_spec(priority=1000),
+        pointer="/priority",
+    ),
 ]
 
 TENANT_CASES = [
@@ -614,6 +622,60 @@ TENANT_CASES = [
         pointer="/quota/cpu",
     ),
     Case("tenant-weight-zero", 422, **tenant_put(**quota(), weight=0), pointer="/weight"),
+    Case(
+        "tenant-max-priority-1001",
+        422,
+        **tenant_put(**quota(), max_priority=1001),
+        pointer="/max_priority",
+    ),
+    Case(
+        "tenant-max-priority-minus-1001",
+        422,
+        **tenant_put(**quota(), max_priority=-1001),
+        pointer="/max_priority",
+    ),
+    Case(
+        "tenant-max-priority-as-string",
+        422,
+        **tenant_put(**quota(), max_priority="high"),
+        pointer="/max_priority",
+    ),
+    Case(
+        "tenant-max-priority-fraction",
+        422,
+        **tenant_put(**quota(), max_priority=1.5),
+        pointer="/max_priority",
+    ),
+    Case(
+        "tenant-max-priority-in-the-quota",
+        422,
+        **tenant_put(**quota(max_priority=10)),
+        pointer="/quota/max_priority",
+    ),
+    Case(
+        "patch-tenant-max-priority-5000",
+        422,
+        method="PATCH",
+        path="/v1/admin/tenants/search",
+        body={"max_priority": 5000},
+        pointer="/max_priority",
+    ),
+    Case(
+        "patch-tenant-max-priority-true",
+        422,
+        method="PATCH",
+        path="/v1/admin/tenants/search",
+        body={"max_priority": True},
+        pointer="/max_priority",
+    ),
+    Case(
+        "patch-tenant-max-priority-null",
+        422,
+        method="PATCH",
+        path="/v1/admin/tenants/search",
+        body={"max_priority": None},
+        pointer="/max_priority",
+    ),
     Case(
         "tenant-namespace-not-a-label",
         422,

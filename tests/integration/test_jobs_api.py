@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.helpers import (
     create_tenant,
+    grant_priority,
     job_spec,
     row_counts,
     submit,
@@ -195,6 +196,7 @@ async def test_concurrent_idempotent_retries_never_see_the_live_name_conflict(
 async def test_a_live_name_is_taken_until_its_job_is_cancelled(
     api: CheckedClient, engine: AsyncEngine
 ) -> None:
+    await grant_priority(api, 5)
     first = await submit(api, job_spec("wd"))
     before = await row_counts(engine)
 
@@ -486,6 +488,7 @@ async def test_admin_tenant_list_includes_every_tenant(api: CheckedClient) -> No
         "max_running_jobs": 10,
         "max_queued_jobs": 100,
     }
+    assert by_name["search"]["max_priority"] == 0
 
 
 async def test_a_namespace_taken_by_another_tenant_is_422_at_namespace(

@@ -206,9 +206,28 @@ async def test_events_written_before_0007_keep_their_id_order_ahead_of_later_eve
         )
     async with empty_engine.connect() as conn:
         rows = await conn.execute(
-            text("SELECT message, txid::text AS txid FROM job_events ORDER BY txid, id")
+            text("SELECT message, txid::text AS txid FROM job_events ORDER BY job_events.txid, id")
         )
         found = [(row.message, int(row.txid)) for row in rows]
     assert [message for message, _ in found] == ["old-1", "old-2", "new"]
     assert [txid for _, txid in found][:2] == [0, 0]
     assert found[2][1] > 0
+
+
+async def test_tenants_from_before_0008_get_priority_ceiling_0_and_it_stays_in_range(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine, "0007")
+    async with empty_engine.begin() as conn:
+        await conn.execute(TENANT_T)
+
+    await upgrade(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT max_priority FROM tenants WHERE name = 't'")) == 0
+    for outside in (1001, -1001):
+        with pytest.raises(DBAPIError, match="ck_tenants_max_priority_in_range"):
+            async with empty_engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE tenants SET max_priority = :p WHERE name = 't'"), {"p": outside}
+                )

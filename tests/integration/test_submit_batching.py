@@ -18,8 +18,10 @@ from gateway.domain.jobspec import JobSpec
 from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.nodes import Node
 from gateway.domain.pods import pod_requests
+from gateway.domain.priority import above_ceiling
 from gateway.domain.queueing import PendingJob, Quota
 from gateway.errors import Conflict, ValidationFailed
+from tests.integration.helpers import grant_priority
 from tests.integration.test_admission_cycle import job, make_tenant
 from tests.openapi_check import CheckedClient
 
@@ -111,6 +113,26 @@ async def test_a_skipped_submit_gets_its_own_answer_and_the_rest_of_its_batch_is
     assert isinstance(results[3], Submitted)
     assert results[3].created
     assert await counts(engine) == (3, 3, [])
+
+
+async def test_a_batch_writes_exactly_the_jobs_the_priority_ceiling_allows(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    # The batch statement's SQL form of the ceiling (skip the row) against the rule itself
+    # (gateway.domain.priority), which words the refusal on the careful path.
+    await make_tenant(api, max_queued_jobs=1_000_000)  # so that random slots hardly collide
+    await grant_priority(api, 10)
+    priorities = [-1000, -1, 0, 9, 10, 11, 100, 1000]
+    submits = Submits(engine)
+    jobs = [dataclasses.replace(spec(f"p{i}"), priority=p) for i, p in enumerate(priorities)]
+    results = await asyncio.gather(*(submit(submits, j) for j in jobs), return_exceptions=True)
+    rule = [above_ceiling(p, tenant="search", ceiling=10) for p in priorities]
+    assert [isinstance(r, Submitted) for r in results] == [problem is None for problem in rule]
+    refused = [r.problems for r in results if isinstance(r, ValidationFailed)]
+    assert refused == [(problem,) for problem in rule if problem is not None]
+    assert submits.statements == 1
+    assert submits.batched == rule.count(None)
+    assert await counts(engine) == (rule.count(None), rule.count(None), [])
 
 
 async def test_one_key_twice_in_a_batch_makes_one_job_and_both_get_it(
@@ -223,6 +245,7 @@ async def test_a_job_handed_to_admission_by_its_submit_equals_the_job_read_back(
     api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> None:
     await make_tenant(api)
+    await grant_priority(api, 7)
     handed: list[PendingJob] = []
     api.app[SUBMITS].on_queued = handed.append
     body = job("wide", gpu=0.5, workers=3, priority=7)

@@ -10,6 +10,7 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.integration.helpers import grant_priority
 from tests.openapi_check import CheckedClient
 
 EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
@@ -84,6 +85,45 @@ async def test_tfjob_problem_in_a_value_points_into_the_manifest(api: CheckedCli
     assert response.body["errors"][0]["pointer"].startswith("/spec/tfReplicaSpecs/PS/"), (
         response.body
     )
+
+
+async def test_a_tfjob_meets_its_tenants_priority_ceiling_and_nothing_is_written(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    # A TFJob has no priority of its own: its job gets the spec's default, 0, and that is
+    # what the ceiling is held against. The refusal points at the whole manifest.
+    await tenant(api, "ranking", namespace="search")
+    await grant_priority(api, -1, name="ranking")
+    data, headers = manifest("tfjob-v1.yaml"), {"Content-Type": "application/yaml"}
+
+    refused = await api.post("/v1/jobs", data=data, headers=headers)
+
+    assert refused.status == 422, refused.text
+    assert refused.content_type == "application/problem+json"
+    assert [(e["pointer"], e["detail"]) for e in refused.body["errors"]] == [
+        ("", "priority 0 is above tenant ranking's maximum priority -1 (an admin sets it)")
+    ]
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM jobs")) == 0
+    await grant_priority(api, 0, name="ranking")
+    admitted = await api.post("/v1/jobs", data=data, headers=headers)
+    assert admitted.status == 201, admitted.text
+    assert admitted.body["priority"] == 0
+
+
+async def test_a_tfjob_that_can_never_fit_its_quota_points_at_its_replica_specs(
+    api: CheckedClient,
+) -> None:
+    await tenant(api, "ranking", namespace="search")
+    small = {**QUOTA, "cpu": "4"}
+    assert (await api.patch("/v1/admin/tenants/ranking", json={"quota": small})).status == 200
+
+    response = await api.post(
+        "/v1/jobs", data=manifest("tfjob-v1.yaml"), headers={"Content-Type": "application/yaml"}
+    )
+
+    assert response.status == 422, response.text
+    assert [e["pointer"] for e in response.body["errors"]] == ["/spec/tfReplicaSpecs"]
 
 
 async def test_yaml_alias_bomb_is_refused(api: CheckedClient) -> None:
