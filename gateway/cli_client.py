@@ -12,7 +12,9 @@ Invariants kept here:
   for a 422) or the document cannot be read, and 2 when there is no gateway to talk to or the
   settings are wrong. Never a traceback for any of these.
 - Without MUSTER_TOKEN a command signs a short-lived admin token of its own when it can read the
-  local issuer's key (``cli_token.own_token``), so a newcomer's first commands just work.
+  local issuer's key (``cli_token.own_token``), so a newcomer's first commands just work; it
+  sends it only to a server that first proves it holds that key, and otherwise exits 2 having
+  sent nothing but the challenge.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli_token import own_token
-from gateway.client import ApiProblem, BadDocument, Client, Unreachable, load_document
+from gateway.client import ApiProblem, BadDocument, Client, Unproven, Unreachable, load_document
 from gateway.domain.states import JobState
 from gateway.errors import ConfigError
 from gateway.settings import DEFAULT_URL, ClientSettings
@@ -94,7 +96,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     cancel = command("cancel", _cancel, "cancel a job (its pods are deleted)")
     cancel.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
 
-    command("tenants", _tenants, "list tenants with their quota and usage", with_json=True)
+    about = "list tenants with their quota, usage and priority ceiling"
+    command("tenants", _tenants, about, with_json=True)
 
 
 # --- the client commands ------------------------------------------------------------------------
@@ -260,9 +263,11 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
                 ),
                 f"{tenant['running_jobs']}/{quota['max_running_jobs']}",
                 f"{tenant['queued_jobs']}/{quota['max_queued_jobs']}",
+                str(tenant["max_priority"]),
             )
         )
-    print(_table(("NAME", "NAMESPACE", "CPU", "MEMORY", "GPU", "RUNNING", "QUEUED"), rows))
+    headers = ("NAME", "NAMESPACE", "CPU", "MEMORY", "GPU", "RUNNING", "QUEUED", "MAX_PRIORITY")
+    print(_table(headers, rows))
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -313,7 +318,7 @@ def run_client(args: argparse.Namespace) -> int:
         if settings.token is None:
             settings = dataclasses.replace(settings, token=own_token(settings.url))
         args.handler(Client(settings), args)
-    except ConfigError as exc:
+    except (ConfigError, Unproven) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 2
     except BadDocument as exc:

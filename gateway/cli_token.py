@@ -7,7 +7,14 @@ Invariants kept here:
 - A lifetime is 1 second to 30 days (`parse_ttl`), refused otherwise before anything is signed.
 - `own_token` gives a 10-minute admin token when this user can read the key and an admin group is
   configured, and None otherwise: a missing or unreadable key is never an error of its own.
-- ``gateway.auth`` is imported only when a token is minted, so the client commands stay light.
+- That token is minted only after the server at the loopback URL proved it holds the very key
+  that signs it (``gateway.auth.proof``: a fresh challenge, sent without any token, answered
+  with an HMAC only a holder of the private key can make), so it goes only to a server that
+  could have minted it itself. Anything else (an error answer, a redirect, no answer, a proof
+  for another challenge, port or key) raises `Unproven` and nothing more is sent; only a
+  refused connection stays `Unreachable`, since nothing listens to receive a token.
+- ``gateway.auth`` is imported only when a token may be minted (a loopback URL and a readable
+  key, or ``muster token``), so the client commands stay light.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.client import is_loopback
+from gateway.client import ApiProblem, Client, Unproven, Unreachable, is_loopback
 from gateway.domain.access import Role, role_group
 from gateway.errors import ConfigError
-from gateway.settings import Settings
+from gateway.settings import ClientSettings, Settings
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+
+    from gateway.auth.proof import ProofKey
 
 MAX_TTL_SECONDS = 30 * 86400
+OWN_TOKEN_TTL_SECONDS = 600
+PROOF_TIMEOUT = 10.0
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -40,7 +55,8 @@ def _login_name() -> str:
         return os.environ.get("USER") or "muster-user"
 
 
-def mint_token(settings: Settings, args: argparse.Namespace) -> str:
+def mint_token(settings: Settings, args: argparse.Namespace, keys: KeySet | None = None) -> str:
+    """A token as ``args`` asks, signed with ``keys`` (by default, read from the key file)."""
     from gateway.auth.keys import local_key_set
     from gateway.auth.tokens import mint
 
@@ -58,7 +74,7 @@ def mint_token(settings: Settings, args: argparse.Namespace) -> str:
         print("muster: this token grants no role (add --tenant or --admin)", file=sys.stderr)
     user = args.user or _login_name()
     return mint(
-        local_key_set(settings.issuer_key_file),
+        keys or local_key_set(settings.issuer_key_file),
         audience=settings.oidc_audience,
         subject=user,
         groups=[*groups, *args.group],
@@ -78,8 +94,12 @@ def _user_claim(claim: str, user: str) -> dict[str, str] | None:
 
 def own_token(url: str) -> str | None:
     """A short-lived admin token signed with the local issuer's key, for a gateway at ``url`` on
-    this machine (a loopback address), when this user can read the key and no external issuer is
-    configured; None otherwise. A token is never made for a gateway elsewhere."""
+    this machine (a loopback address) that proves it holds that key, when this user can read the
+    key and no external issuer is configured; None otherwise. A token is never made for a
+    gateway elsewhere.
+
+    Raises Unproven when the server at ``url`` does not prove it holds the key, and Unreachable
+    when nothing listens there."""
     if not is_loopback(urlsplit(url).hostname):
         return None
     try:
@@ -90,8 +110,46 @@ def own_token(url: str) -> str | None:
         return None
     if not os.access(settings.issuer_key_file, os.R_OK):
         return None
-    args = argparse.Namespace(tenant=[], role="viewer", admin=True, user=None, group=[], ttl=600)
+    from gateway.auth.keys import local_key_set
+    from gateway.auth.proof import proof_key
+
     try:
-        return mint_token(settings, args)
+        keys = local_key_set(settings.issuer_key_file)
+        key = proof_key(keys)
+    except (OSError, ValueError):
+        return None
+    _require_proof(url, key)
+    args = argparse.Namespace(
+        tenant=[], role="viewer", admin=True, user=None, group=[], ttl=OWN_TOKEN_TTL_SECONDS
+    )
+    try:
+        return mint_token(settings, args, keys)
     except (OSError, ValueError, ConfigError):
         return None
+
+
+def _require_proof(url: str, key: ProofKey) -> None:
+    """Pass when the server at ``url`` proves it holds the issuer key ``key`` was derived from;
+    else raise Unproven (or Unreachable, when the connection is refused)."""
+    from gateway.auth.proof import ProofRefused, check_proof, new_challenge
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:  # a port out of range
+        raise ConfigError(f"{url}: {exc}") from exc
+    challenge = new_challenge()
+    # No token on this client: the challenge travels without one, and redirects are not followed.
+    client = Client(ClientSettings(url=url), timeout=PROOF_TIMEOUT)
+    try:
+        answer = client.issuer_proof(challenge)
+    except ApiProblem as exc:
+        raise Unproven(url, f"it answered the challenge with HTTP {exc.status}") from exc
+    except Unreachable as exc:
+        if exc.refused:
+            raise
+        raise Unproven(url, exc.reason) from exc
+    try:
+        check_proof(key, answer, challenge=challenge, port=port)
+    except ProofRefused as exc:
+        raise Unproven(url, str(exc)) from exc

@@ -8,8 +8,11 @@ sees them::
     ├── BadDocument              the file to submit is not one JSON or YAML mapping  exit 1
     └── RequestFailed            a request to the gateway did not succeed
         ├── ApiProblem           the gateway answered 4xx/5xx (RFC 9457 problem)    exit 1
-        └── Unreachable          no usable answer: refused, unknown host,          exit 2
-                                 timeout, broken connection, not JSON
+        ├── Unreachable          no usable answer: refused, unknown host,          exit 2
+        │                        timeout, broken connection, not JSON
+        └── Unproven             the server at a loopback URL did not prove it      exit 2
+                                 holds the local issuer's key, so no token of the
+                                 command's own was sent
 
 Invariants: requests to a loopback address never go through a proxy (other hosts honour the
 usual ``*_proxy`` variables); the token, when set, travels only as ``Authorization: Bearer``.
@@ -90,6 +93,18 @@ class Unreachable(RequestFailed):
         self.url = url
         self.reason = reason
         self.refused = refused
+
+
+class Unproven(RequestFailed):
+    """The server at ``url`` did not prove it holds the local issuer's key; ``reason`` says how."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"the server at {url} did not prove it is this machine's Muster ({reason}), so no "
+            "token was sent to it; pass --token or set MUSTER_TOKEN"
+        )
+        self.url = url
+        self.reason = reason
 
 
 def is_loopback(host: str | None) -> bool:
@@ -206,6 +221,12 @@ class Client:
             return json.loads(raw)
         except ValueError as exc:
             raise Unreachable(self.url, f"{method} {path} answered something not JSON") from exc
+
+    # --- the local issuer ----------------------------------------------------------------------
+
+    def issuer_proof(self, challenge: str) -> Any:
+        """GET /v1/issuer/proof: the gateway's proof that it holds the local issuer's key."""
+        return self._json("GET", "/v1/issuer/proof", query={"challenge": challenge})
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Invariants:
 
-- every route but the public ones (liveness, readiness, the OpenAPI document, the JWKS, and
-  /metrics when MUSTER_PUBLIC_METRICS is set) needs a valid bearer token, else 401 with
-  ``WWW-Authenticate: Bearer``; unknown paths too, so routes cannot be probed without a token;
+- every route but the public ones (liveness, readiness, the OpenAPI document, the JWKS, the
+  local issuer's proof, and /metrics when MUSTER_PUBLIC_METRICS is set) needs a valid bearer
+  token, else 401 with ``WWW-Authenticate: Bearer``; unknown paths too, so routes cannot be
+  probed without a token;
 - an object of a tenant where the caller has no role answers exactly as an object that does not
   exist (404, same message); 403 is reserved for objects the caller can see but may not act on,
   for admin endpoints, and for callers whose token grants no role anywhere.
@@ -25,7 +26,9 @@ from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.logs import bind
 
 ACCESS = web.RequestKey("access", Access)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json", "/v1/issuer/proof"}
+)
 
 
 @web.middleware

@@ -1,10 +1,16 @@
-"""Service routes: liveness, readiness, the OpenAPI document and the local issuer's keys."""
+"""Service routes: liveness, readiness, the OpenAPI document, and the local issuer's public keys
+and its proof of holding the private one (``gateway.auth.proof``).
+
+The key routes are public, so what they derive from the key file is computed once per version of
+the file (its mtime and size), not per request: an unauthenticated caller costs a stat() and, for
+a proof, one HMAC.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from dataclasses import dataclass
 
 from aiohttp import web
 from sqlalchemy import text
@@ -14,10 +20,22 @@ from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.schema import openapi_document
 from gateway.api.views import json_response
 from gateway.auth.keys import local_key_set, public_jwks
-from gateway.errors import DatabaseUnavailable
+from gateway.auth.proof import CHALLENGE, ProofKey, proof_key, prove
+from gateway.errors import BadRequest, DatabaseUnavailable, NotFound
 
 routes = web.RouteTableDef()
-JWKS_CACHE: web.AppKey[dict[str, Any]] = web.AppKey("jwks_cache")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalIssuer:
+    """What the public routes serve from one version of the local issuer's key file."""
+
+    version: tuple[int, int]
+    jwks_body: str
+    proof_key: ProofKey
+
+
+ISSUER_CACHE: web.AppKey[dict[str, LocalIssuer]] = web.AppKey("issuer_cache")
 
 
 @routes.get("/healthz")
@@ -40,29 +58,58 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
-@routes.get("/.well-known/jwks.json")
-async def jwks(request: web.Request) -> web.Response:
-    """The local issuer's public keys; none when an external issuer is configured (its tokens
-    are the only ones accepted then), or before the key exists.
-
-    Anyone may ask, so the answer is built once per version of the key file (its mtime and
-    size), not by reading and checking the private key on every request."""
+async def _local_issuer(request: web.Request) -> LocalIssuer | None:
+    """The local issuer's current key file, as the public routes serve it; None when an
+    external issuer is configured or before the key file exists."""
     settings = request.app[SETTINGS]
     if settings.oidc_issuer is not None:
-        return json_response({"keys": []})
+        return None
     path = settings.issuer_key_file
     try:
         stat = path.stat()
     except FileNotFoundError:
-        return json_response({"keys": []})
+        return None
     version = (stat.st_mtime_ns, stat.st_size)
-    cached = request.app[JWKS_CACHE]
-    if cached.get("version") != version:
+    cache = request.app[ISSUER_CACHE]
+    cached = cache.get("current")
+    if cached is None or cached.version != version:
         keys = await asyncio.to_thread(local_key_set, path)
-        cached.clear()
-        cached.update(version=version, body=json.dumps(public_jwks(keys)))
+        cached = LocalIssuer(
+            version=version, jwks_body=json.dumps(public_jwks(keys)), proof_key=proof_key(keys)
+        )
+        cache["current"] = cached
+    return cached
+
+
+@routes.get("/.well-known/jwks.json")
+async def jwks(request: web.Request) -> web.Response:
+    """The local issuer's public keys; none when an external issuer is configured (its tokens
+    are the only ones accepted then), or before the key exists."""
+    issuer = await _local_issuer(request)
+    if issuer is None:
+        return json_response({"keys": []})
     return web.Response(
-        text=cached["body"],
+        text=issuer.jwks_body,
         content_type="application/json",
         headers={"Cache-Control": "max-age=300"},
     )
+
+
+@routes.get("/v1/issuer/proof")
+async def issuer_proof(request: web.Request) -> web.Response:
+    """Proof that this gateway holds the local issuer's signing key, for the client commands
+    before they send a token of their own: an HMAC bound to the caller's challenge, the key's kid
+    and the port this request arrived on (see ``gateway.auth.proof``)."""
+    if request.app[SETTINGS].oidc_issuer is not None:
+        raise NotFound("this gateway's tokens come from an external issuer: it has no key to prove")
+    challenge = request.query.get("challenge", "")
+    if not CHALLENGE.fullmatch(challenge):
+        raise BadRequest("challenge must be 32 to 128 URL-safe characters (A-Z, a-z, 0-9, - and _)")
+    issuer = await _local_issuer(request)
+    if issuer is None:
+        raise NotFound("the local issuer has no key yet")
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        raise NotFound("this gateway can prove its key only over TCP")
+    answer = prove(issuer.proof_key, challenge=challenge, port=int(sockname[1]))
+    return json_response(answer, headers={"Cache-Control": "no-store"})

@@ -31,6 +31,7 @@ from gateway.api.auth import PUBLIC_PATHS
 from gateway.api.schema import SERVER_OWNED, openapi_document
 from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.auth.keys import local_key_set
+from gateway.auth.proof import ProofRefused, check_proof, proof_key
 from gateway.auth.tokens import mint
 from gateway.backends.nodes_file import StaticInventory
 from gateway.domain.nodes import Node
@@ -246,16 +247,53 @@ async def test_a_token_signed_by_another_key_with_the_local_kid_gets_401(
 # --- public endpoints -------------------------------------------------------------------------
 
 
+CHALLENGE = "c" * 43
+
+
+def public_query(path: str) -> str:
+    """``path`` with the query its operation needs (the issuer's proof needs a challenge)."""
+    return f"{path}?challenge={CHALLENGE}" if path == "/v1/issuer/proof" else path
+
+
 @pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
 async def test_public_endpoints_answer_without_a_token(api: CheckedClient, path: str) -> None:
-    response = await api.as_(None).get(path)
+    response = await api.as_(None).get(public_query(path))
     assert response.status == 200, response.text
 
 
 async def test_public_endpoints_ignore_a_bad_token(api: CheckedClient) -> None:
     for path in sorted(PUBLIC_PATHS):
-        response = await api.as_("garbage").get(path)
+        response = await api.as_("garbage").get(public_query(path))
         assert response.status == 200, (path, response.text)
+
+
+async def test_the_issuer_proof_verifies_with_the_key_file_for_the_port_it_was_asked_on(
+    api: CheckedClient, settings: Settings
+) -> None:
+    key = proof_key(local_key_set(settings.issuer_key_file))
+    port = api.client.port
+    assert port is not None
+
+    response = await api.as_(None).get(f"/v1/issuer/proof?challenge={CHALLENGE}")
+
+    assert response.status == 200, response.text
+    assert response.headers["Cache-Control"] == "no-store"
+    check_proof(key, response.body, challenge=CHALLENGE, port=port)
+    with pytest.raises(ProofRefused):  # bound to its challenge
+        check_proof(key, response.body, challenge="d" * 43, port=port)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?challenge=", "?challenge=short", f"?challenge={'c' * 129}", f"?challenge={'c' * 42}."],
+)
+async def test_a_missing_or_malformed_challenge_gets_a_400_problem_and_no_proof(
+    api: CheckedClient, query: str
+) -> None:
+    response = await api.as_(None).get(f"/v1/issuer/proof{query}")
+
+    assert response.status == 400
+    assert "challenge must be 32 to 128 URL-safe characters" in response.body["detail"]
 
 
 async def test_metrics_need_a_platform_admin_by_default(

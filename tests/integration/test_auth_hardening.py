@@ -1,6 +1,7 @@
 """Authorization at the edges: long-lived responses that outlive a token or a grant, query
 parameters that must never reach SQL unchecked, the unauthenticated JWKS, and a client that
-never sends its token anywhere but the gateway it was pointed at."""
+never sends its token anywhere but the gateway it was pointed at (nor a token of its own to a
+loopback server that does not prove it holds the issuer's key)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.cli_token import own_token
-from gateway.client import ApiProblem, Client
+from gateway.client import ApiProblem, Client, Unproven
 from gateway.settings import ClientSettings, Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, submit
@@ -145,12 +146,28 @@ def test_the_client_does_not_follow_a_redirect_with_its_token(
     assert elsewhere.seen == []
 
 
-def test_the_client_signs_its_own_token_only_for_a_gateway_on_this_machine(
-    issuer_key: Path, monkeypatch: pytest.MonkeyPatch
+async def test_the_client_signs_its_own_token_only_for_a_gateway_on_this_machine(
+    api: CheckedClient, issuer_key: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MUSTER_ISSUER_KEY", str(issuer_key))
     monkeypatch.delenv("MUSTER_OIDC_ISSUER", raising=False)
-    assert own_token("http://127.0.0.1:8080") is not None
-    assert own_token("http://localhost:8080") is not None
+    port = api.client.port
+    # In a thread: the client blocks, and this loop serves the gateway's proof meanwhile.
+    for host in ("127.0.0.1", "localhost"):
+        assert await asyncio.to_thread(own_token, f"http://{host}:{port}") is not None
     assert own_token("https://muster.example.com") is None
     assert own_token("http://10.0.0.7:8080") is None
+
+
+def test_the_client_signs_no_token_for_a_loopback_server_that_redirects_the_challenge(
+    servers: tuple[str, type[_Redirector], type[_Redirector]],
+    issuer_key: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MUSTER_ISSUER_KEY", str(issuer_key))
+    monkeypatch.delenv("MUSTER_OIDC_ISSUER", raising=False)
+    url, redirecting, elsewhere = servers
+    with pytest.raises(Unproven, match="answered the challenge with HTTP 302"):
+        own_token(url)
+    assert redirecting.seen == [None]  # the challenge, without a token
+    assert elsewhere.seen == []

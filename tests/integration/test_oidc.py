@@ -243,6 +243,17 @@ async def test_local_issuer_tokens_are_refused_when_an_external_issuer_is_set(
         assert jwks.body == {"keys": []}
 
 
+async def test_the_issuer_proof_is_a_404_problem_when_an_external_issuer_is_set(
+    issuer: FakeIssuer, settings: Settings, gateway: Gateway
+) -> None:
+    async with gateway(oidc_settings(settings, issuer.url)) as api:
+        response = await api.as_(None).get(f"/v1/issuer/proof?challenge={'c' * 43}")
+
+        assert response.status == 404
+        assert response.content_type == "application/problem+json"
+        assert "external issuer" in response.body["detail"]
+
+
 async def test_a_token_with_the_issuers_key_but_another_iss_is_401(
     issuer: FakeIssuer, settings: Settings, gateway: Gateway
 ) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from gateway.auth.keys import CachedKeys, KeysUnavailable, local_key_set, public_jwks
+from gateway.auth.proof import CHALLENGE as CHALLENGE_PATTERN
+from gateway.auth.proof import ProofKey, ProofRefused, check_proof, new_challenge, proof_key, prove
 from gateway.auth.tokens import LOCAL_ISSUER, InvalidToken, Verifier, mint
 from gateway.errors import ConfigError
 from gateway.settings import Settings
@@ -608,3 +611,123 @@ async def test_keys_due_for_a_refresh_keep_serving_while_a_slow_issuer_answers(
     assert loads == 2
     release.set()
     await settle()
+
+
+# --- the local issuer's proof of holding its key (gateway.auth.proof) -----------------------
+
+CHALLENGE = "c" * 43
+PORT = 8080
+
+
+def test_a_proof_verifies_with_the_key_read_again_from_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "issuer-key.json"
+    server_side = proof_key(local_key_set(path))
+    client_side = proof_key(local_key_set(path))
+
+    answer = prove(server_side, challenge=CHALLENGE, port=PORT)
+
+    assert answer["kid"] == local_key_set(path).keys[0].kid
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", answer["proof"])
+    check_proof(client_side, answer, challenge=CHALLENGE, port=PORT)
+
+
+def _forged(ours: ProofKey, theirs: ProofKey) -> dict[str, dict[str, Any]]:
+    """Answers a server without our key (or on another port) could give, by how it got them."""
+    genuine = prove(ours, challenge=CHALLENGE, port=PORT)
+    return {
+        "a proof for another challenge": prove(ours, challenge="d" * 43, port=PORT),
+        "a proof relayed from a gateway on another port": prove(
+            ours, challenge=CHALLENGE, port=PORT + 1
+        ),
+        "a proof made with another key, naming ours": {
+            **prove(theirs, challenge=CHALLENGE, port=PORT),
+            "kid": ours.kid,
+        },
+        "a genuine proof of another key": prove(theirs, challenge=CHALLENGE, port=PORT),
+        "our proof with one character changed": {
+            **genuine,
+            "proof": ("A" if genuine["proof"][0] != "A" else "B") + genuine["proof"][1:],
+        },
+        "our proof with base64 padding": {**genuine, "proof": genuine["proof"] + "="},
+        "an empty proof": {**genuine, "proof": ""},
+        "a proof that is not text": {**genuine, "proof": 12345},
+        "a proof in non-ASCII text": {**genuine, "proof": "é" * 43},
+        "no proof": {"kid": ours.kid},
+        "no kid": {"proof": genuine["proof"]},
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "a proof for another challenge",
+        "a proof relayed from a gateway on another port",
+        "a proof made with another key, naming ours",
+        "a genuine proof of another key",
+        "our proof with one character changed",
+        "our proof with base64 padding",
+        "an empty proof",
+        "a proof that is not text",
+        "a proof in non-ASCII text",
+        "no proof",
+        "no kid",
+    ],
+)
+def test_a_proof_is_refused_unless_made_with_our_key_for_our_challenge_and_port(
+    key: RSAKey, other_key: RSAKey, case: str
+) -> None:
+    ours, theirs = proof_key(KeySet([key])), proof_key(KeySet([other_key]))
+    answer = _forged(ours, theirs)[case]
+
+    with pytest.raises(ProofRefused):
+        check_proof(ours, answer, challenge=CHALLENGE, port=PORT)
+
+
+@pytest.mark.parametrize("answer", [None, [], "proof", 1, {"items": []}])
+def test_an_answer_that_is_not_a_proof_document_is_refused(key: RSAKey, answer: Any) -> None:
+    with pytest.raises(ProofRefused, match="not a proof"):
+        check_proof(proof_key(KeySet([key])), answer, challenge=CHALLENGE, port=PORT)
+
+
+def test_a_refusal_for_another_key_names_both_kids(key: RSAKey, other_key: RSAKey) -> None:
+    ours, theirs = proof_key(KeySet([key])), proof_key(KeySet([other_key]))
+
+    with pytest.raises(ProofRefused) as caught:
+        check_proof(
+            ours, prove(theirs, challenge=CHALLENGE, port=PORT), challenge=CHALLENGE, port=PORT
+        )
+
+    assert str(other_key.kid) in str(caught.value)
+    assert str(key.kid) in str(caught.value)
+
+
+def test_a_proof_key_does_not_show_its_secret(key: RSAKey) -> None:
+    derived = proof_key(KeySet([key]))
+
+    assert b64(derived.secret) not in repr(derived)
+    assert derived.secret.hex() not in repr(derived)
+
+
+@pytest.mark.parametrize(
+    ("challenge", "valid"),
+    [
+        ("a" * 32, True),
+        ("A-z_0" * 25 + "abc", True),  # 128
+        ("a" * 31, False),
+        ("a" * 129, False),
+        ("a" * 42 + "=", False),
+        ("a" * 42 + "/", False),
+        ("a" * 42 + "\n", False),
+        ("é" * 43, False),
+        ("", False),
+    ],
+)
+def test_a_challenge_is_32_to_128_url_safe_characters(challenge: str, valid: bool) -> None:
+    assert bool(CHALLENGE_PATTERN.fullmatch(challenge)) is valid
+
+
+def test_each_new_challenge_is_fresh_and_valid() -> None:
+    challenges = {new_challenge() for _ in range(100)}
+
+    assert len(challenges) == 100
+    assert all(CHALLENGE_PATTERN.fullmatch(challenge) for challenge in challenges)
