@@ -13,6 +13,7 @@ maps this tree onto RFC 9457 problem responses::
         ├── Unauthorized             no bearer token, or one that does not verify         401
         ├── Forbidden                the caller may not do this                           403
         ├── NotFound                 no such object (or not visible to the caller)        404
+        ├── RequestTimeout           the body did not arrive within MUSTER_BODY_TIMEOUT   408
         ├── Conflict                 the object's state forbids the operation             409
         ├── PayloadTooLarge          the body is over the limit                           413
         ├── UnsupportedMediaType     the body is not JSON                                 415
@@ -41,6 +42,7 @@ __all__ = [
     "MusterError",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "TooManyRequests",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -97,6 +99,12 @@ class Forbidden(ClientError):
 
 class NotFound(ClientError):
     status, slug, title = 404, "not-found", "Not found"
+
+
+class RequestTimeout(ClientError):
+    """Answered with ``Connection: close``: a client this slow does not get to send another."""
+
+    status, slug, title = 408, "request-timeout", "Request timeout"
 
 
 class Conflict(ClientError):

@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api import admin, cluster, jobs, metrics, service, webhooks
+from gateway.api import admin, cluster, connections, jobs, metrics, service, webhooks
 from gateway.api.auth import auth_middleware
 from gateway.api.context import (
     AUTHENTICATOR,
@@ -55,6 +55,7 @@ def make_app(
     app = web.Application(
         middlewares=[observability_middleware, problems_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes + 1,
+        handler_args=connections.handler_args(settings),  # the idle and unread-body deadlines
     )
     app[REQUEST_DURATION] = request_duration_histogram()
     app[metrics.IS_LEADER] = is_leader
@@ -69,7 +70,7 @@ def make_app(
     app[SUBMITS] = Submits(engine)
     app.on_cleanup.append(_finish_submits)
     app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
-    app[service.JWKS_CACHE] = {}
+    app[service.ISSUER_CACHE] = {}
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(admin.routes)

@@ -1,6 +1,9 @@
-"""Reading request bodies: size limit, media type and strict JSON.
+"""Reading request bodies: size limit, deadline, media type and strict JSON.
 
-Invariants: a body over the limit is refused before it is buffered whole (413); only JSON media
+Invariants: a body over the limit is refused before it is buffered whole (413); a body still
+arriving when the gateway starts to read it must be complete within the application's
+MUSTER_BODY_TIMEOUT (408, and the connection closes), so one that trickles in cannot hold a
+connection, and a body that came with its headers costs no timer; only JSON media
 types are accepted (415), with curl's default form type tolerated so ``curl -d @job.json`` works;
 JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400;
 text that PostgreSQL cannot store (NUL, unpaired surrogates) is a 422 naming the field.
@@ -8,16 +11,24 @@ text that PostgreSQL cannot store (NUL, unpaired surrogates) is a 422 naming the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
 
 import yaml
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway.api import schema
+from gateway.api.context import SETTINGS
 from gateway.domain.problems import FieldProblem, pointer
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from gateway.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 JSON_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded", "text/plain"})
 
@@ -81,20 +92,32 @@ async def _read_text(request: web.Request, max_bytes: int) -> str:
         raise PayloadTooLarge(
             f"the body has {request.content_length} bytes; the limit is {max_bytes}"
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
+        raw = await _read_capped(request.content, max_bytes)
+    else:
+        timeout = request.app[SETTINGS].body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await _read_capped(request.content, max_bytes)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from exc
     if not raw.strip():
         raise BadRequest("the request needs a body")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+
+
+async def _read_capped(content: StreamReader, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def read_checked(request: web.Request, max_bytes: int, component: str) -> Any:
