@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,11 +25,18 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.api.connections import (
+    RESERVED_DESCRIPTORS,
+    GuardedSite,
+    connection_cap,
+    raise_open_file_limit,
+)
 from gateway.api.context import SUBMITS
 from gateway.api.views import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
 from gateway.backends.factory import make_backend
+from gateway.backends.local import LocalRuntime
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
@@ -96,7 +104,9 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything the gateway writes (keys, logs, state) is its user's alone.
+    os.umask(0o077)
+    _private_data_dir(settings)
     if settings.oidc_issuer is None:  # the local issuer: its key exists before the first token
         await _issuer_key(settings)
     backend = await make_backend(settings)
@@ -119,7 +129,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         app[SUBMITS].on_queued = admission.queued
         runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(
+            runner,
+            settings.host,
+            settings.port,
+            header_timeout=settings.header_timeout,
+            max_connections=_connection_cap(settings.max_connections),
+        )
         await site.start()
         _tune_garbage_collector()
         loops = [asyncio.create_task(admission.run(), name="admission")]
@@ -147,6 +163,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             print(f"  data directory: {settings.data_dir}", flush=True)
             print(f"  database:       {database.description}", flush=True)
             print(f"  backend:        {settings.backend}", flush=True)
+            if isinstance(backend.runtime, LocalRuntime):
+                isolation = backend.runtime.isolation
+                print(f"  local jobs:     {isolation.describe()}", flush=True)
+                for note in isolation.notes:
+                    print(f"                  ({note})", flush=True)
+                if not isolation.isolated:
+                    log.warning("local jobs are not isolated: %s", isolation.describe())
             if first_tenant:
                 print(f"  tenant:         {first_tenant}", flush=True)
             if settings.oidc_issuer is None:
@@ -208,6 +231,19 @@ def _loop_ended(task: asyncio.Task[None], stop: asyncio.Event) -> None:
     stop.set()
 
 
+def _connection_cap(wanted: int) -> int:
+    """MUSTER_MAX_CONNECTIONS, or less (with a warning) if the open-file limit cannot hold it."""
+    cap = connection_cap(wanted, raise_open_file_limit(wanted + RESERVED_DESCRIPTORS))
+    if cap < wanted:
+        log.warning(
+            "serving at most %d connections, not MUSTER_MAX_CONNECTIONS=%d: the open-file limit "
+            "(ulimit -n) is too low and cannot be raised",
+            cap,
+            wanted,
+        )
+    return cap
+
+
 def _bound_port(runner: web.AppRunner, configured: int) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple) and len(address) >= 2:
@@ -215,8 +251,18 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
     return configured
 
 
+def _private_data_dir(settings: Settings) -> None:
+    """The data directory exists and only the gateway's user may enter it (0700; the embedded
+    PostgreSQL's own user gets passage when the gateway runs as root)."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = settings.data_dir.stat().st_mode & 0o777
+    if mode & 0o077 and not (os.geteuid() == 0 and mode == 0o710):
+        settings.data_dir.chmod(0o700)
+
+
 async def migrate_only(settings: Settings) -> str:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)
+    _private_data_dir(settings)
     async with open_database(settings) as database:
         return database.description
 

@@ -14,6 +14,7 @@ Invariants: nothing else in Muster reads ``os.environ``; a malformed value stops
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import os
 from collections.abc import Callable, Collection, Mapping
@@ -50,6 +51,28 @@ class Setting:
     @property
     def attr(self) -> str:
         return self.env.removeprefix("MUSTER_").lower()
+
+
+def _default_work_dir(env: Mapping[str, str], data_dir: Path) -> Path:
+    """Local replicas' work directories, outside the data directory and one per data directory
+    (named after it), searchable by the jobs' users when the gateway runs as root."""
+    if os.geteuid() == 0:
+        base = Path("/var/lib/muster/work")
+    else:
+        base = Path(env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "muster" / "work"
+    return base / hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def _run_as(text: str) -> str:
+    """A uid range FIRST-LAST or a user name or uid (resolved when the backend starts)."""
+    first, dash, last = text.partition("-")
+    if dash and first.isdigit() and last.isdigit():
+        if not 1000 <= int(first) <= int(last) < 2**32 - 1:
+            raise ValueError("a uid range must lie within 1000-4294967294, first to last")
+        return text
+    if not text or not all(c.isalnum() or c in "._-" for c in text):
+        raise ValueError("must be a uid range such as 1900000000-1900065535, or a user")
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -218,6 +241,39 @@ SETTINGS: tuple[Setting, ...] = (
         help="GPUs the local node offers (default: from nvidia-smi -L, else 0)",
     ),
     Setting(
+        env="MUSTER_LOCAL_WORK_DIR",
+        default=None,
+        parse=Path,
+        help="where local replicas work, a directory each, outside the data directory (default: "
+        "/var/lib/muster/work/<digest of the data directory> as root, else the same under "
+        "$XDG_CACHE_HOME/muster/work or ~/.cache/muster/work)",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_RUN_AS",
+        default="1900000000-1900065535",
+        parse=_run_as,
+        help="whom local replicas run as when the gateway runs as root: a uid range (each job "
+        "its own uid) or one user",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_TRUSTED_TENANTS",
+        default="demo",
+        parse=_csv,
+        help="comma-separated tenants whose jobs may run on the local backend when the gateway "
+        "cannot isolate them (not root); * trusts every tenant",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_PATH",
+        default="/usr/local/bin:/usr/bin:/bin",
+        help="PATH of local replicas (nothing else of the gateway's environment reaches them)",
+    ),
+    Setting(
+        env="MUSTER_LOCAL_MAX_PIDS",
+        default="4096",
+        parse=_positive_int,
+        help="most processes and threads one local replica may have (where cgroups allow)",
+    ),
+    Setting(
         env="MUSTER_KUBECONFIG",
         default=None,
         parse=Path,
@@ -339,6 +395,34 @@ SETTINGS: tuple[Setting, ...] = (
         help="largest request body accepted (bytes)",
     ),
     Setting(
+        env="MUSTER_HEADER_TIMEOUT",
+        default="10",
+        parse=_positive_float,
+        help="seconds a client has to send a request's line and headers, from when it connects "
+        "or from the request's first byte; then the connection is closed",
+    ),
+    Setting(
+        env="MUSTER_BODY_TIMEOUT",
+        default="30",
+        parse=_positive_float,
+        help="seconds a client has to send a request body (408 after); a body the gateway does "
+        "not read is discarded for at most this long (10 s at most) before the connection closes",
+    ),
+    Setting(
+        env="MUSTER_KEEPALIVE_TIMEOUT",
+        default="75",
+        parse=_positive_float,
+        help="seconds an idle connection stays open after a response for the next request "
+        "(longer than the 60 s idle timeout of common proxies)",
+    ),
+    Setting(
+        env="MUSTER_MAX_CONNECTIONS",
+        default="1000",
+        parse=_positive_int,
+        help="open connections per process; beyond it a new connection is answered 503 and "
+        "closed (lowered at start to fit the open-file limit)",
+    ),
+    Setting(
         env="MUSTER_MAX_REPLICAS",
         default="512",
         parse=_positive_int,
@@ -382,6 +466,11 @@ class Settings:
     local_cpus: float | None = None
     local_memory: str | None = None
     local_gpus: int | None = None
+    local_work_dir: Path | None = None  # None: _default_work_dir (see work_dir)
+    local_run_as: str = "1900000000-1900065535"
+    local_trusted_tenants: tuple[str, ...] = ("demo",)
+    local_path: str = "/usr/local/bin:/usr/bin:/bin"
+    local_max_pids: int = 4096
     kubeconfig: Path | None = None
     kube_qps: float = 50.0
     kube_burst: int = 100
@@ -402,12 +491,21 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     webhook_secret_overlap: float = 86400.0
     max_body_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1000
     max_replicas: int = 512
     admission_interval: float = 2.0
     starvation_seconds: float = 300.0
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
+
+    @property
+    def work_dir(self) -> Path:
+        """Where local replicas work: MUSTER_LOCAL_WORK_DIR, else one per data directory."""
+        return self.local_work_dir or _default_work_dir(os.environ, self.data_dir)
 
     @property
     def issuer_key_file(self) -> Path:

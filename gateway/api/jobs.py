@@ -33,7 +33,7 @@ from gateway.domain.queueing import Quota
 from gateway.domain.reasons import never_fits
 from gateway.domain.states import JobState
 from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
-from gateway.errors import BadRequest, NotFound, ValidationFailed
+from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -87,14 +87,22 @@ async def submit_job(request: web.Request) -> web.Response:
                 detail="the job can never run: " + "; ".join(m for _, m in impossible),
             )
 
-    submitted = await request.app[SUBMITS].submit(
-        meaning,
-        body_hash=request_hash(body) if key is not None else "",
-        idempotency_key=key,
-        actor=actor(request),
-        pods=pods,
-        admissible=refuse_impossible,
-    )
+    try:
+        submitted = await request.app[SUBMITS].submit(
+            meaning,
+            body_hash=request_hash(body) if key is not None else "",
+            idempotency_key=key,
+            actor=actor(request),
+            pods=pods,
+            admissible=refuse_impossible,
+        )
+    except ValidationFailed as exc:
+        if not tfjob:
+            raise
+        # The tenant's limits refuse the job: point into the manifest the client sent (a TFJob
+        # has no priority of its own, so a priority problem points at the whole manifest).
+        relocated = relocate_problems(_without_namespace(body), exc.problems, tenant=tenant)
+        raise ValidationFailed(relocated, detail=exc.detail) from exc
     if submitted.created:
         request.app[NOTIFIER].poke()
     view = job_view(submitted.job)
@@ -160,6 +168,10 @@ def _check_submitter(request: web.Request, document: Any) -> None:
         )
     if not caller.may(tenant, Action.SUBMIT):
         raise role_refusal(caller, tenant, Action.SUBMIT)
+    runtime = request.app[RUNTIME]
+    refusal = runtime.refusal(tenant) if runtime is not None else None
+    if refusal is not None:
+        raise Forbidden(refusal)
 
 
 async def _from_tfjob(

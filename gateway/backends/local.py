@@ -1,20 +1,25 @@
 """The local backend: this machine is one node, and replicas run as processes on it.
 
 The node's CPUs, memory and GPUs are read from the machine, each overridable in settings.
-Every replica runs under ``gateway.backends.shim`` in a process group of its own, with the same
-environment contract as on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica,
-PyTorch ranks, CUDA_VISIBLE_DEVICES from the GPU plan, thread variables). The image is recorded
-and not used: the replica's command runs on this machine.
+Every replica runs under ``gateway.backends.shim``, contained as ``sandbox`` decided (its own
+user, PID namespace and cgroup where the machine allows), with the same environment contract as
+on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica, PyTorch ranks,
+CUDA_VISIBLE_DEVICES from the GPU plan, thread variables) and nothing of the gateway's. The
+image is recorded and not used: the replica's command runs on this machine.
 
-State lives under the data directory, so a restarted gateway adopts what is still running:
-``local/<job>/<attempt>/<pod>.json`` (pid and start time, written by the backend),
-``local/<job>/<attempt>/<pod>.exit`` (exit status, written by the shim when the command ends),
-``local/<job>/<attempt>/ports.json`` (the gang's ports) and ``logs/<job>/<pod>.log``.
+State lives under the data directory (0700, unreachable by jobs), so a restarted gateway adopts
+what is still running: ``local/<job>/<attempt>/<pod>.json`` (the supervisor's pid and start
+time, the job's uid, the pod's cgroups and work directory), ``<pod>.plan.json`` (the launch
+plan), ``<pod>.exit`` (exit status, written by the supervisor when the command ends),
+``ports.json`` (the gang's ports) and ``logs/<job>/<pod>.log`` (0600). A replica works in
+``<work dir>/<job>/<pod>`` (MUSTER_LOCAL_WORK_DIR, outside the data directory), made afresh for
+each start and removed when it ends.
 
-Invariants: a pod is RUNNING only while the recorded process (same pid and start time) lives;
-a pod whose process vanished without an exit status is reported on a lost node, so its job is
-handled as after a node loss; deleting a pod stops its whole process group (SIGTERM, then
-SIGKILL after the grace period) before its state is removed.
+Invariants: a pod is RUNNING only while the recorded supervisor (same pid and start time) lives;
+a pod whose supervisor vanished without an exit status is reported on a lost node, so its job is
+handled as after a node loss; deleting a pod stops every process of its container (SIGTERM, then
+SIGKILL after the grace period) before its state is removed; cgroups and work directories that
+no pod record claims are removed when the runtime first looks.
 """
 
 from __future__ import annotations
@@ -29,21 +34,31 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from gateway.backends.base import Gang, PodStatus
+from gateway.backends import cgroups
+from gateway.backends.base import Gang, PodPlacement, PodStatus
+from gateway.backends.sandbox import (
+    Isolation,
+    check_reachable,
+    choose_uid,
+    claim_work_dir,
+    process_env,
+)
 from gateway.domain.lifecycle import ReplicaPhase
 from gateway.domain.nodes import GpuMode, Node
-from gateway.domain.replica_env import local_addresses, replica_env
+from gateway.domain.replica_env import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 LOCAL_NODE = "local"
+# Directories a replica's mount namespace replaces with private ones (see the shim).
+SHARED_TMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 
 
 def detect_gpus() -> int:
@@ -118,15 +133,72 @@ def _alive(record: Mapping[str, Any]) -> bool:
         return False
 
 
-class LocalRuntime:
-    """Replicas as process groups on this machine. See the module docstring for the layout."""
+def _private_dir(path: Path, mode: int = 0o700) -> None:
+    """Make ``path`` (and missing parents, private too) and give it ``mode`` even if it existed
+    with a looser one (an install older than these rules)."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    path.chmod(mode)
 
-    def __init__(self, data_dir: Path, *, grace_seconds: float = 10.0) -> None:
+
+class LocalRuntime:
+    """Replicas as contained processes on this machine. See the module docstring for the layout."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        work_dir: Path,
+        isolation: Isolation,
+        path: str,
+        max_pids: int = 4096,
+        hide_files: Sequence[Path] = (),
+        grace_seconds: float = 10.0,
+    ) -> None:
+        self.data_dir = data_dir
         self.state_dir = data_dir / "local"
         self.log_dir = data_dir / "logs"
-        self.work_dir = data_dir / "work"
+        self.work_dir = work_dir
+        self.isolation = isolation
+        self.path = path
+        self.max_pids = max_pids
+        self.hide_files = tuple(str(p) for p in hide_files if not p.is_relative_to(data_dir))
         self.grace_seconds = grace_seconds
         self._children: set[asyncio.Task[None]] = set()
+        self._uids = asyncio.Lock()
+        self._swept = False
+        for private in (self.state_dir, self.log_dir):
+            _private_dir(private)
+        # The work root is searchable (not listable) by jobs, whose own directories sit in it;
+        # parents made for it hold nothing else, and jobs must pass through them.
+        for parent in reversed(work_dir.parents):
+            if not parent.exists():
+                parent.mkdir(mode=0o755)
+                parent.chmod(0o755)
+        _private_dir(work_dir, 0o711 if isolation.isolated else 0o700)
+        if work_dir.stat().st_uid != os.geteuid():
+            raise ConfigError(f"MUSTER_LOCAL_WORK_DIR={work_dir} belongs to another user")
+        if isolation.run_as is not None:
+            check_reachable(work_dir, isolation.run_as.first)
+        shared = [d for d in SHARED_TMP if work_dir.is_relative_to(d)]
+        if isolation.namespaces and shared:
+            raise ConfigError(
+                f"MUSTER_LOCAL_WORK_DIR={work_dir} is under {shared[0]}, which each replica "
+                "gets a private copy of; choose a directory such as /var/lib/muster/work"
+            )
+        if work_dir.is_relative_to(data_dir):
+            raise ConfigError(
+                f"MUSTER_LOCAL_WORK_DIR={work_dir} is inside the data directory, "
+                "which jobs must never reach"
+            )
+        claim_work_dir(work_dir, data_dir)
+        for log in self.log_dir.glob("*/*.log"):
+            with contextlib.suppress(OSError):
+                log.chmod(0o600)
+                log.parent.chmod(0o700)
+
+    def refusal(self, tenant: str) -> str | None:
+        """Why ``tenant``'s jobs may not run here (an unisolated gateway), or None."""
+        return self.isolation.refusal(tenant)
 
     def _pod_dir(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / job_id / str(attempt)
@@ -137,18 +209,26 @@ class LocalRuntime:
     async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
         return await asyncio.to_thread(self._observe)
 
-    def _observe(self) -> dict[tuple[str, str], PodStatus]:
-        found: dict[tuple[str, str], PodStatus] = {}
+    def _records(self) -> list[tuple[Path, dict[str, Any]]]:
+        found = []
         for state in sorted(self.state_dir.glob("*/*/*.json")):
-            if state.name == "ports.json":
+            if state.name == "ports.json" or state.name.endswith(".plan.json"):
                 continue
             try:
-                record = json.loads(state.read_text("utf-8"))
+                found.append((state, json.loads(state.read_text("utf-8"))))
             except (OSError, ValueError):
                 continue
+        return found
+
+    def _observe(self) -> dict[tuple[str, str], PodStatus]:
+        records = self._records()
+        if not self._swept:
+            self._sweep(records)
+            self._swept = True
+        found: dict[tuple[str, str], PodStatus] = {}
+        for state, record in records:
             job_id, name = state.parent.parent.name, state.stem
-            exit_file = state.with_suffix(".exit")
-            exit_code = _read_exit(exit_file)
+            exit_code = _read_exit(state.with_suffix(".exit"))
             if exit_code is not None:
                 phase = ReplicaPhase.SUCCEEDED if exit_code == 0 else ReplicaPhase.FAILED
                 node_ready = True
@@ -167,14 +247,28 @@ class LocalRuntime:
             )
         return found
 
-    def _ports(self, gang: Gang) -> dict[tuple[str, int], int]:
+    def _sweep(self, records: list[tuple[Path, dict[str, Any]]]) -> None:
+        """Remove what an earlier gateway left behind without a record: cgroups (killing what
+        runs in them) and work directories."""
+        live_cgroups = {Path(d).name for _, r in records for d in r.get("cgroups", ())}
+        if self.isolation.cgroups is not None:
+            for dirs in self.isolation.cgroups.orphans(live_cgroups):
+                cgroups.kill(dirs)
+                cgroups.remove(dirs)
+        live_jobs = {state.parent.parent.name for state, _ in records}
+        with contextlib.suppress(OSError):
+            for job_dir in self.work_dir.iterdir():
+                if job_dir.is_dir() and job_dir.name not in live_jobs:
+                    shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _ports(self, gang: Gang) -> dict[ReplicaKey, int]:
         path = self._pod_dir(gang.job_id, gang.attempt) / "ports.json"
         if path.exists():
             saved = json.loads(path.read_text("utf-8"))
             return {(role, int(index)): port for role, index, port in saved}
         keys = [(p.role, p.index) for p in gang.placements]
         ports = dict(zip(keys, _free_ports(len(keys)), strict=True))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.write_text(json.dumps([[r, i, port] for (r, i), port in ports.items()]), "utf-8")
         return ports
 
@@ -184,7 +278,21 @@ class LocalRuntime:
         for name in names:
             await self._start(gang, by_name[name], addresses)
 
-    async def _start(self, gang: Gang, placement: Any, addresses: Any) -> None:
+    def _uid_for(self, job_id: str) -> int | None:
+        """The job's uid: the one its running replicas have, else a free one of the range."""
+        users = self.isolation.run_as
+        if users is None:
+            return None
+        in_use = {
+            state.parent.parent.name: int(record["uid"])
+            for state, record in self._records()
+            if record.get("uid") is not None and not state.with_suffix(".exit").exists()
+        }
+        return choose_uid(job_id, users, in_use)
+
+    async def _start(
+        self, gang: Gang, placement: PodPlacement, addresses: Mapping[ReplicaKey, Address]
+    ) -> None:
         pod_dir = self._pod_dir(gang.job_id, gang.attempt)
         state, exit_file = pod_dir / f"{placement.name}.json", pod_dir / f"{placement.name}.exit"
         if (
@@ -194,10 +302,53 @@ class LocalRuntime:
         ):
             return  # already running: creating is idempotent
         exit_file.unlink(missing_ok=True)
+        _private_dir(pod_dir)
+        log = self.log_path(gang.job_id, placement.name)
+        _private_dir(log.parent)
+        refusal = self.isolation.refusal(gang.spec.tenant)
         replica = gang.spec.replica(placement.role)
         assert replica is not None
+        command = [*replica.command, *replica.args]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with _open_log(log) as out:
+            banner = f"--- muster: starting {placement.name} (attempt {gang.attempt}) at {stamp}\n"
+            out.write(banner.encode())
+            if refusal is not None or not command:
+                out.write(
+                    f"muster: not started: {refusal}\n".encode()
+                    if refusal
+                    else b"muster: the local backend runs a replica's command; this replica "
+                    b"has none (the image is not used on this machine)\n"
+                )
+                state.write_text(json.dumps({"pid": 0, "create_time": 0}), "utf-8")
+                exit_file.write_text("126" if refusal else "127", "utf-8")
+                return
+            async with self._uids:
+                process, record = await self._spawn(gang, placement, addresses, command, out)
+                state.write_text(json.dumps(record), "utf-8")
+        # Reap the child when it ends; the supervisor has written the exit status by then.
+        task = asyncio.create_task(self._reap(process), name=f"reap {placement.name}")
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+
+    async def _spawn(
+        self,
+        gang: Gang,
+        placement: PodPlacement,
+        addresses: Mapping[ReplicaKey, Address],
+        command: list[str],
+        out: Any,
+    ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+        """Prepare the replica's work directory, cgroups and launch plan; start its supervisor."""
+        isolation = self.isolation
+        uid = self._uid_for(gang.job_id)
+        gid = None
+        if uid is not None and isolation.run_as is not None:
+            gid = isolation.run_as.gid if isolation.run_as.gid is not None else uid
+        work = self.work_dir / gang.job_id / placement.name
+        await asyncio.to_thread(self._fresh_work_dir, work, uid, gid)
         devices = tuple(sorted({s.device for s in placement.gpu})) or None
-        env = replica_env(
+        contract = replica_env(
             gang.spec,
             role=placement.role,
             index=placement.index,
@@ -205,47 +356,70 @@ class LocalRuntime:
             gpu_devices=devices,
             cpu_millis=placement.cpu_millis,
         )
-        log = self.log_path(gang.job_id, placement.name)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        work = self.work_dir / gang.job_id / placement.name
-        work.mkdir(parents=True, exist_ok=True)
-        command = [*replica.command, *replica.args]
-        with log.open("ab") as out:
-            out.write(
-                f"--- muster: starting {placement.name} (attempt {gang.attempt}) at "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode()
+        user = isolation.run_as.name if isolation.run_as is not None else _own_user()
+        env = process_env(contract, home=work, tmp=work / "tmp", path=self.path, user=user)
+        dirs: tuple[str, ...] = ()
+        if isolation.cgroups is not None:
+            limits = cgroups.PodLimits(
+                memory_bytes=placement.memory_bytes,
+                cpu_millis=placement.cpu_millis,
+                pids=self.max_pids,
             )
-            if not command:
-                out.write(
-                    b"muster: the local backend runs a replica's command; this replica "
-                    b"has none (the image is not used on this machine)\n"
-                )
-                pod_dir.mkdir(parents=True, exist_ok=True)
-                state.write_text(json.dumps({"pid": 0, "create_time": 0}), "utf-8")
-                exit_file.write_text("127", "utf-8")
-                return
-            pod_dir.mkdir(parents=True, exist_ok=True)
-            # The child inherits this process's environment (PATH, HOME, ...) plus the contract.
+            name = f"{gang.job_id}.{gang.attempt}.{placement.name}"
+            dirs = await asyncio.to_thread(isolation.cgroups.create, name, limits)
+        pod_dir = self._pod_dir(gang.job_id, gang.attempt)
+        plan = {
+            "command": command,
+            "env": env,
+            "cwd": str(work),
+            "tmp": str(work / "tmp"),
+            "uid": uid,
+            "gid": gid,
+            "namespaces": isolation.namespaces,
+            "cgroups": list(dirs),
+            "memory_bytes": placement.memory_bytes,
+            "hide_dirs": [str(self.data_dir)] if isolation.namespaces else [],
+            "hide_files": list(self.hide_files) if isolation.namespaces else [],
+            "exit": str(pod_dir / f"{placement.name}.exit"),
+        }
+        plan_file = pod_dir / f"{placement.name}.plan.json"
+        plan_file.write_text(json.dumps(plan), "utf-8")
+        try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "gateway.backends.shim",
-                str(exit_file),
-                "--",
-                *command,
-                cwd=work,
-                env={**os.environ, **env},
+                str(plan_file),
+                cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        create_time = psutil.Process(process.pid).create_time()
-        state.write_text(json.dumps({"pid": process.pid, "create_time": create_time}), "utf-8")
-        # Reap the child when it ends; the shim has written the exit status by then.
-        task = asyncio.create_task(self._reap(process), name=f"reap {placement.name}")
-        self._children.add(task)
-        task.add_done_callback(self._children.discard)
+        except OSError:
+            cgroups.remove(dirs)
+            raise
+        record = {
+            "pid": process.pid,
+            "create_time": psutil.Process(process.pid).create_time(),
+            "uid": uid,
+            "cgroups": list(dirs),
+            "work": str(work),
+        }
+        return process, record
+
+    def _fresh_work_dir(self, work: Path, uid: int | None, gid: int | None) -> None:
+        """An empty work directory for one start of a replica, owned by the job's user, with a
+        private tmp inside; the job's directory above it is the gateway's (searchable only)."""
+        job_dir = work.parent
+        _private_dir(job_dir, 0o711 if uid is not None else 0o700)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        (work / "tmp").mkdir(mode=0o700)
+        (work / "tmp").chmod(0o1777)
+        if uid is not None and gid is not None:
+            for path in (work, work / "tmp"):
+                os.chown(path, uid, gid)
 
     @staticmethod
     async def _reap(process: asyncio.subprocess.Process) -> None:
@@ -256,21 +430,50 @@ class LocalRuntime:
             with contextlib.suppress(OSError, ValueError):
                 record = json.loads(state.read_text("utf-8"))
                 if _alive(record):
-                    await self._stop_group(int(record["pid"]))
-            state.with_suffix(".exit").unlink(missing_ok=True)
+                    await self._stop(record)
+                dirs = tuple(record.get("cgroups", ()))
+                await asyncio.to_thread(cgroups.kill, dirs)
+                await asyncio.to_thread(cgroups.remove, dirs)
+                if record.get("work"):
+                    await asyncio.to_thread(shutil.rmtree, record["work"], True)
+            for suffix in (".exit", ".plan.json"):
+                state.with_name(name + suffix).unlink(missing_ok=True)
             state.unlink(missing_ok=True)
+        job_dir = self.work_dir / job_id
+        with contextlib.suppress(OSError):
+            job_dir.rmdir()  # the last replica of the job gone
 
-    async def _stop_group(self, pid: int) -> None:
-        """SIGTERM the process group, then SIGKILL what is left after the grace period."""
+    async def _stop(self, record: Mapping[str, Any]) -> None:
+        """SIGTERM the replica (its supervisor passes it to every process of the container);
+        after the grace period, SIGKILL everything that is left."""
+        pid = int(record["pid"])
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_seconds
+            os.kill(pid, signal.SIGTERM)
+        if await self._ended(record, self.grace_seconds):
+            return
+        dirs = tuple(record.get("cgroups", ()))
+        if dirs:
+            await asyncio.to_thread(cgroups.kill, dirs)
+        else:
+            # The supervisor's children: the namespace's init (killing it ends the namespace)
+            # or, as a subreaper, every descendant of the command.
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+        if await self._ended(record, 2.0):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    @staticmethod
+    async def _ended(record: Mapping[str, Any], within: float) -> bool:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if not _group_alive(pid):
-                return
+            if not _alive(record):
+                return True
             await asyncio.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        return not _alive(record)
 
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
         path = self.log_path(job_id, name)
@@ -302,26 +505,19 @@ class LocalRuntime:
         await asyncio.gather(*self._children, return_exceptions=True)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A group of only zombies still "exists"; count live members.
-    return any(
-        p.status() != psutil.STATUS_ZOMBIE
-        for p in psutil.process_iter(["pid"])
-        if _pgid(p.pid) == pgid
-    )
+def _open_log(path: Path) -> Any:
+    """The replica's log, for appending; only the gateway's user may read it (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
 
 
-def _pgid(pid: int) -> int | None:
+def _own_user() -> str:
+    import pwd
+
     try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid{os.geteuid()}"
 
 
 def _read_exit(path: Path) -> int | None:

@@ -6,6 +6,7 @@ The process's stdout and stderr are read line by line in a thread, so a test can
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import queue
@@ -32,6 +33,7 @@ STOP_TIMEOUT = 15.0  # an idle gateway stops well within MUSTER_SHUTDOWN_GRACE (
 #: a database must share the key (as replicas do through MUSTER_ISSUER_KEY), and generating an
 #: RSA key per process would be slow.
 ISSUER_KEY = Path(tempfile.gettempdir()) / f"muster-tests-issuer-{os.getpid()}.json"
+atexit.register(ISSUER_KEY.unlink, missing_ok=True)
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -64,9 +66,16 @@ def bearer() -> dict[str, str]:
 class GatewayProcess:
     """One ``muster serve --port 0`` process. ``close()`` is always safe to call."""
 
-    def __init__(self, env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        args: tuple[str, ...] = (),
+        command: tuple[str, ...] = MUSTER,
+    ) -> None:
         self.env = clean_env(**env)
         self.args = args
+        self.command = command
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self._lines: queue.Queue[str | None] = queue.Queue()
@@ -89,7 +98,7 @@ class GatewayProcess:
     def start(self, timeout: float = START_TIMEOUT) -> str:
         """Start the process; return the base URL it printed once it listens."""
         self.proc = subprocess.Popen(
-            [*MUSTER, "serve", "--port", "0", *self.args],
+            [*self.command, "serve", "--port", "0", *self.args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -1,31 +1,36 @@
 """Real jobs on this machine: `muster serve` with the local backend runs replicas as processes.
 
-Each test starts a gateway as a user would (embedded PostgreSQL, local backend) in a fresh data
-directory, submits jobs over HTTP, and watches them run to the end. Replicas are small Python
+Each test starts a gateway as a user would (embedded PostgreSQL, local backend) in fresh
+directories, submits jobs over HTTP, and watches them run to the end. Replicas are small Python
 programs; nothing but Python is needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from tests.acceptance.gateway_process import ISSUER_KEY, GatewayProcess, bearer
+from tests.acceptance.gateway_process import ISSUER_KEY
+from tests.acceptance.local_helpers import (
+    LocalDirs,
+    call,
+    finished,
+    job_state,
+    local_dirs,
+    program,
+    replica_processes,
+    start,
+    submit,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TENANT = {
@@ -37,81 +42,12 @@ TENANT = {
         "max_queued_jobs": 100,
     }
 }
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
-    request.add_header("Content-Type", "application/json")
-    try:
-        with _http.open(request, timeout=30) as response:
-            raw = response.read()
-            kind = response.headers.get("Content-Type", "")
-            return response.status, json.loads(raw) if "json" in kind else raw.decode()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def job_state(base: str, job_id: str) -> dict[str, Any]:
-    status, job = call("GET", f"{base}/v1/jobs/{job_id}")
-    assert status == 200, job
-    return job  # type: ignore[no-any-return]
-
-
-def finished(base: str, job_id: str) -> dict[str, Any] | None:
-    job = job_state(base, job_id)
-    return job if job["state"] in ("succeeded", "failed", "cancelled") else None
-
-
-def replica_processes(data_dir: Path) -> list[psutil.Process]:
-    """Live replica shims started for this data directory."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        ours = "gateway.backends.shim" in cmdline and str(data_dir) in cmdline
-        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ml-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        for proc in replica_processes(path):
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def start(data_dir: Path, **settings: str) -> GatewayProcess:
-    env = {
-        "MUSTER_DATA_DIR": str(data_dir),
-        "MUSTER_BACKEND": "local",
-        "MUSTER_LOCAL_CPUS": "8",
-        "MUSTER_LOCAL_MEMORY": "16Gi",
-        "MUSTER_LOCAL_GPUS": "0",
-        "MUSTER_ADMISSION_INTERVAL": "0.5",
-        "MUSTER_SHUTDOWN_GRACE": "3",
-        **settings,
-    }
-    gateway = GatewayProcess(env)
-    gateway.start()
-    return gateway
+def dirs() -> Iterator[LocalDirs]:
+    with local_dirs() as made:
+        yield made
 
 
 def muster(url: str, *args: str) -> str:
@@ -128,23 +64,8 @@ def muster(url: str, *args: str) -> str:
     return result.stdout
 
 
-def submit(base: str, spec: dict[str, Any]) -> dict[str, Any]:
-    status, job = call("POST", f"{base}/v1/jobs", spec)
-    assert status == 201, job
-    return job  # type: ignore[no-any-return]
-
-
-def program(code: str, **replica: Any) -> dict[str, Any]:
-    return {
-        "image": "python",
-        "command": ["python3", "-c", code],
-        "resources": {"cpu": "250m", "memory": "64Mi"},
-        **replica,
-    }
-
-
-def test_ps_worker_example_succeeds_and_workers_reach_the_ps(data_dir: Path) -> None:
-    gateway = start(data_dir)
+def test_ps_worker_example_succeeds_and_workers_reach_the_ps(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
     try:
         # A fresh local install makes the examples' tenant for the newcomer.
         wait_for(lambda: "tenant:         demo" in gateway.transcript(), 10, "the tenant line")
@@ -159,7 +80,7 @@ def test_ps_worker_example_succeeds_and_workers_reach_the_ps(data_dir: Path) -> 
             assert "through TF_CONFIG" in log, log
             assert "OK" in log, log
         # The PS served forever; clean_pod_policy Running stopped it when the job ended.
-        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+        wait_for(lambda: not replica_processes(dirs.data), 20, "the PS to be stopped")
         events = [
             e["type"] for e in call("GET", f"{gateway.url}/v1/jobs/{job['id']}/events")[1]["items"]
         ]
@@ -170,9 +91,9 @@ def test_ps_worker_example_succeeds_and_workers_reach_the_ps(data_dir: Path) -> 
         gateway.close()
 
 
-def test_two_half_gpu_jobs_share_the_device_and_a_third_waits(data_dir: Path) -> None:
-    gateway = start(data_dir, MUSTER_LOCAL_GPUS="1")
-    release = data_dir / "release"
+def test_two_half_gpu_jobs_share_the_device_and_a_third_waits(dirs: LocalDirs) -> None:
+    gateway = start(dirs, MUSTER_LOCAL_GPUS="1")
+    release = dirs.shared / "release"
     try:
         assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
         code = (
@@ -210,8 +131,8 @@ def test_two_half_gpu_jobs_share_the_device_and_a_third_waits(data_dir: Path) ->
         gateway.close()
 
 
-def test_job_asking_more_cpus_than_the_machine_is_refused(data_dir: Path) -> None:
-    gateway = start(data_dir)
+def test_job_asking_more_cpus_than_the_machine_is_refused(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
     try:
         assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
         replica = program("pass")
@@ -227,8 +148,8 @@ def test_job_asking_more_cpus_than_the_machine_is_refused(data_dir: Path) -> Non
         gateway.close()
 
 
-def test_restart_policies_with_real_processes(data_dir: Path) -> None:
-    gateway = start(data_dir)
+def test_restart_policies_with_real_processes(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
     try:
         assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
         flaky = submit(
@@ -265,14 +186,14 @@ def test_restart_policies_with_real_processes(data_dir: Path) -> None:
         assert log.count("failing") == 3, log
         done = wait_for(lambda: finished(gateway.url, chief["id"]), 60, "the chief to succeed")
         assert (done["state"], done["reason"]) == ("succeeded", "ChiefSucceeded"), done
-        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+        wait_for(lambda: not replica_processes(dirs.data), 20, "the PS to be stopped")
     finally:
         gateway.close()
 
 
-def test_gateway_killed_while_a_job_runs_leaves_no_orphan(data_dir: Path) -> None:
-    gateway = start(data_dir)
-    release = data_dir / "release"
+def test_gateway_killed_while_a_job_runs_leaves_no_orphan(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
+    release = dirs.shared / "release"
     try:
         assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
         code = (
@@ -285,24 +206,24 @@ def test_gateway_killed_while_a_job_runs_leaves_no_orphan(data_dir: Path) -> Non
             {"name": "survivor", "tenant": "demo", "replicas": {"worker": program(code, count=2)}},
         )
         wait_for(lambda: job_state(gateway.url, job["id"])["state"] == "running", 30, "running")
-        assert len(replica_processes(data_dir)) == 2
+        assert len(replica_processes(dirs.data)) == 2
         gateway.kill()  # SIGKILL: no cleanup at all
         # The replicas outlive the gateway (their own process groups) ...
-        assert len(replica_processes(data_dir)) == 2
-        gateway = start(data_dir)
+        assert len(replica_processes(dirs.data)) == 2
+        gateway = start(dirs)
         # ... and the next gateway adopts them: the job keeps running and then succeeds.
         assert job_state(gateway.url, job["id"])["state"] == "running"
         release.touch()
         done = wait_for(lambda: finished(gateway.url, job["id"]), 60, "the adopted job to end")
         assert done["state"] == "succeeded", done
         assert done["attempt"] == 0
-        wait_for(lambda: not replica_processes(data_dir), 20, "no replica left")
+        wait_for(lambda: not replica_processes(dirs.data), 20, "no replica left")
     finally:
         gateway.close()
 
 
-def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(data_dir: Path) -> None:
-    gateway = start(data_dir)
+def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
     try:
         assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
         job = submit(
@@ -315,10 +236,10 @@ def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(data_dir: Path
         )
         wait_for(lambda: job_state(gateway.url, job["id"])["state"] == "running", 30, "running")
         gateway.kill()
-        for proc in replica_processes(data_dir):
+        for proc in replica_processes(dirs.data):
             os.killpg(proc.pid, signal.SIGKILL)  # the whole machine's replicas die with it
-        wait_for(lambda: not replica_processes(data_dir), 10, "the replicas to die")
-        gateway = start(data_dir)
+        wait_for(lambda: not replica_processes(dirs.data), 10, "the replicas to die")
+        gateway = start(dirs)
         requeued = wait_for(
             lambda: (lambda j: j if j["attempt"] == 1 else None)(job_state(gateway.url, job["id"])),
             30,
@@ -330,13 +251,13 @@ def test_replicas_gone_while_the_gateway_was_down_requeue_the_job(data_dir: Path
         assert requeue["reason"] == "NodeLost", requeue
         status, _ = call("POST", f"{gateway.url}/v1/jobs/{job['id']}/cancel")
         assert status == 200
-        wait_for(lambda: not replica_processes(data_dir), 20, "cancel to stop every replica")
+        wait_for(lambda: not replica_processes(dirs.data), 20, "cancel to stop every replica")
     finally:
         gateway.close()
 
 
-def test_the_v1_tfjob_example_runs_locally_with_fifteen_replicas(data_dir: Path) -> None:
-    gateway = start(data_dir, MUSTER_LOCAL_CPUS="2")
+def test_the_v1_tfjob_example_runs_locally_with_fifteen_replicas(dirs: LocalDirs) -> None:
+    gateway = start(dirs, MUSTER_LOCAL_CPUS="2")
     try:
         out = muster(gateway.url, "submit", str(ROOT / "examples" / "tfjob-local.yaml"))
         job_id = out.split(" as ", 1)[1].split()[0]
@@ -346,13 +267,13 @@ def test_the_v1_tfjob_example_runs_locally_with_fifteen_replicas(data_dir: Path)
         assert sum(r["count"] for r in done["spec"]["replicas"].values()) == 15
         log = muster(gateway.url, "logs", job_id, "--replica", "worker-9")
         assert "worker-9: OMP_NUM_THREADS=1" in log, log
-        wait_for(lambda: not replica_processes(data_dir), 20, "the PS to be stopped")
+        wait_for(lambda: not replica_processes(dirs.data), 20, "the PS to be stopped")
     finally:
         gateway.close()
 
 
-def test_following_logs_streams_until_the_replica_ends(data_dir: Path) -> None:
-    gateway = start(data_dir)
+def test_following_logs_streams_until_the_replica_ends(dirs: LocalDirs) -> None:
+    gateway = start(dirs)
     try:
         code = (
             "import time\n"

@@ -27,7 +27,18 @@ def test_defaults() -> None:
     assert settings.admin_groups == ("muster-admins",)
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.max_replicas == 512
+    assert settings.header_timeout == 10.0
+    assert settings.body_timeout == 30.0
+    assert settings.keepalive_timeout == 75.0
+    assert settings.max_connections == 1000
     assert settings.log_level == "INFO"
+
+
+def test_local_replicas_work_outside_the_data_dir_one_dir_per_data_dir() -> None:
+    first = Settings(data_dir=Path("/srv/a")).work_dir
+    assert first != Settings(data_dir=Path("/srv/b")).work_dir
+    assert not first.is_relative_to("/srv/a")
+    assert Settings(data_dir=Path("/srv/a"), local_work_dir=Path("/w")).work_dir == Path("/w")
 
 
 def test_the_data_dir_defaults_under_the_home_without_xdg_data_home() -> None:
@@ -67,6 +78,10 @@ def test_the_table_default_is_the_dataclass_default(setting: Setting) -> None:
         ({"MUSTER_WEBHOOK_ALLOW_HTTP": ""}, "webhook_allow_http", False),
         ({"MUSTER_MAX_BODY_BYTES": "2048"}, "max_body_bytes", 2048),
         ({"MUSTER_MAX_REPLICAS": "64"}, "max_replicas", 64),
+        ({"MUSTER_HEADER_TIMEOUT": "2.5"}, "header_timeout", 2.5),
+        ({"MUSTER_BODY_TIMEOUT": "60"}, "body_timeout", 60.0),
+        ({"MUSTER_KEEPALIVE_TIMEOUT": "5"}, "keepalive_timeout", 5.0),
+        ({"MUSTER_MAX_CONNECTIONS": "20000"}, "max_connections", 20000),
         ({"MUSTER_STARVATION_SECONDS": "1.5"}, "starvation_seconds", 1.5),
         ({"MUSTER_LOG_LEVEL": "debug"}, "log_level", "DEBUG"),
         ({"MUSTER_LOG_FORMAT": "json"}, "log_format", "json"),
@@ -111,6 +126,10 @@ def test_command_line_flags_map_to_settings() -> None:
         ({"MUSTER_WEBHOOK_ALLOW_HTTP": "maybe"}, "MUSTER_WEBHOOK_ALLOW_HTTP"),
         ({"MUSTER_MAX_BODY_BYTES": "0"}, "MUSTER_MAX_BODY_BYTES"),
         ({"MUSTER_MAX_REPLICAS": "lots"}, "MUSTER_MAX_REPLICAS"),
+        ({"MUSTER_HEADER_TIMEOUT": "0"}, "MUSTER_HEADER_TIMEOUT"),
+        ({"MUSTER_BODY_TIMEOUT": "-1"}, "MUSTER_BODY_TIMEOUT"),
+        ({"MUSTER_KEEPALIVE_TIMEOUT": "nan"}, "MUSTER_KEEPALIVE_TIMEOUT"),
+        ({"MUSTER_MAX_CONNECTIONS": "0"}, "MUSTER_MAX_CONNECTIONS"),
         ({"MUSTER_LOCAL_CPUS": "-2"}, "MUSTER_LOCAL_CPUS"),
         ({"MUSTER_LOCAL_GPUS": "1.5"}, "MUSTER_LOCAL_GPUS"),
         ({"MUSTER_KUBE_QPS": "nan"}, "MUSTER_KUBE_QPS"),

@@ -1,0 +1,166 @@
+"""Helpers for tests of the local backend: real `muster serve` processes whose replicas are real
+processes on this machine.
+
+Each test gets its own directories (``LocalDirs``): a data directory, a work directory for the
+replicas and a ``shared`` directory the test and its replicas both reach (a replica sees neither
+the data directory nor the machine's /tmp). As root (CI), replicas run as other users in
+namespaces of their own, so these directories live under /var/lib/muster-tests, which those users
+can reach; otherwise under /tmp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tests.acceptance.gateway_process import MUSTER, GatewayProcess, bearer
+
+ROOT_BASE = Path("/var/lib/muster-tests")
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class LocalDirs:
+    base: Path
+    data: Path
+    work: Path
+    shared: Path
+
+
+@contextlib.contextmanager
+def local_dirs() -> Iterator[LocalDirs]:
+    """Fresh directories for one local gateway; its replicas are killed and the directories
+    removed afterwards."""
+    if os.geteuid() == 0:
+        ROOT_BASE.mkdir(mode=0o755, exist_ok=True)
+        base = Path(tempfile.mkdtemp(prefix="ml-", dir=ROOT_BASE))
+    else:
+        base = Path(tempfile.mkdtemp(prefix="ml-", dir="/tmp"))
+    base.chmod(0o755)
+    dirs = LocalDirs(base=base, data=base / "data", work=base / "work", shared=base / "shared")
+    dirs.shared.mkdir(mode=0o755)
+    dirs.shared.chmod(0o755)
+    try:
+        yield dirs
+    finally:
+        for proc in replica_processes(dirs.data):
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def start(dirs: LocalDirs, command: tuple[str, ...] = MUSTER, **settings: str) -> GatewayProcess:
+    env = {
+        "MUSTER_DATA_DIR": str(dirs.data),
+        "MUSTER_LOCAL_WORK_DIR": str(dirs.work),
+        "MUSTER_BACKEND": "local",
+        "MUSTER_LOCAL_CPUS": "8",
+        "MUSTER_LOCAL_MEMORY": "16Gi",
+        "MUSTER_LOCAL_GPUS": "0",
+        "MUSTER_ADMISSION_INTERVAL": "0.5",
+        "MUSTER_SHUTDOWN_GRACE": "3",
+        **settings,
+    }
+    gateway = GatewayProcess(env, command=command)
+    gateway.start()
+    return gateway
+
+
+def call(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers=dict(headers or bearer())
+    )
+    request.add_header("Content-Type", "application/json")
+    try:
+        with _http.open(request, timeout=30) as response:
+            raw = response.read()
+            kind = response.headers.get("Content-Type", "")
+            return response.status, json.loads(raw) if "json" in kind else raw.decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def job_state(base: str, job_id: str) -> dict[str, Any]:
+    status, job = call("GET", f"{base}/v1/jobs/{job_id}")
+    assert status == 200, job
+    return job  # type: ignore[no-any-return]
+
+
+def finished(base: str, job_id: str) -> dict[str, Any] | None:
+    job = job_state(base, job_id)
+    return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+
+def running(base: str, job_id: str) -> bool:
+    return bool(job_state(base, job_id)["state"] == "running")
+
+
+def submit(base: str, spec: dict[str, Any]) -> dict[str, Any]:
+    status, job = call("POST", f"{base}/v1/jobs", spec)
+    assert status == 201, job
+    return job  # type: ignore[no-any-return]
+
+
+def program(code: str, **replica: Any) -> dict[str, Any]:
+    return {
+        "image": "python",
+        "command": ["python3", "-c", code],
+        "resources": {"cpu": "250m", "memory": "64Mi"},
+        **replica,
+    }
+
+
+def log_of(base: str, job_id: str) -> str:
+    status, text = call("GET", f"{base}/v1/jobs/{job_id}/logs")
+    assert status == 200, text
+    return str(text)
+
+
+def replica_processes(data_dir: Path) -> list[psutil.Process]:
+    """Live replica supervisors started for this data directory (one per replica: the init of
+    a replica's namespace is a fork of its supervisor and is not counted)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status", "ppid"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        ours = "gateway.backends.shim" in cmdline and str(data_dir) in cmdline
+        if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    pids = {proc.pid for proc in found}
+    return [proc for proc in found if proc.info["ppid"] not in pids]
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """Every live process whose command line contains ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or ())
+        if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
