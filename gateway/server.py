@@ -254,7 +254,11 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
 def _private_data_dir(settings: Settings) -> None:
     """The data directory exists and only the gateway's user may enter it (0700; the embedded
     PostgreSQL's own user gets passage when the gateway runs as root)."""
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for parent in reversed(settings.data_dir.parents):
+        if not parent.exists():  # made for the data directory: others may pass, not list
+            parent.mkdir(mode=0o711, exist_ok=True)
+            parent.chmod(0o711)
+    settings.data_dir.mkdir(mode=0o700, exist_ok=True)
     mode = settings.data_dir.stat().st_mode & 0o777
     if mode & 0o077 and not (os.geteuid() == 0 and mode == 0o710):
         settings.data_dir.chmod(0o700)

@@ -30,9 +30,19 @@ Backend = Literal["local", "kubernetes", "static"]
 BACKENDS: tuple[Backend, ...] = ("local", "kubernetes", "static")
 
 
+ROOT_DATA_DIR = Path("/var/lib/muster/data")
+
+
 def _default_data_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "muster"
+    """A per-user data directory; as root, /var/lib/muster/data, because the embedded
+    PostgreSQL then runs as a user of its own, who cannot enter root's home (a data directory
+    an earlier Muster made there is kept)."""
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "muster"
+    own = Path.home() / ".local" / "share" / "muster"
+    if os.geteuid() == 0 and not (own / "postgres").exists():
+        return ROOT_DATA_DIR
+    return own
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,8 +212,8 @@ SETTINGS: tuple[Setting, ...] = (
         env="MUSTER_DATA_DIR",
         default=None,
         parse=Path,
-        help="embedded database, local-backend logs, the local issuer's key "
-        "(default: $XDG_DATA_HOME/muster, else ~/.local/share/muster)",
+        help="embedded database, local-backend logs, the local issuer's key (default: "
+        "$XDG_DATA_HOME/muster, else ~/.local/share/muster; as root /var/lib/muster/data)",
     ),
     Setting(
         env="MUSTER_DATABASE_URL",

@@ -133,6 +133,12 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         user = _system_user()
         _protect(self.data_dir, user)
+        if user is not None and not _searchable_by(self.data_dir, user):
+            raise ConfigError(
+                f"the embedded PostgreSQL runs as {user.name}, who cannot reach the data "
+                f"directory {self.data_dir} (a directory above it is private, as root's home "
+                "is); choose one such as /var/lib/muster/data, or set MUSTER_DATABASE_URL"
+            )
         with self._locked():
             password = self._password()
             install = _reachable_install(self.data_dir, user)
