@@ -69,6 +69,13 @@ def parse_run_as(text: str) -> RunAs:
             )
         if low < 1000:
             raise ConfigError(f"MUSTER_LOCAL_RUN_AS={text!r}: uids under 1000 belong to the system")
+        taken = sorted((e.pw_uid, e.pw_name) for e in pwd.getpwall() if low <= e.pw_uid <= high)
+        if taken:
+            uid, name = taken[0]
+            raise ConfigError(
+                f"MUSTER_LOCAL_RUN_AS={text!r}: uid {uid} is the user {name}, whose files a job "
+                "would own; give a range no user has"
+            )
         return RunAs(first=low, last=high)
     try:
         entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)

@@ -62,6 +62,7 @@ def test_one_named_user_runs_every_job() -> None:
         ("10-20", "belong to the system"),
         ("5-2", "uid range"),
         ("no-such-user-here", "no such user"),
+        ("65000-65535", "is the user nobody"),
     ],
 )
 def test_run_as_refuses_root_system_uids_and_unknown_users(text: str, message: str) -> None:
