@@ -25,9 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.domain.admission import plan
-from gateway.domain.nodes import GpuMode, GpuSlice, Holding, Node, PodRequest, Taint, Toleration
-from gateway.domain.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.nodes import (
+    GpuMode,
+    GpuSlice,
+    Holding,
+    Node,
+    PodRequest,
+    Taint,
+    Toleration,
+)
+from gateway.domain.scheduling.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
 
 GIB = 1 << 30
 ZONES = ("a", "b", "c")

@@ -27,9 +27,9 @@ from gateway.backends.base import Gang, PodPlacement
 from gateway.backends.kubernetes.client import kube_client
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.pods import pod_name
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name
+from gateway.domain.jobs.spec import JobSpec
 from tests.integration.kube import kubeconfig, node, running_cluster, seed
 
 NAMESPACE = "bench"

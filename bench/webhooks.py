@@ -48,8 +48,8 @@ from gateway.db import lifecycle
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine, normalize_url
 from gateway.db.migrate import upgrade
-from gateway.domain.lifecycle import Decision, Reason
-from gateway.domain.states import JobState
+from gateway.domain.lifecycle.decisions import Decision, Reason
+from gateway.domain.lifecycle.states import JobState
 from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
 
 QUOTA = {

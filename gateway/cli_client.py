@@ -31,7 +31,7 @@ from typing import Any
 
 from gateway.cli_token import own_token
 from gateway.client import ApiProblem, BadDocument, Client, Unproven, Unreachable, load_document
-from gateway.domain.states import JobState
+from gateway.domain.lifecycle.states import JobState
 from gateway.errors import ConfigError
 from gateway.settings import DEFAULT_URL, ClientSettings
 

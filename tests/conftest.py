@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db.engine import make_engine
-from gateway.domain.nodes import GpuMode, Node
+from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.settings import Settings
 from tests import pg, tokens
 from tests.openapi_check import CheckedClient

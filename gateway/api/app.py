@@ -37,7 +37,7 @@ from gateway.backends.base import Inventory, Runtime
 from gateway.db.jobs import NOTIFY_CHANNEL
 from gateway.db.notify import Notifier
 from gateway.db.submits import Submits
-from gateway.domain.jobspec import SpecLimits
+from gateway.domain.jobs.spec import SpecLimits
 from gateway.settings import Settings
 
 

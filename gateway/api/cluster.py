@@ -9,8 +9,8 @@ from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.views import json_response, tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
-from gateway.domain.capacity import free_capacity
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
+from gateway.domain.scheduling.capacity import free_capacity
 
 routes = web.RouteTableDef()
 

@@ -9,7 +9,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.notify import Notifier
 from gateway.db.submits import Submits
-from gateway.domain.jobspec import SpecLimits
+from gateway.domain.jobs.spec import SpecLimits
 from gateway.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

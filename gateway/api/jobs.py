@@ -25,14 +25,14 @@ from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.submits import request_hash
 from gateway.domain.access import Action
-from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name, pod_requests
+from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
+from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
-from gateway.domain.pods import pod_name, pod_requests
 from gateway.domain.problems import FieldProblem
-from gateway.domain.queueing import Quota
-from gateway.domain.reasons import never_fits
-from gateway.domain.states import JobState
-from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
+from gateway.domain.scheduling.queueing import Quota
+from gateway.domain.scheduling.reasons import never_fits
 from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()

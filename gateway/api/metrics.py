@@ -50,10 +50,10 @@ from gateway.db.usage import (
     tenant_usage,
 )
 from gateway.domain.access import Action
-from gateway.domain.capacity import free_capacity
-from gateway.domain.nodes import Node
+from gateway.domain.lifecycle.states import EventType
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
-from gateway.domain.states import EventType
+from gateway.domain.scheduling.capacity import free_capacity
+from gateway.domain.scheduling.nodes import Node
 from gateway.errors import BadRequest
 from gateway.logs import bind, log_context
 

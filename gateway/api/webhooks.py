@@ -16,7 +16,7 @@ from gateway.db import jobs as job_rows
 from gateway.db import webhooks as rows
 from gateway.db.tenants import new_webhook_secret
 from gateway.domain.access import Action
-from gateway.domain.jobspec import JobSpec
+from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.webhooks import webhook_id
 from gateway.settings import Settings

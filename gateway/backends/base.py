@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.domain.nodes import GpuSlice, Node
+from gateway.domain.scheduling.nodes import GpuSlice, Node
 
 if TYPE_CHECKING:  # annotations only: keeps this interface importable on its own
-    from gateway.domain.jobspec import JobSpec
-    from gateway.domain.lifecycle import ReplicaPhase
+    from gateway.domain.jobs.spec import JobSpec
+    from gateway.domain.lifecycle.decisions import ReplicaPhase
 
 
 class Inventory(Protocol):

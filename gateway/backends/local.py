@@ -49,10 +49,10 @@ from gateway.backends.sandbox import (
     claim_work_dir,
     process_env,
 )
-from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.nodes import GpuMode, Node
-from gateway.domain.replica_env import Address, ReplicaKey, local_addresses, replica_env
+from gateway.domain.lifecycle.decisions import ReplicaPhase
+from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
+from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from gateway.domain.nodes import GpuMode, Node, Taint
 from gateway.domain.resources import QuantityError, cpu_millis, memory_bytes
+from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
 from gateway.errors import ConfigError
 
 _NODE_KEYS = frozenset({"name", "cpu", "memory", "gpus", "gpu_mode", "labels", "taints", "ready"})

@@ -38,11 +38,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.tenants import TENANTS_WITH_USAGE
 from gateway.db.webhooks import enqueue_sql
-from gateway.domain.admission import plan
-from gateway.domain.jobspec import CallbackEvent
-from gateway.domain.nodes import GpuSlice, Holding, Node, PodRequest
-from gateway.domain.pods import pod_requests_from_document
-from gateway.domain.queueing import AdmissionPlan, PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.jobs.pods import pod_requests_from_document
+from gateway.domain.jobs.spec import CallbackEvent
+from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
+from gateway.domain.scheduling.queueing import (
+    AdmissionPlan,
+    PendingJob,
+    Quota,
+    Snapshot,
+    TenantState,
+    Usage,
+)
 
 ADMISSION_LOCK = 0x6D75_0001
 ADMITTED_CHANNEL = "muster_admitted"

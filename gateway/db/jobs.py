@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import webhooks
-from gateway.domain.jobspec import CallbackEvent
-from gateway.domain.states import EventType, JobState
+from gateway.domain.jobs.spec import CallbackEvent
+from gateway.domain.lifecycle.states import EventType, JobState
 from gateway.errors import BadRequest, Conflict, NotFound
 
 NOTIFY_CHANNEL = "muster_jobs"

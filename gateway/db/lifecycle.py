@@ -19,10 +19,10 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import webhooks
-from gateway.domain.jobspec import CallbackEvent
-from gateway.domain.lifecycle import Decision
-from gateway.domain.nodes import GpuSlice
-from gateway.domain.states import JobState
+from gateway.domain.jobs.spec import CallbackEvent
+from gateway.domain.lifecycle.decisions import Decision
+from gateway.domain.lifecycle.states import JobState
+from gateway.domain.scheduling.nodes import GpuSlice
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -48,9 +48,9 @@ from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
-from gateway.domain.jobspec import PRIORITY_RANGE
-from gateway.domain.priority import DEFAULT_MAX_PRIORITY
-from gateway.domain.states import JobState
+from gateway.domain.jobs.spec import PRIORITY_RANGE
+from gateway.domain.lifecycle.states import JobState
+from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -117,7 +117,8 @@ class Tenant(Base):
     max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
-    # The highest priority the tenant's jobs may have; an admin grants it (gateway.domain.priority).
+    # The highest priority the tenant's jobs may have; an admin grants it
+    # (gateway.domain.scheduling.priority).
     max_priority: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default=text(str(DEFAULT_MAX_PRIORITY))
     )

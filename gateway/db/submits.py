@@ -39,11 +39,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import driver_connection
 from gateway.db.jobs import JOB_COLUMNS
-from gateway.domain.jobspec import JobSpec, to_document
-from gateway.domain.nodes import PodRequest
-from gateway.domain.priority import above_ceiling
+from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
-from gateway.domain.queueing import PendingJob, Quota
+from gateway.domain.scheduling.nodes import PodRequest
+from gateway.domain.scheduling.priority import above_ceiling
+from gateway.domain.scheduling.queueing import PendingJob, Quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
 from gateway.jsontext import json_text
 
@@ -55,12 +55,12 @@ _RETURNED = ", ".join(
 
 # The common case for a batch: one row per job in a JSON array. A row is skipped when its tenant is
 # missing or has no room for the whole job, when its priority is above the tenant's ceiling (the
-# SQL form of gateway.domain.priority.above_ceiling), or when any unique index objects (name, queue
-# slot, Idempotency-Key); RETURNING names the rows that were written. Rows are inserted in (tenant,
-# slot) order: two batches in flight for one tenant then meet on slots in the same order, so
-# neither can hold a slot the other waits for while waiting for one it holds (a deadlock, which
-# PostgreSQL would end by failing a batch after a second). Jobs of one batch arrived together;
-# their order among themselves is the slots'.
+# SQL form of gateway.domain.scheduling.priority.above_ceiling), or when any unique index objects
+# (name, queue slot, Idempotency-Key); RETURNING names the rows that were written. Rows are
+# inserted in (tenant, slot) order: two batches in flight for one tenant then meet on slots in the
+# same order, so neither can hold a slot the other waits for while waiting for one it holds (a
+# deadlock, which PostgreSQL would end by failing a batch after a second). Jobs of one batch
+# arrived together; their order among themselves is the slots'.
 _SUBMIT_BATCH = f"""
     WITH input AS (
         SELECT * FROM jsonb_to_recordset($1::text::jsonb)

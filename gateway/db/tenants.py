@@ -17,8 +17,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.domain.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.problems import FieldProblem
+from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
@@ -41,7 +41,7 @@ _UPDATE = text(
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantValues:
     """What an admin sets on a tenant, in Muster's units; ``max_priority`` is the highest
-    priority its jobs may have (``gateway.domain.priority``)."""
+    priority its jobs may have (``gateway.domain.scheduling.priority``)."""
 
     namespace: str
     quota_cpu_millis: int

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.admission import load_holdings
 from gateway.db.tenants import TENANTS_WITH_USAGE
-from gateway.domain.nodes import Holding
+from gateway.domain.scheduling.nodes import Holding
 from gateway.errors import NotFound
 
 

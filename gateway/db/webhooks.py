@@ -28,7 +28,7 @@ from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.domain.jobspec import CallbackEvent
+from gateway.domain.jobs.spec import CallbackEvent
 from gateway.domain.webhooks import AttemptResult, DeliveryStatus, Verdict, rfc3339
 from gateway.errors import Conflict, NotFound
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.base import Inventory
 from gateway.db.admission import CycleResult, SpecCache, run_cycle
 from gateway.db.jobs import NOTIFY_CHANNEL
-from gateway.domain.queueing import PendingJob
+from gateway.domain.scheduling.queueing import PendingJob
 from gateway.loops.leader import Leadership
 
 log = logging.getLogger(__name__)

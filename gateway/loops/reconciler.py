@@ -25,10 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Gang, PodPlacement, PodStatus, Runtime
 from gateway.db import lifecycle as rows
-from gateway.domain.jobspec import JobSpec, SpecLimits
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
-from gateway.domain.states import JobState
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.spec import JobSpec, SpecLimits
+from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, ReplicaPhase, decide
+from gateway.domain.lifecycle.states import JobState
 
 log = logging.getLogger(__name__)
 

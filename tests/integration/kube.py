@@ -25,7 +25,7 @@ import attrs
 import kmock
 
 from gateway.backends.kubernetes.client import RateLimitedApiClient, kube_client
-from gateway.domain.k8s_objects import NODE_ANNOTATION
+from gateway.domain.manifests.kubernetes import NODE_ANNOTATION
 
 GIB = 2**30
 MIB = 2**20

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.admission import SpecCache, run_cycle
-from gateway.domain.nodes import GpuMode, Node
+from gateway.domain.scheduling.nodes import GpuMode, Node
 from tests.openapi_check import CheckedClient
 
 GIB = 2**30

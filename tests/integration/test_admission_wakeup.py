@@ -7,7 +7,7 @@ import asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 from gateway.loops.admission import AdmissionLoop
 from tests.integration.test_admission_cycle import job, make_tenant
 from tests.openapi_check import CheckedClient

@@ -34,7 +34,7 @@ from gateway.auth.keys import local_key_set
 from gateway.auth.proof import ProofRefused, check_proof, proof_key
 from gateway.auth.tokens import mint
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, row_counts, submit, tenant_body

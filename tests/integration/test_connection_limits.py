@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.api.app import make_app
 from gateway.api.connections import Connections, GuardedSite
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 from gateway.settings import Settings
 from tests import rawhttp, tokens
 from tests.integration.helpers import create_tenant, job_spec

@@ -27,9 +27,11 @@ from gateway.backends.kubernetes.client import (
 )
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.k8s_objects import (
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.lifecycle.decisions import ReplicaPhase
+from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -37,9 +39,7 @@ from gateway.domain.k8s_objects import (
     MANAGER,
     parent_name,
 )
-from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.nodes import GpuMode, GpuSlice, Taint
-from gateway.domain.pods import pod_name
+from gateway.domain.scheduling.nodes import GpuMode, GpuSlice, Taint
 from gateway.errors import ConfigError
 from tests.integration.kube import (
     GIB,

@@ -18,8 +18,8 @@ from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.db.admission import SpecCache, run_cycle
-from gateway.domain.k8s_objects import LABEL_JOB_ID
-from gateway.domain.nodes import GpuMode, Node
+from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
+from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.loops.reconciler import Reconciler
 from tests.integration.kube import (
     Cluster,

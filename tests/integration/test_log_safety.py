@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 from gateway.logs import TRACEBACK_INDENT, ContextFilter, JsonFormatter, TextFormatter
 from gateway.settings import Settings
 from tests import tokens

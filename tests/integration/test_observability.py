@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db import lifecycle
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.lifecycle import JobView, ReplicaObservation, ReplicaPhase, decide
-from gateway.domain.nodes import Node
-from gateway.domain.states import JobState
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, ReplicaPhase, decide
+from gateway.domain.lifecycle.states import JobState
+from gateway.domain.scheduling.nodes import Node
 from gateway.logs import ContextFilter, JsonFormatter
 from gateway.loops.admission import AdmissionLoop
 from gateway.settings import Settings

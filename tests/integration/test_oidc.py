@@ -30,7 +30,7 @@ from gateway.api.app import make_app
 from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.auth.keys import public_jwks
 from gateway.backends.nodes_file import StaticInventory
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, row_counts

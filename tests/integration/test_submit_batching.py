@@ -14,12 +14,12 @@ from gateway.api.context import SUBMITS
 from gateway.db.admission import SpecCache, load_snapshot
 from gateway.db.engine import make_engine
 from gateway.db.submits import Submits, Submitted
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.nodes import Node
-from gateway.domain.pods import pod_requests
-from gateway.domain.priority import above_ceiling
-from gateway.domain.queueing import PendingJob, Quota
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_requests
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.scheduling.nodes import Node
+from gateway.domain.scheduling.priority import above_ceiling
+from gateway.domain.scheduling.queueing import PendingJob, Quota
 from gateway.errors import Conflict, ValidationFailed
 from tests.integration.helpers import grant_priority
 from tests.integration.test_admission_cycle import job, make_tenant
@@ -119,7 +119,7 @@ async def test_a_batch_writes_exactly_the_jobs_the_priority_ceiling_allows(
     api: CheckedClient, engine: AsyncEngine
 ) -> None:
     # The batch statement's SQL form of the ceiling (skip the row) against the rule itself
-    # (gateway.domain.priority), which words the refusal on the careful path.
+    # (gateway.domain.scheduling.priority), which words the refusal on the careful path.
     await make_tenant(api, max_queued_jobs=1_000_000)  # so that random slots hardly collide
     await grant_priority(api, 10)
     priorities = [-1000, -1, 0, 9, 10, 11, 100, 1000]

@@ -37,9 +37,9 @@ from gateway.db import jobs as job_rows
 from gateway.db import lifecycle
 from gateway.db.admission import SpecCache, run_cycle
 from gateway.db.engine import make_engine
-from gateway.domain.lifecycle import Decision, Reason
-from gateway.domain.nodes import Node
-from gateway.domain.states import JobState
+from gateway.domain.lifecycle.decisions import Decision, Reason
+from gateway.domain.lifecycle.states import JobState
+from gateway.domain.scheduling.nodes import Node
 from gateway.domain.webhooks import RetryPolicy
 from gateway.logs import JsonFormatter, TextFormatter
 from gateway.settings import Settings

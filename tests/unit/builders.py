@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from gateway.domain.nodes import (
+from gateway.domain.scheduling.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
@@ -19,7 +19,14 @@ from gateway.domain.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.queueing import AdmissionPlan, PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.queueing import (
+    AdmissionPlan,
+    PendingJob,
+    Quota,
+    Snapshot,
+    TenantState,
+    Usage,
+)
 
 GIB = 1 << 30
 BIG = 10**15  # a quota nobody reaches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.db.admission import CycleResult
-from gateway.domain.queueing import AdmissionPlan
+from gateway.domain.scheduling.queueing import AdmissionPlan
 from gateway.loops.admission import IDLE_PACING, MIN_REST, PACING, rest_after
 
 EMPTY = AdmissionPlan(admitted=(), waiting=())

@@ -15,9 +15,24 @@ import json
 import random
 from pathlib import Path
 
-from gateway.domain.admission import plan
-from gateway.domain.nodes import GpuMode, GpuSlice, Holding, Node, PodRequest, Taint, Toleration
-from gateway.domain.queueing import AdmissionPlan, PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.nodes import (
+    GpuMode,
+    GpuSlice,
+    Holding,
+    Node,
+    PodRequest,
+    Taint,
+    Toleration,
+)
+from gateway.domain.scheduling.queueing import (
+    AdmissionPlan,
+    PendingJob,
+    Quota,
+    Snapshot,
+    TenantState,
+    Usage,
+)
 
 DIGESTS = Path(__file__).with_name("plan_digests.json")
 SEEDS = range(300)

@@ -8,9 +8,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.admission import plan
-from gateway.domain.capacity import free_capacity
-from gateway.domain.nodes import (
+from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.capacity import free_capacity
+from gateway.domain.scheduling.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
@@ -21,7 +21,7 @@ from gateway.domain.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
 from tests.unit.builders import GIB, snapshot, violations
 
 # Modest counts keep the file at a few seconds; the invariants test gets the most examples.

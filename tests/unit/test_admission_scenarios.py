@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.domain.admission import plan
-from gateway.domain.capacity import free_capacity
-from gateway.domain.nodes import (
+from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.capacity import free_capacity
+from gateway.domain.scheduling.nodes import (
     GpuMode,
     GpuSlice,
     Holding,
@@ -19,7 +19,7 @@ from gateway.domain.nodes import (
     Toleration,
     tolerates,
 )
-from gateway.domain.queueing import (
+from gateway.domain.scheduling.queueing import (
     AdmissionPlan,
     PendingJob,
     PendingReason,
@@ -28,7 +28,7 @@ from gateway.domain.queueing import (
     Usage,
     Waiting,
 )
-from gateway.domain.reasons import never_fits
+from gateway.domain.scheduling.reasons import never_fits
 from tests.unit.builders import (
     GIB,
     gang,

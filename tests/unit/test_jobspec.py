@@ -10,7 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.api.schema import check as schema_check
-from gateway.domain.jobspec import (
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.spec import (
     CallbackEvent,
     CleanPodPolicy,
     Framework,
@@ -19,7 +20,6 @@ from gateway.domain.jobspec import (
     SpecLimits,
     to_document,
 )
-from gateway.domain.jobspec_check import check_job_spec
 from gateway.domain.problems import FieldProblem
 
 GI = 2**30

@@ -14,9 +14,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.k8s_objects import (
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
+from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -36,9 +38,7 @@ from gateway.domain.k8s_objects import (
     service_manifest,
 )
 from gateway.domain.names import DNS_1123_LABEL
-from gateway.domain.nodes import GpuMode, GpuSlice
-from gateway.domain.pods import pod_name
-from gateway.domain.replica_env import kubernetes_addresses, replica_env
+from gateway.domain.scheduling.nodes import GpuMode, GpuSlice
 
 # The same version as the deploy manifests' check (tests/integration/test_deploy_manifests.py).
 KUBERNETES_VERSION = "1.30.0"

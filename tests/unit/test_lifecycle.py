@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.lifecycle import (
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.lifecycle.decisions import (
     Decision,
     JobView,
     Reason,
@@ -26,8 +27,7 @@ from gateway.domain.lifecycle import (
     decide,
     requeue_backoff,
 )
-from gateway.domain.pods import pod_name
-from gateway.domain.states import JobState, can_transition
+from gateway.domain.lifecycle.states import JobState, can_transition
 
 NOW = 1000.0
 ADMITTED_AT = 900.0

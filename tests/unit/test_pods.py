@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.jobspec import JobSpec, to_document
-from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_name, pod_requests, pod_requests_from_document
+from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.names import DNS_1035_LABEL
-from gateway.domain.pods import pod_name, pod_requests, pod_requests_from_document
 
 SPECS: dict[str, dict[str, Any]] = {
     "tensorflow with ps": {

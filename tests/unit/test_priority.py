@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.domain.jobspec import PRIORITY_RANGE
-from gateway.domain.priority import DEFAULT_MAX_PRIORITY, above_ceiling
+from gateway.domain.jobs.spec import PRIORITY_RANGE
 from gateway.domain.problems import FieldProblem
+from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY, above_ceiling
 
 LOWEST, HIGHEST = PRIORITY_RANGE
 

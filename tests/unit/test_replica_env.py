@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.domain.jobspec import JobSpec
-from gateway.domain.jobspec_check import check_job_spec
-from gateway.domain.replica_env import (
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.manifests.environment import (
     THREAD_VARIABLES,
     Address,
     kubernetes_addresses,

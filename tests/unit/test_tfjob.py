@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.api.schema import check as schema_check
-from gateway.domain.jobspec import JobSpec, RestartPolicy
-from gateway.domain.jobspec_check import check_job_spec
+from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.spec import JobSpec, RestartPolicy
+from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
+from gateway.domain.jobs.tfjob_fields import API_VERSIONS, HARMLESS, REFUSED
 from gateway.domain.problems import FieldProblem
-from gateway.domain.tfjob import is_tfjob, relocate_problems, translate_tfjob
-from gateway.domain.tfjob_fields import API_VERSIONS, HARMLESS, REFUSED
 
 GI = 2**30
 PROPERTY = settings(database=None, max_examples=300, deadline=None)

@@ -1,5 +1,5 @@
 """Creating a gang's objects: the job's parent ConfigMap, then a headless Service and a Pod per
-replica, exactly as ``gateway.domain.k8s_objects`` renders them.
+replica, exactly as ``gateway.domain.manifests.kubernetes`` renders them.
 
 Steps of ``create_gang``:
 
@@ -38,7 +38,7 @@ from gateway.backends.kubernetes.errors import (
     NameTaken,
     NotFound,
 )
-from gateway.domain.k8s_objects import (
+from gateway.domain.manifests.kubernetes import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     Owner,
@@ -48,7 +48,7 @@ from gateway.domain.k8s_objects import (
     pod_manifest,
     service_manifest,
 )
-from gateway.domain.nodes import SHARES_PER_DEVICE, GpuMode
+from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode
 
 __all__ = ["create_gang", "ensure_parent", "fallback_gpu_mode"]
 

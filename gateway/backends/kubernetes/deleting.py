@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.errors import Conflict, NotFound
-from gateway.domain.k8s_objects import LABEL_JOB_ID
+from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 
 __all__ = ["delete_object", "object_path"]
 

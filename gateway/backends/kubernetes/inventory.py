@@ -34,9 +34,14 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient
 
 from gateway.backends.kubernetes.client import Kube
-from gateway.domain.k8s_objects import GPU_RESOURCE, GPU_SHARING_KEY, LABEL_MANAGED, MANAGER
-from gateway.domain.nodes import GpuMode, Node, Taint
+from gateway.domain.manifests.kubernetes import (
+    GPU_RESOURCE,
+    GPU_SHARING_KEY,
+    LABEL_MANAGED,
+    MANAGER,
+)
 from gateway.domain.resources import QuantityError, parse_quantity
+from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
 
 __all__ = ["GPU_COUNT_LABEL", "KubernetesInventory", "NodeCache", "Usage", "node_from_object"]
 

@@ -26,15 +26,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.backends.base import PodStatus
-from gateway.domain.k8s_objects import (
+from gateway.domain.lifecycle.decisions import ReplicaPhase
+from gateway.domain.manifests.kubernetes import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     LABEL_MANAGED,
     MANAGER,
     NODE_ANNOTATION,
 )
-from gateway.domain.lifecycle import ReplicaPhase
-from gateway.domain.nodes import Node
+from gateway.domain.scheduling.nodes import Node
 
 __all__ = ["exit_code", "pod_node", "pod_status"]
 

@@ -30,7 +30,7 @@ from gateway.backends.kubernetes.deleting import delete_object, object_path
 from gateway.backends.kubernetes.errors import Invalid, NotFound
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.observing import pod_status
-from gateway.domain.k8s_objects import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+from gateway.domain.manifests.kubernetes import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
 
 __all__ = ["KubernetesRuntime"]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from operator import attrgetter
 
-from gateway.domain.best_fit import Need
-from gateway.domain.nodes import (
+from gateway.domain.scheduling.best_fit import Need
+from gateway.domain.scheduling.nodes import (
     GPU_FRACTION,
     GPU_INVALID,
     GPU_NONE,
@@ -33,8 +33,8 @@ from gateway.domain.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.placement import ClusterState
-from gateway.domain.queueing import PendingReason, Quota
+from gateway.domain.scheduling.placement import ClusterState
+from gateway.domain.scheduling.queueing import PendingReason, Quota
 
 _CPU = attrgetter("cpu_millis")
 _MEMORY = attrgetter("memory_bytes")

@@ -22,8 +22,8 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.domain.capacity import FreeCapacity, Slices
-from gateway.domain.nodes import (
+from gateway.domain.scheduling.capacity import FreeCapacity, Slices
+from gateway.domain.scheduling.nodes import (
     ENFORCED_EFFECTS,
     GPU_FRACTION,
     GPU_INVALID,

@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
-from gateway.domain.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
-from gateway.domain.placement import ClusterState, Gang
-from gateway.domain.queueing import (
+from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
+from gateway.domain.scheduling.placement import ClusterState, Gang
+from gateway.domain.scheduling.queueing import (
     Admission,
     AdmissionPlan,
     PendingJob,
@@ -36,7 +36,7 @@ from gateway.domain.queueing import (
     Snapshot,
     Waiting,
 )
-from gateway.domain.reasons import gang_reason, listing, over_quota, short_of_sums
+from gateway.domain.scheduling.reasons import gang_reason, listing, over_quota, short_of_sums
 
 
 def plan(snapshot: Snapshot) -> AdmissionPlan:

@@ -4,7 +4,7 @@ The JSON Schema in ``openapi/openapi.yaml`` checks the shape of a body (types, r
 fields). This check says what a schema cannot say well: Kubernetes quantities, GPU fractions,
 which roles a framework allows, DNS names, the replica cap, and the names Muster itself owns.
 The job's own fields (name, tenant, framework, priority, run policy, callback, labels) are checked
-here; each replica in ``gateway.domain.jobspec_replicas``.
+here; each replica in ``gateway.domain.jobs.check_replicas``.
 
 Invariants:
 - ``check_job_spec`` never raises on any JSON value; it returns every problem it finds, each with a
@@ -19,7 +19,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.domain.jobspec import (
+from gateway.domain.jobs.check_replicas import check_replicas
+from gateway.domain.jobs.collector import Checker, check_enum, check_labels, is_mapping
+from gateway.domain.jobs.spec import (
     DEFAULT_CALLBACK_EVENTS,
     PRIORITY_RANGE,
     Callback,
@@ -31,8 +33,6 @@ from gateway.domain.jobspec import (
     SpecLimits,
     SuccessPolicy,
 )
-from gateway.domain.jobspec_checker import Checker, check_enum, check_labels, is_mapping
-from gateway.domain.jobspec_replicas import check_replicas
 from gateway.domain.names import DNS_1035_LABEL, DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 

@@ -29,8 +29,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.domain.problems import FieldProblem
-from gateway.domain.tfjob_fields import (
+from gateway.domain.jobs.tfjob_fields import (
     API_VERSIONS,
     KIND,
     LIST_FORM_VERSION,
@@ -41,7 +40,8 @@ from gateway.domain.tfjob_fields import (
     Translation,
     Where,
 )
-from gateway.domain.tfjob_replica import translate_replica
+from gateway.domain.jobs.tfjob_replica import translate_replica
+from gateway.domain.problems import FieldProblem
 
 
 def is_tfjob(document: object) -> bool:

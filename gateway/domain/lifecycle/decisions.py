@@ -37,8 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.domain.jobspec import CleanPodPolicy, JobSpec, RestartPolicy, SuccessPolicy
-from gateway.domain.states import JobState
+from gateway.domain.jobs.spec import CleanPodPolicy, JobSpec, RestartPolicy, SuccessPolicy
+from gateway.domain.lifecycle.states import JobState
 
 __all__ = [
     "DEFAULT_REQUEUE_LIMIT",

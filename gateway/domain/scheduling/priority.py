@@ -1,10 +1,10 @@
 """Who may use how much priority: the ceiling an admin grants each tenant.
 
 A job's priority orders the whole queue, across tenants, before fair share (see
-``gateway.domain.admission``), so a tenant free to pick any priority could put its jobs ahead of
-everyone else's. Priority is therefore the admins' to grant: each tenant has a ceiling,
-``max_priority`` (``DEFAULT_MAX_PRIORITY`` unless an admin sets another), and a job above its
-tenant's ceiling is refused at submit. Both lie within the spec's ``PRIORITY_RANGE``; a job may
+``gateway.domain.scheduling.admission``), so a tenant free to pick any priority could put its
+jobs ahead of everyone else's. Priority is therefore the admins' to grant: each tenant has a
+ceiling, ``max_priority`` (``DEFAULT_MAX_PRIORITY`` unless an admin sets another), and a job above
+its tenant's ceiling is refused at submit. Both lie within the spec's ``PRIORITY_RANGE``; a job may
 always go below its ceiling, down to the range's minimum.
 
 Invariant: ``above_ceiling`` is the one definition of the rule. The group-commit submit has its

@@ -1,6 +1,6 @@
 """The problem collector both levels of the job spec check share, and the checks both use.
 
-``jobspec_check`` (the job's own fields) and ``jobspec_replicas`` (each replica) walk a raw spec
+``check`` (the job's own fields) and ``check_replicas`` (each replica) walk a raw spec
 with one ``Checker``: a check adds what it finds and returns a typed value or ``None``.
 
 Invariants:
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeGuard, TypeVar
 
-from gateway.domain.jobspec import SpecLimits
+from gateway.domain.jobs.spec import SpecLimits
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE, MUSTER_LABEL_PREFIXES
 from gateway.domain.problems import FieldProblem, pointer
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
 
-from gateway.domain.best_fit import BestFit, Hit, Need
-from gateway.domain.capacity import Slices
-from gateway.domain.nodes import GPU_INVALID, Holding, Node, PodRequest, gpu_kind
+from gateway.domain.scheduling.best_fit import BestFit, Hit, Need
+from gateway.domain.scheduling.capacity import Slices
+from gateway.domain.scheduling.nodes import GPU_INVALID, Holding, Node, PodRequest, gpu_kind
 
 _NAME = attrgetter("name")
 _GPU = attrgetter("gpu_shares")

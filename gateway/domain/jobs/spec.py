@@ -1,6 +1,6 @@
 """The job spec as typed values: what a checked spec is, and the document Muster stores for it.
 
-``gateway.domain.jobspec_check`` turns a client's JSON into these values; ``to_document`` turns
+``gateway.domain.jobs.check`` turns a client's JSON into these values; ``to_document`` turns
 them back into JSON.
 
 Invariants:

@@ -46,11 +46,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.domain.jobspec import Framework, JobSpec, ReplicaSpec, Toleration
-from gateway.domain.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
-from gateway.domain.pods import MAX_NAME, pod_name
-from gateway.domain.replica_env import kubernetes_addresses, replica_env
+from gateway.domain.jobs.pods import MAX_NAME, pod_name
+from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, Toleration
+from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
 from gateway.domain.resources import format_cpu, format_memory
+from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
 
 __all__ = [
     "GPU_RESOURCE",

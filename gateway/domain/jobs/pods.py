@@ -11,9 +11,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.domain.jobspec import JobSpec, ReplicaSpec
-from gateway.domain.nodes import PodRequest, Toleration
+from gateway.domain.jobs.spec import JobSpec, ReplicaSpec
 from gateway.domain.resources import cached_cpu_millis, cached_gpu_shares, cached_memory_bytes
+from gateway.domain.scheduling.nodes import PodRequest, Toleration
 
 MAX_NAME = 63
 SPREAD_ROLES = frozenset({"ps"})

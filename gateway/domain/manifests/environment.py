@@ -37,8 +37,8 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from gateway.domain.jobspec import Framework, JobSpec
-from gateway.domain.pods import pod_name
+from gateway.domain.jobs.pods import pod_name
+from gateway.domain.jobs.spec import Framework, JobSpec
 
 LOCAL_HOST = "127.0.0.1"
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.domain.nodes import GpuSlice, Holding, Node, PodRequest
+from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 
 
 class PendingReason(StrEnum):

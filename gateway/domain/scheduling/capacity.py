@@ -26,7 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.domain.nodes import GPU_FRACTION, GPU_NONE, SHARES_PER_DEVICE, GpuMode, Holding, Node
+from gateway.domain.scheduling.nodes import (
+    GPU_FRACTION,
+    GPU_NONE,
+    SHARES_PER_DEVICE,
+    GpuMode,
+    Holding,
+    Node,
+)
 
 Slices = tuple[tuple[int, int], ...]  # (device, shares)
 # The values a node had before the gang being placed touched it, the keys `best_fit.py` sorts on:

@@ -15,7 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
-from gateway.domain.jobspec import (
+from gateway.domain.jobs.collector import Checker, check_enum, check_labels, is_mapping
+from gateway.domain.jobs.spec import (
     DEFAULT_CPU,
     DEFAULT_MEMORY,
     DEFAULT_PORT,
@@ -25,7 +26,6 @@ from gateway.domain.jobspec import (
     RestartPolicy,
     Toleration,
 )
-from gateway.domain.jobspec_checker import Checker, check_enum, check_labels, is_mapping
 from gateway.domain.names import (
     DNS_1035_LABEL,
     ENV_NAME,

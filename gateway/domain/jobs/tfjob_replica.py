@@ -23,8 +23,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.domain.jobs.tfjob_fields import CONTAINER, GPU_RESOURCE, SIDECAR, Translation, Where
 from gateway.domain.resources import QuantityError, cpu_millis, parse_quantity
-from gateway.domain.tfjob_fields import CONTAINER, GPU_RESOURCE, SIDECAR, Translation, Where
 
 
 def translate_replica(

@@ -1,0 +1,1 @@
+"""What a job becomes on a cluster: its Kubernetes objects and each replica's environment."""
