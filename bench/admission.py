@@ -35,7 +35,8 @@ from gateway.domain.scheduling.nodes import (
     Taint,
     Toleration,
 )
-from gateway.domain.scheduling.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.queueing import PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 GIB = 1 << 30
 ZONES = ("a", "b", "c")
@@ -144,8 +145,9 @@ def build_snapshot(seed: int, pending: int, node_count: int) -> Snapshot:
                 memory_bytes=node_count * 768 * GIB // (2 + k % 3),
                 gpu_shares=node_count * 800 // (2 + k % 4),
                 max_running_jobs=node_count * (1 + k % 4),
+                max_queued_jobs=10**6,
             ),
-            usage=Usage(running_jobs=k),
+            usage=TenantUsage(running_jobs=k),
         )
     jobs = []
     for i in range(pending):

@@ -42,6 +42,7 @@ from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
 from gateway.db.tenants import TenantValues, create_first
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
+from gateway.domain.scheduling.quota import Quota
 from gateway.domain.webhooks import RetryPolicy
 from gateway.errors import ConfigError, DatabaseUnavailable
 from gateway.loops.admission import AdmissionLoop
@@ -207,11 +208,13 @@ async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inve
     (node,) = await inventory.nodes()
     values = TenantValues(
         namespace=DEFAULT_TENANT,
-        quota_cpu_millis=node.cpu_millis,
-        quota_memory_bytes=node.memory_bytes,
-        quota_gpu_shares=node.gpu_devices * GPU_SHARES_PER_DEVICE,
-        max_running_jobs=100,
-        max_queued_jobs=1000,
+        quota=Quota(
+            cpu_millis=node.cpu_millis,
+            memory_bytes=node.memory_bytes,
+            gpu_shares=node.gpu_devices * GPU_SHARES_PER_DEVICE,
+            max_running_jobs=100,
+            max_queued_jobs=1000,
+        ),
         weight=1.0,
     )
     created = await create_first(engine, DEFAULT_TENANT, values, actor="muster serve")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,8 @@ from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
+from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
+from gateway.domain.scheduling.quota import Quota
 from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -30,44 +33,45 @@ def _tenant_name(request: web.Request) -> str:
     return name
 
 
+# The API's quota keys, each with its parser into Muster's units and the Quota field it sets.
 _QUOTA_PARSERS = (
-    ("cpu", "quota_cpu_millis", cpu_millis),
-    ("memory", "quota_memory_bytes", memory_bytes),
-    ("gpu", "quota_gpu_shares", gpu_quota_shares),
+    ("cpu", "cpu_millis", cpu_millis),
+    ("memory", "memory_bytes", memory_bytes),
+    ("gpu", "gpu_shares", gpu_quota_shares),
 )
 
 
-def tenant_values(body: Mapping[str, Any], current: Mapping[str, Any]) -> tenant_rows.TenantValues:
-    """A schema-valid TenantPut/TenantPatch body over ``current`` values -> the new values.
+def tenant_values(
+    body: Mapping[str, Any], current: tenant_rows.TenantValues | None, name: str
+) -> tenant_rows.TenantValues:
+    """A schema-valid TenantPut/TenantPatch body over the ``current`` values (None for a PUT,
+    whose body the schema requires to be whole) -> the new values.
 
     Raises ValidationFailed listing every quantity that does not parse.
     """
     quota = body.get("quota", {})
     problems: list[FieldProblem] = []
-    values = dict(current)
-    for key, column, parse in _QUOTA_PARSERS:
+    amounts: dict[str, Any] = {} if current is None else asdict(current.quota)
+    for key, field_name, parse in _QUOTA_PARSERS:
         if key in quota:
             try:
-                values[column] = parse(quota[key])
+                amounts[field_name] = parse(quota[key])
             except QuantityError as exc:
                 problems.append(FieldProblem(pointer=pointer("quota", key), detail=str(exc)))
     if problems:
         raise ValidationFailed(problems)
     for key in ("max_running_jobs", "max_queued_jobs"):
         if key in quota:
-            values[key] = quota[key]
-    if "namespace" in body:
-        values["namespace"] = body["namespace"]
-    if "weight" in body:
-        values["weight"] = float(body["weight"])
-    if "max_priority" in body:
+            amounts[key] = quota[key]
+    return tenant_rows.TenantValues(
+        namespace=body.get("namespace", current.namespace if current else name),
+        quota=Quota(**amounts),
+        weight=float(body.get("weight", current.weight if current else 1.0)),
         # The schema bounds it to the job priority range; JSON Schema counts 7.0 as an integer.
-        values["max_priority"] = int(body["max_priority"])
-    return tenant_rows.TenantValues(**values)
-
-
-def _defaults(name: str) -> dict[str, Any]:
-    return {"namespace": name, "weight": 1.0}
+        max_priority=int(
+            body.get("max_priority", current.max_priority if current else DEFAULT_MAX_PRIORITY)
+        ),
+    )
 
 
 @routes.put("/v1/admin/tenants/{tenant}")
@@ -76,7 +80,7 @@ async def put_tenant(request: web.Request) -> web.Response:
     name = _tenant_name(request)
     body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPut")
     row, created = await tenant_rows.put(
-        request.app[ENGINE], name, tenant_values(body, _defaults(name)), actor=actor(request)
+        request.app[ENGINE], name, tenant_values(body, None, name), actor=actor(request)
     )
     headers = {"Location": f"/v1/admin/tenants/{name}"} if created else None
     return json_response(tenant_view(row), status=201 if created else 200, headers=headers)
@@ -108,8 +112,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
     body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPatch")
 
     def merge(current: Mapping[Any, Any]) -> tenant_rows.TenantValues:
-        fields = tenant_rows.TenantValues.__dataclass_fields__
-        return tenant_values(body, {key: current[key] for key in fields})
+        return tenant_values(body, tenant_rows.TenantValues.of(current), name)
 
     row = await tenant_rows.patch(request.app[ENGINE], name, merge, actor=actor(request))
     return json_response(tenant_view(row))

@@ -23,7 +23,7 @@ from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.views import event_view, job_view, json_response
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
-from gateway.db.submits import request_hash
+from gateway.db.submits import never_runs, request_hash
 from gateway.domain.access import Action
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_name, pod_requests
@@ -31,8 +31,7 @@ from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfj
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
 from gateway.domain.problems import FieldProblem
-from gateway.domain.scheduling.queueing import Quota
-from gateway.domain.scheduling.reasons import never_fits
+from gateway.domain.scheduling.reasons import never_fits_nodes
 from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -72,35 +71,26 @@ async def submit_job(request: web.Request) -> web.Response:
         if tfjob:  # point into the manifest the client sent
             problems = relocate_problems(_without_namespace(body), problems, tenant=tenant)
         raise ValidationFailed(problems)
-    nodes = await request.app[INVENTORY].nodes()
     pods = pod_requests(meaning)
-
-    def refuse_impossible(quota: Quota) -> None:
-        """422 for a job that can never run: bigger than its tenant's quota or every node."""
-        impossible = never_fits(pods, nodes, quota)
-        if impossible:
-            raise ValidationFailed(
-                [
-                    FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
-                    for resource, message in impossible
-                ],
-                detail="the job can never run: " + "; ".join(m for _, m in impossible),
-            )
-
     try:
+        # A job that can never run is refused before any statement; its tenant's quota is read
+        # with the tenant's row, when the job is written.
+        impossible = never_fits_nodes(pods, await request.app[INVENTORY].nodes())
+        if impossible:
+            raise never_runs(impossible)
         submitted = await request.app[SUBMITS].submit(
             meaning,
             body_hash=request_hash(body) if key is not None else "",
             idempotency_key=key,
             actor=actor(request),
             pods=pods,
-            admissible=refuse_impossible,
         )
     except ValidationFailed as exc:
         if not tfjob:
             raise
-        # The tenant's limits refuse the job: point into the manifest the client sent (a TFJob
-        # has no priority of its own, so a priority problem points at the whole manifest).
+        # The cluster or the tenant's limits refuse the job: point into the manifest the client
+        # sent (a TFJob has no priority of its own, so a priority problem points at the whole
+        # manifest).
         relocated = relocate_problems(_without_namespace(body), exc.problems, tenant=tenant)
         raise ValidationFailed(relocated, detail=exc.detail) from exc
     if submitted.created:

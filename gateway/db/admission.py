@@ -36,20 +36,13 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.db.tenants import TENANTS_WITH_USAGE, quota_of, usage_of
 from gateway.db.webhooks import enqueue_sql
 from gateway.domain.jobs.pods import pod_requests_from_document
 from gateway.domain.jobs.spec import CallbackEvent
 from gateway.domain.scheduling.admission import plan
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
-from gateway.domain.scheduling.queueing import (
-    AdmissionPlan,
-    PendingJob,
-    Quota,
-    Snapshot,
-    TenantState,
-    Usage,
-)
+from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
 
 ADMISSION_LOCK = 0x6D75_0001
 ADMITTED_CHANNEL = "muster_admitted"
@@ -216,20 +209,7 @@ _WAITING = text(
 
 def _tenant_state(row: RowMapping) -> TenantState:
     return TenantState(
-        name=row["name"],
-        weight=float(row["weight"]),
-        quota=Quota(
-            cpu_millis=row["quota_cpu_millis"],
-            memory_bytes=row["quota_memory_bytes"],
-            gpu_shares=row["quota_gpu_shares"],
-            max_running_jobs=row["max_running_jobs"],
-        ),
-        usage=Usage(
-            cpu_millis=int(row["used_cpu"]),
-            memory_bytes=int(row["used_memory"]),
-            gpu_shares=int(row["used_gpu"]),
-            running_jobs=int(row["running_jobs"]),
-        ),
+        name=row["name"], weight=float(row["weight"]), quota=quota_of(row), usage=usage_of(row)
     )
 
 

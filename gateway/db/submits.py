@@ -39,11 +39,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import driver_connection
 from gateway.db.jobs import JOB_COLUMNS
+from gateway.db.tenants import could_ever_hold_sql, quota_of
 from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.priority import above_ceiling
-from gateway.domain.scheduling.queueing import PendingJob, Quota
+from gateway.domain.scheduling.queueing import PendingJob
+from gateway.domain.scheduling.reasons import never_fits_quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
 from gateway.jsontext import json_text
 
@@ -70,9 +72,7 @@ _SUBMIT_BATCH = f"""
     ), fitting AS MATERIALIZED (
         SELECT i.*, floor(random() * t.max_queued_jobs)::int AS slot
         FROM input i JOIN tenants t ON t.name = i.tenant
-        WHERE t.max_queued_jobs > 0 AND t.max_running_jobs > 0
-          AND t.quota_cpu_millis >= i.cpu_millis AND t.quota_memory_bytes >= i.memory_bytes
-          AND t.quota_gpu_shares >= i.gpu_shares AND i.priority <= t.max_priority
+        WHERE {could_ever_hold_sql("t", "i")} AND i.priority <= t.max_priority
     ), job AS (
         INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
                           idempotency_key, request_hash, submitted_by, queue_slot)
@@ -101,7 +101,6 @@ _SUBMIT = f"""
     )
     SELECT * FROM job
 """
-UNBOUNDED = Quota(cpu_millis=2**62, memory_bytes=2**62, gpu_shares=2**62, max_running_jobs=2**30)
 _QUOTA = (
     "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
     "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
@@ -144,12 +143,15 @@ MAX_BATCH = 64
 MAX_STATEMENTS = 4
 
 
-def quota_of(row: Mapping[str, Any]) -> Quota:
-    return Quota(
-        cpu_millis=row["quota_cpu_millis"],
-        memory_bytes=row["quota_memory_bytes"],
-        gpu_shares=row["quota_gpu_shares"],
-        max_running_jobs=row["max_running_jobs"],
+def never_runs(problems: Sequence[tuple[str, str]]) -> ValidationFailed:
+    """The 422 for a job that can never run (``gateway.domain.scheduling.reasons``'s
+    ``never_fits_*``: bigger than its tenant's quota or than every node)."""
+    return ValidationFailed(
+        [
+            FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
+            for resource, message in problems
+        ],
+        detail="the job can never run: " + "; ".join(message for _, message in problems),
     )
 
 
@@ -251,16 +253,14 @@ class Submits:
         idempotency_key: str | None,
         actor: str | None,
         pods: tuple[PodRequest, ...],
-        admissible: Callable[[Quota], None],
     ) -> Submitted:
         """Insert a queued job with its 'submitted' event, or return the job an earlier retry
         made.
 
-        ``pods`` are the spec's (``pod_requests``). ``admissible`` sees the tenant's quota first
-        and raises to refuse a job that can never run (the node part of that check needs no
-        database, so it runs before any statement).
+        ``pods`` are the spec's (``pod_requests``), already found to fit the cluster's nodes one
+        day (``never_fits_nodes``); a job bigger than its tenant's quota is refused here, with
+        the tenant's row read.
         """
-        admissible(UNBOUNDED)
         document = to_document(spec)
         labels = dict(spec.labels)
         total = spec.total()
@@ -281,7 +281,7 @@ class Submits:
         )
         written = await self._batched(row)
         if written is None:
-            careful = await self._careful(row, spec, admissible)
+            careful = await self._careful(row, spec)
             if isinstance(careful, Submitted):
                 return careful
             written = careful
@@ -365,9 +365,7 @@ class Submits:
     # ----------------------------------------------------------------------------------------
     # The careful path: say why, or find a slot, or answer an earlier retry.
 
-    async def _careful(
-        self, row: _Row, spec: JobSpec, admissible: Callable[[Quota], None]
-    ) -> Mapping[str, Any] | Submitted:
+    async def _careful(self, row: _Row, spec: JobSpec) -> Mapping[str, Any] | Submitted:
         """The row written, or the job an earlier retry with the same Idempotency-Key made;
         raises to say why the job cannot be queued."""
         engine = self.engine
@@ -382,8 +380,11 @@ class Submits:
             too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
             if too_high is not None:
                 raise ValidationFailed([too_high])
-            admissible(quota_of(found))
-            cap: int = found["max_queued_jobs"]
+            quota = quota_of(found)
+            impossible = never_fits_quota(quota, spec.total())
+            if impossible:
+                raise never_runs(impossible)
+            cap = quota.max_queued_jobs
             for attempt in range(SLOT_TRIES):
                 slot = await _pick_slot(conn, row.tenant, cap, search=attempt >= SLOT_TRIES // 2)
                 if slot is None:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
+from gateway.domain.scheduling.quota import RESOURCES, Quota, TenantUsage
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
@@ -38,28 +39,66 @@ _UPDATE = text(
 )
 
 
+#: The tenants column of each quota resource (``gateway.domain.scheduling.quota.RESOURCES``).
+QUOTA_COLUMNS = {resource: f"quota_{resource}" for resource in RESOURCES}
+
+
+def quota_of(row: Mapping[Any, Any]) -> Quota:
+    """A tenants row's quota: the one place rows become a ``Quota``."""
+    return Quota(
+        cpu_millis=row[QUOTA_COLUMNS["cpu_millis"]],
+        memory_bytes=row[QUOTA_COLUMNS["memory_bytes"]],
+        gpu_shares=row[QUOTA_COLUMNS["gpu_shares"]],
+        max_running_jobs=row["max_running_jobs"],
+        max_queued_jobs=row["max_queued_jobs"],
+    )
+
+
+def usage_of(row: Mapping[Any, Any]) -> TenantUsage:
+    """What a ``TENANTS_WITH_USAGE`` row says the tenant holds now."""
+    return TenantUsage(
+        cpu_millis=int(row["used_cpu"]),
+        memory_bytes=int(row["used_memory"]),
+        gpu_shares=int(row["used_gpu"]),
+        running_jobs=int(row["running_jobs"]),
+    )
+
+
+def could_ever_hold_sql(tenant: str, demand: str) -> str:
+    """The SQL form of ``Quota.could_ever_hold``: a condition on the tenants row aliased
+    ``tenant`` and a row ``demand`` with cpu_millis, memory_bytes and gpu_shares columns. Made from
+    the quota's resource list, and held to the Python rule by a test."""
+    held = " AND ".join(f"{tenant}.{QUOTA_COLUMNS[r]} >= {demand}.{r}" for r in RESOURCES)
+    return f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {held}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantValues:
     """What an admin sets on a tenant, in Muster's units; ``max_priority`` is the highest
     priority its jobs may have (``gateway.domain.scheduling.priority``)."""
 
     namespace: str
-    quota_cpu_millis: int
-    quota_memory_bytes: int
-    quota_gpu_shares: int
-    max_running_jobs: int
-    max_queued_jobs: int
+    quota: Quota
     weight: float
     max_priority: int = DEFAULT_MAX_PRIORITY
 
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> TenantValues:
+        """A tenants row's values."""
+        return cls(
+            namespace=row["namespace"],
+            quota=quota_of(row),
+            weight=float(row["weight"]),
+            max_priority=row["max_priority"],
+        )
+
     def as_params(self) -> dict[str, Any]:
+        quota = self.quota
         return {
             "namespace": self.namespace,
-            "quota_cpu_millis": self.quota_cpu_millis,
-            "quota_memory_bytes": self.quota_memory_bytes,
-            "quota_gpu_shares": self.quota_gpu_shares,
-            "max_running_jobs": self.max_running_jobs,
-            "max_queued_jobs": self.max_queued_jobs,
+            **{column: getattr(quota, r) for r, column in QUOTA_COLUMNS.items()},
+            "max_running_jobs": quota.max_running_jobs,
+            "max_queued_jobs": quota.max_queued_jobs,
             "weight": self.weight,
             "max_priority": self.max_priority,
         }

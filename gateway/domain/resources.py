@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 GPU_SHARES_PER_DEVICE = 100
@@ -40,6 +41,15 @@ _DECIMAL = {
     "P": Decimal("1e15"),
     "E": Decimal("1e18"),
 }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resources:
+    """An amount of each resource: a pod's request, a job's total, a quota's demand."""
+
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int = 0
 
 
 class QuantityError(ValueError):

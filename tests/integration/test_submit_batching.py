@@ -19,7 +19,7 @@ from gateway.domain.jobs.pods import pod_requests
 from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.scheduling.nodes import Node
 from gateway.domain.scheduling.priority import above_ceiling
-from gateway.domain.scheduling.queueing import PendingJob, Quota
+from gateway.domain.scheduling.queueing import PendingJob
 from gateway.errors import Conflict, ValidationFailed
 from tests.integration.helpers import grant_priority
 from tests.integration.test_admission_cycle import job, make_tenant
@@ -32,10 +32,6 @@ def spec(name: str, tenant: str = "search") -> JobSpec:
     return checked
 
 
-def fits(_: Quota) -> None:
-    """The admissible check of a job that can run."""
-
-
 async def submit(
     submits: Submits, job_spec: JobSpec, *, key: str | None = None, body_hash: str = "h"
 ) -> Submitted:
@@ -45,7 +41,6 @@ async def submit(
         idempotency_key=key,
         actor="alice",
         pods=pod_requests(job_spec),
-        admissible=fits,
     )
 
 

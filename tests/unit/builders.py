@@ -19,14 +19,8 @@ from gateway.domain.scheduling.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.scheduling.queueing import (
-    AdmissionPlan,
-    PendingJob,
-    Quota,
-    Snapshot,
-    TenantState,
-    Usage,
-)
+from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 GIB = 1 << 30
 BIG = 10**15  # a quota nobody reaches
@@ -113,7 +107,7 @@ def tenant(
     mem_gib: float | None = None,
     gpu: int | None = None,
     max_running: int = 10**6,
-    usage: Usage | None = None,
+    usage: TenantUsage | None = None,
 ) -> TenantState:
     return TenantState(
         name=name,
@@ -123,8 +117,9 @@ def tenant(
             memory_bytes=BIG if mem_gib is None else int(mem_gib * GIB),
             gpu_shares=BIG if gpu is None else gpu,
             max_running_jobs=max_running,
+            max_queued_jobs=1000,
         ),
-        usage=usage or Usage(),
+        usage=usage or TenantUsage(),
     )
 
 

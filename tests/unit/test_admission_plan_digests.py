@@ -25,14 +25,8 @@ from gateway.domain.scheduling.nodes import (
     Taint,
     Toleration,
 )
-from gateway.domain.scheduling.queueing import (
-    AdmissionPlan,
-    PendingJob,
-    Quota,
-    Snapshot,
-    TenantState,
-    Usage,
-)
+from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 DIGESTS = Path(__file__).with_name("plan_digests.json")
 SEEDS = range(300)
@@ -85,8 +79,9 @@ def random_snapshot(seed: int) -> Snapshot:
                 memory_bytes=rng.choice([8, 64, 512, 4096]) * GIB,
                 gpu_shares=rng.choice([0, 100, 400, 1600]),
                 max_running_jobs=rng.choice([1, 3, 10, 100]),
+                max_queued_jobs=1000,
             ),
-            usage=Usage(
+            usage=TenantUsage(
                 cpu_millis=rng.choice([0, 0, 1000, 8000]),
                 memory_bytes=rng.choice([0, 0, 4, 32]) * GIB,
                 gpu_shares=rng.choice([0, 0, 50, 200]),

@@ -21,7 +21,8 @@ from gateway.domain.scheduling.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.scheduling.queueing import PendingJob, Quota, Snapshot, TenantState, Usage
+from gateway.domain.scheduling.queueing import PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 from tests.unit.builders import GIB, snapshot, violations
 
 # Modest counts keep the file at a few seconds; the invariants test gets the most examples.
@@ -164,8 +165,9 @@ def tenant_states(draw: st.DrawFn) -> dict[str, TenantState]:
             memory_bytes=mem_gib * GIB,
             gpu_shares=gpu,
             max_running_jobs=running,
+            max_queued_jobs=1000,
         )
-        usage = Usage(
+        usage = TenantUsage(
             cpu_millis=quota.cpu_millis * eighths // 8,
             memory_bytes=quota.memory_bytes * eighths // 8,
             gpu_shares=quota.gpu_shares * eighths // 8,

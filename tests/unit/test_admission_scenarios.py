@@ -23,11 +23,10 @@ from gateway.domain.scheduling.queueing import (
     AdmissionPlan,
     PendingJob,
     PendingReason,
-    Quota,
     Snapshot,
-    Usage,
     Waiting,
 )
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 from gateway.domain.scheduling.reasons import never_fits
 from tests.unit.builders import (
     GIB,
@@ -414,7 +413,7 @@ def test_a_tenant_already_holding_more_waits_behind_one_holding_less() -> None:
             job("rich", pod(gpu=100), tenant="rich", submitted_at=0),
             job("poor", pod(gpu=100), tenant="poor", submitted_at=5),
         ],
-        tenants=[tenant("rich", usage=Usage(cpu_millis=32_000)), tenant("poor")],
+        tenants=[tenant("rich", usage=TenantUsage(cpu_millis=32_000)), tenant("poor")],
     )
     assert admitted_ids(decide(snap))[0] == "poor"
 
@@ -455,31 +454,31 @@ def test_waiting_jobs_report_their_positions() -> None:
     [
         pytest.param(
             {"gpu": 100},
-            Usage(),
+            TenantUsage(),
             "needs 2 GPUs; tenant t has 1 GPU of its 1 GPU quota left",
             id="gpu",
         ),
         pytest.param(
             {"cpu": 6},
-            Usage(cpu_millis=2000),
+            TenantUsage(cpu_millis=2000),
             "needs 8 CPUs; tenant t has 4 CPUs of its 6 CPUs quota left",
             id="cpu",
         ),
         pytest.param(
             {"mem_gib": 16},
-            Usage(),
+            TenantUsage(),
             "needs 32 GiB; tenant t has 16 GiB of its 16 GiB quota left",
             id="memory",
         ),
         pytest.param(
             {"max_running": 3},
-            Usage(running_jobs=3),
+            TenantUsage(running_jobs=3),
             "tenant t already runs 3 of at most 3 jobs",
             id="running jobs",
         ),
     ],
 )
-def test_quota_keeps_a_job_waiting(quota: dict[str, int], usage: Usage, message: str) -> None:
+def test_quota_keeps_a_job_waiting(quota: dict[str, int], usage: TenantUsage, message: str) -> None:
     snap = snapshot(
         [node("a")],
         [
@@ -512,7 +511,7 @@ def test_max_running_jobs_counts_jobs_admitted_in_the_cycle() -> None:
     snap = snapshot(
         [node("a")],
         [job(f"j{k}", pod(cpu=1), submitted_at=k) for k in range(4)],
-        tenants=[tenant("t", max_running=3, usage=Usage(running_jobs=1))],
+        tenants=[tenant("t", max_running=3, usage=TenantUsage(running_jobs=1))],
     )
     result = decide(snap)
     assert admitted_ids(result) == ["j0", "j1"]
@@ -582,7 +581,7 @@ def run_cycles(starvation_seconds: float, cycles: int = 40) -> tuple[int | None,
                 tenant("big"),
                 tenant(
                     "small",
-                    usage=Usage(
+                    usage=TenantUsage(
                         cpu_millis=sum(p.cpu_millis for p in small),
                         memory_bytes=sum(p.memory_bytes for p in small),
                         gpu_shares=sum(p.gpu_shares for p in small),
@@ -730,7 +729,13 @@ def test_the_order_of_nodes_and_jobs_in_the_snapshot_does_not_matter() -> None:
 
 # -- never_fits ---------------------------------------------------------------------------------
 
-QUOTA = Quota(cpu_millis=64_000, memory_bytes=256 * GIB, gpu_shares=1600, max_running_jobs=5)
+QUOTA = Quota(
+    cpu_millis=64_000,
+    memory_bytes=256 * GIB,
+    gpu_shares=1600,
+    max_running_jobs=5,
+    max_queued_jobs=1000,
+)
 CLUSTER = (
     node("big", gpus=8, cpu=64, mem_gib=512, mode=GpuMode.DEVICE_PLUGIN),
     node("small", gpus=4, cpu=32, mem_gib=128, mode=GpuMode.DEVICE_PLUGIN, labels={"zone": "z"}),
@@ -856,7 +861,13 @@ CLUSTER = (
         pytest.param(
             [pod(cpu=30)] * 4,
             CLUSTER,
-            Quota(cpu_millis=200_000, memory_bytes=256 * GIB, gpu_shares=0, max_running_jobs=5),
+            Quota(
+                cpu_millis=200_000,
+                memory_bytes=256 * GIB,
+                gpu_shares=0,
+                max_running_jobs=5,
+                max_queued_jobs=1000,
+            ),
             [
                 (
                     "cpu",

@@ -22,7 +22,6 @@ from gateway.domain.jobs.spec import (
     DEFAULT_PORT,
     Framework,
     ReplicaSpec,
-    Resources,
     RestartPolicy,
     Toleration,
 )
@@ -36,6 +35,7 @@ from gateway.domain.names import (
 from gateway.domain.problems import pointer
 from gateway.domain.resources import (
     QuantityError,
+    Resources,
     cached_cpu_millis,
     cached_gpu_shares,
     cached_memory_bytes,

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
+from gateway.domain.resources import (
+    GPU_SHARES_PER_DEVICE,
+    Resources,
+    format_cpu,
+    format_gpu,
+    format_memory,
+)
 
 DEFAULT_CPU = "1"
 DEFAULT_MEMORY = "1Gi"
@@ -67,13 +73,6 @@ class SpecLimits:
 
     max_replicas: int = 512
     max_priority: int = PRIORITY_RANGE[1]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Resources:
-    cpu_millis: int
-    memory_bytes: int
-    gpu_shares: int = 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
+from gateway.domain.resources import Resources
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
 from gateway.domain.scheduling.placement import ClusterState, Gang
 from gateway.domain.scheduling.queueing import (
@@ -36,7 +37,14 @@ from gateway.domain.scheduling.queueing import (
     Snapshot,
     Waiting,
 )
-from gateway.domain.scheduling.reasons import gang_reason, listing, over_quota, short_of_sums
+from gateway.domain.scheduling.quota import TenantUsage
+from gateway.domain.scheduling.reasons import (
+    at_running_cap,
+    gang_reason,
+    listing,
+    over_quota,
+    short_of_sums,
+)
 
 
 def plan(snapshot: Snapshot) -> AdmissionPlan:
@@ -68,16 +76,10 @@ class _Cycle:
             for node in ready
             if node.gpu_mode is not GpuMode.NONE
         )
-        # Per tenant: [cpu, memory, gpu, running jobs], raised as the cycle admits.
-        self.usage: dict[str, list[int]] = {}
-        for name, tenant in snapshot.tenants.items():
-            used = tenant.usage
-            self.usage[name] = [
-                used.cpu_millis,
-                used.memory_bytes,
-                used.gpu_shares,
-                used.running_jobs,
-            ]
+        # Per tenant: what it holds, raised as the cycle admits.
+        self.usage: dict[str, TenantUsage] = {
+            name: tenant.usage for name, tenant in snapshot.tenants.items()
+        }
         # Shares only move when a tenant is admitted a job, so they are cached until then.
         self.shares: dict[str, float] = {}
         self.slices: dict[tuple[int, int], GpuSlice] = {}
@@ -147,9 +149,9 @@ class _Cycle:
             return 0.0
         share = 0.0
         for amount, total in (
-            (used[0], self.total_cpu),
-            (used[1], self.total_mem),
-            (used[2], self.total_gpu),
+            (used.cpu_millis, self.total_cpu),
+            (used.memory_bytes, self.total_mem),
+            (used.gpu_shares, self.total_gpu),
         ):
             if total > 0:
                 share = max(share, amount / total)
@@ -165,13 +167,9 @@ class _Cycle:
             return
         quota = tenant.quota
         # A tenant at its running-job cap is skipped before any per-pod work.
-        if used[3] + 1 > quota.max_running_jobs:
-            self._wait(
-                job,
-                PendingReason.WAITING_FOR_QUOTA,
-                f"tenant {job.tenant} already runs {used[3]} of at most "
-                f"{quota.max_running_jobs} jobs",
-            )
+        if not quota.runs_another(used):
+            capped = at_running_cap(job.tenant, used, quota)
+            self._wait(job, PendingReason.WAITING_FOR_QUOTA, capped)
             return
         pods = job.pods
         if not pods:
@@ -180,12 +178,10 @@ class _Cycle:
             return
         totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
         cpu, mem, gpu = totals
-        if (
-            (gpu and used[2] + gpu > quota.gpu_shares)
-            or (cpu and used[0] + cpu > quota.cpu_millis)
-            or (mem and used[1] + mem > quota.memory_bytes)
-        ):
-            over = over_quota(job.tenant, totals, used, quota)
+        demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
+        if not quota.fits_now(used, demand):
+            short = quota.short_of(used, demand)
+            over = over_quota(job.tenant, short) if short is not None else ""
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
             return
         cluster = self.cluster
@@ -204,7 +200,7 @@ class _Cycle:
             hits = cluster.place_gang(gang, honor=True)
             if hits is not None:
                 cluster.commit()
-                self._admit(job, totals, gang.order, hits)
+                self._admit(job, demand, gang.order, hits)
                 return
         if cluster.any_blocked and cluster.place_gang(gang, honor=False) is not None:
             cluster.rollback()
@@ -225,15 +221,11 @@ class _Cycle:
     def _admit(
         self,
         job: PendingJob,
-        totals: tuple[int, int, int],
+        demand: Resources,
         order: Sequence[int],
         hits: list[tuple[int, tuple[tuple[int, int], ...]]],
     ) -> None:
-        used = self.usage[job.tenant]
-        used[0] += totals[0]
-        used[1] += totals[1]
-        used[2] += totals[2]
-        used[3] += 1
+        self.usage[job.tenant] = self.usage[job.tenant].plus(demand)
         self.shares.pop(job.tenant, None)
         nodes = self.cluster.nodes
         by_pod: list[Placement | None] = [None] * len(job.pods)

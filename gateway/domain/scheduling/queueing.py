@@ -16,10 +16,11 @@ Invariants of the values (`admission.py` keeps those of the decisions):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
+from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 
 class PendingReason(StrEnum):
@@ -31,29 +32,13 @@ class PendingReason(StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Quota:
-    cpu_millis: int
-    memory_bytes: int
-    gpu_shares: int
-    max_running_jobs: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Usage:
-    """What the tenant's admitted and running jobs hold."""
-
-    cpu_millis: int = 0
-    memory_bytes: int = 0
-    gpu_shares: int = 0
-    running_jobs: int = 0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class TenantState:
+    """A tenant as admission sees it: its fair-share weight, quota and what it holds now."""
+
     name: str
     weight: float = 1.0
     quota: Quota
-    usage: Usage = Usage()
+    usage: TenantUsage = field(default_factory=TenantUsage)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,9 +17,10 @@ Invariants kept here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from operator import attrgetter
 
+from gateway.domain.resources import Resources
 from gateway.domain.scheduling.best_fit import Need
 from gateway.domain.scheduling.nodes import (
     GPU_FRACTION,
@@ -34,27 +35,28 @@ from gateway.domain.scheduling.nodes import (
     node_admits,
 )
 from gateway.domain.scheduling.placement import ClusterState
-from gateway.domain.scheduling.queueing import PendingReason, Quota
+from gateway.domain.scheduling.queueing import PendingReason
+from gateway.domain.scheduling.quota import RESOURCE_NAMES, Quota, Shortfall, TenantUsage
 
 _CPU = attrgetter("cpu_millis")
 _MEMORY = attrgetter("memory_bytes")
 _GPU = attrgetter("gpu_shares")
 
 
-def over_quota(tenant: str, totals: tuple[int, int, int], used: list[int], quota: Quota) -> str:
-    cpu, mem, gpu = totals
-    # GPU first: in a training cluster it is the quota people run out of and ask about.
-    for need, held, limit, fmt in (
-        (gpu, used[2], quota.gpu_shares, _gpus),
-        (cpu, used[0], quota.cpu_millis, _cpus),
-        (mem, used[1], quota.memory_bytes, _memory),
-    ):
-        if need and held + need > limit:
-            return (
-                f"needs {fmt(need)}; tenant {tenant} has {fmt(max(limit - held, 0))} of its "
-                f"{fmt(limit)} quota left"
-            )
-    return ""
+def over_quota(tenant: str, short: Shortfall) -> str:
+    """The words of a job the tenant's quota keeps out now (``Quota.short_of``)."""
+    fmt = _FORMATS[short.resource]
+    return (
+        f"needs {fmt(short.need)}; tenant {tenant} has {fmt(short.left)} of its "
+        f"{fmt(short.limit)} quota left"
+    )
+
+
+def at_running_cap(tenant: str, usage: TenantUsage, quota: Quota) -> str:
+    return (
+        f"tenant {tenant} already runs {usage.running_jobs} of at most "
+        f"{quota.max_running_jobs} jobs"
+    )
 
 
 def short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
@@ -158,18 +160,41 @@ def never_fits(
     Uses only allocatable and quota, never what is free now. Readiness is ignored: a node that is
     down may come back.
     """
-    problems: list[tuple[str, str]] = []
-    for resource, need, limit, fmt in (
-        ("gpu", sum(map(_GPU, pods)), quota.gpu_shares, _gpus),
-        ("cpu", sum(map(_CPU, pods)), quota.cpu_millis, _cpus),
-        ("memory", sum(map(_MEMORY, pods)), quota.memory_bytes, _memory),
-    ):
-        if need > limit:
-            problems.append(
-                (resource, f"the job needs {fmt(need)} but the tenant's quota is {fmt(limit)}")
-            )
-    if quota.max_running_jobs < 1:
+    by_quota = never_fits_quota(quota, demand_of(pods))
+    return by_quota + never_fits_nodes(pods, nodes, named={r for r, _ in by_quota})
+
+
+def demand_of(pods: Sequence[PodRequest]) -> Resources:
+    """What a gang asks for in all."""
+    return Resources(
+        cpu_millis=sum(map(_CPU, pods)),
+        memory_bytes=sum(map(_MEMORY, pods)),
+        gpu_shares=sum(map(_GPU, pods)),
+    )
+
+
+def never_fits_quota(quota: Quota, demand: Resources) -> list[tuple[str, str]]:
+    """What of the tenant's quota keeps a job with ``demand`` out forever, as (resource,
+    message)."""
+    problems = [
+        (
+            RESOURCE_NAMES[resource],
+            f"the job needs {_FORMATS[resource](getattr(demand, resource))} but the tenant's "
+            f"quota is {_FORMATS[resource](getattr(quota, resource))}",
+        )
+        for resource in quota.exceeded_by(demand)
+    ]
+    if quota.runs_no_jobs:
         problems.append(("jobs", "the tenant's quota allows no running jobs"))
+    return problems
+
+
+def never_fits_nodes(
+    pods: Sequence[PodRequest], nodes: Sequence[Node], *, named: Collection[str] = ()
+) -> list[tuple[str, str]]:
+    """What of the cluster's nodes keeps a gang out forever, as (resource, message); the whole
+    gang is weighed against the whole cluster only for resources not ``named`` already."""
+    problems: list[tuple[str, str]] = []
     any_shared = any(node.gpu_mode is GpuMode.SHARED and node.gpu_devices > 0 for node in nodes)
     previous: tuple[object, ...] = ()
     for pod in pods:
@@ -190,7 +215,8 @@ def never_fits(
             if problem not in problems:
                 problems.append(problem)
     # The whole gang against the whole cluster, for a resource no finer problem named yet.
-    return problems + _bigger_than_cluster(pods, nodes, {resource for resource, _ in problems})
+    named = {*named, *(resource for resource, _ in problems)}
+    return problems + _bigger_than_cluster(pods, nodes, named)
 
 
 def _pod_never_fits(
@@ -309,3 +335,6 @@ def _memory(size: int) -> str:
         if abs(size) >= scale:
             return f"{_number(size / scale)} {unit}"
     return f"{size} bytes"
+
+
+_FORMATS = {"gpu_shares": _gpus, "cpu_millis": _cpus, "memory_bytes": _memory}

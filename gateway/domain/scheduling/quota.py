@@ -1,0 +1,119 @@
+"""Quotas: what a tenant may hold, what it holds, and the rules every layer asks of them.
+
+A `Quota` is the whole of what an admin grants a tenant: CPU, memory and GPU shares its admitted
+and running jobs may hold together, how many of its jobs may run at once, and how many may wait.
+A `TenantUsage` is what its admitted and running jobs hold now. A job's demand is the sum over
+its pods, a `Resources`.
+
+The rules, each defined once, here:
+
+- ``Quota.fits_now(usage, demand)``: admission may start the job now. Every resource the job asks
+  for stays within the quota, counting what is held, and one more job may run. A resource the
+  job does not ask for never stops it, even when the tenant already holds more than its quota
+  (a quota lowered below usage stops new jobs that need it, and no others).
+- ``Quota.short_of(usage, demand)``: the first resource that keeps it out now, GPU first (the one
+  people run out of and ask about), for the words of a waiting reason.
+- ``Quota.exceeded_by(demand)``: the resources a job asks more of than the quota holds at all;
+  with ``runs_no_jobs`` and ``queues_no_jobs``, what keeps a job out of this tenant forever,
+  refused at submit.
+
+``RESOURCES`` lists the quota's resources in the order reasons name them. The SQL form of
+"could ever fit" that the group-commit submit runs (``gateway.db.quota``) is generated from it, and
+a test holds the two forms to the same answers on random cases.
+
+Invariant: every value is frozen; ``TenantUsage.plus`` returns a new value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.domain.resources import Resources
+
+#: The quota's resources, in the order reasons name them: GPU first.
+RESOURCES = ("gpu_shares", "cpu_millis", "memory_bytes")
+#: Each resource as the words of a problem name it (the API's quota keys).
+RESOURCE_NAMES = {"gpu_shares": "gpu", "cpu_millis": "cpu", "memory_bytes": "memory"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TenantUsage:
+    """What the tenant's admitted and running jobs hold, and how many they are."""
+
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpu_shares: int = 0
+    running_jobs: int = 0
+
+    def plus(self, demand: Resources) -> TenantUsage:
+        """The usage once one more job with ``demand`` is admitted."""
+        return TenantUsage(
+            cpu_millis=self.cpu_millis + demand.cpu_millis,
+            memory_bytes=self.memory_bytes + demand.memory_bytes,
+            gpu_shares=self.gpu_shares + demand.gpu_shares,
+            running_jobs=self.running_jobs + 1,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Shortfall:
+    """One resource the quota is short of: the job needs ``need``, ``left`` of ``limit`` remain."""
+
+    resource: str  # one of RESOURCES
+    need: int
+    left: int
+    limit: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quota:
+    """What an admin grants a tenant. Amounts in Muster's units (millicores, bytes, shares)."""
+
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int
+    max_running_jobs: int
+    max_queued_jobs: int
+
+    def fits_now(self, usage: TenantUsage, demand: Resources) -> bool:
+        """Whether a job with ``demand`` may be admitted now, over ``usage``."""
+        return (
+            usage.running_jobs < self.max_running_jobs
+            and not (demand.gpu_shares and usage.gpu_shares + demand.gpu_shares > self.gpu_shares)
+            and not (demand.cpu_millis and usage.cpu_millis + demand.cpu_millis > self.cpu_millis)
+            and not (
+                demand.memory_bytes and usage.memory_bytes + demand.memory_bytes > self.memory_bytes
+            )
+        )
+
+    def runs_another(self, usage: TenantUsage) -> bool:
+        """Whether one more of the tenant's jobs may run."""
+        return usage.running_jobs < self.max_running_jobs
+
+    def short_of(self, usage: TenantUsage, demand: Resources) -> Shortfall | None:
+        """The first resource (in ``RESOURCES`` order) that keeps the job out now, or None."""
+        for resource in RESOURCES:
+            need = getattr(demand, resource)
+            held, limit = getattr(usage, resource), getattr(self, resource)
+            if need and held + need > limit:
+                left = max(limit - held, 0)
+                return Shortfall(resource=resource, need=need, left=left, limit=limit)
+        return None
+
+    def exceeded_by(self, demand: Resources) -> tuple[str, ...]:
+        """The resources ``demand`` asks more of than the whole quota, in ``RESOURCES`` order:
+        a job with any can never run in this tenant."""
+        return tuple(r for r in RESOURCES if getattr(demand, r) > getattr(self, r))
+
+    @property
+    def runs_no_jobs(self) -> bool:
+        return self.max_running_jobs < 1
+
+    @property
+    def queues_no_jobs(self) -> bool:
+        return self.max_queued_jobs < 1
+
+    def could_ever_hold(self, demand: Resources) -> bool:
+        """Whether a job with ``demand`` could ever be queued and run in this tenant: the
+        negation of everything ``exceeded_by``, ``runs_no_jobs`` and ``queues_no_jobs`` say."""
+        return not (self.exceeded_by(demand) or self.runs_no_jobs or self.queues_no_jobs)
