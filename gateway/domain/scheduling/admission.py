@@ -185,13 +185,14 @@ class _Cycle:
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
             return
         cluster = self.cluster
+        free = cluster.capacity
         # Cheap rejection on the free sums, before looking at single pods.
         fits_open = (
-            gpu <= cluster.free_gpu - cluster.blocked_gpu
-            and cpu <= cluster.free_cpu - cluster.blocked_cpu
-            and mem <= cluster.free_mem - cluster.blocked_mem
+            gpu <= free.free_gpu - free.blocked_gpu
+            and cpu <= free.free_cpu - free.blocked_cpu
+            and mem <= free.free_mem - free.blocked_mem
         )
-        fits_all = gpu <= cluster.free_gpu and cpu <= cluster.free_cpu and mem <= cluster.free_mem
+        fits_all = gpu <= free.free_gpu and cpu <= free.free_cpu and mem <= free.free_mem
         if not fits_all or cluster.surely_fails(pods):
             self._blocked(job, totals, None)
             return
@@ -202,7 +203,7 @@ class _Cycle:
                 cluster.commit()
                 self._admit(job, demand, gang.order, hits)
                 return
-        if cluster.any_blocked and cluster.place_gang(gang, honor=False) is not None:
+        if free.any_blocked and cluster.place_gang(gang, honor=False) is not None:
             cluster.rollback()
             self._wait(job, PendingReason.RESERVED, self._reserved_message(job))
             return
@@ -257,9 +258,10 @@ class _Cycle:
         Many blocked jobs share a shape, and their reason is cached on it.
         """
         cluster = self.cluster
+        free = cluster.capacity
         pods = job.pods
         cpu, mem, gpu = totals
-        if gpu > cluster.free_gpu or cpu > cluster.free_cpu or mem > cluster.free_mem:
+        if gpu > free.free_gpu or cpu > free.free_cpu or mem > free.free_mem:
             found = cache.get(totals)
             if found is None:
                 short = short_of_sums(cluster, totals)
@@ -297,9 +299,10 @@ class _Cycle:
         nodes from one cycle to the next.
         """
         cluster = self.cluster
+        free = cluster.capacity
         count = len(cluster.nodes)
         by_free = sorted(
-            range(count), key=lambda i: (-cluster.gfree[i], -cluster.cpu[i], -cluster.mem[i], i)
+            range(count), key=lambda i: (-free.gfree[i], -free.cpu[i], -free.mem[i], i)
         )
         tiebreak = [0] * count
         for rank, i in enumerate(by_free):
@@ -309,7 +312,7 @@ class _Cycle:
         if hits is None:
             return ""
         chosen = sorted({i for i, _ in hits})
-        cluster.block(chosen)
+        free.block(chosen)
         self.reserved = tuple(cluster.nodes[i].name for i in chosen)
         self.reserved_for = job
         return f"; held for it: {listing(self.reserved)}"

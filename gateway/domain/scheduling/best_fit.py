@@ -1,7 +1,8 @@
 """Best fit for one pod: pod classes, the node sets they may use, and a sorted search of each set.
 
-`BestFit` adds to `FreeCapacity` what finding a node for one pod needs; `ClusterState` in
-`placement.py` builds gangs on it.
+`BestFit` holds a `FreeCapacity` and adds what finding a node for one pod needs: pod classes, the
+node sets they may use and their sorted keys; `ClusterState` in `placement.py` holds both and
+builds gangs with them.
 
 Invariants kept here:
 
@@ -19,7 +20,7 @@ Invariants kept here:
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.domain.scheduling.capacity import FreeCapacity, Slices
@@ -30,8 +31,6 @@ from gateway.domain.scheduling.nodes import (
     GPU_NONE,
     GPU_WHOLE,
     SHARES_PER_DEVICE,
-    Holding,
-    Node,
     PodRequest,
     Toleration,
     gpu_kind,
@@ -69,8 +68,8 @@ class ClassFree:
     gpu_max: int  # whole: most entirely free devices on a node (in shares); fraction: best device
 
 
-class BestFit(FreeCapacity):
-    """Free capacity with the indexes of a best-fit search. Never leaves `plan()`.
+class BestFit:
+    """The indexes of a best-fit search over one `FreeCapacity`. Never leaves `plan()`.
 
     For every set of eligible nodes there is a list of keys `(gpu measure, cpu free, memory free,
     tiebreak, node)` kept sorted, so best fit is a bisect plus a short scan instead of a pass over
@@ -78,19 +77,14 @@ class BestFit(FreeCapacity):
 
     While a gang is being placed, the nodes it touched keep their old keys in the sorted lists (an
     old key is never below the real free, so a bisect never skips a node that fits) and are
-    searched on the side with their real values. `commit()` marks them for re-sorting at the
-    next search of each list; `rollback()` only restores values. A gang that fails therefore
-    never touches the sorted lists.
+    searched on the side with their real values. `mark_taken()`, before the capacity commits,
+    marks them for re-sorting at the next search of each list; a rollback only restores values
+    in the capacity. A gang that fails therefore never touches the sorted lists.
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[Node],
-        holdings: Iterable[Holding] = (),
-        *,
-        tiebreak: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__(nodes, holdings)
+    def __init__(self, free: FreeCapacity, *, tiebreak: Sequence[int] | None = None) -> None:
+        self.free = free
+        self.nodes = free.nodes
         count = len(self.nodes)
         self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
         # Eligibility indexes: nodes by gpu kind, by label, and the nodes whose taints matter.
@@ -132,6 +126,11 @@ class BestFit(FreeCapacity):
         if cls is None:
             cls = self._new_class(key, selector, tolerations, kind)
         return cls, kind
+
+    def known_class(self, key: tuple[object, ...]) -> int | None:
+        """The id of a class already seen, by its key (``(gpu kind,)`` for a pod without
+        selectors or tolerations), or None."""
+        return self._classes.get(key)
 
     def _new_class(
         self,
@@ -185,12 +184,13 @@ class BestFit(FreeCapacity):
         return tuple(sorted(members - refused))
 
     def _key(self, i: int, key_type: int) -> _Key:
-        first = self.full[i] * SHARES_PER_DEVICE if key_type == _BY_WHOLE_FREE else self.roomiest[i]
-        return (first, self.cpu[i], self.mem[i], self.tiebreak[i], i)
+        free = self.free
+        first = free.full[i] * SHARES_PER_DEVICE if key_type == _BY_WHOLE_FREE else free.roomiest[i]
+        return (first, free.cpu[i], free.mem[i], self.tiebreak[i], i)
 
     def _listed_key(self, i: int, key_type: int) -> _Key:
         """The key node i has in the sorted lists: from before the current gang touched it."""
-        raw = self._touched.get(i)
+        raw = self.free.touched.get(i)
         if raw is None:
             return self._key(i, key_type)
         return (raw[key_type], raw[2], raw[3], self.tiebreak[i], i)
@@ -214,17 +214,17 @@ class BestFit(FreeCapacity):
             stale.clear()
         return keys
 
-    def commit(self) -> None:
-        """Keep everything taken since the last commit; its nodes re-sort at their next search."""
+    def mark_taken(self) -> None:
+        """The gang assumed into the capacity is kept: its nodes re-sort at their next search.
+        Call before the capacity commits (it reads what the gang touched)."""
         tiebreak = self.tiebreak
         key_types = self._set_key_type
         every_stale = self._stale
-        for i, raw in self._touched.items():
+        for i, raw in self.free.touched.items():
             for set_id in self._node_sets[i]:
                 stale = every_stale[set_id]
                 if i not in stale:
                     stale[i] = (raw[key_types[set_id]], raw[2], raw[3], tiebreak[i], i)
-        super().commit()
 
     # -- search ---------------------------------------------------------------------------------
 
@@ -241,8 +241,10 @@ class BestFit(FreeCapacity):
             return None
         set_id = self._class_set[cls]
         keys = self._sorted(set_id)
-        blocked = self.blocked if honor and self.any_blocked else None
-        touched = self._touched
+        free = self.free
+        blocked = free.blocked if honor and free.any_blocked else None
+        touched = free.touched
+        devices = free.devices
         best: _Key | None = None
         best_slices: Slices = ()
         n = len(keys)
@@ -262,7 +264,7 @@ class BestFit(FreeCapacity):
                 or i in touched
             ):
                 continue
-            slices = self._devices(i, kind, gpu)
+            slices = devices(i, kind, gpu)
             if slices is not None:
                 best, best_slices = key, slices
                 break
@@ -270,9 +272,9 @@ class BestFit(FreeCapacity):
             # Nodes this gang already took from sit in the lists under their old keys; judge
             # them on what they have now.
             mask = self._masks[set_id]
-            measure = self.full if self._set_key_type[set_id] == _BY_WHOLE_FREE else self.roomiest
-            scale = SHARES_PER_DEVICE if measure is self.full else 1
-            free_cpu, free_mem = self.cpu, self.mem
+            measure = free.full if self._set_key_type[set_id] == _BY_WHOLE_FREE else free.roomiest
+            scale = SHARES_PER_DEVICE if measure is free.full else 1
+            free_cpu, free_mem = free.cpu, free.mem
             for i in touched:
                 first = measure[i] * scale
                 if (
@@ -286,7 +288,7 @@ class BestFit(FreeCapacity):
                     continue
                 key = (first, free_cpu[i], free_mem[i], self.tiebreak[i], i)
                 if best is None or key < best:
-                    slices = self._devices(i, kind, gpu)
+                    slices = devices(i, kind, gpu)
                     if slices is not None:
                         best, best_slices = key, slices
         return None if best is None else (best[4], best_slices)
@@ -299,17 +301,18 @@ class BestFit(FreeCapacity):
         if cached is not None:
             return cached
         members = self._sets[self._class_set[cls]]
+        free = self.free
         if self._class_kind[cls] == GPU_FRACTION:
-            gpu_max = max((self.roomiest[i] for i in members), default=0)
+            gpu_max = max((free.roomiest[i] for i in members), default=0)
         else:
-            gpu_max = SHARES_PER_DEVICE * max((self.full[i] for i in members), default=0)
+            gpu_max = SHARES_PER_DEVICE * max((free.full[i] for i in members), default=0)
         result = ClassFree(
             nodes=len(members),
-            cpu_sum=sum(max(self.cpu[i], 0) for i in members),
-            memory_sum=sum(max(self.mem[i], 0) for i in members),
-            gpu_sum=sum(self.gfree[i] for i in members),
-            cpu_max=max((self.cpu[i] for i in members), default=0),
-            memory_max=max((self.mem[i] for i in members), default=0),
+            cpu_sum=sum(max(free.cpu[i], 0) for i in members),
+            memory_sum=sum(max(free.mem[i], 0) for i in members),
+            gpu_sum=sum(free.gfree[i] for i in members),
+            cpu_max=max((free.cpu[i] for i in members), default=0),
+            memory_max=max((free.mem[i] for i in members), default=0),
             gpu_max=gpu_max,
         )
         self._class_free[cls] = result

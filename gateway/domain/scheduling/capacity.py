@@ -2,21 +2,22 @@
 takes from.
 
 `free_capacity()` reports it (the cluster API and the metrics); `FreeCapacity` is the mutable copy
-that one admission cycle assumes pods into and undoes, the base of `ClusterState`.
+that one admission cycle assumes pods into and undoes. `best_fit.BestFit` searches it and
+`placement.ClusterState` places gangs into it; both hold it, neither extends it.
 
 Invariants kept here:
 
 - Holdings on a node that left the inventory count for nothing; a holding's slice of a device the
   node does not have is ignored.
 - Over-commitment that arrives in the holdings (free below zero) is kept as it is, never made
-  worse: `_devices` only chooses devices with room, and the best-fit search only offers nodes
+  worse: `devices` only chooses devices with room, and the best-fit search only offers nodes
   with room. The free sums count what is usable, so a node over its capacity adds nothing to
   them, not less.
 - A fractional GPU request (1..99 shares) sits on exactly one device: the fullest device that
   still fits. A whole request (k * 100 shares) takes k entirely free devices, lowest first.
 - Every take is journaled: `rollback()` gives back exactly what was taken since the last
   `commit()`, free sums, device counts and bounds included.
-- The bounds behind `_no_device_fits` (most entirely free devices on a ready node, roomiest
+- The bounds behind `no_device_fits` (most entirely free devices on a ready node, roomiest
   device of a ready shared node) only fall within a cycle, except when a take is rolled back;
   they are upper bounds, so they never turn away a pod that fits.
 """
@@ -96,8 +97,8 @@ def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[N
 class FreeCapacity:
     """Per-node free CPU, memory and GPU shares per device, kept in plain lists by node index.
 
-    Nodes are indexed in name order. A pod is taken with `_take()`, which journals it and keeps
-    the node's values from before the gang in `_touched`; `commit()` keeps what was taken and
+    Nodes are indexed in name order. A pod is taken with `take()`, which journals it and keeps
+    the node's values from before the gang in `touched`; `commit()` keeps what was taken and
     `rollback()` gives it back.
     """
 
@@ -135,15 +136,16 @@ class FreeCapacity:
         self._top_device_free = SHARES_PER_DEVICE
         # The gang being placed: what it took, and the values its nodes had before (the keys
         # they still have in the sorted lists of `best_fit.py`).
-        self._journal: list[tuple[int, int, int, Slices]] = []
-        self._touched: dict[int, Raw] = {}
+        self.journal: list[tuple[int, int, int, Slices]] = []
+        self.touched: dict[int, Raw] = {}
 
-    def _raw(self, i: int) -> Raw:
+    def raw(self, i: int) -> Raw:
         return (self.full[i] * SHARES_PER_DEVICE, self.roomiest[i], self.cpu[i], self.mem[i])
 
     # -- GPU devices ----------------------------------------------------------------------------
 
-    def _devices(self, i: int, kind: int, gpu: int) -> Slices | None:
+    def devices(self, i: int, kind: int, gpu: int) -> Slices | None:
+        """The device slices a pod of this GPU kind would take on node i, or None."""
         if kind == GPU_NONE:
             return ()
         devs = self.devs[i]
@@ -160,7 +162,7 @@ class FreeCapacity:
         whole = [d for d, free in enumerate(devs) if free == SHARES_PER_DEVICE][:count]
         return tuple((d, SHARES_PER_DEVICE) for d in whole)
 
-    def _no_device_fits(self, gpu: int) -> bool:
+    def no_device_fits(self, gpu: int) -> bool:
         """True only if no ready node has the devices for a pod asking `gpu` shares now."""
         if gpu >= SHARES_PER_DEVICE:
             while self._top_full > 0 and not self._by_full[self._top_full]:
@@ -212,24 +214,25 @@ class FreeCapacity:
         if full > self._top_full:
             self._top_full = full
 
-    def _take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
-        if i not in self._touched:
-            self._touched[i] = self._raw(i)
+    def take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
+        """Assume a pod on node i (journaled until ``commit`` or ``rollback``)."""
+        if i not in self.touched:
+            self.touched[i] = self.raw(i)
         self._apply(i, cpu, mem, slices, 1)
-        self._journal.append((i, cpu, mem, slices))
+        self.journal.append((i, cpu, mem, slices))
 
     def rollback(self) -> None:
         """Undo everything taken since the last commit."""
-        journal = self._journal
+        journal = self.journal
         while journal:
             i, cpu, mem, slices = journal.pop()
             self._apply(i, cpu, mem, slices, -1)
-        self._touched.clear()
+        self.touched.clear()
 
     def commit(self) -> None:
         """Keep everything taken since the last commit."""
-        self._touched.clear()
-        self._journal.clear()
+        self.touched.clear()
+        self.journal.clear()
 
     # -- reservations ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 `admission.plan()` decides *which* jobs go; this module decides *where* their pods go. It knows
 nodes, GPU devices and holdings, and nothing about tenants, quotas or queues. `ClusterState` is the
-working copy of free capacity that one cycle places into: free capacity and its undo come from
-`capacity.py`, the search for one pod's node from `best_fit.py`.
+working copy of free capacity that one cycle places into. It holds the free capacity and its undo
+(`capacity.FreeCapacity`, as ``capacity``) and the search for one pod's node
+(`best_fit.BestFit`, as ``search``), and adds what is about whole gangs.
 
 Invariants kept here:
 
@@ -28,7 +29,7 @@ from itertools import groupby
 from operator import attrgetter
 
 from gateway.domain.scheduling.best_fit import BestFit, Hit, Need
-from gateway.domain.scheduling.capacity import Slices
+from gateway.domain.scheduling.capacity import FreeCapacity, Slices
 from gateway.domain.scheduling.nodes import GPU_INVALID, Holding, Node, PodRequest, gpu_kind
 
 _NAME = attrgetter("name")
@@ -47,7 +48,7 @@ class Gang:
     signature: tuple[tuple[Need, int], ...]  # runs of equal needs: equal gangs, equal signature
 
 
-class ClusterState(BestFit):
+class ClusterState:
     """The working copy of free capacity that one cycle places gangs into. Never leaves `plan()`."""
 
     def __init__(
@@ -57,7 +58,11 @@ class ClusterState(BestFit):
         *,
         tiebreak: Sequence[int] | None = None,
     ) -> None:
-        super().__init__(nodes, holdings, tiebreak=tiebreak)
+        self.capacity = FreeCapacity(nodes, holdings)
+        self.search = BestFit(self.capacity, tiebreak=tiebreak)
+        self.nodes = self.capacity.nodes
+        self.find = self.search.find
+        self.class_free = self.search.class_free
         # Failure memos, per class: the minimal (cpu, memory, gpu) shapes known not to fit. Free
         # capacity only shrinks within a cycle, so a shape that failed keeps failing, and so does
         # any shape at least as large in every resource. "open" memos hold failures that may be
@@ -107,7 +112,7 @@ class ClusterState(BestFit):
         entries: list[tuple[tuple[int, int, int], str, Need, list[int]]] = []
         for members in groups.values():
             pod = pods[members[0]]
-            cls, kind = self.class_of(pod)
+            cls, kind = self.search.class_of(pod)
             need = (cls, kind, pod.cpu_millis, pod.memory_bytes, pod.gpu_shares, pod.spread)
             if len(members) > 1:
                 members.sort(key=names.__getitem__)
@@ -142,7 +147,8 @@ class ClusterState(BestFit):
         On success the placement stays applied until `commit()` or `rollback()`; on failure the
         state is restored and the failure is memoized when it does not depend on the gang itself.
         """
-        assert not self._journal, "commit or roll back the previous gang first"
+        capacity = self.capacity
+        assert not capacity.journal, "commit or roll back the previous gang first"
         needs = gang.needs
         signature = gang.signature
         if self._known_to_fail(signature, honor):
@@ -166,27 +172,37 @@ class ClusterState(BestFit):
                 # Spreading is a preference: reuse a node rather than fail the gang.
                 hit = self.find(need, None, honor)
             if hit is None:
-                self.rollback()
+                capacity.rollback()
                 self._learn(needs, k, signature, honor)
                 return None
             i, slices = hit
-            self._take(i, need[2], need[3], slices)
+            capacity.take(i, need[2], need[3], slices)
             if need[5]:
                 spread_used.add(i)
             hits.append(hit)
             last, last_node = need, i
         return hits
 
+    def commit(self) -> None:
+        """Keep the gang just placed."""
+        self.search.mark_taken()
+        self.capacity.commit()
+
+    def rollback(self) -> None:
+        """Give back the gang just placed."""
+        self.capacity.rollback()
+
     def _fits(self, i: int, need: Need) -> Slices | None:
         _, kind, cpu, mem, gpu, _ = need
-        if self.cpu[i] < cpu or self.mem[i] < mem or self.gfree[i] < gpu:
+        capacity = self.capacity
+        if capacity.cpu[i] < cpu or capacity.mem[i] < mem or capacity.gfree[i] < gpu:
             return None
-        return self._devices(i, kind, gpu)
+        return capacity.devices(i, kind, gpu)
 
     def _learn(
         self, needs: Sequence[Need], k: int, signature: tuple[tuple[Need, int], ...], honor: bool
     ) -> None:
-        scoped = honor and self.any_blocked
+        scoped = honor and self.capacity.any_blocked
         (self._failed_gangs_open if scoped else self._failed_gangs_all).add(signature)
         need = needs[k]
         # The pod may have failed only because earlier pods of its own gang took the room; check
@@ -218,13 +234,13 @@ class ClusterState(BestFit):
         Checks the largest GPU request against the most free devices on any node, and, for pods
         without selectors or tolerations, each shape against the failure memo.
         """
-        if self._no_device_fits(max(map(_GPU, pods), default=0)):
+        if self.capacity.no_device_fits(max(map(_GPU, pods), default=0)):
             return True
         memo = self._failed_all
         if not memo or any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
             return False
         for gpu, cpu, mem, _ in dict.fromkeys(map(_SHAPE, pods)):
-            cls = self._classes.get((gpu_kind(gpu),))
+            cls = self.search.known_class((gpu_kind(gpu),))
             frontier = memo.get(cls) if cls is not None else None
             if frontier and any(_dominates((cpu, mem, gpu), f) for f in frontier):
                 return True

@@ -61,9 +61,9 @@ def at_running_cap(tenant: str, usage: TenantUsage, quota: Quota) -> str:
 
 def short_of_sums(cluster: ClusterState, totals: tuple[int, int, int]) -> str:
     for need, free, fmt in (
-        (totals[2], cluster.free_gpu, _gpus),
-        (totals[0], cluster.free_cpu, _cpus),
-        (totals[1], cluster.free_mem, _memory),
+        (totals[2], cluster.capacity.free_gpu, _gpus),
+        (totals[0], cluster.capacity.free_cpu, _cpus),
+        (totals[1], cluster.capacity.free_mem, _memory),
     ):
         if need > free:
             return f"needs {fmt(need)} in total; {fmt(free)} free in the cluster"
