@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_client(args)
     try:
         settings = _settings(args)
-        logs.configure(settings.log_level, settings.log_format)
+        logs.configure(settings.logging.level, settings.logging.format)
         if args.command == "serve":
             from gateway.server import serve
 

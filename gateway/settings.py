@@ -1,23 +1,36 @@
 """Settings: one frozen object, built once from the environment and the flags of ``muster serve``.
 
 Every setting is an environment variable ``MUSTER_*`` and a flag of the same name
-(``MUSTER_PORT`` <-> ``--port``); a flag wins over the variable. ``SETTINGS`` below is the single
-table of them: the parser, ``muster serve --help`` and the README's table all come from it.
+(``MUSTER_PORT`` <-> ``--port``); a flag wins over the variable. ``Settings`` holds them in small
+frozen groups, one per concern (``api``, ``database``, ``backend``, ``local``, ``kubernetes``,
+``auth``, ``webhooks``, ``admission``, ``logging``), next to the data directory that several of
+them share. Each part of Muster is handed the settings it reads, explicitly: the whole object,
+or the one group it needs.
+
+Each setting is declared once, as a field of its group: its type and its default in the field,
+its variable, parser and help in the field's metadata (``_env``). ``SETTINGS``, the table that
+the parser, ``muster serve --help`` and the README's table follow, is read off those fields, so a
+default is written in one place only, and typed; ``--help`` shows it as its parser reads it back.
+Defaults that depend on the machine (the data directory, the local node's size, the work and key
+paths) are None in their field and computed where the help says.
 
 The client commands (``muster submit``, ``jobs``, ...) need only where the gateway is and a token:
 ``ClientSettings``, from ``MUSTER_URL`` and ``MUSTER_TOKEN`` or ``--url`` and ``--token``.
 
 Invariants: nothing else in Muster reads ``os.environ``; a malformed value stops startup with a
-``ConfigError`` that names the variable; a ``Settings`` value is immutable and passed explicitly.
+``ConfigError`` that names the variable; a ``Settings`` value and its groups are immutable and
+passed explicitly; every variable belongs to exactly one field.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import ipaddress
 import os
-from collections.abc import Callable, Collection, Mapping
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,24 +58,6 @@ def _default_data_dir(env: Mapping[str, str]) -> Path:
     return own
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Setting:
-    """One row of the settings table."""
-
-    env: str
-    help: str
-    default: str | None
-    parse: Callable[[str], Any] = str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.env.removeprefix("MUSTER_").lower().replace("_", "-")
-
-    @property
-    def attr(self) -> str:
-        return self.env.removeprefix("MUSTER_").lower()
-
-
 def _default_work_dir(env: Mapping[str, str], data_dir: Path) -> Path:
     """Local replicas' work directories, outside the data directory and one per data directory
     (named after it), searchable by the jobs' users when the gateway runs as root."""
@@ -71,6 +66,9 @@ def _default_work_dir(env: Mapping[str, str], data_dir: Path) -> Path:
     else:
         base = Path(env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "muster" / "work"
     return base / hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+# --- parsers: text of a variable or flag -> value (ValueError says what is wrong) -----------------
 
 
 def _run_as(text: str) -> str:
@@ -205,347 +203,553 @@ def _leeway(text: str) -> int:
     return value
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(env="MUSTER_HOST", default="127.0.0.1", help="address the API listens on"),
-    Setting(env="MUSTER_PORT", default="8080", parse=_port, help="port the API listens on"),
-    Setting(
-        env="MUSTER_DATA_DIR",
+# --- declaring a setting ------------------------------------------------------------------------
+
+_SETTING = "muster.setting"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Declared:
+    """What a settings field's metadata says: its variable, its help, its parser."""
+
+    env: str
+    help: str
+    parse: Callable[[str], Any]
+
+
+def _env(env: str, help: str, parse: Callable[[str], Any] = str) -> dict[str, _Declared]:
+    """A settings field's metadata: the variable ``env`` that sets the field, the parser of that
+    variable's text, and the help that ``--help`` and the README show."""
+    return {_SETTING: _Declared(env=env, help=help, parse=parse)}
+
+
+# --- the groups ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ApiSettings:
+    """Where the API listens, and the limits it puts on clients and requests."""
+
+    host: str = field(
+        default="127.0.0.1", metadata=_env("MUSTER_HOST", "address the API listens on")
+    )
+    port: int = field(
+        default=8080, metadata=_env("MUSTER_PORT", "port the API listens on", parse=_port)
+    )
+    max_body_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_env(
+            "MUSTER_MAX_BODY_BYTES", "largest request body accepted (bytes)", parse=_positive_int
+        ),
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata=_env(
+            "MUSTER_HEADER_TIMEOUT",
+            "seconds a client has to send a request's line and headers, from when it connects "
+            "or from the request's first byte; then the connection is closed",
+            parse=_positive_float,
+        ),
+    )
+    body_timeout: float = field(
+        default=30.0,
+        metadata=_env(
+            "MUSTER_BODY_TIMEOUT",
+            "seconds a client has to send a request body (408 after); a body the gateway does "
+            "not read is discarded for at most this long (10 s at most) before the connection "
+            "closes",
+            parse=_positive_float,
+        ),
+    )
+    keepalive_timeout: float = field(
+        default=75.0,
+        metadata=_env(
+            "MUSTER_KEEPALIVE_TIMEOUT",
+            "seconds an idle connection stays open after a response for the next request "
+            "(longer than the 60 s idle timeout of common proxies)",
+            parse=_positive_float,
+        ),
+    )
+    max_connections: int = field(
+        default=1000,
+        metadata=_env(
+            "MUSTER_MAX_CONNECTIONS",
+            "open connections per process; beyond it a new connection is answered 503 and "
+            "closed (lowered at start to fit the open-file limit)",
+            parse=_positive_int,
+        ),
+    )
+    max_replicas: int = field(
+        default=512,
+        metadata=_env("MUSTER_MAX_REPLICAS", "most pods one job may have", parse=_positive_int),
+    )
+    shutdown_grace: float = field(
+        default=10.0,
+        metadata=_env(
+            "MUSTER_SHUTDOWN_GRACE",
+            "seconds to finish in-flight requests on SIGTERM",
+            parse=_positive_float,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DatabaseSettings:
+    """Which PostgreSQL holds Muster's state."""
+
+    url: str | None = field(
         default=None,
-        parse=Path,
-        help="embedded database, local-backend logs, the local issuer's key (default: "
-        "$XDG_DATA_HOME/muster, else ~/.local/share/muster; as root /var/lib/muster/data)",
-    ),
-    Setting(
-        env="MUSTER_DATABASE_URL",
-        default=None,
-        help="an external PostgreSQL (postgresql://user:pass@host:5432/db); unset starts an "
-        "embedded one in the data directory",
-    ),
-    Setting(
-        env="MUSTER_BACKEND",
+        metadata=_env(
+            "MUSTER_DATABASE_URL",
+            "an external PostgreSQL (postgresql://user:pass@host:5432/db); unset starts an "
+            "embedded one in the data directory",
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BackendSettings:
+    """Where nodes come from and where pods run."""
+
+    kind: Backend = field(
         default="local",
-        parse=_backend,
-        help="cluster backend: local, kubernetes, or static (a node list from MUSTER_NODES_FILE)",
-    ),
-    Setting(
-        env="MUSTER_NODES_FILE",
+        metadata=_env(
+            "MUSTER_BACKEND",
+            "cluster backend: local, kubernetes, or static (a node list from MUSTER_NODES_FILE)",
+            parse=_backend,
+        ),
+    )
+    nodes_file: Path | None = field(
         default=None,
-        parse=Path,
-        help="YAML node list for the static backend",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_CPUS",
+        metadata=_env("MUSTER_NODES_FILE", "YAML node list for the static backend", parse=Path),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalSettings:
+    """The local backend: the node this machine offers and how its replicas are contained."""
+
+    cpus: float | None = field(
         default=None,
-        parse=_positive_float,
-        help="CPUs the local node offers (default: this machine's count)",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_MEMORY",
+        metadata=_env(
+            "MUSTER_LOCAL_CPUS",
+            "CPUs the local node offers (default: this machine's count)",
+            parse=_positive_float,
+        ),
+    )
+    memory: str | None = field(
         default=None,
-        help="memory the local node offers, as a quantity like 16Gi (default: this machine's)",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_GPUS",
+        metadata=_env(
+            "MUSTER_LOCAL_MEMORY",
+            "memory the local node offers, as a quantity like 16Gi (default: this machine's)",
+        ),
+    )
+    gpus: int | None = field(
         default=None,
-        parse=int,
-        help="GPUs the local node offers (default: from nvidia-smi -L, else 0)",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_WORK_DIR",
+        metadata=_env(
+            "MUSTER_LOCAL_GPUS",
+            "GPUs the local node offers (default: from nvidia-smi -L, else 0)",
+            parse=int,
+        ),
+    )
+    work_dir: Path | None = field(
         default=None,
-        parse=Path,
-        help="where local replicas work, a directory each, outside the data directory (default: "
-        "/var/lib/muster/work/<digest of the data directory> as root, else the same under "
-        "$XDG_CACHE_HOME/muster/work or ~/.cache/muster/work)",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_RUN_AS",
+        metadata=_env(
+            "MUSTER_LOCAL_WORK_DIR",
+            "where local replicas work, a directory each, outside the data directory (default: "
+            "/var/lib/muster/work/<digest of the data directory> as root, else the same under "
+            "$XDG_CACHE_HOME/muster/work or ~/.cache/muster/work)",
+            parse=Path,
+        ),
+    )
+    run_as: str = field(
         default="1900000000-1900065535",
-        parse=_run_as,
-        help="whom local replicas run as when the gateway runs as root: a uid range (each job "
-        "its own uid) or one user",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_TRUSTED_TENANTS",
-        default="demo",
-        parse=_csv,
-        help="comma-separated tenants whose jobs may run on the local backend when the gateway "
-        "cannot isolate them (not root); * trusts every tenant",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_PATH",
+        metadata=_env(
+            "MUSTER_LOCAL_RUN_AS",
+            "whom local replicas run as when the gateway runs as root: a uid range (each job "
+            "its own uid) or one user",
+            parse=_run_as,
+        ),
+    )
+    trusted_tenants: tuple[str, ...] = field(
+        default=("demo",),
+        metadata=_env(
+            "MUSTER_LOCAL_TRUSTED_TENANTS",
+            "comma-separated tenants whose jobs may run on the local backend when the gateway "
+            "cannot isolate them (not root); * trusts every tenant",
+            parse=_csv,
+        ),
+    )
+    path: str = field(
         default="/usr/local/bin:/usr/bin:/bin",
-        help="PATH of local replicas (nothing else of the gateway's environment reaches them)",
-    ),
-    Setting(
-        env="MUSTER_LOCAL_MAX_PIDS",
-        default="4096",
-        parse=_positive_int,
-        help="most processes and threads one local replica may have (where cgroups allow)",
-    ),
-    Setting(
-        env="MUSTER_KUBECONFIG",
+        metadata=_env(
+            "MUSTER_LOCAL_PATH",
+            "PATH of local replicas (nothing else of the gateway's environment reaches them)",
+        ),
+    )
+    max_pids: int = field(
+        default=4096,
+        metadata=_env(
+            "MUSTER_LOCAL_MAX_PIDS",
+            "most processes and threads one local replica may have (where cgroups allow)",
+            parse=_positive_int,
+        ),
+    )
+    log_bytes: int = field(
+        default=100 * 2**20,
+        metadata=_env(
+            "MUSTER_LOCAL_LOG_BYTES",
+            "bytes of one local replica's output kept in its log (a start's); the rest is "
+            "dropped with a note",
+            parse=_positive_int,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KubernetesSettings:
+    """The Kubernetes backend: how to reach the API server and how replicas find each other."""
+
+    kubeconfig: Path | None = field(
         default=None,
-        parse=Path,
-        help="kubeconfig for the kubernetes backend; unset means in-cluster configuration",
-    ),
-    Setting(
-        env="MUSTER_KUBE_QPS",
-        default="50",
-        parse=_positive_float,
-        help="Kubernetes client request rate limit (requests per second)",
-    ),
-    Setting(
-        env="MUSTER_KUBE_BURST",
-        default="100",
-        parse=_positive_int,
-        help="Kubernetes client burst above the rate limit",
-    ),
-    Setting(
-        env="MUSTER_CLUSTER_DOMAIN",
+        metadata=_env(
+            "MUSTER_KUBECONFIG",
+            "kubeconfig for the kubernetes backend; unset means in-cluster configuration",
+            parse=Path,
+        ),
+    )
+    qps: float = field(
+        default=50.0,
+        metadata=_env(
+            "MUSTER_KUBE_QPS",
+            "Kubernetes client request rate limit (requests per second)",
+            parse=_positive_float,
+        ),
+    )
+    burst: int = field(
+        default=100,
+        metadata=_env(
+            "MUSTER_KUBE_BURST", "Kubernetes client burst above the rate limit", parse=_positive_int
+        ),
+    )
+    cluster_domain: str | None = field(
         default=None,
-        help="cluster DNS domain appended to replica hosts in TF_CONFIG (as the training "
-        "operator's CUSTOM_CLUSTER_DOMAIN), e.g. cluster.local",
-    ),
-    Setting(
-        env="MUSTER_OIDC_ISSUER",
+        metadata=_env(
+            "MUSTER_CLUSTER_DOMAIN",
+            "cluster DNS domain appended to replica hosts in TF_CONFIG (as the training "
+            "operator's CUSTOM_CLUSTER_DOMAIN), e.g. cluster.local",
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AuthSettings:
+    """Who issues tokens, what a token must say, and who is a platform admin."""
+
+    oidc_issuer: str | None = field(
         default=None,
-        parse=_issuer,
-        help="external OIDC issuer URL (e.g. Dex); unset means the local issuer "
-        "(tokens from `muster token`)",
-    ),
-    Setting(
-        env="MUSTER_OIDC_AUDIENCE",
+        metadata=_env(
+            "MUSTER_OIDC_ISSUER",
+            "external OIDC issuer URL (e.g. Dex); unset means the local issuer "
+            "(tokens from `muster token`)",
+            parse=_issuer,
+        ),
+    )
+    oidc_audience: str = field(
         default="muster",
-        help="audience a token must name in aud (with Dex: the client id)",
-    ),
-    Setting(env="MUSTER_OIDC_GROUPS_CLAIM", default="groups", help="token claim holding groups"),
-    Setting(
-        env="MUSTER_OIDC_USER_CLAIM",
+        metadata=_env(
+            "MUSTER_OIDC_AUDIENCE", "audience a token must name in aud (with Dex: the client id)"
+        ),
+    )
+    oidc_groups_claim: str = field(
+        default="groups", metadata=_env("MUSTER_OIDC_GROUPS_CLAIM", "token claim holding groups")
+    )
+    oidc_user_claim: str = field(
         default="email",
-        help="token claim naming the user (recorded as the actor; user grants match it); "
-        "tokens without it use sub",
-    ),
-    Setting(
-        env="MUSTER_OIDC_ROLE_GROUPS",
-        default="false",
-        parse=_bool,
-        help="let an external issuer's groups named muster:<tenant>:<role> grant that role "
-        "(only if users cannot create groups of their own there; grants work either way)",
-    ),
-    Setting(
-        env="MUSTER_OIDC_ALGORITHMS",
-        default="RS256,ES256",
-        parse=_algorithms,
-        help="comma-separated signature algorithms accepted from the external issuer "
-        "(asymmetric only)",
-    ),
-    Setting(
-        env="MUSTER_OIDC_LEEWAY",
-        default="30",
-        parse=_leeway,
-        help="seconds of clock skew tolerated on exp and nbf (0-300)",
-    ),
-    Setting(
-        env="MUSTER_ADMIN_GROUPS",
-        default="muster-admins",
-        parse=_csv,
-        help="comma-separated groups whose members are platform admins (with an external issuer: "
-        "groups only admins can join)",
-    ),
-    Setting(
-        env="MUSTER_ISSUER_KEY",
+        metadata=_env(
+            "MUSTER_OIDC_USER_CLAIM",
+            "token claim naming the user (recorded as the actor; user grants match it); "
+            "tokens without it use sub",
+        ),
+    )
+    oidc_role_groups: bool = field(
+        default=False,
+        metadata=_env(
+            "MUSTER_OIDC_ROLE_GROUPS",
+            "let an external issuer's groups named muster:<tenant>:<role> grant that role "
+            "(only if users cannot create groups of their own there; grants work either way)",
+            parse=_bool,
+        ),
+    )
+    oidc_algorithms: tuple[str, ...] = field(
+        default=("RS256", "ES256"),
+        metadata=_env(
+            "MUSTER_OIDC_ALGORITHMS",
+            "comma-separated signature algorithms accepted from the external issuer "
+            "(asymmetric only)",
+            parse=_algorithms,
+        ),
+    )
+    oidc_leeway: int = field(
+        default=30,
+        metadata=_env(
+            "MUSTER_OIDC_LEEWAY",
+            "seconds of clock skew tolerated on exp and nbf (0-300)",
+            parse=_leeway,
+        ),
+    )
+    admin_groups: tuple[str, ...] = field(
+        default=("muster-admins",),
+        metadata=_env(
+            "MUSTER_ADMIN_GROUPS",
+            "comma-separated groups whose members are platform admins (with an external issuer: "
+            "groups only admins can join)",
+            parse=_csv,
+        ),
+    )
+    issuer_key: Path | None = field(
         default=None,
-        parse=Path,
-        help="the local issuer's private key file (JWKS), created if missing; share it between "
-        "replicas (default: issuer-key.json in the data directory)",
-    ),
-    Setting(
-        env="MUSTER_PUBLIC_METRICS",
-        default="false",
-        parse=_bool,
-        help="serve /metrics without a token (otherwise it needs a platform admin's)",
-    ),
-    Setting(
-        env="MUSTER_WEBHOOK_ALLOW_NETS",
-        default="",
-        parse=_networks,
-        help="comma-separated networks exempt from the webhook SSRF guard (e.g. 10.0.0.0/8)",
-    ),
-    Setting(
-        env="MUSTER_WEBHOOK_ALLOW_HTTP",
-        default="false",
-        parse=_bool,
-        help="allow plain http webhook URLs",
-    ),
-    Setting(
-        env="MUSTER_WEBHOOK_TIMEOUT",
-        default="15",
-        parse=_positive_float,
-        help="seconds one webhook delivery attempt may take before it counts as failed",
-    ),
-    Setting(
-        env="MUSTER_WEBHOOK_RETRY_SCHEDULE",
-        default=",".join(f"{delay:g}" for delay in DEFAULT_RETRY_SCHEDULE),
-        parse=_schedule,
-        help="comma-separated seconds before each webhook delivery attempt (the first is "
-        "usually 0); after the last, a failing delivery is dead",
-    ),
-    Setting(
-        env="MUSTER_WEBHOOK_SECRET_OVERLAP",
-        default="86400",
-        parse=_non_negative_float,
-        help="seconds after a webhook secret rotation during which deliveries are also signed "
-        "with the previous secret",
-    ),
-    Setting(
-        env="MUSTER_MAX_BODY_BYTES",
-        default="1048576",
-        parse=_positive_int,
-        help="largest request body accepted (bytes)",
-    ),
-    Setting(
-        env="MUSTER_HEADER_TIMEOUT",
-        default="10",
-        parse=_positive_float,
-        help="seconds a client has to send a request's line and headers, from when it connects "
-        "or from the request's first byte; then the connection is closed",
-    ),
-    Setting(
-        env="MUSTER_BODY_TIMEOUT",
-        default="30",
-        parse=_positive_float,
-        help="seconds a client has to send a request body (408 after); a body the gateway does "
-        "not read is discarded for at most this long (10 s at most) before the connection closes",
-    ),
-    Setting(
-        env="MUSTER_KEEPALIVE_TIMEOUT",
-        default="75",
-        parse=_positive_float,
-        help="seconds an idle connection stays open after a response for the next request "
-        "(longer than the 60 s idle timeout of common proxies)",
-    ),
-    Setting(
-        env="MUSTER_MAX_CONNECTIONS",
-        default="1000",
-        parse=_positive_int,
-        help="open connections per process; beyond it a new connection is answered 503 and "
-        "closed (lowered at start to fit the open-file limit)",
-    ),
-    Setting(
-        env="MUSTER_MAX_REPLICAS",
-        default="512",
-        parse=_positive_int,
-        help="most pods one job may have",
-    ),
-    Setting(
-        env="MUSTER_ADMISSION_INTERVAL",
-        default="2",
-        parse=_positive_float,
-        help="seconds between admission cycles when no submit wakes the loop",
-    ),
-    Setting(
-        env="MUSTER_STARVATION_SECONDS",
-        default="300",
-        parse=_positive_float,
-        help="how long a blocked job at the head waits before nodes are reserved for it",
-    ),
-    Setting(
-        env="MUSTER_SHUTDOWN_GRACE",
-        default="10",
-        parse=_positive_float,
-        help="seconds to finish in-flight requests on SIGTERM",
-    ),
-    Setting(env="MUSTER_LOG_LEVEL", default="INFO", parse=_log_level, help="log level"),
-    Setting(
-        env="MUSTER_LOG_FORMAT", default="text", parse=_log_format, help="log format: text or json"
-    ),
-)
+        metadata=_env(
+            "MUSTER_ISSUER_KEY",
+            "the local issuer's private key file (JWKS), created if missing; share it between "
+            "replicas (default: issuer-key.json in the data directory)",
+            parse=Path,
+        ),
+    )
+    public_metrics: bool = field(
+        default=False,
+        metadata=_env(
+            "MUSTER_PUBLIC_METRICS",
+            "serve /metrics without a token (otherwise it needs a platform admin's)",
+            parse=_bool,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookSettings:
+    """Where webhooks may go, and how deliveries are timed, retried and signed."""
+
+    allow_nets: tuple[str, ...] = field(
+        default=(),
+        metadata=_env(
+            "MUSTER_WEBHOOK_ALLOW_NETS",
+            "comma-separated networks exempt from the webhook SSRF guard (e.g. 10.0.0.0/8)",
+            parse=_networks,
+        ),
+    )
+    allow_http: bool = field(
+        default=False,
+        metadata=_env("MUSTER_WEBHOOK_ALLOW_HTTP", "allow plain http webhook URLs", parse=_bool),
+    )
+    timeout: float = field(
+        default=15.0,
+        metadata=_env(
+            "MUSTER_WEBHOOK_TIMEOUT",
+            "seconds one webhook delivery attempt may take before it counts as failed",
+            parse=_positive_float,
+        ),
+    )
+    retry_schedule: tuple[float, ...] = field(
+        default=DEFAULT_RETRY_SCHEDULE,
+        metadata=_env(
+            "MUSTER_WEBHOOK_RETRY_SCHEDULE",
+            "comma-separated seconds before each webhook delivery attempt (the first is "
+            "usually 0); after the last, a failing delivery is dead",
+            parse=_schedule,
+        ),
+    )
+    secret_overlap: float = field(
+        default=86400.0,
+        metadata=_env(
+            "MUSTER_WEBHOOK_SECRET_OVERLAP",
+            "seconds after a webhook secret rotation during which deliveries are also signed "
+            "with the previous secret",
+            parse=_non_negative_float,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdmissionSettings:
+    """How often the leader's admission loop runs, and when a blocked job gets reservations."""
+
+    interval: float = field(
+        default=2.0,
+        metadata=_env(
+            "MUSTER_ADMISSION_INTERVAL",
+            "seconds between admission cycles when no submit wakes the loop",
+            parse=_positive_float,
+        ),
+    )
+    starvation_seconds: float = field(
+        default=300.0,
+        metadata=_env(
+            "MUSTER_STARVATION_SECONDS",
+            "how long a blocked job at the head waits before nodes are reserved for it",
+            parse=_positive_float,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogSettings:
+    """What the gateway logs, and how."""
+
+    level: str = field(
+        default="INFO", metadata=_env("MUSTER_LOG_LEVEL", "log level", parse=_log_level)
+    )
+    format: str = field(
+        default="text",
+        metadata=_env("MUSTER_LOG_FORMAT", "log format: text or json", parse=_log_format),
+    )
+
+
+# --- all of them --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
-    """Every setting, parsed. Build it with ``Settings.load``; tests build it directly."""
+    """Every setting, parsed, by group. ``Settings.load`` builds it from the environment and the
+    flags; tests build it directly, naming only the groups (and fields) they change, e.g.
+    ``Settings(data_dir=tmp, backend=BackendSettings(kind="static", nodes_file=nodes))``."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
-    database_url: str | None = None
-    backend: Backend = "local"
-    nodes_file: Path | None = None
-    local_cpus: float | None = None
-    local_memory: str | None = None
-    local_gpus: int | None = None
-    local_work_dir: Path | None = None  # None: _default_work_dir (see work_dir)
-    local_run_as: str = "1900000000-1900065535"
-    local_trusted_tenants: tuple[str, ...] = ("demo",)
-    local_path: str = "/usr/local/bin:/usr/bin:/bin"
-    local_max_pids: int = 4096
-    kubeconfig: Path | None = None
-    kube_qps: float = 50.0
-    kube_burst: int = 100
-    cluster_domain: str | None = None
-    oidc_issuer: str | None = None
-    oidc_audience: str = "muster"
-    oidc_groups_claim: str = "groups"
-    oidc_user_claim: str = "email"
-    oidc_role_groups: bool = False
-    oidc_algorithms: tuple[str, ...] = ("RS256", "ES256")
-    oidc_leeway: int = 30
-    admin_groups: tuple[str, ...] = ("muster-admins",)
-    issuer_key: Path | None = None
-    public_metrics: bool = False
-    webhook_allow_nets: tuple[str, ...] = ()
-    webhook_allow_http: bool = False
-    webhook_timeout: float = 15.0
-    webhook_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
-    webhook_secret_overlap: float = 86400.0
-    max_body_bytes: int = 1024 * 1024
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keepalive_timeout: float = 75.0
-    max_connections: int = 1000
-    max_replicas: int = 512
-    admission_interval: float = 2.0
-    starvation_seconds: float = 300.0
-    shutdown_grace: float = 10.0
-    log_level: str = "INFO"
-    log_format: str = "text"
+    data_dir: Path = field(
+        default_factory=lambda: _default_data_dir(os.environ),
+        metadata=_env(
+            "MUSTER_DATA_DIR",
+            "embedded database, local-backend logs, the local issuer's key (default: "
+            "$XDG_DATA_HOME/muster, else ~/.local/share/muster; as root /var/lib/muster/data)",
+            parse=Path,
+        ),
+    )
+    api: ApiSettings = field(default_factory=ApiSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    logging: LogSettings = field(default_factory=LogSettings)
 
     @property
     def work_dir(self) -> Path:
         """Where local replicas work: MUSTER_LOCAL_WORK_DIR, else one per data directory."""
-        return self.local_work_dir or _default_work_dir(os.environ, self.data_dir)
+        return self.local.work_dir or _default_work_dir(os.environ, self.data_dir)
 
     @property
     def issuer_key_file(self) -> Path:
-        """The local issuer's key file."""
-        return self.issuer_key or self.data_dir / "issuer-key.json"
+        """The local issuer's key file: MUSTER_ISSUER_KEY, else one in the data directory."""
+        return self.auth.issuer_key or self.data_dir / "issuer-key.json"
 
     @classmethod
     def load(
         cls, env: Mapping[str, str], flags: Mapping[str, str | None] | None = None
     ) -> Settings:
-        """Build settings from environment variables, overridden by flags (keyed by env name)."""
-        values: dict[str, Any] = {}
+        """Build settings from environment variables, overridden by flags (keyed by env name);
+        what neither sets keeps its field's default."""
+        own: dict[str, Any] = {}
+        grouped: dict[str, dict[str, Any]] = {}
         for setting in SETTINGS:
             raw = (flags or {}).get(setting.env)
             if raw is None:
                 raw = env.get(setting.env)
             if raw is None:
-                raw = setting.default
-            if raw is None:
                 continue
             try:
-                values[setting.attr] = setting.parse(raw)
+                value = setting.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
-        if "data_dir" not in values:
-            values["data_dir"] = _default_data_dir(env)
-        settings = cls(**values)
-        if settings.backend == "static" and settings.nodes_file is None:
+            if setting.group is None:
+                own[setting.name] = value
+            else:
+                grouped.setdefault(setting.group, {})[setting.name] = value
+        own.setdefault("data_dir", _default_data_dir(env))
+        groups = {name: GROUPS[name](**values) for name, values in grouped.items()}
+        settings = cls(**own, **groups)
+        if settings.backend.kind == "static" and settings.backend.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE (a YAML node list)")
         return settings
+
+
+#: The groups of ``Settings``, by field name.
+GROUPS: dict[str, type[Any]] = {
+    name: kind
+    for name, kind in typing.get_type_hints(Settings).items()
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind)
+}
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Setting:
+    """One row of the settings table: a variable, and the field of ``Settings`` it sets."""
+
+    env: str
+    help: str
+    parse: Callable[[str], Any]
+    #: The field of ``Settings`` holding the setting's group; None for a field of its own.
+    group: str | None
+    #: The setting's field in its group (or in ``Settings``).
+    name: str
+    #: The field's default; None where it has none or it is computed (the help says how).
+    default: object
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("MUSTER_").lower().replace("_", "-")
+
+    @property
+    def path(self) -> str:
+        """Where the value lives, e.g. ``api.port``."""
+        return self.name if self.group is None else f"{self.group}.{self.name}"
+
+    @property
+    def shown_default(self) -> str:
+        """The default as a user would write it (its parser reads it back); "" for none."""
+        return _shown(self.default)
+
+    def value(self, settings: Settings) -> Any:
+        """This setting's value in ``settings``."""
+        holder = settings if self.group is None else getattr(settings, self.group)
+        return getattr(holder, self.name)
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(_shown(part) for part in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _rows(holder: type[Any], group: str | None) -> Iterator[Setting]:
+    for item in dataclasses.fields(holder):
+        declared = item.metadata.get(_SETTING)
+        if declared is None:
+            continue
+        yield Setting(
+            env=declared.env,
+            help=declared.help,
+            parse=declared.parse,
+            group=group,
+            name=item.name,
+            default=None if item.default is dataclasses.MISSING else item.default,
+        )
+
+
+#: Every setting, read off the fields: ``Settings``' own, then each group's, in field order.
+SETTINGS: tuple[Setting, ...] = (
+    *_rows(Settings, None),
+    *(row for name, group in GROUPS.items() for row in _rows(group, name)),
+)
 
 
 def add_flags(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
@@ -554,11 +758,12 @@ def add_flags(parser: argparse.ArgumentParser, only: Collection[str] | None = No
     for setting in SETTINGS:
         if only is not None and setting.env not in only:
             continue
-        default = f" (default: {setting.default})" if setting.default not in (None, "") else ""
+        shown = setting.shown_default
+        default = f" (default: {shown})" if shown else ""
         parser.add_argument(
             setting.flag,
             dest=setting.env,
-            metavar=setting.attr.upper(),
+            metavar=setting.env.removeprefix("MUSTER_"),
             default=None,
             help=f"{setting.help}{default} [env {setting.env}]",
         )

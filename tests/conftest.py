@@ -17,7 +17,7 @@ from gateway.api.app import make_app
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db.engine import make_engine
 from gateway.domain.scheduling.nodes import GpuMode, Node
-from gateway.settings import Settings
+from gateway.settings import AuthSettings, BackendSettings, DatabaseSettings, Settings
 from tests import pg, tokens
 from tests.openapi_check import CheckedClient
 
@@ -56,10 +56,9 @@ def issuer_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(tmp_path: Path, database: str, issuer_key: Path) -> Settings:
     return Settings(
         data_dir=tmp_path,
-        database_url=database,
-        backend="static",
-        nodes_file=tmp_path / "nodes.yaml",
-        issuer_key=issuer_key,
+        database=DatabaseSettings(url=database),
+        backend=BackendSettings(kind="static", nodes_file=tmp_path / "nodes.yaml"),
+        auth=AuthSettings(issuer_key=issuer_key),
     )
 
 

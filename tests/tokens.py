@@ -27,10 +27,10 @@ def token(
     """A token for ``user`` with a role per tenant (through role groups), optionally an admin."""
     granted = [role_group(tenant, Role(role)) for tenant, role in (roles or {}).items()]
     if admin:
-        granted.append(settings.admin_groups[0])
+        granted.append(settings.auth.admin_groups[0])
     return mint(
         local_key_set(settings.issuer_key_file),
-        audience=settings.oidc_audience,
+        audience=settings.auth.oidc_audience,
         subject=user,
         email=user,
         groups=[*granted, *groups],

@@ -1,7 +1,8 @@
 """The aiohttp application: routes, middleware and state.
 
-``make_app`` takes everything it needs explicitly (settings and a database engine), so tests and
-``muster serve`` build the same application.
+``make_app`` takes everything it needs explicitly (settings and a database engine, and from the
+background loops, when they run in the process, leadership, their metrics and the hand-off of
+queued jobs), so tests and ``muster serve`` build the same application.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from gateway.api.observability import (
 from gateway.api.problems import problems_middleware
 from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.backends.base import Inventory, Runtime
-from gateway.db.jobs import NOTIFY_CHANNEL
+from gateway.db.channels import Channel
 from gateway.db.notify import Notifier
 from gateway.db.submits import Submits
 from gateway.domain.jobs.spec import SpecLimits
+from gateway.domain.scheduling.queueing import PendingJob
 from gateway.settings import Settings
 
 
@@ -49,12 +51,16 @@ def make_app(
     is_leader: Callable[[], bool] = lambda: False,
     collectors: Sequence[Collector] = (),
     authenticator: Authenticator | None = None,
+    on_queued: Callable[[PendingJob], None] | None = None,
 ) -> web.Application:
+    """The application. ``is_leader``, ``collectors`` and ``on_queued`` come from the loops'
+    runtime (``gateway.loops.runtime``) where it runs: whether this process leads, the loops'
+    metrics, and who is told of each job this process queues."""
     # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
     # The request-id middleware is outermost, so even problem responses carry X-Request-ID.
     app = web.Application(
         middlewares=[observability_middleware, problems_middleware, auth_middleware],
-        client_max_size=settings.max_body_bytes + 1,
+        client_max_size=settings.api.max_body_bytes + 1,
         handler_args=connections.handler_args(settings),  # the idle and unread-body deadlines
     )
     app[REQUEST_DURATION] = request_duration_histogram()
@@ -65,11 +71,12 @@ def make_app(
     app[INVENTORY] = inventory
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator or make_authenticator(settings, engine)
-    app[NOTIFIER] = Notifier(engine, NOTIFY_CHANNEL)
+    app[NOTIFIER] = Notifier(engine, Channel.JOBS)
     app.cleanup_ctx.append(_notifier)
     app[SUBMITS] = Submits(engine)
+    app[SUBMITS].on_queued = on_queued
     app.on_cleanup.append(_finish_submits)
-    app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.max_replicas)
+    app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.api.max_replicas)
     app[service.ISSUER_CACHE] = {}
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)

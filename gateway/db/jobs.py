@@ -3,7 +3,7 @@
 Every state change writes its job_events row (and its webhook outbox row, when the job's callback
 subscribed to the event) in the same statement or transaction, so the history, the callbacks and
 the state never disagree. Callers wake the admission loop afterwards through
-``gateway.db.notify.Notifier``.
+``gateway.db.notify.Notifier`` (``Channel.JOBS``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from gateway.db import webhooks
 from gateway.domain.jobs.spec import CallbackEvent
 from gateway.domain.lifecycle.states import EventType, JobState
 from gateway.errors import BadRequest, Conflict, NotFound
-
-NOTIFY_CHANNEL = "muster_jobs"
 
 JOB_COLUMNS = (
     "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "

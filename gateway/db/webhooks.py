@@ -28,11 +28,10 @@ from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.db.channels import Channel, notify_sql
 from gateway.domain.jobs.spec import CallbackEvent
 from gateway.domain.webhooks import AttemptResult, DeliveryStatus, Verdict, rfc3339
 from gateway.errors import Conflict, NotFound
-
-WEBHOOKS_CHANNEL = "muster_webhooks"
 
 # The job as GET /v1/jobs/{id} shows it: every column the API's job view reads.
 SNAPSHOT_COLUMNS = (
@@ -85,7 +84,7 @@ def enqueue_sql(event: CallbackEvent, source: str, *, where: str = "TRUE") -> st
 _ENQUEUE = {
     event: text(enqueue_sql(event, "jobs j", where="j.id = :id")) for event in CallbackEvent
 }
-_NOTIFY = text(f"SELECT pg_notify('{WEBHOOKS_CHANNEL}', '')")
+_NOTIFY = text(notify_sql(Channel.WEBHOOKS))
 
 
 async def enqueue(conn: AsyncConnection, job_id: uuid.UUID, event: CallbackEvent) -> int:

@@ -1,1 +1,2 @@
-"""Background loops: leadership, admission (and later reconciliation and webhook delivery)."""
+"""Background loops: leadership, admission, the reconciler, and the runtime that runs them (with
+webhook delivery) in a gateway process."""

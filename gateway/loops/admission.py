@@ -1,4 +1,7 @@
-"""The admission loop: on the leader, run a cycle whenever a submit NOTIFYs or the tick passes.
+"""The admission loop: on the leader, run a cycle whenever it is woken or the tick passes.
+
+It is woken when this replica becomes the leader, and on every NOTIFY of ``Channel.JOBS`` (a submit
+or a cancel committed); ``gateway.loops.runtime`` wires both.
 
 A failed cycle is logged and retried at the next wake-up; it never stops the loop. Cycles are
 paced by their own cost (and run at most five a second), so a burst of submits costs a few
@@ -24,9 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Inventory
 from gateway.db.admission import CycleResult, SpecCache, run_cycle
-from gateway.db.jobs import NOTIFY_CHANNEL
 from gateway.domain.scheduling.queueing import PendingJob
-from gateway.loops.leader import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,35 @@ CYCLE_GRACE = 5.0
 
 
 class AdmissionLoop:
+    """Runs admission cycles while ``is_leader()`` says this replica leads.
+
+    Invariants:
+    - A cycle runs only on the leader, and at most one at a time in this process (cycles of all
+      processes also serialize on a transaction-level lock, ``gateway.db.admission``).
+    - An exception in a cycle is logged and never ends the loop; only cancellation does, and a
+      cycle in progress then finishes or rolls back whole (``CYCLE_GRACE``).
+    - ``wake`` is the only way to hurry it; without wake-ups it still cycles every ``interval``
+      seconds. The loop holds no connection between cycles: leadership and LISTEN belong to the
+      runtime that runs it.
+    """
+
     def __init__(
         self,
         engine: AsyncEngine,
         inventory: Inventory,
         *,
+        is_leader: Callable[[], bool],
         interval: float,
         starvation_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.inventory = inventory
+        self.is_leader = is_leader
         self.interval = interval
         self.starvation_seconds = starvation_seconds
         self.clock = clock
         self.wake = asyncio.Event()
-        self.leadership = Leadership(engine, [NOTIFY_CHANNEL], self.wake)
         self.cache = SpecCache()
         self.cycles = 0
         # In-process figures of this replica's cycles (only the leader runs any).
@@ -73,13 +87,11 @@ class AdmissionLoop:
             registry=None,
         )
         self.last: CycleResult | None = None
-        # Called after a cycle admitted jobs, e.g. to wake the reconciler at once.
-        self.on_admitted: Callable[[], None] | None = None
 
     def queued(self, job: PendingJob) -> None:
         """A job this process just queued: spare the next cycle reading it back (leader only;
         see ``SpecCache``)."""
-        if self.leadership.is_leader:
+        if self.is_leader():
             self.cache.prime(job)
 
     async def cycle(self) -> CycleResult:
@@ -95,8 +107,6 @@ class AdmissionLoop:
         self.last = result
         self.cycle_seconds.observe(result.seconds)
         self.cycle_jobs.set(result.considered)
-        if result.admitted and self.on_admitted is not None:
-            self.on_admitted()
         if result.admitted:
             log.info(
                 "admitted %d of %d queued jobs in %.3f s",
@@ -121,21 +131,18 @@ class AdmissionLoop:
             raise
 
     async def run(self) -> None:
-        try:
-            while True:
-                self.wake.clear()
-                result = None
+        while True:
+            self.wake.clear()
+            result = None
+            if self.is_leader():
                 try:
-                    if await self.leadership.check():
-                        result = await self._finish_on_shutdown(self.cycle())
+                    result = await self._finish_on_shutdown(self.cycle())
                 except Exception:
                     log.exception("admission cycle failed; retrying at the next wake-up")
-                # Wake-ups that arrive during the rest are served by the next cycle.
-                await asyncio.sleep(rest_after(result))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.interval)
-        finally:
-            await self.leadership.release()
+            # Wake-ups that arrive during the rest are served by the next cycle.
+            await asyncio.sleep(rest_after(result))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.interval)
 
 
 def rest_after(result: CycleResult | None) -> float:

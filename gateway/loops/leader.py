@@ -1,12 +1,9 @@
-"""Leadership: the replica that holds a session-level PostgreSQL advisory lock runs the loops.
+"""Leadership: the replica that holds a session-level PostgreSQL advisory lock runs the leader's
+loops (admission, reconciliation).
 
 The lock lives on one dedicated connection. PostgreSQL releases it when that session ends, so a
 replica that dies (even by SIGKILL) hands leadership over as soon as its connection is gone; the
-others try to take it every interval. The same connection LISTENs for wake-ups.
-
-Invariant: ``is_leader`` is True only while the lock connection answers; any error on it drops
-leadership at once. Safety never rests on this flag alone: admission cycles also serialize on a
-transaction-level lock (see ``gateway.db.admission``).
+others try to take it every interval.
 """
 
 from __future__ import annotations
@@ -14,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -23,29 +19,60 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x6D75_0000
+#: How long stepping down on shutdown may wait for the unlock before dropping the connection.
+RELEASE_TIMEOUT = 5.0
 
 
 class Leadership:
-    def __init__(self, engine: AsyncEngine, channels: Iterable[str], wake: asyncio.Event) -> None:
+    """Holds, or tries every ``interval`` seconds to take, the leader lock.
+
+    Invariants:
+    - ``is_leader`` is True only while the lock connection answers: ``check`` runs a statement on
+      it every interval, and any error on it drops leadership at once (the connection is
+      discarded, so PostgreSQL frees the lock for another replica).
+    - The lock connection is never inside a transaction between checks, and is never handed back
+      to the pool while it may hold the lock.
+    - ``on_elected`` is called each time this replica becomes the leader, so the leader's loops
+      start at once instead of at their next tick.
+    - Safety never rests on this flag alone: admission cycles also serialize on a
+      transaction-level lock (see ``gateway.db.admission``), so two replicas that both believe
+      they lead still cannot admit a job twice.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        interval: float,
+        on_elected: Sequence[Callable[[], None]] = (),
+    ) -> None:
         self._engine = engine
-        self._channels = tuple(channels)
-        self._wake = wake
+        self._interval = interval
+        self._on_elected = tuple(on_elected)
         self._conn: AsyncConnection | None = None
 
     @property
     def is_leader(self) -> bool:
         return self._conn is not None
 
-    def _notified(self, *_: Any) -> None:
-        self._wake.set()
+    async def run(self) -> None:
+        """Check (or try to take) the lock every interval; step down when cancelled."""
+        try:
+            while True:
+                try:
+                    await self.check()
+                except Exception:
+                    log.warning("cannot take the leader lock; retrying", exc_info=True)
+                await asyncio.sleep(self._interval)
+        finally:
+            await self.release()
 
     async def check(self) -> bool:
         """Keep or try to take the lock. Returns whether this replica leads now."""
         if self._conn is not None:
             try:
                 await self._conn.execute(text("SELECT 1"))
-                # End the transaction: PostgreSQL delivers NOTIFY only to sessions that are
-                # not inside one, so an open transaction here would mute every wake-up.
+                # End the transaction, so the lock connection never sits "idle in transaction".
                 await self._conn.commit()
                 return True
             except Exception:
@@ -58,20 +85,16 @@ class Leadership:
             # Session-level locks outlive transactions; end the implicit one so the
             # connection does not sit "idle in transaction".
             await conn.commit()
-            if not got:
-                await conn.close()
-                return False
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            for channel in self._channels:
-                await driver.add_listener(channel, self._notified)
         except BaseException:
             await conn.close()
             raise
+        if not got:
+            await conn.close()
+            return False
         self._conn = conn
         log.info("this replica is now the leader")
-        self._wake.set()
+        for elected in self._on_elected:
+            elected()
         return True
 
     async def _drop(self) -> None:
@@ -83,14 +106,20 @@ class Leadership:
                 await conn.close()
 
     async def release(self) -> None:
-        """Step down cleanly (shutdown): unlock, then close the connection."""
-        conn = self._conn
-        if conn is None:
+        """Step down cleanly (shutdown): unlock, then close the connection. If the unlock fails
+        or hangs, the connection is discarded instead, which frees the lock as well."""
+        if self._conn is None:
             return
-        with contextlib.suppress(Exception):
-            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK})
-            await conn.commit()
-        self._conn = None
-        with contextlib.suppress(Exception):
-            await conn.close()
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                await self._conn.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK}
+                )
+                await self._conn.commit()
+        except Exception:
+            await self._drop()
+        else:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close()
         log.info("released leadership")

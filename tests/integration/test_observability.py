@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
+from gateway.api.views import job_view
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db import lifecycle
 from gateway.domain.jobs.check import check_job_spec
@@ -27,7 +28,7 @@ from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, Repl
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.nodes import Node
 from gateway.logs import ContextFilter, JsonFormatter
-from gateway.loops.admission import AdmissionLoop
+from gateway.loops.runtime import LoopRuntime
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import event_stream
@@ -207,17 +208,27 @@ async def test_metrics_after_a_scripted_scenario(
     )
 
 
+def loop_runtime(settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]) -> LoopRuntime:
+    """The loops as ``muster serve`` builds them (not started)."""
+    return LoopRuntime(
+        engine,
+        inventory=StaticInventory(nodes),
+        pods=None,
+        admission=settings.admission,
+        webhooks=settings.webhooks,
+        render_job=job_view,
+    )
+
+
 async def test_metrics_report_the_leaders_admission_cycles(
     api: CheckedClient, settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> None:
     await make_tenant(api)
     for name in ("x", "y", "z"):
         await api.post("/v1/jobs", json=job(name))
-    loop = AdmissionLoop(engine, StaticInventory(nodes), interval=60, starvation_seconds=300)
-    await loop.cycle()
-    app = make_app(
-        settings, engine, StaticInventory(nodes), collectors=(loop.cycle_seconds, loop.cycle_jobs)
-    )
+    loops = loop_runtime(settings, engine, nodes)
+    await loops.admission.cycle()
+    app = make_app(settings, engine, StaticInventory(nodes), collectors=loops.collectors)
     async with TestClient(TestServer(app)) as client:
         found = await scrape(CheckedClient(client, tokens.admin_token(settings)))
     assert value(found, "muster_admission_attempt_duration_seconds_count") == 1
@@ -255,9 +266,9 @@ async def _drive(
     )
     observed = [
         ReplicaObservation(
-            pod_name=p["pod_name"],
-            role=p["role"],
-            index=p["replica_index"],
+            pod_name=p.pod_name,
+            role=p.role,
+            index=p.index,
             phase=phase,
             exit_code=exit_code,
             node_ready=node_ready,
@@ -534,10 +545,8 @@ async def test_event_stream_refuses_bad_input(
 async def test_the_grafana_dashboard_queries_only_metrics_muster_exports(
     settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> None:
-    loop = AdmissionLoop(engine, StaticInventory(nodes), interval=60, starvation_seconds=300)
-    app = make_app(
-        settings, engine, StaticInventory(nodes), collectors=(loop.cycle_seconds, loop.cycle_jobs)
-    )
+    loops = loop_runtime(settings, engine, nodes)
+    app = make_app(settings, engine, StaticInventory(nodes), collectors=loops.collectors)
     async with TestClient(TestServer(app)) as client:
         await client.get("/healthz")
         headers = {"Authorization": f"Bearer {tokens.admin_token(settings)}"}

@@ -15,7 +15,7 @@ from gateway.api.app import make_app
 from gateway.api.schema import openapi_document
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db.engine import make_engine
-from gateway.settings import Settings
+from gateway.settings import BackendSettings, Settings
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 Operation = tuple[str, str]  # (method in upper case, path template)
@@ -33,7 +33,10 @@ async def unconnected_engine() -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 def app(tmp_path: Path, unconnected_engine: AsyncEngine) -> web.Application:
-    settings = Settings(data_dir=tmp_path, backend="static", nodes_file=tmp_path / "nodes.yaml")
+    settings = Settings(
+        data_dir=tmp_path,
+        backend=BackendSettings(kind="static", nodes_file=tmp_path / "nodes.yaml"),
+    )
     return make_app(settings, unconnected_engine, StaticInventory(()))
 
 

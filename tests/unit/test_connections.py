@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.api.connections import RESERVED_DESCRIPTORS, connection_cap, handler_args
-from gateway.settings import Settings
+from gateway.settings import ApiSettings, Settings
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,6 @@ def test_the_cap_leaves_descriptors_for_everything_else(
 def test_handlers_get_the_idle_deadline_and_discard_unread_bodies_for_the_body_deadline(
     body_timeout: float, lingering: float
 ) -> None:
-    settings = Settings(keepalive_timeout=5.0, body_timeout=body_timeout)
+    settings = Settings(api=ApiSettings(keepalive_timeout=5.0, body_timeout=body_timeout))
 
     assert handler_args(settings) == {"keepalive_timeout": 5.0, "lingering_time": lingering}
