@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli_token import own_token
-from gateway.client import ApiProblem, BadDocument, Client, Unproven, Unreachable, load_document
+from gateway.client import Client, load_document
 from gateway.domain.lifecycle.states import JobState
-from gateway.errors import ConfigError
+from gateway.errors import ApiProblem, BadDocument, ConfigError, Unproven, Unreachable
 from gateway.settings import DEFAULT_URL, ClientSettings
 
 Command = Callable[[Client, argparse.Namespace], None]

@@ -25,9 +25,9 @@ import sys
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway.client import ApiProblem, Client, Unproven, Unreachable, is_loopback
+from gateway.client import Client, is_loopback
 from gateway.domain.access import Role, role_group
-from gateway.errors import ConfigError
+from gateway.errors import ApiProblem, ConfigError, ProofRefused, Unproven, Unreachable
 from gateway.settings import ClientSettings, Settings
 
 if TYPE_CHECKING:
@@ -60,27 +60,27 @@ def mint_token(settings: Settings, args: argparse.Namespace, keys: KeySet | None
     from gateway.auth.keys import local_key_set
     from gateway.auth.tokens import mint
 
-    if settings.oidc_issuer is not None:
+    if settings.auth.oidc_issuer is not None:
         raise ConfigError(
-            f"tokens come from {settings.oidc_issuer} (MUSTER_OIDC_ISSUER); "
+            f"tokens come from {settings.auth.oidc_issuer} (MUSTER_OIDC_ISSUER); "
             "`muster token` mints only the local issuer's"
         )
     groups = [role_group(tenant, Role(args.role)) for tenant in args.tenant]
     if args.admin:
-        if not settings.admin_groups:
+        if not settings.auth.admin_groups:
             raise ConfigError("--admin needs MUSTER_ADMIN_GROUPS to name a group")
-        groups.append(settings.admin_groups[0])
+        groups.append(settings.auth.admin_groups[0])
     if not groups and not args.group:
         print("muster: this token grants no role (add --tenant or --admin)", file=sys.stderr)
     user = args.user or _login_name()
     return mint(
         keys or local_key_set(settings.issuer_key_file),
-        audience=settings.oidc_audience,
+        audience=settings.auth.oidc_audience,
         subject=user,
         groups=[*groups, *args.group],
         ttl_seconds=args.ttl,
-        groups_claim=settings.oidc_groups_claim,
-        extra=_user_claim(settings.oidc_user_claim, user),
+        groups_claim=settings.auth.oidc_groups_claim,
+        extra=_user_claim(settings.auth.oidc_user_claim, user),
     )
 
 
@@ -106,7 +106,7 @@ def own_token(url: str) -> str | None:
         settings = Settings.load(os.environ)
     except ConfigError:
         return None
-    if settings.oidc_issuer is not None or not settings.admin_groups:
+    if settings.auth.oidc_issuer is not None or not settings.auth.admin_groups:
         return None
     if not os.access(settings.issuer_key_file, os.R_OK):
         return None
@@ -131,7 +131,7 @@ def own_token(url: str) -> str | None:
 def _require_proof(url: str, key: ProofKey) -> None:
     """Pass when the server at ``url`` proves it holds the issuer key ``key`` was derived from;
     else raise Unproven (or Unreachable, when the connection is refused)."""
-    from gateway.auth.proof import ProofRefused, check_proof, new_challenge
+    from gateway.auth.proof import check_proof, new_challenge
 
     parts = urlsplit(url)
     try:

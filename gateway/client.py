@@ -1,18 +1,9 @@
 """A small synchronous client of the Muster API, for the ``muster`` client commands.
 
 It speaks plain ``urllib`` so that ``muster jobs`` starts fast and imports nothing of the server.
-Every failure leaves this module as one of two errors, drawn here because only the command line
-sees them::
-
-    MusterError
-    ├── BadDocument              the file to submit is not one JSON or YAML mapping  exit 1
-    └── RequestFailed            a request to the gateway did not succeed
-        ├── ApiProblem           the gateway answered 4xx/5xx (RFC 9457 problem)    exit 1
-        ├── Unreachable          no usable answer: refused, unknown host,          exit 2
-        │                        timeout, broken connection, not JSON
-        └── Unproven             the server at a loopback URL did not prove it      exit 2
-                                 holds the local issuer's key, so no token of the
-                                 command's own was sent
+Every failure leaves this module as ``gateway.errors.BadDocument`` or one of the
+``gateway.errors.RequestFailed`` branch (``ApiProblem``, ``Unreachable``, ``Unproven``), drawn with
+the rest of the tree in ``gateway.errors``.
 
 Invariants: requests to a loopback address never go through a proxy (other hosts honour the
 usual ``*_proxy`` variables); the token, when set, travels only as ``Authorization: Bearer``.
@@ -31,17 +22,13 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 
-from gateway.errors import MusterError
+from gateway.errors import ApiProblem, BadDocument, Unreachable
 from gateway.settings import ClientSettings
 
 TIMEOUT = 30.0
 CHUNK = 64 * 1024
 
 Query = Mapping[str, str | int | None]
-
-
-class BadDocument(MusterError):
-    """The file to submit is not one JSON or YAML mapping."""
 
 
 def load_document(text: str, source: str) -> dict[str, Any]:
@@ -66,45 +53,6 @@ def load_document(text: str, source: str) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise BadDocument(f"{source} cannot be sent as JSON: {exc}") from exc
     return data
-
-
-class RequestFailed(MusterError):
-    """A request to the gateway did not succeed."""
-
-
-class ApiProblem(RequestFailed):
-    """The gateway answered with an error; ``errors`` lists (pointer, detail) for a 422."""
-
-    def __init__(
-        self, status: int, title: str, detail: str, errors: tuple[tuple[str, str], ...] = ()
-    ) -> None:
-        super().__init__(f"{title}: {detail}")
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors
-
-
-class Unreachable(RequestFailed):
-    """No usable answer from the gateway at ``url``; ``refused`` when nothing listens there."""
-
-    def __init__(self, url: str, reason: str, *, refused: bool = False) -> None:
-        super().__init__(f"cannot reach Muster at {url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.refused = refused
-
-
-class Unproven(RequestFailed):
-    """The server at ``url`` did not prove it holds the local issuer's key; ``reason`` says how."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(
-            f"the server at {url} did not prove it is this machine's Muster ({reason}), so no "
-            "token was sent to it; pass --token or set MUSTER_TOKEN"
-        )
-        self.url = url
-        self.reason = reason
 
 
 def is_loopback(host: str | None) -> bool:

@@ -5,8 +5,9 @@ arriving when the gateway starts to read it must be complete within the applicat
 MUSTER_BODY_TIMEOUT (408, and the connection closes), so one that trickles in cannot hold a
 connection, and a body that came with its headers costs no timer; only JSON media
 types are accepted (415), with curl's default form type tolerated so ``curl -d @job.json`` works;
-JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400;
-text that PostgreSQL cannot store (NUL, unpaired surrogates) is a 422 naming the field.
+JSON that does not parse, has duplicate keys, NaN/Infinity or absurd nesting is a 400, and so
+is a body cut short by the client going away (nobody reads that answer, but it is no server
+error); text that PostgreSQL cannot store (NUL, unpaired surrogates) is a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ async def _read_text(request: web.Request, max_bytes: int) -> str:
     if request.content.is_eof():  # the whole body came with the headers: nothing to wait for
         raw = await _read_capped(request.content, max_bytes)
     else:
-        timeout = request.app[SETTINGS].body_timeout
+        timeout = request.app[SETTINGS].api.body_timeout
         try:
             async with asyncio.timeout(timeout):
                 raw = await _read_capped(request.content, max_bytes)
@@ -112,11 +113,14 @@ async def _read_text(request: web.Request, max_bytes: int) -> str:
 async def _read_capped(content: StreamReader, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"the body is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ConnectionResetError as exc:  # aiohttp's "Connection lost": the client went away
+        raise BadRequest("the connection closed before the whole body arrived") from exc
     return b"".join(chunks)
 
 

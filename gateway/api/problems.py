@@ -1,8 +1,13 @@
 """Errors as RFC 9457 ``application/problem+json`` responses: one middleware for the whole app.
 
-Invariants: a ``ClientError`` becomes its own 4xx; aiohttp's HTTP exceptions (unknown route, wrong
-method, body too large) become problems too; anything else is logged with its traceback and answers
-a bare 500 that reveals nothing. Client input must never reach that last branch.
+It maps ``gateway.errors`` only: driver, Kubernetes and HTTP client errors were translated where
+they entered (a PostgreSQL that cannot serve is a ``DatabaseUnavailable`` by the time it gets here,
+whichever way the statement went; see ``gateway.db.engine``).
+
+Invariants: a ``ClientError`` becomes its own 4xx; ``DatabaseUnavailable`` and ``IssuerUnavailable``
+a 503 with ``Retry-After``; aiohttp's HTTP exceptions (unknown route, wrong method, body too large)
+become problems too; anything else is a bug, logged with its traceback, and answers a bare 500
+that reveals nothing. Client input must never reach that last branch.
 """
 
 from __future__ import annotations
@@ -12,9 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from aiohttp import web
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.errors import (
     ClientError,
@@ -106,16 +109,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     except ClientError as exc:
         return from_client_error(exc, request.path)
-    except (
-        DatabaseUnavailable,
-        OSError,
-        OperationalError,
-        InterfaceError,
-        # Raised by the driver connection itself (submits use it directly): the server went
-        # away mid-statement, or is shutting down or starting up.
-        asyncpg.PostgresConnectionError,
-        asyncpg.exceptions.OperatorInterventionError,
-    ) as exc:
+    except DatabaseUnavailable as exc:
         log.warning("database unavailable: %s", exc)
         return problem_response(
             503,

@@ -7,9 +7,9 @@ Invariants:
   and its tokens go through the same ``Verifier`` as an external issuer's;
 - the grants are cached whole for ``grants_ttl`` seconds (a few rows per tenant), so a change made
   through another replica takes effect within that time; this replica's own changes at once;
-- every refusal is an ``Unauthorized`` with a message that says what is wrong, never a 500; an
-  issuer whose keys cannot be loaded at all is a ``DatabaseUnavailable``-like 503, since the token
-  may well be good.
+- every refusal is an ``Unauthorized`` (``InvalidToken`` from the verifier) with a message that
+  says what is wrong, never a 500; an issuer whose keys cannot be loaded at all is an
+  ``IssuerUnavailable`` (503), since the token may well be good.
 """
 
 from __future__ import annotations
@@ -23,17 +23,11 @@ from typing import Any
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth.keys import (
-    LOCAL_ALGORITHM,
-    CachedKeys,
-    JwksLoader,
-    KeysUnavailable,
-    local_loader,
-)
-from gateway.auth.tokens import LOCAL_ISSUER, InvalidToken, Verifier
+from gateway.auth.keys import LOCAL_ALGORITHM, CachedKeys, JwksLoader, local_loader
+from gateway.auth.tokens import LOCAL_ISSUER, Verifier
 from gateway.db import grants as grant_rows
 from gateway.domain.access import Access, Grant, principal_from_claims, resolve
-from gateway.errors import IssuerUnavailable, Unauthorized
+from gateway.errors import Unauthorized
 from gateway.settings import Settings
 
 MAX_TOKEN_BYTES = 16 * 1024
@@ -143,12 +137,8 @@ class Authenticator:
             )
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
-        try:
-            return await self.verifier.verify(token)
-        except InvalidToken as exc:
-            raise Unauthorized(str(exc)) from exc
-        except KeysUnavailable as exc:
-            raise IssuerUnavailable(f"the token issuer's keys cannot be loaded: {exc}") from exc
+        # InvalidToken is an Unauthorized; IssuerUnavailable passes through as it is.
+        return await self.verifier.verify(token)
 
     async def grants(self) -> list[Grant]:
         fresh = self._grants_at is not None and self._clock() - self._grants_at < self._grants_ttl
@@ -171,26 +161,26 @@ def make_authenticator(
     """The settings' issuer: the external one when MUSTER_OIDC_ISSUER is set (its keys fetched
     over HTTP), else the local issuer (its keys read from the key file). ``clock`` paces the
     key cache's refreshes."""
-    if settings.oidc_issuer is not None:
-        keys = CachedKeys(oidc_loader(settings.oidc_issuer), clock=clock)
-        issuer, algorithms = settings.oidc_issuer, settings.oidc_algorithms
+    if settings.auth.oidc_issuer is not None:
+        keys = CachedKeys(oidc_loader(settings.auth.oidc_issuer), clock=clock)
+        issuer, algorithms = settings.auth.oidc_issuer, settings.auth.oidc_algorithms
     else:
         keys = CachedKeys(local_loader(settings.issuer_key_file), clock=clock, min_refresh=5.0)
         issuer, algorithms = LOCAL_ISSUER, (LOCAL_ALGORITHM,)
     verifier = Verifier(
         keys=keys,
         issuer=issuer,
-        audience=settings.oidc_audience,
+        audience=settings.auth.oidc_audience,
         algorithms=algorithms,
-        leeway=settings.oidc_leeway,
+        leeway=settings.auth.oidc_leeway,
     )
     return Authenticator(
         verifier,
         engine,
-        admin_groups=settings.admin_groups,
-        user_claim=settings.oidc_user_claim,
-        groups_claim=settings.oidc_groups_claim,
+        admin_groups=settings.auth.admin_groups,
+        user_claim=settings.auth.oidc_user_claim,
+        groups_claim=settings.auth.oidc_groups_claim,
         # The local issuer's role groups come from `muster token`; an external issuer's only
         # count when the operator trusts its group names (MUSTER_OIDC_ROLE_GROUPS).
-        role_groups=settings.oidc_issuer is None or settings.oidc_role_groups,
+        role_groups=settings.auth.oidc_issuer is None or settings.auth.oidc_role_groups,
     )

@@ -29,14 +29,12 @@ from typing import Any
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
+from gateway.errors import IssuerUnavailable
+
 Key = RSAKey | ECKey | OKPKey
 JwksLoader = Callable[[], Awaitable[Mapping[str, Any]]]
 
 LOCAL_ALGORITHM = "RS256"
-
-
-class KeysUnavailable(Exception):
-    """No keys could be loaded from the issuer (and none were loaded before)."""
 
 
 def new_private_key() -> RSAKey:
@@ -123,7 +121,7 @@ class CachedKeys:
         """The key named ``kid`` (or the only key, for a token without a kid); None when the
         issuer does not publish it, even after the refresh this call was allowed.
 
-        Raises KeysUnavailable when no keys were ever loaded.
+        Raises IssuerUnavailable when no keys were ever loaded.
         """
         if self._loaded_at is None:
             await self._refresh()
@@ -134,7 +132,7 @@ class CachedKeys:
             await self._refresh()
             key = self._find(kid)
         if self._loaded_at is None:
-            raise KeysUnavailable(self._error)
+            raise IssuerUnavailable(f"the token issuer's keys cannot be loaded: {self._error}")
         return key
 
     def _refresh_soon(self) -> None:

@@ -37,15 +37,12 @@ from typing import Any
 from joserfc.jwk import KeySet
 
 from gateway.auth.keys import signing_key
+from gateway.errors import ProofRefused
 
 #: 32 to 128 URL-safe characters; the client's own is 43 (32 random bytes).
 CHALLENGE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _KEY_LABEL = b"muster issuer proof key v1"
 _PROOF_LABEL = b"muster issuer proof v1"
-
-
-class ProofRefused(Exception):
-    """An answer is not a proof of holding our key; the message says why, for the user."""
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)

@@ -40,6 +40,7 @@ from joserfc.errors import (
 from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
 
 from gateway.auth.keys import LOCAL_ALGORITHM, CachedKeys, signing_key
+from gateway.errors import InvalidToken
 
 #: The asymmetric JWS algorithms Muster can verify, by the key type each needs.
 ALGORITHM_KEY_TYPES: Mapping[str, type[RSAKey | ECKey | OKPKey]] = {
@@ -60,10 +61,6 @@ MAX_LEEWAY_SECONDS = 300
 REMEMBERED_TOKENS = 4096
 
 
-class InvalidToken(Exception):
-    """The bearer token is not acceptable; the message says why (it goes to the client)."""
-
-
 @dataclass
 class Verifier:
     keys: CachedKeys
@@ -82,8 +79,8 @@ class Verifier:
             raise ValueError(f"leeway must be 0..{MAX_LEEWAY_SECONDS} seconds")
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims, or InvalidToken. Raises KeysUnavailable when the issuer's keys
-        cannot be loaded at all (the caller answers 503: the token may well be good)."""
+        """The token's claims, or InvalidToken (a 401). Raises IssuerUnavailable when the
+        issuer's keys cannot be loaded at all (a 503: the token may well be good)."""
         remembered = self._remembered.get(token)
         if remembered is not None:
             self._check_times(remembered)

@@ -13,12 +13,13 @@ One pass:
    connector, without following redirects, within the timeout;
 3. judge the outcome (``gateway.domain.webhooks.judge``) and record the attempt and the verdict.
 
-When the guard refuses an address, the attempt records ``PRIVATE_ADDRESS`` and nothing more: the
-tenant reads it in its deliveries. The host, what it resolved to and why it was refused go to the
-server log, at WARNING, with the delivery's and the job's ids.
+When the guard refuses an address, the attempt records ``SSRF_PRIVATE_ADDRESS`` and nothing more:
+the tenant reads it in its deliveries. The host, what it resolved to and why it was refused go to
+the server log, at WARNING, with the delivery's and the job's ids.
 
-The loop wakes on NOTIFY (a transition wrote a row, an admission cycle committed, a redelivery)
-and ticks every ``interval`` seconds for retries that come due. A failed claim or record is
+The loop is woken through ``wake`` on NOTIFY (a transition wrote a row, an admission cycle
+committed, a redelivery: the runtime of ``gateway.loops.runtime`` LISTENs and sets it) and ticks
+every ``interval`` seconds for retries that come due. A failed claim or record is
 logged and retried at the next tick: a delivery whose result could not be recorded is sent again
 when its lease passes, with the same webhook-id (receivers deduplicate on it). On shutdown
 in-flight attempts get ``STOP_GRACE`` seconds to finish.
@@ -42,7 +43,6 @@ from aiohttp.abc import AbstractResolver
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import webhooks as rows
-from gateway.db.admission import ADMITTED_CHANNEL
 from gateway.domain.webhooks import (
     AttemptResult,
     DeliveryStatus,
@@ -54,7 +54,8 @@ from gateway.domain.webhooks import (
     webhook_headers,
     webhook_id,
 )
-from gateway.webhooks.ssrf import PRIVATE_ADDRESS, REFUSED, Guard, Refused
+from gateway.errors import SSRF_PRIVATE_ADDRESS, SSRF_REFUSED, AddressRefused
+from gateway.webhooks.ssrf import Guard
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,6 @@ class DeliveryLoop:
         self.wake = asyncio.Event()
         self._resolver = resolver
         self._client: aiohttp.ClientSession | None = None
-        self._wakeups = _Wakeups(engine, (rows.WEBHOOKS_CHANNEL, ADMITTED_CHANNEL), self.wake)
 
     @property
     def lease(self) -> float:
@@ -132,7 +132,6 @@ class DeliveryLoop:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
-        await self._wakeups.close()
 
     async def run_once(self) -> list[Attempted]:
         """Claim what is due now (up to ``concurrency`` deliveries) and attempt it all."""
@@ -145,7 +144,6 @@ class DeliveryLoop:
         try:
             while True:
                 self.wake.clear()
-                await self._wakeups.ensure()
                 free = self.concurrency - len(tasks)
                 claimed: list[rows.Claimed] = []
                 if free > 0:
@@ -257,7 +255,7 @@ class DeliveryLoop:
                 )
         except TimeoutError:
             return AttemptResult(error=f"no answer within {self.timeout:g} s")
-        except Refused as exc:
+        except AddressRefused as exc:
             return self._refused(delivery, exc.detail)
         except aiohttp.ClientError as exc:
             detail = _refusal(exc)
@@ -276,7 +274,7 @@ class DeliveryLoop:
             detail,
             extra={"job_id": str(delivery.job_id), "tenant": delivery.tenant},
         )
-        return AttemptResult(error=PRIVATE_ADDRESS, refused=True)
+        return AttemptResult(error=SSRF_PRIVATE_ADDRESS, refused=True)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
@@ -304,9 +302,9 @@ def _refusal(exc: BaseException) -> str | None:
     """What the guard refused and why (for the server log), when it is why the connection
     failed."""
     for cause in _causes(exc):
-        if isinstance(cause, Refused):
+        if isinstance(cause, AddressRefused):
             return cause.detail
-        if REFUSED in str(cause):  # several addresses, some refused, in one OSError
+        if SSRF_REFUSED in str(cause):  # several addresses, some refused, in one OSError
             return str(cause)
     return None
 
@@ -315,54 +313,3 @@ def _error_text(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port}: {exc.os_error.strerror or exc.os_error}"
     return f"{type(exc).__name__}: {exc}"
-
-
-class _Wakeups:
-    """LISTEN on a dedicated connection; set ``event`` on every NOTIFY. Reconnects when the
-    connection is gone; without one the loop still ticks."""
-
-    def __init__(self, engine: AsyncEngine, channels: tuple[str, ...], event: asyncio.Event):
-        self._engine = engine
-        self._channels = channels
-        self._event = event
-        self._conn: Any = None
-        self._driver: Any = None
-
-    def _notified(self, *_: Any) -> None:
-        self._event.set()
-
-    async def ensure(self) -> None:
-        if self._driver is not None and not self._driver.is_closed():
-            return
-        await self.close()
-        try:
-            conn = await self._engine.connect()
-        except Exception:
-            log.warning("cannot LISTEN for webhook wake-ups; ticking only", exc_info=True)
-            return
-        try:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            for channel in self._channels:
-                await driver.add_listener(channel, self._notified)
-        except Exception:
-            log.warning("cannot LISTEN for webhook wake-ups; ticking only", exc_info=True)
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            return
-        self._conn, self._driver = conn, driver
-        self._event.set()  # rows may have been written while nobody listened
-
-    async def close(self) -> None:
-        conn, driver, self._conn, self._driver = self._conn, self._driver, None, None
-        if conn is None:
-            return
-        # Listeners live on the connection: drop it rather than hand it back to the pool.
-        with contextlib.suppress(Exception):
-            for channel in self._channels:
-                await driver.remove_listener(channel, self._notified)
-        with contextlib.suppress(Exception):
-            await conn.invalidate()
-        with contextlib.suppress(Exception):
-            await conn.close()

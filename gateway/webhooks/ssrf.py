@@ -21,9 +21,9 @@ Redirects are never followed (the delivery loop does not), so the checked host i
 
 What a tenant is told: at submit, what is wrong with its URL (it wrote the address, so naming it
 and its range tells nothing new); at delivery, when an address is refused, only
-``PRIVATE_ADDRESS``. What a host name resolves to, and why that is refused, would map Muster's own
-network for the tenant, so ``Refused`` prints as ``PRIVATE_ADDRESS`` and keeps the host, its
-addresses and the reason in ``detail``, for the server log.
+``SSRF_PRIVATE_ADDRESS``. What a host name resolves to, and why that is refused, would map Muster's
+own network for the tenant, so ``gateway.errors.AddressRefused`` prints as ``SSRF_PRIVATE_ADDRESS``
+and keeps the host, its addresses and the reason in ``detail``, for the server log.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from gateway.errors import SSRF_REFUSED, AddressRefused
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-REFUSED = "refused by the SSRF guard"
-PRIVATE_ADDRESS = f"{REFUSED}: private or reserved address"
 
 METADATA: frozenset[Address] = frozenset(
     {
@@ -62,21 +61,11 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
-class Refused(OSError):
-    """A connection the guard will not make. An OSError, so aiohttp reports it as a connection
-    error whose cause is this. Its text is ``PRIVATE_ADDRESS`` wherever it is printed (aiohttp's
-    errors quote it); ``detail`` says which host, which addresses and why, for the server log."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(PRIVATE_ADDRESS)
-        self.detail = detail
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UrlRefusal:
     """Why the guard refuses a callback URL: ``detail`` for its author (the 422 at submit) and the
     server log; ``address`` when it is the address the URL names that is refused, of which a
-    delivery's record says only ``PRIVATE_ADDRESS``."""
+    delivery's record says only ``SSRF_PRIVATE_ADDRESS``."""
 
     detail: str
     address: bool = False
@@ -177,14 +166,15 @@ class Guard:
         reason = self.refusal(address)
         if reason is None:
             return None
-        return UrlRefusal(detail=f"{REFUSED}: {host} is {reason}", address=True)
+        return UrlRefusal(detail=f"{SSRF_REFUSED}: {host} is {reason}", address=True)
 
     def check_address(self, host: str) -> None:
-        """Raise ``Refused`` unless a connection to the literal address ``host`` may be made."""
+        """Raise ``AddressRefused`` unless a connection to the literal address ``host`` may be
+        made."""
         address = ipaddress.ip_address(host.split("%", 1)[0])
         reason = self.refusal(address)
         if reason is not None:
-            raise Refused(f"{REFUSED}: {address} is {reason}")
+            raise AddressRefused(f"{SSRF_REFUSED}: {address} is {reason}")
 
     def socket_factory(self, addr_info: tuple[Any, ...]) -> socket.socket:
         """aiohttp's socket factory: the last check, on the very address about to be dialled."""
@@ -243,7 +233,9 @@ class GuardedResolver(AbstractResolver):
             if reason is not None:
                 listed = ", ".join(str(a) for a in addresses)
                 which = "which is" if len(addresses) == 1 else f"and {address} is"
-                raise Refused(f"{REFUSED}: {host} resolves to {listed}, {which} {reason}")
+                raise AddressRefused(
+                    f"{SSRF_REFUSED}: {host} resolves to {listed}, {which} {reason}"
+                )
         return results
 
     async def close(self) -> None:

@@ -31,10 +31,11 @@ from gateway.api.auth import PUBLIC_PATHS
 from gateway.api.schema import SERVER_OWNED, openapi_document
 from gateway.auth.authenticator import Authenticator, make_authenticator
 from gateway.auth.keys import local_key_set
-from gateway.auth.proof import ProofRefused, check_proof, proof_key
+from gateway.auth.proof import check_proof, proof_key
 from gateway.auth.tokens import mint
 from gateway.backends.nodes_file import StaticInventory
 from gateway.domain.scheduling.nodes import Node
+from gateway.errors import ProofRefused
 from gateway.settings import Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, row_counts, submit, tenant_body
@@ -208,7 +209,7 @@ async def test_tokens_for_another_audience_or_issuer_or_with_garbage_groups_get_
 ) -> None:
     keys = local_key_set(settings.issuer_key_file)
     common: dict[str, Any] = {"subject": "ada", "ttl_seconds": 600}
-    admin_groups = [settings.admin_groups[0]]
+    admin_groups = [settings.auth.admin_groups[0]]
     refused = {
         "audience": mint(keys, audience="someone-else", groups=admin_groups, **common),
         "issuer": mint(
@@ -231,10 +232,10 @@ async def test_a_token_signed_by_another_key_with_the_local_kid_gets_401(
     other = local_key_set(tmp_path / "other-key.json").keys[0]
     claims = {
         "iss": "urn:muster:local-issuer",
-        "aud": settings.oidc_audience,
+        "aud": settings.auth.oidc_audience,
         "sub": "mallory",
         "exp": int(time.time()) + 600,
-        "groups": [settings.admin_groups[0]],
+        "groups": [settings.auth.admin_groups[0]],
     }
     forged = jwt.encode({"alg": "RS256", "kid": kid}, claims, other)
 
@@ -310,7 +311,9 @@ async def public_metrics_api(
     settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> AsyncIterator[CheckedClient]:
     app = make_app(
-        dataclasses.replace(settings, public_metrics=True), engine, StaticInventory(nodes)
+        dataclasses.replace(settings, auth=dataclasses.replace(settings.auth, public_metrics=True)),
+        engine,
+        StaticInventory(nodes),
     )
     async with TestClient(TestServer(app)) as client:
         yield CheckedClient(client, None)
@@ -349,7 +352,7 @@ async def test_the_jwks_verifies_a_token_minted_by_muster_token(
     assert all(not key.is_private for key in published.keys)
     claims = jwt.decode(minted, published, algorithms=["RS256"]).claims
     assert claims["sub"] == "cli@example.com"
-    assert settings.admin_groups[0] in claims["groups"]
+    assert settings.auth.admin_groups[0] in claims["groups"]
     # and the gateway accepts it
     assert (await api.as_(minted).get("/v1/admin/tenants")).status == 200
 
@@ -623,9 +626,9 @@ async def frozen(
     authenticator = Authenticator(
         make_authenticator(settings, engine).verifier,
         engine,
-        admin_groups=settings.admin_groups,
-        user_claim=settings.oidc_user_claim,
-        groups_claim=settings.oidc_groups_claim,
+        admin_groups=settings.auth.admin_groups,
+        user_claim=settings.auth.oidc_user_claim,
+        groups_claim=settings.auth.oidc_groups_claim,
         clock=clock,
     )
     app = make_app(settings, engine, StaticInventory(nodes), authenticator=authenticator)
@@ -715,7 +718,7 @@ async def test_a_user_grant_matches_the_subject_when_the_token_has_no_user_claim
 ) -> None:
     robot = mint(
         local_key_set(settings.issuer_key_file),
-        audience=settings.oidc_audience,
+        audience=settings.auth.oidc_audience,
         subject="ci-robot",
         groups=[],
         ttl_seconds=600,

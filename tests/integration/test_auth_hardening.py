@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.cli_token import own_token
-from gateway.client import ApiProblem, Client, Unproven
+from gateway.client import Client
+from gateway.errors import ApiProblem, Unproven
 from gateway.settings import ClientSettings, Settings
 from tests import tokens
 from tests.integration.helpers import create_tenant, job_spec, submit
@@ -82,7 +83,7 @@ async def test_the_jwks_is_empty_and_no_key_is_made_when_the_key_file_is_missing
 ) -> None:
     # A gateway whose key was never created (only `muster serve` creates it at start).
     missing = tmp_path / "never" / "issuer-key.json"
-    object.__setattr__(settings, "issuer_key", missing)
+    object.__setattr__(settings.auth, "issuer_key", missing)
     response = await api.as_(None).get("/.well-known/jwks.json")
     assert response.status == 200
     assert response.body == {"keys": []}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -34,7 +35,8 @@ SLACK = 5.0  # how late a close may come on a busy machine
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, header_timeout=DEADLINE, body_timeout=DEADLINE)
+    api = dataclasses.replace(settings.api, header_timeout=DEADLINE, body_timeout=DEADLINE)
+    return dataclasses.replace(settings, api=api)
 
 
 @contextlib.asynccontextmanager
@@ -48,8 +50,8 @@ async def guarded(
         runner,
         "127.0.0.1",
         0,
-        header_timeout=settings.header_timeout,
-        max_connections=settings.max_connections,
+        header_timeout=settings.api.header_timeout,
+        max_connections=settings.api.max_connections,
     )
     await site.start()
     try:
@@ -61,7 +63,8 @@ async def guarded(
 async def test_beyond_the_cap_a_new_connection_gets_503_while_open_ones_are_served(
     settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
 ) -> None:
-    capped = dataclasses.replace(settings, header_timeout=60.0, max_connections=3)
+    api = dataclasses.replace(settings.api, header_timeout=60.0, max_connections=3)
+    capped = dataclasses.replace(settings, api=api)
     bearer = {"Authorization": f"Bearer {tokens.admin_token(settings)}"}
     async with (
         guarded(capped, engine, nodes) as (port, connections),
@@ -183,3 +186,35 @@ async def test_a_body_that_trickles_in_is_answered_408_and_the_connection_closed
     assert response.headers["Connection"] == "close"
     assert DEADLINE - EARLY <= time.monotonic() - started <= DEADLINE + SLACK
     assert (await api.get("/v1/jobs")).body["items"] == []
+
+
+async def test_a_client_that_goes_away_mid_body_is_no_server_error(
+    settings: Settings,
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiohttp raises ConnectionResetError("Connection lost") to the reader of a body whose client
+    hung up: the body reader says 400 (heard by nobody), not the middleware's logged 500."""
+    headers = {
+        "Authorization": f"Bearer {tokens.admin_token(settings)}",
+        "Content-Type": "application/json",
+        "Content-Length": "1000",
+    }
+    with caplog.at_level(logging.DEBUG, logger="gateway.api"):
+        async with guarded(settings, engine, nodes) as (port, _):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(rawhttp.request("POST", "/v1/jobs", headers=headers, body=b'{"name": '))
+            await writer.drain()
+            writer.close()
+            async with asyncio.timeout(SLACK):
+                while not _answered(caplog):  # noqa: ASYNC110 - until the gateway has answered
+                    await asyncio.sleep(0.01)
+
+    assert _answered(caplog)[0].startswith("POST /v1/jobs -> 400"), _answered(caplog)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _answered(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The observability middleware's one line per request, for POST /v1/jobs."""
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("POST /v1/jobs ->")]

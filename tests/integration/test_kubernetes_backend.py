@@ -17,8 +17,7 @@ import kmock
 import pytest
 from kubernetes_asyncio.client import ApiException
 
-from gateway.backends.base import Gang, Inventory, PodPlacement, Runtime
-from gateway.backends.kubernetes import errors
+from gateway.backends.base import Gang, Inventory, Runtime
 from gateway.backends.kubernetes.client import (
     Kube,
     RateLimitedApiClient,
@@ -40,7 +39,15 @@ from gateway.domain.manifests.kubernetes import (
     parent_name,
 )
 from gateway.domain.scheduling.nodes import GpuMode, GpuSlice, Taint
-from gateway.errors import ConfigError
+from gateway.domain.scheduling.queueing import Placement
+from gateway.errors import (
+    ConfigError,
+    KubernetesAlreadyExists,
+    KubernetesConflict,
+    KubernetesNameTaken,
+    KubernetesNotFound,
+    KubernetesUnavailable,
+)
 from tests.integration.kube import (
     GIB,
     MIB,
@@ -164,8 +171,8 @@ def gang(*, attempt: int = 1, ps_node: str = "cpu-0") -> Gang:
         for index in range(replica.count):
             node_name, gpu = where[replica.role, index]
             placements.append(
-                PodPlacement(
-                    name=pod_name(spec.name, replica.role, index),
+                Placement(
+                    pod_name=pod_name(spec.name, replica.role, index),
                     role=replica.role,
                     index=index,
                     node=node_name,
@@ -235,22 +242,22 @@ async def test_api_errors_become_the_backends_exception_tree(
     cluster: Cluster, api: RateLimitedApiClient, tmp_path: Path
 ) -> None:
     kube = Kube(api)
-    with pytest.raises(errors.NotFound) as missing:
+    with pytest.raises(KubernetesNotFound) as missing:
         await kube.get("/api/v1/namespaces/ml/pods/nope")
     assert isinstance(missing.value.__cause__, ApiException)
     assert missing.value.status == 404
     body = pod("ml", "notebook", node_name=None)
-    with pytest.raises(errors.AlreadyExists):
+    with pytest.raises(KubernetesAlreadyExists):
         await kube.create("/api/v1/namespaces/ml/pods", body)
     cluster["get /api/v1/services"] << 503
-    with pytest.raises(errors.Unavailable):
+    with pytest.raises(KubernetesUnavailable):
         await kube.list("/api/v1/services")
     # Nothing listens on port 1.
     closed = await kube_client(
         kubeconfig(tmp_path / "closed", "http://127.0.0.1:1"), qps=10, burst=10
     )
     try:
-        with pytest.raises(errors.Unavailable):
+        with pytest.raises(KubernetesUnavailable):
             await Kube(closed).list("/api/v1/nodes")
     finally:
         await closed.close()
@@ -353,13 +360,13 @@ async def test_a_name_another_job_holds_is_a_conflict_and_is_left_alone(
     theirs = {LABEL_JOB_ID: OTHER_JOB_ID, LABEL_MANAGED: MANAGER, LABEL_ATTEMPT: "1"}
     seed(cluster, pod(NAMESPACE, "wd-worker-1", node_name="gpu-0", labels=theirs))
 
-    with pytest.raises(errors.NameTaken) as taken:
+    with pytest.raises(KubernetesNameTaken) as taken:
         await runtime.create(gang(), NAMES)
 
     assert (taken.value.job_id, taken.value.owner_job_id) == (JOB_ID, OTHER_JOB_ID)
     assert JOB_ID in str(taken.value)
     assert OTHER_JOB_ID in str(taken.value)
-    assert isinstance(taken.value, errors.Conflict)
+    assert isinstance(taken.value, KubernetesConflict)
     other = stored(cluster, "pods", "wd-worker-1")
     assert len(other.history) == 1
     assert other["metadata"]["labels"][LABEL_JOB_ID] == OTHER_JOB_ID

@@ -158,14 +158,15 @@ class Clock:
 
 
 def oidc_settings(settings: Settings, issuer_url: str) -> Settings:
-    return dataclasses.replace(
-        settings, oidc_issuer=issuer_url, oidc_audience=CLIENT_ID, admin_groups=(ADMIN_GROUP,)
+    auth = dataclasses.replace(
+        settings.auth, oidc_issuer=issuer_url, oidc_audience=CLIENT_ID, admin_groups=(ADMIN_GROUP,)
     )
+    return dataclasses.replace(settings, auth=auth)
 
 
 def clocked_authenticator(settings: Settings, engine: AsyncEngine, clock: Clock) -> Authenticator:
     """What make_authenticator builds for an external issuer, with the key cache on ``clock``."""
-    assert settings.oidc_issuer is not None
+    assert settings.auth.oidc_issuer is not None
     return make_authenticator(settings, engine, clock=clock)
 
 
@@ -196,7 +197,7 @@ def test_make_authenticator_uses_the_external_issuer_when_one_is_set(
     external = make_authenticator(oidc_settings(settings, "https://idp.example"), engine)
     assert external.verifier.issuer == "https://idp.example"
     assert external.verifier.audience == CLIENT_ID
-    assert external.verifier.algorithms == settings.oidc_algorithms
+    assert external.verifier.algorithms == settings.auth.oidc_algorithms
 
     local = make_authenticator(settings, engine)
     assert local.verifier.issuer == "urn:muster:local-issuer"
@@ -216,7 +217,10 @@ async def test_an_external_issuers_role_group_grants_nothing_unless_the_operator
 async def test_a_token_of_the_external_issuer_with_a_role_group_submits_to_its_tenant(
     issuer: FakeIssuer, settings: Settings, gateway: Gateway
 ) -> None:
-    configured = dataclasses.replace(oidc_settings(settings, issuer.url), oidc_role_groups=True)
+    external = oidc_settings(settings, issuer.url)
+    configured = dataclasses.replace(
+        external, auth=dataclasses.replace(external.auth, oidc_role_groups=True)
+    )
     async with gateway(configured, token=issuer.admin_token()) as api:
         await create_tenant(api, TENANT)
         ada = api.as_(issuer.token(groups=[f"muster:{TENANT}:submitter"]))

@@ -10,7 +10,6 @@ test checks that the SSRF guard refuses it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -41,10 +40,18 @@ from gateway.domain.lifecycle.decisions import Decision, Reason
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.nodes import Node
 from gateway.domain.webhooks import RetryPolicy
+from gateway.errors import SSRF_PRIVATE_ADDRESS, AddressRefused
 from gateway.logs import JsonFormatter, TextFormatter
-from gateway.settings import Settings
+from gateway.loops.runtime import LoopRuntime
+from gateway.settings import (
+    AuthSettings,
+    BackendSettings,
+    DatabaseSettings,
+    Settings,
+    WebhookSettings,
+)
 from gateway.webhooks.delivery import DeliveryLoop
-from gateway.webhooks.ssrf import PRIVATE_ADDRESS, Guard, Refused
+from gateway.webhooks.ssrf import Guard
 from tests import tokens
 from tests.integration.helpers import QUOTA, TENANT, create_tenant, job_spec, row_counts, submit
 from tests.openapi_check import CheckedClient
@@ -202,12 +209,9 @@ def settings(tmp_path: Path, database: str) -> Settings:
     """The API under test accepts http callbacks to the receiver on 127.0.0.1."""
     return Settings(
         data_dir=tmp_path,
-        database_url=database,
-        backend="static",
-        nodes_file=tmp_path / "nodes.yaml",
-        webhook_allow_http=True,
-        webhook_allow_nets=ALLOW,
-        webhook_secret_overlap=60,
+        database=DatabaseSettings(url=database),
+        backend=BackendSettings(kind="static", nodes_file=tmp_path / "nodes.yaml"),
+        webhooks=WebhookSettings(allow_http=True, allow_nets=ALLOW, secret_overlap=60),
     )
 
 
@@ -714,22 +718,32 @@ async def test_a_leased_delivery_is_left_alone_until_its_lease_passes(
 
 
 async def test_the_running_loop_wakes_on_notify_and_stops_cleanly(
-    api: CheckedClient, receiver: Receiver, secret: str, make_loop: MakeLoop
+    api: CheckedClient,
+    receiver: Receiver,
+    secret: str,
+    settings: Settings,
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...],
 ) -> None:
-    loop = make_loop(interval=30.0)  # a tick far away: only NOTIFY can wake it in time
-    task = asyncio.create_task(loop.run(), name="webhooks")
-    try:
+    loops = LoopRuntime(
+        engine,
+        inventory=StaticInventory(nodes),
+        pods=None,
+        admission=settings.admission,
+        webhooks=settings.webhooks,
+        render_job=job_view,
+    )
+    loops.delivery.interval = 30.0  # a tick far away: only NOTIFY can wake it in time
+    crashed = asyncio.Event()
+    async with loops.running(on_crash=crashed.set):
         await asyncio.sleep(0.2)  # listening
         job = await with_callback(api, receiver.url())
         await cancel(api, job)
         await asyncio.wait_for(receiver.arrived.wait(), 10)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
     assert receiver.received[0].verified
-    assert task.cancelled()
+    assert not crashed.is_set()
+    assert not loops.listener.listening
 
 
 # --- the SSRF guard -------------------------------------------------------------------------
@@ -741,7 +755,9 @@ async def strict_api(
 ) -> AsyncIterator[CheckedClient]:
     """The API with the default settings: https only, no network allowed."""
     settings = Settings(
-        data_dir=tmp_path, backend="static", nodes_file=tmp_path / "n.yaml", issuer_key=issuer_key
+        data_dir=tmp_path,
+        backend=BackendSettings(kind="static", nodes_file=tmp_path / "n.yaml"),
+        auth=AuthSettings(issuer_key=issuer_key),
     )
     async with TestClient(TestServer(make_app(settings, engine, StaticInventory(nodes)))) as client:
         yield CheckedClient(client, tokens.admin_token(settings))
@@ -820,7 +836,7 @@ async def test_a_host_name_resolving_to_a_private_address_is_refused_without_con
     (delivery,) = await deliveries(api, job)
     (attempt,) = delivery["attempts"]
     assert attempt["outcome"] == "refused"
-    assert attempt["error"] == delivery["last_error"] == PRIVATE_ADDRESS
+    assert attempt["error"] == delivery["last_error"] == SSRF_PRIVATE_ADDRESS
     assert delivery["status"] == "dead"
     assert address not in json.dumps(delivery)
     assert "resolves" not in json.dumps(delivery)
@@ -884,7 +900,7 @@ async def test_literal_addresses_are_refused_at_delivery_without_connecting(
         if delivery["url"] in (urls[3], urls[4]):  # the tenant's own number, not an address
             assert attempt["error"].startswith("the URL has a numeric host"), attempt
         else:
-            assert attempt["error"] == PRIVATE_ADDRESS, attempt
+            assert attempt["error"] == SSRF_PRIVATE_ADDRESS, attempt
     # Which address, and why, is in the server log.
     (metadata,) = [d["id"] for d in views if d["url"] == urls[5]]
     assert (
@@ -904,7 +920,7 @@ async def test_the_connector_itself_refuses_literal_addresses_before_connecting(
         with pytest.raises(aiohttp.ClientConnectorError) as raised:
             await session.get(f"http://{host}:{receiver.port}/hook")
 
-    assert isinstance(raised.value.os_error, Refused) or "SSRF" in str(raised.value)
+    assert isinstance(raised.value.os_error, AddressRefused) or "SSRF" in str(raised.value)
     assert receiver.received == []
 
 

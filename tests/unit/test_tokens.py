@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
-from gateway.auth.keys import CachedKeys, KeysUnavailable, local_key_set, public_jwks
+from gateway.auth.keys import CachedKeys, local_key_set, public_jwks
 from gateway.auth.proof import CHALLENGE as CHALLENGE_PATTERN
-from gateway.auth.proof import ProofKey, ProofRefused, check_proof, new_challenge, proof_key, prove
-from gateway.auth.tokens import LOCAL_ISSUER, InvalidToken, Verifier, mint
-from gateway.errors import ConfigError
+from gateway.auth.proof import ProofKey, check_proof, new_challenge, proof_key, prove
+from gateway.auth.tokens import LOCAL_ISSUER, Verifier, mint
+from gateway.errors import ConfigError, InvalidToken, IssuerUnavailable, ProofRefused
 from gateway.settings import Settings
 
 ISSUER = "https://idp.example"
@@ -509,9 +509,9 @@ async def test_an_issuer_down_at_first_load_makes_keys_unavailable(
     issuer.down = True
     token = sign(claims(clock), key)
 
-    with pytest.raises(KeysUnavailable, match="does not answer"):
+    with pytest.raises(IssuerUnavailable, match="does not answer"):
         await verifier.verify(token)
-    with pytest.raises(KeysUnavailable):  # again at once: no new load, still unavailable
+    with pytest.raises(IssuerUnavailable):  # again at once: no new load, still unavailable
         await verifier.verify(token)
     assert keys.loads == 1
 
@@ -547,7 +547,7 @@ async def test_a_malformed_jwks_at_first_load_makes_keys_unavailable(
     async def loader() -> Mapping[str, Any]:
         return document
 
-    with pytest.raises(KeysUnavailable):
+    with pytest.raises(IssuerUnavailable):
         await CachedKeys(loader, clock=clock).get("k")
 
 

@@ -32,9 +32,9 @@ from gateway.domain.webhooks import (
     webhook_headers,
     webhook_id,
 )
-from gateway.errors import ConfigError
+from gateway.errors import SSRF_PRIVATE_ADDRESS, SSRF_REFUSED, AddressRefused, ConfigError
 from gateway.settings import Settings
-from gateway.webhooks.ssrf import PRIVATE_ADDRESS, REFUSED, Guard, GuardedResolver, Refused
+from gateway.webhooks.ssrf import Guard, GuardedResolver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
@@ -391,8 +391,9 @@ def test_submit_time_checks_refuse_unsafe_urls(url: str, problem: str) -> None:
 
     assert refusal is not None
     assert problem in refusal.detail
-    # Only a refused address is told apart: a delivery records no more of it than PRIVATE_ADDRESS.
-    assert refusal.address is refusal.detail.startswith(REFUSED)
+    # Only a refused address is told apart: a delivery records no more of it than
+    # SSRF_PRIVATE_ADDRESS.
+    assert refusal.address is refusal.detail.startswith(SSRF_REFUSED)
 
 
 @pytest.mark.parametrize(
@@ -460,11 +461,13 @@ async def test_the_resolver_refuses_names_that_resolve_to_refused_addresses(
     resolver = GuardedResolver(Guard(), StaticResolver({"hooks.example": answers}))
 
     if refused:
-        with pytest.raises(Refused) as raised:
+        with pytest.raises(AddressRefused) as raised:
             await resolver.resolve("hooks.example", 443)
-        assert str(raised.value) == PRIVATE_ADDRESS  # what aiohttp's errors would quote
+        assert str(raised.value) == SSRF_PRIVATE_ADDRESS  # what aiohttp's errors would quote
         listed = ", ".join(str(ipaddress.ip_address(a)) for a in answers)
-        assert raised.value.detail.startswith(f"{REFUSED}: hooks.example resolves to {listed}, ")
+        assert raised.value.detail.startswith(
+            f"{SSRF_REFUSED}: hooks.example resolves to {listed}, "
+        )
     else:
         assert [r["host"] for r in await resolver.resolve("hooks.example", 443)] == answers
 
@@ -486,10 +489,12 @@ def test_the_socket_factory_refuses_before_any_socket_exists(
     addr_info = (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)
 
     if refused:
-        with pytest.raises(Refused) as raised:
+        with pytest.raises(AddressRefused) as raised:
             Guard().socket_factory(addr_info)
-        assert str(raised.value) == PRIVATE_ADDRESS
-        assert raised.value.detail.startswith(f"{REFUSED}: {str(sockaddr[0]).split('%')[0]} is ")
+        assert str(raised.value) == SSRF_PRIVATE_ADDRESS
+        assert raised.value.detail.startswith(
+            f"{SSRF_REFUSED}: {str(sockaddr[0]).split('%')[0]} is "
+        )
     else:
         Guard().socket_factory(addr_info).close()
 
@@ -500,26 +505,26 @@ def test_the_socket_factory_refuses_before_any_socket_exists(
 def test_the_webhook_settings_default_to_the_issues_values() -> None:
     settings = Settings.load({})
 
-    assert settings.webhook_timeout == 15.0
-    assert settings.webhook_retry_schedule == DEFAULT_RETRY_SCHEDULE
-    assert settings.webhook_secret_overlap == 86400.0
+    assert settings.webhooks.timeout == 15.0
+    assert settings.webhooks.retry_schedule == DEFAULT_RETRY_SCHEDULE
+    assert settings.webhooks.secret_overlap == 86400.0
 
 
 @pytest.mark.parametrize(
     ("env", "attr", "expected"),
     [
-        ({"MUSTER_WEBHOOK_RETRY_SCHEDULE": "0, 1,2.5"}, "webhook_retry_schedule", (0, 1, 2.5)),
-        ({"MUSTER_WEBHOOK_TIMEOUT": "2.5"}, "webhook_timeout", 2.5),
-        ({"MUSTER_WEBHOOK_SECRET_OVERLAP": "0"}, "webhook_secret_overlap", 0.0),
+        ({"MUSTER_WEBHOOK_RETRY_SCHEDULE": "0, 1,2.5"}, "retry_schedule", (0, 1, 2.5)),
+        ({"MUSTER_WEBHOOK_TIMEOUT": "2.5"}, "timeout", 2.5),
+        ({"MUSTER_WEBHOOK_SECRET_OVERLAP": "0"}, "secret_overlap", 0.0),
         (
             {"MUSTER_WEBHOOK_ALLOW_NETS": "127.0.0.1, 10.1.2.3/8"},
-            "webhook_allow_nets",
+            "allow_nets",
             ("127.0.0.1/32", "10.0.0.0/8"),
         ),
     ],
 )
 def test_the_webhook_settings_parse(env: dict[str, str], attr: str, expected: object) -> None:
-    assert getattr(Settings.load(env), attr) == expected
+    assert getattr(Settings.load(env).webhooks, attr) == expected
 
 
 @pytest.mark.parametrize(

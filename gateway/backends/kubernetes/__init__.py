@@ -2,7 +2,7 @@
 
 One module per idea, imports pointing down the list:
 
-- ``errors``: the exception tree every failure here is translated into;
+- ``errors``: how an API status becomes one of ``gateway.errors``' ``KubernetesError``s;
 - ``client``: configuration (kubeconfig or in-cluster), the client-side rate limit, raw JSON calls;
 - ``inventory``: nodes and what they offer, minus pods Muster does not own (``Inventory``);
 - ``observing``, ``creating``, ``deleting``: one module per verb on Muster's pods and services;
@@ -10,40 +10,23 @@ One module per idea, imports pointing down the list:
 
 Typical wiring::
 
-    api = await kube_client(settings.kubeconfig, qps=settings.kube_qps, burst=settings.kube_burst)
+    kube = settings.kubernetes
+    api = await kube_client(kube.kubeconfig, qps=kube.qps, burst=kube.burst)
     nodes = NodeCache(api)
     inventory = KubernetesInventory(api, nodes=nodes)
     runtime = KubernetesRuntime(api, cluster_domain=None, nodes=nodes)  # runtime.close() closes api
 """
 
 from gateway.backends.kubernetes.client import Kube, RateLimitedApiClient, TokenBucket, kube_client
-from gateway.backends.kubernetes.errors import (
-    AlreadyExists,
-    Conflict,
-    Forbidden,
-    Invalid,
-    KubernetesError,
-    NameTaken,
-    NotFound,
-    Unavailable,
-)
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 
 __all__ = [
-    "AlreadyExists",
-    "Conflict",
-    "Forbidden",
-    "Invalid",
     "Kube",
-    "KubernetesError",
     "KubernetesInventory",
     "KubernetesRuntime",
-    "NameTaken",
     "NodeCache",
-    "NotFound",
     "RateLimitedApiClient",
     "TokenBucket",
-    "Unavailable",
     "kube_client",
 ]

@@ -7,7 +7,8 @@
 - ``Kube`` is what the backend talks through: API paths in, plain JSON values out (the manifests
   are plain dicts already, and decoding thousands of pods into generated models every reconcile
   pass would cost more than the request). It is the boundary where ``ApiException`` and aiohttp's
-  errors become ``gateway.backends.kubernetes.errors``.
+  errors become ``gateway.errors.KubernetesError``s (``gateway.backends.kubernetes.errors``
+  translates the status codes).
 
 Invariants: a ``Kube`` call either returns a 2xx response's body or raises a ``KubernetesError``;
 the bucket hands out tokens in the order they are asked for, so in any ``t`` seconds at most
@@ -26,8 +27,8 @@ import aiohttp
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
 
-from gateway.backends.kubernetes.errors import KubernetesError, Unavailable, from_status
-from gateway.errors import ConfigError
+from gateway.backends.kubernetes.errors import from_status
+from gateway.errors import ConfigError, KubernetesError, KubernetesUnavailable
 
 __all__ = ["Kube", "RateLimitedApiClient", "TokenBucket", "kube_client"]
 
@@ -182,7 +183,7 @@ class Kube:
         except ApiException as exc:
             raise from_status(exc.status or 0, exc.body, what=what) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(f"{what}: {exc!r}") from exc
+            raise KubernetesUnavailable(f"{what}: {exc!r}") from exc
         try:
             # Unread, an error response is not checked by the REST layer: check it here.
             if response.status >= 300:
@@ -190,7 +191,7 @@ class Kube:
             async for chunk in response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(f"{what}: {exc!r}") from exc
+            raise KubernetesUnavailable(f"{what}: {exc!r}") from exc
         finally:
             response.release()
 
@@ -219,7 +220,7 @@ class Kube:
             creating = method == "POST"
             raise from_status(exc.status or 0, exc.body, what=what, creating=creating) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(f"{what}: {exc!r}") from exc
+            raise KubernetesUnavailable(f"{what}: {exc!r}") from exc
         if not isinstance(result, dict):
             raise KubernetesError(f"{what}: expected a JSON object, got {type(result).__name__}")
         return result

@@ -17,8 +17,8 @@ object is read:
 - it is a pod of this job that is still terminating, or of an earlier attempt: it is not this
   attempt's replica. An earlier attempt's pod is deleted; either way the pod is created on a
   later reconcile pass, once the name is free (the reconciler sees it missing until then);
-- anything else (another job's, or no Muster job's): ``NameTaken``, naming both jobs; the object
-  is never overwritten.
+- anything else (another job's, or no Muster job's): ``KubernetesNameTaken``, naming both jobs;
+  the object is never overwritten.
 """
 
 from __future__ import annotations
@@ -28,27 +28,27 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.backends.base import Gang, PodPlacement
+from gateway.backends.base import Gang
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.deleting import delete_object, object_path
-from gateway.backends.kubernetes.errors import (
-    AlreadyExists,
-    Conflict,
-    KubernetesError,
-    NameTaken,
-    NotFound,
-)
 from gateway.domain.manifests.kubernetes import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     Owner,
-    PodPlan,
     parent_manifest,
     parent_owner,
     pod_manifest,
     service_manifest,
 )
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode
+from gateway.domain.scheduling.queueing import Placement
+from gateway.errors import (
+    KubernetesAlreadyExists,
+    KubernetesConflict,
+    KubernetesError,
+    KubernetesNameTaken,
+    KubernetesNotFound,
+)
 
 __all__ = ["create_gang", "ensure_parent", "fallback_gpu_mode"]
 
@@ -65,7 +65,7 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return labels if isinstance(labels, Mapping) else {}
 
 
-def fallback_gpu_mode(placement: PodPlacement) -> GpuMode:
+def fallback_gpu_mode(placement: Placement) -> GpuMode:
     """The GPU mode for a pod whose planned node is no longer listed. Such a pod cannot be
     scheduled, and its gang is evicted for the lost node; this only keeps the render valid."""
     shares = sum(s.shares for s in placement.gpu)
@@ -86,14 +86,15 @@ async def ensure_parent(kube: Kube, gang: Gang) -> Owner:
     path = object_path("configmaps", gang.namespace, name)
     try:
         parent = await kube.get(path)
-    except NotFound:
+    except KubernetesNotFound:
         try:
             parent = await kube.create(object_path("configmaps", gang.namespace), manifest)
-        except AlreadyExists:  # created since the read, by a gateway that was leader a moment ago
+        except KubernetesAlreadyExists:
+            # Created since the read, by a gateway that was leader a moment ago.
             parent = await kube.get(path)
     owner_job = _labels(parent).get(LABEL_JOB_ID)
     if owner_job != gang.job_id:
-        raise NameTaken(
+        raise KubernetesNameTaken(
             kind="ConfigMap",
             namespace=gang.namespace,
             name=name,
@@ -102,7 +103,7 @@ async def ensure_parent(kube: Kube, gang: Gang) -> Owner:
         )
     if _metadata(parent).get("deletionTimestamp"):
         # Pods owned by it would be garbage-collected as soon as they are created.
-        raise Conflict(
+        raise KubernetesConflict(
             f"ConfigMap {gang.namespace}/{name} of job {gang.job_id} is being deleted; "
             "its pods are created once it is gone",
             status=409,
@@ -122,7 +123,7 @@ async def create_gang(
     cluster_domain: str | None,
 ) -> None:
     """Create the Service and Pod of each replica in ``names``; see the module docstring."""
-    by_name = {p.name: p for p in gang.placements}
+    by_name = {p.pod_name: p for p in gang.placements}
     unknown = sorted(set(names) - set(by_name))
     if unknown:
         raise ValueError(f"job {gang.job_id} has no placement for {', '.join(unknown)}")
@@ -146,7 +147,7 @@ async def create_gang(
         return_exceptions=True,
     )
     # 3. Report: an API failure first (the pass is retried), then names held by other jobs.
-    taken = [o for o in outcomes if isinstance(o, NameTaken)]
+    taken = [o for o in outcomes if isinstance(o, KubernetesNameTaken)]
     failures = [o for o in outcomes if isinstance(o, BaseException) and o not in taken]
     for problem in [*failures[1:], *taken[1:]]:
         log.warning("creating job %s: %s", gang.job_id, problem)
@@ -159,7 +160,7 @@ async def create_gang(
 async def _create_replica(
     kube: Kube,
     gang: Gang,
-    placement: PodPlacement,
+    placement: Placement,
     *,
     owner: Owner,
     gpu_mode: GpuMode,
@@ -174,21 +175,13 @@ async def _create_replica(
         namespace=gang.namespace,
         owner=owner,
     )
-    # A Service held by another job raises NameTaken here: no pod behind another job's address.
+    # A Service held by another job raises KubernetesNameTaken here: no pod behind another job's
+    # address.
     await _create(kube, "services", service, gang, attempt=None)
-    plan = PodPlan(
-        name=placement.name,
-        role=placement.role,
-        index=placement.index,
-        node=placement.node,
-        cpu_millis=placement.cpu_millis,
-        memory_bytes=placement.memory_bytes,
-        gpu=placement.gpu,
-        gpu_mode=gpu_mode,
-    )
     pod = pod_manifest(
         gang.spec,
-        plan,
+        placement,
+        gpu_mode=gpu_mode,
         job_id=gang.job_id,
         tenant=gang.spec.tenant,
         namespace=gang.namespace,
@@ -208,16 +201,16 @@ async def _create(
     try:
         await kube.create(object_path(plural, namespace), manifest)
         return
-    except AlreadyExists:
+    except KubernetesAlreadyExists:
         pass
     try:
         existing = await kube.get(object_path(plural, namespace, name))
-    except NotFound:
+    except KubernetesNotFound:
         log.info("%s %s/%s vanished while being created; retrying later", plural, namespace, name)
         return
     owner_job = _labels(existing).get(LABEL_JOB_ID)
     if owner_job != gang.job_id:
-        raise NameTaken(
+        raise KubernetesNameTaken(
             kind=manifest["kind"],
             namespace=namespace,
             name=name,

@@ -15,8 +15,8 @@ import logging
 from typing import Any
 
 from gateway.backends.kubernetes.client import Kube
-from gateway.backends.kubernetes.errors import Conflict, NotFound
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
+from gateway.errors import KubernetesConflict, KubernetesNotFound
 
 __all__ = ["delete_object", "object_path"]
 
@@ -40,7 +40,7 @@ async def delete_object(
     if uid is None:
         try:
             existing = await kube.get(path)
-        except NotFound:
+        except KubernetesNotFound:
             return
         metadata: dict[str, Any] = existing.get("metadata") or {}
         owner = (metadata.get("labels") or {}).get(LABEL_JOB_ID)
@@ -64,8 +64,8 @@ async def delete_object(
         options["preconditions"] = {"uid": uid}
     try:
         await kube.delete(path, options)
-    except NotFound:
+    except KubernetesNotFound:
         return
-    except Conflict:
+    except KubernetesConflict:
         # The uid precondition failed: the object meant is gone and a new one holds the name.
         log.info("%s %s/%s was replaced before it could be deleted", plural, namespace, name)

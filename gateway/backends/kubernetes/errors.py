@@ -1,23 +1,18 @@
-"""What can go wrong talking to the Kubernetes API, as one exception tree.
+"""Where a Kubernetes API status becomes one of ``gateway.errors``' ``KubernetesError``s.
 
-Every error leaves ``gateway.backends.kubernetes`` as one of these: ``ApiException`` from
-kubernetes-asyncio and aiohttp's connection errors are translated where the request is made
-(``gateway.backends.kubernetes.client.Kube``), with ``raise ... from exc``::
+``gateway.backends.kubernetes.client.Kube`` catches kubernetes-asyncio's ``ApiException`` (and
+error responses it reads itself) and raises ``from_status(...)`` from it; aiohttp's connection
+errors and timeouts become ``KubernetesUnavailable`` there. The classes live in the one tree of
+``gateway.errors``; this module holds only the mapping::
 
-    MusterError
-    └── KubernetesError          any failure of a Kubernetes API call; .status, .reason, .message
-        ├── NotFound             404: no such object (deleting one that is gone counts as success)
-        ├── Conflict             409: the object's state forbids the operation
-        │   ├── AlreadyExists    409 on a create (reason AlreadyExists): the name is taken
-        │   └── NameTaken        not from the server: the name is taken by another job's object,
-        │                        which Muster leaves alone; names both jobs
-        ├── Forbidden            401, 403: the service account may not do this
-        ├── Invalid              400, 422: the server refused the object or the request
-        └── Unavailable          429, 5xx, connection errors and timeouts: try again later
-
-These are not ``gateway.errors.ClientError``s: a 404 from Kubernetes is no 404 for Muster's own
-callers. Import them module-qualified (``from gateway.backends.kubernetes import errors``) where
-``gateway.errors`` names are in scope too.
+    404                              KubernetesNotFound
+    409 (reason AlreadyExists, or    KubernetesAlreadyExists (a KubernetesConflict)
+         any 409 answering a create)
+    409 otherwise                    KubernetesConflict
+    401, 403                         KubernetesForbidden
+    400, 422                         KubernetesInvalid
+    429, 5xx                         KubernetesUnavailable
+    anything else                    KubernetesError
 """
 
 from __future__ import annotations
@@ -25,75 +20,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.errors import MusterError
+from gateway.errors import (
+    KubernetesAlreadyExists,
+    KubernetesConflict,
+    KubernetesError,
+    KubernetesForbidden,
+    KubernetesInvalid,
+    KubernetesNotFound,
+    KubernetesUnavailable,
+)
 
-__all__ = [
-    "AlreadyExists",
-    "Conflict",
-    "Forbidden",
-    "Invalid",
-    "KubernetesError",
-    "NameTaken",
-    "NotFound",
-    "Unavailable",
-    "from_status",
-]
-
-
-class KubernetesError(MusterError):
-    """A Kubernetes API call failed. ``status`` is the HTTP status, None without a response."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, reason: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.reason = reason
-
-
-class NotFound(KubernetesError):
-    pass
-
-
-class Conflict(KubernetesError):
-    pass
-
-
-class AlreadyExists(Conflict):
-    pass
-
-
-class NameTaken(Conflict):
-    """An object Muster wants to create exists already and belongs to another job (or to none)."""
-
-    def __init__(
-        self, *, kind: str, namespace: str, name: str, job_id: str, owner_job_id: str | None
-    ) -> None:
-        owner = f"job {owner_job_id}" if owner_job_id else "an object Muster did not create"
-        super().__init__(
-            f"{kind} {namespace}/{name} is needed by job {job_id} but belongs to {owner}; "
-            "it is left as it is",
-            status=409,
-            reason="AlreadyExists",
-        )
-        self.kind = kind
-        self.namespace = namespace
-        self.name = name
-        self.job_id = job_id
-        self.owner_job_id = owner_job_id
-
-
-class Forbidden(KubernetesError):
-    pass
-
-
-class Invalid(KubernetesError):
-    pass
-
-
-class Unavailable(KubernetesError):
-    pass
+__all__ = ["from_status"]
 
 
 def from_status(
@@ -108,15 +45,16 @@ def from_status(
     text = f"{what}: {status} {reason or ''}".rstrip() + (f": {message}" if message else "")
     kind: type[KubernetesError]
     if status == 404:
-        kind = NotFound
+        kind = KubernetesNotFound
     elif status == 409:
-        kind = AlreadyExists if creating or reason == "AlreadyExists" else Conflict
+        taken = creating or reason == "AlreadyExists"
+        kind = KubernetesAlreadyExists if taken else KubernetesConflict
     elif status in (401, 403):
-        kind = Forbidden
+        kind = KubernetesForbidden
     elif status in (400, 422):
-        kind = Invalid
+        kind = KubernetesInvalid
     elif status == 429 or status >= 500:
-        kind = Unavailable
+        kind = KubernetesUnavailable
     else:
         kind = KubernetesError
     return kind(text, status=status, reason=reason)

@@ -27,10 +27,10 @@ from gateway.backends.base import Gang, PodStatus
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.creating import create_gang
 from gateway.backends.kubernetes.deleting import delete_object, object_path
-from gateway.backends.kubernetes.errors import Invalid, NotFound
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.observing import pod_status
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+from gateway.errors import KubernetesInvalid, KubernetesNotFound
 
 __all__ = ["KubernetesRuntime"]
 
@@ -121,7 +121,7 @@ class KubernetesRuntime:
                 object_path("pods", namespace, name) + "/log", query
             ):
                 yield chunk
-        except (NotFound, Invalid):
+        except (KubernetesNotFound, KubernetesInvalid):
             # Gone, or no container has started yet (400): there is no log to show.
             return
 
