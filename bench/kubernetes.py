@@ -23,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.backends.base import Gang, PodPlacement
+from gateway.backends.base import Gang
 from gateway.backends.kubernetes.client import kube_client
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_name
 from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.scheduling.queueing import Placement
 from tests.integration.kube import kubeconfig, node, running_cluster, seed
 
 NAMESPACE = "bench"
@@ -45,8 +46,8 @@ def gang(job: int, size: int) -> Gang:
     )
     assert isinstance(spec, JobSpec), spec
     placements = tuple(
-        PodPlacement(
-            name=pod_name(spec.name, r.role, i),
+        Placement(
+            pod_name=pod_name(spec.name, r.role, i),
             role=r.role,
             index=i,
             node=f"n-{i % 4}",
@@ -81,7 +82,7 @@ async def measure(qps: float, burst: int, size: int, repeat: int) -> tuple[float
                 for job in range(repeat):
                     g = gang(job, size)
                     started = time.perf_counter()
-                    await runtime.create(g, tuple(p.name for p in g.placements))
+                    await runtime.create(g, tuple(p.pod_name for p in g.placements))
                     seconds.append(time.perf_counter() - started)
                     objects += 2 * size
             finally:

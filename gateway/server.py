@@ -1,8 +1,10 @@
 """Running the gateway: database (embedded or external), migrations, the API, and shutdown.
 
-Startup order: settings -> database -> migrations -> HTTP. Shutdown runs in reverse on SIGINT or
-SIGTERM: stop accepting and finish in-flight requests (up to the grace period), close the pool, and
-let go of the embedded PostgreSQL, which stops when no other gateway process uses it.
+Startup order: settings -> database -> migrations -> HTTP -> the background loops
+(``gateway.loops.runtime``). Shutdown runs in reverse on SIGINT or SIGTERM, or when a loop ended
+on its own: stop the loops and step down as leader, stop accepting and finish in-flight requests
+(up to the grace period), close the pool, and let go of the embedded PostgreSQL, which stops when
+no other gateway process uses it.
 
 Once serving, the garbage collector leaves the objects of startup alone and runs its youngest
 generation every 50,000 allocations instead of 700 (``_tune_garbage_collector``).
@@ -31,11 +33,10 @@ from gateway.api.connections import (
     connection_cap,
     raise_open_file_limit,
 )
-from gateway.api.context import SUBMITS
 from gateway.api.views import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
-from gateway.backends.factory import make_backend
+from gateway.backends.factory import Backend, make_backend
 from gateway.backends.local import LocalRuntime
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
@@ -43,13 +44,9 @@ from gateway.db.migrate import upgrade
 from gateway.db.tenants import TenantValues, create_first
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.scheduling.quota import Quota
-from gateway.domain.webhooks import RetryPolicy
 from gateway.errors import ConfigError, DatabaseUnavailable
-from gateway.loops.admission import AdmissionLoop
-from gateway.loops.reconciler import Reconciler
+from gateway.loops.runtime import LoopRuntime
 from gateway.settings import Settings
-from gateway.webhooks.delivery import DeliveryLoop
-from gateway.webhooks.ssrf import Guard
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +61,8 @@ class Database:
 async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Database]:
     """Connect to MUSTER_DATABASE_URL, or start the embedded server; apply migrations."""
     embedded: EmbeddedPostgres | None = None
-    if settings.database_url:
-        url = settings.database_url
+    if settings.database.url:
+        url = settings.database.url
         description = make_url(url).render_as_string(hide_password=True)
     else:
         embedded = EmbeddedPostgres(settings.data_dir)
@@ -76,9 +73,11 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
         if migrate:
             try:
                 await upgrade(engine)
-            except (OSError, DBAPIError) as exc:
+            except DBAPIError as exc:
+                # Connecting already failed as DatabaseUnavailable; this is a statement of a
+                # migration refused.
                 raise DatabaseUnavailable(
-                    f"cannot reach the database ({description}): {exc}"
+                    f"cannot apply the migrations ({description}): {exc}"
                 ) from exc
         yield Database(engine=engine, description=description)
     finally:
@@ -108,86 +107,50 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     # Everything the gateway writes (keys, logs, state) is its user's alone.
     os.umask(0o077)
     _private_data_dir(settings)
-    if settings.oidc_issuer is None:  # the local issuer: its key exists before the first token
+    if settings.auth.oidc_issuer is None:  # the local issuer: its key exists before the first token
         await _issuer_key(settings)
     backend = await make_backend(settings)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
-        admission = AdmissionLoop(
+        loops = LoopRuntime(
             database.engine,
-            backend.inventory,
-            interval=settings.admission_interval,
-            starvation_seconds=settings.starvation_seconds,
+            inventory=backend.inventory,
+            pods=backend.runtime,
+            admission=settings.admission,
+            webhooks=settings.webhooks,
+            render_job=job_view,
         )
         app = make_app(
             settings,
             database.engine,
             backend.inventory,
             backend.runtime,
-            is_leader=lambda: admission.leadership.is_leader,
-            collectors=(admission.cycle_seconds, admission.cycle_jobs),
+            is_leader=loops.is_leader,
+            collectors=loops.collectors,
+            on_queued=loops.queued,
         )
-        app[SUBMITS].on_queued = admission.queued
-        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+        runner = web.AppRunner(app, shutdown_timeout=settings.api.shutdown_grace, access_log=None)
         await runner.setup()
-        site = GuardedSite(
-            runner,
-            settings.host,
-            settings.port,
-            header_timeout=settings.header_timeout,
-            max_connections=_connection_cap(settings.max_connections),
-        )
-        await site.start()
-        _tune_garbage_collector()
-        loops = [asyncio.create_task(admission.run(), name="admission")]
-        if backend.runtime is not None:
-            reconciler = Reconciler(
-                database.engine, backend.runtime, is_leader=lambda: admission.leadership.is_leader
-            )
-            admission.on_admitted = reconciler.wake.set
-            loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        # Every replica delivers webhooks: claims are leased rows, so replicas share the work.
-        delivery = DeliveryLoop(
-            database.engine,
-            render_job=job_view,
-            guard=Guard.from_settings(settings.webhook_allow_nets, settings.webhook_allow_http),
-            policy=RetryPolicy(schedule=settings.webhook_retry_schedule),
-            timeout=settings.webhook_timeout,
-            secret_overlap=settings.webhook_secret_overlap,
-        )
-        loops.append(asyncio.create_task(delivery.run(), name="webhooks"))
-        for task in loops:
-            task.add_done_callback(lambda t: _loop_ended(t, stop))
         try:
-            port = _bound_port(runner, settings.port)
-            print(f"Muster is listening on http://{settings.host}:{port}", flush=True)
-            print(f"  data directory: {settings.data_dir}", flush=True)
-            print(f"  database:       {database.description}", flush=True)
-            print(f"  backend:        {settings.backend}", flush=True)
-            if isinstance(backend.runtime, LocalRuntime):
-                isolation = backend.runtime.isolation
-                print(f"  local jobs:     {isolation.describe()}", flush=True)
-                for note in isolation.notes:
-                    print(f"                  ({note})", flush=True)
-                if not isolation.isolated:
-                    log.warning("local jobs are not isolated: %s", isolation.describe())
-            if first_tenant:
-                print(f"  tenant:         {first_tenant}", flush=True)
-            if settings.oidc_issuer is None:
-                print(f"  tokens:         muster token --help (key {settings.issuer_key_file})")
-            else:
-                print(f"  tokens:         from {settings.oidc_issuer}", flush=True)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            print("Muster is shutting down", flush=True)
+            site = GuardedSite(
+                runner,
+                settings.api.host,
+                settings.api.port,
+                header_timeout=settings.api.header_timeout,
+                max_connections=_connection_cap(settings.api.max_connections),
+            )
+            await site.start()
+            _tune_garbage_collector()
+            # Leaving this block stops the loops first (an open admission transaction rolls
+            # back whole, webhook attempts in flight get a few seconds to end, then the leader
+            # lock is released); in-flight requests are finished after.
+            async with loops.running(on_crash=stop.set):
+                _announce(settings, runner, database, backend, first_tenant)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                print("Muster is shutting down", flush=True)
         finally:
-            # Stop the loops first (an open admission transaction rolls back whole, the
-            # leader lock is released, webhook attempts in flight get a few seconds to end),
-            # then finish in-flight requests.
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
             await runner.cleanup()
             if backend.runtime is not None:
                 # Replicas keep running; the next gateway adopts them.
@@ -203,7 +166,7 @@ DEFAULT_TENANT = "demo"
 async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inventory) -> str:
     """On a fresh local install, make a tenant that may use the whole machine, so a newcomer can
     submit the examples at once. Never touches a database that already has tenants."""
-    if settings.backend != "local":
+    if settings.backend.kind != "local":
         return ""
     (node,) = await inventory.nodes()
     values = TenantValues(
@@ -223,15 +186,32 @@ async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inve
     )
 
 
-def _loop_ended(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    """A loop must never end on its own: if one does, stop the whole process loudly."""
-    if task.cancelled():
-        return
-    error = task.exception()
-    log.critical(
-        "background loop %r ended unexpectedly; shutting down", task.get_name(), exc_info=error
-    )
-    stop.set()
+def _announce(
+    settings: Settings,
+    runner: web.AppRunner,
+    database: Database,
+    backend: Backend,
+    first_tenant: str,
+) -> None:
+    """Say where the gateway listens, where its data lives and what it runs on."""
+    port = _bound_port(runner, settings.api.port)
+    print(f"Muster is listening on http://{settings.api.host}:{port}", flush=True)
+    print(f"  data directory: {settings.data_dir}", flush=True)
+    print(f"  database:       {database.description}", flush=True)
+    print(f"  backend:        {settings.backend.kind}", flush=True)
+    if isinstance(backend.runtime, LocalRuntime):
+        isolation = backend.runtime.isolation
+        print(f"  local jobs:     {isolation.describe()}", flush=True)
+        for note in isolation.notes:
+            print(f"                  ({note})", flush=True)
+        if not isolation.isolated:
+            log.warning("local jobs are not isolated: %s", isolation.describe())
+    if first_tenant:
+        print(f"  tenant:         {first_tenant}", flush=True)
+    if settings.auth.oidc_issuer is None:
+        print(f"  tokens:         muster token --help (key {settings.issuer_key_file})")
+    else:
+        print(f"  tokens:         from {settings.auth.oidc_issuer}", flush=True)
 
 
 def _connection_cap(wanted: int) -> int:

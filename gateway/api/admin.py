@@ -78,7 +78,7 @@ def tenant_values(
 async def put_tenant(request: web.Request) -> web.Response:
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPut")
+    body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantPut")
     row, created = await tenant_rows.put(
         request.app[ENGINE], name, tenant_values(body, None, name), actor=actor(request)
     )
@@ -109,7 +109,7 @@ async def patch_tenant(request: web.Request) -> web.Response:
     """
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantPatch")
+    body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantPatch")
 
     def merge(current: Mapping[Any, Any]) -> tenant_rows.TenantValues:
         return tenant_values(body, tenant_rows.TenantValues.of(current), name)
@@ -159,7 +159,7 @@ async def put_grants(request: web.Request) -> web.Response:
     """Replace the tenant's grants; this replica forgets its cached grants at once."""
     require_admin(request)
     name = _tenant_name(request)
-    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "TenantGrants")
+    body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantGrants")
     grants = grant_rows.from_map(name, body)
     await grant_rows.replace(request.app[ENGINE], name, grants, actor=actor(request))
     request.app[AUTHENTICATOR].forget_grants()

@@ -34,7 +34,7 @@ PUBLIC_PATHS = frozenset(
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS or (
-        request.path == "/metrics" and request.app[SETTINGS].public_metrics
+        request.path == "/metrics" and request.app[SETTINGS].auth.public_metrics
     ):
         return await handler(request)
     access = await request.app[AUTHENTICATOR].access(request.headers.get("Authorization"))
@@ -66,7 +66,7 @@ def actor(request: web.Request) -> str:
 def require_admin(request: web.Request) -> Access:
     caller = request[ACCESS]
     if not caller.admin:
-        groups = ", ".join(request.app[SETTINGS].admin_groups) or "(none configured)"
+        groups = ", ".join(request.app[SETTINGS].auth.admin_groups) or "(none configured)"
         raise Forbidden(f"only platform admins may do this (members of: {groups})")
     return caller
 

@@ -63,8 +63,8 @@ REFUSAL_LOG_INTERVAL = 60.0
 def handler_args(settings: Settings) -> Mapping[str, Any]:
     """The keyword arguments aiohttp gives each connection's ``RequestHandler``."""
     return {
-        "keepalive_timeout": settings.keepalive_timeout,
-        "lingering_time": min(LINGERING_SECONDS, settings.body_timeout),
+        "keepalive_timeout": settings.api.keepalive_timeout,
+        "lingering_time": min(LINGERING_SECONDS, settings.api.body_timeout),
     }
 
 

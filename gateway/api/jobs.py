@@ -39,7 +39,7 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/jobs")
 async def submit_job(request: web.Request) -> web.Response:
-    body = await read_document(request, request.app[SETTINGS].max_body_bytes)
+    body = await read_document(request, request.app[SETTINGS].api.max_body_bytes)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
@@ -240,7 +240,7 @@ async def _cancel_reason(request: web.Request) -> str | None:
     a client cannot slip in a state, a tenant or a timestamp."""
     if not request.body_exists:
         return None
-    body = await read_checked(request, request.app[SETTINGS].max_body_bytes, "CancelRequest")
+    body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "CancelRequest")
     reason = body.get("reason")
     return reason if isinstance(reason, str) else None
 
@@ -272,13 +272,16 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     name = pod_name(row["name"], role, index)
     following = follow in ("true", "1")
-    async for chunk in runtime.logs(str(row["id"]), name, follow=following):
-        if following:  # a followed log may outlive its token, or the caller's role
-            caller = await recheck(request)
-            if caller is None or not caller.sees(row["tenant"]):
-                break
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        async for chunk in runtime.logs(str(row["id"]), name, follow=following):
+            if following:  # a followed log may outlive its token, or the caller's role
+                caller = await recheck(request)
+                if caller is None or not caller.sees(row["tenant"]):
+                    break
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client left mid-stream: nothing to answer
     return response
 
 

@@ -220,7 +220,7 @@ class DatabaseCollector(Collector):
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Every tenant's figures: public when MUSTER_PUBLIC_METRICS is set, else for admins."""
-    if not request.app[SETTINGS].public_metrics:
+    if not request.app[SETTINGS].auth.public_metrics:
         require_admin(request)
     counts = await metric_counts(request.app[ENGINE])
     nodes = await request.app[INVENTORY].nodes()

@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.schema import openapi_document
 from gateway.api.views import json_response
 from gateway.auth.keys import local_key_set, public_jwks
 from gateway.auth.proof import CHALLENGE, ProofKey, proof_key, prove
-from gateway.errors import BadRequest, DatabaseUnavailable, NotFound
+from gateway.errors import BadRequest, IssuerUnavailable, NotFound
 
 routes = web.RouteTableDef()
 
@@ -45,11 +45,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        async with request.app[ENGINE].connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (OSError, DBAPIError, OperationalError) as exc:
-        raise DatabaseUnavailable(str(exc)) from exc
+    # A database that cannot answer raises DatabaseUnavailable (gateway.db.engine): a 503.
+    async with request.app[ENGINE].connect() as conn:
+        await conn.execute(text("SELECT 1"))
     return json_response({"status": "ok"})
 
 
@@ -62,23 +60,32 @@ async def _local_issuer(request: web.Request) -> LocalIssuer | None:
     """The local issuer's current key file, as the public routes serve it; None when an
     external issuer is configured or before the key file exists."""
     settings = request.app[SETTINGS]
-    if settings.oidc_issuer is not None:
+    if settings.auth.oidc_issuer is not None:
         return None
     path = settings.issuer_key_file
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
     version = (stat.st_mtime_ns, stat.st_size)
     cache = request.app[ISSUER_CACHE]
     cached = cache.get("current")
     if cached is None or cached.version != version:
-        keys = await asyncio.to_thread(local_key_set, path)
+        try:
+            keys = await asyncio.to_thread(local_key_set, path)
+        except (OSError, ValueError) as exc:  # unreadable, or no key set with a private key
+            raise _unreadable(path, exc) from exc
         cached = LocalIssuer(
             version=version, jwks_body=json.dumps(public_jwks(keys)), proof_key=proof_key(keys)
         )
         cache["current"] = cached
     return cached
+
+
+def _unreadable(path: Path, exc: Exception) -> IssuerUnavailable:
+    return IssuerUnavailable(f"the local issuer's key {path} cannot be read: {exc}")
 
 
 @routes.get("/.well-known/jwks.json")
@@ -100,7 +107,7 @@ async def issuer_proof(request: web.Request) -> web.Response:
     """Proof that this gateway holds the local issuer's signing key, for the client commands
     before they send a token of their own: an HMAC bound to the caller's challenge, the key's kid
     and the port this request arrived on (see ``gateway.auth.proof``)."""
-    if request.app[SETTINGS].oidc_issuer is not None:
+    if request.app[SETTINGS].auth.oidc_issuer is not None:
         raise NotFound("this gateway's tokens come from an external issuer: it has no key to prove")
     challenge = request.query.get("challenge", "")
     if not CHALLENGE.fullmatch(challenge):

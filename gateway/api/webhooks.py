@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 
 def guard(settings: Settings) -> Guard:
-    return Guard.from_settings(settings.webhook_allow_nets, settings.webhook_allow_http)
+    return Guard.from_settings(settings.webhooks.allow_nets, settings.webhooks.allow_http)
 
 
 def callback_problems(settings: Settings, spec: JobSpec) -> list[FieldProblem]:
@@ -95,7 +95,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
     rotated = await rows.rotate_secret(
         request.app[ENGINE], tenant, new_webhook_secret(), actor=actor(request)
     )
-    overlap = timedelta(seconds=request.app[SETTINGS].webhook_secret_overlap)
+    overlap = timedelta(seconds=request.app[SETTINGS].webhooks.secret_overlap)
     return json_response(
         {
             "tenant": rotated.tenant,

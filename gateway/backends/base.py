@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.domain.scheduling.nodes import GpuSlice, Node
+from gateway.domain.scheduling.nodes import Node
+from gateway.domain.scheduling.queueing import Placement
 
 if TYPE_CHECKING:  # annotations only: keeps this interface importable on its own
     from gateway.domain.jobs.spec import JobSpec
@@ -28,19 +29,6 @@ class Inventory(Protocol):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class PodPlacement:
-    """Where one replica of an admitted gang runs, as admission planned it."""
-
-    name: str
-    role: str
-    index: int
-    node: str
-    cpu_millis: int
-    memory_bytes: int
-    gpu: tuple[GpuSlice, ...]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Gang:
     """One attempt of an admitted job: its spec and every pod's placement.
 
@@ -52,7 +40,7 @@ class Gang:
     spec: JobSpec
     namespace: str
     attempt: int
-    placements: tuple[PodPlacement, ...]
+    placements: tuple[Placement, ...]  # as admission planned them
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -36,16 +36,17 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.db.channels import Channel, notify_sql
+from gateway.db.engine import driver_of
 from gateway.db.tenants import TENANTS_WITH_USAGE, quota_of, usage_of
 from gateway.db.webhooks import enqueue_sql
-from gateway.domain.jobs.pods import pod_requests_from_document
-from gateway.domain.jobs.spec import CallbackEvent
+from gateway.domain.jobs.pods import pod_requests
+from gateway.domain.jobs.spec import CallbackEvent, from_document
 from gateway.domain.scheduling.admission import plan
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
 
 ADMISSION_LOCK = 0x6D75_0001
-ADMITTED_CHANNEL = "muster_admitted"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -110,7 +111,7 @@ class SpecCache:
                 submitted_at=created_at.timestamp(),
                 queued_since=queued_at.timestamp(),
                 not_before=None if not_before is None else not_before.timestamp(),
-                pods=pod_requests_from_document(spec),
+                pods=pod_requests(from_document(spec)),
             ),
         )
 
@@ -158,7 +159,7 @@ _DETAILS = """
 """
 
 # The webhook outbox rows come from the admitted rows as updated (a CTE cannot see its sibling's
-# update in the jobs table). Loops that deliver them LISTEN on ADMITTED_CHANNEL too.
+# update in the jobs table). Loops that deliver them LISTEN on Channel.ADMITTED too.
 _ADMIT = text(
     f"""
     WITH planned AS (
@@ -245,13 +246,13 @@ async def load_snapshot(
     """
     tenants = {row["name"]: _tenant_state(row) for row in (await conn.execute(_TENANTS)).mappings()}
     holdings = await load_holdings(conn)
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    queued: list[Any] = await driver.fetch(_QUEUED)
-    # Only jobs new to this process, or requeued since, have their details read and parsed.
-    stale = cache.stale(queued)
-    if stale:
-        for row in await driver.fetch(_DETAILS, stale):
-            cache.add(row)
+    async with driver_of(conn) as driver:
+        queued: list[Any] = await driver.fetch(_QUEUED)
+        # Only jobs new to this process, or requeued since, have their details read and parsed.
+        stale = cache.stale(queued)
+        if stale:
+            for row in await driver.fetch(_DETAILS, stale):
+                cache.add(row)
     pending = tuple(map(cache.pending, queued))
     cache.keep_only({row[0] for row in queued})
     snapshot = Snapshot(
@@ -266,11 +267,7 @@ async def load_snapshot(
 
 
 async def write_plan(
-    conn: AsyncConnection,
-    now: float,
-    result: AdmissionPlan,
-    queued: Sequence[Sequence[Any]],
-    pods: Mapping[str, tuple[PodRequest, ...]],
+    conn: AsyncConnection, now: float, result: AdmissionPlan, queued: Sequence[Sequence[Any]]
 ) -> tuple[str, ...]:
     """Persist admissions (state, placements, events) and changed waiting reasons/positions.
 
@@ -297,20 +294,16 @@ async def write_plan(
         data = []
         for admission in result.admitted:
             attempt = by_id[admission.job_id][_ATTEMPT]
-            gang = pods[admission.job_id]
-            requests = {pod.name: pod for pod in gang}
-            indexes = _replica_indexes(gang)
             for placement in admission.placements:
-                pod = requests[placement.pod_name]
                 columns["job_ids"].append(admission.job_id)
                 columns["attempts"].append(attempt)
                 columns["pods"].append(placement.pod_name)
-                columns["roles"].append(pod.role)
-                columns["indexes"].append(indexes[pod.name])
+                columns["roles"].append(placement.role)
+                columns["indexes"].append(placement.index)
                 columns["nodes"].append(placement.node)
-                columns["cpus"].append(pod.cpu_millis)
-                columns["memories"].append(pod.memory_bytes)
-                columns["gpu_shares"].append(pod.gpu_shares)
+                columns["cpus"].append(placement.cpu_millis)
+                columns["memories"].append(placement.memory_bytes)
+                columns["gpu_shares"].append(sum(s.shares for s in placement.gpu))
                 columns["gpus"].append(
                     json.dumps([{"device": s.device, "shares": s.shares} for s in placement.gpu])
                 )
@@ -329,7 +322,7 @@ async def write_plan(
         admitted_ids = [str(row[0]) for row in rows]
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
-            await conn.execute(text(f"SELECT pg_notify('{ADMITTED_CHANNEL}', '')"))
+            await conn.execute(text(notify_sql(Channel.ADMITTED)))
     # Only rows whose reason or position moved are written: a long, stable queue costs nothing.
     # (A PendingReason is a str enum: it equals the text stored for it.)
     changed = [
@@ -352,16 +345,6 @@ async def write_plan(
     return tuple(admitted_ids)
 
 
-def _replica_indexes(gang: Sequence[PodRequest]) -> dict[str, int]:
-    """Pod name -> its index within its role (pods are listed in role, index order)."""
-    seen: dict[str, int] = {}
-    indexes: dict[str, int] = {}
-    for pod in gang:
-        indexes[pod.name] = seen.get(pod.role, 0)
-        seen[pod.role] = indexes[pod.name] + 1
-    return indexes
-
-
 async def run_cycle(
     engine: AsyncEngine,
     nodes: tuple[Node, ...],
@@ -379,9 +362,8 @@ async def run_cycle(
         )
         # The plan is pure CPU: in a thread, so the API keeps answering during long cycles.
         decided = await asyncio.to_thread(plan, snapshot)
-        pods = {job.id: job.pods for job in snapshot.pending}
         # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
-        admitted = await write_plan(conn, snapshot.now, decided, queued, pods)
+        admitted = await write_plan(conn, snapshot.now, decided, queued)
     return CycleResult(
         considered=len(snapshot.pending),
         admitted=admitted,

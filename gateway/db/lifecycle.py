@@ -23,13 +23,16 @@ from gateway.domain.jobs.spec import CallbackEvent
 from gateway.domain.lifecycle.decisions import Decision
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.nodes import GpuSlice
+from gateway.domain.scheduling.queueing import Placement
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ActiveJob:
+    """An admitted or running job with its tenant's namespace and its live placements."""
+
     row: RowMapping
     namespace: str
-    placements: tuple[RowMapping, ...]
+    placements: tuple[Placement, ...]
 
 
 _ACTIVE = text(
@@ -59,13 +62,26 @@ async def active_jobs(engine: AsyncEngine) -> list[ActiveJob]:
     async with engine.connect() as conn:
         jobs = (await conn.execute(_ACTIVE)).mappings().all()
         placements = (await conn.execute(_PLACEMENTS)).mappings().all()
-    by_job: dict[Any, list[RowMapping]] = {}
+    by_job: dict[Any, list[Placement]] = {}
     for placement in placements:
-        by_job.setdefault(placement["job_id"], []).append(placement)
+        by_job.setdefault(placement["job_id"], []).append(placement_of(placement))
     return [
         ActiveJob(row=job, namespace=job["namespace"], placements=tuple(by_job.get(job["id"], ())))
         for job in jobs
     ]
+
+
+def placement_of(row: Mapping[Any, Any]) -> Placement:
+    """A placements row as the plan made it: the one place rows become a ``Placement``."""
+    return Placement(
+        pod_name=row["pod_name"],
+        role=row["role"],
+        index=row["replica_index"],
+        node=row["node"],
+        cpu_millis=row["cpu_millis"],
+        memory_bytes=row["memory_bytes"],
+        gpu=gpu_slices(row["gpu"]),
+    )
 
 
 async def job_states(engine: AsyncEngine, job_ids: Sequence[str]) -> Mapping[str, RowMapping]:

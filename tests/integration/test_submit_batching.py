@@ -20,7 +20,7 @@ from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.scheduling.nodes import Node
 from gateway.domain.scheduling.priority import above_ceiling
 from gateway.domain.scheduling.queueing import PendingJob
-from gateway.errors import Conflict, ValidationFailed
+from gateway.errors import Conflict, DatabaseUnavailable, ValidationFailed
 from tests.integration.helpers import grant_priority
 from tests.integration.test_admission_cycle import job, make_tenant
 from tests.openapi_check import CheckedClient
@@ -191,10 +191,10 @@ async def test_an_unreachable_database_fails_every_waiting_submit_and_strands_no
         results = await asyncio.gather(
             *(submit(submits, spec(f"j{i}")) for i in range(3)), return_exceptions=True
         )
-        assert all(isinstance(r, OSError) for r in results), results
+        assert all(isinstance(r, DatabaseUnavailable) for r in results), results
         await asyncio.wait_for(submits.close(), 5)
         later = await asyncio.gather(submit(submits, spec("later")), return_exceptions=True)
-        assert isinstance(later[0], OSError)  # a new writer started for it
+        assert isinstance(later[0], DatabaseUnavailable)  # a new writer started for it
     finally:
         await dead.dispose()
 

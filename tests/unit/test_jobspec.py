@@ -18,6 +18,7 @@ from gateway.domain.jobs.spec import (
     JobSpec,
     RestartPolicy,
     SpecLimits,
+    from_document,
     to_document,
 )
 from gateway.domain.problems import FieldProblem
@@ -134,6 +135,7 @@ def test_the_design_example_stored_as_a_document_reads_back_equal() -> None:
     document = to_document(job)
 
     assert accepted(document) == job
+    assert from_document(document) == job
     assert to_document(accepted(document)) == document
     assert schema_check("JobSpec", document) == []
 
@@ -474,6 +476,7 @@ def test_an_accepted_spec_stored_as_a_document_reads_back_equal(raw: dict[str, A
     document = to_document(result)
 
     assert check_job_spec(document) == result
+    assert from_document(document) == result  # the stored document's one reader
     assert to_document(result) == document
     assert [r.role for r in result.replicas] == sorted(raw["replicas"])
 

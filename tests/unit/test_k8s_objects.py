@@ -28,7 +28,6 @@ from gateway.domain.manifests.kubernetes import (
     LABEL_REPLICA_TYPE,
     LABEL_TENANT,
     Owner,
-    PodPlan,
     job_labels,
     parent_manifest,
     parent_name,
@@ -39,6 +38,7 @@ from gateway.domain.manifests.kubernetes import (
 )
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.scheduling.nodes import GpuMode, GpuSlice
+from gateway.domain.scheduling.queueing import Placement
 
 # The same version as the deploy manifests' check (tests/integration/test_deploy_manifests.py).
 KUBERNETES_VERSION = "1.30.0"
@@ -116,20 +116,23 @@ TF_PLANS = {
 }
 
 
-def _plan(spec: JobSpec, role: str, index: int, plans: dict[Any, Any] | None = None) -> PodPlan:
+def _plan(
+    spec: JobSpec, role: str, index: int, plans: dict[Any, Any] | None = None
+) -> tuple[Placement, GpuMode]:
+    """The replica's placement as admission made it, and its node's GPU mode."""
     node, mode, slices = (plans or TF_PLANS)[role, index]
     replica = spec.replica(role)
     assert replica is not None
-    return PodPlan(
-        name=pod_name(spec.name, role, index),
+    placement = Placement(
+        pod_name=pod_name(spec.name, role, index),
         role=role,
         index=index,
         node=node,
         cpu_millis=replica.resources.cpu_millis,
         memory_bytes=replica.resources.memory_bytes,
         gpu=tuple(GpuSlice(device=d, shares=s) for d, s in slices),
-        gpu_mode=mode,
     )
+    return placement, mode
 
 
 def _pod(
@@ -142,9 +145,11 @@ def _pod(
     cluster_domain: str | None = None,
     attempt: int = 2,
 ) -> dict[str, Any]:
+    placement, mode = _plan(spec, role, index, plans)
     return pod_manifest(
         spec,
-        _plan(spec, role, index, plans),
+        placement,
+        gpu_mode=mode,
         job_id=JOB_ID,
         tenant=TENANT,
         namespace=NAMESPACE,
@@ -179,10 +184,8 @@ def _env(pod: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.parametrize(("role", "index"), sorted(TF_PLANS))
 def test_pod_environment_is_replica_env_for_its_plan(role: str, index: int) -> None:
     pod = _pod(role, index)
-    plan = _plan(TF_JOB, role, index)
-    devices = (
-        tuple(sorted({s.device for s in plan.gpu})) if plan.gpu_mode is GpuMode.SHARED else None
-    )
+    plan, mode = _plan(TF_JOB, role, index)
+    devices = tuple(sorted({s.device for s in plan.gpu})) if mode is GpuMode.SHARED else None
     expected = replica_env(
         TF_JOB,
         role=role,
@@ -485,10 +488,12 @@ def test_shared_cpus_have_a_memory_limit_and_no_cpu_limit(role: str, cpu: str, m
 
 
 def test_resources_are_the_planned_amounts() -> None:
-    plan = replace(_plan(TF_JOB, "ps", 0), cpu_millis=1500, memory_bytes=3 * GIB + 1)
+    placement, mode = _plan(TF_JOB, "ps", 0)
+    plan = replace(placement, cpu_millis=1500, memory_bytes=3 * GIB + 1)
     pod = pod_manifest(
         TF_JOB,
         plan,
+        gpu_mode=mode,
         job_id=JOB_ID,
         tenant=TENANT,
         namespace=NAMESPACE,
@@ -600,22 +605,23 @@ def test_parent_name_is_a_dns_label_shortened_like_a_pod_name(length: int) -> No
 # -- refusals --------------------------------------------------------------------------------------
 
 BAD_PLANS = {
-    "wrong name": lambda p: replace(p, name="wide-deep-chief-9"),
-    "unknown role": lambda p: replace(p, role="master", name="wide-deep-master-0"),
-    "index out of range": lambda p: replace(p, index=1, name="wide-deep-chief-1"),
-    "fraction on a device-plugin node": lambda p: replace(p, gpu_mode=GpuMode.DEVICE_PLUGIN),
-    "gpu on a node without gpus": lambda p: replace(p, gpu_mode=GpuMode.NONE),
+    "wrong name": lambda p, m: (replace(p, pod_name="wide-deep-chief-9"), m),
+    "unknown role": lambda p, m: (replace(p, role="master", pod_name="wide-deep-master-0"), m),
+    "index out of range": lambda p, m: (replace(p, index=1, pod_name="wide-deep-chief-1"), m),
+    "fraction on a device-plugin node": lambda p, m: (p, GpuMode.DEVICE_PLUGIN),
+    "gpu on a node without gpus": lambda p, m: (p, GpuMode.NONE),
 }
 
 
 @pytest.mark.parametrize("change", BAD_PLANS.values(), ids=BAD_PLANS.keys())
 def test_a_plan_that_disagrees_with_the_spec_is_refused(change: Any) -> None:
-    plan = change(_plan(TF_JOB, "chief", 0))
+    plan, mode = change(*_plan(TF_JOB, "chief", 0))
 
     with pytest.raises(ValueError, match=r"."):
         pod_manifest(
             TF_JOB,
             plan,
+            gpu_mode=mode,
             job_id=JOB_ID,
             tenant=TENANT,
             namespace=NAMESPACE,

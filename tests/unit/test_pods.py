@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.domain.jobs.check import check_job_spec
-from gateway.domain.jobs.pods import pod_name, pod_requests, pod_requests_from_document
-from gateway.domain.jobs.spec import JobSpec, to_document
+from gateway.domain.jobs.pods import pod_name, pod_requests
+from gateway.domain.jobs.spec import JobSpec, from_document, to_document
 from gateway.domain.names import DNS_1035_LABEL
 
 SPECS: dict[str, dict[str, Any]] = {
@@ -41,7 +41,7 @@ def _spec(raw: dict[str, Any]) -> JobSpec:
 @pytest.mark.parametrize("raw", SPECS.values(), ids=SPECS.keys())
 def test_stored_document_yields_the_same_pods_as_the_checked_spec(raw: dict[str, Any]) -> None:
     spec = _spec(raw)
-    assert pod_requests_from_document(to_document(spec)) == pod_requests(spec)
+    assert pod_requests(from_document(to_document(spec))) == pod_requests(spec)
 
 
 def test_only_parameter_servers_are_spread() -> None:

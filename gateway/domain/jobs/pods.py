@@ -2,17 +2,16 @@
 
 Invariants: ``pod_name`` is a pure function of (job name, role, index), always a DNS-1035 label of
 at most 63 characters, and distinct for distinct inputs of one job (a long name is cut and given a
-hash suffix of the full name); ``pod_requests`` lists every pod of the gang in role, index order.
+hash suffix of the full name); ``pod_requests`` lists every pod of the gang in role, index order,
+and is the one way from a spec to pods (a stored spec is read with ``spec.from_document``
+first).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any
 
 from gateway.domain.jobs.spec import JobSpec, ReplicaSpec
-from gateway.domain.resources import cached_cpu_millis, cached_gpu_shares, cached_memory_bytes
 from gateway.domain.scheduling.nodes import PodRequest, Toleration
 
 MAX_NAME = 63
@@ -47,51 +46,13 @@ def pod_requests(spec: JobSpec) -> tuple[PodRequest, ...]:
                 PodRequest(
                     name=pod_name(spec.name, replica.role, index),
                     role=replica.role,
+                    index=index,
                     cpu_millis=replica.resources.cpu_millis,
                     memory_bytes=replica.resources.memory_bytes,
                     gpu_shares=replica.resources.gpu_shares,
                     node_selector=selector,
                     tolerations=tolerations,
                     spread=replica.role in SPREAD_ROLES,
-                )
-            )
-    return tuple(pods)
-
-
-def pod_requests_from_document(document: Mapping[str, Any]) -> tuple[PodRequest, ...]:
-    """Pods of a spec as ``to_document`` wrote it: complete and already checked at submit.
-
-    The admission loop reads every stored spec once; this skips the full check, which only
-    matters for untrusted input.
-    """
-    pods: list[PodRequest] = []
-    for role in sorted(document["replicas"]):
-        replica = document["replicas"][role]
-        resources = replica["resources"]
-        cpu = cached_cpu_millis(resources["cpu"])
-        memory = cached_memory_bytes(resources["memory"])
-        gpu = cached_gpu_shares(resources["gpu"])
-        selector = dict(replica["node_selector"])
-        tolerations = tuple(
-            Toleration(
-                key=t.get("key"),
-                operator=t.get("operator", "Equal"),
-                value=t.get("value"),
-                effect=t.get("effect"),
-            )
-            for t in replica["tolerations"]
-        )
-        for index in range(replica["count"]):
-            pods.append(
-                PodRequest(
-                    name=pod_name(document["name"], role, index),
-                    role=role,
-                    cpu_millis=cpu,
-                    memory_bytes=memory,
-                    gpu_shares=gpu,
-                    node_selector=selector,
-                    tolerations=tolerations,
-                    spread=role in SPREAD_ROLES,
                 )
             )
     return tuple(pods)

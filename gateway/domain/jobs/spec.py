@@ -8,11 +8,13 @@ Invariants:
   every amount is an integer in Muster's units (see ``gateway.domain.resources``), and replicas
   are in a stable order (by role name).
 - ``to_document`` of a ``JobSpec`` is a spec that ``check_job_spec`` accepts and maps to an equal
-  ``JobSpec``: what is stored can always be read back.
+  ``JobSpec``, and ``from_document`` reads it back to an equal ``JobSpec`` without the check:
+  what is stored can always be read back, one way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,6 +22,9 @@ from typing import Any
 from gateway.domain.resources import (
     GPU_SHARES_PER_DEVICE,
     Resources,
+    cached_cpu_millis,
+    cached_gpu_shares,
+    cached_memory_bytes,
     format_cpu,
     format_gpu,
     format_memory,
@@ -162,6 +167,70 @@ def to_document(spec: JobSpec) -> dict[str, Any]:
         else {"url": spec.callback.url, "events": [e.value for e in spec.callback.events]},
         "labels": dict(spec.labels),
     }
+
+
+def from_document(document: Mapping[str, Any]) -> JobSpec:
+    """The ``JobSpec`` a stored document holds: the one reader of stored specs.
+
+    A stored document is ``to_document``'s output for a spec checked at submit, so it is read,
+    not checked again (the reconciler and every admission cycle read specs; a check is for
+    untrusted input). Quantities are parsed through the memo of ``gateway.domain.resources``.
+    """
+    run = document["run_policy"]
+    callback = document["callback"]
+    return JobSpec(
+        name=document["name"],
+        tenant=document["tenant"],
+        framework=Framework(document["framework"]),
+        priority=document["priority"],
+        replicas=tuple(
+            _replica_of(role, document["replicas"][role]) for role in sorted(document["replicas"])
+        ),
+        run_policy=RunPolicy(
+            backoff_limit=run["backoff_limit"],
+            active_deadline_seconds=run["active_deadline_seconds"],
+            ready_timeout_seconds=run["ready_timeout_seconds"],
+            clean_pod_policy=CleanPodPolicy(run["clean_pod_policy"]),
+            success_policy=SuccessPolicy(run["success_policy"]),
+        ),
+        callback=None
+        if callback is None
+        else Callback(
+            url=callback["url"], events=tuple(CallbackEvent(e) for e in callback["events"])
+        ),
+        labels=tuple(sorted(document["labels"].items())),
+    )
+
+
+def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
+    resources = doc["resources"]
+    return ReplicaSpec(
+        role=role,
+        count=doc["count"],
+        image=doc["image"],
+        command=tuple(doc["command"]),
+        args=tuple(doc["args"]),
+        env=tuple(sorted(doc["env"].items())),
+        resources=Resources(
+            cpu_millis=cached_cpu_millis(resources["cpu"]),
+            memory_bytes=cached_memory_bytes(resources["memory"]),
+            gpu_shares=cached_gpu_shares(resources["gpu"]),
+        ),
+        exclusive_cpus=doc["exclusive_cpus"],
+        restart_policy=RestartPolicy(doc["restart_policy"]),
+        node_selector=tuple(sorted(doc["node_selector"].items())),
+        tolerations=tuple(
+            Toleration(
+                key=t.get("key"),
+                operator=t.get("operator", "Equal"),
+                value=t.get("value"),
+                effect=t.get("effect"),
+                toleration_seconds=t.get("tolerationSeconds"),
+            )
+            for t in doc["tolerations"]
+        ),
+        port=doc["port"],
+    )
 
 
 def _replica_document(r: ReplicaSpec) -> dict[str, Any]:

@@ -50,7 +50,8 @@ from gateway.domain.jobs.pods import MAX_NAME, pod_name
 from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, Toleration
 from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
 from gateway.domain.resources import format_cpu, format_memory
-from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
+from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode
+from gateway.domain.scheduling.queueing import Placement
 
 __all__ = [
     "GPU_RESOURCE",
@@ -66,7 +67,6 @@ __all__ = [
     "MANAGER",
     "NODE_ANNOTATION",
     "Owner",
-    "PodPlan",
     "container_name",
     "job_labels",
     "parent_manifest",
@@ -113,20 +113,6 @@ _SHARING_TOLERATION = {
     "value": "true",
     "effect": "NoSchedule",
 }
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PodPlan:
-    """One replica as admission placed it: its node, what it reserved there, its GPU slices."""
-
-    name: str
-    role: str
-    index: int
-    node: str
-    cpu_millis: int
-    memory_bytes: int
-    gpu: tuple[GpuSlice, ...]
-    gpu_mode: GpuMode  # of the planned node
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -193,8 +179,9 @@ def parent_manifest(*, job_id: str, job_name: str, tenant: str, namespace: str) 
 
 def pod_manifest(
     spec: JobSpec,
-    plan: PodPlan,
+    plan: Placement,
     *,
+    gpu_mode: GpuMode,
     job_id: str,
     tenant: str,
     namespace: str,
@@ -202,13 +189,13 @@ def pod_manifest(
     owner: Owner | None,
     cluster_domain: str | None,
 ) -> dict[str, Any]:
-    """The Pod of one replica, pinned to its planned node."""
+    """The Pod of one replica, pinned to its planned node (whose GPU mode is ``gpu_mode``)."""
     replica = _replica(spec, plan.role, plan.index)
-    if plan.name != pod_name(spec.name, plan.role, plan.index):
+    if plan.pod_name != pod_name(spec.name, plan.role, plan.index):
         raise ValueError(
-            f"pod {plan.name!r} should be named {pod_name(spec.name, plan.role, plan.index)!r}"
+            f"pod {plan.pod_name!r} should be named {pod_name(spec.name, plan.role, plan.index)!r}"
         )
-    gpu_count, gpu_devices = _gpu_plan(plan)
+    gpu_count, gpu_devices = _gpu_plan(plan, gpu_mode)
     env = replica_env(
         spec,
         role=plan.role,
@@ -221,7 +208,7 @@ def pod_manifest(
         job_id=job_id, job_name=spec.name, tenant=tenant, role=plan.role, index=plan.index
     )
     metadata = _metadata(
-        plan.name,
+        plan.pod_name,
         namespace,
         dict(spec.labels) | labels | {LABEL_ATTEMPT: str(attempt), LABEL_MANAGED: MANAGER},
         owner,
@@ -253,7 +240,7 @@ def pod_manifest(
     if replica.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(replica.node_selector))
     tolerations = [_toleration(t) for t in replica.tolerations]
-    if plan.gpu_mode is GpuMode.SHARED and _SHARING_TOLERATION not in tolerations:
+    if gpu_mode is GpuMode.SHARED and _SHARING_TOLERATION not in tolerations:
         tolerations.append(dict(_SHARING_TOLERATION))
     if tolerations:
         pod_spec["tolerations"] = tolerations
@@ -330,27 +317,27 @@ def _metadata(
     return metadata
 
 
-def _gpu_plan(plan: PodPlan) -> tuple[int, tuple[int, ...] | None]:
+def _gpu_plan(plan: Placement, gpu_mode: GpuMode) -> tuple[int, tuple[int, ...] | None]:
     """(whole devices to request from the device plugin, devices for CUDA_VISIBLE_DEVICES)."""
     shares = sum(s.shares for s in plan.gpu)
-    if plan.gpu_mode is GpuMode.DEVICE_PLUGIN:
+    if gpu_mode is GpuMode.DEVICE_PLUGIN:
         if shares % SHARES_PER_DEVICE:
             raise ValueError(
-                f"pod {plan.name!r}: a device-plugin node serves whole GPUs only, not {shares} "
-                "shares"
+                f"pod {plan.pod_name!r}: a device-plugin node serves whole GPUs only, not "
+                f"{shares} shares"
             )
         # The plugin picks the devices; the planned indices only account for how many are taken.
         return shares // SHARES_PER_DEVICE, None
-    if plan.gpu_mode is GpuMode.SHARED:
+    if gpu_mode is GpuMode.SHARED:
         # Sorted like the local backend's, so a replica sees its devices in the same order on both.
         # No shares: an empty tuple hides every device (see the module docstring).
         return 0, tuple(sorted({s.device for s in plan.gpu}))
     if shares:
-        raise ValueError(f"pod {plan.name!r} has GPU slices on node {plan.node!r} without GPUs")
+        raise ValueError(f"pod {plan.pod_name!r} has GPU slices on node {plan.node!r} without GPUs")
     return 0, None
 
 
-def _resources(replica: ReplicaSpec, plan: PodPlan, gpu_count: int) -> dict[str, Any]:
+def _resources(replica: ReplicaSpec, plan: Placement, gpu_count: int) -> dict[str, Any]:
     cpu, memory = format_cpu(plan.cpu_millis), format_memory(plan.memory_bytes)
     requests: dict[str, str] = {"cpu": cpu, "memory": memory}
     # A memory limit always: a replica over its reservation is killed, not its neighbours. A CPU
@@ -364,7 +351,7 @@ def _resources(replica: ReplicaSpec, plan: PodPlan, gpu_count: int) -> dict[str,
     return {"requests": requests, "limits": limits}
 
 
-def _affinity(plan: PodPlan, job_id: str) -> dict[str, Any]:
+def _affinity(plan: Placement, job_id: str) -> dict[str, Any]:
     affinity: dict[str, Any] = {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {

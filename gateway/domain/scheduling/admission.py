@@ -231,9 +231,14 @@ class _Cycle:
         nodes = self.cluster.nodes
         by_pod: list[Placement | None] = [None] * len(job.pods)
         for k, (i, slices) in zip(order, hits, strict=True):
+            pod = job.pods[k]
             by_pod[k] = Placement(
-                pod_name=job.pods[k].name,
+                pod_name=pod.name,
+                role=pod.role,
+                index=pod.index,
                 node=nodes[i].name,
+                cpu_millis=pod.cpu_millis,
+                memory_bytes=pod.memory_bytes,
                 gpu=tuple(self._slice(d, s) for d, s in slices),
             )
         placements = tuple(p for p in by_pod if p is not None)

@@ -93,6 +93,7 @@ class Holding:
 class PodRequest:
     name: str
     role: str
+    index: int = 0  # the replica's index within its role
     cpu_millis: int
     memory_bytes: int
     gpu_shares: int = 0

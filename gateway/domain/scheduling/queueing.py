@@ -66,8 +66,19 @@ class Snapshot:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Placement:
+    """Where one pod of an admitted gang runs, and what it holds there.
+
+    The one shape of a placement from the plan to the backends: admission makes it, the database
+    stores it (``placements`` rows) and reads it back, the reconciler hands it to the runtime, and
+    the manifests and the local backend build a replica from it.
+    """
+
     pod_name: str
+    role: str
+    index: int
     node: str
+    cpu_millis: int
+    memory_bytes: int
     gpu: tuple[GpuSlice, ...] = ()
 
 
