@@ -13,7 +13,8 @@ data directories never take each other's pods for strays.
 
 Limits: ``memory.max`` (v1 ``memory.limit_in_bytes``, and the memory+swap limit where swap is
 accounted) is the replica's memory request; ``cpu.max`` (v1 the CFS quota) is its CPU request;
-``pids.max`` bounds its processes and threads, so a fork bomb stays inside. The memory limit makes
+``pids.max`` bounds its processes and threads, so a fork bomb stays inside, and the parent's
+``pids.max`` bounds all replicas together to half the machine's process ids. The memory limit makes
 the kernel's OOM killer end the replica, and ``oom_killed`` tells the supervisor so.
 
 Invariants: a pod's cgroup dirs are recorded with the pod, so a restarted gateway removes what an
@@ -213,6 +214,7 @@ def _probe_v2(mount: Path, name: str) -> tuple[Cgroups | None, str]:
         parent.mkdir(mode=0o755, exist_ok=True)
         _write(mount / "cgroup.subtree_control", enable)
         _write(parent / "cgroup.subtree_control", enable)
+        _write(parent / "pids.max", str(_machine_pids()))
     except OSError as exc:
         wanted = ", ".join(V2_CONTROLLERS)
         return None, f"cannot make {parent} with the {wanted} controllers ({exc})"
@@ -238,6 +240,8 @@ def _probe_v1(
             probe = parent / f".probe-{os.getpid()}"
             probe.mkdir(exist_ok=True)
             probe.rmdir()
+            if controller == "pids":
+                _write(parent / "pids.max", str(_machine_pids()))
         except OSError as exc:
             problems.append(f"cannot make cgroups in {parent.parent} ({exc.strerror})")
             continue
@@ -245,6 +249,15 @@ def _probe_v1(
     if not any(c == "memory" for c, _ in parents):
         return None, "; ".join(problems) or "no memory cgroup"
     return Cgroups(version=1, parents=tuple(parents)), "; ".join(problems)
+
+
+def _machine_pids() -> int:
+    """What all of one gateway's replicas together may hold of the machine's process ids: half,
+    so that replicas of many tenants cannot leave the gateway and PostgreSQL unable to fork."""
+    try:
+        return max(1024, int(Path("/proc/sys/kernel/pid_max").read_text()) // 2)
+    except (OSError, ValueError):
+        return 16384
 
 
 def _own_cgroups(text: str) -> dict[str, str]:

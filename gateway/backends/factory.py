@@ -25,16 +25,18 @@ class Backend:
 
 
 async def make_backend(settings: Settings) -> Backend:
-    if settings.backend == "static":
-        if settings.nodes_file is None:
+    if settings.backend.kind == "static":
+        if settings.backend.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE")
-        return Backend(inventory=StaticInventory.from_file(settings.nodes_file), runtime=None)
-    if settings.backend == "local":
+        return Backend(
+            inventory=StaticInventory.from_file(settings.backend.nodes_file), runtime=None
+        )
+    if settings.backend.kind == "local":
         isolation = await asyncio.to_thread(
             functools.partial(
                 probe_isolation,
-                settings.local_run_as,
-                settings.local_trusted_tenants,
+                settings.local.run_as,
+                settings.local.trusted_tenants,
                 instance=instance_name(settings.data_dir),
             )
         )
@@ -44,15 +46,20 @@ async def make_backend(settings: Settings) -> Backend:
                 settings.data_dir,
                 work_dir=settings.work_dir,
                 isolation=isolation,
-                path=settings.local_path,
-                max_pids=settings.local_max_pids,
+                path=settings.local.path,
+                max_pids=settings.local.max_pids,
+                log_bytes=settings.local.log_bytes,
                 hide_files=(settings.issuer_key_file,),
-                grace_seconds=settings.shutdown_grace,
+                grace_seconds=settings.api.shutdown_grace,
             ),
         )
-    api = await kube_client(settings.kubeconfig, qps=settings.kube_qps, burst=settings.kube_burst)
+    api = await kube_client(
+        settings.kubernetes.kubeconfig, qps=settings.kubernetes.qps, burst=settings.kubernetes.burst
+    )
     nodes = NodeCache(api)  # listed once for the inventory and the runtime's node checks
     return Backend(
         inventory=KubernetesInventory(api, nodes=nodes),
-        runtime=KubernetesRuntime(api, cluster_domain=settings.cluster_domain, nodes=nodes),
+        runtime=KubernetesRuntime(
+            api, cluster_domain=settings.kubernetes.cluster_domain, nodes=nodes
+        ),
     )

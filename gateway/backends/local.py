@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,18 +42,22 @@ from typing import Any
 import psutil
 
 from gateway.backends import cgroups
-from gateway.backends.base import Gang, PodPlacement, PodStatus
+from gateway.backends.base import Gang, PodStatus
 from gateway.backends.sandbox import (
     Isolation,
+    UidClaims,
     check_reachable,
     choose_uid,
     claim_work_dir,
+    instance_name,
     process_env,
 )
+from gateway.backends.shim import remove_tree
 from gateway.domain.lifecycle.decisions import ReplicaPhase
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node
+from gateway.domain.scheduling.queueing import Placement
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
@@ -80,16 +85,16 @@ def machine_memory() -> int:
 
 
 def local_node(settings: Settings) -> Node:
-    cpus = settings.local_cpus if settings.local_cpus is not None else float(os.cpu_count() or 1)
+    cpus = settings.local.cpus if settings.local.cpus is not None else float(os.cpu_count() or 1)
     try:
         memory = (
-            memory_bytes(settings.local_memory)
-            if settings.local_memory is not None
+            memory_bytes(settings.local.memory)
+            if settings.local.memory is not None
             else machine_memory()
         )
     except QuantityError as exc:
         raise ConfigError(f"MUSTER_LOCAL_MEMORY: {exc}") from exc
-    gpus = settings.local_gpus if settings.local_gpus is not None else detect_gpus()
+    gpus = settings.local.gpus if settings.local.gpus is not None else detect_gpus()
     if gpus < 0:
         raise ConfigError("MUSTER_LOCAL_GPUS must not be negative")
     return Node(
@@ -140,6 +145,12 @@ def _private_dir(path: Path, mode: int = 0o700) -> None:
     path.chmod(mode)
 
 
+#: Where the supervisor finds Muster's code: this process's own import path.
+_IMPORT_PATH = os.pathsep.join(filter(None, sys.path))
+#: Bytes of one replica's output kept in its log; the rest is dropped, with a note.
+LOG_BYTES = 100 * 2**20
+
+
 class LocalRuntime:
     """Replicas as contained processes on this machine. See the module docstring for the layout."""
 
@@ -151,6 +162,7 @@ class LocalRuntime:
         isolation: Isolation,
         path: str,
         max_pids: int = 4096,
+        log_bytes: int = LOG_BYTES,
         hide_files: Sequence[Path] = (),
         grace_seconds: float = 10.0,
     ) -> None:
@@ -161,6 +173,7 @@ class LocalRuntime:
         self.isolation = isolation
         self.path = path
         self.max_pids = max_pids
+        self.log_bytes = log_bytes
         self.hide_files = tuple(str(p) for p in hide_files if not p.is_relative_to(data_dir))
         self.grace_seconds = grace_seconds
         self._children: set[asyncio.Task[None]] = set()
@@ -191,6 +204,7 @@ class LocalRuntime:
                 "which jobs must never reach"
             )
         claim_work_dir(work_dir, data_dir)
+        self._claims = UidClaims(instance_name(data_dir)) if isolation.run_as else None
         for log in self.log_dir.glob("*/*.log"):
             with contextlib.suppress(OSError):
                 log.chmod(0o600)
@@ -210,6 +224,7 @@ class LocalRuntime:
         return await asyncio.to_thread(self._observe)
 
     def _records(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Each pod's record (``<pod>.json``) with its path; plans, ports and exits are not."""
         found = []
         for state in sorted(self.state_dir.glob("*/*/*.json")):
             if state.name == "ports.json" or state.name.endswith(".plan.json"):
@@ -228,7 +243,7 @@ class LocalRuntime:
         found: dict[tuple[str, str], PodStatus] = {}
         for state, record in records:
             job_id, name = state.parent.parent.name, state.stem
-            exit_code = _read_exit(state.with_suffix(".exit"))
+            exit_code = _read_exit(_exit_file(state, record))
             if exit_code is not None:
                 phase = ReplicaPhase.SUCCEEDED if exit_code == 0 else ReplicaPhase.FAILED
                 node_ready = True
@@ -248,18 +263,39 @@ class LocalRuntime:
         return found
 
     def _sweep(self, records: list[tuple[Path, dict[str, Any]]]) -> None:
-        """Remove what an earlier gateway left behind without a record: cgroups (killing what
-        runs in them) and work directories."""
+        """Remove what an earlier gateway left behind without a record: supervisors (a gateway
+        killed between starting one and recording it), cgroups (killing what runs in them) and
+        work directories. Each start has its own id, in its cgroup's and work directory's names,
+        so nothing of an orphan can be taken for a replica started since."""
+        starts = {str(r["start"]) for _, r in records if r.get("start")}
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            plan = cmdline[-1] if len(cmdline) >= 2 else ""
+            if "gateway.backends.shim" not in cmdline or not plan.startswith(str(self.state_dir)):
+                continue
+            # <pod>.<start>.plan.json; a plan of an older gateway has no start and is kept.
+            parts = Path(plan).name.split(".")
+            if len(parts) < 4 or parts[-3] in starts:
+                continue
+            with contextlib.suppress(psutil.Error):
+                for child in process.children(recursive=True):
+                    child.kill()
+                process.kill()
         live_cgroups = {Path(d).name for _, r in records for d in r.get("cgroups", ())}
         if self.isolation.cgroups is not None:
             for dirs in self.isolation.cgroups.orphans(live_cgroups):
                 cgroups.kill(dirs)
                 cgroups.remove(dirs)
-        live_jobs = {state.parent.parent.name for state, _ in records}
+        live_work = {str(r["work"]) for _, r in records if r.get("work")}
         with contextlib.suppress(OSError):
             for job_dir in self.work_dir.iterdir():
-                if job_dir.is_dir() and job_dir.name not in live_jobs:
-                    shutil.rmtree(job_dir, ignore_errors=True)
+                if not job_dir.is_dir():
+                    continue
+                for pod_dir in job_dir.iterdir():
+                    if str(pod_dir) not in live_work:
+                        remove_tree(str(pod_dir))
+                with contextlib.suppress(OSError):
+                    job_dir.rmdir()
 
     def _ports(self, gang: Gang) -> dict[ReplicaKey, int]:
         path = self._pod_dir(gang.job_id, gang.attempt) / "ports.json"
@@ -274,36 +310,40 @@ class LocalRuntime:
 
     async def create(self, gang: Gang, names: tuple[str, ...]) -> None:
         addresses = local_addresses(gang.spec, self._ports(gang))
-        by_name = {p.name: p for p in gang.placements}
+        by_name = {p.pod_name: p for p in gang.placements}
         for name in names:
             await self._start(gang, by_name[name], addresses)
 
     def _uid_for(self, job_id: str) -> int | None:
-        """The job's uid: the one its running replicas have, else a free one of the range."""
+        """The job's uid: the one its running replicas have, else a free one of the range that
+        no other gateway of this machine has given a live job (``UidClaims``)."""
         users = self.isolation.run_as
         if users is None:
             return None
         in_use = {
             state.parent.parent.name: int(record["uid"])
             for state, record in self._records()
-            if record.get("uid") is not None and not state.with_suffix(".exit").exists()
+            if record.get("uid") is not None and not _exit_file(state, record).exists()
         }
-        return choose_uid(job_id, users, in_use)
+        for attempt in range(users.last - users.first + 1):
+            uid = choose_uid(job_id, users, in_use)
+            if self._claims is None or users.shared or self._claims.claim(uid, job_id):
+                return uid
+            in_use[f"another gateway's {attempt}"] = uid
+        raise RuntimeError(f"every uid of {users.first}-{users.last} is in use")
 
     async def _start(
-        self, gang: Gang, placement: PodPlacement, addresses: Mapping[ReplicaKey, Address]
+        self, gang: Gang, placement: Placement, addresses: Mapping[ReplicaKey, Address]
     ) -> None:
         pod_dir = self._pod_dir(gang.job_id, gang.attempt)
-        state, exit_file = pod_dir / f"{placement.name}.json", pod_dir / f"{placement.name}.exit"
-        if (
-            state.exists()
-            and exit_file.exists() is False
-            and _alive(json.loads(state.read_text("utf-8")))
-        ):
-            return  # already running: creating is idempotent
-        exit_file.unlink(missing_ok=True)
+        name = placement.pod_name
+        state = pod_dir / f"{name}.json"
+        if state.exists():
+            record = json.loads(state.read_text("utf-8"))
+            if not _exit_file(state, record).exists() and _alive(record):
+                return  # already running: creating is idempotent
         _private_dir(pod_dir)
-        log = self.log_path(gang.job_id, placement.name)
+        log = self.log_path(gang.job_id, name)
         _private_dir(log.parent)
         refusal = self.isolation.refusal(gang.spec.tenant)
         replica = gang.spec.replica(placement.role)
@@ -311,7 +351,7 @@ class LocalRuntime:
         command = [*replica.command, *replica.args]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with _open_log(log) as out:
-            banner = f"--- muster: starting {placement.name} (attempt {gang.attempt}) at {stamp}\n"
+            banner = f"--- muster: starting {name} (attempt {gang.attempt}) at {stamp}\n"
             out.write(banner.encode())
             if refusal is not None or not command:
                 out.write(
@@ -320,32 +360,41 @@ class LocalRuntime:
                     else b"muster: the local backend runs a replica's command; this replica "
                     b"has none (the image is not used on this machine)\n"
                 )
-                state.write_text(json.dumps({"pid": 0, "create_time": 0}), "utf-8")
+                exit_file = pod_dir / f"{name}.exit"
+                state.write_text(
+                    json.dumps({"pid": 0, "create_time": 0, "exit": str(exit_file)}), "utf-8"
+                )
                 exit_file.write_text("126" if refusal else "127", "utf-8")
                 return
             async with self._uids:
                 process, record = await self._spawn(gang, placement, addresses, command, out)
                 state.write_text(json.dumps(record), "utf-8")
         # Reap the child when it ends; the supervisor has written the exit status by then.
-        task = asyncio.create_task(self._reap(process), name=f"reap {placement.name}")
+        task = asyncio.create_task(self._reap(process), name=f"reap {name}")
         self._children.add(task)
         task.add_done_callback(self._children.discard)
 
     async def _spawn(
         self,
         gang: Gang,
-        placement: PodPlacement,
+        placement: Placement,
         addresses: Mapping[ReplicaKey, Address],
         command: list[str],
         out: Any,
     ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-        """Prepare the replica's work directory, cgroups and launch plan; start its supervisor."""
+        """Prepare the replica's work directory, cgroups and launch plan; start its supervisor.
+
+        Every start has its own id: its cgroup, work directory, plan and exit status are named
+        with it, so a supervisor of an earlier start (orphaned by a killed gateway) never touches
+        what belongs to this one.
+        """
         isolation = self.isolation
+        start = secrets.token_hex(4)
         uid = self._uid_for(gang.job_id)
         gid = None
         if uid is not None and isolation.run_as is not None:
             gid = isolation.run_as.gid if isolation.run_as.gid is not None else uid
-        work = self.work_dir / gang.job_id / placement.name
+        work = self.work_dir / gang.job_id / f"{placement.pod_name}.{start}"
         await asyncio.to_thread(self._fresh_work_dir, work, uid, gid)
         devices = tuple(sorted({s.device for s in placement.gpu})) or None
         contract = replica_env(
@@ -365,9 +414,10 @@ class LocalRuntime:
                 cpu_millis=placement.cpu_millis,
                 pids=self.max_pids,
             )
-            name = f"{gang.job_id}.{gang.attempt}.{placement.name}"
+            name = f"{gang.job_id}.{gang.attempt}.{placement.pod_name}.{start}"
             dirs = await asyncio.to_thread(isolation.cgroups.create, name, limits)
         pod_dir = self._pod_dir(gang.job_id, gang.attempt)
+        exit_file = pod_dir / f"{placement.pod_name}.{start}.exit"
         plan = {
             "command": command,
             "env": env,
@@ -378,11 +428,12 @@ class LocalRuntime:
             "namespaces": isolation.namespaces,
             "cgroups": list(dirs),
             "memory_bytes": placement.memory_bytes,
+            "log_bytes": self.log_bytes,
             "hide_dirs": [str(self.data_dir)] if isolation.namespaces else [],
             "hide_files": list(self.hide_files) if isolation.namespaces else [],
-            "exit": str(pod_dir / f"{placement.name}.exit"),
+            "exit": str(exit_file),
         }
-        plan_file = pod_dir / f"{placement.name}.plan.json"
+        plan_file = pod_dir / f"{placement.pod_name}.{start}.plan.json"
         plan_file.write_text(json.dumps(plan), "utf-8")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -391,6 +442,9 @@ class LocalRuntime:
                 "gateway.backends.shim",
                 str(plan_file),
                 cwd="/",
+                # Only what finding Muster's own code needs: nothing else of the gateway's
+                # environment (its settings, credentials) reaches even the supervisor.
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _IMPORT_PATH},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -402,24 +456,44 @@ class LocalRuntime:
         record = {
             "pid": process.pid,
             "create_time": psutil.Process(process.pid).create_time(),
+            "start": start,
             "uid": uid,
             "cgroups": list(dirs),
             "work": str(work),
+            "exit": str(exit_file),
         }
         return process, record
 
     def _fresh_work_dir(self, work: Path, uid: int | None, gid: int | None) -> None:
         """An empty work directory for one start of a replica, owned by the job's user, with a
-        private tmp inside; the job's directory above it is the gateway's (searchable only)."""
+        private tmp inside; the job's directory above it is the gateway's (searchable only).
+
+        Made as root by path only while the job can reach none of it: the directory is root's
+        (0700) until everything in it is made, and given to the job last, through a descriptor.
+        """
         job_dir = work.parent
-        _private_dir(job_dir, 0o711 if uid is not None else 0o700)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        (work / "tmp").mkdir(mode=0o700)
-        (work / "tmp").chmod(0o1777)
-        if uid is not None and gid is not None:
-            for path in (work, work / "tmp"):
-                os.chown(path, uid, gid)
+        remove_tree(str(work))
+        for attempt in range(3):
+            _private_dir(job_dir, 0o711 if uid is not None else 0o700)
+            try:
+                work.mkdir(mode=0o700)
+                break
+            except FileNotFoundError:
+                # The supervisor of the job's last replica removed the empty job directory
+                # between the two steps: make it again.
+                if attempt == 2:
+                    raise
+        tmp = work / "tmp"
+        tmp.mkdir(mode=0o700)
+        tmp.chmod(0o1777)
+        if uid is None or gid is None:
+            return
+        os.chown(tmp, uid, gid)
+        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
 
     @staticmethod
     async def _reap(process: asyncio.subprocess.Process) -> None:
@@ -435,13 +509,26 @@ class LocalRuntime:
                 await asyncio.to_thread(cgroups.kill, dirs)
                 await asyncio.to_thread(cgroups.remove, dirs)
                 if record.get("work"):
-                    await asyncio.to_thread(shutil.rmtree, record["work"], True)
-            for suffix in (".exit", ".plan.json"):
-                state.with_name(name + suffix).unlink(missing_ok=True)
+                    await asyncio.to_thread(remove_tree, str(record["work"]))
+            for leftover in state.parent.glob(f"{name}.*"):  # exits and plans of every start
+                leftover.unlink(missing_ok=True)
             state.unlink(missing_ok=True)
         job_dir = self.work_dir / job_id
         with contextlib.suppress(OSError):
             job_dir.rmdir()  # the last replica of the job gone
+        await asyncio.to_thread(self._release_uid, job_id)
+
+    def _release_uid(self, job_id: str) -> None:
+        """Give back the job's uid claim once none of its replicas is recorded any more."""
+        if self._claims is None or any(self.state_dir.glob(f"{job_id}/*/*.json")):
+            return
+        users = self.isolation.run_as
+        if users is None or users.shared:
+            return
+        for path in self._claims.root.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if path.read_text("utf-8").endswith(f" {job_id}"):
+                    self._claims.release(int(path.name), job_id)
 
     async def _stop(self, record: Mapping[str, Any]) -> None:
         """SIGTERM the replica (its supervisor passes it to every process of the container);
@@ -492,9 +579,8 @@ class LocalRuntime:
     def _running(self, job_id: str, name: str) -> bool:
         for state in self.state_dir.glob(f"{job_id}/*/{name}.json"):
             with contextlib.suppress(OSError, ValueError):
-                if not state.with_suffix(".exit").exists() and _alive(
-                    json.loads(state.read_text("utf-8"))
-                ):
+                record = json.loads(state.read_text("utf-8"))
+                if not _exit_file(state, record).exists() and _alive(record):
                     return True
         return False
 
@@ -503,6 +589,14 @@ class LocalRuntime:
         for task in list(self._children):
             task.cancel()
         await asyncio.gather(*self._children, return_exceptions=True)
+        if self.isolation.cgroups is not None:
+            # The data directory's cgroup parents, when no replica is left in them.
+            cgroups.remove([str(parent) for _, parent in self.isolation.cgroups.parents], timeout=0)
+
+
+def _exit_file(state: Path, record: Mapping[str, Any]) -> Path:
+    """Where the supervisor of the recorded start writes the replica's exit status."""
+    return Path(record["exit"]) if record.get("exit") else state.with_suffix(".exit")
 
 
 def _open_log(path: Path) -> Any:

@@ -26,12 +26,14 @@ never given to two live jobs at once (``choose_uid``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pwd
 import subprocess
 import sys
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +249,61 @@ def choose_uid(job_id: str, users: RunAs, in_use: Mapping[str, int]) -> int:
         if uid not in taken:
             return uid
     raise RuntimeError(f"every uid of {users.first}-{users.last} is in use")
+
+
+class UidClaims:
+    """Machine-wide claims on job uids: gateways of different data directories, each picking
+    uids from the same range, never give one uid to two live jobs.
+
+    A claim is a file ``<root>/<uid>`` made exclusively, naming the data directory's instance
+    and the job. A claim of another job is honoured while it is fresh or a process of that uid
+    runs; an older one whose uid runs nothing (its gateway was killed) is taken over.
+    """
+
+    FRESH_SECONDS = 60.0
+
+    def __init__(self, instance: str, root: Path = Path("/run/muster/uids")) -> None:
+        self.instance = instance
+        self.root = root
+        root.parent.mkdir(mode=0o755, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+
+    def claim(self, uid: int, job_id: str) -> bool:
+        path = self.root / str(uid)
+        tag = f"{self.instance} {job_id}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            try:
+                held = path.read_text("utf-8")
+                age = time.time() - path.stat().st_mtime
+            except OSError:
+                return False
+            if held != tag and (age < self.FRESH_SECONDS or _uid_runs(uid)):
+                return False
+            partial = path.with_name(f".{uid}.{os.getpid()}")
+            partial.write_text(tag, "utf-8")
+            os.replace(partial, path)  # also refreshes the claim's time
+            return True
+        with os.fdopen(fd, "w") as file:
+            file.write(tag)
+        return True
+
+    def release(self, uid: int, job_id: str) -> None:
+        path = self.root / str(uid)
+        with contextlib.suppress(OSError):
+            if path.read_text("utf-8") == f"{self.instance} {job_id}":
+                path.unlink()
+
+
+def _uid_runs(uid: int) -> bool:
+    import psutil
+
+    for process in psutil.process_iter(["uids"]):
+        uids = process.info["uids"]
+        if uids is not None and uid in (uids.real, uids.effective):
+            return True
+    return False
 
 
 def process_env(

@@ -21,9 +21,17 @@ Signals: SIGTERM or SIGINT sent to the supervisor is passed to every process of 
 init does this inside its namespace); the supervisor keeps waiting, so the exit status is recorded
 even on cancel. A command killed by signal N is recorded as 128 + N, as a shell reports it.
 
+Logs: the replica writes to a pipe; the supervisor copies it into the log file (its own stdout,
+which the replica never holds, so it cannot truncate, preallocate or rewrite it) up to the plan's
+``log_bytes``, then notes the cut and discards the rest. A full disk stops the copy, never the
+replica.
+
 Invariants: the command never runs as root when the plan names a user; it gets exactly the plan's
 environment, nothing of the supervisor's; a sandbox step that fails stops the replica (status 126)
-rather than running it with less isolation than planned.
+rather than running it with less isolation than planned; as root, nothing is done by path inside
+a directory the job owns (its tmp is opened without following links, checked, and mounted from
+the open descriptor); the exit status is recorded before anything is cleaned up; when the job's
+uid is released, its kernel keyrings are cleared, so the next job given that uid inherits nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
+import select
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +63,16 @@ MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+# keyctl(2): clear a uid's keyrings when the uid is released.
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+KEYCTL_CLEAR = 7
+KEYCTL_GET_PERSISTENT = 22
+KEY_SPEC_PROCESS_KEYRING = -2
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
+PUMP_CHUNK = 64 * 1024
+#: Seconds the supervisor waits, after the replica ended, for the rest of its output.
+DRAIN_SECONDS = 5.0
 
 SANDBOX_FAILED = 126
 NOT_FOUND = 127
@@ -118,14 +137,39 @@ def main(argv: list[str]) -> int:
     exit_file = Path(plan["exit"])
     state_dir = os.open(exit_file.parent, os.O_RDONLY | os.O_DIRECTORY)
     stopping: list[int] = []
+    code = SANDBOX_FAILED
+    try:
+        code = _supervise(plan, stopping)
+    finally:
+        # The status first: the gateway learns the replica ended even if a cleanup step fails.
+        record(state_dir, exit_file.name, code)
+    _clean_up(plan)
+    return 0
+
+
+def _supervise(plan: dict[str, Any], stopping: list[int]) -> int:
+    """Run the replica to its end; its status as a shell reports it."""
+    child = [0]  # the replica's first process, once started
 
     def forward(signum: int, _frame: object) -> None:
         stopping.append(signum)
-        _signal_replica(plan, child, signum)
+        _signal_replica(plan, child[0], signum)
 
-    child = 0
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # Children made after the replica's namespace ended (its init gone) could not be made in
+    # it: the supervisor's own namespace comes back for them, through this descriptor.
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY) if plan["namespaces"] else -1
+    try:
+        return _contain(plan, stopping, child)
+    finally:
+        if own >= 0:
+            _call(_libc().setns(own, CLONE_NEWPID), "return to the supervisor's PID namespace")
+            os.close(own)
+
+
+def _contain(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int:
+    """Start the replica in its container (its pid into ``child``) and wait for it."""
     try:
         if plan["namespaces"]:
             _call(_libc().unshare(CLONE_NEWPID), "unshare a PID namespace")
@@ -133,45 +177,179 @@ def main(argv: list[str]) -> int:
             _call(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a subreaper")
     except SandboxError as exc:
         print(f"muster: cannot contain the replica: {exc}", file=sys.stderr, flush=True)
-        record(state_dir, exit_file.name, SANDBOX_FAILED)
-        return 0
-    child = os.fork()
-    if child == 0:
+        return SANDBOX_FAILED
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.close(write_end)
         _child(plan)  # never returns
+    child[0] = pid
+    os.close(write_end)
     if stopping:  # a stop that came before the fork
-        _signal_replica(plan, child, stopping[0])
-    code = _wait_for(child, plan)
+        _signal_replica(plan, pid, stopping[0])
+    code = _wait_for(pid, plan, read_end, _Log(1, int(plan["log_bytes"])))
     if code == 128 + signal.SIGKILL and cgroups.oom_killed(plan["cgroups"]):
-        print(
-            f"muster: the replica used more memory than it requested "
-            f"({_quantity(plan['memory_bytes'])}) and was killed",
-            file=sys.stderr,
-            flush=True,
+        _note(
+            f"the replica used more memory than it requested "
+            f"({_quantity(plan['memory_bytes'])}) and was killed"
         )
-    # Everything of the replica is gone now (its namespace ended with its init, or the
-    # subreaper killed what was left); its cgroups can go.
+    return code
+
+
+def _note(text: str) -> None:
+    """A line of the supervisor's own in the replica's log."""
+    with contextlib.suppress(OSError):
+        os.write(1, f"muster: {text}\n".encode())
+
+
+class _Log:
+    """The replica's log: what it wrote, up to ``limit`` bytes; then the rest is dropped."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.written = 0
+        self.failed = False
+
+    def write(self, chunk: bytes) -> None:
+        if self.failed or self.written >= self.limit:
+            return
+        take = chunk[: self.limit - self.written]
+        try:
+            view = memoryview(take)
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError:
+            self.failed = True  # a full disk: the replica goes on, its log does not
+            return
+        self.written += len(take)
+        if self.written >= self.limit:
+            _note(
+                f"log cut at {_quantity(self.limit)}; the rest of the replica's output is dropped"
+            )
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, PUMP_CHUNK)
+    except BlockingIOError:
+        return b"-"  # nothing now: not the end
+    except OSError:
+        return b""
+
+
+def _clean_up(plan: dict[str, Any]) -> None:
+    """After the replica: everything of it is gone (its namespace ended with its init, or the
+    subreaper killed what was left), so its cgroups, its work directory (a pod's scratch space:
+    nothing waits there for the next job given the uid) and its uid's keyrings can go."""
     cgroups.kill(plan["cgroups"])
     cgroups.remove(plan["cgroups"])
-    # Its work directory goes with it, as a pod's scratch space does: nothing a job wrote
-    # waits there for the next job that gets the same uid.
-    shutil.rmtree(plan["cwd"], ignore_errors=True)
-    record(state_dir, exit_file.name, code)
-    return 0
+    remove_tree(plan["cwd"])
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(plan["cwd"]))  # the job's directory, if this was its last
+    if plan["uid"] is not None:
+        _clear_keyrings(plan["uid"], plan["gid"])
 
 
-def _wait_for(child: int, plan: dict[str, Any]) -> int:
-    """Wait for the command (the namespace's init, or the command itself); reap orphans."""
+def remove_tree(path: str) -> None:
+    """Remove a directory tree however deep, never following a link and never leaving its file
+    system (coreutils rm: iterative, unlike Python 3.11's shutil.rmtree)."""
+    subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", path],
+        env={"PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def _clear_keyrings(uid: int, gid: int) -> None:
+    """Clear the kernel keyrings of ``uid``, which outlive its processes (a secret a job put
+    there would reach the next job given the uid)."""
+    number = SYS_KEYCTL.get(os.uname().machine)
+    if number is None:
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            libc = _libc()
+            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+                libc.syscall(number, KEYCTL_CLEAR, ring)
+            persistent = libc.syscall(number, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
+            if persistent > 0:
+                libc.syscall(number, KEYCTL_CLEAR, persistent)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _wait_for(child: int, plan: dict[str, Any], output: int, log: _Log) -> int:
+    """Copy the replica's output into its log until every writer is gone, and wait for the
+    command (the namespace's init, or the command itself), reaping orphans on the way.
+
+    One thread (a process that made a PID namespace for its children may start no thread):
+    SIGCHLD wakes the poll through a wakeup pipe, so an exit is seen at once.
+    """
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+    poller = select.poll()
+    poller.register(output, select.POLLIN)
+    poller.register(wake_read, select.POLLIN)
+    status: int | None = None
+    open_output = True
+    ended_at = 0.0
+    while open_output or status is None:
+        timeout = None if status is None else max(0.0, ended_at + DRAIN_SECONDS - time.monotonic())
+        events = poller.poll(None if timeout is None else int(timeout * 1000) + 1)
+        for fd, _ in events:
+            if fd == wake_read:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 64):
+                        pass
+            elif open_output:
+                chunk = _read(output)
+                if not chunk:
+                    open_output = False
+                    poller.unregister(output)
+                elif chunk != b"-":
+                    log.write(chunk)
+        if status is None:
+            status = _reap(child)
+            if status is not None:
+                ended_at = time.monotonic()
+                if not plan["namespaces"]:
+                    _kill_descendants()
+        elif open_output and time.monotonic() >= ended_at + DRAIN_SECONDS:
+            break  # a writer outlived the replica (it cannot, contained): stop waiting for it
+    signal.set_wakeup_fd(-1)
+    for fd in (wake_read, wake_write, output):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return exit_code(status) if status is not None else SANDBOX_FAILED
+
+
+def _reap(child: int) -> int | None:
+    """Reap every child that has ended; the command's wait status if it was one of them."""
+    found = None
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return SANDBOX_FAILED
+            return found
+        if pid == 0:
+            return found
         if pid == child:
-            break
-    code = exit_code(status)
-    if not plan["namespaces"]:
-        _kill_descendants()
-    return code
+            found = status
 
 
 def _descendants() -> list[int]:
@@ -248,12 +426,14 @@ def _init(plan: dict[str, Any]) -> None:
     for path in plan["hide_files"]:
         if os.path.isfile(path):
             _mount("/dev/null", path, None, MS_BIND)
-    tmp = plan["tmp"]
+    tmp = _own_directory(plan["tmp"], plan["uid"])
     for target in ("/var/tmp", "/tmp"):  # /tmp last: it may hold the others
         if os.path.isdir(target):
-            _mount(tmp, target, None, MS_BIND)
-    if os.path.isdir("/dev/shm"):
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+            _mount(f"/proc/self/fd/{tmp}", target, None, MS_BIND)
+    os.close(tmp)
+    for shared in ("/dev/shm", "/run/lock"):  # other directories every user may write to
+        if os.path.isdir(shared):
+            _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     command = os.fork()
     if command == 0:
         _exec(plan)
@@ -266,6 +446,17 @@ def _init(plan: dict[str, Any]) -> None:
             os._exit(SANDBOX_FAILED)
         if pid == command:
             os._exit(exit_code(status))
+
+
+def _own_directory(path: str, uid: int | None) -> int:
+    """An open descriptor of the directory ``path``, refused if its last component is a link or
+    it is not ``uid``'s (the job may replace it: this is root, acting in the job's directory)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+    info = os.fstat(fd)
+    if uid is not None and info.st_uid != uid:
+        os.close(fd)
+        raise SandboxError(f"{path} is not the job's own directory")
+    return fd
 
 
 def _exec(plan: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -58,6 +59,10 @@ HBA = (
     "local all all scram-sha-256\n"
 )
 
+
+# What asyncpg raises when the server refuses or fails a connection or a statement (making the
+# muster database, hardening an older server): translated here, where it enters.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # Handles of this process on each server: the process lets go when its last handle does.
 _HANDLES: dict[Path, int] = {}
@@ -100,11 +105,16 @@ class EmbeddedPostgres:
         """Start or join the server; return an SQLAlchemy URL for the ``muster`` database."""
         try:
             socket_dir, password = await asyncio.to_thread(self._start)
-        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError, *_DRIVER_ERRORS) as exc:
             raise DatabaseUnavailable(
                 f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}"
             ) from exc
-        await self._ensure_database(socket_dir, password)
+        try:
+            await self._ensure_database(socket_dir, password)
+        except (OSError, *_DRIVER_ERRORS) as exc:
+            raise DatabaseUnavailable(
+                f"the embedded PostgreSQL in {self.pgdata} refused the {DATABASE} database: {exc}"
+            ) from exc
         return self.url(socket_dir, password)
 
     @staticmethod
@@ -146,20 +156,11 @@ class EmbeddedPostgres:
                 self._initdb(install, user, password)
             socket_dir = self._socket_dir(user)
             if self._server_pid() is None:
-                self._pg_ctl(
-                    install,
-                    user,
-                    "start",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-l",
-                    str(self.pgdata / "log"),
-                    "-o",
-                    f"-h '' -k '{socket_dir}' -p {PORT} -c unix_socket_permissions=0700",
-                )
+                self._pg_ctl(install, user, "start", *self._start_options(socket_dir))
             running = self._socket_of_running()
-            self._harden(running, password)
+            if self._harden(running, password):
+                self._restart_hardened(install, user, socket_dir)
+                running = self._socket_of_running()
             self._register()
         self._joined = True
         return running, password
@@ -202,23 +203,48 @@ class EmbeddedPostgres:
         finally:
             os.unlink(pwfile)
 
+    def _start_options(self, socket_dir: Path) -> tuple[str, ...]:
+        return (
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.pgdata / "log"),
+            "-o",
+            f"-h '' -k '{socket_dir}' -p {PORT} -c unix_socket_permissions=0700",
+        )
+
+    def _restart_hardened(self, install: Path, user: _User | None, socket_dir: Path) -> None:
+        """A server that trusted connections until a moment ago may still hold sessions opened
+        without a password, and listen where it did then: restart it, unless other gateways
+        use it (they would lose their connections); then say so instead."""
+        others = [pid for pid in self._users() if pid != os.getpid() and _alive(pid)]
+        if others:
+            log.warning(
+                "the embedded PostgreSQL in %s asks a password now, but sessions opened before "
+                "may stay until it restarts; restart every gateway process using it (%s)",
+                self.pgdata,
+                ", ".join(map(str, others)),
+            )
+            return
+        self._pg_ctl(install, user, "restart", "-m", "fast", *self._start_options(socket_dir))
+
     def _socket_dir(self, user: _User | None) -> Path:
         """The data directory itself when its socket path fits, else a private directory."""
         if len(str(self.pgdata / f".s.PGSQL.{PORT}")) <= MAX_SOCKET_PATH:
             return self.pgdata
-        digest = hashlib.sha256(str(self.pgdata.resolve()).encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"muster-pg-{digest}"
+        # Too long for a socket path: a private directory of a random name (a predictable one
+        # in a directory every user writes to could be taken first), recorded for later starts.
+        record = self.data_dir / "postgres-socket-dir"
         owner = user.uid if user is not None else os.geteuid()
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-            if user is not None:
-                os.chown(path, user.uid, user.gid)
-        info = path.lstat()
-        if not path.is_dir() or path.is_symlink() or info.st_uid != owner or info.st_mode & 0o077:
-            raise ConfigError(
-                f"{path} (the embedded PostgreSQL's socket directory) exists but is not a "
-                f"private directory of uid {owner}; remove it, or use a shorter MUSTER_DATA_DIR"
-            )
+        with contextlib.suppress(OSError):
+            path = Path(record.read_text("utf-8").strip())
+            if _private_dir_of(path, owner):
+                return path
+        path = Path(tempfile.mkdtemp(prefix="muster-pg-"))
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
+        record.write_text(str(path) + "\n", "utf-8")
         return path
 
     def _server_pid(self) -> int | None:
@@ -236,9 +262,9 @@ class EmbeddedPostgres:
         lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         return lines[4].strip()
 
-    def _harden(self, socket_dir: str, password: str) -> None:
+    def _harden(self, socket_dir: str, password: str) -> bool:
         """Make a server of an earlier Muster (trust for every local connection) ask for the
-        password: set it, rewrite pg_hba.conf, and reload."""
+        password: set it, rewrite pg_hba.conf, and reload. True if it had to."""
         hba = self.pgdata / "pg_hba.conf"
         rules = [
             line.split()
@@ -246,12 +272,20 @@ class EmbeddedPostgres:
             if line.strip() and not line.lstrip().startswith("#")
         ]
         if rules and all(rule[-1] == "scram-sha-256" for rule in rules):
-            return
+            return False
         log.warning("the embedded PostgreSQL trusted local connections; it now asks a password")
-        asyncio.run(_set_password(socket_dir, password))
+        others = asyncio.run(_set_password(socket_dir, password))
+        if others:
+            log.warning(
+                "roles other than %s can log in to the embedded PostgreSQL, made while it "
+                "trusted every local connection: %s; drop them unless you made them",
+                SUPERUSER,
+                ", ".join(others),
+            )
         with open(hba, "w") as file:  # keeps the file's owner
             file.write(HBA)
         asyncio.run(_reload(socket_dir, password))
+        return True
 
     def _register(self) -> None:
         _HANDLES[self.pgdata] = _HANDLES.get(self.pgdata, 0) + 1
@@ -300,11 +334,17 @@ async def _connect(socket_dir: str, password: str | None) -> asyncpg.Connection:
     )
 
 
-async def _set_password(socket_dir: str, password: str) -> None:
+async def _set_password(socket_dir: str, password: str) -> list[str]:
+    """Give the superuser its password; the other roles that may log in."""
     connection = await _connect(socket_dir, None)  # still trusted
     try:
         await connection.execute("SET password_encryption = 'scram-sha-256'")
         await connection.execute(f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'")
+        others = await connection.fetch(
+            "SELECT rolname FROM pg_roles WHERE rolcanlogin AND rolname <> $1 ORDER BY 1",
+            SUPERUSER,
+        )
+        return [row["rolname"] for row in others]
     finally:
         await connection.close()
 
@@ -315,6 +355,15 @@ async def _reload(socket_dir: str, password: str) -> None:
         await connection.execute("SELECT pg_reload_conf()")
     finally:
         await connection.close()
+
+
+def _private_dir_of(path: Path, uid: int) -> bool:
+    """Whether ``path`` is a directory (not a link) of ``uid`` that no one else may enter."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o077
 
 
 def _system_user() -> _User | None:

@@ -10,6 +10,10 @@ One pass, in order:
    delete, restart (delete and create again), create;
 4. delete pods no live job wants: pods of unknown, cancelled and requeued jobs, and pods of
    finished jobs that their clean_pod_policy does not keep.
+
+A pass runs every ``interval`` seconds on the leader, and at once when woken: when this replica
+becomes the leader and on every NOTIFY of ``Channel.ADMITTED`` (``gateway.loops.runtime`` wires
+both).
 """
 
 from __future__ import annotations
@@ -23,10 +27,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.backends.base import Gang, PodPlacement, PodStatus, Runtime
+from gateway.backends.base import Gang, PodStatus, Runtime
 from gateway.db import lifecycle as rows
-from gateway.domain.jobs.check import check_job_spec
-from gateway.domain.jobs.spec import JobSpec, SpecLimits
+from gateway.domain.jobs.spec import JobSpec, from_document
 from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, ReplicaPhase, decide
 from gateway.domain.lifecycle.states import JobState
 
@@ -34,6 +37,16 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
+    """Drives the runtime's pods towards the database's jobs while ``is_leader()`` is True.
+
+    Invariants:
+    - Passes run only on the leader, one at a time; every job change goes through
+      ``gateway.db.lifecycle`` (guarded by state and attempt), and the runtime is acted on only
+      after that write committed, so a pass that dies half-way is finished by the next one.
+    - An exception in a pass is logged and never ends the loop; only cancellation does.
+    - ``wake`` only hurries the next pass; the loop holds no connection between passes.
+    """
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -52,13 +65,11 @@ class Reconciler:
         self.passes = 0
         self._specs: dict[str, JobSpec] = {}
 
-    def _spec(self, job_id: str, document: Mapping[str, object]) -> JobSpec:
+    def _spec(self, job_id: str, document: Mapping[str, Any]) -> JobSpec:
+        """The job's spec, read once per job (a stored spec never changes)."""
         spec = self._specs.get(job_id)
         if spec is None:
-            checked = check_job_spec(document, SpecLimits(max_replicas=10**6))
-            if isinstance(checked, list):
-                raise ValueError(f"job {job_id} has a stored spec that no longer checks: {checked}")
-            spec = self._specs[job_id] = checked
+            spec = self._specs[job_id] = from_document(document)
         return spec
 
     async def reconcile(self) -> None:
@@ -67,57 +78,62 @@ class Reconciler:
         jobs = await rows.active_jobs(self.engine)
         now = self.clock()
         wanted: set[tuple[str, str]] = set()
+        # Specs of jobs no longer active are forgotten: the cache is as large as the live jobs.
+        active = {str(job.row["id"]) for job in jobs}
+        for gone in [job_id for job_id in self._specs if job_id not in active]:
+            del self._specs[gone]
         for job in jobs:
             job_id = str(job.row["id"])
-            spec = self._spec(job_id, job.row["spec"])
-            gang = Gang(
-                job_id=job_id,
-                spec=spec,
-                namespace=job.namespace,
-                attempt=job.row["attempt"],
-                placements=tuple(
-                    PodPlacement(
-                        name=p["pod_name"],
-                        role=p["role"],
-                        index=p["replica_index"],
-                        node=p["node"],
-                        cpu_millis=p["cpu_millis"],
-                        memory_bytes=p["memory_bytes"],
-                        gpu=rows.gpu_slices(p["gpu"]),
-                    )
-                    for p in job.placements
-                ),
-            )
-            wanted.update((job_id, p.name) for p in gang.placements)
-            # 2. Decide.
-            decision = decide(self._view(job, spec), self._observations(gang, observed), now)
-            # 3. Write, then act.
-            if not await rows.apply(self.engine, job, decision, now):
-                continue
-            if decision.transition is not None:
-                log.info(
-                    "job %s (%s): %s -> %s (%s)",
-                    job.row["name"],
-                    job_id,
-                    job.row["state"],
-                    decision.transition.value,
-                    decision.reason,
-                )
-            await asyncio.gather(
-                *(
-                    self.runtime.delete(job_id, name)
-                    for name in (*decision.delete, *decision.restart)
-                )
-            )
-            if decision.transition in (None, JobState.RUNNING):
-                creates = tuple(sorted({*decision.create, *decision.restart}))
-                if creates:
-                    await self.runtime.create(gang, creates)
-            else:
-                wanted.difference_update((job_id, p.name) for p in gang.placements)
+            wanted.update((job_id, p.pod_name) for p in job.placements)
+            try:
+                await self._reconcile_job(job, observed, now, wanted)
+            except Exception:
+                # One job's trouble (a replica that cannot be created or removed) must not
+                # stop every other tenant's jobs: the next pass tries it again.
+                log.exception("reconciling job %s failed; the other jobs go on", job_id)
         # 4. Sweep what no live job wants.
         await self._sweep(observed, wanted)
         self.passes += 1
+
+    async def _reconcile_job(
+        self,
+        job: rows.ActiveJob,
+        observed: Mapping[tuple[str, str], PodStatus],
+        now: float,
+        wanted: set[tuple[str, str]],
+    ) -> None:
+        job_id = str(job.row["id"])
+        spec = self._spec(job_id, job.row["spec"])
+        gang = Gang(
+            job_id=job_id,
+            spec=spec,
+            namespace=job.namespace,
+            attempt=job.row["attempt"],
+            placements=job.placements,
+        )
+        # 2. Decide.
+        decision = decide(self._view(job, spec), self._observations(gang, observed), now)
+        # 3. Write, then act.
+        if not await rows.apply(self.engine, job, decision, now):
+            return
+        if decision.transition is not None:
+            log.info(
+                "job %s (%s): %s -> %s (%s)",
+                job.row["name"],
+                job_id,
+                job.row["state"],
+                decision.transition.value,
+                decision.reason,
+            )
+        await asyncio.gather(
+            *(self.runtime.delete(job_id, name) for name in (*decision.delete, *decision.restart))
+        )
+        if decision.transition in (None, JobState.RUNNING):
+            creates = tuple(sorted({*decision.create, *decision.restart}))
+            if creates:
+                await self.runtime.create(gang, creates)
+        else:
+            wanted.difference_update((job_id, p.pod_name) for p in gang.placements)
 
     @staticmethod
     def _view(job: rows.ActiveJob, spec: JobSpec) -> JobView:
@@ -138,12 +154,12 @@ class Reconciler:
     ) -> list[ReplicaObservation]:
         result = []
         for placement in gang.placements:
-            status = observed.get((gang.job_id, placement.name))
+            status = observed.get((gang.job_id, placement.pod_name))
             if status is not None and status.attempt != gang.attempt:
                 status = None  # a pod of an earlier attempt is not this attempt's replica
             result.append(
                 ReplicaObservation(
-                    pod_name=placement.name,
+                    pod_name=placement.pod_name,
                     role=placement.role,
                     index=placement.index,
                     phase=ReplicaPhase.MISSING if status is None else status.phase,
@@ -166,7 +182,9 @@ class Reconciler:
                 continue
             log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
             deletions.append(self.runtime.delete(job_id, name))
-        await asyncio.gather(*deletions)
+        for failed in await asyncio.gather(*deletions, return_exceptions=True):
+            if isinstance(failed, Exception):
+                log.error("deleting a pod no live job wants failed: %s", failed)
 
     @staticmethod
     def _unwanted(job: Mapping[Any, Any] | None, pod: PodStatus) -> bool:

@@ -101,3 +101,53 @@ for step in range(1, 33):
     print(f"holding {16 * step} MiB", flush=True)
 print("never stopped", flush=True)
 """
+
+# A tree deeper than Python 3.11's recursive shutil.rmtree can remove: the supervisor and the
+# gateway must remove it anyway, and no other job may wait for it.
+DEEP_TREE = r"""
+import os
+for _ in range(2000):
+    os.mkdir("d")
+    os.chdir("d")
+print("left a tree 2000 deep", flush=True)
+"""
+
+# Tries to grow, cut and rewrite its own log through its standard output.
+LOG_TAMPER = r"""
+import os
+def attempt(name, call):
+    try:
+        call()
+        print(f"{name}: done", flush=True)
+    except OSError as exc:
+        print(f"{name}: refused ({exc.strerror})", flush=True)
+attempt("preallocate a gigabyte", lambda: os.posix_fallocate(1, 0, 1 << 30))
+attempt("truncate the log", lambda: os.ftruncate(1, 0))
+attempt("rewrite the log", lambda: (os.lseek(1, 0, os.SEEK_SET), os.write(1, b"forged")))
+"""
+
+# Leaves a secret in its uid's kernel keyring and in /run/lock (both shared by every process of a
+# uid, outliving them); KEYRING_READER looks for both. x86_64 and aarch64 syscall numbers.
+_KEYCTL = r"""
+import ctypes, os, platform
+libc = ctypes.CDLL(None, use_errno=True)
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+USER_KEYRING = -4
+"""
+KEYRING_WRITER = (
+    _KEYCTL
+    + r"""
+key = libc.syscall(ADD_KEY, b"user", b"muster-test", b"KEYRING-SECRET", 14, USER_KEYRING)
+print("stored key", key, flush=True)
+if os.path.isdir("/run/lock"):
+    open("/run/lock/muster-test", "w").write("RUNLOCK-SECRET")
+"""
+)
+KEYRING_READER = (
+    _KEYCTL
+    + r"""
+found = libc.syscall(KEYCTL, 10, USER_KEYRING, b"user", b"muster-test", 0)
+print("keyring: " + ("FOUND" if found > 0 else "empty"), flush=True)
+print("run lock: " + ("FOUND" if os.path.exists("/run/lock/muster-test") else "empty"), flush=True)
+"""
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,16 @@ from typing import Any
 import pytest
 
 from tests.acceptance.gateway_process import ISSUER_KEY, GatewayProcess
-from tests.acceptance.hostile_programs import HOG, SLEEPERS, SPY, VICTIM
+from tests.acceptance.hostile_programs import (
+    DEEP_TREE,
+    HOG,
+    KEYRING_READER,
+    KEYRING_WRITER,
+    LOG_TAMPER,
+    SLEEPERS,
+    SPY,
+    VICTIM,
+)
 from tests.acceptance.local_helpers import (
     LocalDirs,
     call,
@@ -223,3 +233,59 @@ def test_the_data_directory_and_logs_are_the_gateways_alone(
     assert mode(dirs.data / "postgres") == 0o700
     # Jobs pass through the work directory to their own, but cannot list it.
     assert mode(dirs.work) == 0o711
+
+
+def test_a_job_that_leaves_a_tree_too_deep_to_recurse_is_cleaned_and_stops_no_one(
+    dirs: LocalDirs, gateway: GatewayProcess
+) -> None:
+    deep = submit(
+        gateway.url,
+        {"name": "deep", "tenant": "demo", "replicas": {"w": program(DEEP_TREE)}},
+    )
+    assert job_done(gateway.url, deep["id"]) == "succeeded"
+    other = submit(
+        gateway.url,
+        {"name": "after", "tenant": "victim", "replicas": {"w": program("print('ran')")}},
+    )
+    assert job_done(gateway.url, other["id"]) == "succeeded"
+    wait_for(lambda: not (dirs.work / deep["id"]).exists(), 20, "the deep tree to be removed")
+
+
+def test_a_job_cannot_grow_cut_or_rewrite_its_log(gateway: GatewayProcess) -> None:
+    job = submit(
+        gateway.url, {"name": "tamper", "tenant": "demo", "replicas": {"w": program(LOG_TAMPER)}}
+    )
+    assert job_done(gateway.url, job["id"]) == "succeeded"
+    log = log_of(gateway.url, job["id"])
+    print(log)
+    assert log.startswith("--- muster: starting tamper-w-0"), log
+    for attempt in ("preallocate a gigabyte", "truncate the log", "rewrite the log"):
+        assert f"{attempt}: refused" in log, log
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "aarch64"), reason="keyctl syscall numbers"
+)
+def test_the_next_job_given_a_uid_finds_nothing_the_last_one_left(dirs: LocalDirs) -> None:
+    # One uid for every job: the second job surely gets the first one's.
+    process = start(dirs, MUSTER_LOCAL_RUN_AS="1950000000-1950000000")
+    try:
+        for tenant in ("demo", "victim"):
+            status, body = call("PUT", f"{process.url}/v1/admin/tenants/{tenant}", {"quota": QUOTA})
+            assert status in (200, 201), body
+        writer = submit(
+            process.url,
+            {"name": "writer", "tenant": "victim", "replicas": {"w": program(KEYRING_WRITER)}},
+        )
+        assert job_done(process.url, writer["id"]) == "succeeded"
+        assert "stored key" in log_of(process.url, writer["id"])
+        reader = submit(
+            process.url,
+            {"name": "reader", "tenant": "demo", "replicas": {"w": program(KEYRING_READER)}},
+        )
+        assert job_done(process.url, reader["id"]) == "succeeded"
+        log = log_of(process.url, reader["id"])
+        assert "keyring: empty" in log, log
+        assert "run lock: empty" in log, log
+    finally:
+        process.close()

@@ -296,3 +296,23 @@ def test_following_logs_streams_until_the_replica_ends(dirs: LocalDirs) -> None:
         assert time.monotonic() - started < 30
     finally:
         gateway.close()
+
+
+def test_output_past_the_log_cap_is_dropped_with_a_note(dirs: LocalDirs) -> None:
+    gateway = start(dirs, MUSTER_LOCAL_LOG_BYTES="4096")
+    try:
+        job = submit(
+            gateway.url,
+            {
+                "name": "chatty",
+                "tenant": "demo",
+                "replicas": {"w": program("print('x' * 99, flush=True)\n" * 200)},
+            },
+        )
+        done = wait_for(lambda: finished(gateway.url, job["id"]), 60, "the job to end")
+        assert done["state"] == "succeeded", done
+        log = call("GET", f"{gateway.url}/v1/jobs/{job['id']}/logs")[1]
+        assert "muster: log cut at 4Ki" in log, log[-300:]
+        assert log.count("x" * 99) < 60, "the replica's output past the cap was kept"
+    finally:
+        gateway.close()

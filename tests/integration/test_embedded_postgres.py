@@ -5,6 +5,7 @@ Each test starts a server of its own in a fresh data directory (a second or two 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -56,6 +57,13 @@ def _trusting_server(data_dir: Path) -> None:
     )
 
 
+def _start_trusting(server: EmbeddedPostgres) -> None:
+    """Start the server as it is (trusting), without the hardening a real start does."""
+    user = embedded._system_user()
+    install = embedded._reachable_install(server.data_dir, user)
+    server._pg_ctl(install, user, "start", *server._start_options(server.pgdata))
+
+
 def _socket(url: str) -> str:
     return url.rsplit("host=", 1)[1]
 
@@ -95,9 +103,15 @@ async def test_a_server_that_trusted_local_connections_asks_a_password_at_the_ne
     data_dir: Path,
 ) -> None:
     _trusting_server(data_dir)
+    # A session opened while the server still trusted everyone must not survive the upgrade.
+    trusting = EmbeddedPostgres(data_dir)
+    await asyncio.to_thread(_start_trusting, trusting)
+    held = await asyncpg.connect(host=str(data_dir / "postgres"), port=5432, user="postgres")
     server = EmbeddedPostgres(data_dir)
     url = await server.start()
     try:
+        with pytest.raises((asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError)):
+            await held.fetchval("SELECT 1")
         assert "password authentication failed" in await _refused_without_password(_socket(url))
         connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
         assert await connection.fetchval("SELECT current_database()") == "muster"
@@ -116,3 +130,32 @@ async def test_the_server_stops_when_the_last_handle_lets_go(data_dir: Path) -> 
     await second.stop()
     with pytest.raises(FileNotFoundError):  # the server and its socket are gone
         await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+
+
+async def test_a_data_directory_too_deep_for_a_socket_path_gets_a_private_random_one() -> None:
+    base = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
+    deep = base / ("d" * 60) / ("e" * 60)
+    _searchable(base)
+    try:
+        server = EmbeddedPostgres(deep)
+        url = await server.start()
+        try:
+            socket_dir = Path(_socket(url))
+            mode, recorded = _socket_dir_facts(socket_dir, deep)
+            assert not socket_dir.is_relative_to(deep)
+            assert socket_dir.name.startswith("muster-pg-")
+            assert len(socket_dir.name) > len("muster-pg-") + 4  # random, not derived
+            assert mode & 0o077 == 0
+            assert recorded == str(socket_dir)
+        finally:
+            await server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _searchable(path: Path) -> None:
+    path.chmod(0o755)  # the server's own user passes through to the data directory
+
+
+def _socket_dir_facts(socket_dir: Path, data_dir: Path) -> tuple[int, str]:
+    return socket_dir.stat().st_mode, (data_dir / "postgres-socket-dir").read_text().strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from gateway.backends.cgroups import Cgroups, PodLimits, probe_cgroups
 from gateway.backends.sandbox import (
     Isolation,
     RunAs,
+    UidClaims,
     check_reachable,
     choose_uid,
     claim_work_dir,
@@ -189,6 +191,8 @@ def test_cgroup_v1_pods_go_under_this_process_cgroup_in_each_hierarchy(tmp_path:
         version=1,
         parents=tuple((c, root / c / "ctr" / "gw" / "muster-x") for c in ("memory", "cpu", "pids")),
     )
+    # Every replica of the gateway together holds at most half the machine's process ids.
+    assert int((root / "pids" / "ctr" / "gw" / "muster-x" / "pids.max").read_text()) >= 1024
     dirs = found.create("job.0.pod", PodLimits(memory_bytes=64 * 2**20, cpu_millis=250, pids=99))
     memory, cpu, pids = (Path(d) for d in dirs)
     assert (memory / "memory.limit_in_bytes").read_text() == str(64 * 2**20)
@@ -233,3 +237,39 @@ def test_a_cgroup_of_an_exited_pod_is_removed(tmp_path: Path) -> None:
     pod.mkdir()
     cgroups.remove([str(pod), str(tmp_path / "gone")])
     assert not os.path.exists(pod)
+
+
+def test_the_supervisor_mounts_only_the_jobs_own_tmp_never_through_a_link(
+    tmp_path: Path,
+) -> None:
+    from gateway.backends.shim import SandboxError, _own_directory
+
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "tmp"
+    link.symlink_to(real)
+    with pytest.raises(OSError, match=r"Too many levels|Not a directory"):
+        _own_directory(str(link), None)
+    fd = _own_directory(str(real), os.getuid())
+    os.close(fd)
+    with pytest.raises(SandboxError, match="not the job's own"):
+        _own_directory(str(real), os.getuid() + 1)
+
+
+def test_a_uid_claimed_by_another_gateway_is_not_given_twice(tmp_path: Path) -> None:
+    ours, theirs = UidClaims("ours", tmp_path / "uids"), UidClaims("theirs", tmp_path / "uids")
+    assert ours.claim(1_900_000_000, "job-a")
+    assert ours.claim(1_900_000_000, "job-a")  # the same job again
+    assert not theirs.claim(1_900_000_000, "job-b")
+    assert theirs.claim(1_900_000_001, "job-b")
+    ours.release(1_900_000_000, "job-a")
+    assert theirs.claim(1_900_000_000, "job-c")
+
+
+def test_a_stale_claim_of_a_uid_that_runs_nothing_is_taken_over(tmp_path: Path) -> None:
+    ours, theirs = UidClaims("ours", tmp_path / "uids"), UidClaims("theirs", tmp_path / "uids")
+    assert theirs.claim(1_900_000_007, "killed-gateways-job")
+    old = time.time() - 2 * UidClaims.FRESH_SECONDS
+    os.utime(tmp_path / "uids" / "1900000007", (old, old))
+    assert ours.claim(1_900_000_007, "job-a")
+    assert (tmp_path / "uids" / "1900000007").read_text() == "ours job-a"
