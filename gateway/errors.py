@@ -50,7 +50,7 @@ The Kubernetes errors are not ``ClientError``s: a 404 from Kubernetes is no 404 
 callers, so they carry a ``Kubernetes`` prefix and reach the middleware's 500 if nobody handles
 them. Two exceptions stay outside the tree by design: ``gateway.domain.resources.QuantityError``
 (a ``ValueError``: the domain imports only the standard library, and every caller turns it into
-a ``FieldProblem``, a ``ConfigError`` or a logged warning) and ``gateway.backends.shim``'s
+a ``FieldProblem``, a ``ConfigError`` or a logged warning) and ``gateway.backends.supervisor``'s
 ``SandboxError`` (the replica supervisor runs as its own process and never raises into the
 gateway). ``tests/unit/test_errors.py`` checks this drawing against the classes.
 

@@ -33,7 +33,7 @@ from gateway.api.connections import (
     connection_cap,
     raise_open_file_limit,
 )
-from gateway.api.views import job_view
+from gateway.api.serializers import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
 from gateway.backends.factory import Backend, make_backend

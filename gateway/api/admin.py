@@ -12,7 +12,7 @@ from gateway.api.auth import actor, require_admin
 from gateway.api.body import read_checked
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit, tenant_filter
-from gateway.api.views import audit_view, json_response, tenant_view
+from gateway.api.serializers import audit_view, json_response, tenant_view
 from gateway.db import grants as grant_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.jobs import decode_cursor, encode_cursor

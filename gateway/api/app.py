@@ -15,7 +15,17 @@ from aiohttp import web
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api import admin, cluster, connections, jobs, metrics, service, webhooks
+from gateway.api import (
+    admin,
+    cluster,
+    connections,
+    events,
+    jobs,
+    metrics,
+    service,
+    usage,
+    webhooks,
+)
 from gateway.api.auth import auth_middleware
 from gateway.api.context import (
     AUTHENTICATOR,
@@ -84,6 +94,8 @@ def make_app(
     app.add_routes(cluster.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(usage.routes)
+    app.add_routes(events.routes)
     return app
 
 

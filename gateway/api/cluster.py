@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gateway.api.auth import check_tenant, require_role
 from gateway.api.context import ENGINE, INVENTORY
-from gateway.api.views import json_response, tenant_status_view
+from gateway.api.serializers import json_response, tenant_status_view
 from gateway.db import tenants as tenant_rows
 from gateway.db.admission import load_holdings
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory

@@ -20,7 +20,7 @@ from gateway.api.context import (
     SUBMITS,
 )
 from gateway.api.paging import page_limit, tenant_filter
-from gateway.api.views import event_view, job_view, json_response
+from gateway.api.serializers import event_view, job_view, json_response
 from gateway.db import jobs as job_rows
 from gateway.db import tenants as tenant_rows
 from gateway.db.submits import never_runs, request_hash

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.schema import openapi_document
-from gateway.api.views import json_response
+from gateway.api.serializers import json_response
 from gateway.auth.keys import local_key_set, public_jwks
 from gateway.auth.proof import CHALLENGE, ProofKey, proof_key, prove
 from gateway.errors import BadRequest, IssuerUnavailable, NotFound

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.api.auth import actor, check_job, check_tenant
 from gateway.api.context import ENGINE, SETTINGS
-from gateway.api.views import json_response, timestamp
+from gateway.api.serializers import json_response, timestamp
 from gateway.db import jobs as job_rows
 from gateway.db import webhooks as rows
 from gateway.db.tenants import new_webhook_secret

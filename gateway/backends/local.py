@@ -1,7 +1,7 @@
 """The local backend: this machine is one node, and replicas run as processes on it.
 
 The node's CPUs, memory and GPUs are read from the machine, each overridable in settings.
-Every replica runs under ``gateway.backends.shim``, contained as ``sandbox`` decided (its own
+Every replica runs under ``gateway.backends.supervisor``, contained as ``sandbox`` decided (its own
 user, PID namespace and cgroup where the machine allows), with the same environment contract as
 on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica, PyTorch ranks,
 CUDA_VISIBLE_DEVICES from the GPU plan, thread variables) and nothing of the gateway's. The
@@ -52,7 +52,7 @@ from gateway.backends.sandbox import (
     instance_name,
     process_env,
 )
-from gateway.backends.shim import remove_tree
+from gateway.backends.supervisor import remove_tree
 from gateway.domain.lifecycle.decisions import ReplicaPhase
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
@@ -62,7 +62,7 @@ from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 LOCAL_NODE = "local"
-# Directories a replica's mount namespace replaces with private ones (see the shim).
+# Directories a replica's mount namespace replaces with private ones (see the supervisor).
 SHARED_TMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 
 
@@ -271,7 +271,8 @@ class LocalRuntime:
         for process in psutil.process_iter(["cmdline"]):
             cmdline = process.info["cmdline"] or []
             plan = cmdline[-1] if len(cmdline) >= 2 else ""
-            if "gateway.backends.shim" not in cmdline or not plan.startswith(str(self.state_dir)):
+            ours = "gateway.backends.supervisor" in cmdline
+            if not ours or not plan.startswith(str(self.state_dir)):
                 continue
             # <pod>.<start>.plan.json; a plan of an older gateway has no start and is kept.
             parts = Path(plan).name.split(".")
@@ -439,7 +440,7 @@ class LocalRuntime:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "gateway.backends.shim",
+                "gateway.backends.supervisor",
                 str(plan_file),
                 cwd="/",
                 # Only what finding Muster's own code needs: nothing else of the gateway's

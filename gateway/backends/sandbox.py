@@ -8,8 +8,8 @@ Muster enforce, and the result (``Isolation``) shapes every replica's launch pla
   out), or under one named user. A job's uid never reads the gateway's data directory, the issuer
   key, the database's socket, another job's work directory, or another job's processes.
 - Containers. With the privilege to make namespaces, each replica has its own PID, mount and IPC
-  namespace (``shim``), so stopping it ends everything it started; and with cgroups, its memory,
-  CPU and process count are limited to what it asked for (``cgroups``).
+  namespace (``supervisor``), so stopping it ends everything it started; and with cgroups, its
+  memory, CPU and process count are limited to what it asked for (``cgroups``).
 - Unprivileged. A gateway that is not root cannot change users: its jobs run as itself and could
   read everything it can. It says so at start and runs jobs only of the tenants in
   ``MUSTER_LOCAL_TRUSTED_TENANTS`` (default: demo, the tenant a fresh install makes).

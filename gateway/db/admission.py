@@ -7,7 +7,7 @@ admitted at most once and no quota or node is over-committed by Muster. Every ad
 by ``state = 'queued' AND attempt = <the attempt we planned>``, so a job cancelled while the cycle
 thought cannot be admitted.
 
-Queued jobs are cached between cycles (``SpecCache``): each cycle reads only the queue's id,
+Queued jobs are cached between cycles (``PendingJobCache``): each cycle reads only the queue's id,
 attempt and waiting columns; a job's other fields and its spec are read, and its pods derived,
 once per attempt: when the job is first seen, and again if it is requeued.
 
@@ -57,7 +57,7 @@ class CycleResult:
     plan: AdmissionPlan
 
 
-class SpecCache:
+class PendingJobCache:
     """Per queued job id: its attempt and the ``PendingJob`` read at that attempt.
 
     See the module docstring for why an entry is never stale and how its size is bounded.
@@ -146,7 +146,7 @@ _HOLDINGS = text(
 # Read on the driver connection (asyncpg records, by position): with a long queue, building
 # SQLAlchemy rows and decoding timestamps for every job cost more than the rest of the cycle.
 # _QUEUED: what may change from one cycle to the next (1: the attempt, which the admission
-# guards on; 2-5: the waiting columns write_plan compares). _DETAILS: what SpecCache keeps.
+# guards on; 2-5: the waiting columns write_plan compares). _DETAILS: what PendingJobCache keeps.
 _QUEUED = """
     SELECT id::text, attempt, reason, message, queue_position, tenant_queue_position
     FROM jobs WHERE state = 'queued' ORDER BY seq
@@ -234,7 +234,7 @@ async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
 async def load_snapshot(
     conn: AsyncConnection,
     nodes: tuple[Node, ...],
-    cache: SpecCache,
+    cache: PendingJobCache,
     *,
     now: float,
     starvation_seconds: float,
@@ -348,7 +348,7 @@ async def write_plan(
 async def run_cycle(
     engine: AsyncEngine,
     nodes: tuple[Node, ...],
-    cache: SpecCache,
+    cache: PendingJobCache,
     *,
     clock: Callable[[], float],
     starvation_seconds: float,

@@ -26,7 +26,7 @@ from prometheus_client import Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Inventory
-from gateway.db.admission import CycleResult, SpecCache, run_cycle
+from gateway.db.admission import CycleResult, PendingJobCache, run_cycle
 from gateway.domain.scheduling.queueing import PendingJob
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class AdmissionLoop:
         self.starvation_seconds = starvation_seconds
         self.clock = clock
         self.wake = asyncio.Event()
-        self.cache = SpecCache()
+        self.cache = PendingJobCache()
         self.cycles = 0
         # In-process figures of this replica's cycles (only the leader runs any).
         self.cycle_seconds = Histogram(
@@ -90,7 +90,7 @@ class AdmissionLoop:
 
     def queued(self, job: PendingJob) -> None:
         """A job this process just queued: spare the next cycle reading it back (leader only;
-        see ``SpecCache``)."""
+        see ``PendingJobCache``)."""
         if self.is_leader():
             self.cache.prime(job)
 

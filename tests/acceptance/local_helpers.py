@@ -149,7 +149,7 @@ def replica_processes(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status", "ppid"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
-        ours = "gateway.backends.shim" in cmdline and str(data_dir) in cmdline
+        ours = "gateway.backends.supervisor" in cmdline and str(data_dir) in cmdline
         if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc)
     pids = {proc.pid for proc in found}

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.admission import SpecCache, run_cycle
+from gateway.db.admission import PendingJobCache, run_cycle
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from tests.openapi_check import CheckedClient
 
@@ -53,7 +53,9 @@ async def make_tenant(api: CheckedClient, name: str = "search", **quota: Any) ->
 
 
 async def cycle(engine: AsyncEngine, nodes: tuple[Node, ...], now: float = 1e10) -> Any:
-    return await run_cycle(engine, nodes, SpecCache(), clock=Clock(now), starvation_seconds=300)
+    return await run_cycle(
+        engine, nodes, PendingJobCache(), clock=Clock(now), starvation_seconds=300
+    )
 
 
 async def test_admitted_job_gets_state_placements_and_event(

@@ -9,7 +9,7 @@ import logging
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.api.views import job_view
+from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
 from gateway.domain.scheduling.nodes import Node
 from gateway.loops.leader import Leadership

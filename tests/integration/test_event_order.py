@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.usage import (
+from gateway.db.event_stream import (
     STREAM_START,
     EventPosition,
     event_position,

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.db.admission import SpecCache, run_cycle
+from gateway.db.admission import PendingJobCache, run_cycle
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.loops.reconciler import Reconciler
@@ -87,7 +87,7 @@ class Harness:
         self.inventory = KubernetesInventory(kube, nodes=self.node_cache, max_age=0)
         self.runtime = KubernetesRuntime(kube, cluster_domain=None, nodes=self.node_cache)
         self.reconciler = Reconciler(engine, self.runtime, is_leader=lambda: True, clock=clock)
-        self.cache = SpecCache()
+        self.cache = PendingJobCache()
 
     async def admit(self) -> tuple[str, ...]:
         result = await run_cycle(

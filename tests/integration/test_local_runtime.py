@@ -33,7 +33,13 @@ def test_a_supervisor_no_record_names_is_killed_at_the_first_look(runtime: Local
     plan = runtime.state_dir / "job" / "0" / "pod-0.deadbeef.plan.json"
     # Stands for the supervisor of a start the killed gateway never recorded.
     orphan = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "gateway.backends.shim", str(plan)]
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(120)",
+            "gateway.backends.supervisor",
+            str(plan),
+        ]
     )
     try:
         runtime._observe()
@@ -51,7 +57,13 @@ def test_a_recorded_supervisor_is_left_alone(runtime: LocalRuntime) -> None:
     pod_dir.mkdir(parents=True)
     plan = pod_dir / "pod-0.cafe0001.plan.json"
     running = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "gateway.backends.shim", str(plan)]
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(120)",
+            "gateway.backends.supervisor",
+            str(plan),
+        ]
     )
     try:
         created = psutil.Process(running.pid).create_time()

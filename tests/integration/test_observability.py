@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.app import make_app
-from gateway.api.views import job_view
+from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db import lifecycle
 from gateway.domain.jobs.check import check_job_spec

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.context import SUBMITS
-from gateway.db.admission import SpecCache, load_snapshot
+from gateway.db.admission import PendingJobCache, load_snapshot
 from gateway.db.engine import make_engine
 from gateway.db.submits import Submits, Submitted
 from gateway.domain.jobs.check import check_job_spec
@@ -251,13 +251,13 @@ async def test_a_job_handed_to_admission_by_its_submit_equals_the_job_read_back(
     async with engine.begin() as conn:
         await conn.execute(text("SELECT 1"))
         snapshot, _ = await load_snapshot(
-            conn, nodes, SpecCache(), now=1e10, starvation_seconds=300
+            conn, nodes, PendingJobCache(), now=1e10, starvation_seconds=300
         )
     assert handed == list(snapshot.pending)
 
 
 def test_a_primed_job_is_used_only_at_attempt_0_and_only_until_two_cycles_pass() -> None:
-    cache = SpecCache()
+    cache = PendingJobCache()
     primed = PendingJob(id="a", tenant="t", submitted_at=1.0, pods=())
     cache.prime(primed)
     cache.prime(dataclasses.replace(primed, id="b"))
@@ -274,12 +274,12 @@ def test_a_primed_job_is_used_only_at_attempt_0_and_only_until_two_cycles_pass()
 
 
 def test_primed_jobs_are_bounded_by_their_pods() -> None:
-    cache = SpecCache()
+    cache = PendingJobCache()
     pods = pod_requests(spec("wide"))  # 2 pods
-    count = SpecCache.MAX_PRIMED_PODS // len(pods) + 5
+    count = PendingJobCache.MAX_PRIMED_PODS // len(pods) + 5
     for i in range(count):
         cache.prime(PendingJob(id=str(i), tenant="t", submitted_at=1.0, pods=pods))
-    last_kept = str(SpecCache.MAX_PRIMED_PODS // len(pods) - 1)
+    last_kept = str(PendingJobCache.MAX_PRIMED_PODS // len(pods) - 1)
     assert cache.stale([(last_kept, 0), (str(count - 1), 0)]) == [str(count - 1)]
     # Handed over, a job's pods no longer count against the bound.
     cache.prime(PendingJob(id="late", tenant="t", submitted_at=1.0, pods=pods))

@@ -13,9 +13,10 @@ from gateway.errors import MusterError
 
 #: Exceptions that stay outside the tree on purpose, and why (gateway.errors says so too).
 OUTSIDE_BY_DESIGN = {
-    # The replica supervisor runs as a process of its own (python -m gateway.backends.shim): its
-    # error never crosses into the gateway, which reads only the exit status it records.
-    "gateway.backends.shim.SandboxError",
+    # The replica supervisor runs as a process of its own (python -m
+    # gateway.backends.supervisor): its error never crosses into the gateway, which reads only
+    # the exit status it records.
+    "gateway.backends.supervisor.SandboxError",
     # The domain imports only the standard library (an import-linter contract), so it cannot
     # import gateway.errors; a ValueError like int("x")'s, every caller turns it into a
     # FieldProblem (422), a ConfigError or a logged warning before it leaves the caller.

@@ -242,7 +242,7 @@ def test_a_cgroup_of_an_exited_pod_is_removed(tmp_path: Path) -> None:
 def test_the_supervisor_mounts_only_the_jobs_own_tmp_never_through_a_link(
     tmp_path: Path,
 ) -> None:
-    from gateway.backends.shim import SandboxError, _own_directory
+    from gateway.backends.supervisor import SandboxError, _own_directory
 
     real = tmp_path / "real"
     real.mkdir()

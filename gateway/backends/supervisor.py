@@ -1,4 +1,4 @@
-"""The local backend's replica supervisor: ``python -m gateway.backends.shim PLAN``.
+"""The local backend's replica supervisor: ``python -m gateway.backends.supervisor PLAN``.
 
 The gateway writes a launch plan (``sandbox.LaunchPlan`` as JSON: the command, its environment,
 working directory, user, cgroups and what to hide) and starts this supervisor, which outlives the
@@ -131,7 +131,7 @@ def _quantity(size: int) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m gateway.backends.shim PLAN", file=sys.stderr)
+        print("usage: python -m gateway.backends.supervisor PLAN", file=sys.stderr)
         return 2
     plan: dict[str, Any] = json.loads(Path(argv[0]).read_text("utf-8"))
     exit_file = Path(plan["exit"])
