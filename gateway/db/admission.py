@@ -39,9 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.db.channels import Channel, notify_sql
 from gateway.db.engine import driver_of
 from gateway.db.tenants import TENANTS_WITH_USAGE, quota_of, usage_of
-from gateway.db.webhooks import enqueue_sql
+from gateway.db.transitions import Change, move
 from gateway.domain.jobs.pods import pod_requests
-from gateway.domain.jobs.spec import CallbackEvent, from_document
+from gateway.domain.jobs.spec import from_document
+from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.admission import plan
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
@@ -158,29 +159,6 @@ _DETAILS = """
     FROM jobs WHERE id = ANY($1::uuid[])
 """
 
-# The webhook outbox rows come from the admitted rows as updated (a CTE cannot see its sibling's
-# update in the jobs table). Loops that deliver them LISTEN on Channel.ADMITTED too.
-_ADMIT = text(
-    f"""
-    WITH planned AS (
-        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]),
-                             CAST(:data AS text[])) AS p(id, attempt, data)
-    ), admitted AS (
-        UPDATE jobs j SET state = 'admitted', admitted_at = to_timestamp(:now),
-            updated_at = now(),
-            reason = NULL, message = NULL, queue_position = NULL, tenant_queue_position = NULL
-        FROM planned p
-        WHERE j.id = p.id AND j.state = 'queued' AND j.attempt = p.attempt
-        RETURNING j.*, p.data AS plan
-    ), events AS (
-        INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, data)
-        SELECT id, tenant, 'admitted', 'queued', 'admitted', 'Admitted', CAST(plan AS jsonb)
-        FROM admitted
-    ), outbox AS ({enqueue_sql(CallbackEvent.ADMITTED, "admitted j")})
-    SELECT id FROM admitted
-    """
-)
-
 _PLACE = text(
     """
     INSERT INTO placements (job_id, attempt, pod_name, role, replica_index, node, cpu_millis,
@@ -291,7 +269,7 @@ async def write_plan(
                 "gpus",
             )
         }
-        data = []
+        changes = []
         for admission in result.admitted:
             attempt = by_id[admission.job_id][_ATTEMPT]
             for placement in admission.placements:
@@ -307,19 +285,17 @@ async def write_plan(
                 columns["gpus"].append(
                     json.dumps([{"device": s.device, "shares": s.shares} for s in placement.gpu])
                 )
-            data.append(
-                json.dumps({"placements": {p.pod_name: p.node for p in admission.placements}})
+            changes.append(
+                Change(
+                    job_id=admission.job_id,
+                    from_state=JobState.QUEUED,
+                    attempt=attempt,
+                    reason="Admitted",
+                    data={"placements": {p.pod_name: p.node for p in admission.placements}},
+                )
             )
-        rows = await conn.execute(
-            _ADMIT,
-            {
-                "now": now,
-                "ids": [a.job_id for a in result.admitted],
-                "attempts": [by_id[a.job_id][_ATTEMPT] for a in result.admitted],
-                "data": data,
-            },
-        )
-        admitted_ids = [str(row[0]) for row in rows]
+        moved = await move(conn, JobState.ADMITTED, changes, now=now)
+        admitted_ids = [str(row["id"]) for row in moved]
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(notify_sql(Channel.ADMITTED)))

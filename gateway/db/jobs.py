@@ -9,6 +9,7 @@ the state never disagree. Callers wake the admission loop afterwards through
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,16 +19,9 @@ from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import webhooks
-from gateway.domain.jobs.spec import CallbackEvent
-from gateway.domain.lifecycle.states import EventType, JobState
+from gateway.db.transitions import JOB_COLUMNS, Change, move
+from gateway.domain.lifecycle.states import JobState
 from gateway.errors import BadRequest, Conflict, NotFound
-
-JOB_COLUMNS = (
-    "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "
-    "submitted_by, created_at, updated_at, queued_at, not_before, admitted_at, started_at, "
-    "finished_at, queue_position, tenant_queue_position"
-)
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
@@ -144,51 +138,24 @@ async def cancel(
             return row
         if state.terminal:
             raise Conflict(f"job {job_id} already {state.value}; it cannot be cancelled")
-        updated = (
-            (
-                await conn.execute(
-                    text(
-                        f"""
-                    UPDATE jobs SET state = 'cancelled', reason = 'Cancelled',
-                        message = :message, finished_at = now(), updated_at = now(),
-                        queue_position = NULL, tenant_queue_position = NULL
-                    WHERE id = :id RETURNING {JOB_COLUMNS}
-                    """
-                    ),
-                    {"id": ident, "message": message},
+        # The row is locked: the move cannot miss. The cluster backend deletes the pods; their
+        # resources are no longer Muster's to plan (the move releases the placements).
+        (moved,) = await move(
+            conn,
+            JobState.CANCELLED,
+            [
+                Change(
+                    job_id=str(ident),
+                    from_state=state,
+                    attempt=row["attempt"],
+                    reason="Cancelled",
+                    message=message,
+                    actor=actor,
                 )
-            )
-            .mappings()
-            .one()
+            ],
+            now=time.time(),
         )
-        # The cluster backend deletes the pods; their resources are no longer Muster's to plan.
-        await conn.execute(
-            text(
-                "UPDATE placements SET released_at = now() WHERE job_id = :id "
-                "AND released_at IS NULL"
-            ),
-            {"id": ident},
-        )
-        await conn.execute(
-            text(
-                """
-                INSERT INTO job_events
-                    (job_id, tenant, type, from_state, to_state, reason, message, actor)
-                VALUES
-                    (:id, :tenant, :type, :from_state, 'cancelled', 'Cancelled', :message, :actor)
-                """
-            ),
-            {
-                "id": ident,
-                "tenant": row["tenant"],
-                "type": EventType.CANCELLED.value,
-                "from_state": state.value,
-                "message": message,
-                "actor": actor,
-            },
-        )
-        await webhooks.enqueue(conn, ident, CallbackEvent.CANCELLED)
-    return updated
+    return moved
 
 
 async def events(engine: AsyncEngine, job_id: str) -> Sequence[RowMapping]:

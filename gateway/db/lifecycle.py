@@ -1,25 +1,22 @@
 """Running jobs in the database: what the reconciler reads, and the transitions it writes.
 
-Every write is guarded by the job's state and attempt as the reconciler saw them, so a decision
-taken on stale observations (a cancel meanwhile, another replica's eviction) changes nothing.
-Each transition writes its job_events row (and its webhook outbox row, if the job's callback
-subscribed to the event) in the same transaction, and a job that leaves the cluster (finished or
-requeued) releases its placements in that transaction too.
+Every write goes through ``gateway.db.transitions``, guarded by the job's state and attempt as
+the reconciler saw them, so a decision taken on stale observations (a cancel meanwhile, another
+replica's eviction) changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import webhooks
-from gateway.domain.jobs.spec import CallbackEvent
+from gateway.db import transitions
+from gateway.db.transitions import Change
 from gateway.domain.lifecycle.decisions import Decision
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.nodes import GpuSlice
@@ -106,123 +103,28 @@ def gpu_slices(raw: Sequence[Mapping[str, int]]) -> tuple[GpuSlice, ...]:
     return tuple(GpuSlice(device=int(s["device"]), shares=int(s["shares"])) for s in raw)
 
 
-_EVENT = text(
-    """
-    INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, message, data)
-    SELECT id, tenant, :type, :from_state, :to_state, :reason, :message, CAST(:data AS jsonb)
-    FROM jobs WHERE id = :id
-    """
-)
-
-
 async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision, now: float) -> bool:
-    """Write the decision's transition and restarts. False if the job changed meanwhile.
+    """Write the decision's restarts and transition. False if the job changed meanwhile.
 
     ``now`` is the reconciler's clock: started_at and queued_at, which the lifecycle and
     admission compare with that clock, come from it.
     """
-    current = JobState(job.row["state"])
-    guard = {"id": job.row["id"], "state": current.value, "attempt": job.row["attempt"]}
+    seen = Change(
+        job_id=str(job.row["id"]),
+        from_state=JobState(job.row["state"]),
+        attempt=job.row["attempt"],
+        reason=decision.reason,
+        message=decision.message,
+    )
     async with engine.begin() as conn:
         if decision.restart:
-            updated = await conn.execute(
-                text(
-                    "UPDATE jobs SET restarts = restarts + :n, updated_at = now() "
-                    "WHERE id = :id AND state = :state AND attempt = :attempt"
-                ),
-                {**guard, "n": len(decision.restart)},
-            )
-            if updated.rowcount == 0:
+            restarts = replace(seen, reason=decision.reason or "ReplicaRestarted")
+            if not await transitions.record_restarts(conn, restarts, decision.restart):
                 return False
-            await conn.execute(
-                _EVENT,
-                {
-                    "id": job.row["id"],
-                    "type": "restarted",
-                    "from_state": None,
-                    "to_state": None,
-                    "reason": decision.reason or "ReplicaRestarted",
-                    "message": decision.message,
-                    "data": json.dumps({"pods": list(decision.restart)}),
-                },
-            )
         target = decision.transition
         if target is None:
             return True
-        if target is JobState.RUNNING:
-            sql = (
-                "UPDATE jobs SET state = 'running', started_at = to_timestamp(:now), "
-                "updated_at = now(), "
-                "reason = :reason, message = :message "
-                "WHERE id = :id AND state = :state AND attempt = :attempt"
-            )
-            event = "running"
-        elif target in (JobState.SUCCEEDED, JobState.FAILED):
-            sql = (
-                "UPDATE jobs SET state = :target, finished_at = now(), updated_at = now(), "
-                "reason = :reason, message = :message "
-                "WHERE id = :id AND state = :state AND attempt = :attempt"
-            )
-            event = target.value
-        elif target is JobState.QUEUED:
-            sql = (
-                "UPDATE jobs SET state = 'queued', attempt = attempt + 1, restarts = 0, "
-                "queued_at = to_timestamp(:now), not_before = to_timestamp(:not_before), "
-                "admitted_at = NULL, started_at = NULL, queue_slot = NULL, "
-                "updated_at = now(), reason = :reason, message = :message "
-                "WHERE id = :id AND state = :state AND attempt = :attempt"
-            )
-            event = "requeued"
-        else:  # pragma: no cover - decide() never asks for another transition
-            raise ValueError(f"unexpected transition to {target}")
-        updated = await conn.execute(
-            text(sql),
-            {
-                **guard,
-                "target": target.value,
-                "reason": decision.reason,
-                "message": decision.message,
-                "not_before": decision.requeue_not_before,
-                "now": now,
-            },
+        change = replace(
+            seen, data={"attempt": seen.attempt}, not_before=decision.requeue_not_before
         )
-        if updated.rowcount == 0:
-            return False
-        if target is JobState.RUNNING:
-            await conn.execute(
-                text(
-                    "UPDATE placements SET started_at = now() WHERE job_id = :id "
-                    "AND attempt = :attempt AND released_at IS NULL"
-                ),
-                guard,
-            )
-        else:
-            await conn.execute(
-                text(
-                    "UPDATE placements SET released_at = now() WHERE job_id = :id "
-                    "AND attempt = :attempt AND released_at IS NULL"
-                ),
-                guard,
-            )
-        await conn.execute(
-            _EVENT,
-            {
-                "id": job.row["id"],
-                "type": event,
-                "from_state": current.value,
-                "to_state": target.value,
-                "reason": decision.reason,
-                "message": decision.message,
-                "data": json.dumps({"attempt": job.row["attempt"]}),
-            },
-        )
-        await webhooks.enqueue(conn, job.row["id"], _CALLBACK_EVENTS[target])
-    return True
-
-
-_CALLBACK_EVENTS = {
-    JobState.RUNNING: CallbackEvent.RUNNING,
-    JobState.SUCCEEDED: CallbackEvent.SUCCEEDED,
-    JobState.FAILED: CallbackEvent.FAILED,
-    JobState.QUEUED: CallbackEvent.REQUEUED,
-}
+        return bool(await transitions.move(conn, target, [change], now=now))

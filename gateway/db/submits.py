@@ -38,8 +38,8 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import driver_connection
-from gateway.db.jobs import JOB_COLUMNS
-from gateway.db.tenants import could_ever_hold_sql, quota_of
+from gateway.db.tenants import quota_of
+from gateway.db.transitions import JOB_COLUMNS, SUBMIT, SUBMIT_BATCH
 from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
@@ -50,57 +50,8 @@ from gateway.errors import Conflict, TooManyRequests, ValidationFailed
 from gateway.jsontext import json_text
 
 # Submits run on the driver connection directly (positional asyncpg SQL): SQLAlchemy's statement
-# layer cost several times the round trip itself here.
-_RETURNED = ", ".join(
-    c.strip() for c in JOB_COLUMNS.split(",") if c.strip() not in ("spec", "labels")
-)
-
-# The common case for a batch: one row per job in a JSON array. A row is skipped when its tenant is
-# missing or has no room for the whole job, when its priority is above the tenant's ceiling (the
-# SQL form of gateway.domain.scheduling.priority.above_ceiling), or when any unique index objects
-# (name, queue slot, Idempotency-Key); RETURNING names the rows that were written. Rows are
-# inserted in (tenant, slot) order: two batches in flight for one tenant then meet on slots in the
-# same order, so neither can hold a slot the other waits for while waiting for one it holds (a
-# deadlock, which PostgreSQL would end by failing a batch after a second). Jobs of one batch
-# arrived together; their order among themselves is the slots'.
-_SUBMIT_BATCH = f"""
-    WITH input AS (
-        SELECT * FROM jsonb_to_recordset($1::text::jsonb)
-            AS i(id uuid, tenant text, name text, framework text, priority int, spec jsonb,
-                 labels jsonb, idempotency_key text, request_hash text, actor text,
-                 cpu_millis bigint, memory_bytes bigint, gpu_shares bigint)
-    ), fitting AS MATERIALIZED (
-        SELECT i.*, floor(random() * t.max_queued_jobs)::int AS slot
-        FROM input i JOIN tenants t ON t.name = i.tenant
-        WHERE {could_ever_hold_sql("t", "i")} AND i.priority <= t.max_priority
-    ), job AS (
-        INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
-                          idempotency_key, request_hash, submitted_by, queue_slot)
-        SELECT id, tenant, name, framework, 'queued', priority, spec, labels,
-               idempotency_key, request_hash, actor, slot
-        FROM fitting ORDER BY tenant, slot
-        ON CONFLICT DO NOTHING
-        RETURNING {_RETURNED}
-    ), event AS (
-        INSERT INTO job_events (job_id, tenant, type, to_state, actor)
-        SELECT id, tenant, 'submitted', 'queued', submitted_by FROM job
-    )
-    SELECT * FROM job
-"""
-# The careful path: one job, in a slot chosen by the caller.
-_SUBMIT = f"""
-    WITH job AS (
-        INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
-                          idempotency_key, request_hash, submitted_by, queue_slot)
-        VALUES ($1, $2, $3, $4, 'queued', $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11)
-        ON CONFLICT (tenant, idempotency_key) DO NOTHING
-        RETURNING {_RETURNED}
-    ), event AS (
-        INSERT INTO job_events (job_id, tenant, type, to_state, actor)
-        SELECT id, tenant, 'submitted', 'queued', $10 FROM job
-    )
-    SELECT * FROM job
-"""
+# layer cost several times the round trip itself here. The statements that write the job and its
+# 'submitted' event are the transition writer's (gateway.db.transitions).
 _QUOTA = (
     "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
     "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
@@ -169,7 +120,7 @@ def request_hash(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Row:
-    """One job's values for the insert, in ``_SUBMIT``'s parameter order ($1-$10)."""
+    """One job's values for the insert, in ``SUBMIT``'s parameter order ($1-$10)."""
 
     id: uuid.UUID
     tenant: str
@@ -186,7 +137,7 @@ class _Row:
     gpu_shares: int
 
     def as_json(self) -> str:
-        """The row as a JSON object for ``_SUBMIT_BATCH``, the spec and labels (JSON text
+        """The row as a JSON object for ``SUBMIT_BATCH``, the spec and labels (JSON text
         already) spliced in as they are."""
         head = json_text(
             {
@@ -357,7 +308,7 @@ class Submits:
         # column) at several times the cost of one text, and the specs are JSON already.
         rows = "[" + ",".join(row.as_json() for row, _ in batch) + "]"
         async with driver_connection(self.engine) as conn:
-            written = await conn.fetch(_SUBMIT_BATCH, rows)
+            written = await conn.fetch(SUBMIT_BATCH, rows)
         self.statements += 1
         self.batched += len(written)
         return {record["id"]: record for record in written}
@@ -391,7 +342,7 @@ class Submits:
                     break
                 try:
                     written: Mapping[str, Any] | None = await conn.fetchrow(
-                        _SUBMIT, *row.values(), slot
+                        SUBMIT, *row.values(), slot
                     )
                 except asyncpg.UniqueViolationError as exc:
                     if exc.constraint_name == "uq_jobs_queue_slot":

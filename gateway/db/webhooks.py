@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import RowMapping, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.channels import Channel, notify_sql
 from gateway.domain.jobs.spec import CallbackEvent
@@ -81,21 +81,7 @@ def enqueue_sql(event: CallbackEvent, source: str, *, where: str = "TRUE") -> st
     """
 
 
-_ENQUEUE = {
-    event: text(enqueue_sql(event, "jobs j", where="j.id = :id")) for event in CallbackEvent
-}
 _NOTIFY = text(notify_sql(Channel.WEBHOOKS))
-
-
-async def enqueue(conn: AsyncConnection, job_id: uuid.UUID, event: CallbackEvent) -> int:
-    """Write the job's outbox row for ``event`` (if its callback wants it) in the caller's
-    transaction, after the state change; wake the delivery loops once it commits."""
-    written = (await conn.execute(_ENQUEUE[event], {"id": job_id})).rowcount
-    if written:
-        # Delivered at commit, so a loop never wakes before the row is visible. Only
-        # transitions of jobs with a callback pay for the NOTIFY's commit serialization.
-        await conn.execute(_NOTIFY)
-    return written
 
 
 def job_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:

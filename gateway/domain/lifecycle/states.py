@@ -4,8 +4,9 @@
 node loss, preemption) returns an admitted or running job to ``queued``. Terminal states never
 change.
 
-Invariant: ``can_transition(a, b)`` is the single source of which transitions exist; the database
-keeps the same set of states in a check constraint.
+Invariant: ``can_transition(a, b)`` is the single source of which transitions exist, and
+``INITIAL_STATE`` of where a job starts; ``gateway.db.transitions``, the one writer of job states,
+asks them before every write. The database keeps the same set of states in a check constraint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+#: The state a job is created in (its 'submitted' event).
+INITIAL_STATE = JobState.QUEUED
 
 _TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.ADMITTED, JobState.FAILED, JobState.CANCELLED}),
