@@ -206,7 +206,7 @@ async def run(args: argparse.Namespace, url: str, root: Path) -> None:
             FROM webhook_outbox
             """
         )
-        live_ids = [job.row["id"] for job in live]
+        live_ids = [job.id for job in live]
         latency = _latencies(
             await conn.fetch(
                 "SELECT extract(epoch FROM delivered_at - created_at) AS wait FROM webhook_outbox "

@@ -41,9 +41,10 @@ from gateway.backends.local import LocalRuntime
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
-from gateway.db.tenants import TenantValues, create_first
+from gateway.db.tenants import create_first
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.scheduling.quota import Quota
+from gateway.domain.tenants import TenantSettings
 from gateway.errors import ConfigError, DatabaseUnavailable
 from gateway.loops.runtime import LoopRuntime
 from gateway.settings import Settings
@@ -169,7 +170,7 @@ async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inve
     if settings.backend.kind != "local":
         return ""
     (node,) = await inventory.nodes()
-    values = TenantValues(
+    whole_machine = TenantSettings(
         namespace=DEFAULT_TENANT,
         quota=Quota(
             cpu_millis=node.cpu_millis,
@@ -180,7 +181,7 @@ async def _first_tenant(settings: Settings, engine: AsyncEngine, inventory: Inve
         ),
         weight=1.0,
     )
-    created = await create_first(engine, DEFAULT_TENANT, values, actor="muster serve")
+    created = await create_first(engine, DEFAULT_TENANT, whole_machine, actor="muster serve")
     return (
         f"{DEFAULT_TENANT} (created for this machine: its CPUs, memory and GPUs)" if created else ""
     )

@@ -13,14 +13,15 @@ from gateway.api.body import read_checked
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.serializers import audit_view, json_response, tenant_view
-from gateway.db import grants as grant_rows
-from gateway.db import tenants as tenant_rows
+from gateway.db import grants as grant_store
+from gateway.db import tenants as tenant_store
 from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.scheduling.quota import Quota
+from gateway.domain.tenants import TenantSettings
 from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -41,11 +42,11 @@ _QUOTA_PARSERS = (
 )
 
 
-def tenant_values(
-    body: Mapping[str, Any], current: tenant_rows.TenantValues | None, name: str
-) -> tenant_rows.TenantValues:
-    """A schema-valid TenantPut/TenantPatch body over the ``current`` values (None for a PUT,
-    whose body the schema requires to be whole) -> the new values.
+def tenant_settings(
+    body: Mapping[str, Any], current: TenantSettings | None, name: str
+) -> TenantSettings:
+    """A schema-valid TenantPut/TenantPatch body over the ``current`` settings (None for a PUT,
+    whose body the schema requires to be whole) -> the new settings.
 
     Raises ValidationFailed listing every quantity that does not parse.
     """
@@ -63,7 +64,7 @@ def tenant_values(
     for key in ("max_running_jobs", "max_queued_jobs"):
         if key in quota:
             amounts[key] = quota[key]
-    return tenant_rows.TenantValues(
+    return TenantSettings(
         namespace=body.get("namespace", current.namespace if current else name),
         quota=Quota(**amounts),
         weight=float(body.get("weight", current.weight if current else 1.0)),
@@ -79,25 +80,25 @@ async def put_tenant(request: web.Request) -> web.Response:
     require_admin(request)
     name = _tenant_name(request)
     body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantPut")
-    row, created = await tenant_rows.put(
-        request.app[ENGINE], name, tenant_values(body, None, name), actor=actor(request)
+    tenant, created = await tenant_store.put(
+        request.app[ENGINE], name, tenant_settings(body, None, name), actor=actor(request)
     )
     headers = {"Location": f"/v1/admin/tenants/{name}"} if created else None
-    return json_response(tenant_view(row), status=201 if created else 200, headers=headers)
+    return json_response(tenant_view(tenant), status=201 if created else 200, headers=headers)
 
 
 @routes.get("/v1/admin/tenants/{tenant}")
 async def get_tenant(request: web.Request) -> web.Response:
     require_admin(request)
-    row = await tenant_rows.get(request.app[ENGINE], _tenant_name(request))
-    return json_response(tenant_view(row))
+    tenant = await tenant_store.get(request.app[ENGINE], _tenant_name(request))
+    return json_response(tenant_view(tenant))
 
 
 @routes.get("/v1/admin/tenants")
 async def list_tenants(request: web.Request) -> web.Response:
     require_admin(request)
-    rows = await tenant_rows.list_all(request.app[ENGINE])
-    return json_response({"items": [tenant_view(row) for row in rows]})
+    tenants = await tenant_store.list_all(request.app[ENGINE])
+    return json_response({"items": [tenant_view(tenant) for tenant in tenants]})
 
 
 @routes.patch("/v1/admin/tenants/{tenant}")
@@ -111,17 +112,17 @@ async def patch_tenant(request: web.Request) -> web.Response:
     name = _tenant_name(request)
     body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantPatch")
 
-    def merge(current: Mapping[Any, Any]) -> tenant_rows.TenantValues:
-        return tenant_values(body, tenant_rows.TenantValues.of(current), name)
+    def merge(current: TenantSettings) -> TenantSettings:
+        return tenant_settings(body, current, name)
 
-    row = await tenant_rows.patch(request.app[ENGINE], name, merge, actor=actor(request))
-    return json_response(tenant_view(row))
+    tenant = await tenant_store.patch(request.app[ENGINE], name, merge, actor=actor(request))
+    return json_response(tenant_view(tenant))
 
 
 @routes.delete("/v1/admin/tenants/{tenant}")
 async def delete_tenant(request: web.Request) -> web.Response:
     require_admin(request)
-    await tenant_rows.delete(request.app[ENGINE], _tenant_name(request), actor=actor(request))
+    await tenant_store.delete(request.app[ENGINE], _tenant_name(request), actor=actor(request))
     return web.Response(status=204)
 
 
@@ -134,15 +135,15 @@ async def list_audit(request: web.Request) -> web.Response:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     limit = page_limit(query.get("limit"))
     before = decode_cursor(query["cursor"]) if "cursor" in query else None
-    rows = await tenant_rows.audit(
+    entries = await tenant_store.audit(
         request.app[ENGINE], tenant=tenant_filter(query), limit=limit + 1, before_id=before
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    more = len(entries) > limit
+    entries = entries[:limit]
     return json_response(
         {
-            "items": [audit_view(row) for row in rows],
-            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
+            "items": [audit_view(entry) for entry in entries],
+            "next_cursor": encode_cursor(entries[-1].id) if more else None,
         }
     )
 
@@ -150,8 +151,8 @@ async def list_audit(request: web.Request) -> web.Response:
 @routes.get("/v1/admin/tenants/{tenant}/grants")
 async def get_grants(request: web.Request) -> web.Response:
     require_admin(request)
-    found = await grant_rows.of_tenant(request.app[ENGINE], _tenant_name(request))
-    return json_response(grant_rows.as_map(found))
+    found = await grant_store.of_tenant(request.app[ENGINE], _tenant_name(request))
+    return json_response(grant_store.as_map(found))
 
 
 @routes.put("/v1/admin/tenants/{tenant}/grants")
@@ -160,7 +161,7 @@ async def put_grants(request: web.Request) -> web.Response:
     require_admin(request)
     name = _tenant_name(request)
     body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantGrants")
-    grants = grant_rows.from_map(name, body)
-    await grant_rows.replace(request.app[ENGINE], name, grants, actor=actor(request))
+    grants = grant_store.from_map(name, body)
+    await grant_store.replace(request.app[ENGINE], name, grants, actor=actor(request))
     request.app[AUTHENTICATOR].forget_grants()
-    return json_response(grant_rows.as_map(grants))
+    return json_response(grant_store.as_map(grants))

@@ -13,14 +13,12 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from aiohttp import web
 
 from gateway.api.context import AUTHENTICATOR, SETTINGS
 from gateway.api.problems import Handler
 from gateway.domain.access import LEAST_ROLE, Access, Action
+from gateway.domain.lifecycle.records import Job
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.logs import bind
@@ -100,12 +98,12 @@ def check_tenant(request: web.Request, tenant: str, action: Action = Action.READ
         raise role_refusal(caller, tenant, action)
 
 
-def check_job(request: web.Request, job: Mapping[Any, Any], action: Action = Action.READ) -> None:
+def check_job(request: web.Request, job: Job, action: Action = Action.READ) -> None:
     """404 for a job of a tenant the caller cannot see, exactly as for a job that does not exist;
     403 when it can see the job but may not do ``action``."""
     caller = require_role(request)
-    tenant = job["tenant"]
+    tenant = job.tenant
     if not caller.sees(tenant):
-        raise NotFound(f"job {request.match_info.get('id', job['id'])} does not exist")
+        raise NotFound(f"job {request.match_info.get('id', job.id)} does not exist")
     if not caller.may(tenant, action):
         raise role_refusal(caller, tenant, action)

@@ -7,7 +7,7 @@ from aiohttp import web
 from gateway.api.auth import check_tenant, require_role
 from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.serializers import json_response, tenant_status_view
-from gateway.db import tenants as tenant_rows
+from gateway.db import tenants as tenant_store
 from gateway.db.admission import load_holdings
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
 from gateway.domain.scheduling.capacity import free_capacity
@@ -76,5 +76,5 @@ async def cluster(request: web.Request) -> web.Response:
 async def tenant_status(request: web.Request) -> web.Response:
     name = request.match_info["tenant"]
     check_tenant(request, name)
-    row = await tenant_rows.status(request.app[ENGINE], name)
-    return json_response(tenant_status_view(row))
+    status = await tenant_store.status(request.app[ENGINE], name)
+    return json_response(tenant_status_view(status))

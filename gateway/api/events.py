@@ -26,7 +26,6 @@ from gateway.api.serializers import event_view
 from gateway.db.event_stream import (
     STREAM_START,
     EventPosition,
-    event_position,
     events_after,
     position_of_event,
 )
@@ -113,7 +112,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             if caller is None:
                 break
             tenants = caller.tenants(Action.READ)
-            rows = await events_after(
+            page = await events_after(
                 engine,
                 last,
                 tenant=tenant,
@@ -122,17 +121,20 @@ async def events(request: web.Request) -> web.StreamResponse:
                 event_type=kind,
                 limit=EVENT_PAGE,
             )
-            for row in rows:
-                data = {**event_view(row), "tenant": row["tenant"]}
-                last = event_position(row)
-                message = f"id: {_sse_id(last)}\nevent: {row['type']}\ndata: {json.dumps(data)}\n\n"
+            for streamed in page:
+                event = streamed.event
+                data = {**event_view(event), "tenant": event.tenant}
+                last = streamed.position
+                message = (
+                    f"id: {_sse_id(last)}\nevent: {event.type.value}\ndata: {json.dumps(data)}\n\n"
+                )
                 await response.write(message.encode())
-            if rows:
+            if page:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                 await response.write(b": keep-alive\n\n")
                 quiet_since = time.monotonic()
-            if len(rows) < EVENT_PAGE:
+            if len(page) < EVENT_PAGE:
                 await asyncio.sleep(EVENT_POLL_SECONDS)
     except ConnectionResetError:
         pass

@@ -21,12 +21,13 @@ from gateway.api.context import (
 )
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.serializers import event_view, job_view, json_response
-from gateway.db import jobs as job_rows
-from gateway.db import tenants as tenant_rows
+from gateway.db import jobs as job_store
+from gateway.db import tenants as tenant_store
 from gateway.db.submits import never_runs, request_hash
 from gateway.domain.access import Action
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_name, pod_requests
+from gateway.domain.jobs.spec import JobSpec, from_document
 from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
@@ -95,11 +96,10 @@ async def submit_job(request: web.Request) -> web.Response:
         raise ValidationFailed(relocated, detail=exc.detail) from exc
     if submitted.created:
         request.app[NOTIFIER].poke()
-    view = job_view(submitted.job)
     return json_response(
-        view,
+        job_view(submitted.job),
         status=201 if submitted.created else 200,
-        headers={"Location": f"/v1/jobs/{view['id']}"},
+        headers={"Location": f"/v1/jobs/{submitted.job.id}"},
     )
 
 
@@ -118,8 +118,8 @@ async def list_jobs(request: web.Request) -> web.Response:
                 f"state must be one of {', '.join(s.value for s in JobState)}"
             ) from exc
     limit = page_limit(query.get("limit"))
-    after = job_rows.decode_cursor(query["cursor"]) if "cursor" in query else None
-    page = await job_rows.list_jobs(
+    after = job_store.decode_cursor(query["cursor"]) if "cursor" in query else None
+    page = await job_store.list_jobs(
         request.app[ENGINE],
         state=state,
         tenant=tenant_filter(query),
@@ -129,7 +129,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         after=after,
     )
     return json_response(
-        {"items": [job_view(row) for row in page.items], "next_cursor": page.next_cursor}
+        {"items": [job_view(job) for job in page.items], "next_cursor": page.next_cursor}
     )
 
 
@@ -182,7 +182,7 @@ async def _from_tfjob(
                     )
                 ]
             )
-        tenant = await tenant_rows.owning(request.app[ENGINE], namespace)
+        tenant = await tenant_store.owning(request.app[ENGINE], namespace)
         if tenant is None or not access(request).sees(tenant):
             raise ValidationFailed(
                 [
@@ -220,19 +220,19 @@ def parse_selector(selector: str) -> dict[str, str]:
 
 @routes.get("/v1/jobs/{id}")
 async def get_job(request: web.Request) -> web.Response:
-    row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
-    check_job(request, row)
-    return json_response(job_view(row))
+    job = await job_store.get(request.app[ENGINE], request.match_info["id"])
+    check_job(request, job)
+    return json_response(job_view(job))
 
 
 @routes.post("/v1/jobs/{id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     reason = await _cancel_reason(request)
     job_id = request.match_info["id"]
-    check_job(request, await job_rows.get(request.app[ENGINE], job_id), Action.CANCEL)
-    row = await job_rows.cancel(request.app[ENGINE], job_id, actor=actor(request), reason=reason)
+    check_job(request, await job_store.get(request.app[ENGINE], job_id), Action.CANCEL)
+    job = await job_store.cancel(request.app[ENGINE], job_id, actor=actor(request), reason=reason)
     request.app[NOTIFIER].poke()
-    return json_response(job_view(row))
+    return json_response(job_view(job))
 
 
 async def _cancel_reason(request: web.Request) -> str | None:
@@ -248,9 +248,9 @@ async def _cancel_reason(request: web.Request) -> str | None:
 @routes.get("/v1/jobs/{id}/events")
 async def job_events(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
-    check_job(request, await job_rows.get(request.app[ENGINE], job_id))
-    rows = await job_rows.events(request.app[ENGINE], job_id)
-    return json_response({"items": [event_view(row) for row in rows]})
+    check_job(request, await job_store.get(request.app[ENGINE], job_id))
+    events = await job_store.events(request.app[ENGINE], job_id)
+    return json_response({"items": [event_view(event) for event in events]})
 
 
 @routes.get("/v1/jobs/{id}/logs")
@@ -259,24 +259,24 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     unknown = sorted(set(request.query) - {"replica", "follow"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
-    row = await job_rows.get(request.app[ENGINE], request.match_info["id"])
-    check_job(request, row)
+    job = await job_store.get(request.app[ENGINE], request.match_info["id"])
+    check_job(request, job)
     runtime = request.app[RUNTIME]
     if runtime is None:
         raise NotFound("this gateway's backend (static) runs no replicas, so it keeps no logs")
-    role, index = _replica(row["spec"], request.query.get("replica"))
+    role, index = _replica(from_document(job.spec), request.query.get("replica"))
     follow = request.query.get("follow", "false").lower()
     if follow not in ("true", "false", "1", "0"):
         raise BadRequest("follow must be true or false")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    name = pod_name(row["name"], role, index)
+    name = pod_name(job.name, role, index)
     following = follow in ("true", "1")
     try:
-        async for chunk in runtime.logs(str(row["id"]), name, follow=following):
+        async for chunk in runtime.logs(job.id, name, follow=following):
             if following:  # a followed log may outlive its token, or the caller's role
                 caller = await recheck(request)
-                if caller is None or not caller.sees(row["tenant"]):
+                if caller is None or not caller.sees(job.tenant):
                     break
             await response.write(chunk)
         await response.write_eof()
@@ -285,16 +285,16 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _replica(spec: Mapping[str, Any], wanted: str | None) -> tuple[str, int]:
+def _replica(spec: JobSpec, wanted: str | None) -> tuple[str, int]:
     """``worker-1`` -> ("worker", 1), checked against the spec; by default the first replica
     that reports the job's outcome: chief, master, else worker 0, else the first role."""
-    replicas: Mapping[str, Any] = spec["replicas"]
+    counts = {replica.role: replica.count for replica in spec.replicas}
     if wanted is None:
-        for role in ("chief", "master", "worker", *sorted(replicas)):
-            if role in replicas:
+        for role in ("chief", "master", "worker", *sorted(counts)):
+            if role in counts:
                 return role, 0
     role, _, index = (wanted or "").rpartition("-")
-    if role in replicas and index.isdigit() and int(index) < replicas[role]["count"]:
+    if role in counts and index.isdigit() and int(index) < counts[role]:
         return role, int(index)
-    choices = ", ".join(f"{r}-0..{r}-{replicas[r]['count'] - 1}" for r in sorted(replicas))
+    choices = ", ".join(f"{r}-0..{r}-{counts[r] - 1}" for r in sorted(counts))
     raise NotFound(f"the job has no replica {wanted!r}; its replicas are {choices}")

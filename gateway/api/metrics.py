@@ -25,16 +25,18 @@ from gateway.api.auth import require_admin
 from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION
 from gateway.db.metrics import MetricCounts, metric_counts
+from gateway.domain.lifecycle.states import EventType
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE
 from gateway.domain.scheduling.capacity import free_capacity
 from gateway.domain.scheduling.nodes import Node
+from gateway.domain.webhooks import AttemptOutcome
 
 IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
 COLLECTORS: web.AppKey[tuple[Collector, ...]] = web.AppKey("collectors")
 
 routes = web.RouteTableDef()
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = (EventType.SUCCEEDED, EventType.FAILED, EventType.CANCELLED)
 WAIT_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 
 
@@ -68,28 +70,29 @@ class DatabaseCollector(Collector):
         yield leader
 
     def _jobs(self) -> Iterator[Any]:
-        tenants = [row["name"] for row in self.counts.tenants]
+        tenants = [status.tenant.name for status in self.counts.tenants]
         pending = GaugeMetricFamily(
             "muster_pending_jobs",
             "Queued jobs by tenant and waiting reason.",
             labels=["tenant", "reason"],
         )
-        for row in self.counts.pending:
-            pending.add_metric([row["tenant"], row["reason"]], float(row["jobs"]))
+        for queued in self.counts.pending:
+            pending.add_metric([queued.tenant, queued.reason], float(queued.jobs))
         yield pending
         admitted: dict[str, float] = dict.fromkeys(tenants, 0.0)
         finished: dict[tuple[str, str], float] = {
-            (tenant, state): 0.0 for tenant in tenants for state in FINISHED
+            (tenant, state.value): 0.0 for tenant in tenants for state in FINISHED
         }
         evicted: dict[tuple[str, str], float] = {}
-        for row in self.counts.events:
-            tenant, kind, n = row["tenant"], row["type"], float(row["events"])
-            if kind == "admitted":
+        for count in self.counts.events:
+            tenant, kind, n = count.tenant, count.type, float(count.events)
+            if kind is EventType.ADMITTED:
                 admitted[tenant] = admitted.get(tenant, 0.0) + n
             elif kind in FINISHED:
-                finished[(tenant, kind)] = finished.get((tenant, kind), 0.0) + n
-            elif kind == "requeued":
-                key = (tenant, row["reason"] or "Unknown")
+                key = (tenant, kind.value)
+                finished[key] = finished.get(key, 0.0) + n
+            elif kind is EventType.REQUEUED:
+                key = (tenant, count.reason or "Unknown")
                 evicted[key] = evicted.get(key, 0.0) + n
         family = CounterMetricFamily(
             "muster_admitted_jobs",
@@ -138,8 +141,8 @@ class DatabaseCollector(Collector):
             "Webhook delivery attempts by outcome: delivered, failed, gone, refused.",
             labels=["outcome"],
         )
-        counts = dict.fromkeys(("delivered", "failed", "gone", "refused"), 0.0)
-        counts.update({row["outcome"]: float(row["attempts"]) for row in self.counts.deliveries})
+        counts = dict.fromkeys((outcome.value for outcome in AttemptOutcome), 0.0)
+        counts.update({c.outcome.value: float(c.attempts) for c in self.counts.deliveries})
         for outcome, n in sorted(counts.items()):
             family.add_metric([outcome], n)
         yield family
@@ -153,12 +156,10 @@ class DatabaseCollector(Collector):
             "What a tenant's admitted and running jobs hold, by resource.",
             labels=["tenant", "resource"],
         )
-        for row in self.counts.tenants:
-            name = row["name"]
-            limits = _resources(
-                row["quota_cpu_millis"], row["quota_memory_bytes"], row["quota_gpu_shares"]
-            )
-            used = _resources(row["used_cpu"], row["used_memory"], row["used_gpu"])
+        for status in self.counts.tenants:
+            name, limit, held = status.tenant.name, status.tenant.settings.quota, status.usage
+            limits = _resources(limit.cpu_millis, limit.memory_bytes, limit.gpu_shares)
+            used = _resources(held.cpu_millis, held.memory_bytes, held.gpu_shares)
             for resource, value in limits.items():
                 quota.add_metric([name, resource], value)
             for resource, value in used.items():

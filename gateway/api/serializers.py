@@ -1,4 +1,4 @@
-"""Rows -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant.
+"""Values -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant.
 
 Every JSON body the API sends is encoded by ``json_response`` (orjson: compact UTF-8, several
 times faster than the standard library on job documents).
@@ -12,7 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain.lifecycle.records import Job, JobEvent
 from gateway.domain.resources import format_cpu, format_gpu, format_memory
+from gateway.domain.scheduling.quota import Quota, TenantUsage
+from gateway.domain.tenants import AuditEntry, Tenant, TenantStatus
 from gateway.jsontext import json_bytes
 
 
@@ -36,84 +39,94 @@ def timestamp(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def job_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def job_view(job: Job) -> dict[str, Any]:
+    queue = job.queue
     return {
-        "id": str(row["id"]),
-        "name": row["name"],
-        "tenant": row["tenant"],
-        "framework": row["framework"],
-        "state": row["state"],
-        "reason": row["reason"],
-        "message": row["message"],
-        "priority": row["priority"],
-        "attempt": row["attempt"],
-        "labels": row["labels"],
-        "spec": row["spec"],
-        "submitted_by": row["submitted_by"],
-        "created_at": timestamp(row["created_at"]),
-        "updated_at": timestamp(row["updated_at"]),
-        "admitted_at": timestamp(row["admitted_at"]),
-        "started_at": timestamp(row["started_at"]),
-        "finished_at": timestamp(row["finished_at"]),
+        "id": job.id,
+        "name": job.name,
+        "tenant": job.tenant,
+        "framework": job.framework.value,
+        "state": job.state.value,
+        "reason": job.reason,
+        "message": job.message,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "labels": job.labels,
+        "spec": job.spec,
+        "submitted_by": job.submitted_by,
+        "created_at": timestamp(job.created_at),
+        "updated_at": timestamp(job.updated_at),
+        "admitted_at": timestamp(job.admitted_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
         "queue": None
-        if row["state"] != "queued" or row["queue_position"] is None
-        else {"position": row["queue_position"], "tenant_position": row["tenant_queue_position"]},
+        if queue is None
+        else {"position": queue.position, "tenant_position": queue.tenant_position},
     }
 
 
-def event_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def event_view(event: JobEvent) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "job_id": str(row["job_id"]),
-        "type": row["type"],
-        "from_state": row["from_state"],
-        "to_state": row["to_state"],
-        "reason": row["reason"],
-        "message": row["message"],
-        "actor": row["actor"],
-        "data": row["data"],
-        "created_at": timestamp(row["created_at"]),
+        "id": event.id,
+        "job_id": event.job_id,
+        "type": event.type.value,
+        "from_state": None if event.from_state is None else event.from_state.value,
+        "to_state": None if event.to_state is None else event.to_state.value,
+        "reason": event.reason,
+        "message": event.message,
+        "actor": event.actor,
+        "data": event.data,
+        "created_at": timestamp(event.created_at),
     }
 
 
-def tenant_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def quota_view(quota: Quota) -> dict[str, Any]:
     return {
-        "name": row["name"],
-        "namespace": row["namespace"],
-        "quota": {
-            "cpu": format_cpu(row["quota_cpu_millis"]),
-            "memory": format_memory(row["quota_memory_bytes"]),
-            "gpu": format_gpu(row["quota_gpu_shares"]),
-            "max_running_jobs": row["max_running_jobs"],
-            "max_queued_jobs": row["max_queued_jobs"],
-        },
-        "weight": row["weight"],
-        "max_priority": row["max_priority"],
-        "created_at": timestamp(row["created_at"]),
-        "updated_at": timestamp(row["updated_at"]),
+        "cpu": format_cpu(quota.cpu_millis),
+        "memory": format_memory(quota.memory_bytes),
+        "gpu": format_gpu(quota.gpu_shares),
+        "max_running_jobs": quota.max_running_jobs,
+        "max_queued_jobs": quota.max_queued_jobs,
     }
 
 
-def audit_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def tenant_view(tenant: Tenant) -> dict[str, Any]:
+    settings = tenant.settings
     return {
-        "id": row["id"],
-        "actor": row["actor"],
-        "action": row["action"],
-        "tenant": row["tenant"],
-        "before": row["before"],
-        "after": row["after"],
-        "created_at": timestamp(row["created_at"]),
+        "name": tenant.name,
+        "namespace": settings.namespace,
+        "quota": quota_view(settings.quota),
+        "weight": settings.weight,
+        "max_priority": settings.max_priority,
+        "created_at": timestamp(tenant.created_at),
+        "updated_at": timestamp(tenant.updated_at),
     }
 
 
-def usage_view(cpu: int, memory: int, gpu: int) -> dict[str, Any]:
-    return {"cpu": format_cpu(cpu), "memory": format_memory(memory), "gpu": format_gpu(gpu)}
-
-
-def tenant_status_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def audit_view(entry: AuditEntry) -> dict[str, Any]:
     return {
-        **tenant_view(row),
-        "usage": usage_view(int(row["used_cpu"]), int(row["used_memory"]), int(row["used_gpu"])),
-        "running_jobs": int(row["running_jobs"]),
-        "queued_jobs": int(row["queued_jobs"]),
+        "id": entry.id,
+        "actor": entry.actor,
+        "action": entry.action.value,
+        "tenant": entry.tenant,
+        "before": entry.before,
+        "after": entry.after,
+        "created_at": timestamp(entry.created_at),
+    }
+
+
+def usage_view(usage: TenantUsage) -> dict[str, Any]:
+    return {
+        "cpu": format_cpu(usage.cpu_millis),
+        "memory": format_memory(usage.memory_bytes),
+        "gpu": format_gpu(usage.gpu_shares),
+    }
+
+
+def tenant_status_view(status: TenantStatus) -> dict[str, Any]:
+    return {
+        **tenant_view(status.tenant),
+        "usage": usage_view(status.usage),
+        "running_jobs": status.usage.running_jobs,
+        "queued_jobs": status.queued_jobs,
     }

@@ -3,7 +3,6 @@ submit-time check of a job's callback URL against the SSRF guard."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +11,13 @@ from aiohttp import web
 from gateway.api.auth import actor, check_job, check_tenant
 from gateway.api.context import ENGINE, SETTINGS
 from gateway.api.serializers import json_response, timestamp
-from gateway.db import jobs as job_rows
-from gateway.db import webhooks as rows
+from gateway.db import jobs as job_store
+from gateway.db import webhooks as outbox
 from gateway.db.tenants import new_webhook_secret
 from gateway.domain.access import Action
 from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.problems import FieldProblem, pointer
-from gateway.domain.webhooks import webhook_id
+from gateway.domain.webhooks import Delivery, DeliveryAttempt, DeliveryStatus, webhook_id
 from gateway.settings import Settings
 from gateway.webhooks.ssrf import Guard
 
@@ -39,33 +38,32 @@ def callback_problems(settings: Settings, spec: JobSpec) -> list[FieldProblem]:
     return [FieldProblem(pointer=pointer("callback", "url"), detail=refusal.detail)]
 
 
-def attempt_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+def attempt_view(attempt: DeliveryAttempt) -> dict[str, Any]:
     return {
-        "number": row["number"],
-        "attempted_at": timestamp(row["attempted_at"]),
-        "duration_ms": row["duration_ms"],
-        "status_code": row["status_code"],
-        "error": row["error"],
-        "outcome": row["outcome"],
+        "number": attempt.number,
+        "attempted_at": timestamp(attempt.attempted_at),
+        "duration_ms": attempt.duration_ms,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "outcome": attempt.outcome.value,
     }
 
 
-def delivery_view(delivery: rows.Delivery) -> dict[str, Any]:
-    row = delivery.row
-    pending = row["status"] == "pending"
+def delivery_view(delivery: Delivery) -> dict[str, Any]:
+    pending = delivery.status is DeliveryStatus.PENDING
     return {
-        "id": str(row["id"]),
-        "webhook_id": webhook_id(str(row["id"])),
-        "job_id": str(row["job_id"]),
-        "type": row["event_type"],
-        "url": row["url"],
-        "status": row["status"],
-        "attempt_count": row["attempts"],
-        "next_attempt_at": timestamp(row["next_attempt_at"]) if pending else None,
-        "last_error": row["last_error"],
-        "created_at": timestamp(row["created_at"]),
-        "updated_at": timestamp(row["updated_at"]),
-        "delivered_at": timestamp(row["delivered_at"]),
+        "id": delivery.id,
+        "webhook_id": webhook_id(delivery.id),
+        "job_id": delivery.job_id,
+        "type": delivery.event_type.value,
+        "url": delivery.url,
+        "status": delivery.status.value,
+        "attempt_count": delivery.attempt_count,
+        "next_attempt_at": timestamp(delivery.next_attempt_at) if pending else None,
+        "last_error": delivery.last_error,
+        "created_at": timestamp(delivery.created_at),
+        "updated_at": timestamp(delivery.updated_at),
+        "delivered_at": timestamp(delivery.delivered_at),
         "attempts": [attempt_view(a) for a in delivery.attempts],
     }
 
@@ -73,16 +71,16 @@ def delivery_view(delivery: rows.Delivery) -> dict[str, Any]:
 @routes.get("/v1/jobs/{id}/deliveries")
 async def list_deliveries(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
-    check_job(request, await job_rows.get(request.app[ENGINE], job_id))
-    found = await rows.for_job(request.app[ENGINE], job_id)
+    check_job(request, await job_store.get(request.app[ENGINE], job_id))
+    found = await outbox.for_job(request.app[ENGINE], job_id)
     return json_response({"items": [delivery_view(d) for d in found]})
 
 
 @routes.post("/v1/jobs/{id}/deliveries/{delivery}/redeliver")
 async def redeliver(request: web.Request) -> web.Response:
     job_id = request.match_info["id"]
-    check_job(request, await job_rows.get(request.app[ENGINE], job_id), Action.REDELIVER)
-    delivery = await rows.redeliver(
+    check_job(request, await job_store.get(request.app[ENGINE], job_id), Action.REDELIVER)
+    delivery = await outbox.redeliver(
         request.app[ENGINE], request.match_info["id"], request.match_info["delivery"]
     )
     return json_response(delivery_view(delivery), status=202)
@@ -92,7 +90,7 @@ async def redeliver(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     tenant = request.match_info["tenant"]
     check_tenant(request, tenant, Action.ROTATE_WEBHOOK_SECRET)
-    rotated = await rows.rotate_secret(
+    rotated = await outbox.rotate_secret(
         request.app[ENGINE], tenant, new_webhook_secret(), actor=actor(request)
     )
     overlap = timedelta(seconds=request.app[SETTINGS].webhooks.secret_overlap)

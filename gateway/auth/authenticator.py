@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.auth.keys import LOCAL_ALGORITHM, CachedKeys, JwksLoader, local_loader
 from gateway.auth.tokens import LOCAL_ISSUER, Verifier
-from gateway.db import grants as grant_rows
+from gateway.db import grants as grant_store
 from gateway.domain.access import Access, Grant, principal_from_claims, resolve
 from gateway.errors import Unauthorized
 from gateway.settings import Settings
@@ -146,7 +146,7 @@ class Authenticator:
             return self._grants
         async with self._grants_lock:
             if self._grants_at is None or self._clock() - self._grants_at >= self._grants_ttl:
-                self._grants = await grant_rows.all_grants(self._engine)
+                self._grants = await grant_store.all_grants(self._engine)
                 self._grants_at = self._clock()
         return self._grants
 

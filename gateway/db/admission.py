@@ -29,29 +29,33 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.channels import Channel, notify_sql
 from gateway.db.engine import driver_of
-from gateway.db.tenants import TENANTS_WITH_USAGE, quota_of, usage_of
+from gateway.db.mapping import holding_of, tenant_state_of
+from gateway.db.tenants import TENANTS_WITH_USAGE
 from gateway.db.transitions import Change, move
 from gateway.domain.jobs.pods import pod_requests
 from gateway.domain.jobs.spec import from_document
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.admission import plan
-from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
-from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.nodes import Holding, Node, PodRequest
+from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, Waiting
 
 ADMISSION_LOCK = 0x6D75_0001
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CycleResult:
+    """What one admission cycle did: how many queued jobs it considered, the ids of those it
+    admitted, how long it took (snapshot to commit), and the plan it wrote."""
+
     considered: int
     admitted: tuple[str, ...]
     seconds: float
@@ -123,7 +127,7 @@ class PendingJobCache:
     def pods(self, job_id: str) -> tuple[PodRequest, ...]:
         return self._jobs[job_id][1].pods
 
-    def keep_only(self, job_ids: set[str]) -> None:
+    def keep_only(self, job_ids: Collection[str]) -> None:
         """End of a cycle that read ``job_ids`` queued: forget every other job, and primed jobs
         no cycle has seen for two cycles."""
         jobs = self._jobs
@@ -186,27 +190,39 @@ _WAITING = text(
 )
 
 
-def _tenant_state(row: RowMapping) -> TenantState:
-    return TenantState(
-        name=row["name"], weight=float(row["weight"]), quota=quota_of(row), usage=usage_of(row)
-    )
+class SeenQueue:
+    """The queue as one cycle read it (``_QUEUED``'s rows, by job id): the attempt admission
+    guards on, and the waiting columns a new plan is compared with. The rows are the driver's
+    records, read by position for speed; they never leave this module."""
 
+    __slots__ = ("_rows",)
 
-def _slices(raw: Sequence[Mapping[str, int]]) -> tuple[GpuSlice, ...]:
-    return tuple(GpuSlice(device=int(s["device"]), shares=int(s["shares"])) for s in raw)
+    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._rows: dict[str, Sequence[Any]] = {row[0]: row for row in rows}
+
+    @property
+    def job_ids(self) -> Collection[str]:
+        return self._rows.keys()
+
+    def attempt(self, job_id: str) -> int:
+        attempt: int = self._rows[job_id][_ATTEMPT]
+        return attempt
+
+    def changed(self, waiting: Sequence[Waiting]) -> list[Waiting]:
+        """The jobs of a plan whose waiting reason or positions differ from those stored.
+        (A PendingReason is a str enum: it equals the text stored for it.)"""
+        rows = self._rows
+        return [
+            w
+            for w in waiting
+            if tuple(rows[w.job_id][_WAITING_COLUMNS])
+            != (w.reason, w.message, w.position_overall, w.position_in_tenant)
+        ]
 
 
 async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
     """What Muster's live placements hold, node by node."""
-    return tuple(
-        Holding(
-            node=row["node"],
-            cpu_millis=row["cpu_millis"],
-            memory_bytes=row["memory_bytes"],
-            gpu=_slices(row["gpu"]),
-        )
-        for row in (await conn.execute(_HOLDINGS)).mappings()
-    )
+    return tuple(map(holding_of, (await conn.execute(_HOLDINGS)).mappings()))
 
 
 async def load_snapshot(
@@ -216,13 +232,16 @@ async def load_snapshot(
     *,
     now: float,
     starvation_seconds: float,
-) -> tuple[Snapshot, Sequence[Sequence[Any]]]:
-    """The snapshot a cycle plans on, and the queued rows it was made of (``_QUEUED``'s columns).
+) -> tuple[Snapshot, SeenQueue]:
+    """The snapshot a cycle plans on, and the queue as it was read for it.
 
     ``conn`` must already be in its transaction (a statement has run on it): the queue is read
     on its driver connection, which then shares that transaction.
     """
-    tenants = {row["name"]: _tenant_state(row) for row in (await conn.execute(_TENANTS)).mappings()}
+    tenants = {
+        tenant.name: tenant
+        for tenant in map(tenant_state_of, (await conn.execute(_TENANTS)).mappings())
+    }
     holdings = await load_holdings(conn)
     async with driver_of(conn) as driver:
         queued: list[Any] = await driver.fetch(_QUEUED)
@@ -232,7 +251,8 @@ async def load_snapshot(
             for row in await driver.fetch(_DETAILS, stale):
                 cache.add(row)
     pending = tuple(map(cache.pending, queued))
-    cache.keep_only({row[0] for row in queued})
+    seen = SeenQueue(queued)
+    cache.keep_only(seen.job_ids)
     snapshot = Snapshot(
         now=now,
         nodes=nodes,
@@ -241,17 +261,16 @@ async def load_snapshot(
         pending=pending,
         starvation_seconds=starvation_seconds,
     )
-    return snapshot, queued
+    return snapshot, seen
 
 
 async def write_plan(
-    conn: AsyncConnection, now: float, result: AdmissionPlan, queued: Sequence[Sequence[Any]]
+    conn: AsyncConnection, now: float, result: AdmissionPlan, queued: SeenQueue
 ) -> tuple[str, ...]:
     """Persist admissions (state, placements, events) and changed waiting reasons/positions.
 
-    ``queued`` are the rows ``load_snapshot`` read (``_QUEUED``'s columns, by position).
+    ``queued`` is the queue as ``load_snapshot`` read it for the plan.
     """
-    by_id = {row[0]: row for row in queued}
     admitted_ids: list[str] = []
     if result.admitted:
         columns: dict[str, list[Any]] = {
@@ -271,7 +290,7 @@ async def write_plan(
         }
         changes = []
         for admission in result.admitted:
-            attempt = by_id[admission.job_id][_ATTEMPT]
+            attempt = queued.attempt(admission.job_id)
             for placement in admission.placements:
                 columns["job_ids"].append(admission.job_id)
                 columns["attempts"].append(attempt)
@@ -295,18 +314,12 @@ async def write_plan(
                 )
             )
         moved = await move(conn, JobState.ADMITTED, changes, now=now)
-        admitted_ids = [str(row["id"]) for row in moved]
+        admitted_ids = [job.id for job in moved]
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(notify_sql(Channel.ADMITTED)))
     # Only rows whose reason or position moved are written: a long, stable queue costs nothing.
-    # (A PendingReason is a str enum: it equals the text stored for it.)
-    changed = [
-        w
-        for w in result.waiting
-        if tuple(by_id[w.job_id][_WAITING_COLUMNS])
-        != (w.reason, w.message, w.position_overall, w.position_in_tenant)
-    ]
+    changed = queued.changed(result.waiting)
     if changed:
         await conn.execute(
             _WAITING,

@@ -16,6 +16,8 @@ from enum import StrEnum
 
 
 class Channel(StrEnum):
+    """The channels Muster NOTIFYs on; each value is the channel's name in PostgreSQL."""
+
     #: A job was queued or cancelled, so the queue or the free capacity changed. Sent after the
     #: API's transaction commits, coalesced (``gateway.db.notify.Notifier``).
     JOBS = "muster_jobs"

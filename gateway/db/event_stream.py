@@ -7,15 +7,21 @@ holds rows whose txid is below the statement's snapshot xmin (every transaction 
 has finished), and every transaction that commits later has an id at or above it: no event ever
 commits behind a cursor. The cost is latency: an event waits for every older writing transaction
 to finish.
+
+A page is a list of ``StreamedEvent`` values: each ``JobEvent`` with its position.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.db.mapping import job_event_of
+from gateway.domain.lifecycle.records import JobEvent
 
 
 class EventPosition(NamedTuple):
@@ -37,9 +43,12 @@ _EVENT_COLUMNS = (
 _BELOW_HORIZON = "txid < pg_snapshot_xmin(pg_current_snapshot())"
 
 
-def event_position(row: RowMapping) -> EventPosition:
-    """The stream position of a row that ``events_after`` returned."""
-    return EventPosition(int(row["txid"]), int(row["id"]))
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamedEvent:
+    """A job event and its place in the stream (``position.id`` is the event's id)."""
+
+    position: EventPosition
+    event: JobEvent
 
 
 async def events_after(
@@ -51,10 +60,11 @@ async def events_after(
     event_type: str | None,
     limit: int,
     tenants: Collection[str] | None = None,
-) -> Sequence[RowMapping]:
-    """Committed job_events rows positioned after ``after``, in stream order, filtered, for the
-    event stream; ``tenants`` (when given) keeps only rows of those tenants. Rows of transactions
-    still running, and of any younger transaction, wait for a later call (module docstring)."""
+) -> list[StreamedEvent]:
+    """Committed job events positioned after ``after``, in stream order, filtered, for the
+    event stream; ``tenants`` (when given) keeps only events of those tenants. Events of
+    transactions still running, and of any younger transaction, wait for a later call (module
+    docstring)."""
     if tenants is not None and not tenants:
         return []
     clauses = [
@@ -85,7 +95,13 @@ async def events_after(
         "ORDER BY job_events.txid, job_events.id LIMIT :limit"
     )
     async with engine.connect() as conn:
-        return (await conn.execute(sql, params)).mappings().all()
+        rows = (await conn.execute(sql, params)).mappings().all()
+    return [
+        StreamedEvent(
+            position=EventPosition(int(row["txid"]), int(row["id"])), event=job_event_of(row)
+        )
+        for row in rows
+    ]
 
 
 _RESUME = text(

@@ -8,12 +8,12 @@ audit_log row (action ``grants``) with the grants before and after; grants go wi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.db.mapping import grant_of
 from gateway.domain.access import Grant, GrantKind, Role
 from gateway.errors import NotFound
 
@@ -38,17 +38,11 @@ def from_map(tenant: str, document: Mapping[str, Mapping[str, str]]) -> list[Gra
     ]
 
 
-def _grant(row: Mapping[Any, Any]) -> Grant:
-    return Grant(
-        tenant=row["tenant"], kind=GrantKind(row["kind"]), name=row["name"], role=Role(row["role"])
-    )
-
-
 async def all_grants(engine: AsyncEngine) -> list[Grant]:
     """Every grant of every tenant (a few rows per tenant: cached whole by the authenticator)."""
     async with engine.connect() as conn:
         result = await conn.execute(text("SELECT tenant, kind, name, role FROM tenant_grants"))
-        return [_grant(row) for row in result.mappings()]
+        return [grant_of(row) for row in result.mappings()]
 
 
 async def _of(conn: AsyncConnection, tenant: str) -> list[Grant]:
@@ -59,7 +53,7 @@ async def _of(conn: AsyncConnection, tenant: str) -> list[Grant]:
         ),
         {"tenant": tenant},
     )
-    return [_grant(row) for row in result.mappings()]
+    return [grant_of(row) for row in result.mappings()]
 
 
 async def of_tenant(engine: AsyncEngine, tenant: str) -> list[Grant]:

@@ -1,4 +1,6 @@
-"""Job rows: read, list, cancel, and the job's event history (submits: ``gateway.db.submits``).
+"""Jobs: read, list, cancel, and the job's event history (submits: ``gateway.db.submits``).
+
+What it returns are values (``Job``, ``JobEvent``; ``gateway.db.mapping`` maps the rows).
 
 Every state change writes its job_events row (and its webhook outbox row, when the job's callback
 subscribed to the event) in the same statement or transaction, so the history, the callbacks and
@@ -11,15 +13,17 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db.mapping import job_event_of, job_of
 from gateway.db.transitions import JOB_COLUMNS, Change, move
+from gateway.domain.lifecycle.records import Job, JobEvent
 from gateway.domain.lifecycle.states import JobState
 from gateway.errors import BadRequest, Conflict, NotFound
 
@@ -31,7 +35,7 @@ def _parse_id(job_id: str) -> uuid.UUID:
         raise NotFound(f"job {job_id!r} does not exist") from exc
 
 
-async def get(engine: AsyncEngine, job_id: str) -> RowMapping:
+async def get(engine: AsyncEngine, job_id: str) -> Job:
     async with engine.connect() as conn:
         row = (
             (
@@ -45,12 +49,14 @@ async def get(engine: AsyncEngine, job_id: str) -> RowMapping:
         )
     if row is None:
         raise NotFound(f"job {job_id} does not exist")
-    return row
+    return job_of(row)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Page:
-    items: Sequence[RowMapping]
+    """One page of jobs, in submit order; ``next_cursor`` is None on the last page."""
+
+    items: tuple[Job, ...]
     next_cursor: str | None
 
 
@@ -110,12 +116,15 @@ async def list_jobs(
         rows = (await conn.execute(query, params)).mappings().all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(items=rows, next_cursor=encode_cursor(rows[-1]["seq"]) if more else None)
+    return Page(
+        items=tuple(map(job_of, rows)),
+        next_cursor=encode_cursor(rows[-1]["seq"]) if more else None,
+    )
 
 
 async def cancel(
     engine: AsyncEngine, job_id: str, *, actor: str | None, reason: str | None = None
-) -> RowMapping:
+) -> Job:
     """Cancel a live job; cancelling a cancelled job is a no-op; a finished job is a conflict.
 
     The job's message and the event say who cancelled it, and why when ``reason`` is given."""
@@ -135,7 +144,7 @@ async def cancel(
             raise NotFound(f"job {job_id} does not exist")
         state = JobState(row["state"])
         if state is JobState.CANCELLED:
-            return row
+            return job_of(row)
         if state.terminal:
             raise Conflict(f"job {job_id} already {state.value}; it cannot be cancelled")
         # The row is locked: the move cannot miss. The cluster backend deletes the pods; their
@@ -158,7 +167,8 @@ async def cancel(
     return moved
 
 
-async def events(engine: AsyncEngine, job_id: str) -> Sequence[RowMapping]:
+async def events(engine: AsyncEngine, job_id: str) -> tuple[JobEvent, ...]:
+    """The job's history, oldest first."""
     ident = _parse_id(job_id)
     async with engine.connect() as conn:
         exists = await conn.scalar(text("SELECT 1 FROM jobs WHERE id = :id"), {"id": ident})
@@ -168,8 +178,8 @@ async def events(engine: AsyncEngine, job_id: str) -> Sequence[RowMapping]:
             (
                 await conn.execute(
                     text(
-                        "SELECT id, job_id, type, from_state, to_state, reason, message, actor, "
-                        "data, created_at FROM job_events WHERE job_id = :id ORDER BY id"
+                        "SELECT id, job_id, tenant, type, from_state, to_state, reason, message, "
+                        "actor, data, created_at FROM job_events WHERE job_id = :id ORDER BY id"
                     ),
                     {"id": ident},
                 )
@@ -177,4 +187,4 @@ async def events(engine: AsyncEngine, job_id: str) -> Sequence[RowMapping]:
             .mappings()
             .all()
         )
-    return rows
+    return tuple(map(job_event_of, rows))

@@ -1,4 +1,5 @@
-"""Running jobs in the database: what the reconciler reads, and the transitions it writes.
+"""Running jobs in the database: what the reconciler reads (``ActiveJob``, ``PodOwner``), and
+the transitions it writes.
 
 Every write goes through ``gateway.db.transitions``, guarded by the job's state and attempt as
 the reconciler saw them, so a decision taken on stale observations (a cancel meanwhile, another
@@ -9,28 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import transitions
+from gateway.db.mapping import active_job_of, placement_of, pod_owner_of
 from gateway.db.transitions import Change
 from gateway.domain.lifecycle.decisions import Decision
-from gateway.domain.lifecycle.states import JobState
-from gateway.domain.scheduling.nodes import GpuSlice
+from gateway.domain.lifecycle.records import ActiveJob, PodOwner
 from gateway.domain.scheduling.queueing import Placement
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ActiveJob:
-    """An admitted or running job with its tenant's namespace and its live placements."""
-
-    row: RowMapping
-    namespace: str
-    placements: tuple[Placement, ...]
-
 
 _ACTIVE = text(
     """
@@ -49,46 +40,31 @@ _PLACEMENTS = text(
     ORDER BY p.pod_name
     """
 )
-_STATES = text(
+_OWNERS = text(
     "SELECT id, state, attempt, spec -> 'run_policy' ->> 'clean_pod_policy' AS clean_pod_policy "
     "FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
 )
 
 
 async def active_jobs(engine: AsyncEngine) -> list[ActiveJob]:
+    """Every admitted or running job, in submit order, with its live placements."""
     async with engine.connect() as conn:
         jobs = (await conn.execute(_ACTIVE)).mappings().all()
         placements = (await conn.execute(_PLACEMENTS)).mappings().all()
     by_job: dict[Any, list[Placement]] = {}
     for placement in placements:
         by_job.setdefault(placement["job_id"], []).append(placement_of(placement))
-    return [
-        ActiveJob(row=job, namespace=job["namespace"], placements=tuple(by_job.get(job["id"], ())))
-        for job in jobs
-    ]
+    return [active_job_of(job, by_job.get(job["id"], ())) for job in jobs]
 
 
-def placement_of(row: Mapping[Any, Any]) -> Placement:
-    """A placements row as the plan made it: the one place rows become a ``Placement``."""
-    return Placement(
-        pod_name=row["pod_name"],
-        role=row["role"],
-        index=row["replica_index"],
-        node=row["node"],
-        cpu_millis=row["cpu_millis"],
-        memory_bytes=row["memory_bytes"],
-        gpu=gpu_slices(row["gpu"]),
-    )
-
-
-async def job_states(engine: AsyncEngine, job_ids: Sequence[str]) -> Mapping[str, RowMapping]:
-    """State, attempt and clean-pod policy of the given jobs (those that exist)."""
+async def pod_owners(engine: AsyncEngine, job_ids: Sequence[str]) -> Mapping[str, PodOwner]:
+    """The given jobs (those that exist) as the sweep of unwanted pods reads them, by id."""
     valid = [job_id for job_id in job_ids if _is_uuid(job_id)]
     if not valid:
         return {}
     async with engine.connect() as conn:
-        rows = (await conn.execute(_STATES, {"ids": valid})).mappings().all()
-    return {str(row["id"]): row for row in rows}
+        rows = (await conn.execute(_OWNERS, {"ids": valid})).mappings().all()
+    return {owner.id: owner for owner in map(pod_owner_of, rows)}
 
 
 def _is_uuid(value: str) -> bool:
@@ -99,10 +75,6 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def gpu_slices(raw: Sequence[Mapping[str, int]]) -> tuple[GpuSlice, ...]:
-    return tuple(GpuSlice(device=int(s["device"]), shares=int(s["shares"])) for s in raw)
-
-
 async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision, now: float) -> bool:
     """Write the decision's restarts and transition. False if the job changed meanwhile.
 
@@ -110,9 +82,9 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision, now: fl
     admission compare with that clock, come from it.
     """
     seen = Change(
-        job_id=str(job.row["id"]),
-        from_state=JobState(job.row["state"]),
-        attempt=job.row["attempt"],
+        job_id=job.id,
+        from_state=job.state,
+        attempt=job.attempt,
         reason=decision.reason,
         message=decision.message,
     )

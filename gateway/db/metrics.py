@@ -4,25 +4,61 @@ deliveries, admission waits, and counters derived from job_events, which is appe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.admission import load_holdings
+from gateway.db.mapping import tenant_status_of
 from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.domain.lifecycle.states import EventType
 from gateway.domain.scheduling.nodes import Holding
+from gateway.domain.tenants import TenantStatus
+from gateway.domain.webhooks import AttemptOutcome
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueuedCount:
+    """How many of a tenant's jobs wait for one reason ('Pending' before any cycle saw them)."""
+
+    tenant: str
+    reason: str
+    jobs: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventCount:
+    """How many events of one type and reason ('' for none) a tenant's jobs have had."""
+
+    tenant: str
+    type: EventType
+    reason: str
+    events: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttemptCount:
+    """How many webhook delivery attempts came to one outcome."""
+
+    outcome: AttemptOutcome
+    attempts: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MetricCounts:
-    tenants: Sequence[RowMapping]
-    pending: Sequence[RowMapping]  # tenant, reason, jobs
-    events: Sequence[RowMapping]  # tenant, type, reason, events
+    """Everything /metrics reports from the database, read in one snapshot: every tenant with
+    its usage (by name), queued jobs by reason, events by type and reason (of the types that
+    count admissions, ends and evictions), what live placements hold, delivery attempts by
+    outcome, and each admission's wait in seconds (from queued, at submit or requeue, to
+    admitted)."""
+
+    tenants: tuple[TenantStatus, ...]
+    pending: tuple[QueuedCount, ...]
+    events: tuple[EventCount, ...]
     holdings: tuple[Holding, ...]
-    deliveries: Sequence[RowMapping]  # outcome, attempts
-    waits: Sequence[float]  # seconds from queued (submit or requeue) to admitted, per admission
+    deliveries: tuple[AttemptCount, ...]
+    waits: tuple[float, ...]
 
 
 _PENDING = text(
@@ -57,12 +93,26 @@ async def metric_counts(engine: AsyncEngine) -> MetricCounts:
     """Everything /metrics needs from the database, read in one repeatable-read snapshot."""
     async with engine.connect() as conn:
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        tenants = (await conn.execute(_TENANTS)).mappings().all()
-        pending = (await conn.execute(_PENDING)).mappings().all()
-        events = (await conn.execute(_EVENTS)).mappings().all()
+        tenants = tuple(map(tenant_status_of, (await conn.execute(_TENANTS)).mappings()))
+        pending = tuple(
+            QueuedCount(tenant=row.tenant, reason=row.reason, jobs=int(row.jobs))
+            for row in await conn.execute(_PENDING)
+        )
+        events = tuple(
+            EventCount(
+                tenant=row.tenant,
+                type=EventType(row.type),
+                reason=row.reason,
+                events=int(row.events),
+            )
+            for row in await conn.execute(_EVENTS)
+        )
         holdings = await load_holdings(conn)
-        deliveries = (await conn.execute(_DELIVERIES)).mappings().all()
-        waits = [max(0.0, float(row[0])) for row in await conn.execute(_WAITS)]
+        deliveries = tuple(
+            AttemptCount(outcome=AttemptOutcome(row.outcome), attempts=int(row.attempts))
+            for row in await conn.execute(_DELIVERIES)
+        )
+        waits = tuple(max(0.0, float(row.wait)) for row in await conn.execute(_WAITS))
     return MetricCounts(
         tenants=tenants,
         pending=pending,

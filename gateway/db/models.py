@@ -10,7 +10,7 @@ Invariants kept by the database itself, so that no bug in the shell can break th
 - every job_events row records ``txid``, the id of the transaction that wrote it (a column default,
   so no writer can forget it; rows older than migration 0007 hold 0). The event stream orders by
   (txid, id) and only reads below the oldest running transaction, so no event can commit behind
-  a client's cursor (see ``gateway.db.usage.events_after``);
+  a client's cursor (see ``gateway.db.event_stream.events_after``);
 - a submitted job takes one of its tenant's queue slots (0 <= slot < max_queued_jobs, chosen when
   it is submitted); a partial unique index makes each slot held by at most one queued job, so a
   tenant never has more than max_queued_jobs submitted jobs waiting. Slots are independent rows
@@ -84,6 +84,9 @@ ischema_names.setdefault("xid8", Xid8)
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table: constraint names follow ``NAMING``, JSON columns
+    are JSONB."""
+
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
 
@@ -93,6 +96,9 @@ def _now() -> Any:
 
 
 class Tenant(Base):
+    """A tenant: its namespace, quota, fair-share weight and priority ceiling, and its webhook
+    signing secrets (the previous one kept through the overlap after a rotation)."""
+
     __tablename__ = "tenants"
     __table_args__ = (
         CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
@@ -150,6 +156,10 @@ class TenantGrant(Base):
 
 
 class Job(Base):
+    """A job: its stored spec, its state and attempt (changed only by
+    ``gateway.db.transitions``), its queue slot while it waits from a submit, its place in the
+    queue as of the last admission cycle, and when it changed state."""
+
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(f"state IN ({STATES_SQL})", name="state_known"),
@@ -213,6 +223,9 @@ class Job(Base):
 
 
 class JobEvent(Base):
+    """One entry of a job's history, append-only, positioned in the event stream by the
+    transaction that wrote it (``txid``) and its id."""
+
     __tablename__ = "job_events"
     __table_args__ = (
         CheckConstraint(f"to_state IS NULL OR to_state IN ({STATES_SQL})", name="to_state_known"),

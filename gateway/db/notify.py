@@ -34,6 +34,10 @@ HandOff = Callable[[], None]
 
 
 class Notifier:
+    """Sends NOTIFY on one channel for the pokes of this process, at most one every
+    ``min_interval`` seconds (while ``run`` runs); a poke is never lost, only coalesced with
+    others (see the module docstring)."""
+
     def __init__(
         self, engine: AsyncEngine, channel: Channel, *, min_interval: float = 0.05
     ) -> None:

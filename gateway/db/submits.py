@@ -38,9 +38,10 @@ from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.engine import driver_connection
-from gateway.db.tenants import quota_of
+from gateway.db.mapping import job_of, quota_of
 from gateway.db.transitions import JOB_COLUMNS, SUBMIT, SUBMIT_BATCH
 from gateway.domain.jobs.spec import JobSpec, to_document
+from gateway.domain.lifecycle.records import Job
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.priority import above_ceiling
@@ -108,7 +109,10 @@ def never_runs(problems: Sequence[tuple[str, str]]) -> ValidationFailed:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Submitted:
-    job: Mapping[Any, Any]
+    """The answer to a submit: the job, and whether this submit created it (False: an earlier
+    submit with the same Idempotency-Key and body did, and this is its job as it is now)."""
+
+    job: Job
     created: bool
 
 
@@ -236,18 +240,19 @@ class Submits:
             if isinstance(careful, Submitted):
                 return careful
             written = careful
+        job = job_of(written, spec=document, labels=labels)
         if self.on_queued is not None:
             self.on_queued(
                 PendingJob(
-                    id=str(written["id"]),
-                    tenant=written["tenant"],
-                    priority=written["priority"],
-                    submitted_at=written["created_at"].timestamp(),
+                    id=job.id,
+                    tenant=job.tenant,
+                    priority=job.priority,
+                    submitted_at=job.created_at.timestamp(),
                     queued_since=written["queued_at"].timestamp(),
                     pods=pods,
                 )
             )
-        return Submitted(job={**written, "spec": document, "labels": labels}, created=True)
+        return Submitted(job=job, created=True)
 
     async def close(self) -> None:
         """Wait for the batch statements in flight (submits still waiting are written too)."""
@@ -400,7 +405,7 @@ async def _live_name_taken(
 def _replay(earlier: RowMapping, body_hash: str | None) -> Submitted:
     if earlier["request_hash"] != body_hash:
         raise Conflict("this Idempotency-Key was already used with a different request body")
-    return Submitted(job=earlier, created=False)
+    return Submitted(job=job_of(earlier), created=False)
 
 
 async def _by_key(engine: AsyncEngine, tenant: str, key: str) -> RowMapping | None:

@@ -1,4 +1,7 @@
-"""Tenant rows and the audit log of every change to them.
+"""Tenants and the audit log of every change to them.
+
+What it returns are values (``Tenant``, ``TenantStatus``, ``AuditEntry`` of
+``gateway.domain.tenants``; ``gateway.db.mapping`` maps the rows).
 
 Invariant: every write to a tenant's settings appends one audit_log row (who, when, before, after)
 in the same transaction.
@@ -8,18 +11,18 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.db.mapping import QUOTA_COLUMNS, audit_entry_of, tenant_of, tenant_status_of
 from gateway.domain.problems import FieldProblem
-from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
-from gateway.domain.scheduling.quota import RESOURCES, Quota, TenantUsage
+from gateway.domain.scheduling.quota import RESOURCES
+from gateway.domain.tenants import AuditAction, AuditEntry, Tenant, TenantSettings, TenantStatus
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
 TENANT_COLUMNS = (
@@ -28,6 +31,15 @@ TENANT_COLUMNS = (
 )
 
 
+_INSERT = text(
+    f"""
+    INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares,
+        max_running_jobs, max_queued_jobs, weight, max_priority, webhook_secret)
+    VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes, :quota_gpu_shares,
+        :max_running_jobs, :max_queued_jobs, :weight, :max_priority, :secret)
+    RETURNING {TENANT_COLUMNS}
+    """
+)
 _UPDATE = text(
     f"""
     UPDATE tenants SET namespace = :namespace, quota_cpu_millis = :quota_cpu_millis,
@@ -39,31 +51,6 @@ _UPDATE = text(
 )
 
 
-#: The tenants column of each quota resource (``gateway.domain.scheduling.quota.RESOURCES``).
-QUOTA_COLUMNS = {resource: f"quota_{resource}" for resource in RESOURCES}
-
-
-def quota_of(row: Mapping[Any, Any]) -> Quota:
-    """A tenants row's quota: the one place rows become a ``Quota``."""
-    return Quota(
-        cpu_millis=row[QUOTA_COLUMNS["cpu_millis"]],
-        memory_bytes=row[QUOTA_COLUMNS["memory_bytes"]],
-        gpu_shares=row[QUOTA_COLUMNS["gpu_shares"]],
-        max_running_jobs=row["max_running_jobs"],
-        max_queued_jobs=row["max_queued_jobs"],
-    )
-
-
-def usage_of(row: Mapping[Any, Any]) -> TenantUsage:
-    """What a ``TENANTS_WITH_USAGE`` row says the tenant holds now."""
-    return TenantUsage(
-        cpu_millis=int(row["used_cpu"]),
-        memory_bytes=int(row["used_memory"]),
-        gpu_shares=int(row["used_gpu"]),
-        running_jobs=int(row["running_jobs"]),
-    )
-
-
 def could_ever_hold_sql(tenant: str, demand: str) -> str:
     """The SQL form of ``Quota.could_ever_hold``: a condition on the tenants row aliased
     ``tenant`` and a row ``demand`` with cpu_millis, memory_bytes and gpu_shares columns. Made from
@@ -72,36 +59,18 @@ def could_ever_hold_sql(tenant: str, demand: str) -> str:
     return f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {held}"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TenantValues:
-    """What an admin sets on a tenant, in Muster's units; ``max_priority`` is the highest
-    priority its jobs may have (``gateway.domain.scheduling.priority``)."""
-
-    namespace: str
-    quota: Quota
-    weight: float
-    max_priority: int = DEFAULT_MAX_PRIORITY
-
-    @classmethod
-    def of(cls, row: Mapping[Any, Any]) -> TenantValues:
-        """A tenants row's values."""
-        return cls(
-            namespace=row["namespace"],
-            quota=quota_of(row),
-            weight=float(row["weight"]),
-            max_priority=row["max_priority"],
-        )
-
-    def as_params(self) -> dict[str, Any]:
-        quota = self.quota
-        return {
-            "namespace": self.namespace,
-            **{column: getattr(quota, r) for r, column in QUOTA_COLUMNS.items()},
-            "max_running_jobs": quota.max_running_jobs,
-            "max_queued_jobs": quota.max_queued_jobs,
-            "weight": self.weight,
-            "max_priority": self.max_priority,
-        }
+def _params(settings: TenantSettings) -> dict[str, Any]:
+    """A tenant's settings as the parameters of its columns (the reverse of
+    ``gateway.db.mapping.tenant_settings_of``)."""
+    quota = settings.quota
+    return {
+        "namespace": settings.namespace,
+        **{column: getattr(quota, r) for r, column in QUOTA_COLUMNS.items()},
+        "max_running_jobs": quota.max_running_jobs,
+        "max_queued_jobs": quota.max_queued_jobs,
+        "weight": settings.weight,
+        "max_priority": settings.max_priority,
+    }
 
 
 def new_webhook_secret() -> str:
@@ -109,38 +78,39 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def _audit_view(row: Mapping[Any, Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    keys = (
-        "namespace",
-        "quota_cpu_millis",
-        "quota_memory_bytes",
-        "quota_gpu_shares",
-        "max_running_jobs",
-        "max_queued_jobs",
-        "weight",
-        "max_priority",
-    )
-    return {key: row[key] for key in keys}
+def _audit_view(tenant: Tenant | None) -> dict[str, Any] | None:
+    """What the audit log keeps of a tenant: its settings, by column."""
+    return None if tenant is None else _params(tenant.settings)
 
 
-async def _select(conn: AsyncConnection, name: str, *, lock: bool) -> RowMapping | None:
+async def _select(conn: AsyncConnection, name: str, *, lock: bool) -> Tenant | None:
     suffix = " FOR UPDATE" if lock else ""
     result = await conn.execute(
         text(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE name = :name{suffix}"), {"name": name}
     )
-    return result.mappings().first()
+    row = result.mappings().first()
+    return None if row is None else tenant_of(row)
+
+
+async def _create(conn: AsyncConnection, name: str, settings: TenantSettings) -> Tenant:
+    """Insert the tenant, with a new webhook signing secret."""
+    params = {"name": name, "secret": new_webhook_secret(), **_params(settings)}
+    return tenant_of((await conn.execute(_INSERT, params)).mappings().one())
+
+
+async def _update(conn: AsyncConnection, name: str, settings: TenantSettings) -> Tenant:
+    params = {"name": name, **_params(settings)}
+    return tenant_of((await conn.execute(_UPDATE, params)).mappings().one())
 
 
 async def _audit(
     conn: AsyncConnection,
     *,
     actor: str,
-    action: str,
+    action: AuditAction,
     tenant: str,
-    before: RowMapping | None,
-    after: RowMapping | None,
+    before: Tenant | None,
+    after: Tenant | None,
 ) -> None:
     statement = text(
         "INSERT INTO audit_log (actor, action, tenant, before, after) "
@@ -150,7 +120,7 @@ async def _audit(
         statement,
         {
             "actor": actor,
-            "action": action,
+            "action": action.value,
             "tenant": tenant,
             "before": _audit_view(before),
             "after": _audit_view(after),
@@ -159,9 +129,9 @@ async def _audit(
 
 
 async def put(
-    engine: AsyncEngine, name: str, values: TenantValues, *, actor: str
-) -> tuple[RowMapping, bool]:
-    """Create or replace a tenant. Returns the row and whether it was created."""
+    engine: AsyncEngine, name: str, settings: TenantSettings, *, actor: str
+) -> tuple[Tenant, bool]:
+    """Create or replace a tenant. Returns the tenant and whether it was created."""
     try:
         async with engine.begin() as conn:
             # Serialize writers of this tenant name, so create-or-replace has no race window.
@@ -170,47 +140,22 @@ async def put(
             )
             before = await _select(conn, name, lock=True)
             if before is None:
-                row = (
-                    (
-                        await conn.execute(
-                            text(
-                                f"""
-                            INSERT INTO tenants (name, namespace, quota_cpu_millis,
-                                quota_memory_bytes, quota_gpu_shares, max_running_jobs,
-                                max_queued_jobs, weight, max_priority, webhook_secret)
-                            VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
-                                :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight,
-                                :max_priority, :secret)
-                            RETURNING {TENANT_COLUMNS}
-                            """
-                            ),
-                            {"name": name, "secret": new_webhook_secret(), **values.as_params()},
-                        )
-                    )
-                    .mappings()
-                    .one()
-                )
-                created = True
+                tenant = await _create(conn, name, settings)
             else:
-                row = (
-                    (await conn.execute(_UPDATE, {"name": name, **values.as_params()}))
-                    .mappings()
-                    .one()
-                )
-                created = False
+                tenant = await _update(conn, name, settings)
             await _audit(
                 conn,
                 actor=actor,
-                action="create" if created else "replace",
+                action=AuditAction.CREATE if before is None else AuditAction.REPLACE,
                 tenant=name,
                 before=before,
-                after=row,
+                after=tenant,
             )
     except IntegrityError as exc:
         if "uq_tenants_namespace" in str(exc.orig):
-            raise _namespace_taken(values.namespace) from exc
+            raise _namespace_taken(settings.namespace) from exc
         raise
-    return row, created
+    return tenant, before is None
 
 
 def _namespace_taken(namespace: str) -> ValidationFailed:
@@ -223,22 +168,23 @@ def _namespace_taken(namespace: str) -> ValidationFailed:
     )
 
 
-async def get(engine: AsyncEngine, name: str) -> RowMapping:
+async def get(engine: AsyncEngine, name: str) -> Tenant:
     async with engine.connect() as conn:
-        row = await _select(conn, name, lock=False)
-    if row is None:
+        tenant = await _select(conn, name, lock=False)
+    if tenant is None:
         raise NotFound(f"tenant {name!r} does not exist")
-    return row
+    return tenant
 
 
-async def list_all(engine: AsyncEngine) -> Sequence[RowMapping]:
+async def list_all(engine: AsyncEngine) -> list[Tenant]:
+    """Every tenant, by name."""
     async with engine.connect() as conn:
         result = await conn.execute(text(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"))
-        return result.mappings().all()
+        return [tenant_of(row) for row in result.mappings()]
 
 
-# Every tenant with what its live placements hold and how many jobs hold resources. Admission
-# and GET /v1/tenants/{tenant} both read usage through this one query.
+# Every tenant with what its live placements hold and how many jobs hold resources. Admission,
+# /metrics and GET /v1/tenants/{tenant} all read usage through this one query.
 TENANTS_WITH_USAGE = f"""
     SELECT {", ".join(f"t.{c.strip()}" for c in TENANT_COLUMNS.split(","))},
            COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
@@ -260,36 +206,37 @@ TENANTS_WITH_USAGE = f"""
 _STATUS = text(TENANTS_WITH_USAGE + " WHERE t.name = :name")
 
 
-async def status(engine: AsyncEngine, name: str) -> RowMapping:
+async def status(engine: AsyncEngine, name: str) -> TenantStatus:
     """The tenant with its current usage and job counts."""
     async with engine.connect() as conn:
         row = (await conn.execute(_STATUS, {"name": name})).mappings().first()
     if row is None:
         raise NotFound(f"tenant {name!r} does not exist")
-    return row
+    return tenant_status_of(row)
 
 
 async def patch(
     engine: AsyncEngine,
     name: str,
-    merge: Callable[[Mapping[Any, Any]], TenantValues],
+    merge: Callable[[TenantSettings], TenantSettings],
     *,
     actor: str,
-) -> RowMapping:
-    """Change some of a tenant's settings: ``merge`` maps the current row to the new values."""
+) -> Tenant:
+    """Change some of a tenant's settings: ``merge`` maps its current settings to the new ones."""
     async with engine.begin() as conn:
         before = await _select(conn, name, lock=True)
         if before is None:
             raise NotFound(f"tenant {name!r} does not exist")
-        values = merge(before)
+        settings = merge(before.settings)
         try:
             async with conn.begin_nested():
-                result = await conn.execute(_UPDATE, {"name": name, **values.as_params()})
-                row = result.mappings().one()
+                tenant = await _update(conn, name, settings)
         except IntegrityError as exc:
-            raise _namespace_taken(values.namespace) from exc
-        await _audit(conn, actor=actor, action="update", tenant=name, before=before, after=row)
-    return row
+            raise _namespace_taken(settings.namespace) from exc
+        await _audit(
+            conn, actor=actor, action=AuditAction.UPDATE, tenant=name, before=before, after=tenant
+        )
+    return tenant
 
 
 async def delete(engine: AsyncEngine, name: str, *, actor: str) -> None:
@@ -310,12 +257,14 @@ async def delete(engine: AsyncEngine, name: str, *, actor: str) -> None:
                 f"tenant {name!r} still has {live} queued or running jobs; cancel them first"
             )
         await conn.execute(text("DELETE FROM tenants WHERE name = :name"), {"name": name})
-        await _audit(conn, actor=actor, action="delete", tenant=name, before=before, after=None)
+        await _audit(
+            conn, actor=actor, action=AuditAction.DELETE, tenant=name, before=before, after=None
+        )
 
 
 async def audit(
     engine: AsyncEngine, *, tenant: str | None, limit: int, before_id: int | None
-) -> Sequence[RowMapping]:
+) -> list[AuditEntry]:
     """Audit entries, newest first."""
     clauses: list[str] = ["TRUE"]
     params: dict[str, Any] = {"limit": limit}
@@ -330,10 +279,12 @@ async def audit(
         f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :limit"
     )
     async with engine.connect() as conn:
-        return (await conn.execute(query, params)).mappings().all()
+        return [audit_entry_of(row) for row in (await conn.execute(query, params)).mappings()]
 
 
-async def create_first(engine: AsyncEngine, name: str, values: TenantValues, *, actor: str) -> bool:
+async def create_first(
+    engine: AsyncEngine, name: str, settings: TenantSettings, *, actor: str
+) -> bool:
     """Create ``name`` only if there is no tenant at all yet. Returns whether it was created."""
     async with engine.begin() as conn:
         await conn.execute(
@@ -341,27 +292,10 @@ async def create_first(engine: AsyncEngine, name: str, values: TenantValues, *, 
         )
         if await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM tenants)")):
             return False
-        row = (
-            (
-                await conn.execute(
-                    text(
-                        f"""
-                    INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes,
-                        quota_gpu_shares, max_running_jobs, max_queued_jobs, weight,
-                        max_priority, webhook_secret)
-                    VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes,
-                        :quota_gpu_shares, :max_running_jobs, :max_queued_jobs, :weight,
-                        :max_priority, :secret)
-                    RETURNING {TENANT_COLUMNS}
-                    """
-                    ),
-                    {"name": name, "secret": new_webhook_secret(), **values.as_params()},
-                )
-            )
-            .mappings()
-            .one()
+        tenant = await _create(conn, name, settings)
+        await _audit(
+            conn, actor=actor, action=AuditAction.CREATE, tenant=name, before=None, after=tenant
         )
-        await _audit(conn, actor=actor, action="create", tenant=name, before=None, after=row)
     return True
 
 

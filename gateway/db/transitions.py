@@ -27,16 +27,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.channels import Channel, notify_sql
+from gateway.db.mapping import job_of
 from gateway.db.tenants import could_ever_hold_sql
 from gateway.db.webhooks import enqueue_sql
 from gateway.domain.jobs.spec import CallbackEvent
+from gateway.domain.lifecycle.records import Job
 from gateway.domain.lifecycle.states import INITIAL_STATE, EventType, JobState, can_transition
 
-#: The columns a job is read with everywhere (``gateway.db.jobs`` reads, these statements return).
+#: The columns a job is read with everywhere (``gateway.db.jobs`` reads, these statements return;
+#: ``gateway.db.mapping.job_of`` makes them a ``Job``; seq orders pages, and queued_at and
+#: not_before are admission's).
 JOB_COLUMNS = (
     "id, seq, tenant, name, framework, state, reason, message, priority, attempt, spec, labels, "
     "submitted_by, created_at, updated_at, queued_at, not_before, admitted_at, started_at, "
@@ -213,7 +217,7 @@ _NOTIFY_WEBHOOKS = text(notify_sql(Channel.WEBHOOKS))
 
 async def move(
     conn: AsyncConnection, target: JobState, changes: Sequence[Change], *, now: float
-) -> list[RowMapping]:
+) -> list[Job]:
     """Move every job of ``changes`` to ``target`` (see the module docstring); the jobs moved,
     as they are now. A job not in the state and attempt its change names is left as it is.
 
@@ -249,7 +253,7 @@ async def move(
     if any(row["outbox_rows"] for row in moved):
         # Delivered at commit, so a delivery loop never wakes before the rows are visible.
         await conn.execute(_NOTIFY_WEBHOOKS)
-    return list(moved)
+    return [job_of(row) for row in moved]
 
 
 _RESTARTS = text(

@@ -18,6 +18,9 @@ from gateway.errors import NotFound
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Consumption:
+    """Resources held over time: core-hours of CPU, GiB-hours of memory, GPU-hours (fractional
+    for shares of a device)."""
+
     cpu_core_hours: float
     memory_gib_hours: float
     gpu_hours: float
@@ -25,6 +28,8 @@ class Consumption:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class JobConsumption:
+    """What one job's placements consumed in a window."""
+
     job_id: str
     name: str
     consumed: Consumption

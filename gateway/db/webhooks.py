@@ -29,11 +29,20 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.channels import Channel, notify_sql
+from gateway.db.mapping import delivery_attempt_of, delivery_of, job_of
 from gateway.domain.jobs.spec import CallbackEvent
-from gateway.domain.webhooks import AttemptResult, DeliveryStatus, Verdict, rfc3339
+from gateway.domain.lifecycle.records import Job
+from gateway.domain.webhooks import (
+    AttemptResult,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    Verdict,
+    rfc3339,
+)
 from gateway.errors import Conflict, NotFound
 
-# The job as GET /v1/jobs/{id} shows it: every column the API's job view reads.
+# The job as GET /v1/jobs/{id} shows it: every column ``gateway.db.mapping.job_of`` reads.
 SNAPSHOT_COLUMNS = (
     "id",
     "tenant",
@@ -84,32 +93,64 @@ def enqueue_sql(event: CallbackEvent, source: str, *, where: str = "TRUE") -> st
 _NOTIFY = text(notify_sql(Channel.WEBHOOKS))
 
 
-def job_from_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """An outbox snapshot back into a row the API's job view accepts."""
+def job_from_snapshot(snapshot: Mapping[str, Any]) -> Job:
+    """An outbox snapshot back into the job it holds (raises KeyError, TypeError or ValueError
+    for one this version cannot read)."""
     row = dict(snapshot)
     for column in _TIMESTAMPS:
         value = row.get(column)
         if isinstance(value, str):  # in the session's time zone: back to UTC, as asyncpg gives
             row[column] = datetime.fromisoformat(value).astimezone(UTC)
-    return row
+    return job_of(row)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Claimed:
-    """A delivery leased to this loop for one attempt."""
+    """A delivery leased to this loop for one attempt: the event, the job as its transition left
+    it, the tenant's signing secrets, and the lease's ``token`` (only its holder records the
+    result).
+
+    ``job`` is None exactly when the snapshot cannot be read by this version; ``unreadable``
+    then says why, and the attempt fails with it.
+    """
 
     id: uuid.UUID
     job_id: uuid.UUID
     tenant: str
-    event_type: str
+    event_type: CallbackEvent
     url: str
-    job: dict[str, Any]
+    job: Job | None
     occurred_at: datetime
     attempt: int  # 1-based, within the current schedule
     secret: str
     previous_secret: str | None
     rotated_at: datetime | None
     token: uuid.UUID
+    unreadable: str | None = None
+
+
+def _claimed(row: RowMapping, token: uuid.UUID) -> Claimed:
+    job: Job | None = None
+    unreadable = None
+    try:
+        job = job_from_snapshot(row["payload"].get("job", {}))
+    except (KeyError, TypeError, ValueError) as exc:  # a snapshot this version cannot read
+        unreadable = f"{type(exc).__name__}: {exc}"
+    return Claimed(
+        id=row["id"],
+        job_id=row["job_id"],
+        tenant=row["tenant"],
+        event_type=CallbackEvent(row["event_type"]),
+        url=row["url"],
+        job=job,
+        occurred_at=row["created_at"],
+        attempt=row["attempts"],
+        secret=row["webhook_secret"],
+        previous_secret=row["previous_webhook_secret"],
+        rotated_at=row["webhook_secret_rotated_at"],
+        token=token,
+        unreadable=unreadable,
+    )
 
 
 _CLAIM = text(
@@ -142,23 +183,7 @@ async def claim(engine: AsyncEngine, *, now: float, lease: float, limit: int) ->
                 _CLAIM, {"now": now, "lease_until": now + lease, "limit": limit, "token": token}
             )
         ).mappings()
-        return [
-            Claimed(
-                id=row["id"],
-                job_id=row["job_id"],
-                tenant=row["tenant"],
-                event_type=row["event_type"],
-                url=row["url"],
-                job=job_from_snapshot(row["payload"].get("job", {})),
-                occurred_at=row["created_at"],
-                attempt=row["attempts"],
-                secret=row["webhook_secret"],
-                previous_secret=row["previous_webhook_secret"],
-                rotated_at=row["webhook_secret_rotated_at"],
-                token=token,
-            )
-            for row in rows
-        ]
+        return [_claimed(row, token) for row in rows]
 
 
 _ATTEMPT = text(
@@ -252,15 +277,9 @@ def _job_id(value: str) -> uuid.UUID:
 
 
 DELIVERY_COLUMNS = (
-    "id, job_id, event_type, url, status, attempts, next_attempt_at, locked_until, last_error, "
-    "created_at, updated_at, delivered_at"
+    "id, job_id, event_type, url, status, attempts, next_attempt_at, last_error, created_at, "
+    "updated_at, delivered_at"
 )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Delivery:
-    row: RowMapping
-    attempts: tuple[RowMapping, ...]
 
 
 async def for_job(engine: AsyncEngine, job_id: str) -> list[Delivery]:
@@ -297,10 +316,10 @@ async def for_job(engine: AsyncEngine, job_id: str) -> list[Delivery]:
             .mappings()
             .all()
         )
-    by_delivery: dict[uuid.UUID, list[RowMapping]] = {}
+    by_delivery: dict[uuid.UUID, list[DeliveryAttempt]] = {}
     for attempt in attempts:
-        by_delivery.setdefault(attempt["delivery_id"], []).append(attempt)
-    return [Delivery(row=row, attempts=tuple(by_delivery.get(row["id"], ()))) for row in rows]
+        by_delivery.setdefault(attempt["delivery_id"], []).append(delivery_attempt_of(attempt))
+    return [delivery_of(row, by_delivery.get(row["id"], ())) for row in rows]
 
 
 _REDELIVER = text(
@@ -334,11 +353,14 @@ async def redeliver(engine: AsyncEngine, job_id: str, delivery: str) -> Delivery
                 )
             raise NotFound(f"job {job_id} has no delivery {delivery!r}")
         await conn.execute(_NOTIFY)
-    return Delivery(row=row, attempts=())
+    return delivery_of(row)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Rotated:
+    """A rotation of a tenant's signing secret: the new secret, and when it took over (the
+    previous one keeps signing for the overlap after that)."""
+
     tenant: str
     secret: str
     rotated_at: datetime

@@ -67,7 +67,7 @@ class GrantKind(enum.StrEnum):
     USER = "user"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Grant:
     """An admin-managed mapping: members of ``name`` (a group or one user) get ``role`` in
     ``tenant``."""

@@ -1,5 +1,6 @@
 """Webhook deliveries, decided: the retry schedule, Standard Webhooks signatures, and what one
-attempt's outcome means for the delivery.
+attempt's outcome means for the delivery; and deliveries as recorded (``Delivery`` with its
+``DeliveryAttempt`` values, what the database layer hands the API).
 
 Everything here is a pure function of its arguments (time and randomness are passed in), so the
 delivery loop in ``gateway.webhooks.delivery`` only carries decisions out.
@@ -46,12 +47,16 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.jobs.spec import CallbackEvent
+
 __all__ = [
     "DEFAULT_RETRY_SCHEDULE",
     "RETRY_AFTER_CAP",
     "SECRET_PREFIX",
     "AttemptOutcome",
     "AttemptResult",
+    "Delivery",
+    "DeliveryAttempt",
     "DeliveryStatus",
     "RetryPolicy",
     "Verdict",
@@ -89,6 +94,43 @@ class AttemptOutcome(StrEnum):
     FAILED = "failed"
     GONE = "gone"
     REFUSED = "refused"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeliveryAttempt:
+    """One attempt of a delivery, as recorded: its number within the current schedule (from 1),
+    when it started and how long it took, the receiver's status code or the error, and what it
+    came to."""
+
+    number: int
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    outcome: AttemptOutcome
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Delivery:
+    """One event for one job's callback (an outbox row), with its attempts in order.
+
+    ``attempt_count`` counts the attempts of the current schedule (a redelivery starts a new
+    one); ``next_attempt_at`` matters only while the delivery is pending; ``last_error`` says why
+    the last attempt failed, or why the event is not sent.
+    """
+
+    id: str
+    job_id: str
+    event_type: CallbackEvent
+    url: str
+    status: DeliveryStatus
+    attempt_count: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    attempts: tuple[DeliveryAttempt, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

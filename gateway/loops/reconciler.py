@@ -28,9 +28,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Gang, PodStatus, Runtime
-from gateway.db import lifecycle as rows
+from gateway.db import lifecycle as store
 from gateway.domain.jobs.spec import JobSpec, from_document
-from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, ReplicaPhase, decide
+from gateway.domain.lifecycle.decisions import (
+    JobView,
+    ReplicaObservation,
+    ReplicaPhase,
+    decide,
+    unwanted,
+)
+from gateway.domain.lifecycle.records import ActiveJob
 from gateway.domain.lifecycle.states import JobState
 
 log = logging.getLogger(__name__)
@@ -75,53 +82,52 @@ class Reconciler:
     async def reconcile(self) -> None:
         # 1. Observe.
         observed = await self.runtime.observe()
-        jobs = await rows.active_jobs(self.engine)
+        jobs = await store.active_jobs(self.engine)
         now = self.clock()
         wanted: set[tuple[str, str]] = set()
         # Specs of jobs no longer active are forgotten: the cache is as large as the live jobs.
-        active = {str(job.row["id"]) for job in jobs}
+        active = {job.id for job in jobs}
         for gone in [job_id for job_id in self._specs if job_id not in active]:
             del self._specs[gone]
         for job in jobs:
-            job_id = str(job.row["id"])
-            wanted.update((job_id, p.pod_name) for p in job.placements)
+            wanted.update((job.id, p.pod_name) for p in job.placements)
             try:
                 await self._reconcile_job(job, observed, now, wanted)
             except Exception:
                 # One job's trouble (a replica that cannot be created or removed) must not
                 # stop every other tenant's jobs: the next pass tries it again.
-                log.exception("reconciling job %s failed; the other jobs go on", job_id)
+                log.exception("reconciling job %s failed; the other jobs go on", job.id)
         # 4. Sweep what no live job wants.
         await self._sweep(observed, wanted)
         self.passes += 1
 
     async def _reconcile_job(
         self,
-        job: rows.ActiveJob,
+        job: ActiveJob,
         observed: Mapping[tuple[str, str], PodStatus],
         now: float,
         wanted: set[tuple[str, str]],
     ) -> None:
-        job_id = str(job.row["id"])
-        spec = self._spec(job_id, job.row["spec"])
+        job_id = job.id
+        spec = self._spec(job_id, job.spec)
         gang = Gang(
             job_id=job_id,
             spec=spec,
             namespace=job.namespace,
-            attempt=job.row["attempt"],
+            attempt=job.attempt,
             placements=job.placements,
         )
         # 2. Decide.
         decision = decide(self._view(job, spec), self._observations(gang, observed), now)
         # 3. Write, then act.
-        if not await rows.apply(self.engine, job, decision, now):
+        if not await store.apply(self.engine, job, decision, now):
             return
         if decision.transition is not None:
             log.info(
                 "job %s (%s): %s -> %s (%s)",
-                job.row["name"],
+                job.name,
                 job_id,
-                job.row["state"],
+                job.state.value,
                 decision.transition.value,
                 decision.reason,
             )
@@ -136,16 +142,15 @@ class Reconciler:
             wanted.difference_update((job_id, p.pod_name) for p in gang.placements)
 
     @staticmethod
-    def _view(job: rows.ActiveJob, spec: JobSpec) -> JobView:
-        row = job.row
+    def _view(job: ActiveJob, spec: JobSpec) -> JobView:
         return JobView(
-            id=str(row["id"]),
-            state=JobState(row["state"]),
+            id=job.id,
+            state=job.state,
             spec=spec,
-            attempt=row["attempt"],
-            restarts=row["restarts"],
-            admitted_at=row["admitted_at"].timestamp(),
-            started_at=None if row["started_at"] is None else row["started_at"].timestamp(),
+            attempt=job.attempt,
+            restarts=job.restarts,
+            admitted_at=job.admitted_at.timestamp(),
+            started_at=None if job.started_at is None else job.started_at.timestamp(),
         )
 
     @staticmethod
@@ -175,33 +180,19 @@ class Reconciler:
         strays = [key for key in observed if key not in wanted]
         if not strays:
             return
-        states = await rows.job_states(self.engine, sorted({job_id for job_id, _ in strays}))
+        owners = await store.pod_owners(self.engine, sorted({job_id for job_id, _ in strays}))
         deletions = []
         for job_id, name in strays:
-            if not self._unwanted(states.get(job_id), observed[(job_id, name)]):
+            owner = owners.get(job_id)
+            # Every pod of a job that is gone; of others, what the domain's rule says.
+            phase = observed[(job_id, name)].phase
+            if owner is not None and not unwanted(owner.state, owner.clean_pod_policy, phase):
                 continue
             log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
             deletions.append(self.runtime.delete(job_id, name))
         for failed in await asyncio.gather(*deletions, return_exceptions=True):
             if isinstance(failed, Exception):
                 log.error("deleting a pod no live job wants failed: %s", failed)
-
-    @staticmethod
-    def _unwanted(job: Mapping[Any, Any] | None, pod: PodStatus) -> bool:
-        """Whether a pod that no admitted or running job wants must go.
-
-        Pods of unknown, queued (an earlier attempt) and cancelled jobs go. A finished job keeps
-        what its clean_pod_policy keeps: None keeps every pod, Running keeps the pods that have
-        ended (their logs stay readable), All keeps none.
-        """
-        if job is None or job["state"] not in (JobState.SUCCEEDED.value, JobState.FAILED.value):
-            return True
-        policy = job["clean_pod_policy"]
-        if policy == "None":
-            return False
-        if policy == "All":
-            return True
-        return pod.phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING)
 
     async def run(self) -> None:
         while True:

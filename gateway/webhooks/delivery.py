@@ -42,7 +42,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import webhooks as rows
+from gateway.db import webhooks as outbox
+from gateway.db.webhooks import Claimed
+from gateway.domain.lifecycle.records import Job
 from gateway.domain.webhooks import (
     AttemptResult,
     DeliveryStatus,
@@ -64,7 +66,8 @@ STOP_GRACE = 5.0
 RESPONSE_READ_LIMIT = 64 * 1024  # read this much of an answer, so the connection can be reused
 USER_AGENT = "Muster-Webhooks/1"
 
-RenderJob = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+#: The JSON of a job as GET /v1/jobs/{id} returns it (the API's job view).
+RenderJob = Callable[[Job], Mapping[str, Any]]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,8 +83,15 @@ class Attempted:
 
 
 class DeliveryLoop:
-    """``render_job`` turns a job row into the JSON that GET /v1/jobs/{id} returns (the API's
-    job view, passed in because the API layer sits above this one)."""
+    """Claims due deliveries, sends each signed event, and records every attempt (the module
+    docstring has one pass).
+
+    Invariants: at most ``concurrency`` attempts are in flight; an attempt never raises out of
+    the loop (a failure is logged, and the delivery is tried again when its lease ends); on
+    shutdown attempts in flight get ``STOP_GRACE`` seconds. ``render_job`` turns a job into the
+    JSON that GET /v1/jobs/{id} returns (the API's job view, passed in because the API layer sits
+    above this one).
+    """
 
     def __init__(
         self,
@@ -145,7 +155,7 @@ class DeliveryLoop:
             while True:
                 self.wake.clear()
                 free = self.concurrency - len(tasks)
-                claimed: list[rows.Claimed] = []
+                claimed: list[Claimed] = []
                 if free > 0:
                     try:
                         claimed = await self._claim(free)
@@ -171,10 +181,10 @@ class DeliveryLoop:
                 await asyncio.gather(*late, return_exceptions=True)
             await self.close()
 
-    async def _claim(self, limit: int) -> list[rows.Claimed]:
-        return await rows.claim(self.engine, now=self.clock(), lease=self.lease, limit=limit)
+    async def _claim(self, limit: int) -> list[Claimed]:
+        return await outbox.claim(self.engine, now=self.clock(), lease=self.lease, limit=limit)
 
-    async def _attempt(self, delivery: rows.Claimed) -> Attempted | None:
+    async def _attempt(self, delivery: Claimed) -> Attempted | None:
         """Steps 2 and 3 for one delivery; never raises (a failure is logged, the lease expires
         and the delivery is attempted again)."""
         try:
@@ -186,7 +196,7 @@ class DeliveryLoop:
             verdict = judge(
                 result, attempt=delivery.attempt, policy=self.policy, now=now, rand=self.rand
             )
-            recorded = await rows.record(
+            recorded = await outbox.record(
                 self.engine,
                 delivery,
                 attempted_at=started,
@@ -220,17 +230,16 @@ class DeliveryLoop:
             )
             return None
 
-    async def _post(self, delivery: rows.Claimed, now: float) -> AttemptResult:
+    async def _post(self, delivery: Claimed, now: float) -> AttemptResult:
         refusal = self.guard.check_url(delivery.url)
         if refusal is not None and refusal.address:
             return self._refused(delivery, refusal.detail)
         if refusal is not None:
             return AttemptResult(error=f"the URL {refusal.detail}", refused=True)
-        try:
-            data = self.render_job(delivery.job)
-        except (KeyError, TypeError, ValueError) as exc:  # a snapshot this version cannot read
-            return AttemptResult(error=f"cannot render the event: {type(exc).__name__}: {exc}")
-        body = event_body(delivery.event_type, delivery.occurred_at, data)
+        if delivery.job is None:  # a snapshot this version cannot read
+            return AttemptResult(error=f"cannot render the event: {delivery.unreadable}")
+        data = self.render_job(delivery.job)
+        body = event_body(delivery.event_type.value, delivery.occurred_at, data)
         secrets = active_secrets(
             delivery.secret,
             delivery.previous_secret,
@@ -263,7 +272,7 @@ class DeliveryLoop:
                 return self._refused(delivery, detail)
             return AttemptResult(error=_error_text(exc))
 
-    def _refused(self, delivery: rows.Claimed, detail: str) -> AttemptResult:
+    def _refused(self, delivery: Claimed, detail: str) -> AttemptResult:
         """The guard refused the address: the server log says which and why, the tenant's
         record only that it was refused."""
         log.warning(

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.db.event_stream import (
     STREAM_START,
     EventPosition,
-    event_position,
     events_after,
     position_of_event,
 )
@@ -87,7 +86,7 @@ async def _messages_after(
     rows = await events_after(
         engine, after, tenant=None, job_id=None, event_type=None, limit=100, tenants=tenants
     )
-    return [row["message"] for row in rows]
+    return [streamed.event.message for streamed in rows]
 
 
 async def _last_position(engine: AsyncEngine) -> EventPosition:
@@ -95,7 +94,7 @@ async def _last_position(engine: AsyncEngine) -> EventPosition:
     rows = await events_after(
         engine, STREAM_START, tenant=None, job_id=None, event_type=None, limit=1000
     )
-    return event_position(rows[-1])
+    return rows[-1].position
 
 
 async def _pages_after(engine: AsyncEngine, after: EventPosition, limit: int) -> list[str]:
@@ -105,8 +104,8 @@ async def _pages_after(engine: AsyncEngine, after: EventPosition, limit: int) ->
     while rows := await events_after(
         engine, after, tenant=None, job_id=None, event_type=None, limit=limit
     ):
-        messages += [row["message"] for row in rows]
-        after = event_position(rows[-1])
+        messages += [streamed.event.message for streamed in rows]
+        after = rows[-1].position
     return messages
 
 
@@ -141,10 +140,10 @@ async def test_resuming_after_the_last_event_read_repeats_and_loses_nothing(
     rows = await events_after(
         engine, STREAM_START, tenant=None, job_id=None, event_type=None, limit=1
     )
-    assert [row["message"] for row in rows] == ["older"]
+    assert [streamed.event.message for streamed in rows] == ["older"]
     await _commit_event(engine, job_id, "later")
 
-    assert await _messages_after(engine, event_position(rows[0])) == ["younger", "later"]
+    assert await _messages_after(engine, rows[0].position) == ["younger", "later"]
     assert await _messages_after(engine, await _last_position(engine)) == []
 
 

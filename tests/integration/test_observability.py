@@ -25,7 +25,6 @@ from gateway.db import lifecycle
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.lifecycle.decisions import JobView, ReplicaObservation, ReplicaPhase, decide
-from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.nodes import Node
 from gateway.logs import ContextFilter, JsonFormatter
 from gateway.loops.runtime import LoopRuntime
@@ -253,16 +252,16 @@ async def _drive(
     node_ready: bool = True,
 ) -> None:
     """One reconciler step for a job whose every replica is observed in ``phase``."""
-    (active,) = [j for j in await lifecycle.active_jobs(engine) if str(j.row["id"]) == job_id]
-    spec = check_job_spec(active.row["spec"])
+    (active,) = [j for j in await lifecycle.active_jobs(engine) if j.id == job_id]
+    spec = check_job_spec(active.spec)
     assert isinstance(spec, JobSpec)
     view = JobView(
         id=job_id,
-        state=JobState(active.row["state"]),
+        state=active.state,
         spec=spec,
-        attempt=active.row["attempt"],
-        restarts=active.row["restarts"],
-        admitted_at=active.row["admitted_at"].timestamp(),
+        attempt=active.attempt,
+        restarts=active.restarts,
+        admitted_at=active.admitted_at.timestamp(),
     )
     observed = [
         ReplicaObservation(

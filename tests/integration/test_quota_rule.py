@@ -13,7 +13,8 @@ import random
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.tenants import QUOTA_COLUMNS, could_ever_hold_sql
+from gateway.db.mapping import QUOTA_COLUMNS
+from gateway.db.tenants import could_ever_hold_sql
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.quota import RESOURCES, Quota
 

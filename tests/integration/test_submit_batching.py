@@ -70,9 +70,9 @@ async def test_submits_arriving_together_are_written_by_one_statement(
     assert submits.statements == 1
     assert submits.batched >= 19  # a job whose slot another took is written alone
     assert all(r.created for r in results)
-    assert len({r.job["id"] for r in results}) == 20
-    assert [r.job["name"] for r in results] == [f"j{i}" for i in range(20)]
-    assert all(r.job["submitted_by"] == "alice" and r.job["state"] == "queued" for r in results)
+    assert len({r.job.id for r in results}) == 20
+    assert [r.job.name for r in results] == [f"j{i}" for i in range(20)]
+    assert all(r.job.submitted_by == "alice" and r.job.state == "queued" for r in results)
     assert await counts(engine) == (20, 20, [])
 
 
@@ -139,7 +139,7 @@ async def test_one_key_twice_in_a_batch_makes_one_job_and_both_get_it(
         submit(submits, spec("k"), key="key-1"), submit(submits, spec("k"), key="key-1")
     )
     assert sorted(r.created for r in results) == [False, True]
-    assert results[0].job["id"] == results[1].job["id"]
+    assert results[0].job.id == results[1].job.id
     assert await counts(engine) == (1, 1, [])
 
 

@@ -37,7 +37,7 @@ async def test_a_move_writes_the_job_its_event_and_its_outbox_row_together(
     )
     async with engine.begin() as conn:
         (moved,) = await move(conn, JobState.CANCELLED, [change], now=time.time())
-    assert (moved["state"], moved["reason"], moved["message"]) == (
+    assert (moved.state, moved.reason, moved.message) == (
         "cancelled",
         "Cancelled",
         "by a test",

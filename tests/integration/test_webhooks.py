@@ -32,7 +32,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from gateway.api.app import make_app
 from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
-from gateway.db import jobs as job_rows
+from gateway.db import jobs as job_store
 from gateway.db import lifecycle
 from gateway.db.admission import PendingJobCache, run_cycle
 from gateway.db.engine import make_engine
@@ -310,7 +310,7 @@ async def admit(engine: AsyncEngine, nodes: tuple[Node, ...], clock: Clock) -> t
 async def transition(
     engine: AsyncEngine, job: dict[str, Any], decision: Decision, clock: Clock
 ) -> bool:
-    (active,) = [a for a in await lifecycle.active_jobs(engine) if str(a.row["id"]) == job["id"]]
+    (active,) = [a for a in await lifecycle.active_jobs(engine) if a.id == job["id"]]
     return await lifecycle.apply(engine, active, decision, clock())
 
 
@@ -1001,7 +1001,7 @@ async def test_a_transition_that_does_not_commit_writes_no_event(
 ) -> None:
     job = await with_callback(api, receiver.url(), ALL_EVENTS)
     await admit(engine, nodes, clock)
-    (stale,) = [a for a in await lifecycle.active_jobs(engine) if str(a.row["id"]) == job["id"]]
+    (stale,) = [a for a in await lifecycle.active_jobs(engine) if a.id == job["id"]]
     assert await transition(engine, job, SUCCEEDED, clock)
     before = await outbox(engine)
 
@@ -1030,7 +1030,7 @@ async def test_a_thousand_completions_are_delivered_once_each(
     jobs = await asyncio.gather(
         *(with_callback(api, receiver.url(), name=f"j{index}") for index in range(1000))
     )
-    await asyncio.gather(*(job_rows.cancel(engine, job["id"], actor="test") for job in jobs))
+    await asyncio.gather(*(job_store.cancel(engine, job["id"], actor="test") for job in jobs))
     engines = [make_engine(database, pool_size=8) for _ in range(2)]
     try:
         loops = [make_loop(engine=e, concurrency=32) for e in engines]

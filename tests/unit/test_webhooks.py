@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from gateway.db.webhooks import job_from_snapshot
+from gateway.domain.lifecycle.records import QueuePlace
 from gateway.domain.webhooks import (
     DEFAULT_RETRY_SCHEDULE,
     RETRY_AFTER_CAP,
@@ -264,14 +265,57 @@ def test_a_secret_that_is_not_base64_is_refused() -> None:
         sign("whsec_not base64!", "msg", 1, b"{}")
 
 
-def test_a_snapshot_reads_back_as_the_row_the_api_renders() -> None:
-    snapshot = {"id": "j", "created_at": "2026-12-01T12:00:00.5+02:00", "finished_at": None}
+def _snapshot(**columns: object) -> dict[str, object]:
+    """An outbox snapshot as ``enqueue_sql`` writes it (timestamps in the session's zone)."""
+    return {
+        "id": "3f2b8c1e-0000-4000-8000-000000000001",
+        "tenant": "search",
+        "name": "train",
+        "framework": "pytorch",
+        "state": "queued",
+        "reason": None,
+        "message": None,
+        "priority": 0,
+        "attempt": 0,
+        "spec": {"name": "train"},
+        "labels": {"team": "ranking"},
+        "submitted_by": "alice",
+        "created_at": "2026-12-01T12:00:00.5+02:00",
+        "updated_at": "2026-12-01T12:00:01+02:00",
+        "admitted_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "queue_position": None,
+        "tenant_queue_position": None,
+        **columns,
+    }
 
-    row = job_from_snapshot(snapshot)
 
-    assert row["created_at"] == datetime(2026, 12, 1, 10, 0, 0, 500000, tzinfo=UTC)
-    assert row["created_at"].isoformat().endswith("+00:00")
-    assert row["finished_at"] is None
+def test_a_snapshot_reads_back_as_the_job_the_api_renders() -> None:
+    job = job_from_snapshot(_snapshot())
+
+    assert job.created_at == datetime(2026, 12, 1, 10, 0, 0, 500000, tzinfo=UTC)
+    assert job.created_at.isoformat().endswith("+00:00")
+    assert job.finished_at is None
+    assert (job.state, job.framework, job.labels) == ("queued", "pytorch", {"team": "ranking"})
+
+
+def test_a_queue_place_is_read_only_while_the_job_is_queued() -> None:
+    placed = _snapshot(queue_position=3, tenant_queue_position=1)
+
+    assert job_from_snapshot(placed).queue == QueuePlace(position=3, tenant_position=1)
+    assert job_from_snapshot({**placed, "state": "failed"}).queue is None
+    assert job_from_snapshot(_snapshot()).queue is None
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [{}, _snapshot(state="paused"), _snapshot(created_at="yesterday")],
+    ids=["empty", "unknown state", "unreadable time"],
+)
+def test_a_snapshot_this_version_cannot_read_is_refused(snapshot: dict[str, object]) -> None:
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        job_from_snapshot(snapshot)
 
 
 def test_the_webhook_id_is_stable_and_has_no_dots() -> None:

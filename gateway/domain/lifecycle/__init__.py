@@ -1,1 +1,2 @@
-"""The job state machine and the decisions of the reconciler (restart, fail, succeed, evict)."""
+"""The job state machine, the decisions of the reconciler (restart, fail, succeed, evict), and
+jobs as recorded (``records``: a job, its events, an active gang)."""

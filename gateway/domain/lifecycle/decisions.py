@@ -271,13 +271,28 @@ def _success(spec: JobSpec, gang: Sequence[ReplicaObservation]) -> tuple[Reason,
     return reason, f"{_who(deciding[0])} {_ended(deciding[0])}"
 
 
-def _cleanup(policy: CleanPodPolicy, gang: Sequence[ReplicaObservation]) -> tuple[str, ...]:
+def cleaned_up(policy: CleanPodPolicy, phase: ReplicaPhase) -> bool:
+    """Whether a finished job's pod in ``phase`` goes, by the job's clean_pod_policy: All
+    removes every pod, Running the pods still pending or running (so the logs of those that
+    ended stay readable), None keeps every pod."""
     if policy is CleanPodPolicy.ALL:
-        return _names(r for r in gang if r.exists)
+        return True
     if policy is CleanPodPolicy.RUNNING:
-        active = (ReplicaPhase.PENDING, ReplicaPhase.RUNNING)
-        return _names(r for r in gang if r.phase in active)
-    return ()
+        return phase in (ReplicaPhase.PENDING, ReplicaPhase.RUNNING)
+    return False
+
+
+def unwanted(state: JobState | None, policy: CleanPodPolicy, phase: ReplicaPhase) -> bool:
+    """Whether a pod that no admitted or running job wants must go: every pod of an unknown
+    (None), queued (an earlier attempt) or cancelled job, and what a finished job's
+    clean_pod_policy does not keep."""
+    if state not in (JobState.SUCCEEDED, JobState.FAILED):
+        return True
+    return cleaned_up(policy, phase)
+
+
+def _cleanup(policy: CleanPodPolicy, gang: Sequence[ReplicaObservation]) -> tuple[str, ...]:
+    return _names(r for r in gang if r.exists and cleaned_up(policy, r.phase))
 
 
 def _deadline(job: JobView, now: float) -> str | None:

@@ -1,0 +1,263 @@
+"""Rows to domain values: one function per value type, the one place each kind of row becomes
+a value of ``gateway.domain``.
+
+Every module of ``gateway.db`` maps what it reads through these before it returns, so the API,
+the loops and webhook delivery see values, never rows (a module may still read its own
+bookkeeping columns: a page's seq, a row's attempt, an Idempotency-Key's request hash). A row is
+whatever the statement gave: a SQLAlchemy ``RowMapping``, an asyncpg ``Record``, or a webhook
+snapshot read back (``gateway.db.webhooks.job_from_snapshot``); each function names the columns
+it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gateway.domain.access import Grant, GrantKind, Role
+from gateway.domain.jobs.spec import CallbackEvent, CleanPodPolicy, Framework
+from gateway.domain.lifecycle.records import ActiveJob, Job, JobEvent, PodOwner, QueuePlace
+from gateway.domain.lifecycle.states import EventType, JobState
+from gateway.domain.scheduling.nodes import GpuSlice, Holding
+from gateway.domain.scheduling.queueing import Placement, TenantState
+from gateway.domain.scheduling.quota import RESOURCES, Quota, TenantUsage
+from gateway.domain.tenants import AuditAction, AuditEntry, Tenant, TenantSettings, TenantStatus
+from gateway.domain.webhooks import AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus
+
+#: A row of any statement: its columns by name.
+Row = Mapping[Any, Any]
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+# Members by stored value: a dict lookup costs a tenth of the enum's call, and every submit's
+# answer is made here. An unknown value raises KeyError.
+_STATES = {state.value: state for state in JobState}
+_FRAMEWORKS = {framework.value: framework for framework in Framework}
+
+
+def job_of(
+    row: Row, *, spec: Mapping[str, Any] | None = None, labels: Mapping[str, str] | None = None
+) -> Job:
+    """A job row (``gateway.db.transitions.JOB_COLUMNS``, or a webhook snapshot's columns).
+
+    A submit's row comes back without the spec and labels it wrote: its caller passes them.
+    """
+    state = _STATES[row["state"]]
+    position = row["queue_position"]
+    return Job(
+        id=str(row["id"]),
+        tenant=row["tenant"],
+        name=row["name"],
+        framework=_FRAMEWORKS[row["framework"]],
+        state=state,
+        reason=row["reason"],
+        message=row["message"],
+        priority=row["priority"],
+        attempt=row["attempt"],
+        labels=row["labels"] if labels is None else labels,
+        spec=row["spec"] if spec is None else spec,
+        submitted_by=row["submitted_by"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        admitted_at=row["admitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        # A position is of the last cycle that saw the job queued; it means nothing once the
+        # job left the queue (a queued job that failed keeps the columns).
+        queue=None
+        if state is not JobState.QUEUED or position is None
+        else QueuePlace(position=position, tenant_position=row["tenant_queue_position"]),
+    )
+
+
+def job_event_of(row: Row) -> JobEvent:
+    """A job_events row (id, job_id, tenant, type, from_state, to_state, reason, message, actor,
+    data, created_at)."""
+    from_state, to_state = row["from_state"], row["to_state"]
+    return JobEvent(
+        id=row["id"],
+        job_id=str(row["job_id"]),
+        tenant=row["tenant"],
+        type=EventType(row["type"]),
+        from_state=None if from_state is None else JobState(from_state),
+        to_state=None if to_state is None else JobState(to_state),
+        reason=row["reason"],
+        message=row["message"],
+        actor=row["actor"],
+        data=row["data"],
+        created_at=row["created_at"],
+    )
+
+
+def active_job_of(row: Row, placements: Sequence[Placement]) -> ActiveJob:
+    """An admitted or running job's row (with its tenant's namespace) and its live placements."""
+    return ActiveJob(
+        id=str(row["id"]),
+        name=row["name"],
+        tenant=row["tenant"],
+        state=JobState(row["state"]),
+        attempt=row["attempt"],
+        restarts=row["restarts"],
+        spec=row["spec"],
+        admitted_at=row["admitted_at"],
+        started_at=row["started_at"],
+        namespace=row["namespace"],
+        placements=tuple(placements),
+    )
+
+
+def pod_owner_of(row: Row) -> PodOwner:
+    """A job's id, state and attempt, and its spec's clean_pod_policy."""
+    policy = row["clean_pod_policy"]
+    return PodOwner(
+        id=str(row["id"]),
+        state=JobState(row["state"]),
+        attempt=row["attempt"],
+        # A stored spec always has one (to_document writes every default); if not, the default.
+        clean_pod_policy=CleanPodPolicy.RUNNING if policy is None else CleanPodPolicy(policy),
+    )
+
+
+# -- placements ----------------------------------------------------------------------------------
+
+
+def gpu_slices(raw: Sequence[Mapping[str, int]]) -> tuple[GpuSlice, ...]:
+    """A placements row's gpu column: ``[{"device": d, "shares": s}, ...]``."""
+    return tuple(GpuSlice(device=int(s["device"]), shares=int(s["shares"])) for s in raw)
+
+
+def placement_of(row: Row) -> Placement:
+    """A placements row as the plan made it."""
+    return Placement(
+        pod_name=row["pod_name"],
+        role=row["role"],
+        index=row["replica_index"],
+        node=row["node"],
+        cpu_millis=row["cpu_millis"],
+        memory_bytes=row["memory_bytes"],
+        gpu=gpu_slices(row["gpu"]),
+    )
+
+
+def holding_of(row: Row) -> Holding:
+    """What a live placements row holds on its node."""
+    return Holding(
+        node=row["node"],
+        cpu_millis=row["cpu_millis"],
+        memory_bytes=row["memory_bytes"],
+        gpu=gpu_slices(row["gpu"]),
+    )
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+#: The tenants column of each quota resource (``gateway.domain.scheduling.quota.RESOURCES``).
+QUOTA_COLUMNS = {resource: f"quota_{resource}" for resource in RESOURCES}
+
+
+def quota_of(row: Row) -> Quota:
+    """A tenants row's quota."""
+    return Quota(
+        cpu_millis=row[QUOTA_COLUMNS["cpu_millis"]],
+        memory_bytes=row[QUOTA_COLUMNS["memory_bytes"]],
+        gpu_shares=row[QUOTA_COLUMNS["gpu_shares"]],
+        max_running_jobs=row["max_running_jobs"],
+        max_queued_jobs=row["max_queued_jobs"],
+    )
+
+
+def usage_of(row: Row) -> TenantUsage:
+    """What a ``TENANTS_WITH_USAGE`` row says the tenant holds now."""
+    return TenantUsage(
+        cpu_millis=int(row["used_cpu"]),
+        memory_bytes=int(row["used_memory"]),
+        gpu_shares=int(row["used_gpu"]),
+        running_jobs=int(row["running_jobs"]),
+    )
+
+
+def tenant_settings_of(row: Row) -> TenantSettings:
+    """What an admin set on a tenants row."""
+    return TenantSettings(
+        namespace=row["namespace"],
+        quota=quota_of(row),
+        weight=float(row["weight"]),
+        max_priority=row["max_priority"],
+    )
+
+
+def tenant_of(row: Row) -> Tenant:
+    """A tenants row (``gateway.db.tenants.TENANT_COLUMNS``)."""
+    return Tenant(
+        name=row["name"],
+        settings=tenant_settings_of(row),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def tenant_status_of(row: Row) -> TenantStatus:
+    """A ``TENANTS_WITH_USAGE`` row."""
+    return TenantStatus(
+        tenant=tenant_of(row), usage=usage_of(row), queued_jobs=int(row["queued_jobs"])
+    )
+
+
+def tenant_state_of(row: Row) -> TenantState:
+    """A ``TENANTS_WITH_USAGE`` row as admission sees the tenant."""
+    return TenantState(
+        name=row["name"], weight=float(row["weight"]), quota=quota_of(row), usage=usage_of(row)
+    )
+
+
+def audit_entry_of(row: Row) -> AuditEntry:
+    """An audit_log row."""
+    return AuditEntry(
+        id=row["id"],
+        actor=row["actor"],
+        action=AuditAction(row["action"]),
+        tenant=row["tenant"],
+        before=row["before"],
+        after=row["after"],
+        created_at=row["created_at"],
+    )
+
+
+def grant_of(row: Row) -> Grant:
+    """A tenant_grants row."""
+    return Grant(
+        tenant=row["tenant"], kind=GrantKind(row["kind"]), name=row["name"], role=Role(row["role"])
+    )
+
+
+# -- webhook deliveries --------------------------------------------------------------------------
+
+
+def delivery_attempt_of(row: Row) -> DeliveryAttempt:
+    """A webhook_attempts row."""
+    return DeliveryAttempt(
+        number=row["number"],
+        attempted_at=row["attempted_at"],
+        duration_ms=row["duration_ms"],
+        status_code=row["status_code"],
+        error=row["error"],
+        outcome=AttemptOutcome(row["outcome"]),
+    )
+
+
+def delivery_of(row: Row, attempts: Sequence[DeliveryAttempt] = ()) -> Delivery:
+    """A webhook_outbox row (``gateway.db.webhooks.DELIVERY_COLUMNS``) with its attempts."""
+    return Delivery(
+        id=str(row["id"]),
+        job_id=str(row["job_id"]),
+        event_type=CallbackEvent(row["event_type"]),
+        url=row["url"],
+        status=DeliveryStatus(row["status"]),
+        attempt_count=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        delivered_at=row["delivered_at"],
+        attempts=tuple(attempts),
+    )
