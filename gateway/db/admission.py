@@ -313,8 +313,7 @@ async def write_plan(
                     data={"placements": {p.pod_name: p.node for p in admission.placements}},
                 )
             )
-        moved = await move(conn, JobState.ADMITTED, changes, now=now)
-        admitted_ids = [job.id for job in moved]
+        admitted_ids = await move(conn, JobState.ADMITTED, changes, now=now)
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(notify_sql(Channel.ADMITTED)))

@@ -149,7 +149,7 @@ async def cancel(
             raise Conflict(f"job {job_id} already {state.value}; it cannot be cancelled")
         # The row is locked: the move cannot miss. The cluster backend deletes the pods; their
         # resources are no longer Muster's to plan (the move releases the placements).
-        (moved,) = await move(
+        await move(
             conn,
             JobState.CANCELLED,
             [
@@ -164,7 +164,10 @@ async def cancel(
             ],
             now=time.time(),
         )
-    return moved
+        after = await conn.execute(
+            text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": ident}
+        )
+        return job_of(after.mappings().one())
 
 
 async def events(engine: AsyncEngine, job_id: str) -> tuple[JobEvent, ...]:

@@ -31,11 +31,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.db.channels import Channel, notify_sql
-from gateway.db.mapping import job_of
 from gateway.db.tenants import could_ever_hold_sql
 from gateway.db.webhooks import enqueue_sql
 from gateway.domain.jobs.spec import CallbackEvent
-from gateway.domain.lifecycle.records import Job
 from gateway.domain.lifecycle.states import INITIAL_STATE, EventType, JobState, can_transition
 
 #: The columns a job is read with everywhere (``gateway.db.jobs`` reads, these statements return;
@@ -205,9 +203,7 @@ def _move_sql(target: JobState) -> str:
             {enqueue_sql(spec.callback, "moved j")}
             RETURNING 1
         )
-        SELECT {", ".join(f"m.{c.strip()}" for c in JOB_COLUMNS.split(","))},
-               (SELECT count(*) FROM outbox) AS outbox_rows
-        FROM moved m
+        SELECT m.id, (SELECT count(*) FROM outbox) AS outbox_rows FROM moved m
     """
 
 
@@ -217,9 +213,9 @@ _NOTIFY_WEBHOOKS = text(notify_sql(Channel.WEBHOOKS))
 
 async def move(
     conn: AsyncConnection, target: JobState, changes: Sequence[Change], *, now: float
-) -> list[Job]:
-    """Move every job of ``changes`` to ``target`` (see the module docstring); the jobs moved,
-    as they are now. A job not in the state and attempt its change names is left as it is.
+) -> list[str]:
+    """Move every job of ``changes`` to ``target`` (see the module docstring); the ids of the
+    jobs moved. A job not in the state and attempt its change names is left as it is.
 
     ``now`` is the caller's clock for the times the lifecycle and admission compare with it
     (admitted, started, queued again); raises ValueError for a move the state machine has not.
@@ -245,15 +241,12 @@ async def move(
         }
         for change in changes
     ]
-    moved = (
-        (await conn.execute(_MOVES[target], {"changes": json.dumps(rows), "now": now}))
-        .mappings()
-        .all()
-    )
-    if any(row["outbox_rows"] for row in moved):
+    moved = (await conn.execute(_MOVES[target], {"changes": json.dumps(rows), "now": now})).all()
+    if moved and moved[0].outbox_rows:
         # Delivered at commit, so a delivery loop never wakes before the rows are visible.
         await conn.execute(_NOTIFY_WEBHOOKS)
-    return [job_of(row) for row in moved]
+    # Only the ids: an admission cycle moves thousands of jobs, and nobody reads them back.
+    return [str(row.id) for row in moved]
 
 
 _RESTARTS = text(

@@ -36,13 +36,14 @@ async def test_a_move_writes_the_job_its_event_and_its_outbox_row_together(
         actor="alice",
     )
     async with engine.begin() as conn:
-        (moved,) = await move(conn, JobState.CANCELLED, [change], now=time.time())
-    assert (moved.state, moved.reason, moved.message) == (
-        "cancelled",
-        "Cancelled",
-        "by a test",
-    )
+        assert await move(conn, JobState.CANCELLED, [change], now=time.time()) == [job_id]
     async with engine.connect() as conn:
+        job = (
+            await conn.execute(
+                text("SELECT state, reason, message FROM jobs WHERE id = :id"), {"id": job_id}
+            )
+        ).one()
+        assert tuple(job) == ("cancelled", "Cancelled", "by a test")
         event = (
             await conn.execute(
                 text(
