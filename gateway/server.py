@@ -38,6 +38,7 @@ from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
 from gateway.backends.factory import Backend, make_backend
 from gateway.backends.local import LocalRuntime
+from gateway.backends.nodes_file import StaticInventory
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
@@ -111,6 +112,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     if settings.auth.oidc_issuer is None:  # the local issuer: its key exists before the first token
         await _issuer_key(settings)
     backend = await make_backend(settings)
+    if isinstance(backend.inventory, StaticInventory):
+        loop.add_signal_handler(signal.SIGHUP, _reload_nodes, backend.inventory)
     async with open_database(settings) as database:
         first_tenant = await _first_tenant(settings, database.engine, backend.inventory)
         loops = LoopRuntime(
@@ -156,9 +159,19 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             if backend.runtime is not None:
                 # Replicas keep running; the next gateway adopts them.
                 await backend.runtime.close()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     print("Muster stopped", flush=True)
+
+
+def _reload_nodes(inventory: StaticInventory) -> None:
+    """SIGHUP: read the static backend's node list again; nodes added are filled at once."""
+    try:
+        inventory.reload()
+    except ConfigError as exc:
+        log.error("the node list was not reloaded, the old one stays: %s", exc)
+    else:
+        log.info("node list reloaded")
 
 
 DEFAULT_TENANT = "demo"

@@ -7,11 +7,11 @@ belongs to one attempt of its job, so pods of an evicted attempt are told apart 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.domain.scheduling.nodes import Node
+from gateway.domain.scheduling.nodes import Node, newly_offered
 from gateway.domain.scheduling.queueing import Placement
 
 if TYPE_CHECKING:  # annotations only: keeps this interface importable on its own
@@ -26,6 +26,30 @@ class Inventory(Protocol):
     """
 
     async def nodes(self) -> tuple[Node, ...]: ...
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever the inventory learns of a node added or changed (see
+        ``NodeWatchers``), so that admission fills it at once."""
+        ...
+
+
+class NodeWatchers:
+    """The ``on_change`` half of an ``Inventory``: an inventory calls ``_seen`` with each node
+    list it learns, and the callbacks run when one offers a node the previous did not have as
+    it is (``newly_offered``). The first list is news to nobody."""
+
+    def __init__(self) -> None:
+        self._watchers: list[Callable[[], None]] = []
+        self._last_seen: tuple[Node, ...] | None = None
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def _seen(self, nodes: tuple[Node, ...]) -> None:
+        before, self._last_seen = self._last_seen, nodes
+        if before is not None and newly_offered(before, nodes):
+            for watcher in self._watchers:
+                watcher()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,3 +95,25 @@ class Runtime(Protocol):
         """Why this runtime will not run ``tenant``'s jobs (a local gateway that cannot isolate
         them), or None."""
         ...
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) whenever a pod's status may have changed
+        without anyone asking (a local replica exited), so the reconciler need not wait for its
+        next tick. Only a hurry: ``observe`` stays the truth, and a runtime that never calls it
+        (Kubernetes, whose pods are polled) is still correct. See ``PodWatchers``."""
+        ...
+
+
+class PodWatchers:
+    """The ``on_change`` half of a ``Runtime``: a runtime calls ``_changed`` when it learns that
+    a pod changed, and every callback runs."""
+
+    def __init__(self) -> None:
+        self._pod_watchers: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._pod_watchers.append(callback)
+
+    def _changed(self) -> None:
+        for watcher in self._pod_watchers:
+            watcher()

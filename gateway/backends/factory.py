@@ -13,6 +13,7 @@ from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.backends.local import LocalInventory, LocalRuntime, local_node
 from gateway.backends.nodes_file import StaticInventory
 from gateway.backends.sandbox import instance_name, probe_isolation
+from gateway.backends.simulated import SimulatedRuntime
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
@@ -20,7 +21,8 @@ from gateway.settings import Settings
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Backend:
     inventory: Inventory
-    # None: admitted jobs are planned but nothing runs them (the static backend).
+    # None: admitted jobs are planned but nothing runs them (the static backend, unless it
+    # simulates runs).
     runtime: Runtime | None
 
 
@@ -28,8 +30,10 @@ async def make_backend(settings: Settings) -> Backend:
     if settings.backend.kind == "static":
         if settings.backend.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE")
+        static = StaticInventory.from_file(settings.backend.nodes_file)
         return Backend(
-            inventory=StaticInventory.from_file(settings.backend.nodes_file), runtime=None
+            inventory=static,
+            runtime=SimulatedRuntime(static) if settings.backend.simulate_runs else None,
         )
     if settings.backend.kind == "local":
         isolation = await asyncio.to_thread(

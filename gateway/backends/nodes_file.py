@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from gateway.backends.base import NodeWatchers
 from gateway.domain.resources import QuantityError, cpu_millis, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
 from gateway.errors import ConfigError
@@ -100,15 +101,29 @@ def load_nodes(path: Path) -> tuple[Node, ...]:
     return parse_nodes(document, str(path))
 
 
-class StaticInventory:
-    """Nodes from a file, read once at startup."""
+class StaticInventory(NodeWatchers):
+    """Nodes from a file, read at startup and again on ``reload`` (``muster serve`` reloads on
+    SIGHUP). A file that no longer parses leaves the nodes as they were."""
 
-    def __init__(self, nodes: tuple[Node, ...]) -> None:
+    def __init__(self, nodes: tuple[Node, ...], path: Path | None = None) -> None:
+        super().__init__()
+        self._path = path
         self._nodes = nodes
+        self._seen(nodes)
 
     @classmethod
     def from_file(cls, path: Path) -> StaticInventory:
-        return cls(load_nodes(path))
+        return cls(load_nodes(path), path)
 
     async def nodes(self) -> tuple[Node, ...]:
         return self._nodes
+
+    def replace(self, nodes: tuple[Node, ...]) -> None:
+        """Offer ``nodes`` from now on (watchers hear of nodes added or changed)."""
+        self._nodes = nodes
+        self._seen(nodes)
+
+    def reload(self) -> None:
+        """Read the file again; raises ConfigError, and changes nothing, if it does not parse."""
+        if self._path is not None:
+            self.replace(load_nodes(self._path))

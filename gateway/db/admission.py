@@ -1,4 +1,4 @@
-"""One admission cycle against the database: load the snapshot, ask the core, write the plan.
+"""One admission cycle against the database: catch the leader's queue up, ask the core, write.
 
 The whole cycle runs in ONE transaction that first takes an advisory transaction lock
 (``ADMISSION_LOCK``). Only the leader runs cycles, but that lock makes safety independent of
@@ -7,31 +7,38 @@ admitted at most once and no quota or node is over-committed by Muster. Every ad
 by ``state = 'queued' AND attempt = <the attempt we planned>``, so a job cancelled while the cycle
 thought cannot be admitted.
 
-Queued jobs are cached between cycles (``PendingJobCache``): each cycle reads only the queue's id,
-attempt and waiting columns; a job's other fields and its spec are read, and its pods derived,
-once per attempt: when the job is first seen, and again if it is requeued.
+The queue is kept in memory between cycles (``LeaderQueue``), so that a cycle costs what changed,
+not what waits:
 
-Cache invariant (why an entry is never stale): a job's spec, tenant, priority and created_at are
-written once, by its submit, and never updated; its queued_at and not_before change only when it
-is requeued after an eviction, and that same statement increments its attempt
-(``gateway.db.lifecycle``). An entry is used only while the row's attempt equals the attempt it
-was read at. Memory is bounded by the queue: each cycle drops the entries of jobs it did not read.
+- It is loaded whole by the first cycle of a leader, and again after any cycle that failed.
+- Every cycle first catches it up with the database: the jobs of every job_events row written
+  since the last catch-up that left or entered the queue (``from_state`` or ``to_state`` is
+  'queued': a submit, an admission, a cancel, a requeue) have their rows read again, and each is
+  held at its current attempt or dropped. Events are taken by transaction id below the snapshot's
+  horizon, as the event stream does (``gateway.db.event_stream``): no event can commit behind the
+  catch-up's cursor, so none is missed. A job's spec is read once per attempt.
+- The leader's own submits hand their jobs over as they commit (``prime``): their rows are read
+  at the next catch-up (id, state and attempt), but not their specs.
 
-The submits of the leader's own process hand their jobs over as they are written (``prime``), so
-that most jobs are never read back at all: a primed job is its submit's row and the very pods its
-submit checked, at attempt 0, which is what a read would give. Primed jobs wait aside until a
-cycle sees them queued; those not seen within two cycles (cancelled, or written after a snapshot
-that then took long) are dropped and, if still queued, read as usual.
+Why an entry is never stale: a job's spec, tenant, priority and created_at are written once, by its
+submit; its attempt, queued_at and not_before change only when it is requeued, and every change of
+a job's state writes a job_events row in the same statement (``gateway.db.transitions``), which
+the next catch-up reads. A job an admission did not move (cancelled meanwhile) is read again at
+the next catch-up.
+
+What users see of the queue is written in two ways: a cycle writes the reason of each job it
+considered, when it changed; ``write_places`` writes every job's queue positions (and the reason
+of jobs no cycle considers now), in small transactions, on its own schedule (``LeaderQueue``
+remembers what is stored, so only changes are written).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -39,129 +46,216 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.db.channels import Channel, notify_sql
 from gateway.db.engine import driver_of
 from gateway.db.mapping import holding_of, tenant_state_of
-from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.db.tenants import TENANTS_FOR_ADMISSION
 from gateway.db.transitions import Change, move
 from gateway.domain.jobs.pods import pod_requests
 from gateway.domain.jobs.spec import from_document
 from gateway.domain.lifecycle.states import JobState
-from gateway.domain.scheduling.admission import plan
-from gateway.domain.scheduling.nodes import Holding, Node, PodRequest
-from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, Waiting
+from gateway.domain.scheduling.admission import plan, queue_places
+from gateway.domain.scheduling.nodes import Holding, Node
+from gateway.domain.scheduling.queue import AdmissionQueue
+from gateway.domain.scheduling.queueing import (
+    DEFAULT_BACKFILL,
+    AdmissionPlan,
+    PendingJob,
+    PendingReason,
+    QueuedAt,
+    Snapshot,
+)
 
 ADMISSION_LOCK = 0x6D75_0001
+
+#: What a job that no cycle has considered yet shows as its reason.
+NOT_YET_CONSIDERED = "earlier jobs of its tenant are considered first"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CycleResult:
-    """What one admission cycle did: how many queued jobs it considered, the ids of those it
-    admitted, how long it took (snapshot to commit), and the plan it wrote."""
+    """What one admission cycle did: how many queued jobs it held and considered, the ids of
+    those it admitted, how long it took (catch-up to commit), and the plan it wrote."""
 
+    queued: int
     considered: int
     admitted: tuple[str, ...]
     seconds: float
     plan: AdmissionPlan
+    snapshot: Snapshot
 
 
-class PendingJobCache:
-    """Per queued job id: its attempt and the ``PendingJob`` read at that attempt.
+class Shown(NamedTuple):
+    """What a queued job's row shows of the queue: its reason, message and positions."""
 
-    See the module docstring for why an entry is never stale and how its size is bounded.
+    reason: str | None
+    message: str | None
+    position: int | None
+    tenant_position: int | None
+
+
+_UNSHOWN = Shown(None, None, None, None)
+
+
+class LeaderQueue:
+    """The queue as the leader keeps it between cycles: the ``AdmissionQueue``, each job's attempt
+    and what its row shows. See the module docstring for how it is kept true.
+
+    Only the admission loop's task changes it, and only through ``catch_up`` (inside a cycle's
+    transaction), ``settle`` (after that transaction committed) and ``reset``.
     """
 
-    #: Pods of primed jobs kept aside at most: a bound on their memory (a few tens of MB) for a
-    #: leader whose cycles stall; past it, jobs are read back as usual.
-    MAX_PRIMED_PODS = 200_000
+    #: Jobs handed over by submits kept at most, for a leader whose cycles stall.
+    MAX_PRIMED = 100_000
 
     def __init__(self) -> None:
-        self._jobs: dict[str, tuple[int, PendingJob]] = {}
-        self._primed: dict[str, tuple[int, PendingJob]] = {}  # id -> (generation, job)
-        self._primed_pods = 0
-        self._generation = 0
+        self.jobs = AdmissionQueue()
+        self._attempts: dict[str, int] = {}
+        self._shown: dict[str, Shown] = {}
+        self._primed: dict[str, PendingJob] = {}
+        self._recheck: set[str] = set()
+        # Every job_events row of a transaction below this id has been caught up with; None
+        # until loaded.
+        self._cursor: int | None = None
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return len(self.jobs)
+
+    @property
+    def loaded(self) -> bool:
+        return self._cursor is not None
+
+    def reset(self) -> None:
+        """Forget everything: the next catch-up loads the queue whole."""
+        self.jobs = AdmissionQueue()
+        self._attempts.clear()
+        self._shown.clear()
+        self._recheck.clear()
+        self._cursor = None
 
     def prime(self, job: PendingJob) -> None:
-        """A job just submitted (attempt 0), as its submit wrote and checked it."""
-        if self._primed_pods + len(job.pods) <= self.MAX_PRIMED_PODS and job.id not in self._primed:
-            self._primed[job.id] = (self._generation, job)
-            self._primed_pods += len(job.pods)
+        """A job a submit of this process just committed (attempt 0), as the submit checked it."""
+        if len(self._primed) < self.MAX_PRIMED:
+            self._primed[job.id] = job
 
-    def stale(self, queued: Sequence[Sequence[Any]]) -> list[str]:
-        """Ids of ``_QUEUED`` rows without an entry for their current attempt (primed jobs
-        seen queued at attempt 0 take their entry now)."""
-        jobs, primed = self._jobs, self._primed
-        missing = [row for row in queued if jobs.get(row[0], _NO_ENTRY)[0] != row[1]]
-        stale = []
-        for row in missing:
-            handed = primed.pop(row[0], None)
-            if handed is not None:
-                self._primed_pods -= len(handed[1].pods)
-            if handed is not None and row[1] == 0:
-                jobs[row[0]] = (0, handed[1])
-            else:
-                stale.append(row[0])
-        return stale
+    def attempt(self, job_id: str) -> int:
+        return self._attempts[job_id]
 
-    def add(self, row: Sequence[Any]) -> None:
-        """A ``_DETAILS`` row: the job at its attempt, with its spec (checked at submit and
-        written complete by ``to_document``)."""
-        job_id, attempt, tenant, priority, created_at, queued_at, not_before, spec = row
-        self._jobs[job_id] = (
-            attempt,
-            PendingJob(
-                id=job_id,
-                tenant=tenant,
-                priority=priority,
-                submitted_at=created_at.timestamp(),
-                queued_since=queued_at.timestamp(),
-                not_before=None if not_before is None else not_before.timestamp(),
-                pods=pod_requests(from_document(spec)),
-            ),
+    def shown(self, job_id: str) -> Shown:
+        return self._shown.get(job_id, _UNSHOWN)
+
+    async def catch_up(self, conn: AsyncConnection) -> None:
+        """Bring the queue up to what the database holds (load it whole the first time).
+
+        ``conn`` must already be in its transaction: rows are read on its driver connection.
+        """
+        async with driver_of(conn) as driver:
+            if self._cursor is None:
+                horizon = int(await driver.fetchval(_HORIZON))
+                self._primed.clear()
+                for row in await driver.fetch(_LOAD):
+                    values = tuple(row)
+                    self._hold(values[:_SHOWN], values[_SHOWN:])
+                self._cursor = horizon
+                return
+            row = await driver.fetchrow(_CHANGED, str(self._cursor))
+            changed = {*row["jobs"], *self._primed, *self._recheck}
+            self._recheck.clear()
+            self._cursor = max(self._cursor, int(row["horizon"]))
+            if not changed:
+                return
+            current = {r[0]: tuple(r) for r in await driver.fetch(_ROWS, list(changed))}
+            unread = []
+            for job_id in changed:
+                found = current.get(job_id)
+                primed = self._primed.pop(job_id, None)
+                if found is None or found[1] != "queued":
+                    self._drop(job_id)
+                elif self._attempts.get(job_id) == found[2]:
+                    self._shown[job_id] = Shown(*found[3:])
+                elif primed is not None and found[2] == 0:
+                    self._put(primed, 0, Shown(*found[3:]))
+                else:
+                    unread.append(job_id)
+            if unread:
+                for details in await driver.fetch(_DETAILS, unread):
+                    self._hold(tuple(details), current[details[0]][3:])
+
+    def _hold(self, details: Sequence[Any], shown: Sequence[Any]) -> None:
+        """A job read from its row (``_DETAILS`` columns), with what its row shows."""
+        job_id, attempt, tenant, priority, created_at, queued_at, not_before, spec = details
+        job = PendingJob(
+            id=job_id,
+            tenant=tenant,
+            priority=priority,
+            submitted_at=created_at.timestamp(),
+            queued_since=queued_at.timestamp(),
+            not_before=None if not_before is None else not_before.timestamp(),
+            pods=pod_requests(from_document(spec)),
         )
+        self._put(job, attempt, Shown(*shown))
 
-    def pending(self, row: Sequence[Any]) -> PendingJob:
-        """The job of a ``_QUEUED`` row (after ``add`` of its ``stale`` details)."""
-        return self._jobs[row[0]][1]
+    def _put(self, job: PendingJob, attempt: int, shown: Shown) -> None:
+        self.jobs.put(job)
+        self._attempts[job.id] = attempt
+        self._shown[job.id] = shown
 
-    def pods(self, job_id: str) -> tuple[PodRequest, ...]:
-        return self._jobs[job_id][1].pods
+    def _drop(self, job_id: str) -> None:
+        self.jobs.remove(job_id)
+        self._attempts.pop(job_id, None)
+        self._shown.pop(job_id, None)
 
-    def keep_only(self, job_ids: Collection[str]) -> None:
-        """End of a cycle that read ``job_ids`` queued: forget every other job, and primed jobs
-        no cycle has seen for two cycles."""
-        jobs = self._jobs
-        if len(jobs) > len(job_ids):
-            for job_id in [k for k in jobs if k not in job_ids]:
-                del jobs[job_id]
-        self._generation += 1
-        primed, oldest = self._primed, self._generation - 2
-        for job_id in [k for k, (generation, _) in primed.items() if generation < oldest]:
-            self._primed_pods -= len(primed.pop(job_id)[1].pods)
+    def settle(
+        self,
+        admitted: Sequence[str],
+        planned: Sequence[str],
+        reasons: Sequence[tuple[str, str, str]],
+    ) -> None:
+        """A cycle's transaction committed: ``admitted`` left the queue; jobs ``planned`` but not
+        moved are read again at the next catch-up; ``reasons`` (id, reason, message) are shown."""
+        for job_id in admitted:
+            self._drop(job_id)
+        self._recheck.update(set(planned) - set(admitted))
+        for job_id, reason, message in reasons:
+            if job_id in self._attempts:
+                self._shown[job_id] = self.shown(job_id)._replace(reason=reason, message=message)
+
+    def placed(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows ``write_places`` wrote: (id, reason, message, position, tenant_position)."""
+        for job_id, *shown in rows:
+            if job_id in self._attempts:
+                self._shown[job_id] = Shown(*shown)
 
 
-_NO_ENTRY: tuple[int, None] = (-1, None)
+# -- statements ----------------------------------------------------------------------------------
 
-_TENANTS = text(TENANTS_WITH_USAGE)
+_TENANTS = text(TENANTS_FOR_ADMISSION)
 
 _HOLDINGS = text(
     "SELECT node, cpu_millis, memory_bytes, gpu FROM placements WHERE released_at IS NULL"
 )
 
 # Read on the driver connection (asyncpg records, by position): with a long queue, building
-# SQLAlchemy rows and decoding timestamps for every job cost more than the rest of the cycle.
-# _QUEUED: what may change from one cycle to the next (1: the attempt, which the admission
-# guards on; 2-5: the waiting columns write_plan compares). _DETAILS: what PendingJobCache keeps.
-_QUEUED = """
-    SELECT id::text, attempt, reason, message, queue_position, tenant_queue_position
-    FROM jobs WHERE state = 'queued' ORDER BY seq
+# SQLAlchemy rows and decoding timestamps for every job costs more than the rest of a load.
+# Transaction ids travel as text: not every asyncpg release has a codec for xid8.
+_HORIZON = "SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text)"
+_DETAIL_COLUMNS = (
+    "CAST(id AS text), attempt, tenant, priority, created_at, queued_at, not_before, spec"
+)
+_SHOWN_COLUMNS = "reason, message, queue_position, tenant_queue_position"
+_SHOWN = 8  # where the shown columns start in a _LOAD row
+_LOAD = f"SELECT {_DETAIL_COLUMNS}, {_SHOWN_COLUMNS} FROM jobs WHERE state = 'queued'"
+_CHANGED = """
+    SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS horizon,
+           ARRAY(
+               SELECT DISTINCT CAST(job_id AS text) FROM job_events
+               WHERE txid >= CAST(CAST($1 AS text) AS xid8)
+                 AND txid < pg_snapshot_xmin(pg_current_snapshot())
+                 AND (from_state = 'queued' OR to_state = 'queued')
+           ) AS jobs
 """
-_ATTEMPT = 1
-_WAITING_COLUMNS = slice(2, 6)
-_DETAILS = """
-    SELECT id::text, attempt, tenant, priority, created_at, queued_at, not_before, spec
-    FROM jobs WHERE id = ANY($1::uuid[])
+_ROWS = f"""
+    SELECT CAST(id AS text), state, attempt, {_SHOWN_COLUMNS}
+    FROM jobs WHERE id = ANY(CAST($1 AS uuid[]))
 """
+_DETAILS = f"SELECT {_DETAIL_COLUMNS} FROM jobs WHERE id = ANY(CAST($1 AS uuid[]))"
 
 _PLACE = text(
     """
@@ -178,46 +272,32 @@ _PLACE = text(
     """
 )
 
-_WAITING = text(
+_REASONS = text(
     """
-    UPDATE jobs j SET reason = w.reason, message = w.message, queue_position = w.position,
-        tenant_queue_position = w.tenant_position
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:messages AS text[]),
-                CAST(:positions AS int[]), CAST(:tenant_positions AS int[]))
-        AS w(id, reason, message, position, tenant_position)
+    UPDATE jobs j SET reason = w.reason, message = w.message
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:reasons AS text[]), CAST(:messages AS text[]))
+        AS w(id, reason, message)
     WHERE j.id = w.id AND j.state = 'queued'
     """
 )
 
-
-class SeenQueue:
-    """The queue as one cycle read it (``_QUEUED``'s rows, by job id): the attempt admission
-    guards on, and the waiting columns a new plan is compared with. The rows are the driver's
-    records, read by position for speed; they never leave this module."""
-
-    __slots__ = ("_rows",)
-
-    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
-        self._rows: dict[str, Sequence[Any]] = {row[0]: row for row in rows}
-
-    @property
-    def job_ids(self) -> Collection[str]:
-        return self._rows.keys()
-
-    def attempt(self, job_id: str) -> int:
-        attempt: int = self._rows[job_id][_ATTEMPT]
-        return attempt
-
-    def changed(self, waiting: Sequence[Waiting]) -> list[Waiting]:
-        """The jobs of a plan whose waiting reason or positions differ from those stored.
-        (A PendingReason is a str enum: it equals the text stored for it.)"""
-        rows = self._rows
-        return [
-            w
-            for w in waiting
-            if tuple(rows[w.job_id][_WAITING_COLUMNS])
-            != (w.reason, w.message, w.position_overall, w.position_in_tenant)
-        ]
+# Positions, and a reason where one is given: a forced one (backoff) always, the one of a job no
+# cycle has considered only while its row has none (a cycle may have given it one meanwhile).
+_PLACES = text(
+    """
+    UPDATE jobs j SET queue_position = w.position, tenant_queue_position = w.tenant_position,
+        reason = CASE WHEN w.reason IS NULL OR (NOT w.forced AND j.reason IS NOT NULL)
+                      THEN j.reason ELSE w.reason END,
+        message = CASE WHEN w.reason IS NULL OR (NOT w.forced AND j.reason IS NOT NULL)
+                       THEN j.message ELSE w.message END
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:positions AS int[]),
+                CAST(:tenant_positions AS int[]), CAST(:reasons AS text[]),
+                CAST(:messages AS text[]), CAST(:forced AS boolean[]))
+        AS w(id, position, tenant_position, reason, message, forced)
+    WHERE j.id = w.id AND j.state = 'queued'
+    RETURNING CAST(j.id AS text), j.reason, j.message, j.queue_position, j.tenant_queue_position
+    """
+)
 
 
 async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
@@ -228,49 +308,31 @@ async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
 async def load_snapshot(
     conn: AsyncConnection,
     nodes: tuple[Node, ...],
-    cache: PendingJobCache,
     *,
     now: float,
     starvation_seconds: float,
-) -> tuple[Snapshot, SeenQueue]:
-    """The snapshot a cycle plans on, and the queue as it was read for it.
-
-    ``conn`` must already be in its transaction (a statement has run on it): the queue is read
-    on its driver connection, which then shares that transaction.
-    """
+    backfill: int = DEFAULT_BACKFILL,
+) -> Snapshot:
+    """What a cycle plans on besides the queue: nodes, holdings, tenants and their usage."""
     tenants = {
         tenant.name: tenant
         for tenant in map(tenant_state_of, (await conn.execute(_TENANTS)).mappings())
     }
-    holdings = await load_holdings(conn)
-    async with driver_of(conn) as driver:
-        queued: list[Any] = await driver.fetch(_QUEUED)
-        # Only jobs new to this process, or requeued since, have their details read and parsed.
-        stale = cache.stale(queued)
-        if stale:
-            for row in await driver.fetch(_DETAILS, stale):
-                cache.add(row)
-    pending = tuple(map(cache.pending, queued))
-    seen = SeenQueue(queued)
-    cache.keep_only(seen.job_ids)
-    snapshot = Snapshot(
+    return Snapshot(
         now=now,
         nodes=nodes,
-        holdings=holdings,
+        holdings=await load_holdings(conn),
         tenants=tenants,
-        pending=pending,
         starvation_seconds=starvation_seconds,
+        backfill=backfill,
     )
-    return snapshot, seen
 
 
 async def write_plan(
-    conn: AsyncConnection, now: float, result: AdmissionPlan, queued: SeenQueue
-) -> tuple[str, ...]:
-    """Persist admissions (state, placements, events) and changed waiting reasons/positions.
-
-    ``queued`` is the queue as ``load_snapshot`` read it for the plan.
-    """
+    conn: AsyncConnection, now: float, result: AdmissionPlan, queue: LeaderQueue
+) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Persist admissions (state, placements, events) and the reasons that changed; the ids
+    admitted and the reasons written (id, reason, message)."""
     admitted_ids: list[str] = []
     if result.admitted:
         columns: dict[str, list[Any]] = {
@@ -290,7 +352,7 @@ async def write_plan(
         }
         changes = []
         for admission in result.admitted:
-            attempt = queued.attempt(admission.job_id)
+            attempt = queue.attempt(admission.job_id)
             for placement in admission.placements:
                 columns["job_ids"].append(admission.job_id)
                 columns["attempts"].append(attempt)
@@ -317,44 +379,111 @@ async def write_plan(
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(notify_sql(Channel.ADMITTED)))
-    # Only rows whose reason or position moved are written: a long, stable queue costs nothing.
-    changed = queued.changed(result.waiting)
+    # Only reasons that moved are written: a stable queue costs nothing.
+    changed = [
+        (w.job_id, w.reason.value, w.message)
+        for w in result.waiting
+        if queue.shown(w.job_id)[:2] != (w.reason.value, w.message)
+    ]
     if changed:
-        await conn.execute(
-            _WAITING,
-            {
-                "ids": [w.job_id for w in changed],
-                "reasons": [w.reason.value for w in changed],
-                "messages": [w.message for w in changed],
-                "positions": [w.position_overall for w in changed],
-                "tenant_positions": [w.position_in_tenant for w in changed],
-            },
-        )
-    return tuple(admitted_ids)
+        ids, reasons, messages = (list(column) for column in zip(*changed, strict=True))
+        await conn.execute(_REASONS, {"ids": ids, "reasons": reasons, "messages": messages})
+    return admitted_ids, changed
 
 
 async def run_cycle(
     engine: AsyncEngine,
     nodes: tuple[Node, ...],
-    cache: PendingJobCache,
+    queue: LeaderQueue,
     *,
     clock: Callable[[], float],
     starvation_seconds: float,
+    backfill: int = DEFAULT_BACKFILL,
 ) -> CycleResult:
+    """Catch ``queue`` up, plan, write the plan; any failure resets ``queue`` (the next cycle
+    loads it whole)."""
     started = time.perf_counter()
-    async with engine.begin() as conn:
-        # Serialize cycles across every process, whatever each believes about leadership.
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
-        snapshot, queued = await load_snapshot(
-            conn, nodes, cache, now=clock(), starvation_seconds=starvation_seconds
-        )
-        # The plan is pure CPU: in a thread, so the API keeps answering during long cycles.
-        decided = await asyncio.to_thread(plan, snapshot)
-        # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
-        admitted = await write_plan(conn, snapshot.now, decided, queued)
+    try:
+        async with engine.begin() as conn:
+            # Serialize cycles across every process, whatever each believes about leadership.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
+            await queue.catch_up(conn)
+            snapshot = await load_snapshot(
+                conn,
+                nodes,
+                now=clock(),
+                starvation_seconds=starvation_seconds,
+                backfill=backfill,
+            )
+            # Bounded by the tenants and the backfill window, not by the queue: planned inline.
+            decided = plan(snapshot, queue.jobs)
+            # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
+            admitted, reasons = await write_plan(conn, snapshot.now, decided, queue)
+    except BaseException:
+        queue.reset()
+        raise
+    queue.settle(admitted, [a.job_id for a in decided.admitted], reasons)
     return CycleResult(
-        considered=len(snapshot.pending),
-        admitted=admitted,
+        queued=len(queue) + len(admitted),
+        considered=len(decided.admitted) + len(decided.waiting),
+        admitted=tuple(admitted),
         seconds=time.perf_counter() - started,
         plan=decided,
+        snapshot=snapshot,
     )
+
+
+# -- queue positions -----------------------------------------------------------------------------
+
+
+def places_to_write(
+    snapshot: Snapshot, jobs: AdmissionQueue, queue: LeaderQueue
+) -> list[tuple[QueuedAt, bool]]:
+    """Every job's place (``queue_places`` of ``jobs``) whose row shows something else, and
+    whether its reason is forced (backoff, and the end of one) or only fills in a missing one.
+
+    O(queue), so it may run in a thread: ``jobs`` is then a copy of ``queue.jobs`` taken on the
+    loop (``AdmissionQueue.copy``); ``queue`` is only asked what rows show.
+    """
+    backoff = PendingReason.BACKOFF_AFTER_EVICTION.value
+    pending: list[tuple[QueuedAt, bool]] = []
+    for place in queue_places(snapshot, jobs):
+        shown = queue.shown(place.job_id)
+        if place.reason is not None:
+            if (place.reason.value, place.message, place.position, place.tenant_position) != shown:
+                pending.append((place, True))
+        elif shown.reason is None or shown.reason == backoff:
+            pending.append((place, shown.reason is not None))
+        elif (place.position, place.tenant_position) != shown[2:]:
+            pending.append((place, False))
+    return pending
+
+
+async def write_places(
+    engine: AsyncEngine, queue: LeaderQueue, places: Sequence[tuple[QueuedAt, bool]]
+) -> None:
+    """Write one chunk of ``places_to_write``'s answer, in its own short transaction."""
+    if not places:
+        return
+    params: dict[str, list[Any]] = {
+        "ids": [],
+        "positions": [],
+        "tenant_positions": [],
+        "reasons": [],
+        "messages": [],
+        "forced": [],
+    }
+    for place, forced in places:
+        params["ids"].append(place.job_id)
+        params["positions"].append(place.position)
+        params["tenant_positions"].append(place.tenant_position)
+        if place.reason is None:
+            params["reasons"].append(PendingReason.QUEUED.value)
+            params["messages"].append(NOT_YET_CONSIDERED)
+        else:
+            params["reasons"].append(place.reason.value)
+            params["messages"].append(place.message)
+        params["forced"].append(forced)
+    async with engine.begin() as conn:
+        rows = (await conn.execute(_PLACES, params)).all()
+    queue.placed(rows)

@@ -21,6 +21,10 @@ class Channel(StrEnum):
     #: A job was queued or cancelled, so the queue or the free capacity changed. Sent after the
     #: API's transaction commits, coalesced (``gateway.db.notify.Notifier``).
     JOBS = "muster_jobs"
+    #: A job left the cluster (ended, was cancelled or evicted), so capacity came free: the
+    #: leader admits at once. Sent at commit by the transition that released its placements
+    #: (``gateway.db.transitions``).
+    FREED = "muster_freed"
     #: An admission cycle admitted jobs (``gateway.db.admission``): there are pods to create and
     #: ``job.admitted`` webhooks to send.
     ADMITTED = "muster_admitted"

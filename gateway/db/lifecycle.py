@@ -9,7 +9,7 @@ replica's eviction) changes nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,12 +21,17 @@ from gateway.db.mapping import active_job_of, placement_of, pod_owner_of
 from gateway.db.transitions import Change
 from gateway.domain.lifecycle.decisions import Decision
 from gateway.domain.lifecycle.records import ActiveJob, PodOwner
+from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.queueing import Placement
 
+# Specs the caller has are not read again (a stored spec never changes; decoding them was most
+# of a pass's cost).
 _ACTIVE = text(
     """
-    SELECT j.id, j.name, j.tenant, j.state, j.attempt, j.restarts, j.spec, j.admitted_at,
-           j.started_at, t.namespace
+    SELECT j.id, j.name, j.tenant, j.state, j.attempt, j.restarts,
+           CASE WHEN CAST(j.id AS text) = ANY(CAST(:known AS text[])) THEN NULL ELSE j.spec END
+               AS spec,
+           j.admitted_at, j.started_at, t.namespace
     FROM jobs j JOIN tenants t ON t.name = j.tenant
     WHERE j.state IN ('admitted', 'running') ORDER BY j.seq
     """
@@ -46,10 +51,11 @@ _OWNERS = text(
 )
 
 
-async def active_jobs(engine: AsyncEngine) -> list[ActiveJob]:
-    """Every admitted or running job, in submit order, with its live placements."""
+async def active_jobs(engine: AsyncEngine, *, known: Collection[str] = ()) -> list[ActiveJob]:
+    """Every admitted or running job, in submit order, with its live placements; the spec of a
+    job whose id is in ``known`` is not read (it is None)."""
     async with engine.connect() as conn:
-        jobs = (await conn.execute(_ACTIVE)).mappings().all()
+        jobs = (await conn.execute(_ACTIVE, {"known": sorted(known)})).mappings().all()
         placements = (await conn.execute(_PLACEMENTS)).mappings().all()
     by_job: dict[Any, list[Placement]] = {}
     for placement in placements:
@@ -81,22 +87,38 @@ async def apply(engine: AsyncEngine, job: ActiveJob, decision: Decision, now: fl
     ``now`` is the reconciler's clock: started_at and queued_at, which the lifecycle and
     admission compare with that clock, come from it.
     """
-    seen = Change(
-        job_id=job.id,
-        from_state=job.state,
-        attempt=job.attempt,
-        reason=decision.reason,
-        message=decision.message,
-    )
+    return job.id in await apply_all(engine, [(job, decision)], now)
+
+
+async def apply_all(
+    engine: AsyncEngine, decided: Sequence[tuple[ActiveJob, Decision]], now: float
+) -> set[str]:
+    """Write every decision's restarts and transition in one transaction, one statement per
+    target state; the ids of the jobs whose decision was written (a job that changed meanwhile
+    is left out, and so is its transition when its restarts could not be recorded)."""
+    applied: set[str] = set()
+    moves: dict[JobState, list[Change]] = {}
     async with engine.begin() as conn:
-        if decision.restart:
-            restarts = replace(seen, reason=decision.reason or "ReplicaRestarted")
-            if not await transitions.record_restarts(conn, restarts, decision.restart):
-                return False
-        target = decision.transition
-        if target is None:
-            return True
-        change = replace(
-            seen, data={"attempt": seen.attempt}, not_before=decision.requeue_not_before
-        )
-        return bool(await transitions.move(conn, target, [change], now=now))
+        for job, decision in decided:
+            seen = Change(
+                job_id=job.id,
+                from_state=job.state,
+                attempt=job.attempt,
+                reason=decision.reason,
+                message=decision.message,
+            )
+            if decision.restart:
+                restarts = replace(seen, reason=decision.reason or "ReplicaRestarted")
+                if not await transitions.record_restarts(conn, restarts, decision.restart):
+                    continue
+            if decision.transition is None:
+                applied.add(job.id)
+                continue
+            moves.setdefault(decision.transition, []).append(
+                replace(
+                    seen, data={"attempt": seen.attempt}, not_before=decision.requeue_not_before
+                )
+            )
+        for target, changes in moves.items():
+            applied.update(await transitions.move(conn, target, changes, now=now))
+    return applied

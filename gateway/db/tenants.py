@@ -184,12 +184,18 @@ async def list_all(engine: AsyncEngine) -> list[Tenant]:
 
 
 # Every tenant with what its live placements hold and how many jobs hold resources. Admission,
-# /metrics and GET /v1/tenants/{tenant} all read usage through this one query.
-TENANTS_WITH_USAGE = f"""
+# /metrics and GET /v1/tenants/{tenant} all read usage through this one query (admission in the
+# form without the queued count).
+def _tenants_with_usage(*, count_queued: bool) -> str:
+    """Every tenant with what its live placements hold and its running jobs (admitted or running)
+    and, when ``count_queued``, its queued jobs (a scan of the queue: admission does without)."""
+    states = "'queued', 'admitted', 'running'" if count_queued else "'admitted', 'running'"
+    queued = ", count(*) FILTER (WHERE state = 'queued') AS queued" if count_queued else ""
+    return f"""
     SELECT {", ".join(f"t.{c.strip()}" for c in TENANT_COLUMNS.split(","))},
            COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
-           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs,
-           COALESCE(r.queued, 0) AS queued_jobs
+           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
+           {", COALESCE(r.queued, 0) AS queued_jobs" if count_queued else ""}
     FROM tenants t
     LEFT JOIN (
         SELECT j.tenant, sum(p.cpu_millis) AS cpu, sum(p.memory_bytes) AS memory,
@@ -198,11 +204,15 @@ TENANTS_WITH_USAGE = f"""
         WHERE p.released_at IS NULL GROUP BY j.tenant
     ) u ON u.tenant = t.name
     LEFT JOIN (
-        SELECT tenant, count(*) FILTER (WHERE state <> 'queued') AS running,
-               count(*) FILTER (WHERE state = 'queued') AS queued
-        FROM jobs WHERE state IN ('queued', 'admitted', 'running') GROUP BY tenant
+        SELECT tenant, count(*) FILTER (WHERE state <> 'queued') AS running{queued}
+        FROM jobs WHERE state IN ({states}) GROUP BY tenant
     ) r ON r.tenant = t.name
 """
+
+
+TENANTS_WITH_USAGE = _tenants_with_usage(count_queued=True)
+#: What admission reads: no count of queued jobs, so its cost follows the running jobs only.
+TENANTS_FOR_ADMISSION = _tenants_with_usage(count_queued=False)
 _STATUS = text(TENANTS_WITH_USAGE + " WHERE t.name = :name")
 
 

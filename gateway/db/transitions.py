@@ -13,7 +13,9 @@ job it moves writes, in one statement of the caller's transaction:
 3. its placements: started when it runs, released when it leaves the cluster (finished,
    requeued, cancelled);
 4. its webhook outbox row, if its callback subscribed to the event (and a NOTIFY for the
-   delivery loops, at commit).
+   delivery loops, at commit);
+5. when it released placements (it left the cluster), a NOTIFY of ``Channel.FREED``: the
+   leader's admission loop refills the capacity at once.
 
 Invariants: every write is guarded by the state and attempt the caller saw, so a decision taken
 on stale observations changes nothing (the job is left out of what ``move`` returns); no other
@@ -54,25 +56,27 @@ _SUBMITTED = ", ".join(
 # Many jobs at once, one row each in a JSON array. A row is skipped when its tenant is missing or
 # could never hold the job (the SQL form of Quota.could_ever_hold), when its priority is above the
 # tenant's ceiling (of gateway.domain.scheduling.priority.above_ceiling), or when a unique index
-# objects (name, queue slot, Idempotency-Key); RETURNING names the rows written. Rows are inserted
-# in (tenant, slot) order: two batches in flight for one tenant meet on slots in the same order,
-# so neither holds a slot the other waits for while it waits for one the other holds.
+# objects (name, queue slot, Idempotency-Key); RETURNING names the rows written. A row's queue
+# slot is its own (a batch request's, from its tenant's free ones) or, when null, drawn at random.
+# Rows are inserted in (tenant, slot) order: two batches in flight for one tenant meet on slots in
+# the same order, so neither holds a slot the other waits for while it waits for one the other
+# holds.
 SUBMIT_BATCH = f"""
     WITH input AS (
         SELECT * FROM jsonb_to_recordset($1::text::jsonb)
             AS i(id uuid, tenant text, name text, framework text, priority int, spec jsonb,
                  labels jsonb, idempotency_key text, request_hash text, actor text,
-                 cpu_millis bigint, memory_bytes bigint, gpu_shares bigint)
+                 cpu_millis bigint, memory_bytes bigint, gpu_shares bigint, slot int)
     ), fitting AS MATERIALIZED (
-        SELECT i.*, floor(random() * t.max_queued_jobs)::int AS slot
+        SELECT i.*, COALESCE(i.slot, floor(random() * t.max_queued_jobs)::int) AS queue_slot
         FROM input i JOIN tenants t ON t.name = i.tenant
         WHERE {could_ever_hold_sql("t", "i")} AND i.priority <= t.max_priority
     ), job AS (
         INSERT INTO jobs (id, tenant, name, framework, state, priority, spec, labels,
                           idempotency_key, request_hash, submitted_by, queue_slot)
         SELECT id, tenant, name, framework, '{INITIAL_STATE.value}', priority, spec, labels,
-               idempotency_key, request_hash, actor, slot
-        FROM fitting ORDER BY tenant, slot
+               idempotency_key, request_hash, actor, queue_slot
+        FROM fitting ORDER BY tenant, queue_slot
         ON CONFLICT DO NOTHING
         RETURNING {_SUBMITTED}
     ), event AS (
@@ -180,7 +184,13 @@ def _move_sql(target: JobState) -> str:
         , placements AS (
             UPDATE placements p SET {spec.placements}
             FROM moved m WHERE p.job_id = m.id AND p.released_at IS NULL
+            RETURNING 1
         )"""
+    )
+    released = (
+        "(SELECT count(*) FROM placements)"
+        if spec.placements and "released_at" in spec.placements
+        else "0"
     )
     return f"""
         WITH c AS (
@@ -203,12 +213,14 @@ def _move_sql(target: JobState) -> str:
             {enqueue_sql(spec.callback, "moved j")}
             RETURNING 1
         )
-        SELECT m.id, (SELECT count(*) FROM outbox) AS outbox_rows FROM moved m
+        SELECT m.id, (SELECT count(*) FROM outbox) AS outbox_rows, {released} AS released_rows
+        FROM moved m
     """
 
 
 _MOVES = {target: text(_move_sql(target)) for target in _TARGETS}
 _NOTIFY_WEBHOOKS = text(notify_sql(Channel.WEBHOOKS))
+_NOTIFY_FREED = text(notify_sql(Channel.FREED))
 
 
 async def move(
@@ -245,6 +257,9 @@ async def move(
     if moved and moved[0].outbox_rows:
         # Delivered at commit, so a delivery loop never wakes before the rows are visible.
         await conn.execute(_NOTIFY_WEBHOOKS)
+    if moved and moved[0].released_rows:
+        # Capacity came free: the leader's admission runs at once (at commit, as above).
+        await conn.execute(_NOTIFY_FREED)
     # Only the ids: an admission cycle moves thousands of jobs, and nobody reads them back.
     return [str(row.id) for row in moved]
 

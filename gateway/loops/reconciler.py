@@ -19,11 +19,9 @@ both).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +29,7 @@ from gateway.backends.base import Gang, PodStatus, Runtime
 from gateway.db import lifecycle as store
 from gateway.domain.jobs.spec import JobSpec, from_document
 from gateway.domain.lifecycle.decisions import (
+    Decision,
     JobView,
     ReplicaObservation,
     ReplicaPhase,
@@ -39,8 +38,14 @@ from gateway.domain.lifecycle.decisions import (
 )
 from gateway.domain.lifecycle.records import ActiveJob
 from gateway.domain.lifecycle.states import JobState
+from gateway.waits import woken
 
 log = logging.getLogger(__name__)
+
+#: The moves of a pass after which the job holds no capacity (its placements are released).
+_OFF_THE_CLUSTER = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED})
+#: A decision to do nothing (most jobs, most passes): nothing to write, nothing to act on.
+_NOTHING = Decision()
 
 
 class Reconciler:
@@ -62,84 +67,114 @@ class Reconciler:
         is_leader: Callable[[], bool],
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_freed: Callable[[], None] | None = None,
     ) -> None:
+        """``on_freed`` is called when a pass moved a job off the cluster (it ended or was
+        evicted), as soon as that move committed: admission refills the capacity."""
         self.engine = engine
         self.runtime = runtime
         self.is_leader = is_leader
+        self.on_freed = on_freed
         self.interval = interval
         self.clock = clock
         self.wake = asyncio.Event()
+        #: Set after every pass (tests wait on it instead of sleeping).
+        self.passed = asyncio.Event()
         self.passes = 0
         self._specs: dict[str, JobSpec] = {}
 
-    def _spec(self, job_id: str, document: Mapping[str, Any]) -> JobSpec:
+    def _spec(self, job: ActiveJob) -> JobSpec:
         """The job's spec, read once per job (a stored spec never changes)."""
-        spec = self._specs.get(job_id)
+        spec = self._specs.get(job.id)
         if spec is None:
-            spec = self._specs[job_id] = from_document(document)
+            if job.spec is None:  # forgotten between the read and now: read it next pass
+                raise LookupError(f"no spec for job {job.id}")
+            spec = self._specs[job.id] = from_document(job.spec)
         return spec
 
     async def reconcile(self) -> None:
         # 1. Observe.
         observed = await self.runtime.observe()
-        jobs = await store.active_jobs(self.engine)
+        jobs = await store.active_jobs(self.engine, known=self._specs.keys())
         now = self.clock()
         wanted: set[tuple[str, str]] = set()
         # Specs of jobs no longer active are forgotten: the cache is as large as the live jobs.
         active = {job.id for job in jobs}
         for gone in [job_id for job_id in self._specs if job_id not in active]:
             del self._specs[gone]
+        # 2. Decide, for every job.
+        decided: list[tuple[ActiveJob, Gang, Decision]] = []
         for job in jobs:
             wanted.update((job.id, p.pod_name) for p in job.placements)
             try:
-                await self._reconcile_job(job, observed, now, wanted)
+                spec = self._spec(job)
             except Exception:
-                # One job's trouble (a replica that cannot be created or removed) must not
-                # stop every other tenant's jobs: the next pass tries it again.
-                log.exception("reconciling job %s failed; the other jobs go on", job.id)
+                log.exception("job %s: its spec cannot be read; the other jobs go on", job.id)
+                continue
+            gang = Gang(
+                job_id=job.id,
+                spec=spec,
+                namespace=job.namespace,
+                attempt=job.attempt,
+                placements=job.placements,
+            )
+            decision = decide(self._view(job, spec), self._observations(gang, observed), now)
+            if decision != _NOTHING:
+                decided.append((job, gang, decision))
+        # 3. Write every decision in one transaction, then act on the runtime.
+        if decided:
+            applied = await store.apply_all(
+                self.engine, [(job, decision) for job, _, decision in decided], now
+            )
+            if self.on_freed is not None and any(
+                job.id in applied and decision.transition in _OFF_THE_CLUSTER
+                for job, _, decision in decided
+            ):
+                self.on_freed()
+            acts = []
+            for job, gang, decision in decided:
+                if job.id not in applied:
+                    continue
+                if decision.transition is not None:
+                    log.info(
+                        "job %s (%s): %s -> %s (%s)",
+                        job.name,
+                        job.id,
+                        job.state.value,
+                        decision.transition.value,
+                        decision.reason,
+                    )
+                if decision.transition not in (None, JobState.RUNNING):
+                    wanted.difference_update((job.id, p.pod_name) for p in gang.placements)
+                acts.append(self._act(gang, decision))
+            # One job's trouble (a replica that cannot be created or removed) must not stop
+            # every other tenant's jobs: the next pass tries it again.
+            for (job, _, _), failed in zip(
+                [d for d in decided if d[0].id in applied],
+                await asyncio.gather(*acts, return_exceptions=True),
+                strict=True,
+            ):
+                if isinstance(failed, Exception):
+                    log.error(
+                        "acting on job %s failed; the other jobs go on", job.id, exc_info=failed
+                    )
         # 4. Sweep what no live job wants.
         await self._sweep(observed, wanted)
         self.passes += 1
+        self.passed.set()
 
-    async def _reconcile_job(
-        self,
-        job: ActiveJob,
-        observed: Mapping[tuple[str, str], PodStatus],
-        now: float,
-        wanted: set[tuple[str, str]],
-    ) -> None:
-        job_id = job.id
-        spec = self._spec(job_id, job.spec)
-        gang = Gang(
-            job_id=job_id,
-            spec=spec,
-            namespace=job.namespace,
-            attempt=job.attempt,
-            placements=job.placements,
-        )
-        # 2. Decide.
-        decision = decide(self._view(job, spec), self._observations(gang, observed), now)
-        # 3. Write, then act.
-        if not await store.apply(self.engine, job, decision, now):
-            return
-        if decision.transition is not None:
-            log.info(
-                "job %s (%s): %s -> %s (%s)",
-                job.name,
-                job_id,
-                job.state.value,
-                decision.transition.value,
-                decision.reason,
-            )
+    async def _act(self, gang: Gang, decision: Decision) -> None:
+        """Delete, restart (delete, then create again) and create the decision's pods."""
         await asyncio.gather(
-            *(self.runtime.delete(job_id, name) for name in (*decision.delete, *decision.restart))
+            *(
+                self.runtime.delete(gang.job_id, name)
+                for name in (*decision.delete, *decision.restart)
+            )
         )
         if decision.transition in (None, JobState.RUNNING):
             creates = tuple(sorted({*decision.create, *decision.restart}))
             if creates:
                 await self.runtime.create(gang, creates)
-        else:
-            wanted.difference_update((job_id, p.pod_name) for p in gang.placements)
 
     @staticmethod
     def _view(job: ActiveJob, spec: JobSpec) -> JobView:
@@ -202,5 +237,4 @@ class Reconciler:
                     await self.reconcile()
                 except Exception:
                     log.exception("reconcile pass failed; retrying at the next tick")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.interval)
+            await woken(self.wake, self.interval)

@@ -13,11 +13,16 @@ Every hand-off between them is written in ``LoopRuntime.__init__`` and nowhere e
 =============================  ==========================================================
 when                           what
 =============================  ==========================================================
-this process becomes leader    wake admission and the reconciler
-NOTIFY ``Channel.JOBS``        wake admission (a submit or cancel committed)
+this process becomes leader    admission runs at once (capacity to fill); wake the reconciler
+NOTIFY ``Channel.JOBS``        wake admission, paced (a submit or cancel committed)
+NOTIFY ``Channel.FREED``       admission runs at once (a job left the cluster)
+the reconciler ended a job     admission runs at once (in-process, before the NOTIFY arrives)
+the inventory changed          admission runs at once (a node was added or came back), and
+                               the reconciler (a node that changed may have failed)
 NOTIFY ``Channel.ADMITTED``    wake the reconciler (pods to create) and webhook delivery
 NOTIFY ``Channel.WEBHOOKS``    wake webhook delivery (an outbox row was written)
-the API queued a job           ``queued``: the admission loop's cache is primed with it
+the API queued a job           ``queued``: the leader's queue is primed with it
+the runtime saw a replica end  wake the reconciler (pushed by the runtime, not polled)
 =============================  ==========================================================
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -73,20 +79,31 @@ class LoopRuntime:
         admission: AdmissionSettings,
         webhooks: WebhookSettings,
         render_job: RenderJob,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``pods`` is where the backend runs pods (None: a backend that runs none, such as the
         static one, so no reconciler); ``render_job`` is the API's view of a job, for webhook
-        payloads."""
+        payloads; ``clock`` the time admission and the lifecycle compare with."""
         self.admission = AdmissionLoop(
             engine,
             inventory,
             is_leader=self.is_leader,
             interval=admission.interval,
             starvation_seconds=admission.starvation_seconds,
+            backfill=admission.backfill,
+            clock=clock,
         )
+        freed = self.admission.capacity_freed
         self.reconciler = (
-            None if pods is None else Reconciler(engine, pods, is_leader=self.is_leader)
+            None
+            if pods is None
+            else Reconciler(engine, pods, is_leader=self.is_leader, on_freed=freed, clock=clock)
         )
+        inventory.on_change(freed)
+        if self.reconciler is not None and pods is not None:
+            # A node that changed may have failed: its replicas are evicted at once, too.
+            inventory.on_change(self.reconciler.wake.set)
+            pods.on_change(self.reconciler.wake.set)
         # Every replica delivers webhooks: claims are leased rows, so replicas share the work.
         self.delivery = DeliveryLoop(
             engine,
@@ -105,12 +122,13 @@ class LoopRuntime:
         self.leadership = Leadership(
             engine,
             interval=admission.interval,
-            on_elected=(self.admission.wake.set, *reconcile),
+            on_elected=(freed, *reconcile),
         )
         self.listener = Listener(
             engine,
             {
                 Channel.JOBS: (self.admission.wake.set,),
+                Channel.FREED: (freed,),
                 Channel.ADMITTED: (*reconcile, self.delivery.wake.set),
                 Channel.WEBHOOKS: (self.delivery.wake.set,),
             },
@@ -128,7 +146,12 @@ class LoopRuntime:
     @property
     def collectors(self) -> Sequence[Collector]:
         """The loops' in-process metrics, for ``/metrics``."""
-        return (self.admission.cycle_seconds, self.admission.cycle_jobs)
+        return (
+            self.admission.cycle_seconds,
+            self.admission.freed_to_admitted,
+            self.admission.cycle_jobs,
+            self.admission.cycle_considered,
+        )
 
     @contextlib.asynccontextmanager
     async def running(self, *, on_crash: Callable[[], None]) -> AsyncIterator[None]:
@@ -137,7 +160,10 @@ class LoopRuntime:
         shared = self._start(
             {"leadership": self.leadership.run(), "listener": self.listener.run()}, on_crash
         )
-        loops: dict[str, Coroutine[Any, Any, None]] = {"admission": self.admission.run()}
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "admission": self.admission.run(),
+            "queue-places": self.admission.run_places(),
+        }
         if self.reconciler is not None:
             loops["reconciler"] = self.reconciler.run()
         loops["webhooks"] = self.delivery.run()

@@ -28,7 +28,6 @@ in-flight attempts get ``STOP_GRACE`` seconds to finish.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -57,6 +56,7 @@ from gateway.domain.webhooks import (
     webhook_id,
 )
 from gateway.errors import SSRF_PRIVATE_ADDRESS, SSRF_REFUSED, AddressRefused
+from gateway.waits import woken
 from gateway.webhooks.ssrf import Guard
 
 log = logging.getLogger(__name__)
@@ -171,8 +171,7 @@ class DeliveryLoop:
                     # More may be due: claim again as soon as a slot frees up.
                     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.interval)
+                await woken(self.wake, self.interval)
         finally:
             if tasks:
                 _, late = await asyncio.wait(tasks, timeout=STOP_GRACE)

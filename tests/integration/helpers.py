@@ -8,13 +8,21 @@ import contextlib
 import copy
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import ClientResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db.admission import (
+    CycleResult,
+    LeaderQueue,
+    places_to_write,
+    run_cycle,
+    write_places,
+)
+from gateway.domain.scheduling.nodes import Node
 from tests.openapi_check import CheckedClient
 
 TENANT = "search"
@@ -125,3 +133,20 @@ async def event_stream(
         yield EventStream(response)
     finally:
         response.close()
+
+
+async def admit_and_place(
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...],
+    queue: LeaderQueue,
+    clock: Callable[[], float],
+    *,
+    starvation_seconds: float = 300,
+) -> CycleResult:
+    """One admission cycle, then the pass that writes every queued job's positions and the
+    reasons of jobs no cycle considers (the loop runs both; tests run them one after the other)."""
+    result = await run_cycle(
+        engine, nodes, queue, clock=clock, starvation_seconds=starvation_seconds
+    )
+    await write_places(engine, queue, places_to_write(result.snapshot, queue.jobs, queue))
+    return result

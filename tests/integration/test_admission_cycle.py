@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.admission import PendingJobCache, run_cycle
+from gateway.db.admission import LeaderQueue
 from gateway.domain.scheduling.nodes import GpuMode, Node
+from tests.integration.helpers import admit_and_place
 from tests.openapi_check import CheckedClient
 
 GIB = 2**30
@@ -53,9 +54,8 @@ async def make_tenant(api: CheckedClient, name: str = "search", **quota: Any) ->
 
 
 async def cycle(engine: AsyncEngine, nodes: tuple[Node, ...], now: float = 1e10) -> Any:
-    return await run_cycle(
-        engine, nodes, PendingJobCache(), clock=Clock(now), starvation_seconds=300
-    )
+    """A cycle of a new leader (it loads the queue whole), then its pass over queue positions."""
+    return await admit_and_place(engine, nodes, LeaderQueue(), Clock(now))
 
 
 async def test_admitted_job_gets_state_placements_and_event(

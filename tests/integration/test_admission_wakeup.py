@@ -1,33 +1,168 @@
 """The admission loop, run by the loops' runtime, wakes on a submit's NOTIFY, not only on its timer;
-the runtime leads while it runs and steps down when it stops."""
+capacity coming free (a job's end, a cancel, an eviction, a new node) leads to the next admission
+at once; the runtime leads while it runs and steps down when it stops.
+
+The tests of capacity wait on the loop's own signal (``cycled``), never on a sleep, with ticks an
+hour apart: an admission they see was woken."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
+from gateway.backends.simulated import SimulatedRuntime
 from gateway.domain.scheduling.nodes import Node
 from gateway.loops.leader import Leadership
 from gateway.loops.runtime import LoopRuntime
 from gateway.settings import AdmissionSettings, WebhookSettings
-from tests.integration.test_admission_cycle import job, make_tenant
+from tests.integration.test_admission_cycle import Clock, job, make_tenant
 from tests.openapi_check import CheckedClient
 
 
-def loops(engine: AsyncEngine, nodes: tuple[Node, ...], interval: float) -> LoopRuntime:
-    return LoopRuntime(
+def loops(
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...] | StaticInventory,
+    interval: float,
+    *,
+    simulate: bool = False,
+) -> LoopRuntime:
+    inventory = nodes if isinstance(nodes, StaticInventory) else StaticInventory(nodes)
+    runtime = LoopRuntime(
         engine,
-        inventory=StaticInventory(nodes),
-        pods=None,
+        inventory=inventory,
+        pods=SimulatedRuntime(inventory) if simulate else None,
         admission=AdmissionSettings(interval=interval),
         webhooks=WebhookSettings(),
         render_job=job_view,
+        clock=Clock(1e9),
     )
+    if runtime.reconciler is not None:
+        runtime.reconciler.interval = interval
+    return runtime
+
+
+HOUR = 3600.0
+
+
+def one_at_a_time(name: str, command: list[str]) -> dict[str, Any]:
+    """A one-CPU job running ``command``; the tenant runs one job at a time."""
+    body = job(name)
+    body["replicas"]["worker"]["command"] = command
+    return body
+
+
+async def state_of(engine: AsyncEngine, job_id: str) -> str:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text("SELECT state FROM jobs WHERE id = CAST(:id AS uuid)"), {"id": job_id}
+        )
+    return str(found)
+
+
+async def reaches(runtime: LoopRuntime, engine: AsyncEngine, job_id: str, state: str) -> None:
+    """Wait, cycle by cycle, until the job is in ``state``; the guard is far below the tick."""
+    async with asyncio.timeout(20):
+        while True:
+            runtime.admission.cycled.clear()
+            if await state_of(engine, job_id) == state:
+                return
+            await runtime.admission.cycled.wait()
+
+
+async def settled(runtime: LoopRuntime, engine: AsyncEngine, job_id: str, state: str) -> None:
+    """Wait, pass by pass, until the reconciler has moved the job to ``state``."""
+    reconciler = runtime.reconciler
+    assert reconciler is not None
+    async with asyncio.timeout(20):
+        while True:
+            reconciler.passed.clear()
+            if await state_of(engine, job_id) == state:
+                return
+            await reconciler.passed.wait()
+
+
+def refills(runtime: LoopRuntime) -> float:
+    """How many admissions a capacity wake-up led to (``muster_admission_refill_seconds``)."""
+    (metric,) = runtime.admission.freed_to_admitted.collect()
+    return next(s.value for s in metric.samples if s.name.endswith("_count"))
+
+
+async def test_a_job_that_ends_admits_the_next_at_once(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await make_tenant(api, max_running_jobs=1)
+    first = (await api.post("/v1/jobs", json=one_at_a_time("first", ["true"]))).body
+    second = (await api.post("/v1/jobs", json=one_at_a_time("second", ["serve"]))).body
+    runtime = loops(engine, nodes, interval=HOUR, simulate=True)
+    crashed = asyncio.Event()
+    async with runtime.running(on_crash=crashed.set):
+        # Elected: the first is admitted; its replica exits at once, the runtime says so, the
+        # reconciler ends the job and hands admission the freed slot.
+        await reaches(runtime, engine, second["id"], "admitted")
+        assert await state_of(engine, first["id"]) == "succeeded"
+        assert refills(runtime) >= 1  # admitted by a capacity wake-up
+    assert not crashed.is_set()
+
+
+async def test_a_cancel_admits_the_next_at_once(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await make_tenant(api, max_running_jobs=1)
+    first = (await api.post("/v1/jobs", json=one_at_a_time("first", ["serve"]))).body
+    second = (await api.post("/v1/jobs", json=one_at_a_time("second", ["serve"]))).body
+    runtime = loops(engine, nodes, interval=HOUR, simulate=True)
+    async with runtime.running(on_crash=lambda: None):
+        await settled(runtime, engine, first["id"], "running")
+        assert await state_of(engine, second["id"]) == "queued"
+        assert (await api.post(f"/v1/jobs/{first['id']}/cancel")).status == 200
+        await reaches(runtime, engine, second["id"], "admitted")
+
+
+async def test_an_eviction_admits_the_next_at_once(api: CheckedClient, engine: AsyncEngine) -> None:
+    gib = 2**30
+    a = Node(name="a", cpu_millis=1000, memory_bytes=8 * gib)
+    b = Node(name="b", cpu_millis=1000, memory_bytes=8 * gib)
+    inventory = StaticInventory((a, b))
+    await make_tenant(api)
+    wide = job("wide", workers=2)  # a CPU on each node
+    wide["replicas"]["worker"]["command"] = ["serve"]
+    first = (await api.post("/v1/jobs", json=wide)).body
+    second = (await api.post("/v1/jobs", json=one_at_a_time("second", ["serve"]))).body
+    runtime = loops(engine, inventory, interval=HOUR, simulate=True)
+    async with runtime.running(on_crash=lambda: None):
+        await settled(runtime, engine, first["id"], "running")
+        assert await state_of(engine, second["id"]) == "queued"
+        # Node a fails: the whole gang is evicted (requeued, with a backoff), which frees its
+        # CPU on node b for the second job.
+        inventory.replace((replace(a, ready=False), b))
+        await reaches(runtime, engine, second["id"], "admitted")
+        assert await state_of(engine, first["id"]) == "queued"
+
+
+async def test_a_new_node_admits_at_once(api: CheckedClient, engine: AsyncEngine) -> None:
+    gib = 2**30
+    small = Node(name="small", cpu_millis=1000, memory_bytes=8 * gib)
+    inventory = StaticInventory((small,))
+    await make_tenant(api)
+    body = job("wide", workers=2)
+    waiting = (await api.post("/v1/jobs", json=body)).body
+    runtime = loops(engine, inventory, interval=HOUR)
+    async with runtime.running(on_crash=lambda: None):
+        await reaches(runtime, engine, waiting["id"], "queued")
+        while runtime.admission.cycles < 1:
+            runtime.admission.cycled.clear()
+            await runtime.admission.cycled.wait()
+        assert await state_of(engine, waiting["id"]) == "queued"  # two CPUs do not fit one
+        inventory.replace((small, replace(small, name="added")))
+        await reaches(runtime, engine, waiting["id"], "admitted")
 
 
 async def test_submit_wakes_the_leader_long_before_its_timer(

@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
-from gateway.db.admission import PendingJobCache, run_cycle
+from gateway.db.admission import LeaderQueue
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.loops.reconciler import Reconciler
+from tests.integration.helpers import admit_and_place
 from tests.integration.kube import (
     Cluster,
     Kubelet,
@@ -87,17 +88,11 @@ class Harness:
         self.inventory = KubernetesInventory(kube, nodes=self.node_cache, max_age=0)
         self.runtime = KubernetesRuntime(kube, cluster_domain=None, nodes=self.node_cache)
         self.reconciler = Reconciler(engine, self.runtime, is_leader=lambda: True, clock=clock)
-        self.cache = PendingJobCache()
+        self.queue = LeaderQueue()
 
     async def admit(self) -> tuple[str, ...]:
-        result = await run_cycle(
-            self.engine,
-            await self.inventory.nodes(),
-            self.cache,
-            clock=self.clock,
-            starvation_seconds=300,
-        )
-        return result.admitted
+        nodes = await self.inventory.nodes()
+        return (await admit_and_place(self.engine, nodes, self.queue, self.clock)).admitted
 
     async def step(self) -> None:
         await self.admit()

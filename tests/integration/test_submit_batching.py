@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -11,13 +12,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api.context import SUBMITS
-from gateway.db.admission import PendingJobCache, load_snapshot
+from gateway.db.admission import LeaderQueue
 from gateway.db.engine import make_engine
 from gateway.db.submits import Submits, Submitted
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_requests
 from gateway.domain.jobs.spec import JobSpec
-from gateway.domain.scheduling.nodes import Node
 from gateway.domain.scheduling.priority import above_ceiling
 from gateway.domain.scheduling.queueing import PendingJob
 from gateway.errors import Conflict, DatabaseUnavailable, ValidationFailed
@@ -237,7 +237,7 @@ async def test_concurrent_api_submits_each_get_the_answer_one_alone_would(
 
 
 async def test_a_job_handed_to_admission_by_its_submit_equals_the_job_read_back(
-    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+    api: CheckedClient, engine: AsyncEngine
 ) -> None:
     await make_tenant(api)
     await grant_priority(api, 7)
@@ -248,42 +248,77 @@ async def test_a_job_handed_to_admission_by_its_submit_equals_the_job_read_back(
     body["replicas"]["ps"] = {"count": 2, "image": "img", "node_selector": shared}
     created = await api.post("/v1/jobs", json=body)
     assert created.status == 201
+    read_back = LeaderQueue()
     async with engine.begin() as conn:
-        await conn.execute(text("SELECT 1"))
-        snapshot, _ = await load_snapshot(
-            conn, nodes, PendingJobCache(), now=1e10, starvation_seconds=300
-        )
-    assert handed == list(snapshot.pending)
+        await read_back.catch_up(conn)
+    assert handed == list(read_back.jobs)
 
 
-def test_a_primed_job_is_used_only_at_attempt_0_and_only_until_two_cycles_pass() -> None:
-    cache = PendingJobCache()
-    primed = PendingJob(id="a", tenant="t", submitted_at=1.0, pods=())
-    cache.prime(primed)
-    cache.prime(dataclasses.replace(primed, id="b"))
-    cache.prime(dataclasses.replace(primed, id="c"))
-    # Queued rows are (id, attempt, ...): a is new, b was requeued (attempt 1), c not yet seen.
-    assert cache.stale([("a", 0), ("b", 1)]) == ["b"]
-    assert cache.pending(("a", 0)) == primed
-    cache.keep_only({"a", "b"})
-    assert cache.stale([("a", 0), ("c", 0)]) == []  # c seen one cycle late: still handed over
-    cache.prime(dataclasses.replace(primed, id="d"))
-    for _ in range(3):
-        cache.keep_only({"a", "c"})
-    assert cache.stale([("d", 0)]) == ["d"]  # not seen for three cycles: read as usual
+def handing(handed: list[PendingJob], queue: LeaderQueue) -> Callable[[PendingJob], None]:
+    """A submit's hand-over that both records the job and primes ``queue`` with it."""
+
+    def hand(pending: PendingJob) -> None:
+        handed.append(pending)
+        queue.prime(pending)
+
+    return hand
 
 
-def test_primed_jobs_are_bounded_by_their_pods() -> None:
-    cache = PendingJobCache()
-    pods = pod_requests(spec("wide"))  # 2 pods
-    count = PendingJobCache.MAX_PRIMED_PODS // len(pods) + 5
-    for i in range(count):
-        cache.prime(PendingJob(id=str(i), tenant="t", submitted_at=1.0, pods=pods))
-    last_kept = str(PendingJobCache.MAX_PRIMED_PODS // len(pods) - 1)
-    assert cache.stale([(last_kept, 0), (str(count - 1), 0)]) == [str(count - 1)]
-    # Handed over, a job's pods no longer count against the bound.
-    cache.prime(PendingJob(id="late", tenant="t", submitted_at=1.0, pods=pods))
-    assert cache.stale([("late", 0)]) == []
+async def caught_up(queue: LeaderQueue, engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await queue.catch_up(conn)
+
+
+async def test_the_leader_takes_a_primed_job_as_its_submit_checked_it_without_reading_its_spec(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    queue = LeaderQueue()
+    await caught_up(queue, engine)
+    handed: list[PendingJob] = []
+    api.app[SUBMITS].on_queued = handing(handed, queue)
+    assert (await api.post("/v1/jobs", json=job("fresh"))).status == 201
+    await caught_up(queue, engine)
+    (primed,) = handed
+    assert queue.jobs.get(primed.id) is primed
+
+
+async def test_a_primed_job_whose_row_moved_on_is_read_from_its_row(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    # A job primed at attempt 0 but requeued (attempt 1) before the leader caught up: its row
+    # is the truth, not what its submit handed over.
+    await make_tenant(api)
+    queue = LeaderQueue()
+    await caught_up(queue, engine)
+    handed: list[PendingJob] = []
+    api.app[SUBMITS].on_queued = handed.append
+    assert (await api.post("/v1/jobs", json=job("moved"))).status == 201
+    (primed,) = handed
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE jobs SET attempt = 1, priority = 3"))
+    queue.prime(primed)
+    await caught_up(queue, engine)
+    held = queue.jobs.get(primed.id)
+    assert held is not None
+    assert held is not primed
+    assert (held.priority, queue.attempt(primed.id)) == (3, 1)
+
+
+async def test_jobs_primed_past_the_bound_are_still_queued_from_their_rows(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await make_tenant(api)
+    queue = LeaderQueue()
+    queue.MAX_PRIMED = 2
+    await caught_up(queue, engine)
+    handed: list[PendingJob] = []
+    api.app[SUBMITS].on_queued = handing(handed, queue)
+    for name in "abcde":
+        assert (await api.post("/v1/jobs", json=job(name))).status == 201
+    await caught_up(queue, engine)
+    assert sorted(queue.jobs, key=lambda j: j.id) == sorted(handed, key=lambda j: j.id)
+    assert sum(queue.jobs.get(j.id) is j for j in handed) == 2
 
 
 async def test_a_storm_of_conflicting_submits_cannot_starve_a_small_pool(

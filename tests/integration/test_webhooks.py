@@ -34,7 +34,7 @@ from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db import jobs as job_store
 from gateway.db import lifecycle
-from gateway.db.admission import PendingJobCache, run_cycle
+from gateway.db.admission import LeaderQueue, run_cycle
 from gateway.db.engine import make_engine
 from gateway.domain.lifecycle.decisions import Decision, Reason
 from gateway.domain.lifecycle.states import JobState
@@ -303,7 +303,7 @@ async def outbox(engine: AsyncEngine) -> list[tuple[str, str]]:
 
 
 async def admit(engine: AsyncEngine, nodes: tuple[Node, ...], clock: Clock) -> tuple[str, ...]:
-    result = await run_cycle(engine, nodes, PendingJobCache(), clock=clock, starvation_seconds=300)
+    result = await run_cycle(engine, nodes, LeaderQueue(), clock=clock, starvation_seconds=300)
     return result.admitted
 
 

@@ -179,10 +179,23 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
     found: list[str] = []
     nodes = {n.name: n for n in snap.nodes}
     jobs = {j.id: j for j in snap.pending}
-    # Each pending job exactly once, admitted or waiting.
+    # Each job considered exactly once, admitted or waiting; of each tenant, the first jobs of
+    # its queue that are not in backoff; at most one per tenant past the backfill window.
     seen = [a.job_id for a in plan.admitted] + [w.job_id for w in plan.waiting]
-    if sorted(seen) != sorted(jobs):
-        found.append(f"jobs in plan {sorted(seen)} != pending {sorted(jobs)}")
+    if len(seen) != len(set(seen)) or not set(seen) <= set(jobs):
+        found.append(f"jobs in plan {sorted(seen)} are not distinct pending jobs")
+    ready = sorted(
+        (j for j in snap.pending if j.not_before is None or j.not_before <= snap.now),
+        key=lambda j: (-j.priority, j.submitted_at, j.id),
+    )
+    for tenant in {j.tenant for j in ready}:
+        order = [j.id for j in ready if j.tenant == tenant]
+        taken = [job_id for job_id in order if job_id in set(seen)]
+        if taken != order[: len(taken)]:
+            found.append(f"tenant {tenant}: considered {taken}, not the head of {order}")
+    tenants_seen = {jobs[job_id].tenant for job_id in seen if job_id in jobs}
+    if len(plan.waiting) > len(tenants_seen) + snap.backfill:
+        found.append(f"{len(plan.waiting)} waiting jobs considered, past the backfill window")
     # Free capacity after existing holdings plus the plan's placements.
     cpu = {n.name: n.cpu_millis for n in snap.nodes}
     mem = {n.name: n.memory_bytes for n in snap.nodes}

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.admission import plan, queue_places
 from gateway.domain.scheduling.capacity import free_capacity
 from gateway.domain.scheduling.nodes import (
     GpuMode,
@@ -21,6 +21,7 @@ from gateway.domain.scheduling.nodes import (
     gpu_kind,
     node_admits,
 )
+from gateway.domain.scheduling.queue import AdmissionQueue
 from gateway.domain.scheduling.queueing import PendingJob, Snapshot, TenantState
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 from tests.unit.builders import GIB, snapshot, violations
@@ -224,14 +225,15 @@ def test_the_plan_does_not_depend_on_the_order_rows_arrive_in(snap: Snapshot, rn
 
 @SOME
 @given(snapshots())
-def test_waiting_positions_count_up_overall_and_within_each_tenant(snap: Snapshot) -> None:
-    result = plan(snap)
+def test_queue_places_count_up_overall_and_within_each_tenant(snap: Snapshot) -> None:
+    places = list(queue_places(snap, AdmissionQueue.of(snap.pending)))
     tenant_of = {j.id: j.tenant for j in snap.pending}
-    assert [w.position_overall for w in result.waiting] == list(range(1, len(result.waiting) + 1))
+    assert sorted(q.job_id for q in places) == sorted(tenant_of)
+    assert [q.position for q in places] == list(range(1, len(places) + 1))
     seen: Counter[str] = Counter()
-    for w in result.waiting:
-        seen[tenant_of[w.job_id]] += 1
-        assert w.position_in_tenant == seen[tenant_of[w.job_id]]
+    for q in places:
+        seen[tenant_of[q.job_id]] += 1
+        assert q.tenant_position == seen[tenant_of[q.job_id]]
 
 
 @SOME
@@ -263,7 +265,8 @@ def test_backoff_jobs_are_never_admitted(snap: Snapshot) -> None:
         j.id for j in snap.pending if j.not_before is not None and j.not_before > snap.now
     }
     assert not in_backoff & {a.job_id for a in result.admitted}
-    reasons = {w.job_id: w.reason for w in result.waiting}
+    assert not in_backoff & {w.job_id for w in result.waiting}
+    reasons = {q.job_id: q.reason for q in queue_places(snap, AdmissionQueue.of(snap.pending))}
     assert all(reasons[job_id] == "BackoffAfterEviction" for job_id in in_backoff)
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.domain.scheduling.admission import plan
+from gateway.domain.scheduling.admission import plan, queue_places
 from gateway.domain.scheduling.capacity import free_capacity
 from gateway.domain.scheduling.nodes import (
     GpuMode,
@@ -19,6 +19,7 @@ from gateway.domain.scheduling.nodes import (
     Toleration,
     tolerates,
 )
+from gateway.domain.scheduling.queue import AdmissionQueue
 from gateway.domain.scheduling.queueing import (
     AdmissionPlan,
     PendingJob,
@@ -427,6 +428,71 @@ def test_backfill_lets_a_later_small_job_past_a_blocked_big_one() -> None:
     assert admitted_ids(result) == ["small"]
 
 
+def test_a_job_waiting_for_its_quota_holds_back_lower_priorities_of_its_tenant() -> None:
+    # The big job needs the whole quota while small ones hold part of it: smaller jobs of lower
+    # priority would keep taking what it waits for, so they wait behind it.
+    snap = snapshot(
+        [node("n", cpu=64)],
+        [
+            job("big", pod(cpu=20), priority=200, submitted_at=5),
+            job("small", pod(cpu=1), priority=50, submitted_at=0),
+        ],
+        tenants=[tenant("t", cpu=20, usage=TenantUsage(cpu_millis=5000, running_jobs=5))],
+    )
+    result = decide(snap)
+    assert admitted_ids(result) == []
+    assert [w.job_id for w in result.waiting] == ["big"]
+    assert waiting(result, "big").reason is PendingReason.WAITING_FOR_QUOTA
+
+
+def test_jobs_of_equal_priority_pass_one_waiting_for_quota_until_it_starves() -> None:
+    pending = [
+        job("big", pod(cpu=20), submitted_at=0, queued_since=0),
+        job("small", pod(cpu=1), submitted_at=5),
+    ]
+    tenants = [tenant("t", cpu=20, usage=TenantUsage(cpu_millis=5000, running_jobs=5))]
+    fresh = snapshot([node("n", cpu=64)], pending, tenants=tenants, now=10)
+    assert admitted_ids(decide(fresh)) == ["small"]
+    starving = snapshot([node("n", cpu=64)], pending, tenants=tenants, now=10, starvation_seconds=5)
+    assert admitted_ids(decide(starving)) == []
+
+
+def test_other_tenants_are_not_held_back_by_one_tenants_quota() -> None:
+    snap = snapshot(
+        [node("n", cpu=64)],
+        [
+            job("a-big", pod(cpu=20), tenant="a", priority=200),
+            job("a-small", pod(cpu=1), tenant="a", priority=50),
+            job("b-small", pod(cpu=1), tenant="b", priority=50),
+        ],
+        tenants=[tenant("a", cpu=20, usage=TenantUsage(cpu_millis=5000)), tenant("b", cpu=20)],
+    )
+    assert admitted_ids(decide(snap)) == ["b-small"]
+
+
+def test_the_backfill_window_bounds_the_blocked_jobs_a_cycle_considers() -> None:
+    # Three tenants with ten jobs each that cannot fit, and one that fits at the back of "a".
+    pending = [
+        job(f"{t}{k}", pod(gpu=800), tenant=t, submitted_at=k) for t in "abc" for k in range(10)
+    ]
+    pending.append(job("a-fits", pod(gpu=100), tenant="a", submitted_at=99))
+    full = snapshot([node("n", gpus=4)], pending)
+    assert admitted_ids(decide(full)) == ["a-fits"]
+    narrow = replace(full, backfill=4)
+    result = decide(narrow)
+    assert admitted_ids(result) == []
+    # Every tenant's head, then four more: the window is shared in the cycle's order.
+    assert len(result.waiting) == 3 + 4
+    assert {"a0", "b0", "c0"} <= {w.job_id for w in result.waiting}
+
+
+def test_admitted_jobs_do_not_use_up_the_backfill_window() -> None:
+    pending = [job(f"j{k}", pod(gpu=100), submitted_at=k) for k in range(6)]
+    result = decide(replace(snapshot([node("n", gpus=4)], pending), backfill=0))
+    assert admitted_ids(result) == ["j0", "j1", "j2", "j3"]
+    assert [w.job_id for w in result.waiting] == ["j4"]
+
+
 def test_waiting_jobs_report_their_positions() -> None:
     snap = snapshot(
         [node("a", gpus=1)],
@@ -438,12 +504,20 @@ def test_waiting_jobs_report_their_positions() -> None:
             job("b2", pod(gpu=100), tenant="b", submitted_at=4, not_before=60),
         ],
         now=10,
+        tenants=[tenant("a", usage=TenantUsage(gpu_shares=100))],
     )
-    result = decide(snap)
-    assert admitted_ids(result) == ["a1"]
-    positions = [(w.job_id, w.position_in_tenant, w.position_overall) for w in result.waiting]
-    # After a1 is admitted tenant a holds a GPU, so b's head goes next; b2 is in backoff.
-    assert positions == [("b1", 1, 1), ("a2", 1, 2), ("a3", 2, 3), ("b2", 2, 4)]
+    places = [
+        (q.job_id, q.tenant_position, q.position, q.reason)
+        for q in queue_places(snap, AdmissionQueue.of(snap.pending))
+    ]
+    # Tenant a holds a GPU, so b's head goes first; b2 is in backoff, so it comes last.
+    assert places == [
+        ("b1", 1, 1, None),
+        ("a1", 1, 2, None),
+        ("a2", 2, 3, None),
+        ("a3", 3, 4, None),
+        ("b2", 2, 5, PendingReason.BACKOFF_AFTER_EVICTION),
+    ]
 
 
 # -- quota --------------------------------------------------------------------------------------
@@ -541,8 +615,10 @@ def test_an_evicted_job_waits_out_its_backoff(not_before: float | None, admitted
     result = decide(snap)
     assert bool(result.admitted) is admitted
     if not admitted:
-        assert waiting(result, "j").reason is PendingReason.BACKOFF_AFTER_EVICTION
-        assert waiting(result, "j").message == "evicted; back in the queue at 1970-01-01T00:01:41Z"
+        assert not result.waiting  # not considered while in backoff
+        (place,) = queue_places(snap, AdmissionQueue.of(snap.pending))
+        assert place.reason is PendingReason.BACKOFF_AFTER_EVICTION
+        assert place.message == "evicted; back in the queue at 1970-01-01T00:01:41Z"
 
 
 SMALL_JOB_CYCLES = 4  # how long each small job runs once admitted

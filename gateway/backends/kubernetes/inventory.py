@@ -33,6 +33,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
+from gateway.backends.base import NodeWatchers
 from gateway.backends.kubernetes.client import Kube
 from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
@@ -195,7 +196,7 @@ def foreign_usage(pods: Iterable[Mapping[str, Any]]) -> dict[str, Usage]:
     return held
 
 
-class NodeCache:
+class NodeCache(NodeWatchers):
     """Every node with its full allocatable, by name, read at most once per ``max_age`` seconds.
 
     The runtime reads readiness and GPU modes from it; the inventory, what nodes offer.
@@ -208,6 +209,7 @@ class NodeCache:
         max_age: float = DEFAULT_MAX_AGE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._kube = Kube(api)
         self._max_age = max_age
         self._clock = clock
@@ -226,6 +228,7 @@ class NodeCache:
                     nodes = (node_from_object(obj) for obj in objects)
                     self._nodes = {node.name: node for node in nodes if node is not None}
                     self._read_at = self._clock()
+                    self._seen(tuple(self._nodes[name] for name in sorted(self._nodes)))
         assert self._nodes is not None
         return self._nodes
 
@@ -253,6 +256,11 @@ class KubernetesInventory:
 
     def _fresh(self) -> bool:
         return self._nodes is not None and self._clock() - self._read_at < self._max_age
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Nodes added or changed, as the node cache lists them (the runtime reads it on every
+        reconciler pass, so a new node is noticed within a pass)."""
+        self.node_cache.on_change(callback)
 
     async def nodes(self) -> tuple[Node, ...]:
         if not self._fresh():

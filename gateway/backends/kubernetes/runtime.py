@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from kubernetes_asyncio.client import ApiClient
 
-from gateway.backends.base import Gang, PodStatus
+from gateway.backends.base import Gang, PodStatus, PodWatchers
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.creating import create_gang
 from gateway.backends.kubernetes.deleting import delete_object, object_path
@@ -37,8 +37,9 @@ __all__ = ["KubernetesRuntime"]
 MANAGED = f"{LABEL_MANAGED}={MANAGER}"
 
 
-class KubernetesRuntime:
-    """Muster's pods on a Kubernetes cluster; see the module docstring."""
+class KubernetesRuntime(PodWatchers):
+    """Muster's pods on a Kubernetes cluster; see the module docstring. Pods are polled
+    (``observe``): no ``on_change`` callback is called yet."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class KubernetesRuntime:
         cluster_domain: str | None = None,
         nodes: NodeCache | None = None,
     ) -> None:
+        super().__init__()
         self.api = api
         self.cluster_domain = cluster_domain
         self._kube = Kube(api)

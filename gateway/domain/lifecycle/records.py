@@ -87,8 +87,9 @@ class JobEvent:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ActiveJob:
     """An admitted or running job as the reconciler drives it: its attempt and the restarts it
-    spent, its stored spec, its tenant's namespace and the live placements of this attempt (in
-    pod-name order)."""
+    spent, its stored spec (None when the reader said it has it already: a stored spec never
+    changes), its tenant's namespace and the live placements of this attempt (in pod-name
+    order)."""
 
     id: str
     name: str
@@ -96,7 +97,7 @@ class ActiveJob:
     state: JobState
     attempt: int
     restarts: int
-    spec: Mapping[str, Any]
+    spec: Mapping[str, Any] | None
     admitted_at: datetime
     started_at: datetime | None
     namespace: str

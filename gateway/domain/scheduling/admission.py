@@ -1,10 +1,19 @@
 """Admission: which pending jobs start this cycle, and on which nodes.
 
-`plan(snapshot)` is a pure function from a `Snapshot` (nodes, Muster's holdings, tenants with quota
-and usage, pending jobs, the time) to an `AdmissionPlan` (the admitted gangs with a node and GPU
-slices for every pod, and every other job with a reason and its queue positions). The admission
-loop loads the snapshot, calls `plan()` and writes the plan in one transaction. The values live in
-`queueing.py`, node-level fit in `placement.py`, the words of every reason in `reasons.py`.
+`plan(snapshot, queue)` is a pure function from a `Snapshot` (nodes, Muster's holdings, tenants
+with quota and usage, the time) and the pending jobs in an `AdmissionQueue` to an `AdmissionPlan`
+(the admitted gangs with a node and GPU slices for every pod, and every other job it considered
+with the reason it waits). `queue_places` gives every queued job its positions, on its own
+schedule. The admission loop keeps the queue, loads the snapshot, calls `plan()` and writes the
+plan in one transaction. The values live in `queueing.py`, the queue in `queue.py`, node-level fit
+in `placement.py`, the words of every reason in `reasons.py`.
+
+What a cycle considers, so that its cost follows the tenants and what changed, never the depth of
+the queue: the tenants' heads, merged in order; after an admission, that tenant's next job; after
+a job that waits, that tenant's next job only while the cycle's backfill window
+(`Snapshot.backfill`) lasts. A tenant is done for the cycle when it is at its running-job cap, and
+when a job waits for its quota and its next job has a lower priority (that job would take the
+quota the first one waits for; once the first has starved, even equal priorities wait behind it).
 
 Invariants of every plan:
 
@@ -12,28 +21,33 @@ Invariants of every plan:
   passes the pod's selector, taints and GPU mode; a job that is not admitted has none.
 - No node is over-committed in CPU, memory or any GPU device's shares, counting existing holdings.
 - No tenant goes over its quota in CPU, memory, GPU shares or running jobs.
-- Every pending job appears exactly once, either admitted or waiting with a reason.
+- Every job considered appears exactly once, either admitted or waiting with a reason; the jobs
+  considered of each tenant are the first of its queue (jobs in backoff are never considered).
+- At most (tenants + backfill + admitted) jobs are considered.
 - Once a reservation is made for a starving job, no later job in the cycle is placed on its nodes.
 - Deterministic: jobs are taken in (priority, weighted dominant share, submitted_at, id) order and
-  nodes in name order, so the same snapshot always yields the same plan.
+  nodes in name order, so the same snapshot and jobs always yield the same plan.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from enum import Enum, auto
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
 from gateway.domain.scheduling.placement import ClusterState, Gang
+from gateway.domain.scheduling.queue import AdmissionQueue, merge_order
 from gateway.domain.scheduling.queueing import (
     Admission,
     AdmissionPlan,
     PendingJob,
     PendingReason,
     Placement,
+    QueuedAt,
     Snapshot,
     Waiting,
 )
@@ -47,9 +61,65 @@ from gateway.domain.scheduling.reasons import (
 )
 
 
-def plan(snapshot: Snapshot) -> AdmissionPlan:
-    """Decide one admission cycle. Pure: the same snapshot always yields the same plan."""
-    return _Cycle(snapshot).run()
+def plan(snapshot: Snapshot, queue: AdmissionQueue | None = None) -> AdmissionPlan:
+    """Decide one admission cycle. Pure: the same snapshot and queue always yield the same plan.
+
+    ``queue`` holds the pending jobs (the leader's incremental queue); without it they are
+    ``snapshot.pending``, queued from scratch. Both give the same plan for the same jobs.
+    """
+    if queue is None:
+        queue = AdmissionQueue.of(snapshot.pending)
+    return _Cycle(snapshot).run(queue)
+
+
+def queue_places(snapshot: Snapshot, queue: AdmissionQueue) -> Iterator[QueuedAt]:
+    """Where every job of ``queue`` stands: its position overall and in its tenant's queue, in
+    the order the next cycle would take them if it admitted none (the tenants' shares as
+    ``snapshot`` has them); jobs in backoff come last, soonest back first, with their reason."""
+    shares = _Cycle(snapshot).shares_now()
+    now = snapshot.now
+    in_tenant: dict[str, int] = {}
+    overall = 0
+    backoff: list[PendingJob] = []
+    for job, _ in merge_order(queue.tenants(), shares):
+        if job.not_before is not None and job.not_before > now:
+            backoff.append(job)
+            continue
+        overall += 1
+        place = in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
+        yield QueuedAt(job_id=job.id, position=overall, tenant_position=place)
+    backoff.sort(key=lambda job: (job.not_before or 0.0, -job.priority, job.submitted_at, job.id))
+    for job in backoff:
+        overall += 1
+        place = in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
+        # An absolute time, not a countdown: the message stays the same from one pass to the
+        # next, so the shell need not rewrite it.
+        back_at = datetime.fromtimestamp(job.not_before or 0.0, tz=UTC)
+        yield QueuedAt(
+            job_id=job.id,
+            position=overall,
+            tenant_position=place,
+            reason=PendingReason.BACKOFF_AFTER_EVICTION,
+            message=f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
+        )
+
+
+def _next_ready(jobs: Sequence[PendingJob], start: int, now: float) -> int | None:
+    """The position of the first job at or after ``start`` that is not in backoff."""
+    for position in range(start, len(jobs)):
+        not_before = jobs[position].not_before
+        if not_before is None or not_before <= now:
+            return position
+    return None
+
+
+class _Outcome(Enum):
+    """What considering one job did, for the walk over its tenant's queue."""
+
+    ADMITTED = auto()
+    OVER_QUOTA = auto()  # its tenant's quota is short of it
+    TENANT_STOPPED = auto()  # nothing more of its tenant can be admitted this cycle
+    BLOCKED = auto()  # it waits for nodes (or has no pods)
 
 
 _CPU = attrgetter("cpu_millis")
@@ -97,43 +167,59 @@ class _Cycle:
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
 
-    def run(self) -> AdmissionPlan:
+    def run(self, queue: AdmissionQueue) -> AdmissionPlan:
         snapshot = self.snapshot
-        # 1. Heads: one queue per tenant, best first. Jobs still in backoff sit this cycle out.
-        queues: dict[str, list[PendingJob]] = {}
-        backoff: list[PendingJob] = []
-        for job in snapshot.pending:
-            if job.not_before is not None and job.not_before > snapshot.now:
-                backoff.append(job)
-            else:
-                queues.setdefault(job.tenant, []).append(job)
-        for queue in queues.values():
-            queue.sort(key=lambda job: (-job.priority, job.submitted_at, job.id))
+        now = snapshot.now
+        tenants = queue.tenants()
+        # 1. Heads: each tenant's first job out of backoff, in the tenant's queue order.
         # 2. Snapshot: the working copy of free capacity (built in __init__) and of tenant usage,
         #    both updated as jobs are assumed admitted, so later entries see earlier ones.
-        #
         # 3. Order: a heap over the tenant heads, keyed on (priority, weighted dominant share,
         #    submitted_at, id). The share moves with every admission, so the heap is re-keyed one
         #    tenant at a time instead of sorting every job once: two tenants of equal weight with
         #    long queues then take turns.
-        heap = [self._head_key(name, queue, 0) for name, queue in sorted(queues.items())]
+        heap = []
+        for name in sorted(tenants):
+            first = _next_ready(tenants[name], 0, now)
+            if first is not None:
+                heap.append(self._head_key(name, tenants[name], first))
         heapify(heap)
+        backfill = snapshot.backfill
         while heap:
             *_, position, name = heappop(heap)
-            queue = queues[name]
-            job = queue[position]
+            jobs = tenants[name]
+            job = jobs[position]
             # 4. Nominate and 5. process the entry: admit it, or record why it waits.
-            self._consider(job)
-            if position + 1 < len(queue):
-                heappush(heap, self._head_key(name, queue, position + 1))
-        # 6. Requeue the rest: every job not admitted waits, with a reason and its positions.
-        return self._finish(backoff)
+            outcome = self._consider(job)
+            following = _next_ready(jobs, position + 1, now)
+            if following is None or outcome is _Outcome.TENANT_STOPPED:
+                continue
+            if outcome is _Outcome.OVER_QUOTA:
+                # The tenant's quota is what this job waits for: its jobs of lower priority would
+                # take it first, so they wait behind it (those of equal priority may pass it,
+                # until it starves: then none may).
+                floor = job.priority + 1 if self._starving(job) else job.priority
+                if jobs[following].priority < floor:
+                    continue
+            if outcome is not _Outcome.ADMITTED:
+                # Each tenant's head is considered; past it, a blocked job costs the backfill
+                # window, so a cycle looks at (tenants + window + admitted) jobs at most.
+                if backfill <= 0:
+                    continue
+                backfill -= 1
+            heappush(heap, self._head_key(name, jobs, following))
+        # 6. Every job considered and not admitted waits, with a reason.
+        return self._finish()
 
     def _head_key(
-        self, name: str, queue: list[PendingJob], position: int
+        self, name: str, jobs: Sequence[PendingJob], position: int
     ) -> tuple[int, float, float, str, int, str]:
-        job = queue[position]
+        job = jobs[position]
         return (-job.priority, self._share(name), job.submitted_at, job.id, position, name)
+
+    def shares_now(self) -> dict[str, float]:
+        """Every tenant's weighted dominant share before this cycle admits anything."""
+        return {name: self._share(name) for name in self.snapshot.tenants}
 
     def _share(self, name: str) -> float:
         """Weighted dominant-resource share: the largest fraction of the cluster held, / weight."""
@@ -159,23 +245,23 @@ class _Cycle:
 
     # -- 4 and 5: one entry -----------------------------------------------------------------------
 
-    def _consider(self, job: PendingJob) -> None:
+    def _consider(self, job: PendingJob) -> _Outcome:
         tenant = self.snapshot.tenants.get(job.tenant)
         used = self.usage.get(job.tenant)
         if tenant is None or used is None:
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, f"tenant {job.tenant} has no quota")
-            return
+            return _Outcome.TENANT_STOPPED
         quota = tenant.quota
         # A tenant at its running-job cap is skipped before any per-pod work.
         if not quota.runs_another(used):
             capped = at_running_cap(job.tenant, used, quota)
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, capped)
-            return
+            return _Outcome.TENANT_STOPPED
         pods = job.pods
         if not pods:
             # Admitting an empty gang would start nothing and hold a running-job slot forever.
             self._wait(job, PendingReason.FRAGMENTED, "the job has no pods to place")
-            return
+            return _Outcome.BLOCKED
         totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
         cpu, mem, gpu = totals
         demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
@@ -183,7 +269,7 @@ class _Cycle:
             short = quota.short_of(used, demand)
             over = over_quota(job.tenant, short) if short is not None else ""
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
-            return
+            return _Outcome.OVER_QUOTA
         cluster = self.cluster
         free = cluster.capacity
         # Cheap rejection on the free sums, before looking at single pods.
@@ -195,19 +281,20 @@ class _Cycle:
         fits_all = gpu <= free.free_gpu and cpu <= free.free_cpu and mem <= free.free_mem
         if not fits_all or cluster.surely_fails(pods):
             self._blocked(job, totals, None)
-            return
+            return _Outcome.BLOCKED
         gang = cluster.gang_of(pods)
         if fits_open:
             hits = cluster.place_gang(gang, honor=True)
             if hits is not None:
                 cluster.commit()
                 self._admit(job, demand, gang.order, hits)
-                return
+                return _Outcome.ADMITTED
         if free.any_blocked and cluster.place_gang(gang, honor=False) is not None:
             cluster.rollback()
             self._wait(job, PendingReason.RESERVED, self._reserved_message(job))
-            return
+            return _Outcome.BLOCKED
         self._blocked(job, totals, gang)
+        return _Outcome.BLOCKED
 
     def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
         """The job does not fit now; why is settled at the end. A starving one may reserve."""
@@ -338,23 +425,9 @@ class _Cycle:
 
     # -- 6: the rest ------------------------------------------------------------------------------
 
-    def _finish(self, backoff: list[PendingJob]) -> AdmissionPlan:
-        # Jobs in backoff were not taken this cycle; they queue behind, soonest back first.
-        for job in sorted(
-            backoff,
-            key=lambda job: (job.not_before or 0.0, -job.priority, job.submitted_at, job.id),
-        ):
-            # An absolute time, not a countdown: the message stays the same from one cycle to
-            # the next, so the shell need not rewrite it every cycle.
-            back_at = datetime.fromtimestamp(job.not_before or 0.0, tz=UTC)
-            self._wait(
-                job,
-                PendingReason.BACKOFF_AFTER_EVICTION,
-                f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
-            )
+    def _finish(self) -> AdmissionPlan:
         # Many blocked jobs share a shape; the end state is fixed, so their reason is too.
         cache: dict[object, tuple[PendingReason, str]] = {}
-        in_tenant: dict[str, int] = {}
         waiting: list[Waiting] = []
         for index, job in enumerate(self.waiting_jobs):
             reason = self.waiting_reasons[index]
@@ -364,16 +437,7 @@ class _Cycle:
                     job, self.blocked_totals[index], self.blocked_gangs.get(index), cache
                 )
                 message += self.blocked_notes.get(index, "")
-            position = in_tenant[job.tenant] = in_tenant.get(job.tenant, 0) + 1
-            waiting.append(
-                Waiting(
-                    job_id=job.id,
-                    reason=reason,
-                    message=message,
-                    position_in_tenant=position,
-                    position_overall=index + 1,
-                )
-            )
+            waiting.append(Waiting(job_id=job.id, reason=reason, message=message))
         return AdmissionPlan(
             admitted=tuple(self.admitted),
             waiting=tuple(waiting),

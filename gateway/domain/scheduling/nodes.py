@@ -79,6 +79,14 @@ class Node:
     gpu_devices: int = 0
 
 
+def newly_offered(before: Iterable[Node], after: Iterable[Node]) -> tuple[str, ...]:
+    """The names of nodes in ``after`` that ``before`` did not have as they are now: added, or
+    changed (back to Ready, more allocatable, other labels or taints). Any of them may admit a
+    job that could not be admitted before; a node that only went away cannot."""
+    known = {node.name: node for node in before}
+    return tuple(sorted(node.name for node in after if known.get(node.name) != node))
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Holding:
     """What one admitted or running Muster pod already holds on a node."""

@@ -10,7 +10,7 @@ Invariants of the values (`admission.py` keeps those of the decisions):
 - Resource amounts are integers in Muster's units: CPU in millicores, memory in bytes, GPU in
   shares (`nodes.SHARES_PER_DEVICE` to a device).
 - A job's pods are in the job's pod order, and an `Admission` lists its placements in that order.
-- Queue positions in a `Waiting` are 1-based, in the order the cycle took the jobs.
+- Queue positions in a `QueuedAt` are 1-based.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class PendingReason(StrEnum):
     FRAGMENTED = "Fragmented"
     RESERVED = "Reserved"
     BACKOFF_AFTER_EVICTION = "BackoffAfterEviction"
+    # Not yet considered: earlier jobs of its tenant come first (see admission.py).
+    QUEUED = "Queued"
+
+
+#: Blocked jobs a cycle considers past the tenants' heads (``admission.py``).
+DEFAULT_BACKFILL = 256
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,8 +66,10 @@ class Snapshot:
     nodes: tuple[Node, ...]
     holdings: tuple[Holding, ...] = ()
     tenants: Mapping[str, TenantState]
-    pending: tuple[PendingJob, ...]
+    # The pending jobs, for a plan from scratch; the leader's cycles pass their AdmissionQueue.
+    pending: tuple[PendingJob, ...] = ()
     starvation_seconds: float
+    backfill: int = DEFAULT_BACKFILL
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -91,16 +99,28 @@ class Admission:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Waiting:
+    """A job a cycle considered and did not admit, and why."""
+
     job_id: str
     reason: PendingReason
     message: str
-    position_in_tenant: int  # 1-based, among waiting jobs, in the order the cycle took them
-    position_overall: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueuedAt:
+    """Where a queued job stands (1-based, overall and among its tenant's jobs); for a job that
+    no cycle considers now (in backoff), the reason it waits."""
+
+    job_id: str
+    position: int
+    tenant_position: int
+    reason: PendingReason | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AdmissionPlan:
     admitted: tuple[Admission, ...]  # in the order they were admitted
-    waiting: tuple[Waiting, ...]  # in position order
+    waiting: tuple[Waiting, ...]  # the jobs considered and not admitted, in the order taken
     reserved_nodes: tuple[str, ...] = ()  # sorted
     reserved_for: str | None = None  # the starving job the reservation holds nodes for

@@ -1,0 +1,26 @@
+"""``woken``: a deadline on an event wait that never loses a cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.waits import woken
+
+
+async def test_a_cancel_that_arrives_as_the_event_is_set_still_cancels() -> None:
+    event = asyncio.Event()
+    waiting = asyncio.create_task(woken(event, 3600))
+    await asyncio.sleep(0)  # it waits now
+    event.set()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_it_says_whether_the_event_was_set_before_the_deadline() -> None:
+    event = asyncio.Event()
+    assert await woken(event, 0.001) is False
+    event.set()
+    assert await woken(event, 0) is True
