@@ -30,14 +30,25 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli_token import own_token
-from gateway.client import Client, load_document
+from gateway.client import Client, load_documents
 from gateway.domain.lifecycle.states import JobState
-from gateway.errors import ApiProblem, BadDocument, ConfigError, Unproven, Unreachable
+from gateway.errors import (
+    ApiProblem,
+    BadDocument,
+    ConfigError,
+    JobsRefused,
+    Unproven,
+    Unreachable,
+)
 from gateway.settings import DEFAULT_URL, ClientSettings
 
 Command = Callable[[Client, argparse.Namespace], None]
 
+
 EVENTS_SHOWN = 10
+
+#: Jobs sent in one POST /v1/jobs:batch (the API's bound).
+BATCH_SIZE = 1000
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,11 +70,21 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         sub.set_defaults(handler=handler)
         return sub
 
-    submit = command("submit", _submit, "submit a Muster job spec or a Kubeflow TFJob")
-    submit.add_argument("file", metavar="FILE", help="the spec, YAML or JSON; - reads stdin")
+    submit = command(
+        "submit", _submit, "submit Muster job specs or Kubeflow TFJobs (several: in batches)"
+    )
+    submit.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a spec, YAML (documents separated by ---) or JSON; - reads stdin",
+    )
     submit.add_argument("--tenant", help="the tenant, for a spec or TFJob that names none")
     submit.add_argument(
-        "--idempotency-key", metavar="KEY", help="resubmitting with the same key returns the job"
+        "--idempotency-key",
+        metavar="KEY",
+        help="resubmitting with the same key returns the job; with several jobs, job N gets "
+        "KEY-N (from 1)",
     )
 
     jobs = command("jobs", _jobs, "list jobs, oldest first", with_json=True)
@@ -104,22 +125,62 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _submit(client: Client, args: argparse.Namespace) -> None:
-    source = "standard input" if args.file == "-" else args.file
-    try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
-    except (OSError, ValueError) as exc:
-        raise BadDocument(f"cannot read {source}: {exc}") from exc
-    document = load_document(text, source)
-    query_tenant = None
-    if document.get("kind") == "TFJob":
-        # A TFJob has no tenant field: it travels in the query.
-        query_tenant = args.tenant
-    elif args.tenant is not None:
-        named = document.setdefault("tenant", args.tenant)
-        if named != args.tenant:
-            raise BadDocument(f"{source} names tenant {named!r} but --tenant says {args.tenant!r}")
-    job = client.submit_job(document, tenant=query_tenant, idempotency_key=args.idempotency_key)
-    print(f"submitted {job['name']} as {job['id']} ({job['state']})")
+    documents: list[tuple[str, dict[str, Any]]] = []
+    for file in args.files:
+        source = "standard input" if file == "-" else file
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text("utf-8")
+        except (OSError, ValueError) as exc:
+            raise BadDocument(f"cannot read {source}: {exc}") from exc
+        found = load_documents(text, source)
+        for number, document in enumerate(found, start=1):
+            where = source if len(found) == 1 else f"{source} (document {number})"
+            documents.append((where, _with_tenant(document, args.tenant, where)))
+    # A TFJob has no tenant field: it travels in the query.
+    query_tenant = args.tenant if any(d.get("kind") == "TFJob" for _, d in documents) else None
+    if len(documents) == 1:
+        job = client.submit_job(
+            documents[0][1], tenant=query_tenant, idempotency_key=args.idempotency_key
+        )
+        print(f"submitted {job['name']} as {job['id']} ({job['state']})")
+        return
+    refused = 0
+    for start in range(0, len(documents), BATCH_SIZE):
+        chunk = documents[start : start + BATCH_SIZE]
+        items = [
+            {"job": document}
+            | (
+                {"idempotency_key": f"{args.idempotency_key}-{start + n}"}
+                if args.idempotency_key
+                else {}
+            )
+            for n, (_, document) in enumerate(chunk, start=1)
+        ]
+        answer = client.submit_batch(items, tenant=query_tenant)
+        for (where, _), item in zip(chunk, answer["items"], strict=True):
+            if item["job"] is not None:
+                job = item["job"]
+                print(f"submitted {job['name']} as {job['id']} ({job['state']})")
+                continue
+            refused += 1
+            problem = item["problem"]
+            lines = [f"muster: {where}: {problem['title']}: {problem.get('detail', '')}"]
+            lines += [
+                f"  {error.get('pointer') or '(root)'}: {error.get('detail', '')}"
+                for error in problem.get("errors", ())
+            ]
+            print("\n".join(lines), file=sys.stderr)
+    if refused:
+        raise JobsRefused(f"{refused} of {len(documents)} jobs were not submitted")
+
+
+def _with_tenant(document: dict[str, Any], tenant: str | None, where: str) -> dict[str, Any]:
+    """A spec with ``--tenant`` filled in where it names none (a TFJob is left as it is)."""
+    if document.get("kind") != "TFJob" and tenant is not None:
+        named = document.setdefault("tenant", tenant)
+        if named != tenant:
+            raise BadDocument(f"{where} names tenant {named!r} but --tenant says {tenant!r}")
+    return document
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> None:
@@ -321,7 +382,7 @@ def run_client(args: argparse.Namespace) -> int:
     except (ConfigError, Unproven) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 2
-    except BadDocument as exc:
+    except (BadDocument, JobsRefused) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 1
     except ApiProblem as exc:

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -31,28 +31,29 @@ CHUNK = 64 * 1024
 Query = Mapping[str, str | int | None]
 
 
-def load_document(text: str, source: str) -> dict[str, Any]:
-    """A job spec or TFJob manifest: JSON when it parses as JSON, else YAML; returned as JSON data.
-
-    YAML values JSON lacks (dates, timestamps) become their text, as Kubernetes would read them.
-    """
+def load_documents(text: str, source: str) -> list[dict[str, Any]]:
+    """Every job spec or TFJob manifest of a file: one JSON document, or YAML documents separated
+    by ``---`` (empty ones skipped), each returned as JSON data."""
     try:
-        document = json.loads(text)
+        loaded = [json.loads(text)]
     except ValueError:
         try:
-            document = yaml.safe_load(text)
+            loaded = [doc for doc in yaml.safe_load_all(text) if doc is not None]
         except yaml.YAMLError as exc:
             raise BadDocument(f"{source} is neither JSON nor YAML: {exc}") from exc
-    if document is None:
+    if not loaded or loaded == [None]:
         raise BadDocument(f"{source} is empty")
-    if not isinstance(document, dict):
-        kind = type(document).__name__
-        raise BadDocument(f"{source} must hold one job spec or TFJob (a mapping), not a {kind}")
-    try:
-        data: dict[str, Any] = json.loads(json.dumps(document, default=str))
-    except (TypeError, ValueError) as exc:
-        raise BadDocument(f"{source} cannot be sent as JSON: {exc}") from exc
-    return data
+    documents = []
+    for number, document in enumerate(loaded, start=1):
+        where = source if len(loaded) == 1 else f"{source} (document {number})"
+        if not isinstance(document, dict):
+            kind = type(document).__name__
+            raise BadDocument(f"{where} must hold one job spec or TFJob (a mapping), not a {kind}")
+        try:
+            documents.append(json.loads(json.dumps(document, default=str)))
+        except (TypeError, ValueError) as exc:
+            raise BadDocument(f"{where} cannot be sent as JSON: {exc}") from exc
+    return documents
 
 
 def is_loopback(host: str | None) -> bool:
@@ -189,6 +190,13 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self._json(
             "POST", "/v1/jobs", query={"tenant": tenant}, body=document, headers=headers
+        )
+
+    def submit_batch(self, items: Sequence[Mapping[str, Any]], *, tenant: str | None = None) -> Any:
+        """POST /v1/jobs:batch: ``items`` are ``{"job": ..., "idempotency_key": ...}`` (at most
+        1,000); the answer holds one item per job, in order."""
+        return self._json(
+            "POST", "/v1/jobs:batch", query={"tenant": tenant}, body={"jobs": list(items)}
         )
 
     def list_jobs(

@@ -36,6 +36,8 @@ RFC 9457 problem responses (the status is on the right; anything else is a logge
     │   └── TooManyRequests          a limit is reached; carries Retry-After                   429
     ├── BadDocument                  command line: the file to submit is not one JSON or    exit 1
     │                                YAML mapping
+    ├── JobsRefused                  command line: the gateway refused some jobs of a batch  exit 1
+    │                                (each refusal was printed as it came)
     ├── ProofRefused                 command line: a server's answer to the issuer-key
     │                                challenge is no proof (becomes Unproven)
     └── RequestFailed                command line: a request to the gateway did not succeed
@@ -78,6 +80,7 @@ __all__ = [
     "Forbidden",
     "InvalidToken",
     "IssuerUnavailable",
+    "JobsRefused",
     "KubernetesAlreadyExists",
     "KubernetesConflict",
     "KubernetesError",
@@ -293,6 +296,10 @@ class TooManyRequests(ClientError):
 
 class BadDocument(MusterError):
     """The file to submit is not one JSON or YAML mapping."""
+
+
+class JobsRefused(MusterError):
+    """Some jobs of a batch were refused; each refusal was printed as it came."""
 
 
 class ProofRefused(MusterError):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.domain.scheduling.queueing import DEFAULT_BACKFILL
 from gateway.domain.webhooks import DEFAULT_RETRY_SCHEDULE
 from gateway.errors import ConfigError
 
@@ -87,6 +88,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
     return value
 
 
@@ -242,6 +250,15 @@ class ApiSettings:
             "MUSTER_MAX_BODY_BYTES", "largest request body accepted (bytes)", parse=_positive_int
         ),
     )
+    max_batch_body_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=_env(
+            "MUSTER_MAX_BATCH_BODY_BYTES",
+            "largest body of a batch of jobs (POST /v1/jobs:batch, up to 1,000 jobs) accepted "
+            "(bytes)",
+            parse=_positive_int,
+        ),
+    )
     header_timeout: float = field(
         default=10.0,
         metadata=_env(
@@ -321,7 +338,21 @@ class BackendSettings:
     )
     nodes_file: Path | None = field(
         default=None,
-        metadata=_env("MUSTER_NODES_FILE", "YAML node list for the static backend", parse=Path),
+        metadata=_env(
+            "MUSTER_NODES_FILE",
+            "YAML node list for the static backend (read again on SIGHUP)",
+            parse=Path,
+        ),
+    )
+    simulate_runs: bool = field(
+        default=False,
+        metadata=_env(
+            "MUSTER_SIMULATE_RUNS",
+            "static backend: simulate each replica instead of only planning (`sleep N` runs N "
+            "seconds and succeeds; `true`/`false` exit at once; anything else runs until "
+            "deleted), for benchmarks and demos",
+            parse=_bool,
+        ),
     )
 
 
@@ -572,7 +603,8 @@ class WebhookSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AdmissionSettings:
-    """How often the leader's admission loop runs, and when a blocked job gets reservations."""
+    """How often the leader's admission loop runs, how far it looks past the heads, and when a
+    blocked job gets reservations."""
 
     interval: float = field(
         default=2.0,
@@ -588,6 +620,15 @@ class AdmissionSettings:
             "MUSTER_STARVATION_SECONDS",
             "how long a blocked job at the head waits before nodes are reserved for it",
             parse=_positive_float,
+        ),
+    )
+    backfill: int = field(
+        default=DEFAULT_BACKFILL,
+        metadata=_env(
+            "MUSTER_ADMISSION_BACKFILL",
+            "blocked jobs one admission cycle looks at past each tenant's first (the backfill "
+            "window); a cycle's cost follows the tenants and this, not the queue's length",
+            parse=_non_negative_int,
         ),
     )
 

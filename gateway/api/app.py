@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.api import (
     admin,
+    batches,
     cluster,
     connections,
     events,
@@ -66,11 +67,12 @@ def make_app(
     """The application. ``is_leader``, ``collectors`` and ``on_queued`` come from the loops'
     runtime (``gateway.loops.runtime``) where it runs: whether this process leads, the loops'
     metrics, and who is told of each job this process queues."""
-    # aiohttp's own limit is a backstop; read_json enforces ours with a clearer message.
+    # aiohttp's own limit is a backstop; read_json enforces ours (the larger one for a batch of
+    # jobs) with a clearer message.
     # The request-id middleware is outermost, so even problem responses carry X-Request-ID.
     app = web.Application(
         middlewares=[observability_middleware, problems_middleware, auth_middleware],
-        client_max_size=settings.api.max_body_bytes + 1,
+        client_max_size=max(settings.api.max_body_bytes, settings.api.max_batch_body_bytes) + 1,
         handler_args=connections.handler_args(settings),  # the idle and unread-body deadlines
     )
     app[REQUEST_DURATION] = request_duration_histogram()
@@ -90,6 +92,7 @@ def make_app(
     app[service.ISSUER_CACHE] = {}
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
+    app.add_routes(batches.routes)
     app.add_routes(admin.routes)
     app.add_routes(cluster.routes)
     app.add_routes(webhooks.routes)

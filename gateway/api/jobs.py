@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -32,8 +33,9 @@ from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfj
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
 from gateway.domain.problems import FieldProblem
+from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.reasons import never_fits_nodes
-from gateway.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from gateway.errors import BadRequest, ClientError, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -42,12 +44,65 @@ routes = web.RouteTableDef()
 async def submit_job(request: web.Request) -> web.Response:
     body = await read_document(request, request.app[SETTINGS].api.max_body_bytes)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
+    if key is not None and not idempotency_key_ok(key):
         raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
     unknown = sorted(set(request.query) - {"tenant"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     require_role(request)
+    checked = await check_submit(request, body)
+    try:
+        submitted = await request.app[SUBMITS].submit(
+            checked.spec,
+            body_hash=request_hash(body) if key is not None else "",
+            idempotency_key=key,
+            actor=actor(request),
+            pods=checked.pods,
+        )
+    except ValidationFailed as exc:
+        if checked.manifest is None:
+            raise
+        raise checked.refusal(exc) from exc
+    if submitted.created:
+        request.app[NOTIFIER].poke()
+    return json_response(
+        job_view(submitted.job),
+        status=201 if submitted.created else 200,
+        headers={"Location": f"/v1/jobs/{submitted.job.id}"},
+    )
+
+
+def idempotency_key_ok(key: str) -> bool:
+    """An Idempotency-Key is 1 to 255 printable characters (header or batch item alike)."""
+    return 0 < len(key) <= 255 and key.isprintable()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CheckedSubmit:
+    """A job that passed every check of a submit made before anything is written: the spec and
+    pods to write and, for a TFJob, the manifest (without its namespace) and tenant its
+    refusals point into."""
+
+    spec: JobSpec
+    pods: tuple[PodRequest, ...]
+    manifest: dict[str, Any] | None = None
+    tenant: str | None = None
+
+    def refusal(self, exc: ClientError) -> ClientError:
+        """``exc``, the cluster's or the tenant's limits refusing the job; for a TFJob, pointing
+        into the manifest the client sent (a TFJob has no priority of its own, so a priority
+        problem points at the whole manifest)."""
+        if self.manifest is None or not isinstance(exc, ValidationFailed):
+            return exc
+        relocated = relocate_problems(self.manifest, exc.problems, tenant=self.tenant)
+        return ValidationFailed(relocated, detail=exc.detail)
+
+
+async def check_submit(request: web.Request, body: Any) -> CheckedSubmit:
+    """The checks of one submitted job (``body``, a job spec or a TFJob), each raising its
+    refusal: its tenant and the caller's role there, its shape against the OpenAPI schema and
+    its meaning in the core, the callback's address, and the cluster's nodes. POST /v1/jobs
+    makes them for its body, POST /v1/jobs:batch for each of its jobs."""
     missing_tenant = None
     tfjob = is_tfjob(body)
     if tfjob:
@@ -72,35 +127,18 @@ async def submit_job(request: web.Request) -> web.Response:
         if tfjob:  # point into the manifest the client sent
             problems = relocate_problems(_without_namespace(body), problems, tenant=tenant)
         raise ValidationFailed(problems)
-    pods = pod_requests(meaning)
-    try:
-        # A job that can never run is refused before any statement; its tenant's quota is read
-        # with the tenant's row, when the job is written.
-        impossible = never_fits_nodes(pods, await request.app[INVENTORY].nodes())
-        if impossible:
-            raise never_runs(impossible)
-        submitted = await request.app[SUBMITS].submit(
-            meaning,
-            body_hash=request_hash(body) if key is not None else "",
-            idempotency_key=key,
-            actor=actor(request),
-            pods=pods,
-        )
-    except ValidationFailed as exc:
-        if not tfjob:
-            raise
-        # The cluster or the tenant's limits refuse the job: point into the manifest the client
-        # sent (a TFJob has no priority of its own, so a priority problem points at the whole
-        # manifest).
-        relocated = relocate_problems(_without_namespace(body), exc.problems, tenant=tenant)
-        raise ValidationFailed(relocated, detail=exc.detail) from exc
-    if submitted.created:
-        request.app[NOTIFIER].poke()
-    return json_response(
-        job_view(submitted.job),
-        status=201 if submitted.created else 200,
-        headers={"Location": f"/v1/jobs/{submitted.job.id}"},
+    checked = CheckedSubmit(
+        spec=meaning,
+        pods=pod_requests(meaning),
+        manifest=_without_namespace(body) if tfjob else None,
+        tenant=tenant,
     )
+    # A job that can never run is refused before any statement; its tenant's quota is read with
+    # the tenant's row, when the job is written.
+    impossible = never_fits_nodes(checked.pods, await request.app[INVENTORY].nodes())
+    if impossible:
+        raise checked.refusal(never_runs(impossible))
+    return checked
 
 
 @routes.get("/v1/jobs")

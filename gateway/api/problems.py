@@ -37,6 +37,27 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return body
+
+
 def problem_response(
     status: int,
     title: str,
@@ -47,39 +68,37 @@ def problem_response(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    if instance:
-        body["instance"] = instance
-    body.update(extra or {})
     return web.Response(
         status=status,
-        text=json.dumps(body),
+        text=json.dumps(
+            problem_document(status, title, detail, slug=slug, instance=instance, extra=extra)
+        ),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
     )
 
 
-def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
+def client_problem(exc: ClientError, instance: str | None = None) -> dict[str, Any]:
+    """The problem document of a client error: the body of its response, and the answer of one
+    job of a batch (``gateway.api.batches``)."""
     extra: dict[str, Any] = {}
-    headers: dict[str, str] = {}
     if isinstance(exc, ValidationFailed):
         extra["errors"] = [{"pointer": p.pointer, "detail": p.detail} for p in exc.problems]
+    return problem_document(
+        exc.status, exc.title, exc.detail, slug=exc.slug, instance=instance, extra=extra
+    )
+
+
+def from_client_error(exc: ClientError, instance: str | None) -> web.Response:
+    headers: dict[str, str] = {}
     if isinstance(exc, TooManyRequests):
         headers["Retry-After"] = str(exc.retry_after_seconds)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = www_authenticate(exc)
-    response = problem_response(
-        exc.status,
-        exc.title,
-        exc.detail,
-        slug=exc.slug,
-        instance=instance,
-        extra=extra,
+    response = web.Response(
+        status=exc.status,
+        text=json.dumps(client_problem(exc, instance)),
+        content_type=PROBLEM_CONTENT_TYPE,
         headers=headers,
     )
     if isinstance(exc, RequestTimeout):

@@ -8,10 +8,14 @@ its event. Under load this costs PostgreSQL about a third of what one statement 
 the gateway less than half (bench/api.py); an idle gateway writes a lone submit at once, without
 waiting for company.
 
+``Submits.submit_together`` writes the jobs of one batch request (``POST /v1/jobs:batch``) in a
+transaction of their own: the same statement inserts every job it can, the careful path answers
+the others on the same transaction, and the lot commits or rolls back together.
+
 Invariants:
 
 - A job and its 'submitted' event are written by one statement, so neither exists without the
-  other; a batch commits or rolls back whole.
+  other; a batch statement commits or rolls back whole.
 - A submit the batch did not insert (``ON CONFLICT DO NOTHING`` skipped it, its tenant is missing
   or too small, its priority is above the tenant's ceiling, or the batch statement failed on
   PostgreSQL's side) is retried alone on the careful path, which either inserts it or says
@@ -20,6 +24,12 @@ Invariants:
   ``close`` waits for those in flight, so none is cut off by shutdown.
 - max_queued_jobs is kept by queue slots (see ``gateway.db.models``): submits of one tenant never
   wait for each other's locks.
+- A batch request's jobs commit together or not at all (a failure anywhere in its transaction
+  writes none of them), and each gets the answer ``submit`` would give it alone, submitted in the
+  batch's order: a tenant's free queue slots go to its first jobs, so past the queued cap the
+  answers are 429 from the first job that finds none (batch requests of one tenant take turns;
+  against single submits arriving at the same moment, who gets the last slots is a race, as
+  between single submits). Its jobs reach ``on_queued`` after the commit, never before.
 """
 
 from __future__ import annotations
@@ -27,57 +37,49 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.db.careful_submit import (
+    QUOTA,
+    JobRow,
+    JobToWrite,
+    Missed,
+    Submission,
+    Submitted,
+    by_keys,
+    check_tenant,
+    free_slots,
+    insert_carefully,
+    job_to_write,
+    never_runs,
+    replay,
+    why_not_written,
+)
 from gateway.db.engine import driver_connection
-from gateway.db.mapping import job_of, quota_of
-from gateway.db.transitions import JOB_COLUMNS, SUBMIT, SUBMIT_BATCH
-from gateway.domain.jobs.spec import JobSpec, to_document
-from gateway.domain.lifecycle.records import Job
-from gateway.domain.problems import FieldProblem
+from gateway.db.mapping import job_of
+from gateway.db.transitions import SUBMIT_BATCH
+from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.scheduling.nodes import PodRequest
-from gateway.domain.scheduling.priority import above_ceiling
 from gateway.domain.scheduling.queueing import PendingJob
-from gateway.domain.scheduling.reasons import never_fits_quota
-from gateway.errors import Conflict, TooManyRequests, ValidationFailed
-from gateway.jsontext import json_text
+from gateway.errors import (
+    ClientError,
+    Conflict,
+    DatabaseUnavailable,
+    TooManyRequests,
+    ValidationFailed,
+)
+
+__all__ = ["Submission", "Submits", "Submitted", "never_runs", "request_hash"]
 
 # Submits run on the driver connection directly (positional asyncpg SQL): SQLAlchemy's statement
 # layer cost several times the round trip itself here. The statements that write the job and its
-# 'submitted' event are the transition writer's (gateway.db.transitions).
-_QUOTA = (
-    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
-)
-# A free slot, searched upwards from a random start and wrapping around; the count first, so a
-# tenant at its cap is refused without a scan.
-_SLOTS_TAKEN = (
-    "SELECT count(*) FROM jobs WHERE tenant = $1 AND state = 'queued' AND queue_slot IS NOT NULL"
-)
-_FREE_SLOT = """
-    SELECT s FROM (
-        SELECT s FROM generate_series($2::int, $3::int - 1) AS s
-        UNION ALL SELECT s FROM generate_series(0, $2::int - 1) AS s
-    ) candidates
-    WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = $1 AND state = 'queued'
-                      AND queue_slot = candidates.s)
-    LIMIT 1
-"""
-SLOT_TRIES = 6
-QUEUED_CAP_RETRY_AFTER = 30
-
-_BY_KEY = text(
-    f"SELECT {JOB_COLUMNS}, request_hash FROM jobs "
-    "WHERE tenant = :tenant AND idempotency_key = :key"
-)
+# 'submitted' event are the transition writer's (gateway.db.transitions); those that find a slot
+# or say why not are the careful path's (gateway.db.careful_submit).
 
 #: Errors of a batch statement that come from its rows, not from the database being unwell:
 #: integrity and data errors, deadlocks and serialization failures.
@@ -93,27 +95,15 @@ _ROW_ERRORS = (
 #: pooled connection, so keep this well below the pool's size.
 MAX_BATCH = 64
 MAX_STATEMENTS = 4
-
-
-def never_runs(problems: Sequence[tuple[str, str]]) -> ValidationFailed:
-    """The 422 for a job that can never run (``gateway.domain.scheduling.reasons``'s
-    ``never_fits_*``: bigger than its tenant's quota or than every node)."""
-    return ValidationFailed(
-        [
-            FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
-            for resource, message in problems
-        ],
-        detail="the job can never run: " + "; ".join(message for _, message in problems),
-    )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Submitted:
-    """The answer to a submit: the job, and whether this submit created it (False: an earlier
-    submit with the same Idempotency-Key and body did, and this is its job as it is now)."""
-
-    job: Job
-    created: bool
+#: Tries of a batch request's transaction that PostgreSQL ended to break a deadlock (two batches
+#: of one tenant each waiting for a queue slot or a name the other holds): nothing of a try that
+#: failed was written, so the next starts afresh.
+TOGETHER_TRIES = 3
+# Batch requests of one tenant take turns, for the length of their transactions: each sees the
+# queue slots the one before it took, so neither waits for a slot the other holds while holding
+# one the other wants (a deadlock PostgreSQL would break only after a second). Submits of single
+# jobs do not take turns: they hold a slot only for a statement.
+_TENANT_TURN = "SELECT pg_advisory_xact_lock(hashtext('submit-batch:' || $1))"
 
 
 def request_hash(body: Mapping[str, Any]) -> str:
@@ -122,60 +112,9 @@ def request_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class _Row:
-    """One job's values for the insert, in ``SUBMIT``'s parameter order ($1-$10)."""
-
-    id: uuid.UUID
-    tenant: str
-    name: str
-    framework: str
-    priority: int
-    spec: str
-    labels: str
-    idempotency_key: str | None
-    request_hash: str | None
-    actor: str | None
-    cpu_millis: int
-    memory_bytes: int
-    gpu_shares: int
-
-    def as_json(self) -> str:
-        """The row as a JSON object for ``SUBMIT_BATCH``, the spec and labels (JSON text
-        already) spliced in as they are."""
-        head = json_text(
-            {
-                "id": str(self.id),
-                "tenant": self.tenant,
-                "name": self.name,
-                "framework": self.framework,
-                "priority": self.priority,
-                "idempotency_key": self.idempotency_key,
-                "request_hash": self.request_hash,
-                "actor": self.actor,
-                "cpu_millis": self.cpu_millis,
-                "memory_bytes": self.memory_bytes,
-                "gpu_shares": self.gpu_shares,
-            }
-        )
-        return f'{head[:-1]},"spec":{self.spec},"labels":{self.labels}}}'
-
-    def values(self) -> list[Any]:
-        return [
-            self.id,
-            self.tenant,
-            self.name,
-            self.framework,
-            self.priority,
-            self.spec,
-            self.labels,
-            self.idempotency_key,
-            self.request_hash,
-            self.actor,
-        ]
-
-
-_Waiter = tuple[_Row, "asyncio.Future[Mapping[str, Any] | None]"]
+_Waiter = tuple[JobRow, "asyncio.Future[Mapping[str, Any] | None]"]
+#: What the careful path makes of a job: the row it wrote, or its earlier retry's job.
+_Careful = Mapping[str, Any] | Submitted
 
 
 class Submits:
@@ -193,6 +132,9 @@ class Submits:
         self.max_statements = max_statements
         self._waiting: list[_Waiter] = []
         self._writers: set[asyncio.Task[None]] = set()
+        # Batch requests hold a pooled connection for their whole transaction: as many at once as
+        # group commit has statements, so that they leave the pool to everything else.
+        self._together = asyncio.Semaphore(max_statements)
         #: Batch statements run, jobs they wrote, and batches PostgreSQL refused whole.
         self.statements = 0
         self.batched = 0
@@ -210,59 +152,81 @@ class Submits:
         pods: tuple[PodRequest, ...],
     ) -> Submitted:
         """Insert a queued job with its 'submitted' event, or return the job an earlier retry
-        made.
+        made; raises why not (``ValidationFailed``, ``Conflict``, ``TooManyRequests``).
 
-        ``pods`` are the spec's (``pod_requests``), already found to fit the cluster's nodes one
-        day (``never_fits_nodes``); a job bigger than its tenant's quota is refused here, with
-        the tenant's row read.
+        The arguments are a ``Submission``'s; a job bigger than its tenant's quota is refused
+        here, with the tenant's row read.
         """
-        document = to_document(spec)
-        labels = dict(spec.labels)
-        total = spec.total()
-        row = _Row(
-            id=uuid.uuid4(),
-            tenant=spec.tenant,
-            name=spec.name,
-            framework=spec.framework.value,
-            priority=spec.priority,
-            spec=json_text(document),
-            labels=json_text(labels),
-            idempotency_key=idempotency_key,
-            request_hash=body_hash if idempotency_key else None,
-            actor=actor,
-            cpu_millis=total.cpu_millis,
-            memory_bytes=total.memory_bytes,
-            gpu_shares=total.gpu_shares,
+        job = job_to_write(
+            Submission(
+                spec=spec,
+                body_hash=body_hash,
+                idempotency_key=idempotency_key,
+                actor=actor,
+                pods=pods,
+            )
         )
-        written = await self._batched(row)
+        written = await self._batched(job.row)
         if written is None:
-            careful = await self._careful(row, spec)
+            careful = await self._careful(job)
             if isinstance(careful, Submitted):
                 return careful
             written = careful
-        job = job_of(written, spec=document, labels=labels)
-        if self.on_queued is not None:
-            self.on_queued(
-                PendingJob(
-                    id=job.id,
-                    tenant=job.tenant,
-                    priority=job.priority,
-                    submitted_at=job.created_at.timestamp(),
-                    queued_since=written["queued_at"].timestamp(),
-                    pods=pods,
-                )
-            )
-        return Submitted(job=job, created=True)
+        return self._queued(job, written)
+
+    async def submit_together(
+        self, submissions: Sequence[Submission]
+    ) -> list[Submitted | ClientError]:
+        """Write the jobs of one batch request in one transaction (see the module docstring):
+        for each, in order, its job or why it was not queued (``ValidationFailed``, ``Conflict``,
+        ``TooManyRequests``), as ``submit`` would answer it alone.
+
+        Raises, having written nothing, when the database fails (``DatabaseUnavailable``
+        included, for a transaction PostgreSQL kept ending to break deadlocks).
+        """
+        jobs = [job_to_write(submission) for submission in submissions]
+        async with self._together:
+            for attempt in range(1, TOGETHER_TRIES + 1):
+                try:
+                    outcomes = await self._write_together(jobs)
+                    break
+                except asyncpg.TransactionRollbackError as exc:
+                    if attempt == TOGETHER_TRIES:
+                        raise DatabaseUnavailable(
+                            f"a batch of {len(jobs)} jobs met concurrent writers "
+                            f"{TOGETHER_TRIES} times; nothing of it was written"
+                        ) from exc
+        # After the commit: the admission loop is handed only jobs that exist.
+        return [
+            outcome if isinstance(outcome, Submitted | ClientError) else self._queued(job, outcome)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
 
     async def close(self) -> None:
         """Wait for the batch statements in flight (submits still waiting are written too)."""
         while self._writers:
             await asyncio.gather(*self._writers, return_exceptions=True)
 
+    def _queued(self, job: JobToWrite, written: Mapping[str, Any]) -> Submitted:
+        """The answer for a job just written, which goes to ``on_queued`` too."""
+        made = job_of(written, spec=job.document, labels=job.labels)
+        if self.on_queued is not None:
+            self.on_queued(
+                PendingJob(
+                    id=made.id,
+                    tenant=made.tenant,
+                    priority=made.priority,
+                    submitted_at=made.created_at.timestamp(),
+                    queued_since=written["queued_at"].timestamp(),
+                    pods=job.submission.pods,
+                )
+            )
+        return Submitted(job=made, created=True)
+
     # ----------------------------------------------------------------------------------------
     # The common case, batched.
 
-    def _batched(self, row: _Row) -> asyncio.Future[Mapping[str, Any] | None]:
+    def _batched(self, row: JobRow) -> asyncio.Future[Mapping[str, Any] | None]:
         """The row as written by a batch, or None when the batch skipped it."""
         future: asyncio.Future[Mapping[str, Any] | None] = (
             asyncio.get_running_loop().create_future()
@@ -309,112 +273,115 @@ class Submits:
             self._writers.discard(asyncio.current_task())
 
     async def _write(self, batch: Sequence[_Waiter]) -> dict[uuid.UUID, Mapping[str, Any]]:
-        # One parameter, a JSON array of the rows: asyncpg encodes a handful of arrays (one per
-        # column) at several times the cost of one text, and the specs are JSON already.
-        rows = "[" + ",".join(row.as_json() for row, _ in batch) + "]"
         async with driver_connection(self.engine) as conn:
-            written = await conn.fetch(SUBMIT_BATCH, rows)
+            written = await _insert_many(conn, [(row, None) for row, _ in batch])
         self.statements += 1
         self.batched += len(written)
-        return {record["id"]: record for record in written}
+        return written
 
     # ----------------------------------------------------------------------------------------
-    # The careful path: say why, or find a slot, or answer an earlier retry.
+    # A batch request: one transaction.
 
-    async def _careful(self, row: _Row, spec: JobSpec) -> Mapping[str, Any] | Submitted:
+    async def _write_together(self, jobs: Sequence[JobToWrite]) -> list[_Careful | ClientError]:
+        """One try of ``submit_together``'s transaction: each job's written row, earlier job, or
+        refusal, in order."""
+        outcomes: list[_Careful | ClientError | None] = [None] * len(jobs)
+        async with driver_connection(self.engine) as conn, conn.transaction():
+            # 1. The batch's turn at each of its tenants (in name order, so that two batches of
+            #    the same tenants cannot wait for each other); then their rows, and the jobs
+            #    earlier submits made with the batch's keys, read once.
+            names = sorted({job.row.tenant for job in jobs})
+            for name in names:
+                await conn.execute(_TENANT_TURN, name)
+            tenants = {name: await conn.fetchrow(QUOTA, name) for name in names}
+            keys = [job.row.key for job in jobs if job.row.key is not None]
+            earlier = await by_keys(conn, keys) if keys else {}
+            # 2. What the tenant's rules refuse, and retries of earlier submits, answered now.
+            fresh: list[int] = []
+            for index, job in enumerate(jobs):
+                try:
+                    check_tenant(job, tenants[job.row.tenant])
+                    replayed = earlier.get(job.row.key) if job.row.key is not None else None
+                    if replayed is None:
+                        fresh.append(index)
+                    else:
+                        outcomes[index] = replay(replayed, job.row.request_hash)
+                except (ValidationFailed, Conflict) as exc:
+                    outcomes[index] = exc
+            # 3. Queue slots in the batch's order; one statement for every job that got one.
+            slots = await free_slots(conn, [jobs[i].row for i in fresh], tenants)
+            written = await _insert_many(
+                conn,
+                [(jobs[i].row, slots[jobs[i].row.id]) for i in fresh if jobs[i].row.id in slots],
+                savepoint=True,
+            )
+
+            # 4. The careful path for the rest, in order, on this transaction: a job the
+            #    statement skipped (a name taken, a slot another writer took, no slot left).
+            async def lookup(key: tuple[str, str]) -> Mapping[str, Any] | None:
+                return (await by_keys(conn, [key])).get(key)
+
+            for index in fresh:
+                job = jobs[index]
+                if job.row.id in written:
+                    outcomes[index] = written[job.row.id]
+                    continue
+                try:
+                    found = tenants[job.row.tenant]
+                    inserted = await insert_carefully(conn, job, found, in_transaction=True)
+                    outcomes[index] = (
+                        await why_not_written(job, inserted, lookup)
+                        if isinstance(inserted, Missed)
+                        else inserted
+                    )
+                except (ValidationFailed, Conflict, TooManyRequests) as exc:
+                    outcomes[index] = exc
+        answered = [outcome for outcome in outcomes if outcome is not None]
+        assert len(answered) == len(jobs), "every job of the batch has its answer"
+        return answered
+
+    # ----------------------------------------------------------------------------------------
+    # The careful path (gateway.db.careful_submit), for a submit its batch statement skipped.
+
+    async def _careful(self, job: JobToWrite) -> _Careful:
         """The row written, or the job an earlier retry with the same Idempotency-Key made;
         raises to say why the job cannot be queued."""
         engine = self.engine
-        name_taken: asyncpg.UniqueViolationError | None = None
-        # One connection at a time: the lookups below take their own after this one is back,
-        # so a storm of conflicting submits cannot hold the whole pool while waiting for more.
+        # One connection at a time: the lookups take their own after this one is back, so a
+        # storm of conflicting submits cannot hold the whole pool while waiting for more.
         async with driver_connection(engine) as conn:
-            found = await conn.fetchrow(_QUOTA, row.tenant)
-            if found is None:
-                raise _no_tenant(row.tenant)
-            # Before any insert or Idempotency-Key lookup: a retry meets today's ceiling too.
-            too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
-            if too_high is not None:
-                raise ValidationFailed([too_high])
-            quota = quota_of(found)
-            impossible = never_fits_quota(quota, spec.total())
-            if impossible:
-                raise never_runs(impossible)
-            cap = quota.max_queued_jobs
-            for attempt in range(SLOT_TRIES):
-                slot = await _pick_slot(conn, row.tenant, cap, search=attempt >= SLOT_TRIES // 2)
-                if slot is None:
-                    break
-                try:
-                    written: Mapping[str, Any] | None = await conn.fetchrow(
-                        SUBMIT, *row.values(), slot
-                    )
-                except asyncpg.UniqueViolationError as exc:
-                    if exc.constraint_name == "uq_jobs_queue_slot":
-                        continue  # another submit took this slot a moment ago
-                    if exc.constraint_name != "uq_jobs_live_name":
-                        raise
-                    name_taken = exc
-                    break
-                except asyncpg.ForeignKeyViolationError as exc:
-                    raise _no_tenant(row.tenant) from exc
-                if written is None:  # the Idempotency-Key was used before
-                    break
-                return written
-        if name_taken is not None:
-            return await _live_name_taken(engine, spec, row, name_taken)
-        if row.idempotency_key is not None:
-            earlier = await _by_key(engine, row.tenant, row.idempotency_key)
-            if earlier is not None:
-                return _replay(earlier, row.request_hash)
-        raise TooManyRequests(
-            f"tenant {row.tenant!r} has {cap} queued jobs, its limit; retry when some are admitted",
-            retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
-        )
+            found = await conn.fetchrow(QUOTA, job.row.tenant)
+            outcome = await insert_carefully(conn, job, found, in_transaction=False)
+        if not isinstance(outcome, Missed):
+            return outcome
+
+        async def lookup(key: tuple[str, str]) -> Mapping[str, Any] | None:
+            async with driver_connection(engine) as conn:
+                return (await by_keys(conn, [key])).get(key)
+
+        return await why_not_written(job, outcome, lookup)
 
 
-async def _pick_slot(
-    conn: asyncpg.Connection, tenant: str, cap: int, *, search: bool
-) -> int | None:
-    """A queue slot below ``cap`` to try: at random first, then by searching for a free one."""
-    if cap <= 0:
-        return None
-    start = random.randrange(cap)
-    if not search:
-        return start
-    if await conn.fetchval(_SLOTS_TAKEN, tenant) >= cap:
-        return None
-    found: int | None = await conn.fetchval(_FREE_SLOT, tenant, start, cap)
-    return found
-
-
-async def _live_name_taken(
-    engine: AsyncEngine, spec: JobSpec, row: _Row, exc: Exception
-) -> Submitted:
-    if row.idempotency_key is not None:
-        # A concurrent retry with the same key won the race: answer with its job.
-        winner = await _by_key(engine, row.tenant, row.idempotency_key)
-        if winner is not None:
-            return _replay(winner, row.request_hash)
-    raise Conflict(
-        f"tenant {spec.tenant!r} already has a live job named {spec.name!r}; "
-        "pick another name or wait until it ends"
-    ) from exc
-
-
-def _replay(earlier: RowMapping, body_hash: str | None) -> Submitted:
-    if earlier["request_hash"] != body_hash:
-        raise Conflict("this Idempotency-Key was already used with a different request body")
-    return Submitted(job=job_of(earlier), created=False)
-
-
-async def _by_key(engine: AsyncEngine, tenant: str, key: str) -> RowMapping | None:
-    async with engine.connect() as conn:
-        result = await conn.execute(_BY_KEY, {"tenant": tenant, "key": key})
-        return result.mappings().first()
-
-
-def _no_tenant(tenant: str) -> ValidationFailed:
-    return ValidationFailed(
-        [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
-    )
+async def _insert_many(
+    conn: asyncpg.Connection,
+    rows: Sequence[tuple[JobRow, int | None]],
+    *,
+    savepoint: bool = False,
+) -> dict[uuid.UUID, Mapping[str, Any]]:
+    """``SUBMIT_BATCH`` for ``rows``, each with its own queue slot or none (drawn at random):
+    the rows it wrote, by id. With ``savepoint`` (inside a batch's transaction), a statement
+    PostgreSQL refuses for its rows writes nothing and leaves every row to the careful path."""
+    if not rows:
+        return {}
+    # One parameter, a JSON array of the rows: asyncpg encodes a handful of arrays (one per
+    # column) at several times the cost of one text, and the specs are JSON already.
+    document = "[" + ",".join(row.as_json(slot) for row, slot in rows) + "]"
+    if not savepoint:
+        written = await conn.fetch(SUBMIT_BATCH, document)
+    else:
+        try:
+            async with conn.transaction():
+                written = await conn.fetch(SUBMIT_BATCH, document)
+        except _ROW_ERRORS:
+            return {}
+    return {record["id"]: record for record in written}

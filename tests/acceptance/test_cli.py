@@ -143,6 +143,32 @@ def test_submit_unreadable_or_unparsable_file(gateway: str, tmp_path: Path) -> N
     assert "must hold one job spec or TFJob (a mapping), not a list" in listed.stderr
 
 
+def test_submit_several_files_and_documents_answers_each_job_in_one_batch(
+    gateway: str, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "\n---\n".join(json.dumps(_spec(name)) for name in ("sweep-a", "Bad_Name", "sweep-c"))
+        + "\n---\n"
+    )
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(_spec("sweep-d")))
+    args = ("submit", str(sweep), str(single), "--idempotency-key", f"sweep-{uuid.uuid4()}")
+    result = muster(*args, url=gateway)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    names = [re.fullmatch(rf"submitted (\S+) as {ID} \(queued\)", line) for line in lines]
+    assert [m.group(1) for m in names if m] == ["sweep-a", "sweep-c", "sweep-d"], result.stdout
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith(f"muster: {sweep} (document 2): The request is invalid: ")
+    assert errors[1].startswith("  /name: "), result.stderr
+    assert errors[-1] == "muster: 1 of 4 jobs were not submitted"
+    # The same keys again: the same jobs, nothing new written.
+    again = muster(*args, url=gateway)
+    assert again.stdout == result.stdout
+    assert again.returncode == 1
+
+
 def test_jobs_table_and_json(gateway: str) -> None:
     first = _submitted(gateway, _spec("list-a", labels={"suite": "jobs"}))
     second = _submitted(gateway, _spec("list-b", labels={"suite": "jobs"}))

@@ -33,6 +33,7 @@ VARIABLES = (
     "MUSTER_DATABASE_URL",
     "MUSTER_BACKEND",
     "MUSTER_NODES_FILE",
+    "MUSTER_SIMULATE_RUNS",
     "MUSTER_LOCAL_CPUS",
     "MUSTER_LOCAL_MEMORY",
     "MUSTER_LOCAL_GPUS",
@@ -62,6 +63,7 @@ VARIABLES = (
     "MUSTER_WEBHOOK_RETRY_SCHEDULE",
     "MUSTER_WEBHOOK_SECRET_OVERLAP",
     "MUSTER_MAX_BODY_BYTES",
+    "MUSTER_MAX_BATCH_BODY_BYTES",
     "MUSTER_HEADER_TIMEOUT",
     "MUSTER_BODY_TIMEOUT",
     "MUSTER_KEEPALIVE_TIMEOUT",
@@ -69,6 +71,7 @@ VARIABLES = (
     "MUSTER_MAX_REPLICAS",
     "MUSTER_ADMISSION_INTERVAL",
     "MUSTER_STARVATION_SECONDS",
+    "MUSTER_ADMISSION_BACKFILL",
     "MUSTER_SHUTDOWN_GRACE",
     "MUSTER_LOG_LEVEL",
     "MUSTER_LOG_FORMAT",
@@ -95,6 +98,7 @@ def test_defaults() -> None:
     assert settings.webhooks.allow_nets == ()
     assert settings.auth.admin_groups == ("muster-admins",)
     assert settings.api.max_body_bytes == 1024 * 1024
+    assert settings.api.max_batch_body_bytes == 4 * 1024 * 1024
     assert settings.api.max_replicas == 512
     assert settings.api.header_timeout == 10.0
     assert settings.api.body_timeout == 30.0
@@ -172,6 +176,7 @@ def test_help_shows_the_defaults_as_before() -> None:
         ({"MUSTER_WEBHOOK_ALLOW_HTTP": "off"}, "webhooks.allow_http", False),
         ({"MUSTER_WEBHOOK_ALLOW_HTTP": ""}, "webhooks.allow_http", False),
         ({"MUSTER_MAX_BODY_BYTES": "2048"}, "api.max_body_bytes", 2048),
+        ({"MUSTER_MAX_BATCH_BODY_BYTES": "8192"}, "api.max_batch_body_bytes", 8192),
         ({"MUSTER_MAX_REPLICAS": "64"}, "api.max_replicas", 64),
         ({"MUSTER_HEADER_TIMEOUT": "2.5"}, "api.header_timeout", 2.5),
         ({"MUSTER_BODY_TIMEOUT": "60"}, "api.body_timeout", 60.0),
@@ -220,6 +225,7 @@ def test_command_line_flags_map_to_settings() -> None:
         ({"MUSTER_BACKEND": "Local"}, "MUSTER_BACKEND"),
         ({"MUSTER_WEBHOOK_ALLOW_HTTP": "maybe"}, "MUSTER_WEBHOOK_ALLOW_HTTP"),
         ({"MUSTER_MAX_BODY_BYTES": "0"}, "MUSTER_MAX_BODY_BYTES"),
+        ({"MUSTER_MAX_BATCH_BODY_BYTES": "-1"}, "MUSTER_MAX_BATCH_BODY_BYTES"),
         ({"MUSTER_MAX_REPLICAS": "lots"}, "MUSTER_MAX_REPLICAS"),
         ({"MUSTER_HEADER_TIMEOUT": "0"}, "MUSTER_HEADER_TIMEOUT"),
         ({"MUSTER_BODY_TIMEOUT": "-1"}, "MUSTER_BODY_TIMEOUT"),

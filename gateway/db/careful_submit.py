@@ -1,0 +1,343 @@
+"""The careful path of a submit: one job at a time, it queues the job or says exactly why not.
+
+Group commit (``gateway.db.submits``) sends a job here when its batch statement skipped it, and a
+batch request's transaction each job its statement skipped. For one job, in order:
+
+1. its tenant's rules (``check_tenant``): the tenant exists, the priority is within its ceiling
+   (``gateway.domain.scheduling.priority``), and the job fits its quota one day
+   (``gateway.domain.scheduling.reasons``' ``never_fits_quota``); 422 otherwise;
+2. a queue slot below the tenant's max_queued_jobs (``pick_slot``: at random, then by a search;
+   ``free_slots`` hands a batch its slots in order); none free is 429;
+3. the insert (``gateway.db.transitions.SUBMIT``), which a live job of the same name stops (409),
+   and which an earlier submit with the same Idempotency-Key turns into a replay: that submit's
+   job (200), or 409 when it came with another body.
+
+Invariant: these answers are the API's for a job submitted alone; the batch statement, whose SQL
+holds the forms of step 1 (``SUBMIT_BATCH``), only skips the jobs this path then answers.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from gateway.db.mapping import job_of, quota_of
+from gateway.db.transitions import JOB_COLUMNS, SUBMIT
+from gateway.domain.jobs.spec import JobSpec, to_document
+from gateway.domain.lifecycle.records import Job
+from gateway.domain.problems import FieldProblem
+from gateway.domain.scheduling.nodes import PodRequest
+from gateway.domain.scheduling.priority import above_ceiling
+from gateway.domain.scheduling.reasons import never_fits_quota
+from gateway.errors import Conflict, TooManyRequests, ValidationFailed
+from gateway.jsontext import json_text
+
+# A tenant's quota, queued cap and priority ceiling.
+QUOTA = (
+    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
+    "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
+)
+# Free slots below the cap ($3), searched upwards from a start ($2) and wrapping around, at most
+# $4 of them; the count of slots taken first, so a tenant at its cap is refused without a scan.
+_SLOTS_TAKEN = (
+    "SELECT count(*) FROM jobs WHERE tenant = $1 AND state = 'queued' AND queue_slot IS NOT NULL"
+)
+_FREE_SLOTS = """
+    SELECT s FROM (
+        SELECT s FROM generate_series($2::int, $3::int - 1) AS s
+        UNION ALL SELECT s FROM generate_series(0, $2::int - 1) AS s
+    ) candidates
+    WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE tenant = $1 AND state = 'queued'
+                      AND queue_slot = candidates.s)
+    LIMIT $4
+"""
+SLOT_TRIES = 6
+QUEUED_CAP_RETRY_AFTER = 30
+
+# The jobs earlier submits made with these Idempotency-Keys ($2), each of its tenant ($1).
+_BY_KEYS = f"""
+    SELECT {JOB_COLUMNS}, idempotency_key, request_hash FROM jobs
+    WHERE (tenant, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+
+
+def never_runs(problems: Sequence[tuple[str, str]]) -> ValidationFailed:
+    """The 422 for a job that can never run (``gateway.domain.scheduling.reasons``'s
+    ``never_fits_*``: bigger than its tenant's quota or than every node)."""
+    return ValidationFailed(
+        [
+            FieldProblem(pointer="/replicas", detail=f"{resource}: {message}")
+            for resource, message in problems
+        ],
+        detail="the job can never run: " + "; ".join(message for _, message in problems),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Submitted:
+    """The answer to a submit: the job, and whether this submit created it (False: an earlier
+    submit with the same Idempotency-Key and body did, and this is its job as it is now)."""
+
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Submission:
+    """A checked job to submit (``Submits.submit``, ``Submits.submit_together``). ``pods`` are
+    the spec's (``pod_requests``), already found to fit the cluster's nodes one day
+    (``never_fits_nodes``); ``body_hash`` is the request's (``request_hash``), kept with an
+    Idempotency-Key to tell a retry from another request."""
+
+    spec: JobSpec
+    body_hash: str
+    idempotency_key: str | None
+    actor: str | None
+    pods: tuple[PodRequest, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRow:
+    """One job's values for the insert, in ``SUBMIT``'s parameter order ($1-$10)."""
+
+    id: uuid.UUID
+    tenant: str
+    name: str
+    framework: str
+    priority: int
+    spec: str
+    labels: str
+    idempotency_key: str | None
+    request_hash: str | None
+    actor: str | None
+    cpu_millis: int
+    memory_bytes: int
+    gpu_shares: int
+
+    def as_json(self, slot: int | None = None) -> str:
+        """The row as a JSON object for ``SUBMIT_BATCH``, the spec and labels (JSON text
+        already) spliced in as they are; with its own queue slot, or none (one at random)."""
+        head = json_text(
+            {
+                "id": str(self.id),
+                "tenant": self.tenant,
+                "name": self.name,
+                "framework": self.framework,
+                "priority": self.priority,
+                "idempotency_key": self.idempotency_key,
+                "request_hash": self.request_hash,
+                "actor": self.actor,
+                "cpu_millis": self.cpu_millis,
+                "memory_bytes": self.memory_bytes,
+                "gpu_shares": self.gpu_shares,
+                "slot": slot,
+            }
+        )
+        return f'{head[:-1]},"spec":{self.spec},"labels":{self.labels}}}'
+
+    def values(self) -> list[Any]:
+        return [
+            self.id,
+            self.tenant,
+            self.name,
+            self.framework,
+            self.priority,
+            self.spec,
+            self.labels,
+            self.idempotency_key,
+            self.request_hash,
+            self.actor,
+        ]
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        """(tenant, Idempotency-Key), the key's scope with it; None without a key."""
+        return None if self.idempotency_key is None else (self.tenant, self.idempotency_key)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobToWrite:
+    """A submission made ready to write: its row, and the spec document and labels its answer
+    shows."""
+
+    submission: Submission
+    row: JobRow
+    document: dict[str, Any]
+    labels: dict[str, str]
+
+
+def job_to_write(submission: Submission) -> JobToWrite:
+    spec = submission.spec
+    key = submission.idempotency_key
+    document = to_document(spec)
+    labels = dict(spec.labels)
+    total = spec.total()
+    row = JobRow(
+        id=uuid.uuid4(),
+        tenant=spec.tenant,
+        name=spec.name,
+        framework=spec.framework.value,
+        priority=spec.priority,
+        spec=json_text(document),
+        labels=json_text(labels),
+        idempotency_key=key,
+        request_hash=submission.body_hash if key else None,
+        actor=submission.actor,
+        cpu_millis=total.cpu_millis,
+        memory_bytes=total.memory_bytes,
+        gpu_shares=total.gpu_shares,
+    )
+    return JobToWrite(submission=submission, row=row, document=document, labels=labels)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Missed:
+    """The careful insert wrote nothing: a live job has the name (``name_taken``), the
+    Idempotency-Key was used before, or no queue slot below ``cap`` was free."""
+
+    name_taken: asyncpg.UniqueViolationError | None
+    cap: int
+
+
+Lookup = Callable[[tuple[str, str]], Awaitable[Mapping[str, Any] | None]]
+
+
+def check_tenant(job: JobToWrite, found: Mapping[str, Any] | None) -> None:
+    """Raise why the job's tenant (its row, ``found``) can never queue it: none such, a priority
+    above its ceiling, or a job bigger than its quota."""
+    row = job.row
+    if found is None:
+        raise _no_tenant(row.tenant)
+    # Before any insert or Idempotency-Key lookup: a retry meets today's ceiling too.
+    too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
+    if too_high is not None:
+        raise ValidationFailed([too_high])
+    impossible = never_fits_quota(quota_of(found), job.submission.spec.total())
+    if impossible:
+        raise never_runs(impossible)
+
+
+async def insert_carefully(
+    conn: asyncpg.Connection,
+    job: JobToWrite,
+    found: Mapping[str, Any] | None,
+    *,
+    in_transaction: bool,
+) -> Mapping[str, Any] | Missed:
+    """Insert the job in a free queue slot, or say what stopped it; raises ``check_tenant``'s
+    refusals. Inside a batch's transaction each try is a savepoint (a unique violation must not
+    end the transaction), and the search for a free slot comes first: the batch's own jobs took
+    the ones a random draw would find."""
+    row = job.row
+    check_tenant(job, found)
+    assert found is not None
+    cap = quota_of(found).max_queued_jobs
+    for attempt in range(SLOT_TRIES):
+        search = in_transaction or attempt >= SLOT_TRIES // 2
+        slot = await pick_slot(conn, row.tenant, cap, search=search)
+        if slot is None:
+            break
+        try:
+            if in_transaction:
+                async with conn.transaction():
+                    written: Mapping[str, Any] | None = await conn.fetchrow(
+                        SUBMIT, *row.values(), slot
+                    )
+            else:
+                written = await conn.fetchrow(SUBMIT, *row.values(), slot)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "uq_jobs_queue_slot":
+                continue  # another submit took this slot a moment ago
+            if exc.constraint_name != "uq_jobs_live_name":
+                raise
+            return Missed(name_taken=exc, cap=cap)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise _no_tenant(row.tenant) from exc
+        if written is None:  # the Idempotency-Key was used before
+            break
+        return written
+    return Missed(name_taken=None, cap=cap)
+
+
+async def why_not_written(job: JobToWrite, missed: Missed, lookup: Lookup) -> Submitted:
+    """The earlier retry's job, when the Idempotency-Key made one; else raise why the job was
+    not written: its name is taken (409), or its tenant's queue is full (429)."""
+    row = job.row
+    key = row.key
+    # A concurrent retry with the same key may have won the race for the name: its job answers.
+    earlier = await lookup(key) if key is not None else None
+    if earlier is not None:
+        return replay(earlier, row.request_hash)
+    if missed.name_taken is not None:
+        raise Conflict(
+            f"tenant {row.tenant!r} already has a live job named {row.name!r}; "
+            "pick another name or wait until it ends"
+        ) from missed.name_taken
+    raise TooManyRequests(
+        f"tenant {row.tenant!r} has {missed.cap} queued jobs, its limit; retry when some are "
+        "admitted",
+        retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
+    )
+
+
+async def free_slots(
+    conn: asyncpg.Connection,
+    rows: Sequence[JobRow],
+    tenants: Mapping[str, Mapping[str, Any] | None],
+) -> dict[uuid.UUID, int]:
+    """Queue slots for ``rows``, in their order: each tenant's free slots, ascending, go to its
+    first rows (``SUBMIT_BATCH`` inserts in slot order, so in the rows' order too); rows past
+    them get none."""
+    by_tenant: dict[str, list[JobRow]] = {}
+    for row in rows:
+        by_tenant.setdefault(row.tenant, []).append(row)
+    slots: dict[uuid.UUID, int] = {}
+    for tenant, waiting in by_tenant.items():
+        found = tenants[tenant]
+        cap = 0 if found is None else int(found["max_queued_jobs"])
+        if cap <= 0:
+            continue
+        wanted = min(len(waiting), cap - await conn.fetchval(_SLOTS_TAKEN, tenant))
+        if wanted <= 0:
+            continue
+        free = await conn.fetch(_FREE_SLOTS, tenant, random.randrange(cap), cap, wanted)
+        slots.update(zip((row.id for row in waiting), sorted(r[0] for r in free), strict=False))
+    return slots
+
+
+async def pick_slot(conn: asyncpg.Connection, tenant: str, cap: int, *, search: bool) -> int | None:
+    """A queue slot below ``cap`` to try: at random first, then by searching for a free one."""
+    if cap <= 0:
+        return None
+    start = random.randrange(cap)
+    if not search:
+        return start
+    if await conn.fetchval(_SLOTS_TAKEN, tenant) >= cap:
+        return None
+    found: int | None = await conn.fetchval(_FREE_SLOTS, tenant, start, cap, 1)
+    return found
+
+
+async def by_keys(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """The jobs earlier submits made with these (tenant, Idempotency-Key) pairs, by pair."""
+    found = await conn.fetch(_BY_KEYS, [tenant for tenant, _ in keys], [key for _, key in keys])
+    return {(record["tenant"], record["idempotency_key"]): record for record in found}
+
+
+def replay(earlier: Mapping[str, Any], body_hash: str | None) -> Submitted:
+    if earlier["request_hash"] != body_hash:
+        raise Conflict("this Idempotency-Key was already used with a different request body")
+    return Submitted(job=job_of(earlier), created=False)
+
+
+def _no_tenant(tenant: str) -> ValidationFailed:
+    return ValidationFailed(
+        [FieldProblem(pointer="/tenant", detail=f"tenant {tenant!r} does not exist")]
+    )
