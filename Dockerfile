@@ -26,6 +26,13 @@ RUN pip install .
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 
+# tini is PID 1: it reaps what the gateway does not wait for (with the local backend, a
+# supervisor daemon or replica supervisor left behind by an earlier gateway is re-parented to
+# PID 1 and would stay a zombie), and forwards SIGTERM to the gateway for a graceful stop.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
 # A fixed numeric uid/gid (10001), so that Kubernetes' runAsNonRoot can verify it; the
 # Deployment's runAsUser matches it.
 RUN groupadd --system --gid 10001 muster \
@@ -51,5 +58,5 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('MUSTER_PORT', '8080') + '/healthz', timeout=4)"]
 
-ENTRYPOINT ["muster"]
+ENTRYPOINT ["tini", "--", "muster"]
 CMD ["serve"]

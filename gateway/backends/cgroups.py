@@ -63,6 +63,10 @@ class Cgroups:
             return frozenset(V2_CONTROLLERS)
         return frozenset(c for c, _ in self.parents)
 
+    def dirs(self, name: str) -> tuple[str, ...]:
+        """The pod cgroup dirs ``create`` makes for ``name``, in the same order."""
+        return tuple(str(parent / name) for _, parent in self.parents)
+
     def create(self, name: str, limits: PodLimits) -> tuple[str, ...]:
         """Make the pod's cgroup dirs with their limits; return them (for the pod's record)."""
         made: list[str] = []

@@ -1,25 +1,29 @@
 """The local backend: this machine is one node, and replicas run as processes on it.
 
 The node's CPUs, memory and GPUs are read from the machine, each overridable in settings.
-Every replica runs under ``gateway.backends.supervisor``, contained as ``sandbox`` decided (its own
-user, PID namespace and cgroup where the machine allows), with the same environment contract as
-on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica, PyTorch ranks,
+Every replica runs under a supervisor of the data directory's supervisor daemon (``daemon``,
+started by the first gateway that needs it, and outliving it), contained as ``sandbox`` decided
+(its own user, PID namespace and cgroup where the machine allows), with the same environment
+contract as on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica, PyTorch ranks,
 CUDA_VISIBLE_DEVICES from the GPU plan, thread variables) and nothing of the gateway's. The
 image is recorded and not used: the replica's command runs on this machine.
 
 State lives under the data directory (0700, unreachable by jobs), so a restarted gateway adopts
-what is still running: ``local/<job>/<attempt>/<pod>.json`` (the supervisor's pid and start
-time, the job's uid, the pod's cgroups and work directory), ``<pod>.plan.json`` (the launch
-plan), ``<pod>.exit`` (exit status, written by the supervisor when the command ends),
-``ports.json`` (the gang's ports) and ``logs/<job>/<pod>.log`` (0600). A replica works in
-``<work dir>/<job>/<pod>`` (MUSTER_LOCAL_WORK_DIR, outside the data directory), made afresh for
-each start and removed when it ends.
+what is still running: the pod records and exit files of ``local_state``, ``ports.json`` (the
+gang's ports) and ``logs/<job>/<pod>.log`` (0600). A replica works in ``<work dir>/<job>/<pod>``
+(MUSTER_LOCAL_WORK_DIR, outside the data directory), made afresh for each start and removed when
+it ends.
+
+Exits are pushed: the daemon tells the runtime as soon as a replica's exit status is recorded,
+and the runtime calls its ``on_change`` callbacks (the reconciler's wake), so an exit is acted
+on within milliseconds, not at the next tick. The exit files stay the truth ``observe`` reads.
 
 Invariants: a pod is RUNNING only while the recorded supervisor (same pid and start time) lives;
 a pod whose supervisor vanished without an exit status is reported on a lost node, so its job is
 handled as after a node loss; deleting a pod stops every process of its container (SIGTERM, then
 SIGKILL after the grace period) before its state is removed; cgroups and work directories that
-no pod record claims are removed when the runtime first looks.
+no pod record claims are removed when the runtime first looks (listed before the records are
+read, so nothing of a start in flight is taken for an orphan).
 """
 
 from __future__ import annotations
@@ -30,19 +34,27 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from gateway.backends import cgroups
-from gateway.backends.base import Gang, PodStatus
+from gateway.backends.base import Gang, NodeWatchers, PodStatus, PodWatchers
+from gateway.backends.daemon_client import DaemonLink, Event
+from gateway.backends.local_state import (
+    Pod,
+    PodIndex,
+    Record,
+    alive,
+    exit_file,
+    look,
+    read_exit,
+    read_records,
+)
+from gateway.backends.replica import remove_tree
 from gateway.backends.sandbox import (
     Isolation,
     UidClaims,
@@ -52,8 +64,6 @@ from gateway.backends.sandbox import (
     instance_name,
     process_env,
 )
-from gateway.backends.supervisor import remove_tree
-from gateway.domain.lifecycle.decisions import ReplicaPhase
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node
@@ -107,8 +117,11 @@ def local_node(settings: Settings) -> Node:
     )
 
 
-class LocalInventory:
+class LocalInventory(NodeWatchers):
+    """This machine, one node (it never changes while the gateway runs)."""
+
     def __init__(self, node: Node) -> None:
+        super().__init__()
         self._nodes = (node,)
 
     async def nodes(self) -> tuple[Node, ...]:
@@ -129,15 +142,6 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _alive(record: Mapping[str, Any]) -> bool:
-    try:
-        process = psutil.Process(int(record["pid"]))
-        same = abs(process.create_time() - float(record["create_time"])) < 1.0
-        return same and process.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, KeyError, ValueError):
-        return False
-
-
 def _private_dir(path: Path, mode: int = 0o700) -> None:
     """Make ``path`` (and missing parents, private too) and give it ``mode`` even if it existed
     with a looser one (an install older than these rules)."""
@@ -145,14 +149,15 @@ def _private_dir(path: Path, mode: int = 0o700) -> None:
     path.chmod(mode)
 
 
-#: Where the supervisor finds Muster's code: this process's own import path.
-_IMPORT_PATH = os.pathsep.join(filter(None, sys.path))
 #: Bytes of one replica's output kept in its log; the rest is dropped, with a note.
 LOG_BYTES = 100 * 2**20
+#: How long a stop may take beyond the grace period before ``delete`` gives up on this pass
+#: (the daemon kills the container at the grace, and its supervisor two seconds later).
+STOP_MARGIN_SECONDS = 10.0
 
 
-class LocalRuntime:
-    """Replicas as contained processes on this machine. See the module docstring for the layout."""
+class LocalRuntime(PodWatchers):
+    """Replicas as contained processes on this machine. See the module docstring."""
 
     def __init__(
         self,
@@ -166,6 +171,7 @@ class LocalRuntime:
         hide_files: Sequence[Path] = (),
         grace_seconds: float = 10.0,
     ) -> None:
+        super().__init__()
         self.data_dir = data_dir
         self.state_dir = data_dir / "local"
         self.log_dir = data_dir / "logs"
@@ -176,9 +182,14 @@ class LocalRuntime:
         self.log_bytes = log_bytes
         self.hide_files = tuple(str(p) for p in hide_files if not p.is_relative_to(data_dir))
         self.grace_seconds = grace_seconds
-        self._children: set[asyncio.Task[None]] = set()
         self._uids = asyncio.Lock()
+        # Job -> the uid this runtime claimed for it, until its replicas are all over.
+        self._claimed: dict[str, int] = {}
+        self._inherited: list[tuple[int, str]] = []  # found by the first sweep, in a thread
+        self._reading = asyncio.Lock()
         self._swept = False
+        self._index = PodIndex(self.state_dir)
+        self._daemon = DaemonLink(self.state_dir, on_event=self._heard, on_lost=self._lost)
         for private in (self.state_dir, self.log_dir):
             _private_dir(private)
         # The work root is searchable (not listable) by jobs, whose own directories sit in it;
@@ -220,83 +231,101 @@ class LocalRuntime:
     def log_path(self, job_id: str, name: str) -> Path:
         return self.log_dir / job_id / f"{name}.log"
 
-    async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
-        return await asyncio.to_thread(self._observe)
+    # What the daemon says --------------------------------------------------------------------
 
-    def _records(self) -> list[tuple[Path, dict[str, Any]]]:
-        """Each pod's record (``<pod>.json``) with its path; plans, ports and exits are not."""
-        found = []
-        for state in sorted(self.state_dir.glob("*/*/*.json")):
-            if state.name == "ports.json" or state.name.endswith(".plan.json"):
-                continue
-            try:
-                found.append((state, json.loads(state.read_text("utf-8"))))
-            except (OSError, ValueError):
-                continue
-        return found
+    def _heard(self, event: Event) -> None:
+        kind = event.get("event")
+        if kind == "started":
+            self._index.put(Path(event["record"]), event["fields"])
+        elif kind == "removed":
+            self._index.drop(Path(event["record"]), str(event["start"]))
+        elif kind == "exited":
+            self._changed()
 
-    def _observe(self) -> dict[tuple[str, str], PodStatus]:
-        records = self._records()
-        if not self._swept:
-            self._sweep(records)
-            self._swept = True
-        found: dict[tuple[str, str], PodStatus] = {}
-        for state, record in records:
-            job_id, name = state.parent.parent.name, state.stem
-            exit_code = _read_exit(_exit_file(state, record))
-            if exit_code is not None:
-                phase = ReplicaPhase.SUCCEEDED if exit_code == 0 else ReplicaPhase.FAILED
-                node_ready = True
-            elif _alive(record):
-                phase, node_ready = ReplicaPhase.RUNNING, True
-            else:
-                # Gone without a word, like a pod on a node that vanished.
-                phase, node_ready = ReplicaPhase.MISSING, False
-            found[(job_id, name)] = PodStatus(
-                job_id=job_id,
-                name=name,
-                attempt=int(state.parent.name),
-                phase=phase,
-                exit_code=exit_code,
-                node_ready=node_ready,
-            )
-        return found
+    def _lost(self) -> None:
+        """The daemon went away: read every record afresh, and look at once (a new daemon is
+        started by the next look)."""
+        self._index.forget_all()
+        self._changed()
 
-    def _sweep(self, records: list[tuple[Path, dict[str, Any]]]) -> None:
-        """Remove what an earlier gateway left behind without a record: supervisors (a gateway
-        killed between starting one and recording it), cgroups (killing what runs in them) and
-        work directories. Each start has its own id, in its cgroup's and work directory's names,
-        so nothing of an orphan can be taken for a replica started since."""
-        starts = {str(r["start"]) for _, r in records if r.get("start")}
-        for process in psutil.process_iter(["cmdline"]):
-            cmdline = process.info["cmdline"] or []
-            plan = cmdline[-1] if len(cmdline) >= 2 else ""
-            ours = "gateway.backends.supervisor" in cmdline
-            if not ours or not plan.startswith(str(self.state_dir)):
-                continue
-            # <pod>.<start>.plan.json; a plan of an older gateway has no start and is kept.
-            parts = Path(plan).name.split(".")
-            if len(parts) < 4 or parts[-3] in starts:
-                continue
-            with contextlib.suppress(psutil.Error):
-                for child in process.children(recursive=True):
-                    child.kill()
-                process.kill()
-        live_cgroups = {Path(d).name for _, r in records for d in r.get("cgroups", ())}
-        if self.isolation.cgroups is not None:
-            for dirs in self.isolation.cgroups.orphans(live_cgroups):
+    async def _ready(self) -> None:
+        """Connected to the daemon, with every record read since the connection began."""
+        async with self._reading:
+            if await self._daemon.connect() or not self._index.loaded:
+                self._index.hold()
+                try:
+                    pods = await asyncio.to_thread(self._read_all)
+                except BaseException:
+                    self._index.install({})
+                    self._index.forget_all()
+                    raise
+                self._index.install(pods)
+                inherited, self._inherited = self._inherited, []
+                for uid, job in inherited:
+                    self._claimed.setdefault(job, uid)
+
+    def _read_all(self) -> dict[Path, Pod]:
+        """Every record; the first time, what no record claims is removed too."""
+        if self._swept:
+            return self._index.scan()
+        # Listed before the records are read: a start after the listing is no candidate, and
+        # one before it wrote its record before making its cgroup and work directory.
+        cgroup_dirs = self.isolation.cgroups.orphans(()) if self.isolation.cgroups else []
+        work_dirs = _work_dirs(self.work_dir)
+        pods = self._index.scan()
+        records = [pod.record for pod in pods.values()]
+        if self._claims is not None:
+            # Claims of jobs a gateway of this data directory ran before: released as soon as
+            # their replicas are over, like this runtime's own.
+            running = {pod.key[0] for pod in pods.values() if pod.final is None}
+            self._inherited = [(u, job) for u, job in self._claims.held() if job not in running]
+        live_cgroups = {Path(d).name for r in records for d in r.get("cgroups") or ()}
+        for dirs in cgroup_dirs:
+            if Path(dirs[0]).name not in live_cgroups:
                 cgroups.kill(dirs)
                 cgroups.remove(dirs)
-        live_work = {str(r["work"]) for _, r in records if r.get("work")}
-        with contextlib.suppress(OSError):
-            for job_dir in self.work_dir.iterdir():
-                if not job_dir.is_dir():
-                    continue
-                for pod_dir in job_dir.iterdir():
-                    if str(pod_dir) not in live_work:
-                        remove_tree(str(pod_dir))
+        live_work = {str(r["work"]) for r in records if r.get("work")}
+        for pod_dir in work_dirs:
+            if str(pod_dir) not in live_work:
+                remove_tree(str(pod_dir))
                 with contextlib.suppress(OSError):
-                    job_dir.rmdir()
+                    pod_dir.parent.rmdir()
+        self._swept = True
+        return pods
+
+    # The Runtime protocol ----------------------------------------------------------------------
+
+    async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
+        await self._ready()
+        looks = await asyncio.to_thread(look, self._index.running())
+        statuses = self._index.statuses(looks)
+        if self._claimed:
+            await self._release_finished()
+        return statuses
+
+    async def _release_finished(self) -> None:
+        """Give back the uid claims of jobs whose replicas are all over: each exit read and each
+        supervisor gone (it clears the uid's keyrings and work directory after the exit), so
+        the next job given the uid finds nothing of this one. Finished pods are kept (a job's
+        ``clean_pod_policy``), so waiting for their deletion would hold uids for ever."""
+        async with self._uids:
+            in_use = self._index.uids_in_use()
+            done = [job for job in self._claimed if job not in in_use]
+            if not done or self._claims is None:
+                return
+            records = self._index.records_of(done)
+            claims = self._claims
+
+            def release() -> list[str]:
+                released = []
+                for job in done:
+                    if not any(alive(record) for record in records[job]):
+                        claims.release(self._claimed[job], job)
+                        released.append(job)
+                return released
+
+            for job in await asyncio.to_thread(release):
+                del self._claimed[job]
 
     def _ports(self, gang: Gang) -> dict[ReplicaKey, int]:
         path = self._pod_dir(gang.job_id, gang.attempt) / "ports.json"
@@ -310,93 +339,109 @@ class LocalRuntime:
         return ports
 
     async def create(self, gang: Gang, names: tuple[str, ...]) -> None:
+        await self._ready()
         addresses = local_addresses(gang.spec, self._ports(gang))
         by_name = {p.pod_name: p for p in gang.placements}
-        for name in names:
-            await self._start(gang, by_name[name], addresses)
+        starts = [by_name[name] for name in names if not self._running(gang, name)]
+        if not starts:
+            return
+        uid = await self._uid_for(gang.job_id)
+        await asyncio.gather(*(self._start(gang, p, addresses, uid) for p in starts))
 
-    def _uid_for(self, job_id: str) -> int | None:
+    def _running(self, gang: Gang, name: str) -> bool:
+        """Whether this attempt's replica ``name`` runs already (creating is idempotent)."""
+        pod = self._index.get(self._pod_dir(gang.job_id, gang.attempt) / f"{name}.json")
+        if pod is None or pod.final is not None:
+            return False
+        return read_exit(pod.exit_file) is None and alive(pod.record)
+
+    async def _uid_for(self, job_id: str) -> int | None:
         """The job's uid: the one its running replicas have, else a free one of the range that
         no other gateway of this machine has given a live job (``UidClaims``)."""
         users = self.isolation.run_as
         if users is None:
             return None
-        in_use = {
-            state.parent.parent.name: int(record["uid"])
-            for state, record in self._records()
-            if record.get("uid") is not None and not _exit_file(state, record).exists()
-        }
-        for attempt in range(users.last - users.first + 1):
-            uid = choose_uid(job_id, users, in_use)
-            if self._claims is None or users.shared or self._claims.claim(uid, job_id):
-                return uid
-            in_use[f"another gateway's {attempt}"] = uid
+        async with self._uids:
+            in_use = self._index.uids_in_use()
+            if job_id in in_use:
+                return in_use[job_id]
+            for attempt in range(users.last - users.first + 1):
+                uid = choose_uid(job_id, users, in_use)
+                if self._claims is None or users.shared:
+                    return uid
+                if await asyncio.to_thread(self._claims.claim, uid, job_id):
+                    self._claimed[job_id] = uid
+                    return uid
+                in_use[f"another gateway's {attempt}"] = uid
         raise RuntimeError(f"every uid of {users.first}-{users.last} is in use")
 
     async def _start(
-        self, gang: Gang, placement: Placement, addresses: Mapping[ReplicaKey, Address]
+        self,
+        gang: Gang,
+        placement: Placement,
+        addresses: Mapping[ReplicaKey, Address],
+        uid: int | None,
     ) -> None:
-        pod_dir = self._pod_dir(gang.job_id, gang.attempt)
         name = placement.pod_name
-        state = pod_dir / f"{name}.json"
-        if state.exists():
-            record = json.loads(state.read_text("utf-8"))
-            if not _exit_file(state, record).exists() and _alive(record):
-                return  # already running: creating is idempotent
-        _private_dir(pod_dir)
-        log = self.log_path(gang.job_id, name)
-        _private_dir(log.parent)
-        refusal = self.isolation.refusal(gang.spec.tenant)
+        path = self._pod_dir(gang.job_id, gang.attempt) / f"{name}.json"
         replica = gang.spec.replica(placement.role)
         assert replica is not None
         command = [*replica.command, *replica.args]
+        start = secrets.token_hex(4)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with _open_log(log) as out:
-            banner = f"--- muster: starting {name} (attempt {gang.attempt}) at {stamp}\n"
-            out.write(banner.encode())
-            if refusal is not None or not command:
-                out.write(
-                    f"muster: not started: {refusal}\n".encode()
-                    if refusal
-                    else b"muster: the local backend runs a replica's command; this replica "
-                    b"has none (the image is not used on this machine)\n"
-                )
-                exit_file = pod_dir / f"{name}.exit"
-                state.write_text(
-                    json.dumps({"pid": 0, "create_time": 0, "exit": str(exit_file)}), "utf-8"
-                )
-                exit_file.write_text("126" if refusal else "127", "utf-8")
-                return
-            async with self._uids:
-                process, record = await self._spawn(gang, placement, addresses, command, out)
-                state.write_text(json.dumps(record), "utf-8")
-        # Reap the child when it ends; the supervisor has written the exit status by then.
-        task = asyncio.create_task(self._reap(process), name=f"reap {name}")
-        self._children.add(task)
-        task.add_done_callback(self._children.discard)
+        banner = f"--- muster: starting {name} (attempt {gang.attempt}) at {stamp}\n"
+        refusal = self.isolation.refusal(gang.spec.tenant)
+        if refusal is not None or not command:
+            why = (
+                f"muster: not started: {refusal}\n"
+                if refusal
+                else "muster: the local backend runs a replica's command; this replica has "
+                "none (the image is not used on this machine)\n"
+            )
+            record = await asyncio.to_thread(
+                self._not_started, path, start, banner + why, 126 if refusal else 127
+            )
+            self._index.put(path, record)
+            await self._daemon.request("recorded", record=str(path), fields=record)
+            return
+        plan = self._plan(gang, placement, addresses, command, uid, start)
+        plan.update(record=str(path), banner=banner, log=str(self.log_path(gang.job_id, name)))
+        answer = await self._daemon.request("start", plan=plan)
+        self._index.put(path, answer["record"])
 
-    async def _spawn(
+    def _not_started(self, path: Path, start: str, text: str, code: int) -> Record:
+        """The record and exit status of a replica that is not run, and why, in its log."""
+        log = self.log_path(path.parent.parent.name, path.stem)
+        _private_dir(log.parent)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            out.write(text.encode())
+        _private_dir(path.parent)
+        exit_path = path.parent / f"{path.stem}.{start}.exit"
+        exit_path.write_text(str(code), "utf-8")
+        record: Record = {"pid": 0, "create_time": 0, "start": start, "exit": str(exit_path)}
+        path.write_text(json.dumps(record), "utf-8")
+        return record
+
+    def _plan(
         self,
         gang: Gang,
         placement: Placement,
         addresses: Mapping[ReplicaKey, Address],
         command: list[str],
-        out: Any,
-    ) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
-        """Prepare the replica's work directory, cgroups and launch plan; start its supervisor.
+        uid: int | None,
+        start: str,
+    ) -> dict[str, Any]:
+        """The launch plan of one start of a replica (``replica.run`` reads it).
 
-        Every start has its own id: its cgroup, work directory, plan and exit status are named
-        with it, so a supervisor of an earlier start (orphaned by a killed gateway) never touches
-        what belongs to this one.
+        Every start has its own id: its cgroup, work directory and exit status are named with
+        it, so a supervisor of an earlier start never touches what belongs to this one.
         """
         isolation = self.isolation
-        start = secrets.token_hex(4)
-        uid = self._uid_for(gang.job_id)
         gid = None
         if uid is not None and isolation.run_as is not None:
             gid = isolation.run_as.gid if isolation.run_as.gid is not None else uid
         work = self.work_dir / gang.job_id / f"{placement.pod_name}.{start}"
-        await asyncio.to_thread(self._fresh_work_dir, work, uid, gid)
         devices = tuple(sorted({s.device for s in placement.gpu})) or None
         contract = replica_env(
             gang.spec,
@@ -408,18 +453,22 @@ class LocalRuntime:
         )
         user = isolation.run_as.name if isolation.run_as is not None else _own_user()
         env = process_env(contract, home=work, tmp=work / "tmp", path=self.path, user=user)
+        cgroup: dict[str, Any] | None = None
         dirs: tuple[str, ...] = ()
         if isolation.cgroups is not None:
-            limits = cgroups.PodLimits(
-                memory_bytes=placement.memory_bytes,
-                cpu_millis=placement.cpu_millis,
-                pids=self.max_pids,
-            )
             name = f"{gang.job_id}.{gang.attempt}.{placement.pod_name}.{start}"
-            dirs = await asyncio.to_thread(isolation.cgroups.create, name, limits)
+            dirs = isolation.cgroups.dirs(name)
+            cgroup = {
+                "version": isolation.cgroups.version,
+                "parents": [[c, str(p)] for c, p in isolation.cgroups.parents],
+                "name": name,
+                "memory_bytes": placement.memory_bytes,
+                "cpu_millis": placement.cpu_millis,
+                "pids": self.max_pids,
+            }
         pod_dir = self._pod_dir(gang.job_id, gang.attempt)
-        exit_file = pod_dir / f"{placement.pod_name}.{start}.exit"
-        plan = {
+        return {
+            "start": start,
             "command": command,
             "env": env,
             "cwd": str(work),
@@ -427,93 +476,30 @@ class LocalRuntime:
             "uid": uid,
             "gid": gid,
             "namespaces": isolation.namespaces,
+            "cgroup": cgroup,
             "cgroups": list(dirs),
             "memory_bytes": placement.memory_bytes,
             "log_bytes": self.log_bytes,
             "hide_dirs": [str(self.data_dir)] if isolation.namespaces else [],
             "hide_files": list(self.hide_files) if isolation.namespaces else [],
-            "exit": str(exit_file),
+            "exit": str(pod_dir / f"{placement.pod_name}.{start}.exit"),
         }
-        plan_file = pod_dir / f"{placement.pod_name}.{start}.plan.json"
-        plan_file.write_text(json.dumps(plan), "utf-8")
-        try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway.backends.supervisor",
-                str(plan_file),
-                cwd="/",
-                # Only what finding Muster's own code needs: nothing else of the gateway's
-                # environment (its settings, credentials) reaches even the supervisor.
-                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _IMPORT_PATH},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError:
-            cgroups.remove(dirs)
-            raise
-        record = {
-            "pid": process.pid,
-            "create_time": psutil.Process(process.pid).create_time(),
-            "start": start,
-            "uid": uid,
-            "cgroups": list(dirs),
-            "work": str(work),
-            "exit": str(exit_file),
-        }
-        return process, record
-
-    def _fresh_work_dir(self, work: Path, uid: int | None, gid: int | None) -> None:
-        """An empty work directory for one start of a replica, owned by the job's user, with a
-        private tmp inside; the job's directory above it is the gateway's (searchable only).
-
-        Made as root by path only while the job can reach none of it: the directory is root's
-        (0700) until everything in it is made, and given to the job last, through a descriptor.
-        """
-        job_dir = work.parent
-        remove_tree(str(work))
-        for attempt in range(3):
-            _private_dir(job_dir, 0o711 if uid is not None else 0o700)
-            try:
-                work.mkdir(mode=0o700)
-                break
-            except FileNotFoundError:
-                # The supervisor of the job's last replica removed the empty job directory
-                # between the two steps: make it again.
-                if attempt == 2:
-                    raise
-        tmp = work / "tmp"
-        tmp.mkdir(mode=0o700)
-        tmp.chmod(0o1777)
-        if uid is None or gid is None:
-            return
-        os.chown(tmp, uid, gid)
-        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            os.fchown(fd, uid, gid)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    async def _reap(process: asyncio.subprocess.Process) -> None:
-        await process.wait()
 
     async def delete(self, job_id: str, name: str) -> None:
-        for state in self.state_dir.glob(f"{job_id}/*/{name}.json"):
-            with contextlib.suppress(OSError, ValueError):
-                record = json.loads(state.read_text("utf-8"))
-                if _alive(record):
-                    await self._stop(record)
-                dirs = tuple(record.get("cgroups", ()))
-                await asyncio.to_thread(cgroups.kill, dirs)
-                await asyncio.to_thread(cgroups.remove, dirs)
-                if record.get("work"):
-                    await asyncio.to_thread(remove_tree, str(record["work"]))
-            for leftover in state.parent.glob(f"{name}.*"):  # exits and plans of every start
-                leftover.unlink(missing_ok=True)
-            state.unlink(missing_ok=True)
+        await self._ready()
+        # The files are the truth: every attempt's record of the pod.
+        for path, record in await asyncio.to_thread(
+            read_records, self.state_dir, f"{job_id}/*/{name}.json"
+        ):
+            start = str(record.get("start") or path)
+            if read_exit(exit_file(path, record)) is None and alive(record):
+                await asyncio.wait_for(
+                    self._daemon.request("stop", start=start, grace=self.grace_seconds),
+                    self.grace_seconds + STOP_MARGIN_SECONDS,
+                )
+            await asyncio.to_thread(_remove_pod, path, record)
+            self._index.drop(path, start)
+            await self._daemon.request("forget", record=str(path), start=start)
         job_dir = self.work_dir / job_id
         with contextlib.suppress(OSError):
             job_dir.rmdir()  # the last replica of the job gone
@@ -531,38 +517,6 @@ class LocalRuntime:
                 if path.read_text("utf-8").endswith(f" {job_id}"):
                     self._claims.release(int(path.name), job_id)
 
-    async def _stop(self, record: Mapping[str, Any]) -> None:
-        """SIGTERM the replica (its supervisor passes it to every process of the container);
-        after the grace period, SIGKILL everything that is left."""
-        pid = int(record["pid"])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if await self._ended(record, self.grace_seconds):
-            return
-        dirs = tuple(record.get("cgroups", ()))
-        if dirs:
-            await asyncio.to_thread(cgroups.kill, dirs)
-        else:
-            # The supervisor's children: the namespace's init (killing it ends the namespace)
-            # or, as a subreaper, every descendant of the command.
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(pid).children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
-        if await self._ended(record, 2.0):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-    @staticmethod
-    async def _ended(record: Mapping[str, Any], within: float) -> bool:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if not _alive(record):
-                return True
-            await asyncio.sleep(0.05)
-        return not _alive(record)
-
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
         path = self.log_path(job_id, name)
         if not path.exists():
@@ -573,37 +527,48 @@ class LocalRuntime:
                 if chunk:
                     yield chunk
                     continue
-                if not follow or not self._running(job_id, name):
+                if not follow or not self._writes_log(job_id, name):
                     return
                 await asyncio.sleep(0.2)
 
-    def _running(self, job_id: str, name: str) -> bool:
-        for state in self.state_dir.glob(f"{job_id}/*/{name}.json"):
-            with contextlib.suppress(OSError, ValueError):
-                record = json.loads(state.read_text("utf-8"))
-                if not _exit_file(state, record).exists() and _alive(record):
-                    return True
+    def _writes_log(self, job_id: str, name: str) -> bool:
+        """Whether a replica of the pod still runs (its log may grow)."""
+        for path, record in read_records(self.state_dir, f"{job_id}/*/{name}.json"):
+            if read_exit(exit_file(path, record)) is None and alive(record):
+                return True
         return False
 
     async def close(self) -> None:
-        """Stop reaping; replicas keep running and are adopted by the next gateway."""
-        for task in list(self._children):
-            task.cancel()
-        await asyncio.gather(*self._children, return_exceptions=True)
+        """Disconnect from the daemon; replicas keep running and are adopted by the next
+        gateway."""
+        await self._daemon.close()
         if self.isolation.cgroups is not None:
             # The data directory's cgroup parents, when no replica is left in them.
             cgroups.remove([str(parent) for _, parent in self.isolation.cgroups.parents], timeout=0)
 
 
-def _exit_file(state: Path, record: Mapping[str, Any]) -> Path:
-    """Where the supervisor of the recorded start writes the replica's exit status."""
-    return Path(record["exit"]) if record.get("exit") else state.with_suffix(".exit")
+def _remove_pod(path: Path, record: Mapping[str, Any]) -> None:
+    """Remove what is left of a stopped pod: its cgroups (killing any process still in them),
+    its work directory, and its state files of every start."""
+    dirs = tuple(record.get("cgroups") or ())
+    cgroups.kill(dirs)
+    cgroups.remove(dirs)
+    if record.get("work"):
+        remove_tree(str(record["work"]))
+    for leftover in path.parent.glob(f"{path.stem}.*"):  # exits and plans of every start
+        leftover.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
-def _open_log(path: Path) -> Any:
-    """The replica's log, for appending; only the gateway's user may read it (0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(fd, "ab")
+def _work_dirs(work_dir: Path) -> list[Path]:
+    """Every replica work directory under the work root (``<job>/<pod>.<start>``)."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError):
+        for job_dir in work_dir.iterdir():
+            if job_dir.is_dir():
+                with contextlib.suppress(OSError):
+                    found.extend(job_dir.iterdir())
+    return found
 
 
 def _own_user() -> str:
@@ -613,10 +578,3 @@ def _own_user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return f"uid{os.geteuid()}"
-
-
-def _read_exit(path: Path) -> int | None:
-    try:
-        return int(path.read_text("utf-8").strip())
-    except (OSError, ValueError):
-        return None

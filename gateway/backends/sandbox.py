@@ -33,6 +33,7 @@ import os
 import pwd
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -281,13 +282,26 @@ class UidClaims:
                 return False
             if held != tag and (age < self.FRESH_SECONDS or _uid_runs(uid)):
                 return False
-            partial = path.with_name(f".{uid}.{os.getpid()}")
-            partial.write_text(tag, "utf-8")
+            # A name of its own: two claims at once (two jobs, two processes) never share one.
+            fd, partial = tempfile.mkstemp(prefix=f".{uid}.", dir=self.root)
+            with os.fdopen(fd, "w") as file:
+                file.write(tag)
             os.replace(partial, path)  # also refreshes the claim's time
             return True
         with os.fdopen(fd, "w") as file:
             file.write(tag)
         return True
+
+    def held(self) -> list[tuple[int, str]]:
+        """(uid, job) of every claim this instance holds."""
+        mine = []
+        prefix = f"{self.instance} "
+        for path in self.root.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                held = path.read_text("utf-8")
+                if held.startswith(prefix) and not path.name.startswith("."):
+                    mine.append((int(path.name), held[len(prefix) :]))
+        return mine
 
     def release(self, uid: int, job_id: str) -> None:
         path = self.root / str(uid)

@@ -1,10 +1,8 @@
-"""The local backend's replica supervisor: ``python -m gateway.backends.supervisor PLAN``.
+"""How a replica's supervisor contains the replica, copies its output and waits for it.
 
-The gateway writes a launch plan (``sandbox.LaunchPlan`` as JSON: the command, its environment,
-working directory, user, cgroups and what to hide) and starts this supervisor, which outlives the
-gateway. It runs the command in a container of its own, waits for it, and writes its exit status
-into the plan's exit file, atomically: a gateway cannot wait for a process that is not its child,
-but the supervisor can, so a replica that outlives a gateway restart is still adopted.
+The supervisor is a fork of the data directory's supervisor daemon (``daemon``); ``replica``
+is its life from that fork to its cleanup, and this module the part in the middle:
+``run_contained`` starts the command in a container and returns its status.
 
 Two ways to contain a replica:
 
@@ -26,26 +24,25 @@ which the replica never holds, so it cannot truncate, preallocate or rewrite it)
 ``log_bytes``, then notes the cut and discards the rest. A full disk stops the copy, never the
 replica.
 
+Kernel rules kept here: a process that unshared CLONE_NEWPID may start no thread (one thread,
+poll, and a SIGCHLD wakeup pipe); once the namespace's init died, forking into it fails (ENOMEM),
+so the supervisor returns to its own PID namespace first.
+
 Invariants: the command never runs as root when the plan names a user; it gets exactly the plan's
-environment, nothing of the supervisor's; a sandbox step that fails stops the replica (status 126)
-rather than running it with less isolation than planned; as root, nothing is done by path inside
-a directory the job owns (its tmp is opened without following links, checked, and mounted from
-the open descriptor); the exit status is recorded before anything is cleaned up; when the job's
-uid is released, its kernel keyrings are cleared, so the next job given that uid inherits nothing.
+environment, nothing of the supervisor's, and no descriptor but its output pipe; a sandbox step
+that fails stops the replica (status 126) rather than running it with less isolation than
+planned; as root, nothing is done by path inside a directory the job owns (its tmp is opened
+without following links, checked, and mounted from the open descriptor).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import select
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from gateway.backends import cgroups
@@ -62,14 +59,6 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_PDEATHSIG = 1
-# keyctl(2): clear a uid's keyrings when the uid is released.
-SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
-KEYCTL_CLEAR = 7
-KEYCTL_GET_PERSISTENT = 22
-KEY_SPEC_PROCESS_KEYRING = -2
-KEY_SPEC_USER_KEYRING = -4
-KEY_SPEC_USER_SESSION_KEYRING = -5
 PUMP_CHUNK = 64 * 1024
 #: Seconds the supervisor waits, after the replica ended, for the rest of its output.
 DRAIN_SECONDS = 5.0
@@ -82,20 +71,20 @@ class SandboxError(Exception):
     pass
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _call(result: int, what: str) -> None:
+def checked(result: int, what: str) -> None:
     if result != 0:
         code = ctypes.get_errno()
         raise SandboxError(f"{what}: {os.strerror(code)}")
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    libc = _libc()
-    _call(
-        libc.mount(
+    c = libc()
+    checked(
+        c.mount(
             source.encode() if source else None,
             target.encode(),
             fstype.encode() if fstype else None,
@@ -104,15 +93,6 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         ),
         f"mount {target}",
     )
-
-
-def record(state_dir: int, name: str, exit_code: int) -> None:
-    """Write the exit status as ``name`` in the directory ``state_dir`` (an open fd), atomically."""
-    partial = name + ".partial"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=state_dir)
-    with os.fdopen(fd, "w") as file:
-        file.write(str(exit_code))
-    os.replace(partial, name, src_dir_fd=state_dir, dst_dir_fd=state_dir)
 
 
 def exit_code(status: int) -> int:
@@ -129,34 +109,22 @@ def _quantity(size: int) -> str:
     return str(size)
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m gateway.backends.supervisor PLAN", file=sys.stderr)
-        return 2
-    plan: dict[str, Any] = json.loads(Path(argv[0]).read_text("utf-8"))
-    exit_file = Path(plan["exit"])
-    state_dir = os.open(exit_file.parent, os.O_RDONLY | os.O_DIRECTORY)
-    stopping: list[int] = []
-    code = SANDBOX_FAILED
-    try:
-        code = _supervise(plan, stopping)
-    finally:
-        # The status first: the gateway learns the replica ended even if a cleanup step fails.
-        record(state_dir, exit_file.name, code)
-    _clean_up(plan)
-    return 0
+def keep_only(*keep: int) -> None:
+    """Close every descriptor inherited from the daemon but stdio and ``keep``."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-def _supervise(plan: dict[str, Any], stopping: list[int]) -> int:
+def say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
+
+
+def run_contained(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int:
     """Run the replica to its end; its status as a shell reports it."""
-    child = [0]  # the replica's first process, once started
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        _signal_replica(plan, child[0], signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
     # Children made after the replica's namespace ended (its init gone) could not be made in
     # it: the supervisor's own namespace comes back for them, through this descriptor.
     own = os.open("/proc/self/ns/pid", os.O_RDONLY) if plan["namespaces"] else -1
@@ -164,7 +132,7 @@ def _supervise(plan: dict[str, Any], stopping: list[int]) -> int:
         return _contain(plan, stopping, child)
     finally:
         if own >= 0:
-            _call(_libc().setns(own, CLONE_NEWPID), "return to the supervisor's PID namespace")
+            checked(libc().setns(own, CLONE_NEWPID), "return to the supervisor's PID namespace")
             os.close(own)
 
 
@@ -172,11 +140,11 @@ def _contain(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int
     """Start the replica in its container (its pid into ``child``) and wait for it."""
     try:
         if plan["namespaces"]:
-            _call(_libc().unshare(CLONE_NEWPID), "unshare a PID namespace")
+            checked(libc().unshare(CLONE_NEWPID), "unshare a PID namespace")
         else:
-            _call(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a subreaper")
+            checked(libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a subreaper")
     except SandboxError as exc:
-        print(f"muster: cannot contain the replica: {exc}", file=sys.stderr, flush=True)
+        say(f"muster: cannot contain the replica: {exc}\n")
         return SANDBOX_FAILED
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -189,8 +157,8 @@ def _contain(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int
     child[0] = pid
     os.close(write_end)
     if stopping:  # a stop that came before the fork
-        _signal_replica(plan, pid, stopping[0])
-    code = _wait_for(pid, plan, read_end, _Log(1, int(plan["log_bytes"])))
+        signal_replica(plan, pid, stopping[0])
+    code = _wait_for(child, plan, read_end, _Log(1, int(plan["log_bytes"])))
     if code == 128 + signal.SIGKILL and cgroups.oom_killed(plan["cgroups"]):
         _note(
             f"the replica used more memory than it requested "
@@ -241,58 +209,11 @@ def _read(fd: int) -> bytes:
         return b""
 
 
-def _clean_up(plan: dict[str, Any]) -> None:
-    """After the replica: everything of it is gone (its namespace ended with its init, or the
-    subreaper killed what was left), so its cgroups, its work directory (a pod's scratch space:
-    nothing waits there for the next job given the uid) and its uid's keyrings can go."""
-    cgroups.kill(plan["cgroups"])
-    cgroups.remove(plan["cgroups"])
-    remove_tree(plan["cwd"])
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(plan["cwd"]))  # the job's directory, if this was its last
-    if plan["uid"] is not None:
-        _clear_keyrings(plan["uid"], plan["gid"])
-
-
-def remove_tree(path: str) -> None:
-    """Remove a directory tree however deep, never following a link and never leaving its file
-    system (coreutils rm: iterative, unlike Python 3.11's shutil.rmtree)."""
-    subprocess.run(
-        ["rm", "-rf", "--one-file-system", "--", path],
-        env={"PATH": "/usr/bin:/bin"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def _clear_keyrings(uid: int, gid: int) -> None:
-    """Clear the kernel keyrings of ``uid``, which outlive its processes (a secret a job put
-    there would reach the next job given the uid)."""
-    number = SYS_KEYCTL.get(os.uname().machine)
-    if number is None:
-        return
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            libc = _libc()
-            for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
-                libc.syscall(number, KEYCTL_CLEAR, ring)
-            persistent = libc.syscall(number, KEYCTL_GET_PERSISTENT, -1, KEY_SPEC_PROCESS_KEYRING)
-            if persistent > 0:
-                libc.syscall(number, KEYCTL_CLEAR, persistent)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def _wait_for(child: int, plan: dict[str, Any], output: int, log: _Log) -> int:
+def _wait_for(child: list[int], plan: dict[str, Any], output: int, log: _Log) -> int:
     """Copy the replica's output into its log until every writer is gone, and wait for the
-    command (the namespace's init, or the command itself), reaping orphans on the way.
+    command (the namespace's init, or the command itself: ``child[0]``), reaping orphans on the
+    way. Once reaped, ``child[0]`` is 0: its pid may belong to another process by then, which no
+    forwarded signal must reach.
 
     One thread (a process that made a PID namespace for its children may start no thread):
     SIGCHLD wakes the poll through a wakeup pipe, so an exit is seen at once.
@@ -324,8 +245,9 @@ def _wait_for(child: int, plan: dict[str, Any], output: int, log: _Log) -> int:
                 elif chunk != b"-":
                     log.write(chunk)
         if status is None:
-            status = _reap(child)
+            status = _reap(child[0])
             if status is not None:
+                child[0] = 0
                 ended_at = time.monotonic()
                 if not plan["namespaces"]:
                     _kill_descendants()
@@ -375,7 +297,7 @@ def _kill_descendants() -> None:
         time.sleep(0.005)
 
 
-def _signal_replica(plan: dict[str, Any], child: int, signum: int) -> None:
+def signal_replica(plan: dict[str, Any], child: int, signum: int) -> None:
     if child <= 0:
         return
     if plan["namespaces"]:
@@ -390,6 +312,9 @@ def _signal_replica(plan: dict[str, Any], child: int, signum: int) -> None:
 def _child(plan: dict[str, Any]) -> None:
     """The forked child: the namespace's init (which forks the command), or the command."""
     try:
+        # Nothing of the supervisor's (its state directory, the daemon's socket) stays open in
+        # the init, which runs as root in the job's namespace.
+        keep_only()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
         if plan["cgroups"]:
@@ -397,10 +322,8 @@ def _child(plan: dict[str, Any]) -> None:
         if plan["namespaces"]:
             _init(plan)
         _exec(plan)
-    except SandboxError as exc:
-        print(f"muster: cannot set up the replica's sandbox: {exc}", file=sys.stderr, flush=True)
-    except OSError as exc:
-        print(f"muster: cannot set up the replica's sandbox: {exc}", file=sys.stderr, flush=True)
+    except (SandboxError, OSError) as exc:
+        say(f"muster: cannot set up the replica's sandbox: {exc}\n")
     os._exit(SANDBOX_FAILED)
 
 
@@ -417,7 +340,7 @@ def _init(plan: dict[str, Any]) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    _call(_libc().unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare mount and IPC namespaces")
+    checked(libc().unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare mount and IPC namespaces")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for path in plan["hide_dirs"]:
@@ -469,16 +392,12 @@ def _exec(plan: dict[str, Any]) -> None:
         os.setgroups([])
         os.setresgid(plan["gid"], plan["gid"], plan["gid"])
         os.setresuid(plan["uid"], plan["uid"], plan["uid"])
-    _call(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+    checked(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
     os.umask(0o022)
     os.chdir(plan["cwd"])
     command = plan["command"]
     try:
         os.execvpe(command[0], command, plan["env"])
     except OSError as exc:
-        print(f"muster: cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+        say(f"muster: cannot start {command[0]!r}: {exc.strerror}\n")
         os._exit(NOT_FOUND)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -56,9 +56,21 @@ def local_dirs() -> Iterator[LocalDirs]:
     try:
         yield dirs
     finally:
+        # The daemon outlives the gateway (and leaves only once idle): it goes too.
+        for proc in daemon_processes(dirs.data):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
         for proc in replica_processes(dirs.data):
+            # Its process group holds its namespace's init; without namespaces the command
+            # left the group (its own session), so every descendant is killed too.
+            descendants: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                descendants = proc.children(recursive=True)
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -143,17 +155,37 @@ def log_of(base: str, job_id: str) -> str:
     return str(text)
 
 
-def replica_processes(data_dir: Path) -> list[psutil.Process]:
-    """Live replica supervisors started for this data directory (one per replica: the init of
-    a replica's namespace is a fork of its supervisor and is not counted)."""
+#: The process name of a replica's supervisor (a fork of the data directory's supervisor daemon,
+#: whose command line it keeps) and of its namespace's init (a fork of the supervisor).
+REPLICA_NAME = "muster-replica"
+DAEMON = "gateway.backends.daemon"
+
+
+def _supervision(data_dir: Path) -> list[psutil.Process]:
+    """Every live process of the data directory's supervision: the daemon and its forks."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "status", "ppid"]):
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        ours = "gateway.backends.supervisor" in cmdline and str(data_dir) in cmdline
+    for proc in psutil.process_iter(["cmdline", "status", "ppid", "name"]):
+        cmdline = proc.info["cmdline"] or ()
+        # The daemon's argument is the data directory's state directory, <data dir>/local.
+        ours = DAEMON in cmdline and any(part.startswith(f"{data_dir}/") for part in cmdline)
         if ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(proc)
+    return found
+
+
+def replica_processes(data_dir: Path) -> list[psutil.Process]:
+    """Live replica supervisors started for this data directory (one per replica: the init of
+    a replica's namespace is a fork of its supervisor, with its name, and is not counted)."""
+    found = [p for p in _supervision(data_dir) if p.info["name"] == REPLICA_NAME]
     pids = {proc.pid for proc in found}
     return [proc for proc in found if proc.info["ppid"] not in pids]
+
+
+def daemon_processes(data_dir: Path) -> list[psutil.Process]:
+    """The data directory's supervisor daemon (and a launcher of one, while it starts)."""
+    found = _supervision(data_dir)
+    pids = {proc.pid for proc in found}
+    return [p for p in found if p.info["name"] != REPLICA_NAME and p.info["ppid"] not in pids]
 
 
 def processes_with(marker: str) -> list[psutil.Process]:

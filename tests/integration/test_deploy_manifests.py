@@ -448,7 +448,9 @@ def test_image_runs_muster_serve_as_the_non_root_user_the_deployment_expects() -
     assert uid.isdigit(), "a numeric uid lets Kubernetes verify runAsNonRoot"
     assert int(uid) != 0
     assert int(uid) == pod["securityContext"]["runAsUser"]
-    assert ("ENTRYPOINT", '["muster"]') in final
+    # tini as PID 1 reaps re-parented processes and forwards signals to the gateway.
+    assert ("ENTRYPOINT", '["tini", "--", "muster"]') in final
+    assert any(keyword == "RUN" and "tini" in arguments for keyword, arguments in final)
     assert ("CMD", '["serve"]') in final
     assert ("EXPOSE", "8080") in final
     assert any(
