@@ -210,8 +210,12 @@ class AdmissionLoop:
                     result = await self._finish_on_shutdown(self.cycle())
                 except Exception:
                     log.exception("admission cycle failed; retrying at the next wake-up")
-            elif self.queue.loaded:
-                self.queue.reset()
+            else:
+                # Capacity freed elsewhere is the leader's to fill: a follower that kept the
+                # event set would never rest again (and never yield the event loop).
+                self.freed.clear()
+                if self.queue.loaded:
+                    self.queue.reset()
             # Pacing: rest after a cycle, unless capacity came free (filled at once).
             if not await woken(self.freed, rest_after(result)):
                 await woken(self.wake, self.interval)

@@ -20,6 +20,7 @@ from gateway.api.serializers import job_view
 from gateway.backends.nodes_file import StaticInventory
 from gateway.backends.simulated import SimulatedRuntime
 from gateway.domain.scheduling.nodes import Node
+from gateway.loops.admission import AdmissionLoop
 from gateway.loops.leader import Leadership
 from gateway.loops.runtime import LoopRuntime
 from gateway.settings import AdmissionSettings, WebhookSettings
@@ -211,6 +212,31 @@ async def test_one_runtime_leads_and_another_takes_over_when_it_stops(
         if not first_stopped:
             await first_running.__aexit__(None, None, None)
     assert not crashed.is_set()
+
+
+@pytest.mark.timeout(20)
+async def test_a_follower_told_of_freed_capacity_keeps_resting_and_yields_the_loop(
+    engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    # Another replica's job ended: every replica hears muster_freed, only the leader cycles.
+    follower = AdmissionLoop(
+        engine,
+        StaticInventory(nodes),
+        is_leader=lambda: False,
+        interval=HOUR,
+        starvation_seconds=300,
+    )
+    running = asyncio.create_task(follower.run())
+    try:
+        for _ in range(3):
+            follower.capacity_freed()
+            for _ in range(10):
+                await asyncio.sleep(0)  # a loop that never rests would never let this return
+            assert not follower.freed.is_set()
+        assert follower.cycles == 0
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_a_loop_that_ends_on_its_own_stops_the_process_loudly(
