@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from gateway.domain.scheduling.cohorts import CohortTerms, Member, lendable
 from gateway.domain.scheduling.nodes import (
     GpuMode,
     GpuSlice,
@@ -108,6 +109,7 @@ def tenant(
     gpu: int | None = None,
     max_running: int = 10**6,
     usage: TenantUsage | None = None,
+    cohort: CohortTerms | None = None,
 ) -> TenantState:
     return TenantState(
         name=name,
@@ -120,6 +122,7 @@ def tenant(
             max_queued_jobs=1000,
         ),
         usage=usage or TenantUsage(),
+        cohort=cohort,
     )
 
 
@@ -257,12 +260,32 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
             continue
         if cpu[name] < 0 or mem[name] < 0 or min(devices[name], default=0) < 0:
             found.append(f"node {name} over-committed: {cpu[name]} {mem[name]} {devices[name]}")
+    pools: dict[str, list[list[int]]] = {}  # cohort -> per resource [pool, drawn, drawn before]
     for name, used in usage.items():
-        quota = snap.tenants[name].quota
-        usage0 = snap.tenants[name].usage
-        limits = (quota.cpu_millis, quota.memory_bytes, quota.gpu_shares, quota.max_running_jobs)
+        state = snap.tenants[name]
+        quota, usage0, terms = state.quota, state.usage, state.cohort
+        limits = [quota.cpu_millis, quota.memory_bytes, quota.gpu_shares, quota.max_running_jobs]
         before = (usage0.cpu_millis, usage0.memory_bytes, usage0.gpu_shares, usage0.running_jobs)
+        if terms is not None:  # nominal plus the borrowing limit, and the cohort's pool
+            member = Member(quota=quota, usage=usage0, terms=terms)
+            cohort = pools.setdefault(terms.cohort, [[0, 0, 0] for _ in RESOURCE_ORDER])
+            for k, resource in enumerate(RESOURCE_ORDER):
+                limit = terms.borrowing_limit.of(resource)
+                limits[k] = BIG * 4 if limit is None else limits[k] + limit
+                own = lendable(member, resource)
+                guaranteed = getattr(quota, resource) - own
+                cohort[k][0] += own
+                cohort[k][1] += max(0, used[k] - guaranteed)
+                cohort[k][2] += max(0, before[k] - guaranteed)
         for got, limit, was in zip(used, limits, before, strict=True):
             if got > limit and got != was:
                 found.append(f"tenant {name} over quota: {used} > {limits}")
+    for cohort_name, amounts in pools.items():
+        for k, (pool, drawn, drawn_before) in enumerate(amounts):
+            if drawn > pool and drawn != drawn_before:
+                found.append(f"cohort {cohort_name} overdrawn on {RESOURCE_ORDER[k]}: {amounts}")
     return found
+
+
+#: The resources of a usage list in ``violations``, in its order.
+RESOURCE_ORDER = ("cpu_millis", "memory_bytes", "gpu_shares")

@@ -38,6 +38,7 @@ from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 from gateway.domain.resources import Resources
+from gateway.domain.scheduling.cohorts import CohortBook, Member
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
 from gateway.domain.scheduling.placement import ClusterState, Gang
 from gateway.domain.scheduling.queue import AdmissionQueue, merge_order
@@ -56,6 +57,7 @@ from gateway.domain.scheduling.reasons import (
     at_running_cap,
     gang_reason,
     listing,
+    over_cohort_quota,
     over_quota,
     short_of_sums,
 )
@@ -150,6 +152,15 @@ class _Cycle:
         self.usage: dict[str, TenantUsage] = {
             name: tenant.usage for name, tenant in snapshot.tenants.items()
         }
+        # Cohort members borrow and lend idle quota: the book keeps their usage and pools.
+        self.book: CohortBook | None = None
+        if any(tenant.cohort is not None for tenant in snapshot.tenants.values()):
+            self.book = CohortBook(
+                {
+                    name: Member(quota=tenant.quota, usage=tenant.usage, terms=tenant.cohort)
+                    for name, tenant in snapshot.tenants.items()
+                }
+            )
         # Shares only move when a tenant is admitted a job, so they are cached until then.
         self.shares: dict[str, float] = {}
         self.slices: dict[tuple[int, int], GpuSlice] = {}
@@ -265,7 +276,14 @@ class _Cycle:
         totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
         cpu, mem, gpu = totals
         demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
-        if not quota.fits_now(used, demand):
+        if tenant.cohort is not None and self.book is not None:
+            if not self.book.fits(job.tenant, demand):
+                lacking = self.book.short_of(job.tenant, demand)
+                cohort = tenant.cohort.cohort
+                words = over_cohort_quota(job.tenant, cohort, lacking) if lacking else ""
+                self._wait(job, PendingReason.WAITING_FOR_QUOTA, words)
+                return _Outcome.OVER_QUOTA
+        elif not quota.fits_now(used, demand):
             short = quota.short_of(used, demand)
             over = over_quota(job.tenant, short) if short is not None else ""
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
@@ -314,6 +332,8 @@ class _Cycle:
         hits: list[tuple[int, tuple[tuple[int, int], ...]]],
     ) -> None:
         self.usage[job.tenant] = self.usage[job.tenant].plus(demand)
+        if self.book is not None:
+            self.book.take(job.tenant, demand)
         self.shares.pop(job.tenant, None)
         nodes = self.cluster.nodes
         by_pod: list[Placement | None] = [None] * len(job.pods)

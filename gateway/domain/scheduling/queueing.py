@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.domain.scheduling.cohorts import CohortTerms
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 
@@ -39,12 +40,14 @@ DEFAULT_BACKFILL = 256
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantState:
-    """A tenant as admission sees it: its fair-share weight, quota and what it holds now."""
+    """A tenant as admission sees it: its fair-share weight, quota (nominal, in a cohort), what
+    it holds now, and its cohort membership (None: it holds at most its quota)."""
 
     name: str
     weight: float = 1.0
     quota: Quota
     usage: TenantUsage = field(default_factory=TenantUsage)
+    cohort: CohortTerms | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -22,6 +22,7 @@ from operator import attrgetter
 
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.best_fit import Need
+from gateway.domain.scheduling.cohorts import CohortShortfall
 from gateway.domain.scheduling.nodes import (
     GPU_FRACTION,
     GPU_INVALID,
@@ -50,6 +51,25 @@ def over_quota(tenant: str, short: Shortfall) -> str:
         f"needs {fmt(short.need)}; tenant {tenant} has {fmt(short.left)} of its "
         f"{fmt(short.limit)} quota left"
     )
+
+
+def over_cohort_quota(tenant: str, cohort: str, short: CohortShortfall) -> str:
+    """The words of a cohort member's job that its limits or its cohort keep out now."""
+    fmt = _FORMATS[short.resource]
+    need = f"needs {fmt(short.need)}"
+    if short.limit is not None:
+        return (
+            f"{need}; tenant {tenant} holds {fmt(short.held)} and may hold at most "
+            f"{fmt(short.nominal + short.limit)} ({fmt(short.nominal)} nominal and "
+            f"{fmt(short.limit)} borrowed)"
+        )
+    idle = fmt(short.idle or 0)
+    if short.lent_out:
+        return (
+            f"{need}; tenant {tenant}'s nominal quota is lent to other tenants of cohort "
+            f"{cohort} ({idle} idle to lend)"
+        )
+    return f"{need}; cohort {cohort} has {idle} idle to lend"
 
 
 def at_running_cap(tenant: str, usage: TenantUsage, quota: Quota) -> str:
