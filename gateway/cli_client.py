@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,12 @@ Command = Callable[[Client, argparse.Namespace], None]
 
 EVENTS_SHOWN = 10
 
-#: Jobs sent in one POST /v1/jobs:batch (the API's bound).
+#: Jobs sent in one POST /v1/jobs:batch (the API's bound), and the JSON they may take: well
+#: under the gateway's default MUSTER_MAX_BATCH_BODY_BYTES (4 MiB).
 BATCH_SIZE = 1000
+BATCH_BYTES = 3 * 2**20
+#: The longest Idempotency-Key the API takes.
+MAX_KEY_LENGTH = 255
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -144,20 +148,22 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
         )
         print(f"submitted {job['name']} as {job['id']} ({job['state']})")
         return
+    key = args.idempotency_key
+    if key is not None and len(f"{key}-{len(documents)}") > MAX_KEY_LENGTH:
+        raise BadDocument(
+            f"--idempotency-key is too long for {len(documents)} jobs: job N's key is KEY-N, "
+            f"at most {MAX_KEY_LENGTH} characters"
+        )
+    items = [
+        {"job": document} | ({"idempotency_key": f"{key}-{n}"} if key is not None else {})
+        for n, (_, document) in enumerate(documents, start=1)
+    ]
     refused = 0
-    for start in range(0, len(documents), BATCH_SIZE):
-        chunk = documents[start : start + BATCH_SIZE]
-        items = [
-            {"job": document}
-            | (
-                {"idempotency_key": f"{args.idempotency_key}-{start + n}"}
-                if args.idempotency_key
-                else {}
-            )
-            for n, (_, document) in enumerate(chunk, start=1)
-        ]
-        answer = client.submit_batch(items, tenant=query_tenant)
-        for (where, _), item in zip(chunk, answer["items"], strict=True):
+    start = 0
+    for chunk in _batches(items):
+        answer = client.submit_batch(chunk, tenant=query_tenant)
+        sent, start = documents[start : start + len(chunk)], start + len(chunk)
+        for (where, _), item in zip(sent, answer["items"], strict=True):
             if item["job"] is not None:
                 job = item["job"]
                 print(f"submitted {job['name']} as {job['id']} ({job['state']})")
@@ -172,6 +178,22 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
             print("\n".join(lines), file=sys.stderr)
     if refused:
         raise JobsRefused(f"{refused} of {len(documents)} jobs were not submitted")
+
+
+def _batches(items: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``items`` in batches of at most BATCH_SIZE jobs and BATCH_BYTES of JSON each (a single
+    job larger than that goes alone, and the gateway answers for it)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for item in items:
+        length = len(json.dumps(item)) + 2
+        if batch and (len(batch) == BATCH_SIZE or size + length > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += length
+    if batch:
+        yield batch
 
 
 def _with_tenant(document: dict[str, Any], tenant: str | None, where: str) -> dict[str, Any]:

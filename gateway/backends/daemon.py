@@ -296,6 +296,7 @@ class Daemon:
             replica.run(plan, go_read, self.report_to.fileno())  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(go_read)
+        pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
             fields = {
@@ -311,6 +312,8 @@ class Daemon:
             os.write(go_write, replica.GO)
         except BaseException:
             os.close(go_write)  # the child reads the end of the pipe and leaves, untouched
+            if pidfd >= 0:
+                os.close(pidfd)  # a start that fails on every pass must not leak one each time
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             raise
@@ -384,9 +387,10 @@ class Daemon:
                 pid = int(fields.get("pid") or 0)
                 if pid <= 0 or os.path.exists(exit_file):
                     continue
+                created = float(fields["create_time"])  # a bad record fails before the pidfd
                 pidfd = os.pidfd_open(pid)
                 # Checked once the pidfd holds the process: no pid reuse can slip in between.
-                if not _same_process(pid, float(fields["create_time"])):
+                if not _same_process(pid, created):
                     os.close(pidfd)
                     continue
                 self._track(

@@ -23,6 +23,7 @@ is deleted never exits afterwards; nothing here starts a process or touches the 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import shlex
 from collections.abc import AsyncIterator, Mapping
@@ -40,14 +41,19 @@ def run_seconds(argv: tuple[str, ...]) -> tuple[float, int] | None:
     is deleted (see the module docstring)."""
     words = list(argv)
     if len(words) == 3 and words[0] in ("sh", "/bin/sh", "bash", "/bin/bash") and words[1] == "-c":
-        words = shlex.split(words[2]) if words[2].strip() else []
+        try:
+            words = shlex.split(words[2])
+        except ValueError:  # unbalanced quotes: no command this runner knows
+            return None
     line = " ".join(words)
     if line in ("true", "/bin/true"):
         return 0.0, 0
     if line in ("false", "/bin/false"):
         return 0.0, 1
     match = _SLEEP.fullmatch(line)
-    return (float(match[1]), 0) if match else None
+    if match is None or not math.isfinite(seconds := float(match[1])):
+        return None
+    return seconds, 0
 
 
 @dataclass(kw_only=True, slots=True)

@@ -14,9 +14,14 @@ not what waits:
 - Every cycle first catches it up with the database: the jobs of every job_events row written
   since the last catch-up that left or entered the queue (``from_state`` or ``to_state`` is
   'queued': a submit, an admission, a cancel, a requeue) have their rows read again, and each is
-  held at its current attempt or dropped. Events are taken by transaction id below the snapshot's
-  horizon, as the event stream does (``gateway.db.event_stream``): no event can commit behind the
-  catch-up's cursor, so none is missed. A job's spec is read once per attempt.
+  held at its current attempt or dropped. The cursor is a transaction id: every event the
+  snapshot sees from it on is read, and the cursor then moves to the snapshot's horizon (the
+  oldest transaction still open, ``pg_snapshot_xmin``), below which no event can commit any more
+  (as in the event stream, ``gateway.db.event_stream``), so none is missed. An event above the
+  horizon is read at every catch-up until the horizon passes it (reading one twice changes
+  nothing): a long transaction anywhere on the server (it holds the horizon back for every
+  database) then costs more reads, never a late job; the leader logs it when it lasts. A job's
+  spec is read once per attempt.
 - The leader's own submits hand their jobs over as they commit (``prime``): their rows are read
   at the next catch-up (id, state and attempt), but not their specs.
 
@@ -35,6 +40,7 @@ remembers what is stored, so only changes are written).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,7 +69,11 @@ from gateway.domain.scheduling.queueing import (
     Snapshot,
 )
 
+log = logging.getLogger(__name__)
+
 ADMISSION_LOCK = 0x6D75_0001
+#: How long the snapshot horizon may stay put, with queue changes above it, before it is logged.
+HORIZON_WARNING_SECONDS = 60
 
 #: What a job that no cycle has considered yet shows as its reason.
 NOT_YET_CONSIDERED = "earlier jobs of its tenant are considered first"
@@ -114,6 +124,7 @@ class LeaderQueue:
         # Every job_events row of a transaction below this id has been caught up with; None
         # until loaded.
         self._cursor: int | None = None
+        self._held_since = time.monotonic()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -141,6 +152,22 @@ class LeaderQueue:
     def shown(self, job_id: str) -> Shown:
         return self._shown.get(job_id, _UNSHOWN)
 
+    def _moved_on(self, horizon: int, read: int) -> None:
+        """The cursor moves to ``horizon``; a horizon held back long is logged (once a minute)."""
+        now = time.monotonic()
+        if self._cursor is None or horizon > self._cursor:
+            self._cursor, self._held_since = horizon, now
+            return
+        if read and now - self._held_since >= HORIZON_WARNING_SECONDS:
+            self._held_since = now
+            log.warning(
+                "a transaction open for over %d s holds PostgreSQL's snapshot horizon back "
+                "(possibly in another database of the server): each admission cycle re-reads "
+                "the %d queue changes since",
+                HORIZON_WARNING_SECONDS,
+                read,
+            )
+
     async def catch_up(self, conn: AsyncConnection) -> None:
         """Bring the queue up to what the database holds (load it whole the first time).
 
@@ -158,7 +185,7 @@ class LeaderQueue:
             row = await driver.fetchrow(_CHANGED, str(self._cursor))
             changed = {*row["jobs"], *self._primed, *self._recheck}
             self._recheck.clear()
-            self._cursor = max(self._cursor, int(row["horizon"]))
+            self._moved_on(int(row["horizon"]), len(row["jobs"]))
             if not changed:
                 return
             current = {r[0]: tuple(r) for r in await driver.fetch(_ROWS, list(changed))}
@@ -247,7 +274,6 @@ _CHANGED = """
            ARRAY(
                SELECT DISTINCT CAST(job_id AS text) FROM job_events
                WHERE txid >= CAST(CAST($1 AS text) AS xid8)
-                 AND txid < pg_snapshot_xmin(pg_current_snapshot())
                  AND (from_state = 'queued' OR to_state = 'queued')
            ) AS jobs
 """

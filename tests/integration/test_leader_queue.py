@@ -117,3 +117,26 @@ async def test_the_leaders_queue_equals_the_database_queue_after_random_historie
             async with engine.begin() as conn:
                 await loaded.catch_up(conn)
             assert same_queue(queue, loaded) == [], f"seed {seed}"
+
+
+async def test_a_long_transaction_elsewhere_does_not_hide_queue_changes_from_the_leader(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    # An open transaction that has written holds PostgreSQL's snapshot horizon back for every
+    # database of the server; jobs another replica queues meanwhile must still reach the leader.
+    await make_tenant(api)
+    queue = LeaderQueue()
+    async with engine.begin() as conn:
+        await queue.catch_up(conn)
+    async with engine.connect() as long:
+        await long.execute(text("SELECT pg_current_xact_id()"))  # it has a transaction id now
+        first = (await api.post("/v1/jobs", json=job("while-held"))).body
+        for _ in range(2):  # and again: an event read twice changes nothing
+            async with engine.begin() as conn:
+                await queue.catch_up(conn)
+            assert [j.id for j in queue.jobs] == [first["id"]]
+        assert (await api.post(f"/v1/jobs/{first['id']}/cancel")).status == 200
+        async with engine.begin() as conn:
+            await queue.catch_up(conn)
+        assert list(queue.jobs) == []
+        await long.rollback()
