@@ -278,9 +278,13 @@ async def why_not_written(job: JobToWrite, missed: Missed, lookup: Lookup) -> Su
             f"tenant {row.tenant!r} already has a live job named {row.name!r}; "
             "pick another name or wait until it ends"
         ) from missed.name_taken
-    raise TooManyRequests(
-        f"tenant {row.tenant!r} has {missed.cap} queued jobs, its limit; retry when some are "
-        "admitted",
+    raise queue_full(row.tenant, missed.cap)
+
+
+def queue_full(tenant: str, cap: int) -> TooManyRequests:
+    """429: the tenant's queue holds ``cap`` jobs, its limit."""
+    return TooManyRequests(
+        f"tenant {tenant!r} has {cap} queued jobs, its limit; retry when some are admitted",
         retry_after_seconds=QUEUED_CAP_RETRY_AFTER,
     )
 
