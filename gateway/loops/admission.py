@@ -214,6 +214,7 @@ class AdmissionLoop:
                 # Capacity freed elsewhere is the leader's to fill: a follower that kept the
                 # event set would never rest again (and never yield the event loop).
                 self.freed.clear()
+                self._freed_at = None  # nor is it a refill of this replica's to time
                 if self.queue.loaded:
                     self.queue.reset()
             # Pacing: rest after a cycle, unless capacity came free (filled at once).
