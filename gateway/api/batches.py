@@ -64,10 +64,11 @@ async def submit_batch(request: web.Request) -> web.Response:
     answers: list[dict[str, Any] | None] = [None] * len(items)
     checked: list[tuple[int, CheckedSubmit]] = []
     submissions: list[Submission] = []
+    seen: dict[str, list[tuple[str, str]]] = {}  # the nodes' word on each set of pods checked
     for index, item in enumerate(items):
         job, key = item["job"], item.get("idempotency_key")
         try:
-            one = await check_submit(request, job)
+            one = await check_submit(request, job, seen=seen)
         except ClientError as exc:
             answers[index] = _refused(exc)
         else:

@@ -98,11 +98,14 @@ class CheckedSubmit:
         return ValidationFailed(relocated, detail=exc.detail)
 
 
-async def check_submit(request: web.Request, body: Any) -> CheckedSubmit:
+async def check_submit(
+    request: web.Request, body: Any, *, seen: dict[str, list[tuple[str, str]]] | None = None
+) -> CheckedSubmit:
     """The checks of one submitted job (``body``, a job spec or a TFJob), each raising its
     refusal: its tenant and the caller's role there, its shape against the OpenAPI schema and
     its meaning in the core, the callback's address, and the cluster's nodes. POST /v1/jobs
-    makes them for its body, POST /v1/jobs:batch for each of its jobs."""
+    makes them for its body, POST /v1/jobs:batch for each of its jobs, passing ``seen``: what
+    the nodes said of each set of pods already checked (a sweep's jobs mostly share theirs)."""
     missing_tenant = None
     tfjob = is_tfjob(body)
     if tfjob:
@@ -135,7 +138,12 @@ async def check_submit(request: web.Request, body: Any) -> CheckedSubmit:
     )
     # A job that can never run is refused before any statement; its tenant's quota is read with
     # the tenant's row, when the job is written.
-    impossible = never_fits_nodes(checked.pods, await request.app[INVENTORY].nodes())
+    key = repr(checked.pods) if seen is not None else ""
+    impossible = seen.get(key) if seen is not None else None
+    if impossible is None:
+        impossible = never_fits_nodes(checked.pods, await request.app[INVENTORY].nodes())
+        if seen is not None:
+            seen[key] = impossible
     if impossible:
         raise checked.refusal(never_runs(impossible))
     return checked
