@@ -11,7 +11,7 @@ jobs per POST /v1/jobs:batch with ``--batch-concurrency`` in flight. ``--repeat`
 many times (the machine may be noisy).
 
     python bench/admission_e2e.py [--jobs 5000] [--concurrency 32] [--batch 100]
-                                  [--batch-concurrency 4] [--repeat 1]
+                                  [--batch-concurrency 4] [--repeat 1] [--max-queued 1000000]
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ async def run(args: argparse.Namespace, batch: int) -> dict[str, float]:
         )
         base = gateway.start()
         async with aiohttp.ClientSession(headers=bearer()) as http:
-            async with http.put(f"{base}/v1/admin/tenants/bench", json={"quota": QUOTA}) as r:
+            quota = {**QUOTA, "max_queued_jobs": args.max_queued}
+            async with http.put(f"{base}/v1/admin/tenants/bench", json={"quota": quota}) as r:
                 assert r.status == 201, await r.text()
             started = time.perf_counter()
             if batch:
@@ -159,6 +160,12 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="jobs per batch; 0: no batches")
     parser.add_argument("--batch-concurrency", type=int, default=4, help="batches in flight")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each way")
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=1000000,
+        help="the tenant's max_queued_jobs (a batch searches its free queue slots below it)",
+    )
     args = parser.parse_args()
 
     modes = [0, args.batch] if args.batch else [0]
