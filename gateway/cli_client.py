@@ -121,7 +121,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     cancel = command("cancel", _cancel, "cancel a job (its pods are deleted)")
     cancel.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
 
-    about = "list tenants with their quota, usage and priority ceiling"
+    about = "list tenants: quota, usage, priority ceiling, cohort, what they borrow and lend"
     command("tenants", _tenants, about, with_json=True)
 
 
@@ -347,10 +347,35 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
                 f"{tenant['running_jobs']}/{quota['max_running_jobs']}",
                 f"{tenant['queued_jobs']}/{quota['max_queued_jobs']}",
                 str(tenant["max_priority"]),
+                tenant.get("cohort") or "-",
+                _amounts(tenant.get("borrowed")),
+                _amounts(tenant.get("lent")),
             )
         )
-    headers = ("NAME", "NAMESPACE", "CPU", "MEMORY", "GPU", "RUNNING", "QUEUED", "MAX_PRIORITY")
+    headers = (
+        "NAME",
+        "NAMESPACE",
+        "CPU",
+        "MEMORY",
+        "GPU",
+        "RUNNING",
+        "QUEUED",
+        "MAX_PRIORITY",
+        "COHORT",
+        "BORROWED",
+        "LENT",
+    )
     print(_table(headers, rows))
+
+
+def _amounts(amounts: dict[str, Any] | None) -> str:
+    """``{"cpu": "2", "memory": "0", "gpu": 1}`` -> ``cpu=2,gpu=1``; ``-`` when none is held."""
+    held = [
+        f"{key}={_number(amounts[key])}"
+        for key in ("cpu", "memory", "gpu")
+        if amounts and amounts.get(key) not in (None, 0, "0")
+    ]
+    return ",".join(held) or "-"
 
 
 # --- output ---------------------------------------------------------------------------------------

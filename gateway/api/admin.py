@@ -1,4 +1,5 @@
-"""Admin routes: tenants, their quotas and grants, and the audit log. Platform admins only."""
+"""Admin routes: tenants, their quotas, cohort terms and grants, and the audit log. Platform
+admins only (cohorts themselves: ``gateway.api.cohorts``)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from gateway.api.body import read_checked
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.serializers import audit_view, json_response, tenant_view
+from gateway.db import audit as audit_log
 from gateway.db import grants as grant_store
 from gateway.db import tenants as tenant_store
 from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
+from gateway.domain.scheduling.cohorts import CohortTerms, Limits
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.scheduling.quota import Quota
 from gateway.domain.tenants import TenantSettings
@@ -42,13 +45,17 @@ _QUOTA_PARSERS = (
 )
 
 
+_LIMITS = ("borrowing_limit", "lending_limit")
+
+
 def tenant_settings(
     body: Mapping[str, Any], current: TenantSettings | None, name: str
 ) -> TenantSettings:
     """A schema-valid TenantPut/TenantPatch body over the ``current`` settings (None for a PUT,
     whose body the schema requires to be whole) -> the new settings.
 
-    Raises ValidationFailed listing every quantity that does not parse.
+    Raises ValidationFailed listing every quantity that does not parse, and limits given to a
+    tenant that is in no cohort.
     """
     quota = body.get("quota", {})
     problems: list[FieldProblem] = []
@@ -59,11 +66,12 @@ def tenant_settings(
                 amounts[field_name] = parse(quota[key])
             except QuantityError as exc:
                 problems.append(FieldProblem(pointer=pointer("quota", key), detail=str(exc)))
-    if problems:
-        raise ValidationFailed(problems)
     for key in ("max_running_jobs", "max_queued_jobs"):
         if key in quota:
             amounts[key] = quota[key]
+    cohort = _cohort_terms(body, current, problems)
+    if problems:
+        raise ValidationFailed(problems)
     return TenantSettings(
         namespace=body.get("namespace", current.namespace if current else name),
         quota=Quota(**amounts),
@@ -72,7 +80,50 @@ def tenant_settings(
         max_priority=int(
             body.get("max_priority", current.max_priority if current else DEFAULT_MAX_PRIORITY)
         ),
+        cohort=cohort,
     )
+
+
+def _cohort_terms(
+    body: Mapping[str, Any], current: TenantSettings | None, problems: list[FieldProblem]
+) -> CohortTerms | None:
+    """The cohort and limits a body sets over ``current``'s: a cohort left out is kept (null
+    leaves it, with its limits), a limit left out of ``quota`` is kept, and a key left out of a
+    limit is no limit. Only a member of a cohort may have limits (a problem in ``problems``)."""
+    now = None if current is None else current.cohort
+    cohort = body.get("cohort", None if now is None else now.cohort)
+    quota = body.get("quota", {})
+    limits = {
+        "borrowing_limit": Limits() if now is None else now.borrowing_limit,
+        "lending_limit": Limits() if now is None else now.lending_limit,
+    }
+    for kind in _LIMITS:
+        if kind in quota:
+            limits[kind] = _limits(quota[kind], kind, problems)
+            if cohort is None and limits[kind] != Limits():
+                detail = f'only a member of a cohort has a {kind.replace("_", " ")}: set "cohort"'
+                problems.append(FieldProblem(pointer=pointer("quota", kind), detail=detail))
+    if cohort is None:
+        return None
+    return CohortTerms(
+        cohort=cohort,
+        borrowing_limit=limits["borrowing_limit"],
+        lending_limit=limits["lending_limit"],
+    )
+
+
+def _limits(raw: Mapping[str, Any], kind: str, problems: list[FieldProblem]) -> Limits:
+    """A schema-valid limit (each key optional; null or left out: no limit), parsed as the
+    quota's own keys are."""
+    amounts: dict[str, int] = {}
+    for key, field_name, parse in _QUOTA_PARSERS:
+        if raw.get(key) is None:
+            continue
+        try:
+            amounts[field_name] = parse(raw[key])
+        except QuantityError as exc:
+            problems.append(FieldProblem(pointer=pointer("quota", kind, key), detail=str(exc)))
+    return Limits(**amounts)
 
 
 @routes.put("/v1/admin/tenants/{tenant}")
@@ -130,13 +181,20 @@ async def delete_tenant(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     require_admin(request)
     query = request.query
-    unknown = sorted(set(query) - {"tenant", "limit", "cursor"})
+    unknown = sorted(set(query) - {"tenant", "cohort", "limit", "cursor"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     limit = page_limit(query.get("limit"))
     before = decode_cursor(query["cursor"]) if "cursor" in query else None
-    entries = await tenant_store.audit(
-        request.app[ENGINE], tenant=tenant_filter(query), limit=limit + 1, before_id=before
+    cohort = query.get("cohort")
+    if cohort is not None and not DNS_1123_LABEL.fullmatch(cohort):
+        raise BadRequest("cohort must be a cohort name (a DNS-1123 label)")
+    entries = await audit_log.entries(
+        request.app[ENGINE],
+        tenant=tenant_filter(query),
+        cohort=cohort,
+        limit=limit + 1,
+        before_id=before,
     )
     more = len(entries) > limit
     entries = entries[:limit]

@@ -19,6 +19,7 @@ from gateway.api import (
     admin,
     batches,
     cluster,
+    cohorts,
     connections,
     events,
     jobs,
@@ -94,6 +95,7 @@ def make_app(
     app.add_routes(jobs.routes)
     app.add_routes(batches.routes)
     app.add_routes(admin.routes)
+    app.add_routes(cohorts.routes)
     app.add_routes(cluster.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(metrics.routes)

@@ -26,7 +26,7 @@ from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.api.observability import REQUEST_DURATION
 from gateway.db.metrics import MetricCounts, metric_counts
 from gateway.domain.lifecycle.states import EventType
-from gateway.domain.resources import GPU_SHARES_PER_DEVICE
+from gateway.domain.resources import GPU_SHARES_PER_DEVICE, Resources
 from gateway.domain.scheduling.capacity import free_capacity
 from gateway.domain.scheduling.nodes import Node
 from gateway.domain.webhooks import AttemptOutcome
@@ -47,6 +47,10 @@ def _resources(cpu_millis: float, memory_bytes: float, gpu_shares: float) -> dic
         "gpu": gpu_shares / GPU_SHARES_PER_DEVICE,
         "gpu_shares": float(gpu_shares),
     }
+
+
+def _amounts(amounts: Resources) -> dict[str, float]:
+    return _resources(amounts.cpu_millis, amounts.memory_bytes, amounts.gpu_shares)
 
 
 class DatabaseCollector(Collector):
@@ -156,16 +160,31 @@ class DatabaseCollector(Collector):
             "What a tenant's admitted and running jobs hold, by resource.",
             labels=["tenant", "resource"],
         )
+        borrowed = GaugeMetricFamily(
+            "muster_tenant_borrowed",
+            "What a tenant holds above its nominal quota, on quota its cohort lends, by resource.",
+            labels=["tenant", "resource"],
+        )
+        lent = GaugeMetricFamily(
+            "muster_tenant_lent",
+            "What of a tenant's nominal quota other members of its cohort hold, by resource.",
+            labels=["tenant", "resource"],
+        )
         for status in self.counts.tenants:
             name, limit, held = status.tenant.name, status.tenant.settings.quota, status.usage
-            limits = _resources(limit.cpu_millis, limit.memory_bytes, limit.gpu_shares)
-            used = _resources(held.cpu_millis, held.memory_bytes, held.gpu_shares)
-            for resource, value in limits.items():
-                quota.add_metric([name, resource], value)
-            for resource, value in used.items():
-                usage.add_metric([name, resource], value)
+            standing = status.standing
+            for family, values in (
+                (quota, _resources(limit.cpu_millis, limit.memory_bytes, limit.gpu_shares)),
+                (usage, _resources(held.cpu_millis, held.memory_bytes, held.gpu_shares)),
+                (borrowed, _amounts(standing.borrowed)),
+                (lent, _amounts(standing.lent)),
+            ):
+                for resource, value in values.items():
+                    family.add_metric([name, resource], value)
         yield quota
         yield usage
+        yield borrowed
+        yield lent
 
     def _cluster(self) -> Iterator[Any]:
         ready = [node for node in self.nodes if node.ready]

@@ -13,9 +13,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.domain.lifecycle.records import Job, JobEvent
-from gateway.domain.resources import format_cpu, format_gpu, format_memory
+from gateway.domain.resources import Resources, format_cpu, format_gpu, format_memory
+from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.quota import Quota, TenantUsage
-from gateway.domain.tenants import AuditEntry, Tenant, TenantStatus
+from gateway.domain.tenants import AuditEntry, Cohort, CohortStatus, Tenant, TenantStatus
 from gateway.jsontext import json_bytes
 
 
@@ -80,14 +81,29 @@ def event_view(event: JobEvent) -> dict[str, Any]:
     }
 
 
-def quota_view(quota: Quota) -> dict[str, Any]:
+def limits_view(limits: Limits) -> dict[str, Any]:
+    """A cohort member's borrowing or lending limit, in the quota's units; null: no limit."""
+    cpu, memory, gpu = limits.cpu_millis, limits.memory_bytes, limits.gpu_shares
     return {
+        "cpu": None if cpu is None else format_cpu(cpu),
+        "memory": None if memory is None else format_memory(memory),
+        "gpu": None if gpu is None else format_gpu(gpu),
+    }
+
+
+def quota_view(quota: Quota, terms: CohortTerms | None = None) -> dict[str, Any]:
+    """A tenant's (nominal) quota, with its limits when it is in a cohort."""
+    view: dict[str, Any] = {
         "cpu": format_cpu(quota.cpu_millis),
         "memory": format_memory(quota.memory_bytes),
         "gpu": format_gpu(quota.gpu_shares),
         "max_running_jobs": quota.max_running_jobs,
         "max_queued_jobs": quota.max_queued_jobs,
     }
+    if terms is not None:
+        view["borrowing_limit"] = limits_view(terms.borrowing_limit)
+        view["lending_limit"] = limits_view(terms.lending_limit)
+    return view
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:
@@ -95,7 +111,8 @@ def tenant_view(tenant: Tenant) -> dict[str, Any]:
     return {
         "name": tenant.name,
         "namespace": settings.namespace,
-        "quota": quota_view(settings.quota),
+        "quota": quota_view(settings.quota, settings.cohort),
+        "cohort": None if settings.cohort is None else settings.cohort.cohort,
         "weight": settings.weight,
         "max_priority": settings.max_priority,
         "created_at": timestamp(tenant.created_at),
@@ -109,13 +126,16 @@ def audit_view(entry: AuditEntry) -> dict[str, Any]:
         "actor": entry.actor,
         "action": entry.action.value,
         "tenant": entry.tenant,
+        "cohort": entry.cohort,
         "before": entry.before,
         "after": entry.after,
         "created_at": timestamp(entry.created_at),
     }
 
 
-def usage_view(usage: TenantUsage) -> dict[str, Any]:
+def usage_view(usage: TenantUsage | Resources) -> dict[str, Any]:
+    """An amount of each resource (what a tenant holds, borrows or lends, a cohort's idle
+    quota), in the quota's units."""
     return {
         "cpu": format_cpu(usage.cpu_millis),
         "memory": format_memory(usage.memory_bytes),
@@ -123,10 +143,45 @@ def usage_view(usage: TenantUsage) -> dict[str, Any]:
     }
 
 
+def standing_view(standing: Standing) -> dict[str, Any]:
+    return {
+        "nominal": usage_view(standing.nominal),
+        "borrowed": usage_view(standing.borrowed),
+        "lent": usage_view(standing.lent),
+    }
+
+
 def tenant_status_view(status: TenantStatus) -> dict[str, Any]:
     return {
         **tenant_view(status.tenant),
         "usage": usage_view(status.usage),
+        **standing_view(status.standing),
         "running_jobs": status.usage.running_jobs,
         "queued_jobs": status.queued_jobs,
+    }
+
+
+def cohort_view(cohort: Cohort) -> dict[str, Any]:
+    return {
+        "name": cohort.name,
+        "description": cohort.description,
+        "members": list(cohort.members),
+        "created_at": timestamp(cohort.created_at),
+        "updated_at": timestamp(cohort.updated_at),
+    }
+
+
+def cohort_status_view(status: CohortStatus) -> dict[str, Any]:
+    return {
+        **cohort_view(status.cohort),
+        "members": [
+            {
+                "name": member.name,
+                "borrowing_limit": limits_view(member.terms.borrowing_limit),
+                "lending_limit": limits_view(member.terms.lending_limit),
+                **standing_view(member.standing),
+            }
+            for member in status.members
+        ],
+        "idle": usage_view(status.idle),
     }

@@ -4,8 +4,9 @@ Group commit (``gateway.db.submits``) sends a job here when its batch statement 
 batch request's transaction each job its statement skipped. For one job, in order:
 
 1. its tenant's rules (``check_tenant``): the tenant exists, the priority is within its ceiling
-   (``gateway.domain.scheduling.priority``), and the job fits its quota one day
-   (``gateway.domain.scheduling.reasons``' ``never_fits_quota``); 422 otherwise;
+   (``gateway.domain.scheduling.priority``), and the job fits its quota one day, borrowing
+   within its cohort's terms (``gateway.domain.scheduling.reasons``' ``never_fits_quota``); 422
+   otherwise;
 2. a queue slot below the tenant's max_queued_jobs (``pick_slot``: at random, then by a search;
    ``free_slots`` hands a batch its slots in order); none free is 429;
 3. the insert (``gateway.db.transitions.SUBMIT``), which a live job of the same name stops (409),
@@ -26,7 +27,13 @@ from typing import Any
 
 import asyncpg
 
-from gateway.db.mapping import job_of, quota_of
+from gateway.db.mapping import (
+    BORROWING_COLUMNS,
+    LENDING_COLUMNS,
+    cohort_terms_of,
+    job_of,
+    quota_of,
+)
 from gateway.db.transitions import JOB_COLUMNS, SUBMIT
 from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.lifecycle.records import Job
@@ -37,10 +44,12 @@ from gateway.domain.scheduling.reasons import never_fits_quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
 from gateway.jsontext import json_text
 
-# A tenant's quota, queued cap and priority ceiling.
+# A tenant's quota, queued cap, priority ceiling, and cohort with its limits.
 QUOTA = (
     "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs, max_priority FROM tenants WHERE name = $1"
+    "max_queued_jobs, max_priority, cohort, "
+    + ", ".join((*BORROWING_COLUMNS.values(), *LENDING_COLUMNS.values()))
+    + " FROM tenants WHERE name = $1"
 )
 # Free slots below the cap ($3), searched upwards from a start ($2) and wrapping around, at most
 # $4 of them; the count of slots taken first, so a tenant at its cap is refused without a scan.
@@ -219,7 +228,9 @@ def check_tenant(job: JobToWrite, found: Mapping[str, Any] | None) -> None:
     too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
     if too_high is not None:
         raise ValidationFailed([too_high])
-    impossible = never_fits_quota(quota_of(found), job.submission.spec.total())
+    impossible = never_fits_quota(
+        quota_of(found), job.submission.spec.total(), cohort_terms_of(found)
+    )
     if impossible:
         raise never_runs(impossible)
 

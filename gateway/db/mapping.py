@@ -18,10 +18,18 @@ from gateway.domain.access import Grant, GrantKind, Role
 from gateway.domain.jobs.spec import CallbackEvent, CleanPodPolicy, Framework
 from gateway.domain.lifecycle.records import ActiveJob, Job, JobEvent, PodOwner, QueuePlace
 from gateway.domain.lifecycle.states import EventType, JobState
+from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.nodes import GpuSlice, Holding
 from gateway.domain.scheduling.queueing import Placement, TenantState
 from gateway.domain.scheduling.quota import RESOURCES, Quota, TenantUsage
-from gateway.domain.tenants import AuditAction, AuditEntry, Tenant, TenantSettings, TenantStatus
+from gateway.domain.tenants import (
+    AuditAction,
+    AuditEntry,
+    Cohort,
+    Tenant,
+    TenantSettings,
+    TenantStatus,
+)
 from gateway.domain.webhooks import AttemptOutcome, Delivery, DeliveryAttempt, DeliveryStatus
 
 #: A row of any statement: its columns by name.
@@ -176,6 +184,28 @@ def usage_of(row: Row) -> TenantUsage:
     )
 
 
+#: The tenants columns of a cohort member's limits, by kind and quota resource.
+BORROWING_COLUMNS = {resource: f"borrowing_limit_{resource}" for resource in RESOURCES}
+LENDING_COLUMNS = {resource: f"lending_limit_{resource}" for resource in RESOURCES}
+
+
+def _limits_of(row: Row, columns: Mapping[str, str]) -> Limits:
+    return Limits(**{resource: row[column] for resource, column in columns.items()})
+
+
+def cohort_terms_of(row: Row) -> CohortTerms | None:
+    """A tenants row's cohort and limits (cohort, borrowing_limit_*, lending_limit_*); None
+    when it is in no cohort."""
+    cohort = row["cohort"]
+    if cohort is None:
+        return None
+    return CohortTerms(
+        cohort=cohort,
+        borrowing_limit=_limits_of(row, BORROWING_COLUMNS),
+        lending_limit=_limits_of(row, LENDING_COLUMNS),
+    )
+
+
 def tenant_settings_of(row: Row) -> TenantSettings:
     """What an admin set on a tenants row."""
     return TenantSettings(
@@ -183,6 +213,7 @@ def tenant_settings_of(row: Row) -> TenantSettings:
         quota=quota_of(row),
         weight=float(row["weight"]),
         max_priority=row["max_priority"],
+        cohort=cohort_terms_of(row),
     )
 
 
@@ -196,17 +227,37 @@ def tenant_of(row: Row) -> Tenant:
     )
 
 
-def tenant_status_of(row: Row) -> TenantStatus:
-    """A ``TENANTS_WITH_USAGE`` row."""
+def tenant_status_of(row: Row, standing: Standing) -> TenantStatus:
+    """A ``TENANTS_WITH_USAGE`` row, with the tenant's standing in its cohort (which needs the
+    other members' rows: ``gateway.domain.tenants.standings_of``)."""
     return TenantStatus(
-        tenant=tenant_of(row), usage=usage_of(row), queued_jobs=int(row["queued_jobs"])
+        tenant=tenant_of(row),
+        usage=usage_of(row),
+        queued_jobs=int(row["queued_jobs"]),
+        standing=standing,
     )
 
 
 def tenant_state_of(row: Row) -> TenantState:
     """A ``TENANTS_WITH_USAGE`` row as admission sees the tenant."""
     return TenantState(
-        name=row["name"], weight=float(row["weight"]), quota=quota_of(row), usage=usage_of(row)
+        name=row["name"],
+        weight=float(row["weight"]),
+        quota=quota_of(row),
+        usage=usage_of(row),
+        cohort=cohort_terms_of(row),
+    )
+
+
+def cohort_of(row: Row) -> Cohort:
+    """A cohorts row (``gateway.db.cohorts.COHORT_COLUMNS``) with ``members``, an array of its
+    members' names."""
+    return Cohort(
+        name=row["name"],
+        description=row["description"],
+        members=tuple(sorted(row["members"] or ())),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -217,6 +268,7 @@ def audit_entry_of(row: Row) -> AuditEntry:
         actor=row["actor"],
         action=AuditAction(row["action"]),
         tenant=row["tenant"],
+        cohort=row["cohort"],
         before=row["before"],
         after=row["after"],
         created_at=row["created_at"],

@@ -1,6 +1,7 @@
 """What /metrics reports about tenants and jobs, read from the database so that every replica
-reports the same truth: queued jobs by waiting reason, quotas and current usage, webhook
-deliveries, admission waits, and counters derived from job_events, which is append-only."""
+reports the same truth: queued jobs by waiting reason, quotas, current usage and what each
+tenant borrows and lends in its cohort, webhook deliveries, admission waits, and counters
+derived from job_events, which is append-only."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db.admission import load_holdings
-from gateway.db.mapping import tenant_status_of
-from gateway.db.tenants import TENANTS_WITH_USAGE
+from gateway.db.tenants import TENANTS_WITH_USAGE, statuses_of
 from gateway.domain.lifecycle.states import EventType
 from gateway.domain.scheduling.nodes import Holding
 from gateway.domain.tenants import TenantStatus
@@ -48,10 +48,10 @@ class AttemptCount:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MetricCounts:
     """Everything /metrics reports from the database, read in one snapshot: every tenant with
-    its usage (by name), queued jobs by reason, events by type and reason (of the types that
-    count admissions, ends and evictions), what live placements hold, delivery attempts by
-    outcome, and each admission's wait in seconds (from queued, at submit or requeue, to
-    admitted)."""
+    its usage and standing (by name), queued jobs by reason, events by type and reason (of the
+    types that count admissions, ends and evictions), what live placements hold, delivery
+    attempts by outcome, and each admission's wait in seconds (from queued, at submit or
+    requeue, to admitted)."""
 
     tenants: tuple[TenantStatus, ...]
     pending: tuple[QueuedCount, ...]
@@ -93,7 +93,7 @@ async def metric_counts(engine: AsyncEngine) -> MetricCounts:
     """Everything /metrics needs from the database, read in one repeatable-read snapshot."""
     async with engine.connect() as conn:
         await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-        tenants = tuple(map(tenant_status_of, (await conn.execute(_TENANTS)).mappings()))
+        tenants = tuple(statuses_of((await conn.execute(_TENANTS)).mappings()))
         pending = tuple(
             QueuedCount(tenant=row.tenant, reason=row.reason, jobs=int(row.jobs))
             for row in await conn.execute(_PENDING)

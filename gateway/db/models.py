@@ -17,6 +17,9 @@ Invariants kept by the database itself, so that no bug in the shell can break th
   of one index, so concurrent submits of one tenant never wait for each other. A job requeued
   after an eviction waits without a slot: a requeue is never refused;
 - at most one placement per job, attempt and pod;
+- a tenant is in at most one cohort, and a cohort with members cannot be deleted (a foreign key
+  without cascade); a tenant's borrowing and lending limits are never negative, and only a
+  member of a cohort has any; an audit entry names a tenant or a cohort, never both;
 - a webhook delivery (an outbox row) is leased to one delivery loop at a time through
   ``locked_until``/``locked_by``; its attempts are rows of webhook_attempts, numbered from 1.
 """
@@ -63,6 +66,12 @@ NAMING = {
 STATES_SQL = ", ".join(f"'{state.value}'" for state in JobState)
 LIVE_STATES_SQL = "'queued', 'admitted', 'running'"
 DNS_LABEL_SQL = "'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'"
+#: A cohort member's limits, per quota resource (``gateway.domain.scheduling.cohorts.Limits``).
+COHORT_LIMIT_COLUMNS = tuple(
+    f"{kind}_limit_{resource}"
+    for kind in ("borrowing", "lending")
+    for resource in ("cpu_millis", "memory_bytes", "gpu_shares")
+)
 
 
 class Xid8(UserDefinedType[int]):
@@ -113,6 +122,14 @@ class Tenant(Base):
             f"max_priority BETWEEN {PRIORITY_RANGE[0]} AND {PRIORITY_RANGE[1]}",
             name="max_priority_in_range",
         ),
+        CheckConstraint(
+            " AND ".join(f"{column} >= 0" for column in COHORT_LIMIT_COLUMNS),
+            name="cohort_limits_non_negative",
+        ),
+        CheckConstraint(
+            f"cohort IS NOT NULL OR num_nonnulls({', '.join(COHORT_LIMIT_COLUMNS)}) = 0",
+            name="cohort_limits_need_a_cohort",
+        ),
     )
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -128,10 +145,37 @@ class Tenant(Base):
     max_priority: Mapped[int] = mapped_column(
         Integer, nullable=False, server_default=text(str(DEFAULT_MAX_PRIORITY))
     )
+    # The cohort the tenant lends to and borrows from (gateway.domain.scheduling.cohorts); a
+    # cohort with members cannot be deleted.
+    cohort: Mapped[str | None] = mapped_column(String(63), ForeignKey("cohorts.name"), index=True)
+    # Per quota resource, how far above nominal it may go and how much of its nominal quota it
+    # lends out; NULL: no limit. Only a member of a cohort has any.
+    borrowing_limit_cpu_millis: Mapped[int | None] = mapped_column(BigInteger)
+    borrowing_limit_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    borrowing_limit_gpu_shares: Mapped[int | None] = mapped_column(BigInteger)
+    lending_limit_cpu_millis: Mapped[int | None] = mapped_column(BigInteger)
+    lending_limit_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    lending_limit_gpu_shares: Mapped[int | None] = mapped_column(BigInteger)
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
     # The secret before the last rotation; deliveries are signed with both for an overlap.
     previous_webhook_secret: Mapped[str | None] = mapped_column(Text)
     webhook_secret_rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class Cohort(Base):
+    """Tenants that lend each other the quota they leave idle; its members are the tenants that
+    name it."""
+
+    __tablename__ = "cohorts"
+    __table_args__ = (
+        CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
+        CheckConstraint("length(description) <= 1024", name="description_length"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -347,15 +391,21 @@ class WebhookAttempt(Base):
 
 
 class AuditEntry(Base):
-    """Who changed what in a tenant's settings, and when, with the values before and after."""
+    """Who changed what in a tenant's or a cohort's settings, and when, with the values before
+    and after. An entry names one of them."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_tenant_id", "tenant", "id"),)
+    __table_args__ = (
+        Index("ix_audit_log_tenant_id", "tenant", "id"),
+        Index("ix_audit_log_cohort_id", "cohort", "id"),
+        CheckConstraint("num_nonnulls(tenant, cohort) = 1", name="one_subject"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     actor: Mapped[str] = mapped_column(Text, nullable=False)
     action: Mapped[str] = mapped_column(String(32), nullable=False)
-    tenant: Mapped[str] = mapped_column(String(63), nullable=False)
+    tenant: Mapped[str | None] = mapped_column(String(63))
+    cohort: Mapped[str | None] = mapped_column(String(63))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()

@@ -1,51 +1,73 @@
-"""Tenants and the audit log of every change to them.
+"""Tenants: their settings, their status, and their standing in their cohorts.
 
-What it returns are values (``Tenant``, ``TenantStatus``, ``AuditEntry`` of
-``gateway.domain.tenants``; ``gateway.db.mapping`` maps the rows).
+What it returns are values (``Tenant``, ``TenantStatus`` of ``gateway.domain.tenants``;
+``gateway.db.mapping`` maps the rows). Each change is audited through ``gateway.db.audit``.
 
-Invariant: every write to a tenant's settings appends one audit_log row (who, when, before, after)
-in the same transaction.
+Invariants: every write to a tenant's settings appends one audit_log row (who, when, before,
+after) in the same transaction; a tenant names only a cohort that exists (a foreign key: naming
+another is a 422 at /cohort); a status's standing is computed over all of its cohort's members,
+read in the same snapshot.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.mapping import QUOTA_COLUMNS, audit_entry_of, tenant_of, tenant_status_of
+from gateway.db.audit import write_audit
+from gateway.db.mapping import (
+    BORROWING_COLUMNS,
+    LENDING_COLUMNS,
+    QUOTA_COLUMNS,
+    Row,
+    tenant_of,
+    tenant_settings_of,
+    tenant_status_of,
+    usage_of,
+)
 from gateway.domain.problems import FieldProblem
-from gateway.domain.scheduling.quota import RESOURCES
-from gateway.domain.tenants import AuditAction, AuditEntry, Tenant, TenantSettings, TenantStatus
+from gateway.domain.scheduling.cohorts import Limits
+from gateway.domain.scheduling.quota import RESOURCES, TenantUsage
+from gateway.domain.tenants import (
+    AuditAction,
+    Tenant,
+    TenantSettings,
+    TenantStatus,
+    standings_of,
+)
 from gateway.errors import Conflict, NotFound, ValidationFailed
 
-TENANT_COLUMNS = (
-    "name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
-    "max_queued_jobs, weight, max_priority, created_at, updated_at"
+#: The columns a tenant's settings are written to (besides its name and secret).
+_SETTINGS_COLUMNS = (
+    "namespace",
+    *QUOTA_COLUMNS.values(),
+    "max_running_jobs",
+    "max_queued_jobs",
+    "weight",
+    "max_priority",
+    "cohort",
+    *BORROWING_COLUMNS.values(),
+    *LENDING_COLUMNS.values(),
 )
+TENANT_COLUMNS = ", ".join(("name", *_SETTINGS_COLUMNS, "created_at", "updated_at"))
 
 
 _INSERT = text(
     f"""
-    INSERT INTO tenants (name, namespace, quota_cpu_millis, quota_memory_bytes, quota_gpu_shares,
-        max_running_jobs, max_queued_jobs, weight, max_priority, webhook_secret)
-    VALUES (:name, :namespace, :quota_cpu_millis, :quota_memory_bytes, :quota_gpu_shares,
-        :max_running_jobs, :max_queued_jobs, :weight, :max_priority, :secret)
+    INSERT INTO tenants (name, {", ".join(_SETTINGS_COLUMNS)}, webhook_secret)
+    VALUES (:name, {", ".join(f":{c}" for c in _SETTINGS_COLUMNS)}, :secret)
     RETURNING {TENANT_COLUMNS}
     """
 )
 _UPDATE = text(
     f"""
-    UPDATE tenants SET namespace = :namespace, quota_cpu_millis = :quota_cpu_millis,
-        quota_memory_bytes = :quota_memory_bytes, quota_gpu_shares = :quota_gpu_shares,
-        max_running_jobs = :max_running_jobs, max_queued_jobs = :max_queued_jobs,
-        weight = :weight, max_priority = :max_priority, updated_at = now()
+    UPDATE tenants SET {", ".join(f"{c} = :{c}" for c in _SETTINGS_COLUMNS)}, updated_at = now()
     WHERE name = :name RETURNING {TENANT_COLUMNS}
     """
 )
@@ -54,15 +76,32 @@ _UPDATE = text(
 def could_ever_hold_sql(tenant: str, demand: str) -> str:
     """The SQL form of ``Quota.could_ever_hold``: a condition on the tenants row aliased
     ``tenant`` and a row ``demand`` with cpu_millis, memory_bytes and gpu_shares columns. Made from
-    the quota's resource list, and held to the Python rule by a test."""
-    held = " AND ".join(f"{tenant}.{QUOTA_COLUMNS[r]} >= {demand}.{r}" for r in RESOURCES)
-    return f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {held}"
+    the quota's resource list, and held to the Python rule by a test.
+
+    Per resource, as ``Quota.ceiling``: a tenant in no cohort holds at most its quota; a member
+    its quota plus its borrowing limit, or anything with no limit (the difference, not the sum,
+    is compared: a sum of two large amounts could overflow a bigint)."""
+
+    def held(resource: str) -> str:
+        need, nominal = f"{demand}.{resource}", f"{tenant}.{QUOTA_COLUMNS[resource]}"
+        limit = f"{tenant}.{BORROWING_COLUMNS[resource]}"
+        return (
+            f"(({tenant}.cohort IS NULL AND {need} <= {nominal}) OR ({tenant}.cohort IS NOT NULL "
+            f"AND ({limit} IS NULL OR {need} - {nominal} <= {limit})))"
+        )
+
+    holds = " AND ".join(held(r) for r in RESOURCES)
+    return f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {holds}"
+
+
+def _limit_params(limits: Limits | None, columns: Mapping[str, str]) -> dict[str, int | None]:
+    return {column: None if limits is None else limits.of(r) for r, column in columns.items()}
 
 
 def _params(settings: TenantSettings) -> dict[str, Any]:
     """A tenant's settings as the parameters of its columns (the reverse of
     ``gateway.db.mapping.tenant_settings_of``)."""
-    quota = settings.quota
+    quota, terms = settings.quota, settings.cohort
     return {
         "namespace": settings.namespace,
         **{column: getattr(quota, r) for r, column in QUOTA_COLUMNS.items()},
@@ -70,6 +109,9 @@ def _params(settings: TenantSettings) -> dict[str, Any]:
         "max_queued_jobs": quota.max_queued_jobs,
         "weight": settings.weight,
         "max_priority": settings.max_priority,
+        "cohort": None if terms is None else terms.cohort,
+        **_limit_params(None if terms is None else terms.borrowing_limit, BORROWING_COLUMNS),
+        **_limit_params(None if terms is None else terms.lending_limit, LENDING_COLUMNS),
     }
 
 
@@ -112,19 +154,13 @@ async def _audit(
     before: Tenant | None,
     after: Tenant | None,
 ) -> None:
-    statement = text(
-        "INSERT INTO audit_log (actor, action, tenant, before, after) "
-        "VALUES (:actor, :action, :tenant, :before, :after)"
-    ).bindparams(bindparam("before", type_=JSONB), bindparam("after", type_=JSONB))
-    await conn.execute(
-        statement,
-        {
-            "actor": actor,
-            "action": action.value,
-            "tenant": tenant,
-            "before": _audit_view(before),
-            "after": _audit_view(after),
-        },
+    await write_audit(
+        conn,
+        actor=actor,
+        action=action,
+        tenant=tenant,
+        before=_audit_view(before),
+        after=_audit_view(after),
     )
 
 
@@ -152,20 +188,28 @@ async def put(
                 after=tenant,
             )
     except IntegrityError as exc:
-        if "uq_tenants_namespace" in str(exc.orig):
-            raise _namespace_taken(settings.namespace) from exc
-        raise
+        refusal = _refusal(exc, settings)
+        if refusal is None:
+            raise
+        raise refusal from exc
     return tenant, before is None
 
 
-def _namespace_taken(namespace: str) -> ValidationFailed:
-    return ValidationFailed(
-        [
-            FieldProblem(
-                pointer="/namespace", detail=f"namespace {namespace!r} belongs to another tenant"
-            )
-        ]
-    )
+def _refusal(exc: IntegrityError, settings: TenantSettings) -> ValidationFailed | None:
+    """What a tenant write the database refused means: a namespace another tenant has, or a
+    cohort that does not exist (a 422 naming the field); None for anything else (a bug)."""
+    if "uq_tenants_namespace" in str(exc.orig):
+        namespace = settings.namespace
+        detail = f"namespace {namespace!r} belongs to another tenant"
+        return ValidationFailed([FieldProblem(pointer="/namespace", detail=detail)])
+    if "fk_tenants_cohort_cohorts" in str(exc.orig) and settings.cohort is not None:
+        return unknown_cohort(settings.cohort.cohort)
+    return None
+
+
+def unknown_cohort(name: str) -> ValidationFailed:
+    detail = f"cohort {name!r} does not exist (an admin creates it: PUT /v1/admin/cohorts/{name})"
+    return ValidationFailed([FieldProblem(pointer="/cohort", detail=detail)])
 
 
 async def get(engine: AsyncEngine, name: str) -> Tenant:
@@ -212,17 +256,41 @@ def _tenants_with_usage(*, count_queued: bool) -> str:
 
 TENANTS_WITH_USAGE = _tenants_with_usage(count_queued=True)
 #: What admission reads: no count of queued jobs, so its cost follows the running jobs only.
+#: Each row carries the tenant's cohort terms, so admission lends and borrows within cohorts.
 TENANTS_FOR_ADMISSION = _tenants_with_usage(count_queued=False)
 _STATUS = text(TENANTS_WITH_USAGE + " WHERE t.name = :name")
+#: A cohort's members with their usage (no queued counts: standings need none).
+COHORT_MEMBERS = text(TENANTS_FOR_ADMISSION + " WHERE t.cohort = :cohort ORDER BY t.name")
+SNAPSHOT = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+
+def held_of(rows: Iterable[Row]) -> dict[str, tuple[TenantSettings, TenantUsage]]:
+    """``TENANTS_WITH_USAGE`` (or ``TENANTS_FOR_ADMISSION``) rows: each tenant's settings and
+    usage by name, what standings are computed from."""
+    return {row["name"]: (tenant_settings_of(row), usage_of(row)) for row in rows}
+
+
+def statuses_of(rows: Iterable[Row]) -> list[TenantStatus]:
+    """``TENANTS_WITH_USAGE`` rows as statuses, in their order, with standings: the rows hold
+    every member of each cohort that any of them belongs to."""
+    rows = list(rows)
+    standing = standings_of(held_of(rows))
+    return [tenant_status_of(row, standing[row["name"]]) for row in rows]
 
 
 async def status(engine: AsyncEngine, name: str) -> TenantStatus:
-    """The tenant with its current usage and job counts."""
+    """The tenant with its current usage and job counts, and its standing in its cohort."""
     async with engine.connect() as conn:
+        await conn.execute(SNAPSHOT)  # the tenant and its cohort's members, as of one moment
         row = (await conn.execute(_STATUS, {"name": name})).mappings().first()
-    if row is None:
-        raise NotFound(f"tenant {name!r} does not exist")
-    return tenant_status_of(row)
+        if row is None:
+            raise NotFound(f"tenant {name!r} does not exist")
+        members = []
+        if row["cohort"] is not None:
+            found = await conn.execute(COHORT_MEMBERS, {"cohort": row["cohort"]})
+            members = [member for member in found.mappings() if member["name"] != name]
+    standing = standings_of(held_of([row, *members]))
+    return tenant_status_of(row, standing[name])
 
 
 async def patch(
@@ -242,7 +310,10 @@ async def patch(
             async with conn.begin_nested():
                 tenant = await _update(conn, name, settings)
         except IntegrityError as exc:
-            raise _namespace_taken(settings.namespace) from exc
+            refusal = _refusal(exc, settings)
+            if refusal is None:
+                raise
+            raise refusal from exc
         await _audit(
             conn, actor=actor, action=AuditAction.UPDATE, tenant=name, before=before, after=tenant
         )
@@ -270,26 +341,6 @@ async def delete(engine: AsyncEngine, name: str, *, actor: str) -> None:
         await _audit(
             conn, actor=actor, action=AuditAction.DELETE, tenant=name, before=before, after=None
         )
-
-
-async def audit(
-    engine: AsyncEngine, *, tenant: str | None, limit: int, before_id: int | None
-) -> list[AuditEntry]:
-    """Audit entries, newest first."""
-    clauses: list[str] = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit}
-    if tenant is not None:
-        clauses.append("tenant = :tenant")
-        params["tenant"] = tenant
-    if before_id is not None:
-        clauses.append("id < :before_id")
-        params["before_id"] = before_id
-    query = text(
-        "SELECT id, actor, action, tenant, before, after, created_at FROM audit_log "
-        f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :limit"
-    )
-    async with engine.connect() as conn:
-        return [audit_entry_of(row) for row in (await conn.execute(query, params)).mappings()]
 
 
 async def create_first(

@@ -1,5 +1,6 @@
-"""Tenants as recorded: what an admin sets on one, the tenant as stored, its status now, and the
-audit log of every change to tenants.
+"""Tenants as recorded: what an admin sets on one, the tenant as stored, its status now, the
+cohorts tenants may share their quota in, and the audit log of every change to tenants and
+cohorts.
 
 These are what the database layer hands the API and ``muster serve`` (``gateway.db`` maps its
 rows to them, and only it does).
@@ -16,22 +17,37 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.resources import Resources
+from gateway.domain.scheduling.cohorts import CohortTerms, Member, Standing, idle_quota, standings
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 
-__all__ = ["AuditAction", "AuditEntry", "Tenant", "TenantSettings", "TenantStatus"]
+__all__ = [
+    "AuditAction",
+    "AuditEntry",
+    "Cohort",
+    "CohortMember",
+    "CohortStatus",
+    "Tenant",
+    "TenantSettings",
+    "TenantStatus",
+    "cohort_status",
+    "standings_of",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantSettings:
-    """What an admin sets on a tenant: its Kubernetes namespace, quota, fair-share weight, and
-    ``max_priority``, the highest priority its jobs may have
-    (``gateway.domain.scheduling.priority``)."""
+    """What an admin sets on a tenant: its Kubernetes namespace, quota (its nominal quota in a
+    cohort), fair-share weight, ``max_priority``, the highest priority its jobs may have
+    (``gateway.domain.scheduling.priority``), and its ``cohort`` with its borrowing and lending
+    limits (None: in no cohort; ``gateway.domain.scheduling.cohorts``)."""
 
     namespace: str
     quota: Quota
     weight: float
     max_priority: int = DEFAULT_MAX_PRIORITY
+    cohort: CohortTerms | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -46,11 +62,91 @@ class Tenant:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantStatus:
-    """A tenant with what its admitted and running jobs hold now, and how many jobs wait."""
+    """A tenant with what its admitted and running jobs hold now, how many jobs wait, and its
+    ``standing``: its nominal quota and what it borrows from and lends to its cohort now."""
 
     tenant: Tenant
     usage: TenantUsage
     queued_jobs: int
+    standing: Standing
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Cohort:
+    """A cohort as stored: its name, an admin's description, when it was created and last
+    changed, and the names of its members (the tenants that name it), in order."""
+
+    name: str
+    description: str
+    members: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CohortMember:
+    """A member of a cohort as its cohort's view shows it: its terms and its standing now."""
+
+    name: str
+    terms: CohortTerms
+    standing: Standing
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CohortStatus:
+    """A cohort with each member's standing, and its idle quota: what its members could still
+    lend now (``gateway.domain.scheduling.cohorts.idle_quota``)."""
+
+    cohort: Cohort
+    members: tuple[CohortMember, ...]
+    idle: Resources
+
+
+_NOTHING = Resources(cpu_millis=0, memory_bytes=0)
+
+
+def standings_of(
+    held: Mapping[str, tuple[TenantSettings, TenantUsage]],
+) -> dict[str, Standing]:
+    """Each tenant's nominal quota and what it borrows and lends now, from every tenant's
+    settings and usage (a cohort's standings need all of its members). A tenant of no cohort
+    neither borrows nor lends, even when it holds more than a quota lowered below its usage."""
+    members = {
+        name: Member(quota=settings.quota, usage=usage, terms=settings.cohort)
+        for name, (settings, usage) in held.items()
+    }
+    found = standings(members)
+    return {
+        name: found[name]
+        if settings.cohort is not None
+        else Standing(nominal=found[name].nominal, borrowed=_NOTHING, lent=_NOTHING)
+        for name, (settings, _) in held.items()
+    }
+
+
+def cohort_status(
+    cohort: Cohort, held: Mapping[str, tuple[TenantSettings, TenantUsage]]
+) -> CohortStatus:
+    """The cohort's view from its members' settings and usage (by name; a tenant that is not a
+    member of ``cohort`` is left out)."""
+    members = {
+        name: (settings, usage)
+        for name, (settings, usage) in held.items()
+        if settings.cohort is not None and settings.cohort.cohort == cohort.name
+    }
+    standing = standings_of(members)
+    return CohortStatus(
+        cohort=cohort,
+        members=tuple(
+            CohortMember(name=name, terms=settings.cohort, standing=standing[name])
+            for name, (settings, _) in sorted(members.items())
+            if settings.cohort is not None
+        ),
+        idle=idle_quota(
+            Member(quota=settings.quota, usage=usage, terms=settings.cohort)
+            for settings, usage in members.values()
+        ),
+    )
 
 
 class AuditAction(StrEnum):
@@ -66,13 +162,15 @@ class AuditAction(StrEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AuditEntry:
-    """One change to a tenant: who made it, when, and the tenant's affected settings before and
-    after, as documents (None before a creation and after a deletion; never a secret)."""
+    """One change to a tenant or a cohort (the entry names one of them, the other is None): who
+    made it, when, and the affected settings before and after, as documents (None before a
+    creation and after a deletion; never a secret)."""
 
     id: int
     actor: str
     action: AuditAction
-    tenant: str
+    tenant: str | None
+    cohort: str | None = None
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     created_at: datetime

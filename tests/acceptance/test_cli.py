@@ -254,11 +254,15 @@ def test_tenants_table_and_json(gateway: str) -> None:
         "RUNNING",
         "QUEUED",
         "MAX_PRIORITY",
+        "COHORT",
+        "BORROWED",
+        "LENT",
     ]
     acme = next(row.split() for row in rows if row.startswith("acme "))
     assert acme[:6] == ["acme", "acme", "0/8", "0/32Gi", "0/0", "0/2"], result.stdout
     assert re.fullmatch(r"\d+/10", acme[6]), result.stdout
     assert acme[7] == "0", result.stdout  # no admin has raised its priority ceiling
+    assert acme[8:] == ["-", "-", "-"], result.stdout  # in no cohort: borrows and lends nothing
 
     raw = muster("tenants", "--json", url=gateway)
     assert raw.returncode == 0, raw.stderr

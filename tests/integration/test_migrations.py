@@ -231,3 +231,69 @@ async def test_tenants_from_before_0008_get_priority_ceiling_0_and_it_stays_in_r
                 await conn.execute(
                     text("UPDATE tenants SET max_priority = :p WHERE name = 't'"), {"p": outside}
                 )
+
+
+async def columns(engine: AsyncEngine, table: str) -> set[Any]:
+    return await names(
+        engine,
+        "SELECT column_name FROM information_schema.columns "
+        f"WHERE table_schema = current_schema() AND table_name = '{table}'",
+    )
+
+
+async def test_0009_puts_tenants_in_no_cohort_keeps_the_cohort_rules_and_downgrades_cleanly(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine, "0008")
+    async with empty_engine.begin() as conn:
+        await conn.execute(TENANT_T)
+        await conn.execute(
+            text("INSERT INTO audit_log (actor, action, tenant) VALUES ('a', 'create', 't')")
+        )
+    tenant_columns = await columns(empty_engine, "tenants")
+
+    await upgrade(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT cohort, borrowing_limit_cpu_millis, lending_limit_gpu_shares "
+                    "FROM tenants WHERE name = 't'"
+                )
+            )
+        ).one()
+    assert tuple(row) == (None, None, None)
+    for statement, constraint in [
+        ("UPDATE tenants SET borrowing_limit_cpu_millis = 1", "cohort_limits_need_a_cohort"),
+        ("UPDATE tenants SET cohort = 'missing'", "fk_tenants_cohort_cohorts"),
+        ("INSERT INTO cohorts (name) VALUES ('Not_A_Label')", "ck_cohorts_name_dns_label"),
+        ("INSERT INTO audit_log (actor, action) VALUES ('a', 'x')", "ck_audit_log_one_subject"),
+    ]:
+        with pytest.raises(DBAPIError, match=constraint):
+            async with empty_engine.begin() as conn:
+                await conn.execute(text(statement))
+    async with empty_engine.begin() as conn:
+        await conn.execute(text("INSERT INTO cohorts (name) VALUES ('pool')"))
+        await conn.execute(text("UPDATE tenants SET cohort = 'pool', lending_limit_gpu_shares = 0"))
+        await conn.execute(
+            text("INSERT INTO audit_log (actor, action, cohort) VALUES ('a', 'create', 'pool')")
+        )
+    for statement, constraint in [
+        ("UPDATE tenants SET lending_limit_cpu_millis = -1", "cohort_limits_non_negative"),
+        ("DELETE FROM cohorts WHERE name = 'pool'", "fk_tenants_cohort_cohorts"),
+    ]:
+        with pytest.raises(DBAPIError, match=constraint):
+            async with empty_engine.begin() as conn:
+                await conn.execute(text(statement))
+
+    await downgrade(empty_engine, "0008")
+
+    assert "cohorts" not in await tables(empty_engine)
+    assert await columns(empty_engine, "tenants") == tenant_columns
+    assert "cohort" not in await columns(empty_engine, "audit_log")
+    async with empty_engine.connect() as conn:
+        audited = (await conn.execute(text("SELECT tenant FROM audit_log"))).scalars().all()
+    assert audited == ["t"]  # the tenant's entry stays; the cohort's went with cohorts
+    await upgrade(empty_engine)
+    assert await schema_diff(empty_engine) == []

@@ -13,13 +13,17 @@ The rules, each defined once, here:
   (a quota lowered below usage stops new jobs that need it, and no others).
 - ``Quota.short_of(usage, demand)``: the first resource that keeps it out now, GPU first (the one
   people run out of and ask about), for the words of a waiting reason.
-- ``Quota.exceeded_by(demand)``: the resources a job asks more of than the quota holds at all;
-  with ``runs_no_jobs`` and ``queues_no_jobs``, what keeps a job out of this tenant forever,
-  refused at submit.
+- ``Quota.exceeded_by(demand, borrowing)``: the resources a job asks more of than the tenant
+  could ever hold; with ``runs_no_jobs`` and ``queues_no_jobs``, what keeps a job out of this
+  tenant forever, refused at submit. A tenant in no cohort (``borrowing`` None) holds at most its
+  quota. A cohort member may hold its quota (nominal) plus its borrowing limit of a resource, and
+  with no borrowing limit it is never refused on that resource at submit: what it could borrow
+  depends on the other members' quotas and lending limits, which change without it, so such a
+  job waits with its reason instead (``gateway.domain.scheduling.cohorts``).
 
 ``RESOURCES`` lists the quota's resources in the order reasons name them. The SQL form of
-"could ever fit" that the group-commit submit runs (``gateway.db.quota``) is generated from it, and
-a test holds the two forms to the same answers on random cases.
+"could ever fit" that the group-commit submit runs (``gateway.db.tenants.could_ever_hold_sql``) is
+generated from it, and a test holds the two forms to the same answers on random cases.
 
 Invariant: every value is frozen; ``TenantUsage.plus`` returns a new value.
 """
@@ -27,6 +31,7 @@ Invariant: every value is frozen; ``TenantUsage.plus`` returns a new value.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.domain.resources import Resources
 
@@ -34,6 +39,13 @@ from gateway.domain.resources import Resources
 RESOURCES = ("gpu_shares", "cpu_millis", "memory_bytes")
 #: Each resource as the words of a problem name it (the API's quota keys).
 RESOURCE_NAMES = {"gpu_shares": "gpu", "cpu_millis": "cpu", "memory_bytes": "memory"}
+
+
+class BorrowingLimit(Protocol):
+    """How far above its quota a cohort member may go, per resource (None: no limit); a
+    ``gateway.domain.scheduling.cohorts.Limits``."""
+
+    def of(self, resource: str) -> int | None: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,10 +112,22 @@ class Quota:
                 return Shortfall(resource=resource, need=need, left=left, limit=limit)
         return None
 
-    def exceeded_by(self, demand: Resources) -> tuple[str, ...]:
-        """The resources ``demand`` asks more of than the whole quota, in ``RESOURCES`` order:
-        a job with any can never run in this tenant."""
-        return tuple(r for r in RESOURCES if getattr(demand, r) > getattr(self, r))
+    def exceeded_by(
+        self, demand: Resources, borrowing: BorrowingLimit | None = None
+    ) -> tuple[str, ...]:
+        """The resources ``demand`` asks more of than the tenant could ever hold, in
+        ``RESOURCES`` order: a job with any can never run in this tenant. ``borrowing``: the
+        tenant's borrowing limit in its cohort, None when it is in no cohort."""
+        return tuple(r for r in RESOURCES if getattr(demand, r) > self.ceiling(r, borrowing))
+
+    def ceiling(self, resource: str, borrowing: BorrowingLimit | None = None) -> float:
+        """The most of ``resource`` the tenant could ever hold: its quota, plus its borrowing
+        limit in a cohort (infinite with none)."""
+        nominal: int = getattr(self, resource)
+        if borrowing is None:
+            return nominal
+        limit = borrowing.of(resource)
+        return float("inf") if limit is None else nominal + limit
 
     @property
     def runs_no_jobs(self) -> bool:
@@ -113,7 +137,7 @@ class Quota:
     def queues_no_jobs(self) -> bool:
         return self.max_queued_jobs < 1
 
-    def could_ever_hold(self, demand: Resources) -> bool:
+    def could_ever_hold(self, demand: Resources, borrowing: BorrowingLimit | None = None) -> bool:
         """Whether a job with ``demand`` could ever be queued and run in this tenant: the
         negation of everything ``exceeded_by``, ``runs_no_jobs`` and ``queues_no_jobs`` say."""
-        return not (self.exceeded_by(demand) or self.runs_no_jobs or self.queues_no_jobs)
+        return not (self.exceeded_by(demand, borrowing) or self.runs_no_jobs or self.queues_no_jobs)

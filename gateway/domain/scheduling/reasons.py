@@ -22,7 +22,7 @@ from operator import attrgetter
 
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.best_fit import Need
-from gateway.domain.scheduling.cohorts import CohortShortfall
+from gateway.domain.scheduling.cohorts import CohortShortfall, CohortTerms
 from gateway.domain.scheduling.nodes import (
     GPU_FRACTION,
     GPU_INVALID,
@@ -173,14 +173,17 @@ def gang_reason(
 
 
 def never_fits(
-    pods: Sequence[PodRequest], nodes: Sequence[Node], quota: Quota
+    pods: Sequence[PodRequest],
+    nodes: Sequence[Node],
+    quota: Quota,
+    cohort: CohortTerms | None = None,
 ) -> list[tuple[str, str]]:
     """Problems that keep a job out forever, as (resource, message); empty if it could fit one day.
 
     Uses only allocatable and quota, never what is free now. Readiness is ignored: a node that is
     down may come back.
     """
-    by_quota = never_fits_quota(quota, demand_of(pods))
+    by_quota = never_fits_quota(quota, demand_of(pods), cohort)
     return by_quota + never_fits_nodes(pods, nodes, named={r for r, _ in by_quota})
 
 
@@ -193,20 +196,36 @@ def demand_of(pods: Sequence[PodRequest]) -> Resources:
     )
 
 
-def never_fits_quota(quota: Quota, demand: Resources) -> list[tuple[str, str]]:
-    """What of the tenant's quota keeps a job with ``demand`` out forever, as (resource,
-    message)."""
+def never_fits_quota(
+    quota: Quota, demand: Resources, cohort: CohortTerms | None = None
+) -> list[tuple[str, str]]:
+    """What of the tenant's quota (nominal, with its ``cohort`` terms where it has any) keeps a
+    job with ``demand`` out forever, as (resource, message)."""
+    borrowing = None if cohort is None else cohort.borrowing_limit
     problems = [
         (
             RESOURCE_NAMES[resource],
-            f"the job needs {_FORMATS[resource](getattr(demand, resource))} but the tenant's "
-            f"quota is {_FORMATS[resource](getattr(quota, resource))}",
+            f"the job needs {_FORMATS[resource](getattr(demand, resource))} but "
+            + _most(quota, resource, cohort),
         )
-        for resource in quota.exceeded_by(demand)
+        for resource in quota.exceeded_by(demand, borrowing)
     ]
     if quota.runs_no_jobs:
         problems.append(("jobs", "the tenant's quota allows no running jobs"))
     return problems
+
+
+def _most(quota: Quota, resource: str, cohort: CohortTerms | None) -> str:
+    """The words of the most of ``resource`` the tenant could ever hold."""
+    fmt = _FORMATS[resource]
+    nominal = getattr(quota, resource)
+    if cohort is None:
+        return f"the tenant's quota is {fmt(nominal)}"
+    limit = cohort.borrowing_limit.of(resource) or 0
+    return (
+        f"the tenant may hold at most {fmt(nominal + limit)} ({fmt(nominal)} nominal and "
+        f"{fmt(limit)} borrowed from cohort {cohort.cohort})"
+    )
 
 
 def never_fits_nodes(

@@ -1,0 +1,69 @@
+"""The audit log: who changed which tenant or cohort, when, and its settings before and after.
+
+What it returns are values (``AuditEntry`` of ``gateway.domain.tenants``; ``gateway.db.mapping``
+maps the rows).
+
+Invariants: entries are only appended, each in the transaction of the change it records; an
+entry names a tenant or a cohort, never both (a CHECK keeps it so); it never holds a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.db.mapping import audit_entry_of
+from gateway.domain.tenants import AuditAction, AuditEntry
+
+_INSERT = text(
+    "INSERT INTO audit_log (actor, action, tenant, cohort, before, after) "
+    "VALUES (:actor, :action, :tenant, :cohort, :before, :after)"
+).bindparams(bindparam("before", type_=JSONB), bindparam("after", type_=JSONB))
+
+
+async def write_audit(
+    conn: AsyncConnection,
+    *,
+    actor: str,
+    action: AuditAction,
+    tenant: str | None = None,
+    cohort: str | None = None,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> None:
+    """Append one audit entry about a tenant or a cohort (exactly one of them), in the
+    caller's transaction."""
+    params = {"actor": actor, "action": action.value, "tenant": tenant, "cohort": cohort}
+    await conn.execute(_INSERT, {**params, "before": before, "after": after})
+
+
+async def entries(
+    engine: AsyncEngine,
+    *,
+    tenant: str | None,
+    limit: int,
+    before_id: int | None,
+    cohort: str | None = None,
+) -> list[AuditEntry]:
+    """Audit entries, newest first; only a tenant's or a cohort's when one is named."""
+    clauses: list[str] = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit}
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if cohort is not None:
+        clauses.append("cohort = :cohort")
+        params["cohort"] = cohort
+    if before_id is not None:
+        clauses.append("id < :before_id")
+        params["before_id"] = before_id
+    query = text(
+        "SELECT id, actor, action, tenant, cohort, before, after, created_at FROM audit_log "
+        f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        return [audit_entry_of(row) for row in (await conn.execute(query, params)).mappings()]
