@@ -1,5 +1,5 @@
-"""The client commands of ``muster``: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel`` and
-``tenants``, and how they print.
+"""The client commands of ``muster``: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel``,
+``tenants``, ``cohorts`` and ``cohort``, and how they print.
 
 They talk to a running gateway over HTTP through ``gateway.client`` and import nothing of the
 server. ``gateway.cli`` adds them to its parser (`add_client_commands`) and runs the one chosen
@@ -123,6 +123,15 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
     about = "list tenants: quota, usage, priority ceiling, cohort, what they borrow and lend"
     command("tenants", _tenants, about, with_json=True)
+
+    command("cohorts", _cohorts, "list cohorts and their members (platform admins)", with_json=True)
+    cohort = command(
+        "cohort",
+        _cohort,
+        "show one cohort: each member's nominal, borrowed and lent quota, and what is idle",
+        with_json=True,
+    )
+    cohort.add_argument("name", metavar="NAME", help="the cohort's name")
 
 
 # --- the client commands ------------------------------------------------------------------------
@@ -366,6 +375,39 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
         "LENT",
     )
     print(_table(headers, rows))
+
+
+def _cohorts(client: Client, args: argparse.Namespace) -> None:
+    cohorts = client.list_cohorts()
+    if args.json:
+        _print_json(cohorts)
+        return
+    rows = [
+        (c["name"], ",".join(c["members"]) or "-", c.get("description") or "")
+        for c in cohorts["items"]
+    ]
+    print(_table(("NAME", "MEMBERS", "DESCRIPTION"), rows))
+
+
+def _cohort(client: Client, args: argparse.Namespace) -> None:
+    status = client.cohort_status(args.name)
+    if args.json:
+        _print_json(status)
+        return
+    rows = [
+        (
+            member["name"],
+            _amounts(member.get("nominal")),
+            _amounts(member.get("borrowed")),
+            _amounts(member.get("lent")),
+            _amounts(member.get("borrowing_limit")),
+            _amounts(member.get("lending_limit")),
+        )
+        for member in status["members"]
+    ]
+    headers = ("MEMBER", "NOMINAL", "BORROWED", "LENT", "BORROWING_LIMIT", "LENDING_LIMIT")
+    print(_table(headers, rows))
+    print(f"\nidle to lend: {_amounts(status.get('idle'))}")
 
 
 def _amounts(amounts: dict[str, Any] | None) -> str:

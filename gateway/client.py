@@ -243,5 +243,11 @@ class Client:
     def list_tenants(self) -> Any:
         return self._json("GET", "/v1/admin/tenants")
 
+    def list_cohorts(self) -> Any:
+        return self._json("GET", "/v1/admin/cohorts")
+
+    def cohort_status(self, cohort: str) -> Any:
+        return self._json("GET", f"/v1/cohorts/{quote(cohort, safe='')}")
+
     def tenant_status(self, tenant: str) -> Any:
         return self._json("GET", f"/v1/tenants/{quote(tenant, safe='')}")

@@ -349,3 +349,40 @@ def test_token_and_url_flags_win_and_loopback_skips_the_proxy(closed_url: str) -
     # The command's own token goes only to a server that proves it holds the issuer's key: see
     # test_cli_own_token.py.
     assert _Recorder.seen == ["Bearer env-token", "Bearer flag-token", None]
+
+
+def test_cohorts_and_one_cohorts_members_with_what_they_borrow_and_lend(gateway: str) -> None:
+    # After every other test of the gateway's tenants: two more tenants, in one cohort.
+    status, body = _request("PUT", f"{gateway}/v1/admin/cohorts/team", {"description": "ml"})
+    assert status == 201, body
+    for name, lend in (("beta", None), ("gamma", {"cpu": "2"})):
+        tenant = {**TENANT, "cohort": "team"}
+        if lend is not None:
+            tenant = {**tenant, "quota": {**TENANT["quota"], "lending_limit": lend}}
+        status, body = _request("PUT", f"{gateway}/v1/admin/tenants/{name}", tenant)
+        assert status == 201, body
+
+    listed = muster("cohorts", url=gateway)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "MEMBERS", "DESCRIPTION"]
+    assert rows[0].split() == ["team", "beta,gamma", "ml"], listed.stdout
+
+    shown = muster("cohort", "team", url=gateway)
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == [
+        "MEMBER",
+        "NOMINAL",
+        "BORROWED",
+        "LENT",
+        "BORROWING_LIMIT",
+        "LENDING_LIMIT",
+    ]
+    assert rows[0].split() == ["beta", "cpu=8,memory=32Gi", "-", "-", "-", "-"], shown.stdout
+    assert rows[1].split() == ["gamma", "cpu=8,memory=32Gi", "-", "-", "-", "cpu=2"]
+    assert rows[-1] == "idle to lend: cpu=10,memory=64Gi", shown.stdout
+
+    missing = muster("cohort", "nope", url=gateway)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("muster: "), missing.stderr
