@@ -335,14 +335,18 @@ _DETAILS = f"SELECT {_DETAIL_COLUMNS} FROM jobs WHERE id = ANY(CAST($1 AS uuid[]
 _PLACE = text(
     """
     INSERT INTO placements (job_id, attempt, pod_name, role, replica_index, node, cpu_millis,
-                            memory_bytes, gpu_shares, gpu)
+                            memory_bytes, gpu_shares, gpu, borrowed_cpu_millis,
+                            borrowed_memory_bytes, borrowed_gpu_shares)
     SELECT job_id, attempt, pod_name, role, replica_index, node, cpu, memory, gpu_shares,
-           CAST(gpu AS jsonb)
+           CAST(gpu AS jsonb), borrowed_cpu, borrowed_memory, borrowed_gpu
     FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:pods AS text[]),
                 CAST(:roles AS text[]), CAST(:indexes AS int[]), CAST(:nodes AS text[]),
                 CAST(:cpus AS bigint[]), CAST(:memories AS bigint[]),
-                CAST(:gpu_shares AS bigint[]), CAST(:gpus AS text[]))
-        AS p(job_id, attempt, pod_name, role, replica_index, node, cpu, memory, gpu_shares, gpu)
+                CAST(:gpu_shares AS bigint[]), CAST(:gpus AS text[]),
+                CAST(:borrowed_cpus AS bigint[]), CAST(:borrowed_memories AS bigint[]),
+                CAST(:borrowed_gpus AS bigint[]))
+        AS p(job_id, attempt, pod_name, role, replica_index, node, cpu, memory, gpu_shares, gpu,
+             borrowed_cpu, borrowed_memory, borrowed_gpu)
     WHERE job_id = ANY(CAST(:admitted AS uuid[]))
     """
 )
@@ -423,6 +427,9 @@ async def write_plan(
                 "memories",
                 "gpu_shares",
                 "gpus",
+                "borrowed_cpus",
+                "borrowed_memories",
+                "borrowed_gpus",
             )
         }
         changes = []
@@ -441,6 +448,9 @@ async def write_plan(
                 columns["gpus"].append(
                     json.dumps([{"device": s.device, "shares": s.shares} for s in placement.gpu])
                 )
+                columns["borrowed_cpus"].append(placement.borrowed.cpu_millis)
+                columns["borrowed_memories"].append(placement.borrowed.memory_bytes)
+                columns["borrowed_gpus"].append(placement.borrowed.gpu_shares)
             changes.append(
                 Change(
                     job_id=admission.job_id,

@@ -18,6 +18,7 @@ from gateway.domain.access import Grant, GrantKind, Role
 from gateway.domain.jobs.spec import CallbackEvent, CleanPodPolicy, Framework
 from gateway.domain.lifecycle.records import ActiveJob, Job, JobEvent, PodOwner, QueuePlace
 from gateway.domain.lifecycle.states import EventType, JobState
+from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.nodes import GpuSlice, Holding
 from gateway.domain.scheduling.queueing import Placement, TenantState
@@ -144,6 +145,11 @@ def placement_of(row: Row) -> Placement:
         cpu_millis=row["cpu_millis"],
         memory_bytes=row["memory_bytes"],
         gpu=gpu_slices(row["gpu"]),
+        borrowed=Resources(
+            cpu_millis=row["borrowed_cpu_millis"],
+            memory_bytes=row["borrowed_memory_bytes"],
+            gpu_shares=row["borrowed_gpu_shares"],
+        ),
     )
 
 

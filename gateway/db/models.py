@@ -307,6 +307,12 @@ class Placement(Base):
             "cpu_millis >= 0 AND memory_bytes >= 0 AND gpu_shares >= 0 AND replica_index >= 0",
             name="amounts_non_negative",
         ),
+        CheckConstraint(
+            "borrowed_cpu_millis >= 0 AND borrowed_cpu_millis <= cpu_millis"
+            " AND borrowed_memory_bytes >= 0 AND borrowed_memory_bytes <= memory_bytes"
+            " AND borrowed_gpu_shares >= 0 AND borrowed_gpu_shares <= gpu_shares",
+            name="borrowed_within_held",
+        ),
         Index("ix_placements_live_node", "node", postgresql_where=text("released_at IS NULL")),
     )
 
@@ -322,6 +328,16 @@ class Placement(Base):
     cpu_millis: Mapped[int] = mapped_column(BigInteger, nullable=False)
     memory_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     gpu_shares: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # What of it lies above the tenant's nominal quota, on quota its cohort lent (0: none).
+    borrowed_cpu_millis: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    borrowed_memory_bytes: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    borrowed_gpu_shares: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
     # [{"device": 0, "shares": 50}, ...]: CUDA_VISIBLE_DEVICES follows from the device indices.
     gpu: Mapped[list[Any]] = mapped_column(nullable=False, server_default=text("'[]'"))
     created_at: Mapped[datetime] = _now()

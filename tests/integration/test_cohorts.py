@@ -296,6 +296,25 @@ async def test_a_member_borrows_an_idle_members_quota_and_the_views_say_who_lend
     result = await cycle(engine, nodes)
 
     assert result.admitted == (big.body["id"],)
+    # Each placement records what of it is borrowed: the last pods of the gang first.
+    async with engine.connect() as conn:
+        borrowed = (
+            await conn.execute(
+                text(
+                    "SELECT pod_name, borrowed_cpu_millis FROM placements "
+                    "WHERE job_id = CAST(:id AS uuid) ORDER BY replica_index"
+                ),
+                {"id": big.body["id"]},
+            )
+        ).all()
+    assert [tuple(row) for row in borrowed] == [
+        ("big-worker-0", 0),
+        ("big-worker-1", 0),
+        ("big-worker-2", 0),
+        ("big-worker-3", 0),
+        ("big-worker-4", 1000),
+        ("big-worker-5", 1000),
+    ]
     search = (await api.get("/v1/tenants/search")).body
     ads = (await api.get("/v1/tenants/ads")).body
     solo = (await api.get("/v1/tenants/solo")).body

@@ -151,3 +151,28 @@ def cohort_snapshots(draw: st.DrawFn):  # type: ignore[no-untyped-def]
 def test_random_cohorts_never_break_a_limit_or_overcommit_a_node(snap) -> None:  # type: ignore[no-untyped-def]
     result = plan(snap)
     assert violations(snap, result) == []
+
+
+def test_each_placement_records_what_of_it_is_borrowed_last_pods_first() -> None:
+    # a holds 18 of its 20 CPUs; a gang of three 2-CPU pods borrows 4 CPUs of b's idle quota.
+    gang = job("gang", *(pod(f"w-{k}", role="w", cpu=2, mem_gib=0) for k in range(3)), tenant="a")
+    snap = snapshot(
+        [node("n", cpu=100, gpus=0)],
+        [gang],
+        tenants=[member("a", 20, usage_cpu=18), member("b", 20)],
+    )
+    (admission,) = plan(snap).admitted
+    borrowed = {p.pod_name: p.borrowed.cpu_millis for p in admission.placements}
+    assert borrowed == {"w-0": 0, "w-1": 2000, "w-2": 2000}
+
+
+def test_nothing_is_recorded_borrowed_within_nominal_or_outside_a_cohort() -> None:
+    jobs = [job("in", pod(cpu=5, mem_gib=0), tenant="a"), job("out", pod(cpu=5), tenant="solo")]
+    snap = snapshot(
+        [node("n", cpu=100, gpus=0)],
+        jobs,
+        tenants=[member("a", 20), member("b", 20), tenant("solo", cpu=10)],
+    )
+    result = plan(snap)
+    assert len(result.admitted) == 2
+    assert all(p.borrowed.cpu_millis == 0 for a in result.admitted for p in a.placements)

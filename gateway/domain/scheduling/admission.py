@@ -39,10 +39,11 @@ from operator import attrgetter
 
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortBook, Member
-from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice
+from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice, PodRequest
 from gateway.domain.scheduling.placement import ClusterState, Gang
 from gateway.domain.scheduling.queue import AdmissionQueue, merge_order
 from gateway.domain.scheduling.queueing import (
+    NOTHING,
     Admission,
     AdmissionPlan,
     PendingJob,
@@ -104,6 +105,26 @@ def queue_places(snapshot: Snapshot, queue: AdmissionQueue) -> Iterator[QueuedAt
             reason=PendingReason.BACKOFF_AFTER_EVICTION,
             message=f"evicted; back in the queue at {back_at:%Y-%m-%dT%H:%M:%SZ}",
         )
+
+
+def _borrowed_by_pod(pods: Sequence[PodRequest], borrowed: Resources) -> list[Resources]:
+    """What each pod holds of a gang's ``borrowed`` amount: the last pods first, each at most
+    what it holds, so the amounts add up to ``borrowed``."""
+    left = {
+        "cpu_millis": borrowed.cpu_millis,
+        "memory_bytes": borrowed.memory_bytes,
+        "gpu_shares": borrowed.gpu_shares,
+    }
+    if not any(left.values()):
+        return [NOTHING] * len(pods)
+    shares: list[Resources] = []
+    for pod in reversed(pods):
+        taken = {}
+        for resource, amount in left.items():
+            taken[resource] = min(amount, getattr(pod, resource))
+            left[resource] = amount - taken[resource]
+        shares.append(Resources(**taken))
+    return shares[::-1]
 
 
 def _next_ready(jobs: Sequence[PendingJob], start: int, now: float) -> int | None:
@@ -332,7 +353,9 @@ class _Cycle:
         hits: list[tuple[int, tuple[tuple[int, int], ...]]],
     ) -> None:
         self.usage[job.tenant] = self.usage[job.tenant].plus(demand)
+        borrowed = [NOTHING] * len(job.pods)
         if self.book is not None:
+            borrowed = _borrowed_by_pod(job.pods, self.book.borrows_for(job.tenant, demand))
             self.book.take(job.tenant, demand)
         self.shares.pop(job.tenant, None)
         nodes = self.cluster.nodes
@@ -347,6 +370,7 @@ class _Cycle:
                 cpu_millis=pod.cpu_millis,
                 memory_bytes=pod.memory_bytes,
                 gpu=tuple(self._slice(d, s) for d, s in slices),
+                borrowed=borrowed[k],
             )
         placements = tuple(p for p in by_pod if p is not None)
         self.admitted.append(Admission(job_id=job.id, tenant=job.tenant, placements=placements))

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.scheduling.quota import Quota, TenantUsage
@@ -75,6 +76,10 @@ class Snapshot:
     backfill: int = DEFAULT_BACKFILL
 
 
+#: No resource at all.
+NOTHING = Resources(cpu_millis=0, memory_bytes=0, gpu_shares=0)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Placement:
     """Where one pod of an admitted gang runs, and what it holds there.
@@ -91,6 +96,8 @@ class Placement:
     cpu_millis: int
     memory_bytes: int
     gpu: tuple[GpuSlice, ...] = ()
+    #: What of it lies above the tenant's nominal quota, on quota its cohort lent.
+    borrowed: Resources = NOTHING
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
