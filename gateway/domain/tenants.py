@@ -102,9 +102,6 @@ class CohortStatus:
     idle: Resources
 
 
-_NOTHING = Resources(cpu_millis=0, memory_bytes=0)
-
-
 def standings_of(
     held: Mapping[str, tuple[TenantSettings, TenantUsage]],
 ) -> dict[str, Standing]:
@@ -115,13 +112,7 @@ def standings_of(
         name: Member(quota=settings.quota, usage=usage, terms=settings.cohort)
         for name, (settings, usage) in held.items()
     }
-    found = standings(members)
-    return {
-        name: found[name]
-        if settings.cohort is not None
-        else Standing(nominal=found[name].nominal, borrowed=_NOTHING, lent=_NOTHING)
-        for name, (settings, _) in held.items()
-    }
+    return standings(members)
 
 
 def cohort_status(

@@ -15,7 +15,8 @@ lendable``, a cohort's *pool* is the sum of its members' lendable quota, and a m
 - a job fits when, for every resource it asks for, its tenant stays within nominal plus its
   borrowing limit and the cohort's draws stay within its pool (the tenant's running-job cap is
   the tenant's own and never borrowed);
-- a tenant *borrows* ``max(0, usage - nominal)``;
+- a tenant *borrows* ``max(0, usage - nominal)`` (outside a cohort, nothing: it lends and
+  borrows nothing, even holding more than a quota lowered below its usage);
 - what the borrowers hold is lent by the members that leave lendable quota idle: each member
   lends a share of the borrowed total in proportion to its idle lendable quota, so no member
   ever lends more than its lending limit (the pool is never overdrawn: the borrowed total is at
@@ -253,6 +254,10 @@ def standings(members: Mapping[str, Member]) -> dict[str, Standing]:
 
 
 def _borrowed(member: Member, resource: str) -> int:
+    """What the member holds above its nominal quota, on lent quota: nothing outside a cohort
+    (a tenant there may hold more than a quota lowered below its usage, and borrows none)."""
+    if member.terms is None:
+        return 0
     return max(0, _amount(member.usage, resource) - _amount(member.quota, resource))
 
 
