@@ -24,3 +24,20 @@ async def test_it_says_whether_the_event_was_set_before_the_deadline() -> None:
     assert await woken(event, 0.001) is False
     event.set()
     assert await woken(event, 0) is True
+
+
+@pytest.mark.timeout(20)
+async def test_a_loop_whose_event_stays_set_still_lets_other_tasks_run() -> None:
+    event = asyncio.Event()
+    event.set()
+    ran = asyncio.Event()
+
+    async def spinning() -> None:
+        while not ran.is_set():
+            await woken(event, 3600)
+
+    other = asyncio.get_running_loop().call_soon(ran.set)
+    async with asyncio.timeout(5):
+        await spinning()  # returns only because the other callback got its turn
+    assert ran.is_set()
+    other.cancel()
