@@ -445,3 +445,37 @@ async def test_a_cohort_is_seen_by_admins_and_its_members_people_and_is_absent_t
     await put_cohort(api, "empty")
     assert (await viewer.get("/v1/cohorts/empty")).status == 404
     assert (await api.get("/v1/cohorts/empty")).body["idle"] == NOTHING
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cohort": "pool", "quota": {**QUOTA, "borrowing_limit": {"cpu": "1e30"}}},
+        {"cohort": "pool", "quota": {**QUOTA, "borrowing_limit": {"memory": "9" * 30 + "Ei"}}},
+        {"cohort": "pool", "quota": {**QUOTA, "lending_limit": {"gpu": -1}}},
+        {"cohort": "pool", "quota": {**QUOTA, "lending_limit": {"gpu": 1e300}}},
+        {"cohort": "pool", "quota": {**QUOTA, "lending_limit": {"bogus": 1}}},
+        {"cohort": "pool", "quota": {**QUOTA, "lending_limit": "x"}},
+        {"cohort": "Pool\u0000", "quota": QUOTA},
+        {"cohort": 7, "quota": QUOTA},
+        {"cohort": "x" * 300, "quota": QUOTA},
+    ],
+)
+async def test_hostile_membership_bodies_are_refused_and_write_nothing(
+    api: CheckedClient, engine: AsyncEngine, body: dict[str, Any]
+) -> None:
+    await put_cohort(api)
+    before = await row_counts(engine)
+    answer = await api.put("/v1/admin/tenants/hostile", json=body)
+    assert 400 <= answer.status < 500, answer.text
+    assert await row_counts(engine) == before
+
+
+async def test_hostile_cohort_names_and_descriptions_are_refused(api: CheckedClient) -> None:
+    for name in ("A", "-a", "a" * 64, "%00", "a_b"):
+        answer = await api.put(f"/v1/admin/cohorts/{name}", json={})
+        assert 400 <= answer.status < 500, (name, answer.text)
+    for description in ("x" * 5000, "a\u0000b"):
+        answer = await api.put("/v1/admin/cohorts/ok", json={"description": description})
+        assert 400 <= answer.status < 500, answer.text
+    assert (await api.get("/v1/admin/audit?cohort=%00")).status < 500
