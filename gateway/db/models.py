@@ -130,6 +130,9 @@ class Tenant(Base):
             f"cohort IS NOT NULL OR num_nonnulls({', '.join(COHORT_LIMIT_COLUMNS)}) = 0",
             name="cohort_limits_need_a_cohort",
         ),
+        CheckConstraint(
+            "preemption_policy IN ('never', 'lower_priority')", name="preemption_policy_known"
+        ),
     )
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -156,6 +159,11 @@ class Tenant(Base):
     lending_limit_cpu_millis: Mapped[int | None] = mapped_column(BigInteger)
     lending_limit_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     lending_limit_gpu_shares: Mapped[int | None] = mapped_column(BigInteger)
+    # Whether the tenant's waiting jobs may preempt its own running gangs of lower priority
+    # (gateway.domain.scheduling.preemption): 'never' or 'lower_priority'.
+    preemption_policy: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'never'")
+    )
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
     # The secret before the last rotation; deliveries are signed with both for an overlap.
     previous_webhook_secret: Mapped[str | None] = mapped_column(Text)
@@ -211,6 +219,9 @@ class Job(Base):
         CheckConstraint("attempt >= 0", name="attempt_non_negative"),
         CheckConstraint("queue_slot >= 0", name="queue_slot_non_negative"),
         CheckConstraint(
+            "preemptions >= 0 AND preemptions <= attempt", name="preemptions_within_attempts"
+        ),
+        CheckConstraint(
             "(state IN ('succeeded', 'failed', 'cancelled')) = (finished_at IS NOT NULL)",
             name="finished_iff_terminal",
         ),
@@ -252,6 +263,9 @@ class Job(Base):
     # Pod restarts spent in the current attempt, counted against run_policy.backoff_limit.
     restarts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # How many of its attempts ended in a preemption: those are not counted against the requeue
+    # limit, and a job preempted again backs off.
+    preemptions: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     spec: Mapped[dict[str, Any]] = mapped_column(nullable=False)
     labels: Mapped[dict[str, Any]] = mapped_column(nullable=False, server_default=text("'{}'"))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
