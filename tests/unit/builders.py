@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Member, lendable
 from gateway.domain.scheduling.nodes import (
     GpuMode,
@@ -20,7 +21,16 @@ from gateway.domain.scheduling.nodes import (
     gpu_kind,
     node_admits,
 )
-from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob, Snapshot, TenantState
+from gateway.domain.scheduling.queueing import (
+    AdmissionPlan,
+    PendingJob,
+    Placement,
+    PreemptionPolicy,
+    PreemptionReason,
+    RunningGang,
+    Snapshot,
+    TenantState,
+)
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 GIB = 1 << 30
@@ -83,6 +93,7 @@ def job(
     submitted_at: float = 0.0,
     not_before: float | None = None,
     queued_since: float | None = None,
+    preemptible: bool = True,
 ) -> PendingJob:
     return PendingJob(
         id=id,
@@ -92,6 +103,45 @@ def job(
         not_before=not_before,
         queued_since=queued_since,
         pods=pods or (pod(),),
+        preemptible=preemptible,
+    )
+
+
+def running(
+    id: str,
+    node_name: str,
+    *,
+    tenant: str = "t",
+    pods: int = 1,
+    cpu: float = 1,
+    mem_gib: float = 0,
+    borrowed_cpu: float = 0,
+    priority: int = 0,
+    admitted_at: float = 0.0,
+    preemptible: bool = True,
+) -> RunningGang:
+    """A running gang of ``pods`` equal pods on one node; ``borrowed_cpu`` of it (per pod)
+    borrowed."""
+    return RunningGang(
+        job_id=id,
+        tenant=tenant,
+        priority=priority,
+        preemptible=preemptible,
+        admitted_at=admitted_at,
+        placements=tuple(
+            Placement(
+                pod_name=f"worker-{k}",
+                role="worker",
+                index=k,
+                node=node_name,
+                cpu_millis=int(cpu * 1000),
+                memory_bytes=int(mem_gib * GIB),
+                borrowed=Resources(
+                    cpu_millis=int(borrowed_cpu * 1000), memory_bytes=0, gpu_shares=0
+                ),
+            )
+            for k in range(pods)
+        ),
     )
 
 
@@ -110,6 +160,7 @@ def tenant(
     max_running: int = 10**6,
     usage: TenantUsage | None = None,
     cohort: CohortTerms | None = None,
+    policy: PreemptionPolicy = PreemptionPolicy.NEVER,
 ) -> TenantState:
     return TenantState(
         name=name,
@@ -123,6 +174,7 @@ def tenant(
         ),
         usage=usage or TenantUsage(),
         cohort=cohort,
+        preemption_policy=policy,
     )
 
 
@@ -145,18 +197,28 @@ def snapshot(
     holdings: Sequence[Holding] = (),
     now: float = 0.0,
     starvation_seconds: float = 3600.0,
+    gangs: Sequence[RunningGang] = (),
+    min_runtime_seconds: float = 0.0,
 ) -> Snapshot:
-    """Tenants not given get an unlimited quota."""
+    """Tenants not given get an unlimited quota. The running ``gangs`` hold what they hold on
+    top of ``holdings``; a tenant's usage, when given, must already count its gangs."""
     by_name = {t.name: t for t in tenants}
     for pending_job in pending:
         by_name.setdefault(pending_job.tenant, tenant(pending_job.tenant))
+    held = [
+        Holding(node=p.node, cpu_millis=p.cpu_millis, memory_bytes=p.memory_bytes, gpu=p.gpu)
+        for g in gangs
+        for p in g.placements
+    ]
     return Snapshot(
         now=now,
         nodes=tuple(nodes),
-        holdings=tuple(holdings),
+        holdings=(*holdings, *held),
         tenants=by_name,
         pending=tuple(pending),
         starvation_seconds=starvation_seconds,
+        running=tuple(gangs),
+        min_runtime_seconds=min_runtime_seconds,
     )
 
 
@@ -220,6 +282,7 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
         name: [t.usage.cpu_millis, t.usage.memory_bytes, t.usage.gpu_shares, t.usage.running_jobs]
         for name, t in snap.tenants.items()
     }
+    found.extend(_preemption_violations(snap, plan, cpu, mem, devices, usage))
     for admission in plan.admitted:
         pending_job = jobs[admission.job_id]
         if admission.tenant != pending_job.tenant:
@@ -284,6 +347,64 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
         for k, (pool, drawn, drawn_before) in enumerate(amounts):
             if drawn > pool and drawn != drawn_before:
                 found.append(f"cohort {cohort_name} overdrawn on {RESOURCE_ORDER[k]}: {amounts}")
+    return found
+
+
+def _preemption_violations(
+    snap: Snapshot,
+    plan: AdmissionPlan,
+    cpu: dict[str, int],
+    mem: dict[str, int],
+    devices: dict[str, list[int]],
+    usage: dict[str, list[int]],
+) -> list[str]:
+    """Every way the plan's preemptions break an invariant; gives back what the victims hold
+    (in the free capacity and usage given)."""
+    found: list[str] = []
+    gangs = {g.job_id: g for g in snap.running}
+    admitted = {a.job_id for a in plan.admitted}
+    jobs = {j.id: j for j in snap.pending}
+    seen: set[str] = set()
+    for p in plan.preempted:
+        victim = gangs.get(p.job_id)
+        if victim is None or p.job_id in seen:
+            found.append(f"preempted {p.job_id} is not a running gang, or twice")
+            continue
+        seen.add(p.job_id)
+        if p.preemptor not in admitted:
+            found.append(f"{p.job_id} preempted for {p.preemptor}, which was not admitted")
+        if not victim.preemptible:
+            found.append(f"{p.job_id} is not preemptible")
+        if victim.admitted_at > snap.now - snap.min_runtime_seconds:
+            found.append(f"{p.job_id} preempted before the minimum runtime")
+        preemptor = jobs[p.preemptor]
+        state = snap.tenants[victim.tenant]
+        if p.reason is PreemptionReason.PRIORITY:
+            if victim.tenant != preemptor.tenant or victim.priority >= preemptor.priority:
+                found.append(f"{p.job_id} preempted by priority for {p.preemptor}")
+            if snap.tenants[preemptor.tenant].preemption_policy is PreemptionPolicy.NEVER:
+                found.append(f"{p.job_id} preempted in a tenant whose policy is never")
+        else:
+            mine = snap.tenants[preemptor.tenant].cohort
+            if (
+                state.cohort is None
+                or mine is None
+                or state.cohort.cohort != mine.cohort
+                or victim.tenant == preemptor.tenant
+                or not victim.borrows
+            ):
+                found.append(f"{p.job_id} reclaimed for {p.preemptor} outside the rules")
+        for placement in victim.placements:
+            cpu[placement.node] += placement.cpu_millis
+            mem[placement.node] += placement.memory_bytes
+            for s in placement.gpu:
+                devices[placement.node][s.device] += s.shares
+        used = usage[victim.tenant]
+        held = victim.demand
+        used[0] -= held.cpu_millis
+        used[1] -= held.memory_bytes
+        used[2] -= held.gpu_shares
+        used[3] -= 1
     return found
 
 

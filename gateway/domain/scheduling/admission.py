@@ -38,9 +38,17 @@ from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
 from gateway.domain.resources import Resources
+from gateway.domain.scheduling.capacity import Slices
 from gateway.domain.scheduling.cohorts import CohortBook, Member
-from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode, GpuSlice, PodRequest
+from gateway.domain.scheduling.nodes import (
+    SHARES_PER_DEVICE,
+    GpuMode,
+    GpuSlice,
+    Holding,
+    PodRequest,
+)
 from gateway.domain.scheduling.placement import ClusterState, Gang
+from gateway.domain.scheduling.preemption import choose, victim_order
 from gateway.domain.scheduling.queue import AdmissionQueue, merge_order
 from gateway.domain.scheduling.queueing import (
     NOTHING,
@@ -49,8 +57,13 @@ from gateway.domain.scheduling.queueing import (
     PendingJob,
     PendingReason,
     Placement,
+    Preemption,
+    PreemptionPolicy,
+    PreemptionReason,
     QueuedAt,
+    RunningGang,
     Snapshot,
+    TenantState,
     Waiting,
 )
 from gateway.domain.scheduling.quota import TenantUsage
@@ -58,9 +71,11 @@ from gateway.domain.scheduling.reasons import (
     at_running_cap,
     gang_reason,
     listing,
+    never_borrows,
     over_cohort_quota,
     over_quota,
     short_of_sums,
+    waits_for_reclaim,
 )
 
 
@@ -127,6 +142,21 @@ def _borrowed_by_pod(pods: Sequence[PodRequest], borrowed: Resources) -> list[Re
     return shares[::-1]
 
 
+def _search_cost(candidates: int) -> int:
+    """The trials `preemption.choose` needs for its first valid answer among ``candidates``:
+    all of them, then a bisection of the prefixes."""
+    return 1 + max(candidates - 1, 0).bit_length()
+
+
+def _holding(placement: Placement) -> Holding:
+    return Holding(
+        node=placement.node,
+        cpu_millis=placement.cpu_millis,
+        memory_bytes=placement.memory_bytes,
+        gpu=placement.gpu,
+    )
+
+
 def _next_ready(jobs: Sequence[PendingJob], start: int, now: float) -> int | None:
     """The position of the first job at or after ``start`` that is not in backoff."""
     for position in range(start, len(jobs)):
@@ -152,6 +182,9 @@ _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
 _REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "spread")
 _MIN_WEIGHT = 1e-9
+#: Placement trials a cycle may spend on finding victims (each builds the cluster's free
+#: capacity afresh); past it, preemption waits for the next cycle.
+PREEMPTION_TRIALS = 64
 
 
 class _Cycle:
@@ -198,6 +231,14 @@ class _Cycle:
         self.blocked_notes: dict[int, str] = {}
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
+        # Preemption: what it decided, what this cycle admitted (as holdings), the candidates
+        # (built at the first job that needs them) and the placement trials left.
+        self.preemptions: list[Preemption] = []
+        self.preempted: set[str] = set()
+        self.released_holdings: list[Holding] = []
+        self.borrowing: dict[str, list[RunningGang]] | None = None
+        self.own: dict[str, list[RunningGang]] = {}
+        self.trials = PREEMPTION_TRIALS
 
     def run(self, queue: AdmissionQueue) -> AdmissionPlan:
         snapshot = self.snapshot
@@ -284,30 +325,44 @@ class _Cycle:
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, f"tenant {job.tenant} has no quota")
             return _Outcome.TENANT_STOPPED
         quota = tenant.quota
-        # A tenant at its running-job cap is skipped before any per-pod work.
+        pods = job.pods
+        totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
+        cpu, mem, gpu = totals
+        demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
+        # A tenant at its running-job cap is skipped before any per-pod work (unless its own
+        # gangs of lower priority may make room).
         if not quota.runs_another(used):
+            if pods and self._preempt(job, tenant, demand, totals) is True:
+                return _Outcome.ADMITTED
             capped = at_running_cap(job.tenant, used, quota)
             self._wait(job, PendingReason.WAITING_FOR_QUOTA, capped)
             return _Outcome.TENANT_STOPPED
-        pods = job.pods
         if not pods:
             # Admitting an empty gang would start nothing and hold a running-job slot forever.
             self._wait(job, PendingReason.FRAGMENTED, "the job has no pods to place")
             return _Outcome.BLOCKED
-        totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
-        cpu, mem, gpu = totals
-        demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
+        words: str | None = None
         if tenant.cohort is not None and self.book is not None:
-            if not self.book.fits(job.tenant, demand):
+            if not job.preemptible and not quota.fits_now(used, demand):
+                # Borrowed quota is taken back by preemption: a job that cannot be preempted
+                # runs within its tenant's nominal quota only.
+                short = quota.short_of(used, demand)
+                words = never_borrows(job.tenant, short) if short is not None else ""
+            elif not self.book.fits(job.tenant, demand):
                 lacking = self.book.short_of(job.tenant, demand)
                 cohort = tenant.cohort.cohort
                 words = over_cohort_quota(job.tenant, cohort, lacking) if lacking else ""
-                self._wait(job, PendingReason.WAITING_FOR_QUOTA, words)
-                return _Outcome.OVER_QUOTA
         elif not quota.fits_now(used, demand):
             short = quota.short_of(used, demand)
-            over = over_quota(job.tenant, short) if short is not None else ""
-            self._wait(job, PendingReason.WAITING_FOR_QUOTA, over)
+            words = over_quota(job.tenant, short) if short is not None else ""
+        if words is not None:
+            found = self._preempt(job, tenant, demand, totals)
+            if found is True:
+                return _Outcome.ADMITTED
+            if isinstance(found, str):
+                self._wait(job, PendingReason.WAITING_FOR_RECLAIM, found)
+            else:
+                self._wait(job, PendingReason.WAITING_FOR_QUOTA, words)
             return _Outcome.OVER_QUOTA
         cluster = self.cluster
         free = cluster.capacity
@@ -319,8 +374,7 @@ class _Cycle:
         )
         fits_all = gpu <= free.free_gpu and cpu <= free.free_cpu and mem <= free.free_mem
         if not fits_all or cluster.surely_fails(pods):
-            self._blocked(job, totals, None)
-            return _Outcome.BLOCKED
+            return self._blocked_unless_preempting(job, tenant, demand, totals, None)
         gang = cluster.gang_of(pods)
         if fits_open:
             hits = cluster.place_gang(gang, honor=True)
@@ -332,8 +386,198 @@ class _Cycle:
             cluster.rollback()
             self._wait(job, PendingReason.RESERVED, self._reserved_message(job))
             return _Outcome.BLOCKED
-        self._blocked(job, totals, gang)
+        return self._blocked_unless_preempting(job, tenant, demand, totals, gang)
+
+    def _blocked_unless_preempting(
+        self,
+        job: PendingJob,
+        tenant: TenantState,
+        demand: Resources,
+        totals: tuple[int, int, int],
+        gang: Gang | None,
+    ) -> _Outcome:
+        """The job does not fit the nodes: admitted if preempting makes room, else blocked."""
+        found = self._preempt(job, tenant, demand, totals)
+        if found is True:
+            return _Outcome.ADMITTED
+        if isinstance(found, str):
+            self._wait(job, PendingReason.WAITING_FOR_RECLAIM, found)
+        else:
+            self._blocked(job, totals, gang)
         return _Outcome.BLOCKED
+
+    # -- preemption (see preemption.py) -----------------------------------------------------------
+
+    def _preempt(
+        self, job: PendingJob, tenant: TenantState, demand: Resources, totals: tuple[int, int, int]
+    ) -> bool | str | None:
+        """Preempt the gangs that make room for ``job`` and admit it: True. The words of a
+        reclaim it waits for, when only gangs too young to preempt would make room; else None."""
+        if not self.snapshot.running or self.trials <= 0:
+            return None
+        candidates = self._candidates(job, tenant, demand)
+        if not candidates:
+            return None
+        ripe_before = self.snapshot.now - self.snapshot.min_runtime_seconds
+        ripe = [c for c in candidates if c[0].admitted_at <= ripe_before]
+        if self.trials < _search_cost(len(candidates)):
+            # Too few trials left to find the shortest enough prefix: an answer found now could
+            # preempt more than it needs to. The next cycle looks again.
+            return None
+
+        def fits(
+            victims: Sequence[tuple[RunningGang, PreemptionReason]],
+        ) -> tuple[ClusterState, Gang, list[tuple[int, Slices]]] | None:
+            return self._fits_without(job, tenant, demand, totals, [g for g, _ in victims])
+
+        found = choose(ripe, fits)
+        if found is None:
+            if len(ripe) == len(candidates):
+                return None
+            waited = choose(candidates, fits)
+            if waited is None:
+                return None
+            young = [g.admitted_at for g, _ in waited[0] if g.admitted_at > ripe_before]
+            if not young:
+                return None
+            return waits_for_reclaim(
+                len(waited[0]), max(young) + self.snapshot.min_runtime_seconds, tenant.name
+            )
+        chosen, (state, gang, hits) = found
+        for victim, reason in chosen:
+            self.preempted.add(victim.job_id)
+            held = victim.demand
+            self.usage[victim.tenant] = self.usage[victim.tenant].minus(held)
+            if self.book is not None:
+                self.book.release(victim.tenant, held)
+            self.shares.pop(victim.tenant, None)
+            self.released_holdings.extend(victim.released())
+            self.preemptions.append(
+                Preemption(
+                    job_id=victim.job_id,
+                    tenant=victim.tenant,
+                    preemptor=job.id,
+                    preemptor_tenant=job.tenant,
+                    reason=reason,
+                )
+            )
+        state.commit()
+        self.cluster = state
+        self._admit(job, demand, gang.order, hits)
+        return True
+
+    def _candidates(
+        self, job: PendingJob, tenant: TenantState, demand: Resources
+    ) -> list[tuple[RunningGang, PreemptionReason]]:
+        """The gangs that may be preempted for ``job``, in victim order (young ones too)."""
+        found: list[tuple[RunningGang, PreemptionReason]] = []
+        used = self.usage[job.tenant]
+        if tenant.cohort is not None and tenant.quota.fits_now(used, demand):
+            # Below its nominal quota with room for the job in it: it reclaims what it lent.
+            for gang in self._borrowers().get(tenant.cohort.cohort, ()):
+                if gang.tenant != job.tenant and gang.job_id not in self.preempted:
+                    found.append((gang, PreemptionReason.RECLAIM))
+        if tenant.preemption_policy is PreemptionPolicy.LOWER_PRIORITY:
+            for gang in self._own(job.tenant):
+                if gang.priority < job.priority and gang.job_id not in self.preempted:
+                    found.append((gang, PreemptionReason.PRIORITY))
+        found.sort(key=lambda candidate: victim_order(candidate[0]))
+        return found
+
+    def _borrowers(self) -> dict[str, list[RunningGang]]:
+        """Per cohort, the preemptible gangs that run on borrowed quota: gangs with a borrowed
+        placement, of members that hold more than their nominal quota (as the cycle began)."""
+        if self.borrowing is None:
+            tenants = self.snapshot.tenants
+            above = {
+                name
+                for name, state in tenants.items()
+                if state.cohort is not None
+                and (
+                    state.usage.cpu_millis > state.quota.cpu_millis
+                    or state.usage.memory_bytes > state.quota.memory_bytes
+                    or state.usage.gpu_shares > state.quota.gpu_shares
+                )
+            }
+            self.borrowing = {}
+            for gang in self.snapshot.running:
+                terms = tenants[gang.tenant].cohort if gang.tenant in above else None
+                if terms is not None and gang.preemptible and gang.borrows:
+                    self.borrowing.setdefault(terms.cohort, []).append(gang)
+            for gangs in self.borrowing.values():
+                gangs.sort(key=victim_order)
+        return self.borrowing
+
+    def _own(self, tenant: str) -> list[RunningGang]:
+        """The tenant's preemptible gangs, in victim order."""
+        gangs = self.own.get(tenant)
+        if gangs is None:
+            gangs = self.own[tenant] = sorted(
+                (g for g in self.snapshot.running if g.tenant == tenant and g.preemptible),
+                key=victim_order,
+            )
+        return gangs
+
+    def _fits_without(
+        self,
+        job: PendingJob,
+        tenant: TenantState,
+        demand: Resources,
+        totals: tuple[int, int, int],
+        victims: Sequence[RunningGang],
+    ) -> tuple[ClusterState, Gang, list[tuple[int, Slices]]] | None:
+        """Where ``job`` would go once ``victims`` are gone (quota and real nodes), or None.
+        Each placement tried costs one of the cycle's trials."""
+        if not self._quota_fits_without(job, tenant, demand, victims):
+            return None
+        free = self.cluster.capacity
+        cpu = free.free_cpu + sum(p.cpu_millis for g in victims for p in g.placements)
+        mem = free.free_mem + sum(p.memory_bytes for g in victims for p in g.placements)
+        gpu = free.free_gpu + sum(s.shares for g in victims for p in g.placements for s in p.gpu)
+        if totals[0] > cpu or totals[1] > mem or totals[2] > gpu or self.trials <= 0:
+            return None
+        self.trials -= 1
+        holdings = [
+            *self.snapshot.holdings,
+            *(_holding(p) for a in self.admitted for p in a.placements),
+            *self.released_holdings,
+            *(h for g in victims for h in g.released()),
+        ]
+        state = ClusterState(self.snapshot.nodes, holdings)
+        if self.reserved and (self.reserved_for is None or self.reserved_for.id != job.id):
+            index = {node.name: i for i, node in enumerate(state.nodes)}
+            state.capacity.block(index[name] for name in self.reserved)
+        gang = state.gang_of(job.pods)
+        hits = state.place_gang(gang, honor=True)
+        if hits is None:
+            return None
+        return state, gang, hits
+
+    def _quota_fits_without(
+        self,
+        job: PendingJob,
+        tenant: TenantState,
+        demand: Resources,
+        victims: Sequence[RunningGang],
+    ) -> bool:
+        """Whether ``job`` fits its tenant's quota (and its cohort's) once ``victims`` are gone."""
+        book = self.book
+        if book is None:
+            used = self.usage[job.tenant]
+            for victim in victims:
+                if victim.tenant == job.tenant:
+                    used = used.minus(victim.demand)
+            return tenant.quota.fits_now(used, demand)
+        for victim in victims:
+            book.release(victim.tenant, victim.demand)
+        try:
+            if not book.fits(job.tenant, demand):
+                return False
+            nominal_only = tenant.cohort is not None and not job.preemptible
+            return not nominal_only or tenant.quota.fits_now(book.usage(job.tenant), demand)
+        finally:
+            for victim in victims:
+                book.take(victim.tenant, victim.demand)
 
     def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
         """The job does not fit now; why is settled at the end. A starving one may reserve."""
@@ -487,4 +731,5 @@ class _Cycle:
             waiting=tuple(waiting),
             reserved_nodes=self.reserved,
             reserved_for=self.reserved_for.id if self.reserved_for is not None else None,
+            preempted=tuple(self.preemptions),
         )

@@ -26,7 +26,8 @@ A tenant in no cohort holds at most its nominal quota, as before cohorts: ``Coho
 asks ``Quota.fits_now``.
 
 Invariants: values are frozen except ``CohortBook``, which a cycle owns and changes only through
-``take``; every amount is in Muster's units (millicores, bytes, GPU shares).
+``take`` and ``release`` (a preempted gang); every amount is in Muster's units (millicores,
+bytes, GPU shares).
 """
 
 from __future__ import annotations
@@ -214,6 +215,20 @@ class CohortBook:
                     member, resource, held
                 )
         self._usage[tenant] = usage.plus(demand)
+
+    def release(self, tenant: str, held: Resources) -> None:
+        """Record that a job of ``tenant`` holding ``held`` leaves the cluster (preempted):
+        ``take`` of the same amount undoes it exactly."""
+        member = self._members[tenant]
+        usage = self._usage[tenant]
+        after = usage.minus(held)
+        if member.terms is not None:
+            pools = self._pools[member.terms.cohort]
+            for resource in RESOURCES:
+                pools[resource][1] += _draw(member, resource, _amount(after, resource)) - _draw(
+                    member, resource, _amount(usage, resource)
+                )
+        self._usage[tenant] = after
 
     def standing(self, tenant: str) -> Standing:
         """The tenant's nominal, borrowed and lent quota now."""

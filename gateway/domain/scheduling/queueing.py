@@ -31,8 +31,17 @@ class PendingReason(StrEnum):
     FRAGMENTED = "Fragmented"
     RESERVED = "Reserved"
     BACKOFF_AFTER_EVICTION = "BackoffAfterEviction"
+    # It would fit once running gangs are preempted for it, and they are not preemptible yet.
+    WAITING_FOR_RECLAIM = "WaitingForReclaim"
     # Not yet considered: earlier jobs of its tenant come first (see admission.py).
     QUEUED = "Queued"
+
+
+class PreemptionPolicy(StrEnum):
+    """Whether a tenant's waiting jobs may preempt its own running gangs."""
+
+    NEVER = "never"
+    LOWER_PRIORITY = "lower_priority"
 
 
 #: Blocked jobs a cycle considers past the tenants' heads (``admission.py``).
@@ -49,6 +58,7 @@ class TenantState:
     quota: Quota
     usage: TenantUsage = field(default_factory=TenantUsage)
     cohort: CohortTerms | None = None
+    preemption_policy: PreemptionPolicy = PreemptionPolicy.NEVER
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +72,8 @@ class PendingJob:
     # When the job last entered the queue (reset on requeue); starvation counts from here.
     # None means submitted_at.
     queued_since: float | None = None
+    # A job of a non-preemptible priority class is never preempted, so it never borrows either.
+    preemptible: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -74,6 +86,10 @@ class Snapshot:
     pending: tuple[PendingJob, ...] = ()
     starvation_seconds: float
     backfill: int = DEFAULT_BACKFILL
+    # The admitted and running gangs, for preemption (their holdings are in ``holdings`` too).
+    running: tuple[RunningGang, ...] = ()
+    # A gang admitted less than this long ago is not preempted yet.
+    min_runtime_seconds: float = 0.0
 
 
 #: No resource at all.
@@ -98,6 +114,63 @@ class Placement:
     gpu: tuple[GpuSlice, ...] = ()
     #: What of it lies above the tenant's nominal quota, on quota its cohort lent.
     borrowed: Resources = NOTHING
+
+
+class PreemptionReason(StrEnum):
+    """Why a gang was preempted (the metrics' label, the event's data)."""
+
+    RECLAIM = "Reclaim"  # its tenant borrowed quota that a cohort member reclaimed
+    PRIORITY = "Priority"  # a job of its own tenant with a higher priority needed the room
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunningGang:
+    """An admitted or running job as preemption sees it: what it holds, where, and how much of
+    it is borrowed (``Placement.borrowed``)."""
+
+    job_id: str
+    tenant: str
+    priority: int = 0
+    preemptible: bool = True
+    admitted_at: float
+    placements: tuple[Placement, ...]
+
+    @property
+    def demand(self) -> Resources:
+        return Resources(
+            cpu_millis=sum(p.cpu_millis for p in self.placements),
+            memory_bytes=sum(p.memory_bytes for p in self.placements),
+            gpu_shares=sum(s.shares for p in self.placements for s in p.gpu),
+        )
+
+    @property
+    def borrows(self) -> bool:
+        """Whether any of its pods holds quota its cohort lent."""
+        return any(p.borrowed != NOTHING for p in self.placements)
+
+    def released(self) -> tuple[Holding, ...]:
+        """Its holdings with every amount negated: added to a cluster's holdings, they give
+        back what it holds (``capacity.free_after_holdings`` subtracts holdings)."""
+        return tuple(
+            Holding(
+                node=p.node,
+                cpu_millis=-p.cpu_millis,
+                memory_bytes=-p.memory_bytes,
+                gpu=tuple(GpuSlice(device=s.device, shares=-s.shares) for s in p.gpu),
+            )
+            for p in self.placements
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Preemption:
+    """A gang to stop so that ``preemptor`` (admitted in the same plan) fits."""
+
+    job_id: str
+    tenant: str
+    preemptor: str
+    preemptor_tenant: str
+    reason: PreemptionReason
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -134,3 +207,5 @@ class AdmissionPlan:
     waiting: tuple[Waiting, ...]  # the jobs considered and not admitted, in the order taken
     reserved_nodes: tuple[str, ...] = ()  # sorted
     reserved_for: str | None = None  # the starving job the reservation holds nodes for
+    # Gangs to stop, each for a preemptor that ``admitted`` holds, in the order decided.
+    preempted: tuple[Preemption, ...] = ()

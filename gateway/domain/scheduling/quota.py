@@ -25,7 +25,7 @@ The rules, each defined once, here:
 "could ever fit" that the group-commit submit runs (``gateway.db.tenants.could_ever_hold_sql``) is
 generated from it, and a test holds the two forms to the same answers on random cases.
 
-Invariant: every value is frozen; ``TenantUsage.plus`` returns a new value.
+Invariant: every value is frozen; ``TenantUsage.plus`` and ``minus`` return a new value.
 """
 
 from __future__ import annotations
@@ -64,6 +64,15 @@ class TenantUsage:
             memory_bytes=self.memory_bytes + demand.memory_bytes,
             gpu_shares=self.gpu_shares + demand.gpu_shares,
             running_jobs=self.running_jobs + 1,
+        )
+
+    def minus(self, held: Resources) -> TenantUsage:
+        """The usage once one of its jobs, holding ``held``, leaves the cluster."""
+        return TenantUsage(
+            cpu_millis=self.cpu_millis - held.cpu_millis,
+            memory_bytes=self.memory_bytes - held.memory_bytes,
+            gpu_shares=self.gpu_shares - held.gpu_shares,
+            running_jobs=self.running_jobs - 1,
         )
 
 

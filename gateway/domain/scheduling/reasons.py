@@ -18,6 +18,7 @@ Invariants kept here:
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
 from operator import attrgetter
 
 from gateway.domain.resources import Resources
@@ -70,6 +71,27 @@ def over_cohort_quota(tenant: str, cohort: str, short: CohortShortfall) -> str:
             f"{cohort} ({idle} idle to lend)"
         )
     return f"{need}; cohort {cohort} has {idle} idle to lend"
+
+
+def never_borrows(tenant: str, short: Shortfall) -> str:
+    """The words of a job of a non-preemptible class that its tenant's nominal quota keeps out:
+    borrowed quota is taken back by preemption, so such a job never borrows."""
+    return (
+        f"{over_quota(tenant, short)}; its priority class is not preemptible, so it runs "
+        "within the tenant's nominal quota only"
+    )
+
+
+def waits_for_reclaim(victims: int, from_time: float, tenant: str) -> str:
+    """The words of a job that running gangs would make room for once they have run the
+    minimum runtime (``Snapshot.min_runtime_seconds``): how many, and from when. The gangs are
+    not named: they may be other tenants'."""
+    at = datetime.fromtimestamp(from_time, tz=UTC)
+    gangs = "1 running gang" if victims == 1 else f"{victims} running gangs"
+    return (
+        f"{gangs} will be preempted to make room for it (for tenant {tenant}) once they have "
+        f"run the minimum runtime, from {at:%Y-%m-%dT%H:%M:%SZ}"
+    )
 
 
 def at_running_cap(tenant: str, usage: TenantUsage, quota: Quota) -> str:
