@@ -44,7 +44,6 @@ from gateway.domain.scheduling.nodes import (
     SHARES_PER_DEVICE,
     GpuMode,
     GpuSlice,
-    Holding,
     PodRequest,
 )
 from gateway.domain.scheduling.placement import ClusterState, Gang
@@ -148,15 +147,6 @@ def _search_cost(candidates: int) -> int:
     return 1 + max(candidates - 1, 0).bit_length()
 
 
-def _holding(placement: Placement) -> Holding:
-    return Holding(
-        node=placement.node,
-        cpu_millis=placement.cpu_millis,
-        memory_bytes=placement.memory_bytes,
-        gpu=placement.gpu,
-    )
-
-
 def _next_ready(jobs: Sequence[PendingJob], start: int, now: float) -> int | None:
     """The position of the first job at or after ``start`` that is not in backoff."""
     for position in range(start, len(jobs)):
@@ -231,11 +221,12 @@ class _Cycle:
         self.blocked_notes: dict[int, str] = {}
         self.reserved: tuple[str, ...] = ()
         self.reserved_for: PendingJob | None = None
-        # Preemption: what it decided, what this cycle admitted (as holdings), the candidates
+        # Preemption: what it decided, the nodes by name, what each gang holds, the candidates
         # (built at the first job that needs them) and the placement trials left.
         self.preemptions: list[Preemption] = []
         self.preempted: set[str] = set()
-        self.released_holdings: list[Holding] = []
+        self.index: dict[str, int] | None = None
+        self.held: dict[str, Resources] = {}
         self.borrowing: dict[str, list[RunningGang]] | None = None
         self.own: dict[str, list[RunningGang]] = {}
         self.trials = PREEMPTION_TRIALS
@@ -451,7 +442,6 @@ class _Cycle:
             if self.book is not None:
                 self.book.release(victim.tenant, held)
             self.shares.pop(victim.tenant, None)
-            self.released_holdings.extend(victim.released())
             self.preemptions.append(
                 Preemption(
                     job_id=victim.job_id,
@@ -462,6 +452,9 @@ class _Cycle:
                 )
             )
         state.commit()
+        if self.reserved and not state.capacity.any_blocked:
+            index = self._node_index()
+            state.capacity.block(index[name] for name in self.reserved)
         self.cluster = state
         self._admit(job, demand, gang.order, hits)
         return True
@@ -531,27 +524,44 @@ class _Cycle:
         if not self._quota_fits_without(job, tenant, demand, victims):
             return None
         free = self.cluster.capacity
-        cpu = free.free_cpu + sum(p.cpu_millis for g in victims for p in g.placements)
-        mem = free.free_mem + sum(p.memory_bytes for g in victims for p in g.placements)
-        gpu = free.free_gpu + sum(s.shares for g in victims for p in g.placements for s in p.gpu)
+        held = [self._held(g) for g in victims]
+        cpu = free.free_cpu + sum(h.cpu_millis for h in held)
+        mem = free.free_mem + sum(h.memory_bytes for h in held)
+        gpu = free.free_gpu + sum(h.gpu_shares for h in held)
         if totals[0] > cpu or totals[1] > mem or totals[2] > gpu or self.trials <= 0:
             return None
         self.trials -= 1
-        holdings = [
-            *self.snapshot.holdings,
-            *(_holding(p) for a in self.admitted for p in a.placements),
-            *self.released_holdings,
-            *(h for g in victims for h in g.released()),
-        ]
-        state = ClusterState(self.snapshot.nodes, holdings)
-        if self.reserved and (self.reserved_for is None or self.reserved_for.id != job.id):
-            index = {node.name: i for i, node in enumerate(state.nodes)}
-            state.capacity.block(index[name] for name in self.reserved)
+        capacity = self.cluster.capacity.copy()
+        index = self._node_index()
+        for victim in victims:
+            for p in victim.placements:
+                i = index.get(p.node)
+                if i is not None:
+                    slices = tuple(
+                        (s.device, s.shares) for s in p.gpu if 0 <= s.device < len(capacity.devs[i])
+                    )
+                    capacity.give_back(i, p.cpu_millis, p.memory_bytes, slices)
+        own = self.reserved_for is not None and self.reserved_for.id == job.id
+        if capacity.any_blocked and own:  # the reservation is its own: it may use it
+            capacity.blocked = bytearray(len(capacity.blocked))
+            capacity.any_blocked = False
+        state = ClusterState(self.cluster.nodes, capacity=capacity, like=self.cluster)
         gang = state.gang_of(job.pods)
         hits = state.place_gang(gang, honor=True)
         if hits is None:
             return None
         return state, gang, hits
+
+    def _held(self, gang: RunningGang) -> Resources:
+        held = self.held.get(gang.job_id)
+        if held is None:
+            held = self.held[gang.job_id] = gang.demand
+        return held
+
+    def _node_index(self) -> dict[str, int]:
+        if self.index is None:
+            self.index = {node.name: i for i, node in enumerate(self.cluster.nodes)}
+        return self.index
 
     def _quota_fits_without(
         self,
@@ -561,23 +571,34 @@ class _Cycle:
         victims: Sequence[RunningGang],
     ) -> bool:
         """Whether ``job`` fits its tenant's quota (and its cohort's) once ``victims`` are gone."""
+        freed: dict[str, list[int]] = {}  # tenant -> [cpu, memory, gpu, jobs]
+        for victim in victims:
+            held = self._held(victim)
+            sums = freed.setdefault(victim.tenant, [0, 0, 0, 0])
+            sums[0] += held.cpu_millis
+            sums[1] += held.memory_bytes
+            sums[2] += held.gpu_shares
+            sums[3] += 1
+        amounts = {
+            name: (Resources(cpu_millis=c, memory_bytes=m, gpu_shares=g), n)
+            for name, (c, m, g, n) in freed.items()
+        }
         book = self.book
         if book is None:
             used = self.usage[job.tenant]
-            for victim in victims:
-                if victim.tenant == job.tenant:
-                    used = used.minus(victim.demand)
+            if job.tenant in amounts:
+                used = used.minus(*amounts[job.tenant])
             return tenant.quota.fits_now(used, demand)
-        for victim in victims:
-            book.release(victim.tenant, victim.demand)
+        for name, (held, jobs) in amounts.items():
+            book.release(name, held, jobs)
         try:
             if not book.fits(job.tenant, demand):
                 return False
             nominal_only = tenant.cohort is not None and not job.preemptible
             return not nominal_only or tenant.quota.fits_now(book.usage(job.tenant), demand)
         finally:
-            for victim in victims:
-                book.take(victim.tenant, victim.demand)
+            for name, (held, jobs) in amounts.items():
+                book.take(name, held, jobs)
 
     def _blocked(self, job: PendingJob, totals: tuple[int, int, int], gang: Gang | None) -> None:
         """The job does not fit now; why is settled at the end. A starving one may reserve."""

@@ -32,6 +32,7 @@ from gateway.domain.scheduling.nodes import (
     GPU_WHOLE,
     SHARES_PER_DEVICE,
     PodRequest,
+    Taint,
     Toleration,
     gpu_kind,
     takes_kind,
@@ -82,19 +83,35 @@ class BestFit:
     in the capacity. A gang that fails therefore never touches the sorted lists.
     """
 
-    def __init__(self, free: FreeCapacity, *, tiebreak: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        free: FreeCapacity,
+        *,
+        tiebreak: Sequence[int] | None = None,
+        like: BestFit | None = None,
+    ) -> None:
+        """``like``: a search over the same nodes whose eligibility indexes (which depend on
+        the nodes alone) this one shares, so a what-if search starts warm."""
         self.free = free
         self.nodes = free.nodes
         count = len(self.nodes)
         self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
         # Eligibility indexes: nodes by gpu kind, by label, and the nodes whose taints matter.
-        self._by_kind: dict[int, frozenset[int]] = {}
-        self._by_label: dict[tuple[str, str], frozenset[int]] = {}
-        self._tainted = [
-            (i, taints)
-            for i, node in enumerate(self.nodes)
-            if (taints := tuple(t for t in node.taints if t.effect in ENFORCED_EFFECTS))
-        ]
+        self._by_kind: dict[int, frozenset[int]]
+        self._by_label: dict[tuple[str, str], frozenset[int]]
+        self._tainted: list[tuple[int, tuple[Taint, ...]]]
+        if like is not None and like.nodes is self.nodes:
+            self._by_kind = like._by_kind
+            self._by_label = like._by_label
+            self._tainted = like._tainted
+        else:
+            self._by_kind = {}
+            self._by_label = {}
+            self._tainted = [
+                (i, taints)
+                for i, node in enumerate(self.nodes)
+                if (taints := tuple(t for t in node.taints if t.effect in ENFORCED_EFFECTS))
+            ]
         # Pod classes, and the node sets (eligible nodes plus key type) they search.
         self._classes: dict[tuple[object, ...], int] = {}
         self._class_set: list[int] = []  # class id -> node-set id
@@ -104,7 +121,7 @@ class BestFit:
         self._set_key_type: list[int] = []
         self._masks: list[bytearray] = []
         self._lists: list[list[_Key] | None] = []
-        self._node_sets: list[list[int]] = [[] for _ in range(count)]  # sets with a built list
+        self._node_sets: dict[int, list[int]] = {}  # node -> sets with a built list
         # Per set: nodes whose key changed since the list was last searched, with the key the
         # list still holds. Re-sorting waits for the next search, so a list searched rarely
         # re-sorts a node once however many gangs took from it meanwhile.
@@ -203,8 +220,13 @@ class BestFit:
             members = self._sets[set_id]
             keys = sorted(self._listed_key(i, key_type) for i in members)
             self._lists[set_id] = keys
+            node_sets = self._node_sets
             for i in members:
-                self._node_sets[i].append(set_id)
+                found = node_sets.get(i)
+                if found is None:
+                    node_sets[i] = [set_id]
+                else:
+                    found.append(set_id)
             return keys
         stale = self._stale[set_id]
         if stale:
@@ -220,8 +242,9 @@ class BestFit:
         tiebreak = self.tiebreak
         key_types = self._set_key_type
         every_stale = self._stale
+        node_sets = self._node_sets
         for i, raw in self.free.touched.items():
-            for set_id in self._node_sets[i]:
+            for set_id in node_sets.get(i, ()):
                 stale = every_stale[set_id]
                 if i not in stale:
                     stale[i] = (raw[key_types[set_id]], raw[2], raw[3], tiebreak[i], i)

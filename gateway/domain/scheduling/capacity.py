@@ -16,7 +16,8 @@ Invariants kept here:
 - A fractional GPU request (1..99 shares) sits on exactly one device: the fullest device that
   still fits. A whole request (k * 100 shares) takes k entirely free devices, lowest first.
 - Every take is journaled: `rollback()` gives back exactly what was taken since the last
-  `commit()`, free sums, device counts and bounds included.
+  `commit()`, free sums, device counts and bounds included. Only `give_back` (a preempted
+  gang, on a `copy()`) makes capacity grow otherwise.
 - The bounds behind `no_device_fits` (most entirely free devices on a ready node, roomiest
   device of a ready shared node) only fall within a cycle, except when a take is rolled back;
   they are upper bounds, so they never turn away a pod that fits.
@@ -125,7 +126,8 @@ class FreeCapacity:
         # nodes have k entirely free devices, and how many devices of ready shared nodes have v
         # free shares. The tops only fall within a cycle, except when a gang is rolled back.
         self._shared = [node.ready and node.gpu_mode is GpuMode.SHARED for node in self.nodes]
-        self._by_full = [0] * (max(self.full, default=0) + 1)
+        # Sized by the most devices of a node: a preempted gang given back can free them all.
+        self._by_full = [0] * (max(map(len, self.devs), default=0) + 1)
         self._by_device_free = [0] * (SHARES_PER_DEVICE + 1)
         for i in ready:
             self._by_full[self.full[i]] += 1
@@ -233,6 +235,38 @@ class FreeCapacity:
         """Keep everything taken since the last commit."""
         self.touched.clear()
         self.journal.clear()
+
+    # -- what-ifs -------------------------------------------------------------------------------
+
+    def copy(self) -> FreeCapacity:
+        """An independent copy, with nothing journaled: what preemption tries its what-ifs on
+        (cheaper than building one from the holdings again)."""
+        if self.journal:
+            raise ValueError("copy() of a capacity with a gang in progress")
+        twin = FreeCapacity.__new__(FreeCapacity)
+        twin.nodes = self.nodes
+        twin.cpu, twin.mem = list(self.cpu), list(self.mem)
+        twin.devs = [list(devs) for devs in self.devs]
+        twin.gfree, twin.full, twin.roomiest = (
+            list(self.gfree),
+            list(self.full),
+            list(self.roomiest),
+        )
+        twin.blocked, twin.any_blocked = bytearray(self.blocked), self.any_blocked
+        twin._ready, twin._shared = self._ready, self._shared
+        twin.free_cpu, twin.free_mem, twin.free_gpu = self.free_cpu, self.free_mem, self.free_gpu
+        twin.blocked_cpu, twin.blocked_mem = self.blocked_cpu, self.blocked_mem
+        twin.blocked_gpu = self.blocked_gpu
+        twin._by_full, twin._by_device_free = list(self._by_full), list(self._by_device_free)
+        twin._top_full, twin._top_device_free = self._top_full, self._top_device_free
+        twin.journal, twin.touched = [], {}
+        return twin
+
+    def give_back(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
+        """What a pod held on node i is free again (its gang was preempted); not journaled. A
+        node that is not ready gives nothing back: nothing can be placed there anyway."""
+        if self._ready[i]:
+            self._apply(i, cpu, mem, slices, -1)
 
     # -- reservations ---------------------------------------------------------------------------
 

@@ -202,8 +202,9 @@ class CohortBook:
             above[resource] = max(0, held + need - max(nominal, held))
         return Resources(**above)
 
-    def take(self, tenant: str, demand: Resources) -> None:
-        """Record the admission of a job of ``tenant`` with ``demand``."""
+    def take(self, tenant: str, demand: Resources, jobs: int = 1) -> None:
+        """Record the admission of ``jobs`` jobs of ``tenant`` (one by default) with ``demand``
+        in all."""
         member = self._members[tenant]
         usage = self._usage[tenant]
         if member.terms is not None:
@@ -214,14 +215,14 @@ class CohortBook:
                 pools[resource][1] += _draw(member, resource, held + need) - _draw(
                     member, resource, held
                 )
-        self._usage[tenant] = usage.plus(demand)
+        self._usage[tenant] = usage.plus(demand, jobs)
 
-    def release(self, tenant: str, held: Resources) -> None:
-        """Record that a job of ``tenant`` holding ``held`` leaves the cluster (preempted):
-        ``take`` of the same amount undoes it exactly."""
+    def release(self, tenant: str, held: Resources, jobs: int = 1) -> None:
+        """Record that ``jobs`` jobs of ``tenant`` holding ``held`` in all leave the cluster
+        (preempted): ``take`` of the same amount and jobs undoes it exactly."""
         member = self._members[tenant]
         usage = self._usage[tenant]
-        after = usage.minus(held)
+        after = usage.minus(held, jobs)
         if member.terms is not None:
             pools = self._pools[member.terms.cohort]
             for resource in RESOURCES:

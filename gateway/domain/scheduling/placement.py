@@ -57,9 +57,16 @@ class ClusterState:
         holdings: Iterable[Holding] = (),
         *,
         tiebreak: Sequence[int] | None = None,
+        capacity: FreeCapacity | None = None,
+        like: ClusterState | None = None,
     ) -> None:
-        self.capacity = FreeCapacity(nodes, holdings)
-        self.search = BestFit(self.capacity, tiebreak=tiebreak)
+        """``capacity``, when given, is the free capacity to place into (``nodes`` and
+        ``holdings`` are then its own): a what-if of preemption (``FreeCapacity.copy``), which
+        shares the node indexes of the state it is ``like``."""
+        self.capacity = FreeCapacity(nodes, holdings) if capacity is None else capacity
+        self.search: BestFit = BestFit(
+            self.capacity, tiebreak=tiebreak, like=None if like is None else like.search
+        )
         self.nodes = self.capacity.nodes
         self.find = self.search.find
         self.class_free = self.search.class_free

@@ -57,22 +57,24 @@ class TenantUsage:
     gpu_shares: int = 0
     running_jobs: int = 0
 
-    def plus(self, demand: Resources) -> TenantUsage:
-        """The usage once one more job with ``demand`` is admitted."""
+    def plus(self, demand: Resources, jobs: int = 1) -> TenantUsage:
+        """The usage once ``jobs`` more jobs (one by default), with ``demand`` in all, are
+        admitted."""
         return TenantUsage(
             cpu_millis=self.cpu_millis + demand.cpu_millis,
             memory_bytes=self.memory_bytes + demand.memory_bytes,
             gpu_shares=self.gpu_shares + demand.gpu_shares,
-            running_jobs=self.running_jobs + 1,
+            running_jobs=self.running_jobs + jobs,
         )
 
-    def minus(self, held: Resources) -> TenantUsage:
-        """The usage once one of its jobs, holding ``held``, leaves the cluster."""
+    def minus(self, held: Resources, jobs: int = 1) -> TenantUsage:
+        """The usage once ``jobs`` of its jobs (one by default), holding ``held`` in all, leave
+        the cluster."""
         return TenantUsage(
             cpu_millis=self.cpu_millis - held.cpu_millis,
             memory_bytes=self.memory_bytes - held.memory_bytes,
             gpu_shares=self.gpu_shares - held.gpu_shares,
-            running_jobs=self.running_jobs - 1,
+            running_jobs=self.running_jobs - jobs,
         )
 
 
