@@ -26,11 +26,18 @@ its default; the gateway's output, INFO logs included, kept in ``--log-dir``):
   (``sleep N`` "runs" N seconds and succeeds, no process);
 - ``local``: ``MUSTER_BACKEND=local`` with ``MUSTER_LOCAL_CPUS=600``: every job is a real
   ``sleep`` under the supervisor daemon, contained as the gateway's user allows (as root: a uid,
-  namespaces and cgroups of its own).
+  namespaces and cgroups of its own);
+- ``cohorts``: the simulated runner, with Kueue's cohorts: each group of 6 tenants is a cohort
+  (``c0`` .. ``c4``), and every tenant keeps its 20 CPUs as its nominal quota with a borrowing
+  limit of 100 CPUs, as in Kueue's generator; its tenants let higher priorities preempt their own
+  lower ones (Kueue's ``withinClusterQueue: LowerPriority``), and a lender reclaims what it lent
+  (``reclaimWithinCohort``), with a minimum runtime of 1 s (the jobs run 0.2 to 1 s).
 
 Run it (from the repository root, in the virtual environment)::
 
-    python bench/churn.py [--mode simulated|local|both] [--scale 1.0] [--timeout 1200]
+    python bench/churn.py [--mode simulated|local|cohorts|both|all] [--scale 1.0] [--timeout 1200]
+
+(``both``: simulated and local; ``all``: the three.)
 
 ``--scale 0.1`` keeps a tenth of every stream (a quick run; its figures are not comparable with
 Kueue's). A mode fails, with the jobs' states and reasons, when a job fails or the jobs are not
@@ -44,7 +51,8 @@ Muster's previous ones and the goals, each goal marked met or missed.
 - admissions/s: jobs / (first submit to the last admission);
 - average and p99 time to admission per class: admitted minus submitted (both as committed);
 - quota held while waiting: the CPU of a tenant's admitted, unfinished jobs over its 20 CPUs,
-  integrated over the times the tenant had a job queued, summed over tenants;
+  integrated over the times the tenant had a job queued, summed over tenants (with cohorts: of a
+  cohort's tenants over its 120 CPUs, while the cohort had a job queued);
 - real work while waiting: the same, counting a job's CPU only over ``[end - runtime, end]``
   (its runtime before it succeeded, not before it was admitted);
 - quota held over the run: all tenants' held CPU over 600 CPUs from the first submit to the last
@@ -56,9 +64,9 @@ Muster's previous ones and the goals, each goal marked met or missed.
 
 then the gateway log's warnings and errors, counted, and its slowest logged admission cycle.
 
-Goals: simulated, all done <= 175 s (half Kueue's), average time to admission <= 8.2 s, 38.4 s
-and 107.7 s (large, medium, small) and real work while waiting >= 75%; local, all done <= 351 s
-and >= 43 admissions/s (Kueue's).
+Goals: simulated and cohorts, all done <= 175 s (half Kueue's), average time to admission <=
+8.2 s, 38.4 s and 107.7 s (large, medium, small) and real work while waiting >= 75%; local, all
+done <= 351 s and >= 43 admissions/s (Kueue's).
 
 Where Kueue's figures come from: ``test/performance/scheduler/configs/baseline/rangespec.yaml``
 (kubernetes-sigs/kueue at ff69552e79, August 2026), the averages of 5 trial runs the thresholds
@@ -185,6 +193,10 @@ GOALS: dict[str, dict[str, Goal]] = {
         "admissions_per_s": Goal(43, at_most=False),
     },
 }
+GOALS["cohorts"] = GOALS["simulated"]
+#: With cohorts: each tenant's borrowing limit (Kueue's generator), and the minimum runtime.
+BORROWING_LIMIT_CPUS = 100
+COHORT_MIN_RUNTIME = "1"
 
 #: Every row of the tables: key, label, unit ("s", "/s", "%", "MiB" or "").
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -225,6 +237,10 @@ class Submit:
 
 def tenants() -> list[str]:
     return [f"c{cohort}-q{queue}" for cohort in range(COHORTS) for queue in range(QUEUES)]
+
+
+def cohort_of(tenant: str) -> str:
+    return tenant.split("-", 1)[0]
 
 
 def workload(scale: float) -> list[list[Submit]]:
@@ -364,7 +380,9 @@ def work_dir_of(data_dir: Path) -> Path | None:
 
 def settings_of(mode: str, root: Path, data_dir: Path) -> dict[str, str]:
     env = {"MUSTER_DATA_DIR": str(data_dir)}
-    if mode == "simulated":
+    if mode == "cohorts":
+        env["MUSTER_PREEMPTION_MIN_RUNTIME"] = COHORT_MIN_RUNTIME
+    if mode in ("simulated", "cohorts"):
         nodes = write_nodes(root / "nodes.yaml", 1, NODE_CPUS, 4096)
         env |= {
             "MUSTER_BACKEND": "static",
@@ -426,8 +444,11 @@ def measure(
     events: Iterable[asyncpg.Record],
     due: dict[tuple[str, str], float],
     first_submit: float,
+    *,
+    cohorts: bool = False,
 ) -> dict[str, float]:
-    """The figures of the module docstring from the jobs and their events (in id order)."""
+    """The figures of the module docstring from the jobs and their events (in id order); with
+    ``cohorts``, quota held and worked while waiting is a cohort's."""
     who: dict[str, tuple[str, JobClass, str]] = {}
     for row in jobs:
         who[row["id"]] = (row["tenant"], CLASS_OF[row["name"].rsplit("-", 2)[1]], row["name"])
@@ -444,7 +465,7 @@ def measure(
     requeues = 0
     for job_id, changes in history.items():
         tenant, job_class, name = who[job_id]
-        sweep = sweeps[tenant]
+        sweep = sweeps[cohort_of(tenant) if cohorts else tenant]
         cpu = float(job_class.cpu)
         submitted: float | None = None
         admitted: float | None = None
@@ -477,6 +498,7 @@ def measure(
             elif state in FINISHED:
                 last_finished = max(last_finished, at)
 
+    quota = TENANT_CPUS * (QUEUES if cohorts else 1)
     waiting = held_area = work_area = 0.0
     for sweep in sweeps.values():
         span, held, work = sweep.integrate()
@@ -488,8 +510,8 @@ def measure(
         "jobs": float(len(history)),
         "all_done": run,
         "admissions_per_s": len(history) / (last_admitted - first_submit),
-        "held_while_waiting": 100 * held_area / (TENANT_CPUS * waiting) if waiting else 0.0,
-        "work_while_waiting": 100 * work_area / (TENANT_CPUS * waiting) if waiting else 0.0,
+        "held_while_waiting": 100 * held_area / (quota * waiting) if waiting else 0.0,
+        "work_while_waiting": 100 * work_area / (quota * waiting) if waiting else 0.0,
         "held_over_run": 100 * held_over_run / (NODE_CPUS * run),
         "held_beyond_runtime": sum(beyond) / len(beyond) if beyond else 0.0,
         "requeues": float(requeues),
@@ -580,8 +602,20 @@ async def run_mode(mode: str, scale: float, limit: float, log_path: Path) -> dic
         async with aiohttp.ClientSession(
             headers=bearer(), connector=aiohttp.TCPConnector(limit=IN_FLIGHT)
         ) as http:
+            if mode == "cohorts":
+                for cohort in sorted({cohort_of(tenant) for tenant in tenants()}):
+                    async with http.put(f"{base}/v1/admin/cohorts/{cohort}", json={}) as answer:
+                        if answer.status not in (200, 201):
+                            raise RunFailed(f"PUT cohort {cohort}: {await answer.text()}")
             for tenant in tenants():
-                body = {"quota": QUOTA, "max_priority": MAX_PRIORITY}
+                body: dict[str, Any] = {"quota": QUOTA, "max_priority": MAX_PRIORITY}
+                if mode == "cohorts":
+                    body["cohort"] = cohort_of(tenant)
+                    body["preemption_policy"] = "lower_priority"
+                    body["quota"] = {
+                        **QUOTA,
+                        "borrowing_limit": {"cpu": str(BORROWING_LIMIT_CPUS)},
+                    }
                 async with http.put(f"{base}/v1/admin/tenants/{tenant}", json=body) as answer:
                     if answer.status not in (200, 201):
                         raise RunFailed(f"PUT tenant {tenant}: {await answer.text()}")
@@ -605,7 +639,7 @@ async def run_mode(mode: str, scale: float, limit: float, log_path: Path) -> dic
                 f"{len(bad)} of {len(jobs)} jobs did not succeed; "
                 + "; ".join(f"{n} x {reason}" for reason, n in reasons.most_common(5))
             )
-        figures = measure(jobs, events, due, first_submit)
+        figures = measure(jobs, events, due, first_submit, cohorts=mode == "cohorts")
         figures |= {
             "rss_peak": sampler.peak / MIB,
             "gateway_cpu": sampler.cpu,
@@ -750,7 +784,9 @@ def log_summary(log_path: Path, limit: int = 12) -> str:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mode", choices=("simulated", "local", "both"), default="both")
+    parser.add_argument(
+        "--mode", choices=("simulated", "local", "cohorts", "both", "all"), default="both"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every job count")
     parser.add_argument(
         "--timeout", type=float, default=1200, help="seconds from the first submit to all done"
@@ -759,7 +795,9 @@ async def main() -> None:
         "--log-dir", type=Path, default=None, help="where the gateways' logs are kept"
     )
     args = parser.parse_args()
-    modes = ["simulated", "local"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["simulated", "local"], "all": ["simulated", "local", "cohorts"]}.get(
+        args.mode, [args.mode]
+    )
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="muster-churn-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 

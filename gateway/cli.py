@@ -3,7 +3,8 @@
 ``muster serve`` runs the gateway; ``muster migrate`` applies database migrations and exits;
 ``muster token`` mints a token of the local issuer (``gateway.cli_token``). Every setting is also a
 flag of these commands (see ``gateway.settings``). The client commands (``submit``, ``jobs``,
-``status``, ``logs``, ``cancel``, ``tenants``) live in ``gateway.cli_client``.
+``status``, ``logs``, ``cancel``, ``tenants``, ``cohorts``, ``cohort``, ``priority-classes``) live
+in ``gateway.cli_client``.
 
 Invariants kept here: the server is imported only by the command that runs it, so the client
 commands start fast; exit 0 on success, 2 on a configuration error or a database that cannot be

@@ -1,5 +1,5 @@
 """The client commands of ``muster``: ``submit``, ``jobs``, ``status``, ``logs``, ``cancel``,
-``tenants``, ``cohorts`` and ``cohort``, and how they print.
+``tenants``, ``cohorts``, ``cohort`` and ``priority-classes``, and how they print.
 
 They talk to a running gateway over HTTP through ``gateway.client`` and import nothing of the
 server. ``gateway.cli`` adds them to its parser (`add_client_commands`) and runs the one chosen
@@ -132,6 +132,13 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         with_json=True,
     )
     cohort.add_argument("name", metavar="NAME", help="the cohort's name")
+
+    command(
+        "priority-classes",
+        _priority_classes,
+        "list priority classes: value, preemptible, the tenants granted each (platform admins)",
+        with_json=True,
+    )
 
 
 # --- the client commands ------------------------------------------------------------------------
@@ -408,6 +415,24 @@ def _cohort(client: Client, args: argparse.Namespace) -> None:
     headers = ("MEMBER", "NOMINAL", "BORROWED", "LENT", "BORROWING_LIMIT", "LENDING_LIMIT")
     print(_table(headers, rows))
     print(f"\nidle to lend: {_amounts(status.get('idle'))}")
+
+
+def _priority_classes(client: Client, args: argparse.Namespace) -> None:
+    classes = client.list_priority_classes()
+    if args.json:
+        _print_json(classes)
+        return
+    rows = [
+        (
+            c["name"],
+            str(c["value"]),
+            "yes" if c["preemptible"] else "no",
+            ",".join(c["tenants"]) or "-",
+            c.get("description") or "",
+        )
+        for c in classes["items"]
+    ]
+    print(_table(("NAME", "VALUE", "PREEMPTIBLE", "TENANTS", "DESCRIPTION"), rows))
 
 
 def _amounts(amounts: dict[str, Any] | None) -> str:

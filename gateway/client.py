@@ -249,5 +249,8 @@ class Client:
     def cohort_status(self, cohort: str) -> Any:
         return self._json("GET", f"/v1/cohorts/{quote(cohort, safe='')}")
 
+    def list_priority_classes(self) -> Any:
+        return self._json("GET", "/v1/admin/priority-classes")
+
     def tenant_status(self, tenant: str) -> Any:
         return self._json("GET", f"/v1/tenants/{quote(tenant, safe='')}")

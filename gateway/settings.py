@@ -36,6 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.domain.jobs.spec import (
+    DEFAULT_TERMINATION_GRACE_SECONDS,
+    MAX_TERMINATION_GRACE_SECONDS,
+)
 from gateway.domain.scheduling.queueing import DEFAULT_BACKFILL
 from gateway.domain.webhooks import DEFAULT_RETRY_SCHEDULE
 from gateway.errors import ConfigError
@@ -326,7 +330,7 @@ class DatabaseSettings:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BackendSettings:
-    """Where nodes come from and where pods run."""
+    """Where nodes come from, where pods run, and how long a stopped pod has to end."""
 
     kind: Backend = field(
         default="local",
@@ -352,6 +356,25 @@ class BackendSettings:
             "seconds and succeeds; `true`/`false` exit at once; anything else runs until "
             "deleted), for benchmarks and demos",
             parse=_bool,
+        ),
+    )
+    termination_grace_seconds: int = field(
+        default=DEFAULT_TERMINATION_GRACE_SECONDS,
+        metadata=_env(
+            "MUSTER_TERMINATION_GRACE_SECONDS",
+            "seconds a stopped replica (cancelled, preempted, evicted, ended with its job) has "
+            "between SIGTERM and SIGKILL when its spec gives no "
+            "termination_grace_period_seconds (a pod's terminationGracePeriodSeconds)",
+            parse=_non_negative_int,
+        ),
+    )
+    max_termination_grace_seconds: int = field(
+        default=MAX_TERMINATION_GRACE_SECONDS,
+        metadata=_env(
+            "MUSTER_MAX_TERMINATION_GRACE_SECONDS",
+            "the longest grace period a replica may ask for (a submit above it is refused with "
+            "422); lowering it also caps replicas of jobs submitted before, as they start",
+            parse=_non_negative_int,
         ),
     )
 
@@ -631,6 +654,16 @@ class AdmissionSettings:
             parse=_non_negative_int,
         ),
     )
+    preemption_min_runtime: float = field(
+        default=120.0,
+        metadata=_env(
+            "MUSTER_PREEMPTION_MIN_RUNTIME",
+            "seconds a gang runs after its admission before it may be preempted (by reclaim "
+            "or by a higher priority of its tenant); a job that would preempt a younger gang "
+            "waits for a reclaim until then",
+            parse=_non_negative_float,
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -711,6 +744,12 @@ class Settings:
         settings = cls(**own, **groups)
         if settings.backend.kind == "static" and settings.backend.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE (a YAML node list)")
+        backend = settings.backend
+        if backend.termination_grace_seconds > backend.max_termination_grace_seconds:
+            raise ConfigError(
+                f"MUSTER_TERMINATION_GRACE_SECONDS={backend.termination_grace_seconds} is more "
+                f"than MUSTER_MAX_TERMINATION_GRACE_SECONDS={backend.max_termination_grace_seconds}"
+            )
         return settings
 
 

@@ -1,5 +1,6 @@
-"""Admin routes: tenants, their quotas, cohort terms and grants, and the audit log. Platform
-admins only (cohorts themselves: ``gateway.api.cohorts``)."""
+"""Admin routes: tenants, their quotas, cohort terms, priority classes and grants, and the audit
+log. Platform admins only (cohorts themselves: ``gateway.api.cohorts``; priority classes
+themselves: ``gateway.api.priority_classes``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api.auth import actor, require_admin
 from gateway.api.body import read_checked
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
+from gateway.api.dry_run import dry_run, rehearse
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.serializers import audit_view, json_response, tenant_view
 from gateway.db import audit as audit_log
@@ -23,8 +26,9 @@ from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
+from gateway.domain.scheduling.queueing import PreemptionPolicy
 from gateway.domain.scheduling.quota import Quota
-from gateway.domain.tenants import TenantSettings
+from gateway.domain.tenants import Tenant, TenantSettings
 from gateway.errors import BadRequest, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -52,7 +56,8 @@ def tenant_settings(
     body: Mapping[str, Any], current: TenantSettings | None, name: str
 ) -> TenantSettings:
     """A schema-valid TenantPut/TenantPatch body over the ``current`` settings (None for a PUT,
-    whose body the schema requires to be whole) -> the new settings.
+    whose body the schema requires to be whole) -> the new settings. ``priority_classes``, the
+    classes the tenant may use, is replaced whole when given (a PUT without it grants none).
 
     Raises ValidationFailed listing every quantity that does not parse, and limits given to a
     tenant that is in no cohort.
@@ -81,6 +86,15 @@ def tenant_settings(
             body.get("max_priority", current.max_priority if current else DEFAULT_MAX_PRIORITY)
         ),
         cohort=cohort,
+        priority_classes=tuple(
+            sorted(set(body.get("priority_classes", current.priority_classes if current else ())))
+        ),
+        preemption_policy=PreemptionPolicy(
+            body.get(
+                "preemption_policy",
+                current.preemption_policy if current else PreemptionPolicy.NEVER,
+            )
+        ),
     )
 
 
@@ -157,15 +171,26 @@ async def patch_tenant(request: web.Request) -> web.Response:
     """Change some settings; quota keys left out keep their values.
 
     Lowering a quota below current usage stops new admissions for the tenant; running jobs
-    keep running.
+    keep running. With ``?dry_run=true`` nothing is written: the answer is the tenant as it
+    would be and what the next admission cycle would do (``gateway.api.dry_run``).
     """
     require_admin(request)
+    rehearsal = dry_run(request)
     name = _tenant_name(request)
     body = await read_checked(request, request.app[SETTINGS].api.max_body_bytes, "TenantPatch")
 
     def merge(current: TenantSettings) -> TenantSettings:
         return tenant_settings(body, current, name)
 
+    if rehearsal:
+
+        async def change(conn: AsyncConnection) -> Tenant:
+            return await tenant_store.patch_in(conn, name, merge, actor=actor(request))
+
+        tenant, next_cycle = await rehearse(request, change)
+        return json_response(
+            {"dry_run": True, "tenant": tenant_view(tenant), "next_cycle": next_cycle}
+        )
     tenant = await tenant_store.patch(request.app[ENGINE], name, merge, actor=actor(request))
     return json_response(tenant_view(tenant))
 
@@ -181,7 +206,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
 async def list_audit(request: web.Request) -> web.Response:
     require_admin(request)
     query = request.query
-    unknown = sorted(set(query) - {"tenant", "cohort", "limit", "cursor"})
+    unknown = sorted(set(query) - {"tenant", "cohort", "priority_class", "limit", "cursor"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     limit = page_limit(query.get("limit"))
@@ -189,10 +214,14 @@ async def list_audit(request: web.Request) -> web.Response:
     cohort = query.get("cohort")
     if cohort is not None and not DNS_1123_LABEL.fullmatch(cohort):
         raise BadRequest("cohort must be a cohort name (a DNS-1123 label)")
+    priority_class = query.get("priority_class")
+    if priority_class is not None and not DNS_1123_LABEL.fullmatch(priority_class):
+        raise BadRequest("priority_class must be a priority class name (a DNS-1123 label)")
     entries = await audit_log.entries(
         request.app[ENGINE],
         tenant=tenant_filter(query),
         cohort=cohort,
+        priority_class=priority_class,
         limit=limit + 1,
         before_id=before,
     )

@@ -24,6 +24,7 @@ from gateway.api import (
     events,
     jobs,
     metrics,
+    priority_classes,
     service,
     usage,
     webhooks,
@@ -89,13 +90,17 @@ def make_app(
     app[SUBMITS] = Submits(engine)
     app[SUBMITS].on_queued = on_queued
     app.on_cleanup.append(_finish_submits)
-    app[SPEC_LIMITS] = SpecLimits(max_replicas=settings.api.max_replicas)
+    app[SPEC_LIMITS] = SpecLimits(
+        max_replicas=settings.api.max_replicas,
+        max_termination_grace_seconds=settings.backend.max_termination_grace_seconds,
+    )
     app[service.ISSUER_CACHE] = {}
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(batches.routes)
     app.add_routes(admin.routes)
     app.add_routes(cohorts.routes)
+    app.add_routes(priority_classes.routes)
     app.add_routes(cluster.routes)
     app.add_routes(webhooks.routes)
     app.add_routes(metrics.routes)

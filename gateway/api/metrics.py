@@ -29,6 +29,7 @@ from gateway.domain.lifecycle.states import EventType
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, Resources
 from gateway.domain.scheduling.capacity import free_capacity
 from gateway.domain.scheduling.nodes import Node
+from gateway.domain.scheduling.queueing import PreemptionReason
 from gateway.domain.webhooks import AttemptOutcome
 
 IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
@@ -88,6 +89,9 @@ class DatabaseCollector(Collector):
             (tenant, state.value): 0.0 for tenant in tenants for state in FINISHED
         }
         evicted: dict[tuple[str, str], float] = {}
+        preempted: dict[tuple[str, str], float] = {
+            (tenant, reason.value): 0.0 for tenant in tenants for reason in PreemptionReason
+        }
         for count in self.counts.events:
             tenant, kind, n = count.tenant, count.type, float(count.events)
             if kind is EventType.ADMITTED:
@@ -98,6 +102,9 @@ class DatabaseCollector(Collector):
             elif kind is EventType.REQUEUED:
                 key = (tenant, count.reason or "Unknown")
                 evicted[key] = evicted.get(key, 0.0) + n
+                if count.preemption:
+                    key = (tenant, count.preemption)
+                    preempted[key] = preempted.get(key, 0.0) + n
         family = CounterMetricFamily(
             "muster_admitted_jobs",
             "Jobs admitted, by tenant (every attempt counts).",
@@ -120,6 +127,16 @@ class DatabaseCollector(Collector):
             labels=["tenant", "reason"],
         )
         for (tenant, reason), n in sorted(evicted.items()):
+            family.add_metric([tenant, reason], n)
+        yield family
+        family = CounterMetricFamily(
+            "muster_preempted_jobs",
+            "Gangs preempted, by the victim's tenant and why: Reclaim (its tenant borrowed quota "
+            "a cohort member took back) or Priority (a job of its tenant with a higher "
+            "priority).",
+            labels=["tenant", "reason"],
+        )
+        for (tenant, reason), n in sorted(preempted.items()):
             family.add_metric([tenant, reason], n)
         yield family
 

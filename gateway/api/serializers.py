@@ -1,4 +1,5 @@
-"""Values -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant.
+"""Values -> the JSON the API returns. The shapes are the OpenAPI document's Job, Event, Tenant,
+Cohort, PriorityClass.
 
 Every JSON body the API sends is encoded by ``json_response`` (orjson: compact UTF-8, several
 times faster than the standard library on job documents).
@@ -16,7 +17,14 @@ from gateway.domain.lifecycle.records import Job, JobEvent
 from gateway.domain.resources import Resources, format_cpu, format_gpu, format_memory
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.quota import Quota, TenantUsage
-from gateway.domain.tenants import AuditEntry, Cohort, CohortStatus, Tenant, TenantStatus
+from gateway.domain.tenants import (
+    AuditEntry,
+    Cohort,
+    CohortStatus,
+    PriorityClassRecord,
+    Tenant,
+    TenantStatus,
+)
 from gateway.jsontext import json_bytes
 
 
@@ -51,6 +59,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "reason": job.reason,
         "message": job.message,
         "priority": job.priority,
+        "priority_class": job.priority_class,
+        "preemptible": job.preemptible,
         "attempt": job.attempt,
         "labels": job.labels,
         "spec": job.spec,
@@ -115,6 +125,8 @@ def tenant_view(tenant: Tenant) -> dict[str, Any]:
         "cohort": None if settings.cohort is None else settings.cohort.cohort,
         "weight": settings.weight,
         "max_priority": settings.max_priority,
+        "priority_classes": list(settings.priority_classes),
+        "preemption_policy": settings.preemption_policy.value,
         "created_at": timestamp(tenant.created_at),
         "updated_at": timestamp(tenant.updated_at),
     }
@@ -127,6 +139,7 @@ def audit_view(entry: AuditEntry) -> dict[str, Any]:
         "action": entry.action.value,
         "tenant": entry.tenant,
         "cohort": entry.cohort,
+        "priority_class": entry.priority_class,
         "before": entry.before,
         "after": entry.after,
         "created_at": timestamp(entry.created_at),
@@ -168,6 +181,19 @@ def cohort_view(cohort: Cohort) -> dict[str, Any]:
         "members": list(cohort.members),
         "created_at": timestamp(cohort.created_at),
         "updated_at": timestamp(cohort.updated_at),
+    }
+
+
+def priority_class_view(record: PriorityClassRecord) -> dict[str, Any]:
+    priority_class = record.priority_class
+    return {
+        "name": priority_class.name,
+        "value": priority_class.value,
+        "preemptible": priority_class.preemptible,
+        "description": record.description,
+        "tenants": list(record.tenants),
+        "created_at": timestamp(record.created_at),
+        "updated_at": timestamp(record.updated_at),
     }
 
 

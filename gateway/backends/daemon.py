@@ -24,13 +24,14 @@ request                                             answer
 ==================================================  ============================================
 ``{"op": "start", "plan": PLAN}``                   ``{"record": RECORD}``, once the pod's record
                                                     (pid, start time, start id, uid, cgroups,
-                                                    work directory, exit file) is written; a
-                                                    plan whose record already runs is not
-                                                    started twice
+                                                    work directory, exit file, the plan's grace
+                                                    period) is written; a plan whose record
+                                                    already runs is not started twice
 ``{"op": "stop", "start": S, "grace": SECONDS}``    ``{"stopped": true}``, once the replica's
                                                     supervisor is gone: SIGTERM, then after the
-                                                    grace SIGKILL to every process of its
-                                                    container, then to the supervisor
+                                                    grace (the gateway sends the record's) SIGKILL
+                                                    to every process of its container, then to
+                                                    the supervisor
 ``{"op": "subscribe"}``                             ``{}``; events follow on this connection
 ``{"op": "recorded", "record": PATH,                ``{}``, after ``started`` went out (a record
 "fields": RECORD}``                                 the gateway wrote: a replica not run)
@@ -307,6 +308,8 @@ class Daemon:
                 "cgroups": plan["cgroups"],
                 "work": plan["cwd"],
                 "exit": plan["exit"],
+                # How long a stop waits between SIGTERM and SIGKILL: kept for whoever deletes it.
+                "grace": plan.get("grace"),
             }
             _write_record(record, fields)
             os.write(go_write, replica.GO)

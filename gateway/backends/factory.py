@@ -14,6 +14,7 @@ from gateway.backends.local import LocalInventory, LocalRuntime, local_node
 from gateway.backends.nodes_file import StaticInventory
 from gateway.backends.sandbox import instance_name, probe_isolation
 from gateway.backends.simulated import SimulatedRuntime
+from gateway.domain.jobs.spec import TerminationGrace
 from gateway.errors import ConfigError
 from gateway.settings import Settings
 
@@ -27,6 +28,10 @@ class Backend:
 
 
 async def make_backend(settings: Settings) -> Backend:
+    grace = TerminationGrace(
+        default_seconds=settings.backend.termination_grace_seconds,
+        max_seconds=settings.backend.max_termination_grace_seconds,
+    )
     if settings.backend.kind == "static":
         if settings.backend.nodes_file is None:
             raise ConfigError("MUSTER_BACKEND=static needs MUSTER_NODES_FILE")
@@ -54,7 +59,7 @@ async def make_backend(settings: Settings) -> Backend:
                 max_pids=settings.local.max_pids,
                 log_bytes=settings.local.log_bytes,
                 hide_files=(settings.issuer_key_file,),
-                grace_seconds=settings.api.shutdown_grace,
+                grace=grace,
             ),
         )
     api = await kube_client(
@@ -64,6 +69,6 @@ async def make_backend(settings: Settings) -> Backend:
     return Backend(
         inventory=KubernetesInventory(api, nodes=nodes),
         runtime=KubernetesRuntime(
-            api, cluster_domain=settings.kubernetes.cluster_domain, nodes=nodes
+            api, cluster_domain=settings.kubernetes.cluster_domain, nodes=nodes, grace=grace
         ),
     )

@@ -18,10 +18,17 @@ Exits are pushed: the daemon tells the runtime as soon as a replica's exit statu
 and the runtime calls its ``on_change`` callbacks (the reconciler's wake), so an exit is acted
 on within milliseconds, not at the next tick. The exit files stay the truth ``observe`` reads.
 
+Stopping: a deleted replica gets SIGTERM, then SIGKILL once its grace period is over. The grace
+is decided as the replica starts (``TerminationGrace``: its spec's, else
+MUSTER_TERMINATION_GRACE_SECONDS, never above MUSTER_MAX_TERMINATION_GRACE_SECONDS) and kept in
+its pod record, so ``delete``, which has only the pod's name, gives it that grace, also from a
+gateway started since. ``delete`` returns once the replica is gone: within its grace period plus
+``STOP_MARGIN_SECONDS``.
+
 Invariants: a pod is RUNNING only while the recorded supervisor (same pid and start time) lives;
 a pod whose supervisor vanished without an exit status is reported on a lost node, so its job is
 handled as after a node loss; deleting a pod stops every process of its container (SIGTERM, then
-SIGKILL after the grace period) before its state is removed; cgroups and work directories that
+SIGKILL after its grace period) before its state is removed; cgroups and work directories that
 no pod record claims are removed when the runtime first looks (listed before the records are
 read, so nothing of a start in flight is taken for an orphan).
 """
@@ -50,6 +57,7 @@ from gateway.backends.local_state import (
     Record,
     alive,
     exit_file,
+    grace_of,
     look,
     read_exit,
     read_records,
@@ -64,6 +72,7 @@ from gateway.backends.sandbox import (
     instance_name,
     process_env,
 )
+from gateway.domain.jobs.spec import TerminationGrace
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node
@@ -151,8 +160,8 @@ def _private_dir(path: Path, mode: int = 0o700) -> None:
 
 #: Bytes of one replica's output kept in its log; the rest is dropped, with a note.
 LOG_BYTES = 100 * 2**20
-#: How long a stop may take beyond the grace period before ``delete`` gives up on this pass
-#: (the daemon kills the container at the grace, and its supervisor two seconds later).
+#: How long a stop may take beyond the replica's grace period before ``delete`` gives up on this
+#: pass (the daemon kills the container at the grace, and its supervisor two seconds later).
 STOP_MARGIN_SECONDS = 10.0
 
 
@@ -169,8 +178,9 @@ class LocalRuntime(PodWatchers):
         max_pids: int = 4096,
         log_bytes: int = LOG_BYTES,
         hide_files: Sequence[Path] = (),
-        grace_seconds: float = 10.0,
+        grace: TerminationGrace | None = None,
     ) -> None:
+        """``grace``: the grace period of a replica whose spec gives none, and the cap."""
         super().__init__()
         self.data_dir = data_dir
         self.state_dir = data_dir / "local"
@@ -181,7 +191,7 @@ class LocalRuntime(PodWatchers):
         self.max_pids = max_pids
         self.log_bytes = log_bytes
         self.hide_files = tuple(str(p) for p in hide_files if not p.is_relative_to(data_dir))
-        self.grace_seconds = grace_seconds
+        self.grace = grace if grace is not None else TerminationGrace()
         self._uids = asyncio.Lock()
         # Job -> the uid this runtime claimed for it, until its replicas are all over.
         self._claimed: dict[str, int] = {}
@@ -405,7 +415,12 @@ class LocalRuntime(PodWatchers):
             await self._daemon.request("recorded", record=str(path), fields=record)
             return
         plan = self._plan(gang, placement, addresses, command, uid, start)
-        plan.update(record=str(path), banner=banner, log=str(self.log_path(gang.job_id, name)))
+        plan.update(
+            record=str(path),
+            banner=banner,
+            log=str(self.log_path(gang.job_id, name)),
+            grace=self.grace.of(replica),  # kept in the record, for delete
+        )
         answer = await self._daemon.request("start", plan=plan)
         self._index.put(path, answer["record"])
 
@@ -493,9 +508,12 @@ class LocalRuntime(PodWatchers):
         ):
             start = str(record.get("start") or path)
             if read_exit(exit_file(path, record)) is None and alive(record):
+                # The grace the replica started with (a record older than grace periods has
+                # none: the default's).
+                grace = grace_of(record, self.grace.default_seconds)
                 await asyncio.wait_for(
-                    self._daemon.request("stop", start=start, grace=self.grace_seconds),
-                    self.grace_seconds + STOP_MARGIN_SECONDS,
+                    self._daemon.request("stop", start=start, grace=grace),
+                    grace + STOP_MARGIN_SECONDS,
                 )
             await asyncio.to_thread(_remove_pod, path, record)
             self._index.drop(path, start)

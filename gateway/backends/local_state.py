@@ -1,10 +1,10 @@
 """The local backend's pod records, and the runtime's index of them.
 
 A pod's state lives in the data directory: ``local/<job>/<attempt>/<pod>.json`` (its record:
-the supervisor's pid and start time, the start id, the job's uid, cgroups, work directory and
-exit file, written by the daemon before the replica runs) and ``<pod>.<start>.exit`` (its exit
-status, written by its supervisor when the command ended). These files are the truth; a
-restarted gateway or daemon reads them and adopts what runs.
+the supervisor's pid and start time, the start id, the job's uid, cgroups, work directory, exit
+file and grace period, written by the daemon before the replica runs) and
+``<pod>.<start>.exit`` (its exit status, written by its supervisor when the command ended).
+These files are the truth; a restarted gateway or daemon reads them and adopts what runs.
 
 ``PodIndex`` keeps them in memory so that a reconciler pass costs what runs, not what ever ran
 (finished pods are kept, as ``clean_pod_policy: Running`` asks): the records are read whole once
@@ -90,6 +90,15 @@ def alive(record: Mapping[str, Any]) -> bool:
         return same and process.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, KeyError, ValueError):
         return False
+
+
+def grace_of(record: Mapping[str, Any], default: float) -> float:
+    """The grace period (seconds) the recorded replica started with; ``default`` for a record
+    written before replicas had one."""
+    seconds = record.get("grace")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+        return float(seconds)
+    return default
 
 
 def read_records(state_dir: Path, pattern: str = "*/*/*.json") -> list[tuple[Path, Record]]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.channels import Channel, notify_sql
 from gateway.db.engine import driver_of
-from gateway.db.mapping import holding_of, tenant_state_of
+from gateway.db.mapping import holding_of, placement_of, tenant_state_of
 from gateway.db.tenants import TENANTS_FOR_ADMISSION
 from gateway.db.transitions import Change, move
 from gateway.domain.jobs.pods import pod_requests
@@ -59,13 +59,18 @@ from gateway.domain.jobs.spec import from_document
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.scheduling.admission import plan, queue_places
 from gateway.domain.scheduling.nodes import Holding, Node, PodRequest
+from gateway.domain.scheduling.preemption import preemption_backoff
 from gateway.domain.scheduling.queue import AdmissionQueue
 from gateway.domain.scheduling.queueing import (
     DEFAULT_BACKFILL,
     AdmissionPlan,
     PendingJob,
     PendingReason,
+    Placement,
+    Preemption,
+    PreemptionReason,
     QueuedAt,
+    RunningGang,
     Snapshot,
 )
 
@@ -239,7 +244,9 @@ class LeaderQueue:
 
     def _hold(self, details: Sequence[Any], shown: Sequence[Any]) -> None:
         """A job read from its row (``_DETAILS`` columns), with what its row shows."""
-        job_id, attempt, tenant, priority, created_at, queued_at, not_before, spec = details
+        job_id, attempt, tenant, priority, created_at, queued_at, not_before, spec, preemptible = (
+            details
+        )
         job = PendingJob(
             id=job_id,
             tenant=tenant,
@@ -248,6 +255,7 @@ class LeaderQueue:
             queued_since=queued_at.timestamp(),
             not_before=None if not_before is None else not_before.timestamp(),
             pods=pod_requests(from_document(spec)),
+            preemptible=preemptible,
         )
         self._put(job, attempt, Shown(*shown))
 
@@ -307,16 +315,30 @@ _TENANTS = text(TENANTS_FOR_ADMISSION)
 _HOLDINGS = text(
     "SELECT node, cpu_millis, memory_bytes, gpu FROM placements WHERE released_at IS NULL"
 )
+# Every live placement with its job, in job order: the holdings, and the gangs preemption
+# chooses among (with the state and attempt that guard their requeue).
+_LIVE = text(
+    """
+    SELECT CAST(j.id AS text) AS job_id, j.tenant, j.priority, j.preemptible, j.state,
+           j.attempt, j.preemptions, COALESCE(j.admitted_at, now()) AS admitted_at,
+           p.pod_name, p.role, p.replica_index, p.node, p.cpu_millis, p.memory_bytes, p.gpu,
+           p.borrowed_cpu_millis, p.borrowed_memory_bytes, p.borrowed_gpu_shares
+    FROM placements p JOIN jobs j ON j.id = p.job_id
+    WHERE p.released_at IS NULL
+    ORDER BY j.id, p.pod_name
+    """
+)
 
 # Read on the driver connection (asyncpg records, by position): with a long queue, building
 # SQLAlchemy rows and decoding timestamps for every job costs more than the rest of a load.
 # Transaction ids travel as text: not every asyncpg release has a codec for xid8.
 _HORIZON = "SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text)"
 _DETAIL_COLUMNS = (
-    "CAST(id AS text), attempt, tenant, priority, created_at, queued_at, not_before, spec"
+    "CAST(id AS text), attempt, tenant, priority, created_at, queued_at, not_before, spec, "
+    "preemptible"
 )
 _SHOWN_COLUMNS = "reason, message, queue_position, tenant_queue_position"
-_SHOWN = 8  # where the shown columns start in a _LOAD row
+_SHOWN = 9  # where the shown columns start in a _LOAD row
 _LOAD = f"SELECT {_DETAIL_COLUMNS}, {_SHOWN_COLUMNS} FROM jobs WHERE state = 'queued'"
 _CHANGED = """
     SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS horizon,
@@ -384,6 +406,66 @@ async def load_holdings(conn: AsyncConnection) -> tuple[Holding, ...]:
     return tuple(map(holding_of, (await conn.execute(_HOLDINGS)).mappings()))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Guard:
+    """The state, attempt and preemptions a running gang was planned on: its requeue, if it is
+    preempted, is guarded by them."""
+
+    state: JobState
+    attempt: int
+    preemptions: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Live:
+    """Muster's live placements: what they hold, by gang, and each gang's guard."""
+
+    holdings: tuple[Holding, ...]
+    gangs: tuple[RunningGang, ...]
+    guards: dict[str, Guard]
+
+
+async def load_live(conn: AsyncConnection) -> Live:
+    """Every live placement, as holdings and as the gangs they belong to."""
+    holdings: list[Holding] = []
+    gangs: list[RunningGang] = []
+    guards: dict[str, Guard] = {}
+    pods: list[Placement] = []
+    current: Any = None
+    for row in (await conn.execute(_LIVE)).mappings():
+        if current is not None and row["job_id"] != current["job_id"]:
+            gangs.append(_gang_of(current, pods))
+            pods = []
+        current = row
+        placement = placement_of(row)
+        pods.append(placement)
+        holdings.append(
+            Holding(
+                node=placement.node,
+                cpu_millis=placement.cpu_millis,
+                memory_bytes=placement.memory_bytes,
+                gpu=placement.gpu,
+            )
+        )
+        guards[row["job_id"]] = Guard(
+            state=JobState(row["state"]), attempt=row["attempt"], preemptions=row["preemptions"]
+        )
+    if current is not None:
+        gangs.append(_gang_of(current, pods))
+    return Live(holdings=tuple(holdings), gangs=tuple(gangs), guards=guards)
+
+
+def _gang_of(row: Any, pods: Sequence[Placement]) -> RunningGang:
+    return RunningGang(
+        job_id=row["job_id"],
+        tenant=row["tenant"],
+        priority=row["priority"],
+        preemptible=row["preemptible"],
+        admitted_at=row["admitted_at"].timestamp(),
+        placements=tuple(pods),
+    )
+
+
 async def load_snapshot(
     conn: AsyncConnection,
     nodes: tuple[Node, ...],
@@ -391,28 +473,115 @@ async def load_snapshot(
     now: float,
     starvation_seconds: float,
     backfill: int = DEFAULT_BACKFILL,
+    min_runtime_seconds: float = 0.0,
+    live: Live | None = None,
 ) -> Snapshot:
-    """What a cycle plans on besides the queue: nodes, holdings, tenants and their usage."""
+    """What a cycle plans on besides the queue: nodes, holdings and the gangs they belong to
+    (``live``, read when not given), tenants and their usage."""
     tenants = {
         tenant.name: tenant
         for tenant in map(tenant_state_of, (await conn.execute(_TENANTS)).mappings())
     }
+    if live is None:
+        live = await load_live(conn)
     return Snapshot(
         now=now,
         nodes=nodes,
-        holdings=await load_holdings(conn),
+        holdings=live.holdings,
         tenants=tenants,
         starvation_seconds=starvation_seconds,
         backfill=backfill,
+        running=live.gangs,
+        min_runtime_seconds=min_runtime_seconds,
     )
 
 
+async def preview(
+    conn: AsyncConnection,
+    nodes: tuple[Node, ...],
+    *,
+    now: float,
+    starvation_seconds: float,
+    backfill: int = DEFAULT_BACKFILL,
+    min_runtime_seconds: float = 0.0,
+) -> AdmissionPlan:
+    """What the next admission cycle would decide on what ``conn``'s transaction sees (a dry
+    run: the caller changed settings in it and rolls it back). The queue is read whole, as a
+    new leader reads it; nothing is written."""
+    queue = LeaderQueue()
+    await queue.catch_up(conn)
+    snapshot = await load_snapshot(
+        conn,
+        nodes,
+        now=now,
+        starvation_seconds=starvation_seconds,
+        backfill=backfill,
+        min_runtime_seconds=min_runtime_seconds,
+    )
+    return plan(snapshot, queue.jobs)
+
+
+def preemption_change(preemption: Preemption, guard: Guard, now: float) -> Change:
+    """The requeue of a preempted gang: reason Preempted, in words its tenant may read (another
+    tenant's job is not named), backed off when it was preempted before."""
+    backoff = preemption_backoff(guard.preemptions)
+    if preemption.reason is PreemptionReason.PRIORITY:
+        words = f"preempted for job {preemption.preemptor}, of a higher priority in the same tenant"
+    else:
+        words = (
+            f"preempted: tenant {preemption.preemptor_tenant} reclaimed the quota it lent to "
+            "its cohort"
+        )
+    wait = f", to wait {backoff:.0f} s (preempted {guard.preemptions + 1} times)" if backoff else ""
+    data: dict[str, Any] = {
+        "preemption": preemption.reason.value,
+        "preemptor_tenant": preemption.preemptor_tenant,
+    }
+    if preemption.preemptor_tenant == preemption.tenant:
+        data["preemptor"] = preemption.preemptor
+    return Change(
+        job_id=preemption.job_id,
+        from_state=guard.state,
+        attempt=guard.attempt,
+        reason=PREEMPTED,
+        message=f"{words}; the gang is stopped and requeued{wait}",
+        data=data,
+        not_before=now + backoff if backoff else None,
+        preempted=True,
+    )
+
+
+#: The reason of a preempted job's requeue.
+PREEMPTED = "Preempted"
+
+
 async def write_plan(
-    conn: AsyncConnection, now: float, result: AdmissionPlan, queue: LeaderQueue
+    conn: AsyncConnection,
+    now: float,
+    result: AdmissionPlan,
+    queue: LeaderQueue,
+    guards: Mapping[str, Guard] | None = None,
 ) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """Persist admissions (state, placements, events) and the reasons that changed; the ids
-    admitted and the reasons written (id, reason, message)."""
+    """Persist preemptions (the victims requeued, guarded by ``guards``), admissions (state,
+    placements, events) and the reasons that changed; the ids admitted and the reasons written
+    (id, reason, message). A victim that changed since it was read (it ended) holds nothing
+    any more, which is all its preemption was for."""
     admitted_ids: list[str] = []
+    if result.preempted:
+        known = guards or {}
+        requeues = [
+            preemption_change(p, known[p.job_id], now)
+            for p in result.preempted
+            if p.job_id in known
+        ]
+        by_state: dict[JobState, list[Change]] = {}
+        for change in requeues:
+            by_state.setdefault(change.from_state, []).append(change)
+        for changes in by_state.values():
+            moved = await move(conn, JobState.QUEUED, changes, now=now)
+            for change in changes:
+                if change.job_id in moved:
+                    log.info("job %s preempted: %s", change.job_id, change.message)
     if result.admitted:
         columns: dict[str, list[Any]] = {
             k: []
@@ -484,6 +653,7 @@ async def run_cycle(
     clock: Callable[[], float],
     starvation_seconds: float,
     backfill: int = DEFAULT_BACKFILL,
+    min_runtime_seconds: float = 0.0,
 ) -> CycleResult:
     """Catch ``queue`` up, plan, write the plan; any failure resets ``queue`` (the next cycle
     loads it whole)."""
@@ -493,17 +663,20 @@ async def run_cycle(
             # Serialize cycles across every process, whatever each believes about leadership.
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK})
             await queue.catch_up(conn)
+            live = await load_live(conn)
             snapshot = await load_snapshot(
                 conn,
                 nodes,
                 now=clock(),
                 starvation_seconds=starvation_seconds,
                 backfill=backfill,
+                min_runtime_seconds=min_runtime_seconds,
+                live=live,
             )
             # Bounded by the tenants and the backfill window, not by the queue: planned inline.
             decided = plan(snapshot, queue.jobs)
             # Times the lifecycle compares with the clock (admitted_at) come from the same clock.
-            admitted, reasons = await write_plan(conn, snapshot.now, decided, queue)
+            admitted, reasons = await write_plan(conn, snapshot.now, decided, queue, live.guards)
     except BaseException:
         queue.reset()
         raise

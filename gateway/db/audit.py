@@ -1,10 +1,12 @@
-"""The audit log: who changed which tenant or cohort, when, and its settings before and after.
+"""The audit log: who changed which tenant, cohort or priority class, when, and its settings
+before and after.
 
 What it returns are values (``AuditEntry`` of ``gateway.domain.tenants``; ``gateway.db.mapping``
 maps the rows).
 
 Invariants: entries are only appended, each in the transaction of the change it records; an
-entry names a tenant or a cohort, never both (a CHECK keeps it so); it never holds a secret.
+entry names exactly one of a tenant, a cohort or a priority class (a CHECK keeps it so); it never
+holds a secret.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from gateway.db.mapping import audit_entry_of
 from gateway.domain.tenants import AuditAction, AuditEntry
 
 _INSERT = text(
-    "INSERT INTO audit_log (actor, action, tenant, cohort, before, after) "
-    "VALUES (:actor, :action, :tenant, :cohort, :before, :after)"
+    "INSERT INTO audit_log (actor, action, tenant, cohort, priority_class, before, after) "
+    "VALUES (:actor, :action, :tenant, :cohort, :priority_class, :before, :after)"
 ).bindparams(bindparam("before", type_=JSONB), bindparam("after", type_=JSONB))
 
 
@@ -32,12 +34,19 @@ async def write_audit(
     action: AuditAction,
     tenant: str | None = None,
     cohort: str | None = None,
+    priority_class: str | None = None,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
 ) -> None:
-    """Append one audit entry about a tenant or a cohort (exactly one of them), in the
-    caller's transaction."""
-    params = {"actor": actor, "action": action.value, "tenant": tenant, "cohort": cohort}
+    """Append one audit entry about a tenant, a cohort or a priority class (exactly one of
+    them), in the caller's transaction."""
+    params = {
+        "actor": actor,
+        "action": action.value,
+        "tenant": tenant,
+        "cohort": cohort,
+        "priority_class": priority_class,
+    }
     await conn.execute(_INSERT, {**params, "before": before, "after": after})
 
 
@@ -48,8 +57,10 @@ async def entries(
     limit: int,
     before_id: int | None,
     cohort: str | None = None,
+    priority_class: str | None = None,
 ) -> list[AuditEntry]:
-    """Audit entries, newest first; only a tenant's or a cohort's when one is named."""
+    """Audit entries, newest first; only a tenant's, a cohort's or a priority class's when one
+    is named."""
     clauses: list[str] = ["TRUE"]
     params: dict[str, Any] = {"limit": limit}
     if tenant is not None:
@@ -58,11 +69,15 @@ async def entries(
     if cohort is not None:
         clauses.append("cohort = :cohort")
         params["cohort"] = cohort
+    if priority_class is not None:
+        clauses.append("priority_class = :priority_class")
+        params["priority_class"] = priority_class
     if before_id is not None:
         clauses.append("id < :before_id")
         params["before_id"] = before_id
     query = text(
-        "SELECT id, actor, action, tenant, cohort, before, after, created_at FROM audit_log "
+        "SELECT id, actor, action, tenant, cohort, priority_class, before, after, created_at "
+        "FROM audit_log "
         f"WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :limit"
     )
     async with engine.connect() as conn:

@@ -1,20 +1,26 @@
 """The careful path of a submit: one job at a time, it queues the job or says exactly why not.
 
-Group commit (``gateway.db.submits``) sends a job here when its batch statement skipped it, and a
-batch request's transaction each job its statement skipped. For one job, in order:
+Group commit (``gateway.db.submits``) sends a job here when its batch statement skipped it or
+when it names a priority class, and a batch request's transaction each job its statement skipped
+or left to it. For one job, in order:
 
-1. its tenant's rules (``check_tenant``): the tenant exists, the priority is within its ceiling
-   (``gateway.domain.scheduling.priority``), and the job fits its quota one day, borrowing
+1. its tenant's rules (``for_tenant``, ``check_tenant``): the tenant exists, the job's priority
+   is one it may use (``gateway.domain.scheduling.priority.resolve``: the value of a class the
+   tenant was granted, else within its ceiling), and the job fits its quota one day, borrowing
    within its cohort's terms (``gateway.domain.scheduling.reasons``' ``never_fits_quota``); 422
-   otherwise;
+   otherwise. A job that names a class is written at the class's value, in a spec that says so;
 2. a queue slot below the tenant's max_queued_jobs (``pick_slot``: at random, then by a search;
    ``free_slots`` hands a batch its slots in order); none free is 429;
 3. the insert (``gateway.db.transitions.SUBMIT``), which a live job of the same name stops (409),
    and which an earlier submit with the same Idempotency-Key turns into a replay: that submit's
    job (200), or 409 when it came with another body.
 
-Invariant: these answers are the API's for a job submitted alone; the batch statement, whose SQL
-holds the forms of step 1 (``SUBMIT_BATCH``), only skips the jobs this path then answers.
+Invariants: these answers are the API's for a job submitted alone; the batch statement, whose
+SQL holds the forms of step 1 for a job without a class (``SUBMIT_BATCH``), only skips the jobs
+this path then answers. A job with a class is written in a transaction that holds its tenant's
+grant of the class (``FOR SHARE``) from the read to the commit, so the grant cannot be revoked, nor
+the class deleted, under a job being queued with it; the job's class columns are set in the same
+transaction as its insert (``SUBMIT`` writes the row as every submit does, then ``_CLASS_OF_JOB``).
 """
 
 from __future__ import annotations
@@ -22,16 +28,18 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 
 from gateway.db.mapping import (
     BORROWING_COLUMNS,
+    CLASS_COLUMNS,
     LENDING_COLUMNS,
     cohort_terms_of,
     job_of,
+    priority_class_of,
     quota_of,
 )
 from gateway.db.transitions import JOB_COLUMNS, SUBMIT
@@ -39,7 +47,7 @@ from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.lifecycle.records import Job
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
-from gateway.domain.scheduling.priority import above_ceiling
+from gateway.domain.scheduling.priority import PriorityClass, resolve
 from gateway.domain.scheduling.reasons import never_fits_quota
 from gateway.errors import Conflict, TooManyRequests, ValidationFailed
 from gateway.jsontext import json_text
@@ -70,9 +78,25 @@ _FREE_SLOTS = """
 SLOT_TRIES = 6
 QUEUED_CAP_RETRY_AFTER = 30
 
+# The class ($2) as its tenant ($1) was granted it: no row for a class it was not granted, or that
+# does not exist. The grant and the class stay locked until the caller's transaction ends, so
+# neither the grant's revocation nor the class's deletion or change can pass a job being queued
+# with it. The tenant's row is locked first (_TENANT_KEY), as the job's foreign key would lock it
+# later: a tenant write, which locks the row and then revokes grants, waits for the submit, or
+# the submit for it, never each for the other.
+_TENANT_KEY = "SELECT 1 FROM tenants WHERE name = $1 FOR KEY SHARE"
+_GRANTED_CLASS = """
+    SELECT c.name, c.value, c.preemptible
+    FROM tenant_priority_classes g JOIN priority_classes c ON c.name = g.priority_class
+    WHERE g.tenant = $1 AND g.priority_class = $2
+    FOR SHARE
+"""
+# A job's class and preemptibility, resolved at submit, in the transaction that inserted it.
+_CLASS_OF_JOB = "UPDATE jobs SET priority_class = $2, preemptible = $3 WHERE id = $1"
+
 # The jobs earlier submits made with these Idempotency-Keys ($2), each of its tenant ($1).
 _BY_KEYS = f"""
-    SELECT {JOB_COLUMNS}, idempotency_key, request_hash FROM jobs
+    SELECT {JOB_COLUMNS}, {CLASS_COLUMNS}, idempotency_key, request_hash FROM jobs
     WHERE (tenant, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
@@ -114,13 +138,15 @@ class Submission:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class JobRow:
-    """One job's values for the insert, in ``SUBMIT``'s parameter order ($1-$10)."""
+    """One job's values for the insert, in ``SUBMIT``'s parameter order ($1-$10), and its
+    priority class (None: none; set after the insert) with whether it may be preempted.
+    ``priority`` is None only until a job that names a class and no priority is resolved."""
 
     id: uuid.UUID
     tenant: str
     name: str
     framework: str
-    priority: int
+    priority: int | None
     spec: str
     labels: str
     idempotency_key: str | None
@@ -129,6 +155,8 @@ class JobRow:
     cpu_millis: int
     memory_bytes: int
     gpu_shares: int
+    priority_class: str | None = None
+    preemptible: bool = True
 
     def as_json(self, slot: int | None = None) -> str:
         """The row as a JSON object for ``SUBMIT_BATCH``, the spec and labels (JSON text
@@ -181,6 +209,11 @@ class JobToWrite:
     document: dict[str, Any]
     labels: dict[str, str]
 
+    @property
+    def classed(self) -> tuple[str | None, bool]:
+        """Its priority class and whether it is preemptible, as ``job_of`` takes them."""
+        return self.row.priority_class, self.row.preemptible
+
 
 def job_to_write(submission: Submission) -> JobToWrite:
     spec = submission.spec
@@ -218,21 +251,63 @@ class Missed:
 Lookup = Callable[[tuple[str, str]], Awaitable[Mapping[str, Any] | None]]
 
 
-def check_tenant(job: JobToWrite, found: Mapping[str, Any] | None) -> None:
-    """Raise why the job's tenant (its row, ``found``) can never queue it: none such, a priority
-    above its ceiling, or a job bigger than its quota."""
+async def for_tenant(
+    conn: asyncpg.Connection, job: JobToWrite, found: Mapping[str, Any] | None
+) -> JobToWrite:
+    """``check_tenant``, with the class the job names as its tenant was granted it, read on
+    ``conn``: inside a transaction, the grant stays locked until it ends (``_GRANTED_CLASS``)."""
+    name = job.submission.spec.priority_class
+    granted = None
+    if found is not None and name is not None:
+        await conn.execute(_TENANT_KEY, job.row.tenant)
+        record = await conn.fetchrow(_GRANTED_CLASS, job.row.tenant, name)
+        granted = None if record is None else priority_class_of(record)
+    return check_tenant(job, found, granted)
+
+
+def check_tenant(
+    job: JobToWrite, found: Mapping[str, Any] | None, granted: PriorityClass | None = None
+) -> JobToWrite:
+    """The job as its tenant (its row, ``found``) lets it be written, or raise why the tenant can
+    never queue it: none such, a priority it may not use (with ``granted``, the class the job
+    names as the tenant was granted it, else None), or a job bigger than its quota.
+
+    A job that names a class comes back at the class's value, with the class's preemptibility.
+    """
     row = job.row
+    spec = job.submission.spec
     if found is None:
         raise _no_tenant(row.tenant)
-    # Before any insert or Idempotency-Key lookup: a retry meets today's ceiling too.
-    too_high = above_ceiling(row.priority, tenant=row.tenant, ceiling=found["max_priority"])
-    if too_high is not None:
-        raise ValidationFailed([too_high])
-    impossible = never_fits_quota(
-        quota_of(found), job.submission.spec.total(), cohort_terms_of(found)
+    # Before any insert or Idempotency-Key lookup: a retry meets today's ceiling and grants too.
+    resolved = resolve(
+        tenant=row.tenant,
+        ceiling=found["max_priority"],
+        priority=spec.priority,
+        priority_class=spec.priority_class,
+        granted=granted,
     )
+    if isinstance(resolved, FieldProblem):
+        raise ValidationFailed([resolved])
+    impossible = never_fits_quota(quota_of(found), spec.total(), cohort_terms_of(found))
     if impossible:
         raise never_runs(impossible)
+    if resolved.priority_class is None:
+        return job
+    # The stored spec says what the job runs at: the class's value.
+    spec = replace(spec, priority=resolved.priority)
+    document = to_document(spec)
+    return replace(
+        job,
+        submission=replace(job.submission, spec=spec),
+        row=replace(
+            row,
+            priority=resolved.priority,
+            spec=json_text(document),
+            priority_class=resolved.priority_class,
+            preemptible=resolved.preemptible,
+        ),
+        document=document,
+    )
 
 
 async def insert_carefully(
@@ -242,13 +317,15 @@ async def insert_carefully(
     *,
     in_transaction: bool,
 ) -> Mapping[str, Any] | Missed:
-    """Insert the job in a free queue slot, or say what stopped it; raises ``check_tenant``'s
-    refusals. Inside a batch's transaction each try is a savepoint (a unique violation must not
-    end the transaction), and the search for a free slot comes first: the batch's own jobs took
-    the ones a random draw would find."""
+    """Insert the job, which ``for_tenant`` let through, in a free queue slot, or say what
+    stopped it. Inside a transaction (a batch's, or a job's with a class) each try is a
+    savepoint (a unique violation must not end the transaction), and the search for a free slot
+    comes first: the batch's own jobs took the ones a random draw would find. A job with a
+    class is written only inside a transaction: its class columns with its row."""
     row = job.row
-    check_tenant(job, found)
     assert found is not None
+    assert row.priority is not None
+    assert in_transaction or row.priority_class is None
     cap = quota_of(found).max_queued_jobs
     for attempt in range(SLOT_TRIES):
         search = in_transaction or attempt >= SLOT_TRIES // 2
@@ -261,6 +338,10 @@ async def insert_carefully(
                     written: Mapping[str, Any] | None = await conn.fetchrow(
                         SUBMIT, *row.values(), slot
                     )
+                    if written is not None and row.priority_class is not None:
+                        await conn.execute(
+                            _CLASS_OF_JOB, row.id, row.priority_class, row.preemptible
+                        )
             else:
                 written = await conn.fetchrow(SUBMIT, *row.values(), slot)
         except asyncpg.UniqueViolationError as exc:

@@ -73,6 +73,36 @@ async def put(
     return cohort, before is None
 
 
+async def describe_in(conn: AsyncConnection, name: str, *, description: str, actor: str) -> Cohort:
+    """Change an existing cohort's description in the caller's transaction (audited)."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('cohort:' || :name))"), {"name": name}
+    )
+    before = await _select(conn, name)
+    if before is None:
+        raise NotFound(f"cohort {name!r} does not exist")
+    await conn.execute(_UPDATE, {"name": name, "description": description})
+    cohort = await _select(conn, name)
+    assert cohort is not None
+    await write_audit(
+        conn,
+        actor=actor,
+        action=AuditAction.UPDATE,
+        cohort=name,
+        before=_audit_view(before),
+        after=_audit_view(cohort),
+    )
+    return cohort
+
+
+async def get_in(conn: AsyncConnection, name: str) -> Cohort:
+    """The cohort with its members as the caller's transaction sees them."""
+    cohort = await _select(conn, name)
+    if cohort is None:
+        raise NotFound(f"cohort {name!r} does not exist")
+    return cohort
+
+
 async def list_all(engine: AsyncEngine) -> list[Cohort]:
     """Every cohort, by name, with its members."""
     async with engine.connect() as conn:

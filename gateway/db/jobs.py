@@ -21,11 +21,14 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.mapping import job_event_of, job_of
+from gateway.db.mapping import CLASS_COLUMNS, job_event_of, job_of
 from gateway.db.transitions import JOB_COLUMNS, Change, move
 from gateway.domain.lifecycle.records import Job, JobEvent
 from gateway.domain.lifecycle.states import JobState
 from gateway.errors import BadRequest, Conflict, NotFound
+
+#: A whole job: what ``job_of`` reads.
+_COLUMNS = f"{JOB_COLUMNS}, {CLASS_COLUMNS}"
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
@@ -40,7 +43,7 @@ async def get(engine: AsyncEngine, job_id: str) -> Job:
         row = (
             (
                 await conn.execute(
-                    text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"),
+                    text(f"SELECT {_COLUMNS} FROM jobs WHERE id = :id"),
                     {"id": _parse_id(job_id)},
                 )
             )
@@ -108,7 +111,7 @@ async def list_jobs(
         clauses.append("seq > :after")
         params["after"] = after
     query = text(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT :limit"
+        f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT :limit"
     )
     if labels:
         query = query.bindparams(bindparam("labels", type_=JSONB))
@@ -134,7 +137,7 @@ async def cancel(
         row = (
             (
                 await conn.execute(
-                    text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id FOR UPDATE"), {"id": ident}
+                    text(f"SELECT {_COLUMNS} FROM jobs WHERE id = :id FOR UPDATE"), {"id": ident}
                 )
             )
             .mappings()
@@ -165,7 +168,7 @@ async def cancel(
             now=time.time(),
         )
         after = await conn.execute(
-            text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = :id"), {"id": ident}
+            text(f"SELECT {_COLUMNS} FROM jobs WHERE id = :id"), {"id": ident}
         )
         return job_of(after.mappings().one())
 

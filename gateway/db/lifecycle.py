@@ -28,7 +28,7 @@ from gateway.domain.scheduling.queueing import Placement
 # of a pass's cost).
 _ACTIVE = text(
     """
-    SELECT j.id, j.name, j.tenant, j.state, j.attempt, j.restarts,
+    SELECT j.id, j.name, j.tenant, j.state, j.attempt, j.restarts, j.preemptions,
            CASE WHEN CAST(j.id AS text) = ANY(CAST(:known AS text[])) THEN NULL ELSE j.spec END
                AS spec,
            j.admitted_at, j.started_at, t.namespace

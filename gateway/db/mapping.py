@@ -21,12 +21,14 @@ from gateway.domain.lifecycle.states import EventType, JobState
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.nodes import GpuSlice, Holding
-from gateway.domain.scheduling.queueing import Placement, TenantState
+from gateway.domain.scheduling.priority import PriorityClass
+from gateway.domain.scheduling.queueing import Placement, PreemptionPolicy, TenantState
 from gateway.domain.scheduling.quota import RESOURCES, Quota, TenantUsage
 from gateway.domain.tenants import (
     AuditAction,
     AuditEntry,
     Cohort,
+    PriorityClassRecord,
     Tenant,
     TenantSettings,
     TenantStatus,
@@ -43,16 +45,29 @@ Row = Mapping[Any, Any]
 _STATES = {state.value: state for state in JobState}
 _FRAMEWORKS = {framework.value: framework for framework in Framework}
 
+#: A job's priority class and whether it may be preempted: read with
+#: ``gateway.db.transitions.JOB_COLUMNS`` wherever a whole job is read.
+CLASS_COLUMNS = "priority_class, preemptible"
+
 
 def job_of(
-    row: Row, *, spec: Mapping[str, Any] | None = None, labels: Mapping[str, str] | None = None
+    row: Row,
+    *,
+    spec: Mapping[str, Any] | None = None,
+    labels: Mapping[str, str] | None = None,
+    classed: tuple[str | None, bool] | None = None,
 ) -> Job:
-    """A job row (``gateway.db.transitions.JOB_COLUMNS``, or a webhook snapshot's columns).
+    """A job row (``gateway.db.transitions.JOB_COLUMNS`` and ``CLASS_COLUMNS``, or a webhook
+    snapshot's columns).
 
-    A submit's row comes back without the spec and labels it wrote: its caller passes them.
+    A submit's row comes back without the spec, labels and priority class it wrote: its caller
+    passes them (``classed``: the class's name, or None, and whether the job is preemptible).
     """
     state = _STATES[row["state"]]
     position = row["queue_position"]
+    priority_class, preemptible = (
+        (row["priority_class"], row["preemptible"]) if classed is None else classed
+    )
     return Job(
         id=str(row["id"]),
         tenant=row["tenant"],
@@ -62,6 +77,8 @@ def job_of(
         reason=row["reason"],
         message=row["message"],
         priority=row["priority"],
+        priority_class=priority_class,
+        preemptible=preemptible,
         attempt=row["attempt"],
         labels=row["labels"] if labels is None else labels,
         spec=row["spec"] if spec is None else spec,
@@ -213,13 +230,16 @@ def cohort_terms_of(row: Row) -> CohortTerms | None:
 
 
 def tenant_settings_of(row: Row) -> TenantSettings:
-    """What an admin set on a tenants row."""
+    """What an admin set on a tenants row, with ``priority_classes``, an array of the names of
+    the classes it is granted (``gateway.db.tenants.tenant_columns``)."""
     return TenantSettings(
         namespace=row["namespace"],
         quota=quota_of(row),
         weight=float(row["weight"]),
         max_priority=row["max_priority"],
         cohort=cohort_terms_of(row),
+        priority_classes=tuple(sorted(row["priority_classes"] or ())),
+        preemption_policy=PreemptionPolicy(row["preemption_policy"]),
     )
 
 
@@ -252,6 +272,7 @@ def tenant_state_of(row: Row) -> TenantState:
         quota=quota_of(row),
         usage=usage_of(row),
         cohort=cohort_terms_of(row),
+        preemption_policy=PreemptionPolicy(row["preemption_policy"]),
     )
 
 
@@ -267,6 +288,23 @@ def cohort_of(row: Row) -> Cohort:
     )
 
 
+def priority_class_of(row: Row) -> PriorityClass:
+    """A priority_classes row's name, value and preemptible."""
+    return PriorityClass(name=row["name"], value=row["value"], preemptible=row["preemptible"])
+
+
+def priority_class_record_of(row: Row) -> PriorityClassRecord:
+    """A priority_classes row (``gateway.db.priority_classes.CLASS_COLUMNS``) with ``tenants``,
+    an array of the names of the tenants it is granted to."""
+    return PriorityClassRecord(
+        priority_class=priority_class_of(row),
+        description=row["description"],
+        tenants=tuple(sorted(row["tenants"] or ())),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
 def audit_entry_of(row: Row) -> AuditEntry:
     """An audit_log row."""
     return AuditEntry(
@@ -275,6 +313,7 @@ def audit_entry_of(row: Row) -> AuditEntry:
         action=AuditAction(row["action"]),
         tenant=row["tenant"],
         cohort=row["cohort"],
+        priority_class=row["priority_class"],
         before=row["before"],
         after=row["after"],
         created_at=row["created_at"],

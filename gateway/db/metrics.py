@@ -29,12 +29,14 @@ class QueuedCount:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EventCount:
-    """How many events of one type and reason ('' for none) a tenant's jobs have had."""
+    """How many events of one type and reason ('' for none) a tenant's jobs have had; for
+    requeues by preemption, which kind (``PreemptionReason``: '' for other events)."""
 
     tenant: str
     type: EventType
     reason: str
     events: int
+    preemption: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -66,9 +68,10 @@ _PENDING = text(
     "FROM jobs WHERE state = 'queued' GROUP BY 1, 2 ORDER BY 1, 2"
 )
 _EVENTS = text(
-    "SELECT tenant, type, COALESCE(reason, '') AS reason, count(*) AS events FROM job_events "
+    "SELECT tenant, type, COALESCE(reason, '') AS reason, "
+    "COALESCE(data ->> 'preemption', '') AS preemption, count(*) AS events FROM job_events "
     "WHERE type IN ('admitted', 'succeeded', 'failed', 'cancelled', 'requeued') "
-    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
 )
 _TENANTS = text(TENANTS_WITH_USAGE + " ORDER BY t.name")
 _DELIVERIES = text(
@@ -104,6 +107,7 @@ async def metric_counts(engine: AsyncEngine) -> MetricCounts:
                 type=EventType(row.type),
                 reason=row.reason,
                 events=int(row.events),
+                preemption=row.preemption,
             )
             for row in await conn.execute(_EVENTS)
         )

@@ -19,7 +19,10 @@ Invariants kept by the database itself, so that no bug in the shell can break th
 - at most one placement per job, attempt and pod;
 - a tenant is in at most one cohort, and a cohort with members cannot be deleted (a foreign key
   without cascade); a tenant's borrowing and lending limits are never negative, and only a
-  member of a cohort has any; an audit entry names a tenant or a cohort, never both;
+  member of a cohort has any; an audit entry names exactly one of a tenant, a cohort or a
+  priority class;
+- a priority class's value lies within the job spec's priority range; a class granted to a
+  tenant cannot be deleted (a foreign key without cascade), and a tenant's grants go with it;
 - a webhook delivery (an outbox row) is leased to one delivery loop at a time through
   ``locked_until``/``locked_by``; its attempts are rows of webhook_attempts, numbered from 1.
 """
@@ -32,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -188,6 +192,42 @@ class Cohort(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class PriorityClass(Base):
+    """A priority class: jobs that name it run at its value, and may be preempted only when it
+    is preemptible (``gateway.domain.scheduling.priority``)."""
+
+    __tablename__ = "priority_classes"
+    __table_args__ = (
+        CheckConstraint(f"name ~ {DNS_LABEL_SQL}", name="name_dns_label"),
+        CheckConstraint(
+            f"value BETWEEN {PRIORITY_RANGE[0]} AND {PRIORITY_RANGE[1]}", name="value_in_range"
+        ),
+        CheckConstraint("length(description) <= 1024", name="description_length"),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, nullable=False)
+    preemptible: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    description: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("''"))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class TenantPriorityClass(Base):
+    """A priority class an admin granted a tenant: its jobs may name it. A class granted to any
+    tenant cannot be deleted."""
+
+    __tablename__ = "tenant_priority_classes"
+
+    tenant: Mapped[str] = mapped_column(
+        String(63), ForeignKey("tenants.name", ondelete="CASCADE"), primary_key=True
+    )
+    priority_class: Mapped[str] = mapped_column(
+        String(63), ForeignKey("priority_classes.name"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = _now()
+
+
 class TenantGrant(Base):
     """An admin-managed role: members of a group, or one user, get a role in a tenant."""
 
@@ -242,6 +282,12 @@ class Job(Base):
         ),
         Index("ix_jobs_state_seq", "state", "seq"),
         Index("ix_jobs_tenant_seq", "tenant", "seq"),
+        # The live jobs of a class, which keep it from being deleted.
+        Index(
+            "ix_jobs_live_priority_class",
+            "priority_class",
+            postgresql_where=text(f"priority_class IS NOT NULL AND state IN ({LIVE_STATES_SQL})"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -256,6 +302,11 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     message: Mapped[str | None] = mapped_column(Text)
     priority: Mapped[int] = mapped_column(Integer, nullable=False)
+    # The priority class the job was submitted with (no foreign key: a finished job keeps the
+    # name of a class deleted since), and whether it may be preempted: resolved from the class
+    # at submit, like its priority, so a later change to the class changes only new jobs.
+    priority_class: Mapped[str | None] = mapped_column(Text)
+    preemptible: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
     # Where a queued job stood in the last admission cycle (1-based); NULL once it leaves the queue.
     queue_position: Mapped[int | None] = mapped_column(Integer)
     tenant_queue_position: Mapped[int | None] = mapped_column(Integer)
@@ -421,14 +472,15 @@ class WebhookAttempt(Base):
 
 
 class AuditEntry(Base):
-    """Who changed what in a tenant's or a cohort's settings, and when, with the values before
-    and after. An entry names one of them."""
+    """Who changed what in a tenant's, a cohort's or a priority class's settings, and when, with
+    the values before and after. An entry names one of them."""
 
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_log_tenant_id", "tenant", "id"),
         Index("ix_audit_log_cohort_id", "cohort", "id"),
-        CheckConstraint("num_nonnulls(tenant, cohort) = 1", name="one_subject"),
+        Index("ix_audit_log_priority_class_id", "priority_class", "id"),
+        CheckConstraint("num_nonnulls(tenant, cohort, priority_class) = 1", name="one_subject"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
@@ -436,6 +488,7 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32), nullable=False)
     tenant: Mapped[str | None] = mapped_column(String(63))
     cohort: Mapped[str | None] = mapped_column(String(63))
+    priority_class: Mapped[str | None] = mapped_column(String(63))
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()

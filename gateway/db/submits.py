@@ -1,12 +1,12 @@
 """Submitting jobs: the insert of a queued job with its 'submitted' event, many at a time.
 
 ``Submits.submit`` is the hottest path in Muster. Its common case (the tenant exists, the job is
-within the tenant's quota and priority ceiling, a random queue slot is free, the name and the
-Idempotency-Key are new) is written by group commit: submits that arrive while earlier ones are
-being written wait, and go to the database together, as one statement that inserts every job and
-its event. Under load this costs PostgreSQL about a third of what one statement per job did, and
-the gateway less than half (bench/api.py); an idle gateway writes a lone submit at once, without
-waiting for company.
+within the tenant's quota and priority ceiling and names no priority class, a random queue slot
+is free, the name and the Idempotency-Key are new) is written by group commit: submits that
+arrive while earlier ones are being written wait, and go to the database together, as one
+statement that inserts every job and its event. Under load this costs PostgreSQL about a third
+of what one statement per job did, and the gateway less than half (bench/api.py); an idle
+gateway writes a lone submit at once, without waiting for company.
 
 ``Submits.submit_together`` writes the jobs of one batch request (``POST /v1/jobs:batch``) in a
 transaction of their own: the same statement inserts every job it can, the careful path answers
@@ -20,6 +20,9 @@ Invariants:
   or too small, its priority is above the tenant's ceiling, or the batch statement failed on
   PostgreSQL's side) is retried alone on the careful path, which either inserts it or says
   exactly why not. So batching changes what statements run, never which answer a client gets.
+- A job that names a priority class never goes to the batch statement: the careful path reads
+  its tenant's grant of the class and writes it at the class's value, in a transaction of its
+  own (``gateway.db.careful_submit``).
 - At most ``max_statements`` batch statements are in flight, each with at most ``max_batch`` jobs;
   ``close`` waits for those in flight, so none is cut off by shutdown.
 - max_queued_jobs is kept by queue slots (see ``gateway.db.models``): submits of one tenant never
@@ -52,7 +55,7 @@ from gateway.db.careful_submit import (
     Submission,
     Submitted,
     by_keys,
-    check_tenant,
+    for_tenant,
     free_slots,
     insert_carefully,
     job_to_write,
@@ -167,9 +170,10 @@ class Submits:
                 pods=pods,
             )
         )
-        written = await self._batched(job.row)
+        # A job with a priority class goes the careful way at once: only it reads the grants.
+        written = None if spec.priority_class is not None else await self._batched(job.row)
         if written is None:
-            careful = await self._careful(job)
+            job, careful = await self._careful(job)
             if isinstance(careful, Submitted):
                 return careful
             written = careful
@@ -189,7 +193,8 @@ class Submits:
         async with self._together:
             for attempt in range(1, TOGETHER_TRIES + 1):
                 try:
-                    outcomes = await self._write_together(jobs)
+                    # The jobs as written: a job with a priority class at the class's value.
+                    written, outcomes = await self._write_together(jobs)
                     break
                 except asyncpg.TransactionRollbackError as exc:
                     if attempt == TOGETHER_TRIES:
@@ -200,7 +205,7 @@ class Submits:
         # After the commit: the admission loop is handed only jobs that exist.
         return [
             outcome if isinstance(outcome, Submitted | ClientError) else self._queued(job, outcome)
-            for job, outcome in zip(jobs, outcomes, strict=True)
+            for job, outcome in zip(written, outcomes, strict=True)
         ]
 
     async def close(self) -> None:
@@ -210,7 +215,7 @@ class Submits:
 
     def _queued(self, job: JobToWrite, written: Mapping[str, Any]) -> Submitted:
         """The answer for a job just written, which goes to ``on_queued`` too."""
-        made = job_of(written, spec=job.document, labels=job.labels)
+        made = job_of(written, spec=job.document, labels=job.labels, classed=job.classed)
         if self.on_queued is not None:
             self.on_queued(
                 PendingJob(
@@ -220,6 +225,7 @@ class Submits:
                     submitted_at=made.created_at.timestamp(),
                     queued_since=written["queued_at"].timestamp(),
                     pods=job.submission.pods,
+                    preemptible=made.preemptible,
                 )
             )
         return Submitted(job=made, created=True)
@@ -283,9 +289,13 @@ class Submits:
     # ----------------------------------------------------------------------------------------
     # A batch request: one transaction.
 
-    async def _write_together(self, jobs: Sequence[JobToWrite]) -> list[_Careful | ClientError]:
-        """One try of ``submit_together``'s transaction: each job's written row, earlier job, or
+    async def _write_together(
+        self, submitted: Sequence[JobToWrite]
+    ) -> tuple[list[JobToWrite], list[_Careful | ClientError]]:
+        """One try of ``submit_together``'s transaction: the jobs as they are to be written (one
+        with a priority class at the class's value), and each one's written row, earlier job, or
         refusal, in order."""
+        jobs = list(submitted)
         outcomes: list[_Careful | ClientError | None] = [None] * len(jobs)
         async with driver_connection(self.engine) as conn, conn.transaction():
             # 1. The batch's turn at each of its tenants (in name order, so that two batches of
@@ -297,11 +307,12 @@ class Submits:
             tenants = {name: await conn.fetchrow(QUOTA, name) for name in names}
             keys = [job.row.key for job in jobs if job.row.key is not None]
             earlier = await by_keys(conn, keys) if keys else {}
-            # 2. What the tenant's rules refuse, and retries of earlier submits, answered now.
+            # 2. What the tenant's rules refuse, and retries of earlier submits, answered now; a
+            #    job with a priority class is made the class's (its grant held to the commit).
             fresh: list[int] = []
             for index, job in enumerate(jobs):
                 try:
-                    check_tenant(job, tenants[job.row.tenant])
+                    job = jobs[index] = await for_tenant(conn, job, tenants[job.row.tenant])
                     replayed = earlier.get(job.row.key) if job.row.key is not None else None
                     if replayed is None:
                         fresh.append(index)
@@ -309,16 +320,22 @@ class Submits:
                         outcomes[index] = replay(replayed, job.row.request_hash)
                 except (ValidationFailed, Conflict) as exc:
                     outcomes[index] = exc
-            # 3. Queue slots in the batch's order; one statement for every job that got one.
+            # 3. Queue slots in the batch's order; one statement for every job that got one,
+            #    but those with a priority class (the statement cannot write their class).
             slots = await free_slots(conn, [jobs[i].row for i in fresh], tenants)
             written = await _insert_many(
                 conn,
-                [(jobs[i].row, slots[jobs[i].row.id]) for i in fresh if jobs[i].row.id in slots],
+                [
+                    (jobs[i].row, slots[jobs[i].row.id])
+                    for i in fresh
+                    if jobs[i].row.id in slots and jobs[i].row.priority_class is None
+                ],
                 savepoint=True,
             )
 
             # 4. The careful path for the rest, in order, on this transaction: a job the
-            #    statement skipped (a name taken, a slot another writer took, no slot left).
+            #    statement skipped (a name taken, a slot another writer took, no slot left) or
+            #    left to it (a priority class; its slot from step 3 is still free for it).
             async def lookup(key: tuple[str, str]) -> Mapping[str, Any] | None:
                 return (await by_keys(conn, [key])).get(key)
 
@@ -346,28 +363,37 @@ class Submits:
                     outcomes[index] = exc
         answered = [outcome for outcome in outcomes if outcome is not None]
         assert len(answered) == len(jobs), "every job of the batch has its answer"
-        return answered
+        return jobs, answered
 
     # ----------------------------------------------------------------------------------------
     # The careful path (gateway.db.careful_submit), for a submit its batch statement skipped.
 
-    async def _careful(self, job: JobToWrite) -> _Careful:
-        """The row written, or the job an earlier retry with the same Idempotency-Key made;
-        raises to say why the job cannot be queued."""
+    async def _careful(self, job: JobToWrite) -> tuple[JobToWrite, _Careful]:
+        """The job as written (one with a priority class at the class's value) and its row, or
+        the job an earlier retry with the same Idempotency-Key made; raises to say why the job
+        cannot be queued."""
         engine = self.engine
         # One connection at a time: the lookups take their own after this one is back, so a
         # storm of conflicting submits cannot hold the whole pool while waiting for more.
         async with driver_connection(engine) as conn:
-            found = await conn.fetchrow(QUOTA, job.row.tenant)
-            outcome = await insert_carefully(conn, job, found, in_transaction=False)
+            if job.submission.spec.priority_class is None:
+                found = await conn.fetchrow(QUOTA, job.row.tenant)
+                job = await for_tenant(conn, job, found)
+                outcome = await insert_carefully(conn, job, found, in_transaction=False)
+            else:
+                # The grant of the class is held from its read to the commit of the insert.
+                async with conn.transaction():
+                    found = await conn.fetchrow(QUOTA, job.row.tenant)
+                    job = await for_tenant(conn, job, found)
+                    outcome = await insert_carefully(conn, job, found, in_transaction=True)
         if not isinstance(outcome, Missed):
-            return outcome
+            return job, outcome
 
         async def lookup(key: tuple[str, str]) -> Mapping[str, Any] | None:
             async with driver_connection(engine) as conn:
                 return (await by_keys(conn, [key])).get(key)
 
-        return await why_not_written(job, outcome, lookup)
+        return job, await why_not_written(job, outcome, lookup)
 
 
 async def _insert_many(

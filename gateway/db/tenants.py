@@ -5,7 +5,10 @@ What it returns are values (``Tenant``, ``TenantStatus`` of ``gateway.domain.ten
 
 Invariants: every write to a tenant's settings appends one audit_log row (who, when, before,
 after) in the same transaction; a tenant names only a cohort that exists (a foreign key: naming
-another is a 422 at /cohort); a status's standing is computed over all of its cohort's members,
+another is a 422 at /cohort), and is granted only priority classes that exist (naming another
+is a 422 at /priority_classes, and writes nothing); its grants of priority classes
+(tenant_priority_classes) are part of its settings, read with every tenants row and written in
+the transaction of its row; a status's standing is computed over all of its cohort's members,
 read in the same snapshot.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -51,25 +54,51 @@ _SETTINGS_COLUMNS = (
     "max_queued_jobs",
     "weight",
     "max_priority",
+    "preemption_policy",
     "cohort",
     *BORROWING_COLUMNS.values(),
     *LENDING_COLUMNS.values(),
 )
-TENANT_COLUMNS = ", ".join(("name", *_SETTINGS_COLUMNS, "created_at", "updated_at"))
+_TENANT_FIELDS = ("name", *_SETTINGS_COLUMNS, "created_at", "updated_at")
+
+
+def tenant_columns(alias: str) -> str:
+    """A tenant's columns, of the tenants row aliased ``alias``, with ``priority_classes``: the
+    names of the classes it is granted, in order (what ``gateway.db.mapping.tenant_of`` reads)."""
+    return ", ".join(f"{alias}.{column}" for column in _TENANT_FIELDS) + (
+        ", ARRAY(SELECT g.priority_class FROM tenant_priority_classes g "
+        f"WHERE g.tenant = {alias}.name ORDER BY g.priority_class) AS priority_classes"
+    )
+
+
+TENANT_COLUMNS = tenant_columns("tenants")
 
 
 _INSERT = text(
     f"""
     INSERT INTO tenants (name, {", ".join(_SETTINGS_COLUMNS)}, webhook_secret)
     VALUES (:name, {", ".join(f":{c}" for c in _SETTINGS_COLUMNS)}, :secret)
-    RETURNING {TENANT_COLUMNS}
     """
 )
 _UPDATE = text(
     f"""
     UPDATE tenants SET {", ".join(f"{c} = :{c}" for c in _SETTINGS_COLUMNS)}, updated_at = now()
-    WHERE name = :name RETURNING {TENANT_COLUMNS}
+    WHERE name = :name
     """
+)
+# A tenant's grants of priority classes: which of ``classes`` do not exist, then the grants
+# taken back and those added (the foreign key refuses a class deleted in the meantime).
+_UNKNOWN_CLASSES = text(
+    "SELECT c FROM unnest(CAST(:classes AS text[])) AS c "
+    "WHERE NOT EXISTS (SELECT 1 FROM priority_classes p WHERE p.name = c) ORDER BY c"
+)
+_REVOKE = text(
+    "DELETE FROM tenant_priority_classes "
+    "WHERE tenant = :name AND NOT priority_class = ANY(CAST(:classes AS text[]))"
+)
+_GRANT = text(
+    "INSERT INTO tenant_priority_classes (tenant, priority_class) "
+    "SELECT :name, unnest(CAST(:classes AS text[])) ON CONFLICT DO NOTHING"
 )
 
 
@@ -109,6 +138,7 @@ def _params(settings: TenantSettings) -> dict[str, Any]:
         "max_queued_jobs": quota.max_queued_jobs,
         "weight": settings.weight,
         "max_priority": settings.max_priority,
+        "preemption_policy": settings.preemption_policy.value,
         "cohort": None if terms is None else terms.cohort,
         **_limit_params(None if terms is None else terms.borrowing_limit, BORROWING_COLUMNS),
         **_limit_params(None if terms is None else terms.lending_limit, LENDING_COLUMNS),
@@ -121,8 +151,10 @@ def new_webhook_secret() -> str:
 
 
 def _audit_view(tenant: Tenant | None) -> dict[str, Any] | None:
-    """What the audit log keeps of a tenant: its settings, by column."""
-    return None if tenant is None else _params(tenant.settings)
+    """What the audit log keeps of a tenant: its settings, by column, and its priority classes."""
+    if tenant is None:
+        return None
+    return {**_params(tenant.settings), "priority_classes": list(tenant.settings.priority_classes)}
 
 
 async def _select(conn: AsyncConnection, name: str, *, lock: bool) -> Tenant | None:
@@ -135,14 +167,29 @@ async def _select(conn: AsyncConnection, name: str, *, lock: bool) -> Tenant | N
 
 
 async def _create(conn: AsyncConnection, name: str, settings: TenantSettings) -> Tenant:
-    """Insert the tenant, with a new webhook signing secret."""
+    """Insert the tenant, with a new webhook signing secret, and its grants."""
     params = {"name": name, "secret": new_webhook_secret(), **_params(settings)}
-    return tenant_of((await conn.execute(_INSERT, params)).mappings().one())
+    await conn.execute(_INSERT, params)
+    return await _grant(conn, name, settings)
 
 
 async def _update(conn: AsyncConnection, name: str, settings: TenantSettings) -> Tenant:
-    params = {"name": name, **_params(settings)}
-    return tenant_of((await conn.execute(_UPDATE, params)).mappings().one())
+    await conn.execute(_UPDATE, {"name": name, **_params(settings)})
+    return await _grant(conn, name, settings)
+
+
+async def _grant(conn: AsyncConnection, name: str, settings: TenantSettings) -> Tenant:
+    """Make the tenant's grants of priority classes ``settings``'s (a 422 naming each class that
+    does not exist, before anything is granted); the tenant as it is now."""
+    classes = list(settings.priority_classes)
+    unknown = (await conn.execute(_UNKNOWN_CLASSES, {"classes": classes})).scalars().all()
+    if unknown:
+        raise _unknown_classes(unknown)
+    await conn.execute(_REVOKE, {"name": name, "classes": classes})
+    await conn.execute(_GRANT, {"name": name, "classes": classes})
+    tenant = await _select(conn, name, lock=False)
+    assert tenant is not None
+    return tenant
 
 
 async def _audit(
@@ -204,7 +251,21 @@ def _refusal(exc: IntegrityError, settings: TenantSettings) -> ValidationFailed 
         return ValidationFailed([FieldProblem(pointer="/namespace", detail=detail)])
     if "fk_tenants_cohort_cohorts" in str(exc.orig) and settings.cohort is not None:
         return unknown_cohort(settings.cohort.cohort)
+    if "fk_tenant_priority_classes_priority_class" in str(exc.orig):
+        detail = "a priority class it names was deleted meanwhile; read the classes and retry"
+        return ValidationFailed([FieldProblem(pointer="/priority_classes", detail=detail)])
     return None
+
+
+def _unknown_classes(names: Sequence[str]) -> ValidationFailed:
+    listed = ", ".join(repr(name) for name in names)
+    which = (
+        f"priority class {listed} does not"
+        if len(names) == 1
+        else f"priority classes {listed} do not"
+    )
+    detail = f"{which} exist (an admin creates classes: PUT /v1/admin/priority-classes/{{name}})"
+    return ValidationFailed([FieldProblem(pointer="/priority_classes", detail=detail)])
 
 
 def unknown_cohort(name: str) -> ValidationFailed:
@@ -236,7 +297,7 @@ def _tenants_with_usage(*, count_queued: bool) -> str:
     states = "'queued', 'admitted', 'running'" if count_queued else "'admitted', 'running'"
     queued = ", count(*) FILTER (WHERE state = 'queued') AS queued" if count_queued else ""
     return f"""
-    SELECT {", ".join(f"t.{c.strip()}" for c in TENANT_COLUMNS.split(","))},
+    SELECT {tenant_columns("t")},
            COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
            COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
            {", COALESCE(r.queued, 0) AS queued_jobs" if count_queued else ""}
@@ -302,21 +363,33 @@ async def patch(
 ) -> Tenant:
     """Change some of a tenant's settings: ``merge`` maps its current settings to the new ones."""
     async with engine.begin() as conn:
-        before = await _select(conn, name, lock=True)
-        if before is None:
-            raise NotFound(f"tenant {name!r} does not exist")
-        settings = merge(before.settings)
-        try:
-            async with conn.begin_nested():
-                tenant = await _update(conn, name, settings)
-        except IntegrityError as exc:
-            refusal = _refusal(exc, settings)
-            if refusal is None:
-                raise
-            raise refusal from exc
-        await _audit(
-            conn, actor=actor, action=AuditAction.UPDATE, tenant=name, before=before, after=tenant
-        )
+        return await patch_in(conn, name, merge, actor=actor)
+
+
+async def patch_in(
+    conn: AsyncConnection,
+    name: str,
+    merge: Callable[[TenantSettings], TenantSettings],
+    *,
+    actor: str,
+) -> Tenant:
+    """``patch`` in the caller's transaction (several tenants at once, or a dry run that the
+    caller rolls back)."""
+    before = await _select(conn, name, lock=True)
+    if before is None:
+        raise NotFound(f"tenant {name!r} does not exist")
+    settings = merge(before.settings)
+    try:
+        async with conn.begin_nested():
+            tenant = await _update(conn, name, settings)
+    except IntegrityError as exc:
+        refusal = _refusal(exc, settings)
+        if refusal is None:
+            raise
+        raise refusal from exc
+    await _audit(
+        conn, actor=actor, action=AuditAction.UPDATE, tenant=name, before=before, after=tenant
+    )
     return tenant
 
 

@@ -12,7 +12,8 @@ job it moves writes, in one statement of the caller's transaction:
 2. its job_events row;
 3. its placements: started when it runs, released when it leaves the cluster (finished,
    requeued, cancelled);
-4. its webhook outbox row, if its callback subscribed to the event (and a NOTIFY for the
+4. its webhook outbox row, if its callback subscribed to the event (job.preempted rather than
+   job.requeued for a requeue that is a preemption; and a NOTIFY for the
    delivery loops, at commit);
 5. when it released placements (it left the cluster), a NOTIFY of ``Channel.FREED``: the
    leader's admission loop refills the capacity at once.
@@ -119,6 +120,9 @@ class Change:
     actor: str | None = None
     data: Mapping[str, Any] | None = None
     not_before: float | None = None
+    #: A requeue that is a preemption: counted in ``preemptions`` (not against the requeue
+    #: limit), and announced as job.preempted rather than job.requeued.
+    preempted: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +131,8 @@ class _Target:
     callback: CallbackEvent
     assignments: str  # SQL SET items besides the state, over the change ``c``
     placements: str | None  # SQL SET items of the job's live placements, if they change
+    # The callback of the changes marked ``preempted`` instead, if they may be.
+    preempted_callback: CallbackEvent | None = None
 
 
 _WORDS = "reason = c.reason, message = c.message"
@@ -163,8 +169,10 @@ _TARGETS = {
         callback=CallbackEvent.REQUEUED,
         assignments="attempt = j.attempt + 1, restarts = 0, queued_at = to_timestamp(:now), "
         "not_before = to_timestamp(c.not_before), admitted_at = NULL, started_at = NULL, "
+        "preemptions = j.preemptions + CASE WHEN c.preempted THEN 1 ELSE 0 END, "
         f"queue_slot = NULL, {_WORDS}",
         placements="released_at = now()",
+        preempted_callback=CallbackEvent.PREEMPTED,
     ),
     JobState.CANCELLED: _Target(
         event=EventType.CANCELLED,
@@ -187,6 +195,14 @@ def _move_sql(target: JobState) -> str:
             RETURNING 1
         )"""
     )
+    callback_where, preempted_outbox, preempted_rows = "TRUE", "", ""
+    if spec.preempted_callback is not None:
+        callback_where = "NOT j.moved_preempted"
+        preempted_outbox = f""", preempted_outbox AS (
+            {enqueue_sql(spec.preempted_callback, "moved j", where="j.moved_preempted")}
+            RETURNING 1
+        )"""
+        preempted_rows = " + (SELECT count(*) FROM preempted_outbox)"
     released = (
         "(SELECT count(*) FROM placements)"
         if spec.placements and "released_at" in spec.placements
@@ -196,13 +212,14 @@ def _move_sql(target: JobState) -> str:
         WITH c AS (
             SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb))
                 AS c(id uuid, from_state text, attempt int, reason text, message text,
-                     actor text, data jsonb, not_before double precision)
+                     actor text, data jsonb, not_before double precision, preempted boolean)
         ), moved AS (
             UPDATE jobs j SET state = '{target.value}', updated_at = now(), {spec.assignments}
             FROM c
             WHERE j.id = c.id AND j.state = c.from_state AND j.attempt = c.attempt
             RETURNING j.*, c.from_state AS moved_from, c.reason AS moved_reason,
-                      c.message AS moved_message, c.actor AS moved_actor, c.data AS moved_data
+                      c.message AS moved_message, c.actor AS moved_actor, c.data AS moved_data,
+                      c.preempted AS moved_preempted
         ), event AS (
             INSERT INTO job_events (job_id, tenant, type, from_state, to_state, reason, message,
                                     actor, data)
@@ -210,10 +227,11 @@ def _move_sql(target: JobState) -> str:
                    moved_message, moved_actor, COALESCE(moved_data, '{{}}'::jsonb)
             FROM moved
         ){placements}, outbox AS (
-            {enqueue_sql(spec.callback, "moved j")}
+            {enqueue_sql(spec.callback, "moved j", where=callback_where)}
             RETURNING 1
-        )
-        SELECT m.id, (SELECT count(*) FROM outbox) AS outbox_rows, {released} AS released_rows
+        ){preempted_outbox}
+        SELECT m.id, (SELECT count(*) FROM outbox){preempted_rows} AS outbox_rows,
+               {released} AS released_rows
         FROM moved m
     """
 
@@ -250,6 +268,7 @@ async def move(
             "actor": change.actor,
             "data": change.data,
             "not_before": change.not_before,
+            "preempted": change.preempted,
         }
         for change in changes
     ]

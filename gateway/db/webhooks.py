@@ -52,6 +52,8 @@ SNAPSHOT_COLUMNS = (
     "reason",
     "message",
     "priority",
+    "priority_class",
+    "preemptible",
     "attempt",
     "spec",
     "labels",
@@ -97,6 +99,9 @@ def job_from_snapshot(snapshot: Mapping[str, Any]) -> Job:
     """An outbox snapshot back into the job it holds (raises KeyError, TypeError or ValueError
     for one this version cannot read)."""
     row = dict(snapshot)
+    # A snapshot written before priority classes: its job had none, and was preemptible.
+    row.setdefault("priority_class", None)
+    row.setdefault("preemptible", True)
     for column in _TIMESTAMPS:
         value = row.get(column)
         if isinstance(value, str):  # in the session's time zone: back to UTC, as asyncpg gives

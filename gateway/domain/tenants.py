@@ -1,6 +1,6 @@
 """Tenants as recorded: what an admin sets on one, the tenant as stored, its status now, the
-cohorts tenants may share their quota in, and the audit log of every change to tenants and
-cohorts.
+cohorts tenants may share their quota in, the priority classes admins grant them, and the audit
+log of every change to tenants, cohorts and priority classes.
 
 These are what the database layer hands the API and ``muster serve`` (``gateway.db`` maps its
 rows to them, and only it does).
@@ -19,7 +19,8 @@ from typing import Any
 
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Member, Standing, idle_quota, standings
-from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
+from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY, PriorityClass
+from gateway.domain.scheduling.queueing import PreemptionPolicy
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Cohort",
     "CohortMember",
     "CohortStatus",
+    "PriorityClassRecord",
     "Tenant",
     "TenantSettings",
     "TenantStatus",
@@ -39,15 +41,20 @@ __all__ = [
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TenantSettings:
     """What an admin sets on a tenant: its Kubernetes namespace, quota (its nominal quota in a
-    cohort), fair-share weight, ``max_priority``, the highest priority its jobs may have
-    (``gateway.domain.scheduling.priority``), and its ``cohort`` with its borrowing and lending
-    limits (None: in no cohort; ``gateway.domain.scheduling.cohorts``)."""
+    cohort), fair-share weight, ``max_priority``, the highest priority its jobs without a
+    priority class may have, the ``priority_classes`` its jobs may name (by name, in order;
+    ``gateway.domain.scheduling.priority``), and its ``cohort`` with its borrowing and lending
+    limits (None: in no cohort; ``gateway.domain.scheduling.cohorts``), and its
+    ``preemption_policy``: whether its jobs may preempt its own gangs of lower priority
+    (``gateway.domain.scheduling.preemption``)."""
 
     namespace: str
     quota: Quota
     weight: float
     max_priority: int = DEFAULT_MAX_PRIORITY
     cohort: CohortTerms | None = None
+    priority_classes: tuple[str, ...] = ()
+    preemption_policy: PreemptionPolicy = PreemptionPolicy.NEVER
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -140,6 +147,18 @@ def cohort_status(
     )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PriorityClassRecord:
+    """A priority class as stored: the class, an admin's description, the tenants it is
+    granted to (by name, in order), and when it was created and last changed."""
+
+    priority_class: PriorityClass
+    description: str
+    tenants: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
 class AuditAction(StrEnum):
     """What an audit entry records."""
 
@@ -153,15 +172,16 @@ class AuditAction(StrEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AuditEntry:
-    """One change to a tenant or a cohort (the entry names one of them, the other is None): who
-    made it, when, and the affected settings before and after, as documents (None before a
-    creation and after a deletion; never a secret)."""
+    """One change to a tenant, a cohort or a priority class (the entry names one of them, the
+    others are None): who made it, when, and the affected settings before and after, as
+    documents (None before a creation and after a deletion; never a secret)."""
 
     id: int
     actor: str
     action: AuditAction
     tenant: str | None
     cohort: str | None = None
+    priority_class: str | None = None
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     created_at: datetime

@@ -81,9 +81,11 @@ class AdmissionLoop:
         interval: float,
         starvation_seconds: float,
         backfill: int = DEFAULT_BACKFILL,
+        min_runtime_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self.min_runtime_seconds = min_runtime_seconds
         self.inventory = inventory
         self.is_leader = is_leader
         self.interval = interval
@@ -149,6 +151,7 @@ class AdmissionLoop:
                 self.queue,
                 clock=self.clock,
                 starvation_seconds=self.starvation_seconds,
+                min_runtime_seconds=self.min_runtime_seconds,
                 backfill=self.backfill,
             )
         if freed_at is not None and result.admitted:

@@ -8,8 +8,11 @@ One pass, in order:
 2. for each admitted or running job, ask ``domain.lifecycle.decide`` what its pods mean;
 3. write the decision's transition (guarded by state and attempt), then act on the runtime:
    delete, restart (delete and create again), create;
-4. delete pods no live job wants: pods of unknown, cancelled and requeued jobs, and pods of
-   finished jobs that their clean_pod_policy does not keep.
+4. delete pods no live job wants: pods of unknown, cancelled and requeued (evicted, preempted)
+   jobs, and pods of finished jobs that their clean_pod_policy does not keep. Such a pod gets its
+   grace period, which a tenant may set long: the pass waits ``SWEEP_WAIT_SECONDS`` at most for
+   the deletes, and those still stopping finish on their own (none is asked twice meanwhile), so
+   a replica that ignores SIGTERM holds up no other job.
 
 A pass runs every ``interval`` seconds on the leader, and at once when woken: when this replica
 becomes the leader and on every NOTIFY of ``Channel.ADMITTED`` (``gateway.loops.runtime`` wires
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 _OFF_THE_CLUSTER = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED})
 #: A decision to do nothing (most jobs, most passes): nothing to write, nothing to act on.
 _NOTHING = Decision()
+#: How long a pass waits for the deletes of its sweep before it goes on without them.
+SWEEP_WAIT_SECONDS = 2.0
 
 
 class Reconciler:
@@ -82,6 +87,8 @@ class Reconciler:
         self.passed = asyncio.Event()
         self.passes = 0
         self._specs: dict[str, JobSpec] = {}
+        # Pods the sweep is deleting (within their grace period), by (job id, pod name).
+        self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def _spec(self, job: ActiveJob) -> JobSpec:
         """The job's spec, read once per job (a stored spec never changes)."""
@@ -184,6 +191,7 @@ class Reconciler:
             spec=spec,
             attempt=job.attempt,
             restarts=job.restarts,
+            preemptions=job.preemptions,
             admitted_at=job.admitted_at.timestamp(),
             started_at=None if job.started_at is None else job.started_at.timestamp(),
         )
@@ -212,7 +220,7 @@ class Reconciler:
     async def _sweep(
         self, observed: Mapping[tuple[str, str], PodStatus], wanted: set[tuple[str, str]]
     ) -> None:
-        strays = [key for key in observed if key not in wanted]
+        strays = [key for key in observed if key not in wanted and key not in self._stopping]
         if not strays:
             return
         owners = await store.pod_owners(self.engine, sorted({job_id for job_id, _ in strays}))
@@ -224,17 +232,32 @@ class Reconciler:
             if owner is not None and not unwanted(owner.state, owner.clean_pod_policy, phase):
                 continue
             log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
-            deletions.append(self.runtime.delete(job_id, name))
-        for failed in await asyncio.gather(*deletions, return_exceptions=True):
-            if isinstance(failed, Exception):
-                log.error("deleting a pod no live job wants failed: %s", failed)
+            task = asyncio.create_task(self._stop(job_id, name))
+            self._stopping[(job_id, name)] = task
+            deletions.append(task)
+        if deletions:
+            await asyncio.wait(deletions, timeout=SWEEP_WAIT_SECONDS)
+
+    async def _stop(self, job_id: str, name: str) -> None:
+        """Delete one pod no live job wants; log a failure (the next pass tries again)."""
+        try:
+            await self.runtime.delete(job_id, name)
+        except Exception as failed:
+            log.error("deleting pod %s of job %s failed: %s", name, job_id, failed)
+        finally:
+            self._stopping.pop((job_id, name), None)
 
     async def run(self) -> None:
-        while True:
-            self.wake.clear()
-            if self.is_leader():
-                try:
-                    await self.reconcile()
-                except Exception:
-                    log.exception("reconcile pass failed; retrying at the next tick")
-            await woken(self.wake, self.interval)
+        try:
+            while True:
+                self.wake.clear()
+                if self.is_leader():
+                    try:
+                        await self.reconcile()
+                    except Exception:
+                        log.exception("reconcile pass failed; retrying at the next tick")
+                await woken(self.wake, self.interval)
+        finally:
+            # A stop cut short is asked again by the next leader's pass (level-triggered).
+            for task in list(self._stopping.values()):
+                task.cancel()

@@ -91,6 +91,7 @@ class LoopRuntime:
             interval=admission.interval,
             starvation_seconds=admission.starvation_seconds,
             backfill=admission.backfill,
+            min_runtime_seconds=admission.preemption_min_runtime,
             clock=clock,
         )
         freed = self.admission.capacity_freed

@@ -155,6 +155,26 @@ def log_of(base: str, job_id: str) -> str:
     return str(text)
 
 
+#: A replica that, on SIGTERM, takes half a second to save its work, says so, and ends well.
+TIDY = (
+    "import signal, sys, time\n"
+    "def term(*_):\n"
+    "    time.sleep(0.5)\n"
+    "    print('saved', flush=True)\n"
+    "    sys.exit(0)\n"
+    "signal.signal(signal.SIGTERM, term)\n"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()\n"
+)
+#: A replica that ignores SIGTERM (saying it got it) and would run for ever.
+DEAF = (
+    "import signal\n"
+    "signal.signal(signal.SIGTERM, lambda *_: print('term', flush=True))\n"
+    "print('ready', flush=True)\n"
+    "while True: signal.pause()\n"
+)
+
+
 #: The process name of a replica's supervisor (a fork of the data directory's supervisor daemon,
 #: whose command line it keeps) and of its namespace's init (a fork of the supervisor).
 REPLICA_NAME = "muster-replica"

@@ -386,3 +386,29 @@ def test_cohorts_and_one_cohorts_members_with_what_they_borrow_and_lend(gateway:
     missing = muster("cohort", "nope", url=gateway)
     assert missing.returncode == 1
     assert missing.stderr.startswith("muster: "), missing.stderr
+
+
+def test_priority_classes_with_their_values_and_the_tenants_granted_each(gateway: str) -> None:
+    for name, body in (
+        ("serving", {"value": 900, "preemptible": False, "description": "online retrains"}),
+        ("batch", {"value": -100}),
+    ):
+        status, created = _request("PUT", f"{gateway}/v1/admin/priority-classes/{name}", body)
+        assert status == 201, created
+    status, tenant = _request(
+        "PATCH", f"{gateway}/v1/admin/tenants/acme", {"priority_classes": ["serving"]}
+    )
+    assert status == 200, tenant
+
+    listed = muster("priority-classes", url=gateway)
+    as_json = muster("priority-classes", "--json", url=gateway)
+
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "VALUE", "PREEMPTIBLE", "TENANTS", "DESCRIPTION"]
+    assert [row.split() for row in rows] == [
+        ["serving", "900", "no", "acme", "online", "retrains"],
+        ["batch", "-100", "yes", "-"],
+    ], listed.stdout
+    assert as_json.returncode == 0, as_json.stderr
+    assert [c["name"] for c in json.loads(as_json.stdout)["items"]] == ["serving", "batch"]

@@ -20,6 +20,8 @@ import pytest
 
 from tests.acceptance.gateway_process import ISSUER_KEY
 from tests.acceptance.local_helpers import (
+    DEAF,
+    TIDY,
     LocalDirs,
     call,
     finished,
@@ -316,3 +318,137 @@ def test_output_past_the_log_cap_is_dropped_with_a_note(dirs: LocalDirs) -> None
         assert log.count("x" * 99) < 60, "the replica's output past the cap was kept"
     finally:
         gateway.close()
+
+
+def test_a_cancelled_jobs_replicas_get_the_grace_period_of_their_spec(dirs: LocalDirs) -> None:
+    # The default of 0 s would kill the tidy replica before it saved; the deaf one's 1 s is over
+    # long before the maximum.
+    gateway = start(
+        dirs, MUSTER_TERMINATION_GRACE_SECONDS="0", MUSTER_MAX_TERMINATION_GRACE_SECONDS="10"
+    )
+    try:
+        assert call("PUT", f"{gateway.url}/v1/admin/tenants/demo", TENANT)[0] == 200
+        greedy = {"worker": program(TIDY, termination_grace_period_seconds=11)}
+        status, refused = call(
+            "POST", f"{gateway.url}/v1/jobs", {"name": "g", "tenant": "demo", "replicas": greedy}
+        )
+        assert status == 422, refused
+        assert refused["errors"][0]["pointer"] == (
+            "/replicas/worker/termination_grace_period_seconds"
+        )
+        assert "at most 10 seconds" in refused["errors"][0]["detail"]
+
+        replicas = {
+            "tidy": program(TIDY, termination_grace_period_seconds=5),
+            "deaf": program(DEAF, termination_grace_period_seconds=1),
+        }
+        job = submit(gateway.url, {"name": "stopped", "tenant": "demo", "replicas": replicas})
+
+        def log(replica: str) -> str:
+            url = f"{gateway.url}/v1/jobs/{job['id']}/logs?replica={replica}-0"
+            status, text = call("GET", url)
+            assert status == 200, text
+            return str(text)
+
+        for replica in ("tidy", "deaf"):
+            wait_for(lambda r=replica: "ready" in log(r), 30, f"the {replica} replica to start")
+        assert call("POST", f"{gateway.url}/v1/jobs/{job['id']}/cancel")[0] == 200
+        wait_for(lambda: not replica_processes(dirs.data), 30, "both replicas to be stopped")
+        assert "saved" in log("tidy")
+        assert "term" in log("deaf")  # SIGTERM first, ignored; then SIGKILL at its grace
+        assert job_state(gateway.url, job["id"])["state"] == "cancelled"
+    finally:
+        gateway.close()
+
+
+#: Runs 4 s and ends well; asked to stop, it saves and leaves within its grace.
+PATIENT = TIDY.replace("while True: signal.pause()\n", "time.sleep(4)\nprint('done', flush=True)\n")
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: the type of every event posted to it, in order."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        events: list[tuple[str, str]] = []
+
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                events.append((body["type"], body["data"]["id"]))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                return None
+
+        self.events = events
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_preempted_gang_saves_within_its_grace_runs_again_and_both_events_arrive(
+    dirs: LocalDirs,
+) -> None:
+    receiver = Receiver()
+    gateway = start(
+        dirs,
+        MUSTER_PREEMPTION_MIN_RUNTIME="0",
+        MUSTER_TERMINATION_GRACE_SECONDS="0",
+        MUSTER_WEBHOOK_ALLOW_HTTP="true",
+        MUSTER_WEBHOOK_ALLOW_NETS="127.0.0.1/32",
+    )
+    try:
+        base = gateway.url
+        assert call("PUT", f"{base}/v1/admin/cohorts/pool", {})[0] == 201
+        for name in ("search", "ads"):
+            body = {"cohort": "pool", "quota": {**TENANT["quota"], "cpu": "2"}}
+            assert call("PUT", f"{base}/v1/admin/tenants/{name}", body)[0] == 201
+        # search borrows all of ads' idle quota: 4 CPUs on a nominal 2.
+        worker = program(PATIENT, count=4, termination_grace_period_seconds=5)
+        worker["resources"] = {"cpu": "1", "memory": "64Mi"}
+        big = submit(
+            base,
+            {
+                "name": "big",
+                "tenant": "search",
+                "replicas": {"worker": worker},
+                "callback": {"url": receiver.url, "events": ["job.preempted", "job.succeeded"]},
+            },
+        )
+
+        def log() -> str:
+            status, text = call("GET", f"{base}/v1/jobs/{big['id']}/logs?replica=worker-3")
+            return str(text) if status == 200 else ""
+
+        wait_for(lambda: "ready" in log(), 30, "the borrowing gang to start")
+        small = program("import time; time.sleep(3)")
+        small["resources"] = {"cpu": "1", "memory": "64Mi"}
+        mine = submit(base, {"name": "mine", "tenant": "ads", "replicas": {"worker": small}})
+
+        # Requeued (attempt 1) by the reclaim; its reason is the queue's again at the next cycle,
+        # and its events keep why.
+        wait_for(lambda: job_state(base, big["id"])["attempt"] == 1, 30, "the gang's requeue")
+        wait_for(lambda: "saved" in log(), 30, "the preempted replica to save in its grace")
+        status, events = call("GET", f"{base}/v1/jobs/{big['id']}/events")
+        assert status == 200, events
+        requeued = [e for e in events["items"] if e["type"] == "requeued"]
+        assert [(e["reason"], e["data"]["preemption"]) for e in requeued] == [
+            ("Preempted", "Reclaim")
+        ]
+        assert wait_for(lambda: finished(base, mine["id"]), 60, "ads' job")["state"] == "succeeded"
+        done = wait_for(lambda: finished(base, big["id"]), 60, "the gang to run again and end")
+        assert (done["state"], done["attempt"]) == ("succeeded", 1)
+        wait_for(lambda: len(receiver.events) >= 2, 30, "both webhook events")
+        assert receiver.events == [("job.preempted", big["id"]), ("job.succeeded", big["id"])]
+    finally:
+        gateway.close()
+        receiver.close()

@@ -5,7 +5,8 @@ kmock's ``KubernetesEmulator`` stores objects in memory and serves list, get, cr
 and delete on any declared resource. ``Cluster`` adds what the backend relies on and the emulator
 lacks: a uid (and creation time) on every created object, label and field selectors on lists
 (``honour_selectors=False`` turns them off again, to show the backend filters by itself), and the
-``pods/<name>/log`` subresource, served from ``Cluster.pod_logs``.
+``pods/<name>/log`` subresource, served from ``Cluster.pod_logs``. Every request is recorded
+(the emulator's own list of them); ``Cluster.deletions`` gives the DeleteOptions each DELETE sent.
 
 Nothing here schedules or runs anything: ``Kubelet`` plays the node, binding a pod to its planned
 node and moving it Pending -> Running -> Succeeded or Failed by patching it over HTTP.
@@ -105,6 +106,17 @@ class Cluster(kmock.KubernetesEmulator):
             await super()._serve_fetch(request)  # 404 when there is no such pod
             return self.pod_logs.get((request.namespace or "", request.name or ""), b"")
         return await super()._serve_fetch(request)
+
+    def deletions(self, plural: str) -> list[tuple[str, dict[str, Any]]]:
+        """The name and DeleteOptions (``{}`` for none) of each DELETE of one ``plural`` received,
+        in order."""
+        return [
+            (request.name or "", dict(request.data) if isinstance(request.data, dict) else {})
+            for request in self
+            if request.action == kmock.action.DELETE
+            and request.resource is not None
+            and request.resource.plural == plural
+        ]
 
     def count(self, action: kmock.action, plural: str | None = None) -> int:
         """How many requests of this kind (on this resource) the cluster has received."""

@@ -273,6 +273,30 @@ JOB_SCHEMA_CASES = [
         body=with_worker(port=2222.0),
         pointer="/replicas/worker/port",
     ),
+    Case(
+        "grace-as-float",
+        422,
+        body=with_worker(termination_grace_period_seconds=5.0),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
+    Case(
+        "grace-as-string",
+        422,
+        body=with_worker(termination_grace_period_seconds="5"),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
+    Case(
+        "grace-as-bool",
+        422,
+        body=with_worker(termination_grace_period_seconds=True),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
+    Case(
+        "grace-negative",
+        422,
+        body=with_worker(termination_grace_period_seconds=-1),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
     Case("env-value-as-number", 422, body=with_env("K", 1), pointer="/replicas/worker/env/K"),
     Case(
         "command-as-string",
@@ -372,6 +396,18 @@ QUANTITY_CASES = [
 MEANING_CASES = [
     Case("count-zero", 422, body=with_worker(count=0), pointer="/replicas/worker/count"),
     Case("count-above-cap", 422, body=with_worker(count=513), pointer="/replicas/worker/count"),
+    Case(
+        "grace-above-the-admins-maximum",
+        422,
+        body=with_worker(termination_grace_period_seconds=301),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
+    Case(
+        "grace-beyond-int64",
+        422,
+        body=with_worker(termination_grace_period_seconds=10**30),
+        pointer="/replicas/worker/termination_grace_period_seconds",
+    ),
     Case(
         "total-pods-above-cap-across-roles",
         422,

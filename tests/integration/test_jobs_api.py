@@ -100,6 +100,7 @@ async def test_submit_returns_201_and_location_and_get_returns_the_job_with_defa
             "node_selector": {},
             "tolerations": [],
             "port": 2222,
+            "termination_grace_period_seconds": None,
         }
     }
 

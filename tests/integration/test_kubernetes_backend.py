@@ -1,6 +1,7 @@
 """The Kubernetes backend through the real kubernetes-asyncio client, over HTTP, against kmock's
 emulator (see ``tests/integration/kube.py``): what the inventory reports, what create() writes,
-how observe() reads pod phases, delete(), logs, error translation and the client's rate limit.
+how observe() reads pod phases, delete() (with each pod's own grace period), logs, error
+translation and the client's rate limit.
 
 The manifests' every field is the builder's business (``tests/unit/test_k8s_objects.py``); here a
 few fields show the backend sent what the builder rendered, to the right place.
@@ -28,7 +29,7 @@ from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_name
-from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.jobs.spec import JobSpec, TerminationGrace
 from gateway.domain.lifecycle.decisions import ReplicaPhase
 from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
@@ -148,7 +149,12 @@ def job_spec() -> JobSpec:
             "framework": "tensorflow",
             "replicas": {
                 "chief": {"count": 1, "image": "reg/wd:1", "resources": {"cpu": "2", "gpu": 0.5}},
-                "worker": {"count": 2, "image": "reg/wd:1", "resources": {"cpu": "4", "gpu": 1}},
+                "worker": {
+                    "count": 2,
+                    "image": "reg/wd:1",
+                    "resources": {"cpu": "4", "gpu": 1},
+                    "termination_grace_period_seconds": 45,
+                },
                 "ps": {"count": 1, "image": "reg/wd:1", "resources": {"cpu": "1"}},
             },
         }
@@ -381,6 +387,7 @@ async def test_a_pod_of_an_earlier_attempt_is_replaced_on_the_next_pass(
 
     await runtime.create(gang(attempt=2), ("wd-ps-0",))  # finds attempt 1's pod: deletes it
     assert not exists(cluster, "pods", "wd-ps-0")
+    assert cluster.deletions("pods")[0][1]["gracePeriodSeconds"] == 30  # its own, the default
     await runtime.create(gang(attempt=2), ("wd-ps-0",))
     assert stored(cluster, "pods", "wd-ps-0")["metadata"]["labels"][LABEL_ATTEMPT] == "2"
 
@@ -448,6 +455,53 @@ async def test_delete_removes_pod_and_service_and_deleting_again_succeeds(
     assert not exists(cluster, "services", "wd-worker-0")
     assert exists(cluster, "pods", "wd-worker-1")
     await runtime.delete(JOB_ID, "wd-worker-0")
+
+
+def grace_asked(cluster: Cluster, plural: str) -> list[tuple[str, object]]:
+    """Each DELETE of ``plural``: the name and the gracePeriodSeconds its DeleteOptions sent."""
+    return [
+        (name, options.get("gracePeriodSeconds")) for name, options in cluster.deletions(plural)
+    ]
+
+
+async def test_pods_carry_their_replicas_grace_period_capped_by_the_admins_maximum(
+    cluster: Cluster, api: RateLimitedApiClient
+) -> None:
+    default = KubernetesRuntime(api, cluster_domain=None)
+    await default.create(gang(), ("wd-worker-0", "wd-ps-0"))
+    assert stored(cluster, "pods", "wd-worker-0")["spec"]["terminationGracePeriodSeconds"] == 45
+    assert stored(cluster, "pods", "wd-ps-0")["spec"]["terminationGracePeriodSeconds"] == 30
+
+    capped = KubernetesRuntime(
+        api, cluster_domain=None, grace=TerminationGrace(default_seconds=10, max_seconds=20)
+    )
+    await capped.create(gang(), ("wd-worker-1", "wd-chief-0"))
+    assert stored(cluster, "pods", "wd-worker-1")["spec"]["terminationGracePeriodSeconds"] == 20
+    assert stored(cluster, "pods", "wd-chief-0")["spec"]["terminationGracePeriodSeconds"] == 10
+
+
+async def test_a_deleted_pod_is_given_the_grace_period_in_its_spec_and_its_service_none(
+    cluster: Cluster, api: RateLimitedApiClient, runtime: KubernetesRuntime
+) -> None:
+    await runtime.create(gang(), NAMES)
+    await runtime.observe()
+
+    await runtime.delete(JOB_ID, "wd-worker-0")  # as listed by observe()
+    await runtime.delete(JOB_ID, "wd-ps-0")
+    # A gateway whose default differs (and that never listed the pods, so reads each first):
+    # the pod is given its own grace all the same, whatever the API server's default.
+    other = KubernetesRuntime(api, cluster_domain=None, grace=TerminationGrace(default_seconds=5))
+    await other.delete(JOB_ID, "wd-worker-1")
+    await other.delete(JOB_ID, "wd-chief-0")
+
+    assert grace_asked(cluster, "pods") == [
+        ("wd-worker-0", 45),
+        ("wd-ps-0", 30),
+        ("wd-worker-1", 45),
+        ("wd-chief-0", 30),
+    ]
+    assert [grace for _, grace in grace_asked(cluster, "services")] == [None] * 4
+    assert not any(exists(cluster, "pods", name) for name in NAMES)
 
 
 async def test_delete_finds_the_namespace_without_an_observe_and_spares_other_jobs(

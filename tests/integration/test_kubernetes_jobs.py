@@ -4,6 +4,7 @@ phases. Time is an injected clock (real time plus an offset the tests advance)."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -11,16 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.api.app import make_app
 from gateway.backends.kubernetes.client import RateLimitedApiClient
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
+from gateway.backends.nodes_file import StaticInventory
 from gateway.db.admission import LeaderQueue
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.loops.reconciler import Reconciler
+from gateway.settings import Settings
+from tests import tokens
 from tests.integration.helpers import admit_and_place
 from tests.integration.kube import (
     Cluster,
@@ -366,3 +373,169 @@ async def test_pods_are_pinned_to_the_node_admission_planned(
         ]["nodeSelectorTerms"]
         assert terms[0]["matchExpressions"][0]["values"] == [planned[name]]
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+async def test_pods_the_reconciler_sweeps_away_are_given_their_grace_period(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    """A cancelled job's pods are deleted by the sweep, each with the grace in its own spec: the
+    replica's, else the default; the Services with none."""
+    await make_tenant(api)
+    job_id = await submit(
+        api, tf_job("graceful", chief={"termination_grace_period_seconds": 120}, ps={})
+    )
+    await gateway.step()
+    created = pods(cluster, job_id)
+    assert created["graceful-chief-0"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert created["graceful-ps-0"]["spec"]["terminationGracePeriodSeconds"] == 30
+    await run_all(Kubelet(cluster), cluster, job_id)
+    await gateway.step()
+    assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status == 200
+
+    await gateway.reconciler.reconcile()
+
+    assert pods(cluster, job_id) == {}
+    asked = {name: options.get("gracePeriodSeconds") for name, options in cluster.deletions("pods")}
+    assert asked == {"graceful-chief-0": 120, "graceful-ps-0": 30}
+    assert all("gracePeriodSeconds" not in options for _, options in cluster.deletions("services"))
+
+
+@pytest.fixture
+async def short_grace_api(
+    settings: Settings, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> AsyncIterator[CheckedClient]:
+    """The API of a gateway whose admin allows grace periods of at most 60 seconds."""
+    backend = dataclasses.replace(settings.backend, max_termination_grace_seconds=60)
+    app = make_app(dataclasses.replace(settings, backend=backend), engine, StaticInventory(nodes))
+    async with TestClient(TestServer(app)) as client:
+        yield CheckedClient(client, tokens.admin_token(settings))
+
+
+TFJOB_GRACE = "/spec/tfReplicaSpecs/Worker/template/spec/terminationGracePeriodSeconds"
+
+
+def tfjob_manifest(grace: int) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "TFJob",
+            "metadata": {"name": "tf-grace", "namespace": NAMESPACE},
+            "spec": {
+                "tfReplicaSpecs": {
+                    "Worker": {
+                        "replicas": 1,
+                        "template": {
+                            "spec": {
+                                "terminationGracePeriodSeconds": grace,
+                                "containers": [{"name": "tensorflow", "image": "reg/tf:1"}],
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    )
+
+
+async def test_a_grace_period_above_the_admins_maximum_is_refused_where_it_was_written(
+    short_grace_api: CheckedClient,
+) -> None:
+    api = short_grace_api
+    await make_tenant(api)
+
+    refused = await api.post(
+        "/v1/jobs", json=tf_job("long", worker={"termination_grace_period_seconds": 61})
+    )
+    tfjob = await api.post(
+        "/v1/jobs", data=tfjob_manifest(61), headers={"Content-Type": "application/yaml"}
+    )
+
+    for response, where in (
+        (refused, "/replicas/worker/termination_grace_period_seconds"),
+        (tfjob, TFJOB_GRACE),
+    ):
+        assert response.status == 422, response.text
+        (error,) = response.body["errors"]
+        assert error["pointer"] == where
+        assert "at most 60 seconds" in error["detail"]
+        assert "admin" in error["detail"]
+    accepted = await api.post(
+        "/v1/jobs", data=tfjob_manifest(60), headers={"Content-Type": "application/yaml"}
+    )
+    assert accepted.status == 201, accepted.text
+    worker = accepted.body["spec"]["replicas"]["worker"]
+    assert worker["termination_grace_period_seconds"] == 60
+
+
+def generic(name: str, tenant: str, workers: int, cpu: str, **extra: Any) -> dict[str, Any]:
+    worker = {"count": workers, "image": "img", "resources": {"cpu": cpu, "memory": "1Gi"}}
+    return {
+        "name": name,
+        "tenant": tenant,
+        "framework": "generic",
+        "replicas": {"worker": {**worker, **extra}},
+    }
+
+
+async def test_a_preempted_gang_gets_its_grace_is_requeued_and_later_completes(
+    api: CheckedClient, cluster: Cluster, engine: AsyncEngine, gateway: Harness
+) -> None:
+    """search borrows all of ads' idle quota for a 4-pod gang; ads' job reclaims it: the gang's
+    pods are deleted with their grace period, the job is requeued (job.preempted), ads' job
+    runs, and then the gang runs again and succeeds (job.succeeded)."""
+    assert (await api.put("/v1/admin/cohorts/pool", json={})).status == 201
+    for name in ("search", "ads"):
+        body = {"namespace": name, "quota": {**QUOTA, "cpu": "64"}, "cohort": "pool"}
+        assert (await api.put(f"/v1/admin/tenants/{name}", json=body)).status == 201
+    hook = {"url": "https://hooks.example.com/m", "events": ["job.preempted", "job.succeeded"]}
+    big = await submit(
+        api,
+        {
+            **generic("big", "search", 4, "32", termination_grace_period_seconds=45),
+            "callback": hook,
+        },
+    )
+    kubelet = Kubelet(cluster)
+    await gateway.step()
+    for name in pods(cluster, big):
+        await kubelet.run("search", name)
+    await gateway.step()
+    assert (await state(api, big))["state"] == "running"
+
+    mine = await submit(api, generic("mine", "ads", 2, "16"))
+    assert await gateway.admit() == (mine,)
+    preempted = await state(api, big)
+    assert (preempted["state"], preempted["reason"], preempted["attempt"]) == (
+        "queued",
+        "Preempted",
+        1,
+    )
+    await gateway.reconciler.reconcile()
+    assert pods(cluster, big) == {}
+    asked = {name: options.get("gracePeriodSeconds") for name, options in cluster.deletions("pods")}
+    assert asked == {f"big-worker-{k}": 45 for k in range(4)}
+    assert sorted(pods(cluster, mine)) == ["mine-worker-0", "mine-worker-1"]
+
+    # ads' job ends; the gang is admitted again (its first preemption backs it off not at all).
+    for name in pods(cluster, mine):
+        await kubelet.run("ads", name)
+        await kubelet.exit("ads", name, 0)
+    await gateway.reconciler.reconcile()
+    assert (await state(api, mine))["state"] == "succeeded"
+    assert await gateway.admit() == (big,)
+    await gateway.reconciler.reconcile()
+    for name in pods(cluster, big):
+        await kubelet.run("search", name)
+        await kubelet.exit("search", name, 0)
+    await gateway.reconciler.reconcile()
+    done = await state(api, big)
+    assert (done["state"], done["attempt"]) == ("succeeded", 1)
+    async with engine.connect() as conn:
+        hooks = await conn.execute(
+            text(
+                "SELECT event_type FROM webhook_outbox WHERE job_id = CAST(:id AS uuid) "
+                "ORDER BY created_at"
+            ),
+            {"id": big},
+        )
+        assert [row.event_type for row in hooks] == ["job.preempted", "job.succeeded"]

@@ -10,8 +10,10 @@ output, a file written while no daemon runs).
 What is proven: an exit reaches the gateway as an event, after its status is recorded; every
 gateway of a data directory shares one daemon and hears every change; the daemon outlives
 gateways, replicas outlive the daemon, and a new daemon adopts them; deleting stops a replica's
-whole tree, also when the daemon dies in the middle of it; starting is idempotent; the daemon
-and the replicas hold nothing of the gateway and a replica reaches nothing of the daemon.
+whole tree, also when the daemon dies in the middle of it; a stopped replica gets SIGTERM and the
+grace period of its own spec (kept in its record, so a restarted gateway honours it) before
+SIGKILL; starting is idempotent; the daemon and the replicas hold nothing of the gateway and a
+replica reaches nothing of the daemon.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ from gateway.backends.sandbox import (
     instance_name,
     probe_isolation,
 )
-from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec
+from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, TerminationGrace
 from gateway.domain.lifecycle.decisions import ReplicaPhase
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.queueing import Placement
+from tests.acceptance.local_helpers import DEAF, TIDY
 
 #: As root, replicas run as other users: their directories must be reachable by them.
 ROOT_BASE = Path("/var/lib/muster-tests")
@@ -98,14 +101,15 @@ class Place:
     def state(self) -> Path:
         return self.data / "local"
 
-    def runtime(self, *, grace: float = 1.0, track: bool = True) -> LocalRuntime:
-        """A runtime (a gateway) of this data directory; closed after the test if ``track``."""
+    def runtime(self, *, grace: int = 1, track: bool = True) -> LocalRuntime:
+        """A runtime (a gateway) of this data directory, whose replicas get ``grace`` seconds
+        unless their spec says otherwise; closed after the test if ``track``."""
         made = LocalRuntime(
             self.data,
             work_dir=self.work,
             isolation=self.isolation,
             path="/usr/bin:/bin",
-            grace_seconds=grace,
+            grace=TerminationGrace(default_seconds=grace),
         )
         if track:
             self.runtimes.append(made)
@@ -249,9 +253,16 @@ def gone(pid: int) -> None:
 # Jobs ----------------------------------------------------------------------------------------
 
 
-def gang(job_id: str, script: str, *, count: int = 1, program: str = "/bin/sh") -> Gang:
+def gang(
+    job_id: str,
+    script: str,
+    *,
+    count: int = 1,
+    program: str = "/bin/sh",
+    grace: int | None = None,
+) -> Gang:
     """A one-role job whose replicas run ``script`` (a shell script, or with ``program``
-    python3, a Python program)."""
+    python3, a Python program), with the grace period ``grace`` (None: the runtime's)."""
     flag = "-c"
     replica = ReplicaSpec(
         role="worker",
@@ -259,6 +270,7 @@ def gang(job_id: str, script: str, *, count: int = 1, program: str = "/bin/sh") 
         image="none",
         command=(program, flag, script),
         resources=Resources(cpu_millis=1000, memory_bytes=256 * MIB),
+        termination_grace_period_seconds=grace,
     )
     spec = JobSpec(name=job_id, tenant="t", framework=Framework.GENERIC, replicas=(replica,))
     placements = tuple(
@@ -604,13 +616,20 @@ async def test_delete_stops_the_whole_tree_of_a_running_replica_and_twice_is_har
 async def test_a_delete_cut_short_by_the_daemon_dying_is_finished_by_the_next(
     place: Place,
 ) -> None:
-    runtime = place.runtime(grace=60.0)
+    runtime = place.runtime(grace=60)
     changes = Changes(runtime)
+    # It ignores the first SIGTERM and ends at the second: the next delete gives it the same
+    # grace of 60 s (its record's), but need not wait for it.
     one = gang(
         "cut",
         "import signal, subprocess, sys\n"
         f"subprocess.Popen(['sleep', {place.marker!r}])\n"
-        "signal.signal(signal.SIGTERM, lambda *_: print('term', flush=True))\n"
+        "terms = []\n"
+        "def term(*_):\n"
+        "    terms.append(1)\n"
+        "    print('term', flush=True)\n"
+        "    if len(terms) > 1: sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
         "print('ready', flush=True)\n"
         "while True: signal.pause()\n",
         program="python3",
@@ -625,11 +644,71 @@ async def test_a_delete_cut_short_by_the_daemon_dying_is_finished_by_the_next(
         await stopping
     fields = record(runtime, key)
     assert alive(fields["pid"])  # the replica ignored SIGTERM and the escalation died
-    runtime.grace_seconds = 0.5
     await runtime.delete(*key)  # a new daemon adopts it and stops it
     assert not alive(fields["pid"])
     assert not sleepers(place.marker)
     assert key not in await runtime.observe()
+
+
+def exit_codes(runtime: LocalRuntime, key: tuple[str, str]) -> Callable[[], int | None]:
+    """A ``Changes`` probe: the exit status recorded for the pod, read as its exit is heard (its
+    record and exit file are gone once ``delete`` returns)."""
+
+    def probe() -> int | None:
+        with contextlib.suppress(OSError):
+            return int(Path(record(runtime, key)["exit"]).read_text().strip())
+        return None
+
+    return probe
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["same-gateway", "restarted-gateway"])
+@pytest.mark.parametrize("place", [CONTAINED, UNISOLATED], indirect=True)
+async def test_a_replica_that_handles_sigterm_is_given_its_own_grace_to_end_well(
+    place: Place, restarted: bool
+) -> None:
+    """Its spec gives it 5 s; the gateway's default of 0 would kill it before it saved."""
+    first = place.runtime(grace=0)
+    one = gang("tidy", TIDY, program="python3", grace=5)
+    key = pod(one)
+    await first.create(one, names(one))
+    await logged(first, key, "ready")
+    assert record(first, key)["grace"] == 5
+    runtime = first
+    if restarted:  # a gateway started since, with the same default: it has only the record
+        await first.close()
+        runtime = place.runtime(grace=0)
+    changes = Changes(runtime, exit_codes(runtime, key))
+
+    await runtime.delete(*key)
+
+    assert "saved" in runtime.log_path(*key).read_text()
+    await changes.after(0)
+    assert changes.seen[0] == 0  # it ended on its own, well
+    assert key not in await runtime.observe()
+
+
+@pytest.mark.parametrize("place", [CONTAINED, UNISOLATED], indirect=True)
+async def test_a_replica_that_ignores_sigterm_is_killed_once_its_own_grace_is_over(
+    place: Place,
+) -> None:
+    """Its spec gives it 1 s; the gateway's default of 60 s would hold delete for a minute."""
+    runtime = place.runtime(grace=60)
+    one = gang("deaf", DEAF, program="python3", grace=1)
+    key = pod(one)
+    changes = Changes(runtime, exit_codes(runtime, key))
+    await runtime.create(one, names(one))
+    await logged(runtime, key, "ready")
+    supervisor = record(runtime, key)["pid"]
+
+    began = time.monotonic()
+    await runtime.delete(*key)
+    took = time.monotonic() - began
+
+    assert "term" in runtime.log_path(*key).read_text()  # SIGTERM came first, and was ignored
+    assert changes.seen == [128 + signal.SIGKILL]
+    assert not alive(supervisor)
+    assert 1.0 <= took < 30.0  # not before its grace, and not after the default's minute
 
 
 # f. Starting is idempotent -------------------------------------------------------------------

@@ -297,3 +297,77 @@ async def test_0009_puts_tenants_in_no_cohort_keeps_the_cohort_rules_and_downgra
     assert audited == ["t"]  # the tenant's entry stays; the cohort's went with cohorts
     await upgrade(empty_engine)
     assert await schema_diff(empty_engine) == []
+
+
+async def test_0012_leaves_jobs_classless_and_preemptible_keeps_the_class_rules_and_downgrades(
+    empty_engine: AsyncEngine,
+) -> None:
+    await upgrade(empty_engine, "0011")
+    async with empty_engine.begin() as conn:
+        await conn.execute(TENANT_T)
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, name, framework, state, priority, spec) "
+                "VALUES (gen_random_uuid(), 't', 'a', 'generic', 'queued', 0, '{}')"
+            )
+        )
+        await conn.execute(
+            text("INSERT INTO audit_log (actor, action, tenant) VALUES ('a', 'create', 't')")
+        )
+    job_columns = await columns(empty_engine, "jobs")
+    audit_columns = await columns(empty_engine, "audit_log")
+
+    await upgrade(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        row = (await conn.execute(text("SELECT priority_class, preemptible FROM jobs"))).one()
+    assert tuple(row) == (None, True)
+    for statement, constraint in [
+        ("INSERT INTO priority_classes (name, value) VALUES ('high', 1001)", "value_in_range"),
+        ("INSERT INTO priority_classes (name, value) VALUES ('High', 1)", "name_dns_label"),
+        (
+            "INSERT INTO tenant_priority_classes (tenant, priority_class) VALUES ('t', 'none')",
+            "fk_tenant_priority_classes_priority_class_priority_classes",
+        ),
+        (
+            "INSERT INTO audit_log (actor, action, tenant, priority_class) "
+            "VALUES ('a', 'x', 't', 'high')",
+            "ck_audit_log_one_subject",
+        ),
+    ]:
+        with pytest.raises(DBAPIError, match=constraint):
+            async with empty_engine.begin() as conn:
+                await conn.execute(text(statement))
+    async with empty_engine.begin() as conn:
+        await conn.execute(text("INSERT INTO priority_classes (name, value) VALUES ('high', 900)"))
+        await conn.execute(
+            text(
+                "INSERT INTO tenant_priority_classes (tenant, priority_class) VALUES ('t', 'high')"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO audit_log (actor, action, priority_class) "
+                "VALUES ('a', 'create', 'high')"
+            )
+        )
+        assert await conn.scalar(text("SELECT preemptible FROM priority_classes")) is True
+    with pytest.raises(DBAPIError, match="fk_tenant_priority_classes_priority_class"):
+        async with empty_engine.begin() as conn:
+            await conn.execute(text("DELETE FROM priority_classes WHERE name = 'high'"))
+    async with empty_engine.begin() as conn:  # a tenant's grants go with it
+        await conn.execute(text("DELETE FROM jobs"))
+        await conn.execute(text("DELETE FROM tenants WHERE name = 't'"))
+        assert await conn.scalar(text("SELECT count(*) FROM tenant_priority_classes")) == 0
+        await conn.execute(TENANT_T)
+
+    await downgrade(empty_engine, "0011")
+
+    assert not {"priority_classes", "tenant_priority_classes"} & await tables(empty_engine)
+    assert await columns(empty_engine, "jobs") == job_columns
+    assert await columns(empty_engine, "audit_log") == audit_columns
+    async with empty_engine.connect() as conn:
+        audited = (await conn.execute(text("SELECT tenant FROM audit_log"))).scalars().all()
+    assert audited == ["t"]  # the tenant's entry stays; the class's went with the classes
+    await upgrade(empty_engine)
+    assert await schema_diff(empty_engine) == []

@@ -18,6 +18,7 @@ from gateway.domain.jobs.spec import (
     JobSpec,
     RestartPolicy,
     SpecLimits,
+    TerminationGrace,
     from_document,
     to_document,
 )
@@ -140,6 +141,23 @@ def test_the_design_example_stored_as_a_document_reads_back_equal() -> None:
     assert schema_check("JobSpec", document) == []
 
 
+def test_a_class_without_a_priority_leaves_it_to_the_submit_and_reads_back_so() -> None:
+    job = accepted(spec(priority_class="high"))
+    explicit = accepted(spec(priority_class="high", priority=900))
+
+    assert (job.priority, job.priority_class) == (None, "high")
+    assert (explicit.priority, explicit.priority_class) == (900, "high")
+    document = to_document(job)
+    assert "priority" not in document
+    assert accepted(document) == from_document(document) == job
+    assert schema_check("JobSpec", document) == []
+    assert accepted(spec()).priority_class is None
+    # A document stored before priority classes names none.
+    stored = to_document(accepted(spec()))
+    del stored["priority_class"]
+    assert from_document(stored) == accepted(spec())
+
+
 def test_defaults_are_filled_in() -> None:
     job = accepted(spec())
 
@@ -153,6 +171,7 @@ def test_defaults_are_filled_in() -> None:
     assert replica.resources.gpu_shares == 0
     assert replica.restart_policy is RestartPolicy.NEVER
     assert replica.port == 2222
+    assert replica.termination_grace_period_seconds is None  # the gateway's default
     assert to_document(job)["replicas"]["worker"]["resources"] == {
         "cpu": "1",
         "memory": "1Gi",
@@ -182,6 +201,75 @@ def test_the_replica_cap_comes_from_the_limits() -> None:
     assert pointers(tf(worker=one(3), ps=one(2)), limits) == ["/replicas"]
 
 
+GRACE = "/replicas/worker/termination_grace_period_seconds"
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 45, 300])
+def test_a_grace_period_from_0_to_the_maximum_is_the_replicas(seconds: int) -> None:
+    (replica,) = accepted(worker(termination_grace_period_seconds=seconds)).replicas
+
+    assert replica.termination_grace_period_seconds == seconds
+
+
+@pytest.mark.parametrize("seconds", [-1, 301, 10**30])
+def test_a_grace_period_below_0_or_above_the_maximum_is_refused_at_its_field(
+    seconds: int,
+) -> None:
+    result = check_job_spec(worker(termination_grace_period_seconds=seconds))
+
+    assert isinstance(result, list), result
+    (problem,) = result
+    assert problem.pointer == GRACE
+    if seconds < 0:
+        assert problem.detail == "must be 0 or more seconds"
+    else:
+        assert (
+            problem.detail
+            == "must be at most 300 seconds: the longest grace period an admin allows"
+        )
+
+
+def test_the_grace_period_cap_comes_from_the_limits() -> None:
+    limits = SpecLimits(max_termination_grace_seconds=60)
+
+    (replica,) = accepted(worker(termination_grace_period_seconds=60), limits).replicas
+    refused = check_job_spec(worker(termination_grace_period_seconds=61), limits)
+
+    assert replica.termination_grace_period_seconds == 60
+    assert isinstance(refused, list)
+    assert [(p.pointer, "at most 60 seconds" in p.detail) for p in refused] == [(GRACE, True)]
+
+
+def test_a_stored_document_without_a_grace_period_reads_back_as_the_default() -> None:
+    document = to_document(accepted(worker(termination_grace_period_seconds=45)))
+    assert document["replicas"]["worker"]["termination_grace_period_seconds"] == 45
+    del document["replicas"]["worker"]["termination_grace_period_seconds"]  # stored before it
+
+    (replica,) = from_document(document).replicas
+
+    assert replica.termination_grace_period_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("asked", "grace", "expected"),
+    [
+        (None, TerminationGrace(), 30),
+        (45, TerminationGrace(), 45),
+        (0, TerminationGrace(), 0),
+        (None, TerminationGrace(default_seconds=10, max_seconds=20), 10),
+        # Submitted before an admin lowered the cap: capped as it starts.
+        (45, TerminationGrace(default_seconds=10, max_seconds=20), 20),
+        (None, TerminationGrace(default_seconds=30, max_seconds=5), 5),
+    ],
+)
+def test_a_replicas_grace_is_its_own_else_the_default_never_above_the_cap(
+    asked: int | None, grace: TerminationGrace, expected: int
+) -> None:
+    (replica,) = accepted(worker(termination_grace_period_seconds=asked)).replicas
+
+    assert grace.of(replica) == expected
+
+
 # -- problems and their pointers ------------------------------------------------------------------
 
 
@@ -195,6 +283,8 @@ def test_the_replica_cap_comes_from_the_limits() -> None:
         pytest.param(spec(tenant="a_b"), ["/tenant"], id="tenant-underscore"),
         pytest.param(spec(framework="jax"), ["/framework"], id="framework-unknown"),
         pytest.param(spec(priority=1001), ["/priority"], id="priority-out-of-range"),
+        pytest.param(spec(priority_class="High"), ["/priority_class"], id="class-upper-case"),
+        pytest.param(spec(priority_class="a" * 64), ["/priority_class"], id="class-too-long"),
         pytest.param(spec(replicas={}), ["/replicas"], id="no-replicas"),
         pytest.param(tf(ps=one(2)), ["/replicas"], id="tensorflow-without-chief-or-worker"),
         pytest.param(
@@ -288,7 +378,7 @@ def test_problems_are_located_by_pointer(raw: object, expected: list[str]) -> No
     assert sorted(pointers(raw)) == sorted(expected)
 
 
-@pytest.mark.parametrize("field", ["count", "port"])
+@pytest.mark.parametrize("field", ["count", "port", "termination_grace_period_seconds"])
 def test_a_float_where_an_integer_belongs_is_a_problem_not_a_dropped_replica(field: str) -> None:
     """JSON Schema calls 2.0 an integer; the replica must not vanish from the accepted spec."""
     result = check_job_spec(worker(**{field: 2.0}))
@@ -355,6 +445,7 @@ replicas = st.fixed_dictionaries(
         "node_selector": st.dictionaries(label_keys, label_values, max_size=2),
         "tolerations": tolerations,
         "port": st.integers(min_value=1, max_value=65535),
+        "termination_grace_period_seconds": st.none() | st.integers(min_value=-2, max_value=400),
     },
 )
 roles = st.sampled_from(["chief", "master", "worker", "ps", "evaluator", "driver", "Bad", "x"])
@@ -367,6 +458,7 @@ well_typed_specs = st.fixed_dictionaries(
     optional={
         "framework": st.sampled_from(["tensorflow", "pytorch", "generic", "jax"]),
         "priority": st.integers(min_value=-1200, max_value=1200),
+        "priority_class": st.none() | st.sampled_from(["high", "batch", "Bad_Name", ""]),
         "run_policy": st.fixed_dictionaries(
             {},
             optional={
@@ -407,6 +499,7 @@ field_paths = st.sampled_from(
         ["tenant"],
         ["framework"],
         ["priority"],
+        ["priority_class"],
         ["replicas"],
         ["replicas", "worker"],
         ["replicas", "worker", "count"],
@@ -422,6 +515,7 @@ field_paths = st.sampled_from(
         ["replicas", "worker", "node_selector"],
         ["replicas", "worker", "tolerations"],
         ["replicas", "worker", "port"],
+        ["replicas", "worker", "termination_grace_period_seconds"],
         ["run_policy"],
         ["run_policy", "backoff_limit"],
         ["run_policy", "clean_pod_policy"],

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.pods import pod_name
-from gateway.domain.jobs.spec import JobSpec
+from gateway.domain.jobs.spec import JobSpec, TerminationGrace
 from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
 from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
@@ -53,6 +53,8 @@ SHARING_TOLERATION = {
     "effect": "NoSchedule",
 }
 GIB = 2**30
+#: The gateway's grace periods (its settings): a default of 20 s, at most 90 s.
+GRACE = TerminationGrace(default_seconds=20, max_seconds=90)
 
 
 def _spec(raw: dict[str, Any]) -> JobSpec:
@@ -80,6 +82,7 @@ TF_JOB = _spec(
                 "image": "reg/wd:1",
                 "resources": {"cpu": "8", "memory": "16Gi", "gpu": 2},
                 "exclusive_cpus": True,
+                "termination_grace_period_seconds": 120,
                 "node_selector": {"pool": "gpu", "accelerator": "a100"},
                 "tolerations": [
                     {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -144,6 +147,7 @@ def _pod(
     owner: Owner | None = OWNER,
     cluster_domain: str | None = None,
     attempt: int = 2,
+    grace: TerminationGrace = GRACE,
 ) -> dict[str, Any]:
     placement, mode = _plan(spec, role, index, plans)
     return pod_manifest(
@@ -156,6 +160,7 @@ def _pod(
         attempt=attempt,
         owner=owner,
         cluster_domain=cluster_domain,
+        grace=grace,
     )
 
 
@@ -264,6 +269,15 @@ def test_container_runs_the_replica_image_command_and_port() -> None:
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["enableServiceLinks"] is False
     assert not {"hostname", "subdomain", "schedulerName", "nodeName"} & set(pod["spec"])
+
+
+def test_a_pods_grace_period_is_its_replicas_else_the_default_never_above_the_cap() -> None:
+    assert _pod("ps")["spec"]["terminationGracePeriodSeconds"] == 20  # none of its own
+    # The worker asks for 120 s, above this gateway's cap (an admin lowered it since).
+    assert _pod("worker")["spec"]["terminationGracePeriodSeconds"] == 90
+    generous = TerminationGrace(default_seconds=30, max_seconds=300)
+    assert _pod("worker", grace=generous)["spec"]["terminationGracePeriodSeconds"] == 120
+    assert _pod("chief", grace=generous)["spec"]["terminationGracePeriodSeconds"] == 30
 
 
 def test_empty_command_and_args_are_left_to_the_image() -> None:
@@ -500,6 +514,7 @@ def test_resources_are_the_planned_amounts() -> None:
         attempt=0,
         owner=None,
         cluster_domain=None,
+        grace=GRACE,
     )
 
     assert _container(pod)["resources"]["requests"] == {"cpu": "1500m", "memory": str(3 * GIB + 1)}
@@ -628,6 +643,7 @@ def test_a_plan_that_disagrees_with_the_spec_is_refused(change: Any) -> None:
             attempt=0,
             owner=None,
             cluster_domain=None,
+            grace=GRACE,
         )
 
 

@@ -34,6 +34,8 @@ VARIABLES = (
     "MUSTER_BACKEND",
     "MUSTER_NODES_FILE",
     "MUSTER_SIMULATE_RUNS",
+    "MUSTER_TERMINATION_GRACE_SECONDS",
+    "MUSTER_MAX_TERMINATION_GRACE_SECONDS",
     "MUSTER_LOCAL_CPUS",
     "MUSTER_LOCAL_MEMORY",
     "MUSTER_LOCAL_GPUS",
@@ -72,6 +74,7 @@ VARIABLES = (
     "MUSTER_ADMISSION_INTERVAL",
     "MUSTER_STARVATION_SECONDS",
     "MUSTER_ADMISSION_BACKFILL",
+    "MUSTER_PREEMPTION_MIN_RUNTIME",
     "MUSTER_SHUTDOWN_GRACE",
     "MUSTER_LOG_LEVEL",
     "MUSTER_LOG_FORMAT",
@@ -104,6 +107,8 @@ def test_defaults() -> None:
     assert settings.api.body_timeout == 30.0
     assert settings.api.keepalive_timeout == 75.0
     assert settings.api.max_connections == 1000
+    assert settings.backend.termination_grace_seconds == 30
+    assert settings.backend.max_termination_grace_seconds == 300
     assert settings.logging.level == "INFO"
 
 
@@ -162,6 +167,12 @@ def test_help_shows_the_defaults_as_before() -> None:
         ({"MUSTER_DATA_DIR": "/var/lib/muster"}, "data_dir", Path("/var/lib/muster")),
         ({"MUSTER_DATABASE_URL": "postgresql://u@h/db"}, "database.url", "postgresql://u@h/db"),
         ({"MUSTER_BACKEND": "kubernetes"}, "backend.kind", "kubernetes"),
+        ({"MUSTER_TERMINATION_GRACE_SECONDS": "0"}, "backend.termination_grace_seconds", 0),
+        (
+            {"MUSTER_MAX_TERMINATION_GRACE_SECONDS": "3600"},
+            "backend.max_termination_grace_seconds",
+            3600,
+        ),
         ({"MUSTER_LOCAL_CPUS": "2.5"}, "local.cpus", 2.5),
         ({"MUSTER_LOCAL_MEMORY": "16Gi"}, "local.memory", "16Gi"),
         ({"MUSTER_LOCAL_GPUS": "2"}, "local.gpus", 2),
@@ -235,6 +246,9 @@ def test_command_line_flags_map_to_settings() -> None:
         ({"MUSTER_LOCAL_GPUS": "1.5"}, "MUSTER_LOCAL_GPUS"),
         ({"MUSTER_KUBE_QPS": "nan"}, "MUSTER_KUBE_QPS"),
         ({"MUSTER_KUBE_BURST": "0"}, "MUSTER_KUBE_BURST"),
+        ({"MUSTER_TERMINATION_GRACE_SECONDS": "-1"}, "MUSTER_TERMINATION_GRACE_SECONDS"),
+        ({"MUSTER_TERMINATION_GRACE_SECONDS": "2.5"}, "MUSTER_TERMINATION_GRACE_SECONDS"),
+        ({"MUSTER_MAX_TERMINATION_GRACE_SECONDS": "x"}, "MUSTER_MAX_TERMINATION_GRACE_SECONDS"),
         ({"MUSTER_ADMISSION_INTERVAL": "0"}, "MUSTER_ADMISSION_INTERVAL"),
         ({"MUSTER_LOG_LEVEL": "loud"}, "MUSTER_LOG_LEVEL"),
         ({"MUSTER_LOG_FORMAT": "xml"}, "MUSTER_LOG_FORMAT"),
@@ -255,6 +269,14 @@ def test_a_malformed_flag_is_a_config_error_naming_its_variable() -> None:
 def test_the_static_backend_needs_a_nodes_file() -> None:
     with pytest.raises(ConfigError, match="MUSTER_NODES_FILE"):
         Settings.load({**DATA, "MUSTER_BACKEND": "static"})
+
+
+def test_the_default_grace_period_may_not_exceed_the_maximum() -> None:
+    env = {**DATA, "MUSTER_MAX_TERMINATION_GRACE_SECONDS": "20"}
+    with pytest.raises(ConfigError, match="MUSTER_TERMINATION_GRACE_SECONDS=30 is more than"):
+        Settings.load(env)
+    settings = Settings.load({**env, "MUSTER_TERMINATION_GRACE_SECONDS": "20"})
+    assert settings.backend.termination_grace_seconds == 20
 
 
 def test_the_static_backend_with_a_nodes_file_loads() -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.api.schema import check as schema_check
 from gateway.domain.jobs.check import check_job_spec
-from gateway.domain.jobs.spec import JobSpec, RestartPolicy
+from gateway.domain.jobs.spec import JobSpec, RestartPolicy, SpecLimits
 from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.domain.jobs.tfjob_fields import API_VERSIONS, HARMLESS, REFUSED
 from gateway.domain.problems import FieldProblem
@@ -318,6 +318,35 @@ def test_tenant_comes_from_the_namespace_or_must_match_it() -> None:
     assert [p.pointer for p in problems(anonymous)] == ["/metadata/namespace"]
 
 
+def test_the_pods_grace_period_is_the_replicas_and_none_is_the_gateways_default() -> None:
+    document = manifest()
+    pod(document)["terminationGracePeriodSeconds"] = 120
+    graces = {r.role: r.termination_grace_period_seconds for r in checked(document).replicas}
+    assert graces == {"worker": 120, "ps": None}
+    # Kubernetes' own default, written out, is kept as the replica's own: the gateway's default
+    # may differ.
+    pod(document)["terminationGracePeriodSeconds"] = 30
+    assert translated(document)["replicas"]["worker"]["termination_grace_period_seconds"] == 30
+
+
+def test_a_grace_period_over_the_maximum_is_refused_at_the_tfjobs_pointer() -> None:
+    document = manifest()
+    pod(document)["terminationGracePeriodSeconds"] = 90
+    spec = translated(document)
+    result = check_job_spec(spec, SpecLimits(max_termination_grace_seconds=60))
+    assert isinstance(result, list), result
+    (problem,) = relocate_problems(document, result, tenant=None)
+    assert problem.pointer == f"{WORKER_POD}/terminationGracePeriodSeconds"
+    assert "at most 60 seconds" in problem.detail
+
+
+def test_v1alpha1_takes_the_grace_period_from_the_pod() -> None:
+    document = example("tfjob-v1alpha1.yaml")
+    document["spec"]["replicaSpecs"][0]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
+    replica = translated(document, "search")["replicas"]["chief"]
+    assert replica["termination_grace_period_seconds"] == 5
+
+
 def test_v1alpha1_takes_the_port_from_tf_port_and_restart_policy_from_the_pod() -> None:
     document = example("tfjob-v1alpha1.yaml")
     chief = document["spec"]["replicaSpecs"][0]
@@ -395,10 +424,20 @@ REFUSALS: dict[str, tuple[Change, str, str]] = {
         "/spec/enableDynamicWorker",
         "Muster does not support enableDynamicWorker",
     ),
-    "a scheduling policy": (
-        lambda d: d["spec"].update(runPolicy={"schedulingPolicy": {"minAvailable": 3}}),
-        "/spec/runPolicy/schedulingPolicy",
+    "a minimum below the gang": (
+        lambda d: d["spec"].update(runPolicy={"schedulingPolicy": {"minAvailable": 2}}),
+        "/spec/runPolicy/schedulingPolicy/minAvailable",
+        "Muster does not support minAvailable 2: it admits the whole gang of 3 pods",
+    ),
+    "a scheduling queue": (
+        lambda d: d["spec"].update(runPolicy={"schedulingPolicy": {"queue": "research"}}),
+        "/spec/runPolicy/schedulingPolicy/queue",
         "Muster does gang admission itself",
+    ),
+    "a scheduling policy that is no object": (
+        lambda d: d["spec"].update(runPolicy={"schedulingPolicy": "gang"}),
+        "/spec/runPolicy/schedulingPolicy",
+        "must be an object",
     ),
     "suspend": (
         lambda d: d["spec"].update(runPolicy={"suspend": True}),
@@ -505,6 +544,10 @@ PARTS: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], str]]] = {
     "metadata": lambda d: (d["metadata"], "/metadata"),
     "spec": lambda d: (d["spec"], "/spec"),
     "runPolicy": lambda d: (d["spec"].setdefault("runPolicy", {}), "/spec/runPolicy"),
+    "schedulingPolicy": lambda d: (
+        d["spec"].setdefault("runPolicy", {}).setdefault("schedulingPolicy", {}),
+        "/spec/runPolicy/schedulingPolicy",
+    ),
     "pod": lambda d: (pod(d), WORKER_POD),
     "container": lambda d: (container(d), WORKER_CONTAINER),
     "env": lambda d: (
@@ -553,7 +596,7 @@ HARMLESS_CASES: dict[str, Change] = {
     "not suspended": lambda d: d["spec"].update(runPolicy={"suspend": False}),
     "an empty security context": lambda d: pod(d).update(securityContext={}),
     "the default service account": lambda d: pod(d).update(serviceAccountName="default"),
-    "the default grace period": lambda d: pod(d).update(terminationGracePeriodSeconds=30),
+    "no grace period": lambda d: pod(d).update(terminationGracePeriodSeconds=None),
 }
 IGNORED_CASES: dict[str, Change] = {
     "status": lambda d: d.update(status={"conditions": []}),
@@ -663,6 +706,18 @@ RELOCATED: dict[str, tuple[Change, str]] = {
         "/spec/runPolicy/cleanPodPolicy",
     ),
     "a bad name": (lambda d: d["metadata"].update(name="Wide_Deep"), "/metadata/name"),
+    "a grace period above the admin's maximum": (
+        lambda d: pod(d).update(terminationGracePeriodSeconds=301),
+        f"{WORKER_POD}/terminationGracePeriodSeconds",
+    ),
+    "a negative grace period": (
+        lambda d: pod(d).update(terminationGracePeriodSeconds=-1),
+        f"{WORKER_POD}/terminationGracePeriodSeconds",
+    ),
+    "a grace period of the wrong type": (
+        lambda d: pod(d).update(terminationGracePeriodSeconds="30s"),
+        f"{WORKER_POD}/terminationGracePeriodSeconds",
+    ),
     "no replicas": (lambda d: d["spec"].update(tfReplicaSpecs={}), "/spec/tfReplicaSpecs"),
 }
 
@@ -715,6 +770,7 @@ POD = _maybe(
     nodeSelector=JSON,
     tolerations=JSON,
     restartPolicy=st.sampled_from(["Never", "OnFailure"]) | JSON,
+    terminationGracePeriodSeconds=st.integers(-1, 400) | JSON,
     volumes=JSON,
     hostNetwork=JSON,
 )
@@ -796,6 +852,7 @@ NEAR_REPLICA = st.fixed_dictionaries(
                             ),
                             max_size=2,
                         ),
+                        "terminationGracePeriodSeconds": st.sampled_from([None, 0, 30, 301, -1]),
                     },
                 )
             }
@@ -872,3 +929,129 @@ def test_translation_never_raises_on_any_json_under_a_tfjob_envelope(
         result = translate_tfjob(document, tenant=None)
         assert isinstance(result, dict | list)
         assert is_tfjob(document)
+
+
+# -- priority classes ------------------------------------------------------------------------------
+
+
+def _scheduling(document: dict[str, Any], **policy: Any) -> None:
+    document["spec"].setdefault("runPolicy", {})["schedulingPolicy"] = policy
+
+
+def _ps_pod(document: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = document["spec"]["tfReplicaSpecs"]["PS"]["template"]["spec"]
+    return spec
+
+
+def test_the_scheduling_policys_priority_class_is_the_jobs() -> None:
+    document = manifest()
+    _scheduling(document, priorityClass="high")
+
+    assert translated(document)["priority_class"] == "high"
+    spec = checked(document)
+    assert (spec.priority_class, spec.priority) == ("high", None)  # the class's, at submit
+
+
+def test_a_priority_class_named_by_every_pod_is_the_jobs() -> None:
+    document = manifest()
+    pod(document)["priorityClassName"] = "high"
+    _ps_pod(document)["priorityClassName"] = "high"
+
+    assert translated(document)["priority_class"] == "high"
+    _scheduling(document, priorityClass="high", minAvailable=3)
+    assert translated(document)["priority_class"] == "high"
+
+
+def test_no_class_anywhere_leaves_the_spec_without_one() -> None:
+    document = manifest()
+    _scheduling(document, priorityClass="", minAvailable=3, queue="", minResources={})
+    pod(document)["priorityClassName"] = ""
+
+    assert translated(document) == translated(manifest())
+    assert "priority_class" not in translated(document)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        pytest.param(
+            lambda d: pod(d).update(priorityClassName="high"),
+            "/spec/tfReplicaSpecs/PS/template/spec/priorityClassName",
+            id="one-pod-names-a-class-another-none",
+        ),
+        pytest.param(
+            lambda d: (
+                pod(d).update(priorityClassName="high"),
+                _ps_pod(d).update(priorityClassName="low"),
+            ),
+            "/spec/tfReplicaSpecs/PS/template/spec/priorityClassName",
+            id="two-pods-name-two-classes",
+        ),
+        pytest.param(
+            lambda d: (
+                _scheduling(d, priorityClass="high"),
+                pod(d).update(priorityClassName="low"),
+                _ps_pod(d).update(priorityClassName="low"),
+            ),
+            f"{WORKER_POD}/priorityClassName",
+            id="the-pods-name-another-class-than-the-scheduling-policy",
+        ),
+    ],
+)
+def test_a_gang_whose_pods_would_run_at_different_priorities_is_refused(
+    change: Change, where: str
+) -> None:
+    document = manifest()
+    change(document)
+
+    found = problems(document)
+
+    assert where in [p.pointer for p in found], found
+    assert "every pod of a gang runs at one priority" in found[0].detail
+
+
+@pytest.mark.parametrize(
+    ("policy", "where"),
+    [
+        ({"minAvailable": 1}, "minAvailable"),
+        ({"minAvailable": "3"}, "minAvailable"),
+        ({"queue": "research"}, "queue"),
+        ({"minResources": {"cpu": "1"}}, "minResources"),
+        ({"scheduleTimeoutSeconds": 60}, "scheduleTimeoutSeconds"),
+        ({"gangSize": 3}, "gangSize"),
+    ],
+)
+def test_other_scheduling_policy_fields_are_refused_unless_they_change_nothing(
+    policy: dict[str, Any], where: str
+) -> None:
+    document = manifest()
+    _scheduling(document, priorityClass="high", **policy)
+
+    assert [p.pointer for p in problems(document)] == [f"/spec/runPolicy/schedulingPolicy/{where}"]
+
+
+def test_a_bad_class_name_is_refused_at_the_manifests_field() -> None:
+    document = manifest()
+    _scheduling(document, priorityClass="Not_A_Label")
+    pointers = [p.pointer for p in spec_problems(document)]
+    assert pointers == ["/spec/runPolicy/schedulingPolicy/priorityClass"]
+
+    document = manifest()
+    pod(document)["priorityClassName"] = _ps_pod(document)["priorityClassName"] = "x" * 64
+    assert [p.pointer for p in spec_problems(document)] == [f"{WORKER_POD}/priorityClassName"]
+
+
+def test_pod_priorities_stay_refused() -> None:
+    document = manifest()
+    pod(document)["priority"] = 1000
+    found = problems(document)
+    assert [p.pointer for p in found] == [f"{WORKER_POD}/priority"]
+    assert "priority class" in found[0].detail
+
+
+def test_the_v1alpha1_pods_may_name_a_class() -> None:
+    document = example("tfjob-v1alpha1.yaml")
+    for replica in document["spec"]["replicaSpecs"]:
+        replica["template"]["spec"]["priorityClassName"] = "high"
+
+    assert checked(document, tenant="search").priority_class == "high"

@@ -300,6 +300,14 @@ def test_a_snapshot_reads_back_as_the_job_the_api_renders() -> None:
     assert (job.state, job.framework, job.labels) == ("queued", "pytorch", {"team": "ranking"})
 
 
+def test_a_snapshot_carries_the_jobs_priority_class_and_an_older_one_had_none() -> None:
+    classed = job_from_snapshot(_snapshot(priority_class="high", preemptible=False))
+    older = job_from_snapshot(_snapshot())  # written before priority classes
+
+    assert (classed.priority_class, classed.preemptible) == ("high", False)
+    assert (older.priority_class, older.preemptible) == (None, True)
+
+
 def test_a_queue_place_is_read_only_while_the_job_is_queued() -> None:
     placed = _snapshot(queue_position=3, tenant_queue_position=1)
 

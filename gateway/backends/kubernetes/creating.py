@@ -15,8 +15,9 @@ object is read:
 - it carries this job's ``muster.dev/job-id`` (and, for a pod, this attempt's
   ``muster.dev/attempt``): success, nothing is written;
 - it is a pod of this job that is still terminating, or of an earlier attempt: it is not this
-  attempt's replica. An earlier attempt's pod is deleted; either way the pod is created on a
-  later reconcile pass, once the name is free (the reconciler sees it missing until then);
+  attempt's replica. An earlier attempt's pod is deleted (given its own grace period); either
+  way the pod is created on a later reconcile pass, once the name is free (the reconciler sees
+  it missing until then);
 - anything else (another job's, or no Muster job's): ``KubernetesNameTaken``, naming both jobs;
   the object is never overwritten.
 """
@@ -30,7 +31,8 @@ from typing import Any
 
 from gateway.backends.base import Gang
 from gateway.backends.kubernetes.client import Kube
-from gateway.backends.kubernetes.deleting import delete_object, object_path
+from gateway.backends.kubernetes.deleting import delete_object, grace_period, object_path
+from gateway.domain.jobs.spec import TerminationGrace
 from gateway.domain.manifests.kubernetes import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -121,6 +123,7 @@ async def create_gang(
     *,
     gpu_modes: Mapping[str, GpuMode],
     cluster_domain: str | None,
+    grace: TerminationGrace,
 ) -> None:
     """Create the Service and Pod of each replica in ``names``; see the module docstring."""
     by_name = {p.pod_name: p for p in gang.placements}
@@ -141,6 +144,7 @@ async def create_gang(
                 owner=owner,
                 gpu_mode=gpu_modes.get(by_name[name].node) or fallback_gpu_mode(by_name[name]),
                 cluster_domain=cluster_domain,
+                grace=grace,
             )
             for name in names
         ),
@@ -165,6 +169,7 @@ async def _create_replica(
     owner: Owner,
     gpu_mode: GpuMode,
     cluster_domain: str | None,
+    grace: TerminationGrace,
 ) -> None:
     service = service_manifest(
         gang.spec,
@@ -188,6 +193,7 @@ async def _create_replica(
         attempt=gang.attempt,
         owner=owner,
         cluster_domain=cluster_domain,
+        grace=grace,
     )
     await _create(kube, "pods", pod, gang, attempt=gang.attempt)
 
@@ -242,6 +248,7 @@ async def _create(
             name,
             job_id=gang.job_id,
             uid=uid if isinstance(uid, str) else None,
+            grace_seconds=grace_period(existing),
         )
     else:
         log.warning(

@@ -5,6 +5,11 @@ namespace could own an object of that name. A deletion therefore checks the obje
 ``muster.dev/job-id`` label first and then deletes with a uid precondition, so an object that was
 replaced in between (by another job, or by this job's next attempt) is never the one removed.
 
+A pod is deleted with ``gracePeriodSeconds`` set to its own ``spec.terminationGracePeriodSeconds``
+(the replica's grace period, rendered into it at creation), as last seen in a listing or read
+here: the API server then gives it exactly that, whatever default it would apply otherwise.
+A pod whose grace is not known is deleted without one, and gets its own from the API server.
+
 Invariants: deleting what is gone succeeds (404); a precondition that no longer holds (409)
 also succeeds, since the object meant is gone; another job's object is left alone.
 """
@@ -12,13 +17,14 @@ also succeeds, since the object meant is gone; another job's object is left alon
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.backends.kubernetes.client import Kube
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 from gateway.errors import KubernetesConflict, KubernetesNotFound
 
-__all__ = ["delete_object", "object_path"]
+__all__ = ["delete_object", "grace_period", "object_path"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +35,30 @@ def object_path(plural: str, namespace: str, name: str | None = None) -> str:
     return path if name is None else f"{path}/{name}"
 
 
+def grace_period(obj: Mapping[str, Any]) -> int | None:
+    """A pod's own ``spec.terminationGracePeriodSeconds``; None when it has none (or not a
+    number of seconds)."""
+    spec = obj.get("spec")
+    seconds = spec.get("terminationGracePeriodSeconds") if isinstance(spec, Mapping) else None
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds >= 0:
+        return seconds
+    return None
+
+
 async def delete_object(
-    kube: Kube, plural: str, namespace: str, name: str, *, job_id: str, uid: str | None = None
+    kube: Kube,
+    plural: str,
+    namespace: str,
+    name: str,
+    *,
+    job_id: str,
+    uid: str | None = None,
+    grace_seconds: int | None = None,
 ) -> None:
     """Delete ``plural/name`` in ``namespace`` if it belongs to ``job_id``.
 
-    ``uid`` is the object as last seen (from a listing); without it the object is read first.
+    ``uid`` is the object as last seen (from a listing), and ``grace_seconds`` a pod's own grace
+    period as seen there; without ``uid`` the object is read first, and a pod's grace with it.
     """
     path = object_path(plural, namespace, name)
     if uid is None:
@@ -55,6 +79,8 @@ async def delete_object(
             )
             return
         uid = metadata.get("uid")
+        if grace_seconds is None:
+            grace_seconds = grace_period(existing)
     options: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "DeleteOptions",
@@ -62,6 +88,8 @@ async def delete_object(
     }
     if uid:
         options["preconditions"] = {"uid": uid}
+    if plural == "pods" and grace_seconds is not None:
+        options["gracePeriodSeconds"] = grace_seconds
     try:
         await kube.delete(path, options)
     except KubernetesNotFound:

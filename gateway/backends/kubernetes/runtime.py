@@ -4,8 +4,10 @@
   (checked again on each object: the selector only trims the transfer) and maps each through
   ``observing.pod_status``, with node readiness from the ``NodeCache``.
 - ``create`` renders and creates the gang's objects (``creating.create_gang``) with each pod's
-  GPU mode taken from its planned node.
-- ``delete`` removes the replica's Pod and its Service (``deleting.delete_object``).
+  GPU mode taken from its planned node, and its grace period from its replica's spec
+  (``TerminationGrace``: the gateway's default and cap).
+- ``delete`` removes the replica's Pod, with the grace period in its spec as last listed, and its
+  Service (``deleting.delete_object``).
 - ``logs`` streams the pod's log (``follow`` keeps it open until the container ends).
 - ``close`` closes the API client, which this runtime owns.
 
@@ -26,9 +28,10 @@ from kubernetes_asyncio.client import ApiClient
 from gateway.backends.base import Gang, PodStatus, PodWatchers
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.creating import create_gang
-from gateway.backends.kubernetes.deleting import delete_object, object_path
+from gateway.backends.kubernetes.deleting import delete_object, grace_period, object_path
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.observing import pod_status
+from gateway.domain.jobs.spec import TerminationGrace
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
 from gateway.errors import KubernetesInvalid, KubernetesNotFound
 
@@ -47,14 +50,16 @@ class KubernetesRuntime(PodWatchers):
         *,
         cluster_domain: str | None = None,
         nodes: NodeCache | None = None,
+        grace: TerminationGrace | None = None,
     ) -> None:
         super().__init__()
         self.api = api
         self.cluster_domain = cluster_domain
+        self.grace = grace if grace is not None else TerminationGrace()
         self._kube = Kube(api)
         self._nodes = nodes if nodes is not None else NodeCache(api)
-        # (job id, pod name) -> (namespace, uid), from the last observe().
-        self._pods: dict[tuple[str, str], tuple[str, str | None]] = {}
+        # (job id, pod name) -> (namespace, uid, grace period), from the last observe().
+        self._pods: dict[tuple[str, str], tuple[str, str | None, int | None]] = {}
         # job id -> namespace, from observe() and create().
         self._namespaces: dict[str, str] = {}
 
@@ -66,7 +71,7 @@ class KubernetesRuntime(PodWatchers):
         pods = await self._kube.list("/api/v1/pods", label_selector=MANAGED)
         nodes = await self._nodes.get()
         found: dict[tuple[str, str], PodStatus] = {}
-        where: dict[tuple[str, str], tuple[str, str | None]] = {}
+        where: dict[tuple[str, str], tuple[str, str | None, int | None]] = {}
         namespaces: dict[str, str] = {}
         for pod in pods:
             status = pod_status(pod, nodes)
@@ -78,7 +83,7 @@ class KubernetesRuntime(PodWatchers):
                 continue
             key = (status.job_id, status.name)
             found[key] = status
-            where[key] = (namespace, metadata.get("uid") or None)
+            where[key] = (namespace, metadata.get("uid") or None, grace_period(pod))
             namespaces[status.job_id] = namespace
         self._pods = where
         self._namespaces = namespaces
@@ -93,6 +98,7 @@ class KubernetesRuntime(PodWatchers):
             names,
             gpu_modes={name: node.gpu_mode for name, node in nodes.items()},
             cluster_domain=self.cluster_domain,
+            grace=self.grace,
         )
 
     async def delete(self, job_id: str, name: str) -> None:
@@ -104,8 +110,12 @@ class KubernetesRuntime(PodWatchers):
         else:
             namespaces = await self._find_namespaces(job_id, name)
         for namespace in namespaces:
-            uid = seen[1] if seen is not None and seen[0] == namespace else None
-            await delete_object(self._kube, "pods", namespace, name, job_id=job_id, uid=uid)
+            # Known from the listing, the pod is deleted as seen there; else it is read first.
+            listed = seen is not None and seen[0] == namespace
+            uid, grace = (seen[1], seen[2]) if seen is not None and listed else (None, None)
+            await delete_object(
+                self._kube, "pods", namespace, name, job_id=job_id, uid=uid, grace_seconds=grace
+            )
             await delete_object(self._kube, "services", namespace, name, job_id=job_id)
 
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:

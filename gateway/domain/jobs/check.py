@@ -2,9 +2,12 @@
 
 The JSON Schema in ``openapi/openapi.yaml`` checks the shape of a body (types, required and unknown
 fields). This check says what a schema cannot say well: Kubernetes quantities, GPU fractions,
-which roles a framework allows, DNS names, the replica cap, and the names Muster itself owns.
-The job's own fields (name, tenant, framework, priority, run policy, callback, labels) are checked
-here; each replica in ``gateway.domain.jobs.check_replicas``.
+which roles a framework allows, DNS names, the replica cap, the cap on grace periods (both set
+by an admin, passed in as ``SpecLimits``), and the names Muster itself owns.
+The job's own fields (name, tenant, framework, priority and priority class, run policy, callback,
+labels) are checked here; each replica in ``gateway.domain.jobs.check_replicas``. Whether the
+tenant may use the priority class, and so the priority, is the submit's to say (it needs the
+tenant's grants: ``gateway.domain.scheduling.priority.resolve``).
 
 Invariants:
 - ``check_job_spec`` never raises on any JSON value; it returns every problem it finds, each with a
@@ -70,7 +73,11 @@ def _check_spec(c: Checker, raw: Mapping[str, Any]) -> JobSpec | None:
                 f"unknown framework {framework_raw!r}; use one of "
                 + ", ".join(f.value for f in Framework),
             )
-    priority = raw.get("priority", 0)
+    priority_class = raw.get("priority_class")
+    if isinstance(priority_class, str) and not DNS_1123_LABEL.fullmatch(priority_class):
+        c.add(pointer("priority_class"), f"{priority_class!r} is not a DNS-1123 label")
+    # A job that names a class and no priority gets the class's value when it is submitted.
+    priority = raw.get("priority", 0 if priority_class is None else None)
     low, high = PRIORITY_RANGE
     if isinstance(priority, int) and not isinstance(priority, bool) and not low <= priority <= high:
         c.add(pointer("priority"), f"must be between {low} and {high}")
@@ -80,7 +87,11 @@ def _check_spec(c: Checker, raw: Mapping[str, Any]) -> JobSpec | None:
     labels = check_labels(c, raw.get("labels", {}), ("labels",))
     if c.problems or framework is None or replicas is None or run_policy is None:
         return None
-    if not isinstance(name, str) or not isinstance(tenant, str) or not isinstance(priority, int):
+    if not isinstance(name, str) or not isinstance(tenant, str):
+        return None
+    if priority_class is not None and not isinstance(priority_class, str):
+        return None
+    if not isinstance(priority, int) and (priority is not None or priority_class is None):
         return None
     if labels is None:
         return None
@@ -89,6 +100,7 @@ def _check_spec(c: Checker, raw: Mapping[str, Any]) -> JobSpec | None:
         tenant=tenant,
         framework=framework,
         priority=priority,
+        priority_class=priority_class,
         replicas=replicas,
         run_policy=run_policy,
         callback=callback,

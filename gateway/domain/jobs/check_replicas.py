@@ -5,6 +5,8 @@ Invariants:
 - A role is a DNS-1035 label of at most 20 characters, and one the job's framework allows;
   chief, master and evaluator are singletons in a TensorFlow or PyTorch job.
 - The pods of all replicas together are at most ``SpecLimits.max_replicas``.
+- A replica's grace period is 0 to ``SpecLimits.max_termination_grace_seconds`` seconds (the most
+  an admin allows), or absent: the gateway's default.
 - A replica is never dropped silently: when it cannot be typed, a problem says so, so a spec
   missing a replica is never accepted.
 - Amounts are parsed into Muster's units with the defaults filled in; CPU and memory are never
@@ -106,7 +108,7 @@ def _check_replica(
     if not is_mapping(raw):
         return None
     ok = True
-    for key in ("count", "port"):
+    for key in ("count", "port", "termination_grace_period_seconds"):
         if isinstance(raw.get(key), float):
             c.add(pointer(*where, key), "must be a whole number written without a fraction")
             ok = False
@@ -142,6 +144,8 @@ def _check_replica(
         c, raw.get("node_selector", {}), (*where, "node_selector"), allow_reserved=True
     )
     tolerations = _check_tolerations(c, raw.get("tolerations", []), (*where, "tolerations"))
+    grace = raw.get("termination_grace_period_seconds")
+    grace_ok = _check_grace(c, grace, where)
     port = raw.get("port", DEFAULT_PORT)
     command, args = raw.get("command", []), raw.get("args", [])
     if not (
@@ -157,6 +161,7 @@ def _check_replica(
         and _strings(command)
         and _strings(args)
         and isinstance(exclusive, bool)
+        and grace_ok
     ):
         return None
     return ReplicaSpec(
@@ -172,7 +177,25 @@ def _check_replica(
         node_selector=selector,
         tolerations=tolerations,
         port=port,
+        termination_grace_period_seconds=grace,
     )
+
+
+def _check_grace(c: Checker, raw: object, where: tuple[str, ...]) -> bool:
+    """Whether the replica's grace period is absent (None) or a good number of seconds."""
+    if raw is None:
+        return True
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        return False  # the schema reports the type (a float was reported above)
+    at = pointer(*where, "termination_grace_period_seconds")
+    most = c.limits.max_termination_grace_seconds
+    if raw < 0:
+        c.add(at, "must be 0 or more seconds")
+        return False
+    if raw > most:
+        c.add(at, f"must be at most {most} seconds: the longest grace period an admin allows")
+        return False
+    return True
 
 
 def _strings(value: object) -> bool:

@@ -6,10 +6,16 @@ them back into JSON.
 Invariants:
 - Values are frozen and keyword-only; a ``JobSpec`` is complete: every default is filled in,
   every amount is an integer in Muster's units (see ``gateway.domain.resources``), and replicas
-  are in a stable order (by role name).
+  are in a stable order (by role name). One default waits for the submit: a spec that names a
+  ``priority_class`` and no ``priority`` has priority None until its submit gives it the
+  class's value (``gateway.domain.scheduling.priority.resolve``); a stored spec always has one.
 - ``to_document`` of a ``JobSpec`` is a spec that ``check_job_spec`` accepts and maps to an equal
   ``JobSpec``, and ``from_document`` reads it back to an equal ``JobSpec`` without the check:
-  what is stored can always be read back, one way.
+  what is stored can always be read back, one way. A document stored before a replica had a
+  ``termination_grace_period_seconds`` reads back as None there (the gateway's default).
+- A replica's grace period (how long it has between SIGTERM and SIGKILL when it is stopped) is
+  its own, else the gateway's default, and never more than the most an admin allows:
+  ``TerminationGrace.of`` is that rule's one home, for every backend.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ DEFAULT_CPU = "1"
 DEFAULT_MEMORY = "1Gi"
 DEFAULT_PORT = 2222
 PRIORITY_RANGE = (-1000, 1000)
+#: The grace period of a replica that gives none (Kubernetes' own default) and the most a replica
+#: may ask for, unless settings say otherwise.
+DEFAULT_TERMINATION_GRACE_SECONDS = 30
+MAX_TERMINATION_GRACE_SECONDS = 300
 
 
 class Framework(StrEnum):
@@ -67,6 +77,7 @@ class CallbackEvent(StrEnum):
     FAILED = "job.failed"
     CANCELLED = "job.cancelled"
     REQUEUED = "job.requeued"
+    PREEMPTED = "job.preempted"
 
 
 DEFAULT_CALLBACK_EVENTS = (CallbackEvent.SUCCEEDED, CallbackEvent.FAILED, CallbackEvent.CANCELLED)
@@ -78,6 +89,7 @@ class SpecLimits:
 
     max_replicas: int = 512
     max_priority: int = PRIORITY_RANGE[1]
+    max_termination_grace_seconds: int = MAX_TERMINATION_GRACE_SECONDS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -103,6 +115,24 @@ class ReplicaSpec:
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
     port: int = DEFAULT_PORT
+    #: Seconds between SIGTERM and SIGKILL when the replica is stopped; None: the gateway's.
+    termination_grace_period_seconds: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TerminationGrace:
+    """How long a stopped replica has between SIGTERM and SIGKILL: its own grace period, else
+    ``default_seconds``, and never more than ``max_seconds``. Both come from settings and are
+    passed to the backends, which apply this as a replica starts (a Kubernetes pod carries it in
+    its spec, a local replica in its record) and honour what the replica started with when it
+    is stopped: lowering the cap caps the replicas of jobs submitted before, as they start."""
+
+    default_seconds: int = DEFAULT_TERMINATION_GRACE_SECONDS
+    max_seconds: int = MAX_TERMINATION_GRACE_SECONDS
+
+    def of(self, replica: ReplicaSpec) -> int:
+        asked = replica.termination_grace_period_seconds
+        return min(self.default_seconds if asked is None else asked, self.max_seconds)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,7 +155,9 @@ class JobSpec:
     name: str
     tenant: str
     framework: Framework
-    priority: int = 0
+    priority: int | None = 0
+    #: The priority class the job names (None: none); its value becomes the job's priority.
+    priority_class: str | None = None
     replicas: tuple[ReplicaSpec, ...]
     run_policy: RunPolicy = field(default_factory=RunPolicy)
     callback: Callback | None = None
@@ -148,12 +180,15 @@ class JobSpec:
 
 
 def to_document(spec: JobSpec) -> dict[str, Any]:
-    """The spec as JSON with every default filled in: what Muster stores and returns."""
+    """The spec as JSON with every default filled in: what Muster stores and returns. A priority
+    left to the class (None, before the submit resolves it) is left out."""
+    priority = {} if spec.priority is None else {"priority": spec.priority}
     return {
         "name": spec.name,
         "tenant": spec.tenant,
         "framework": spec.framework.value,
-        "priority": spec.priority,
+        **priority,
+        "priority_class": spec.priority_class,
         "replicas": {r.role: _replica_document(r) for r in spec.replicas},
         "run_policy": {
             "backoff_limit": spec.run_policy.backoff_limit,
@@ -175,6 +210,7 @@ def from_document(document: Mapping[str, Any]) -> JobSpec:
     A stored document is ``to_document``'s output for a spec checked at submit, so it is read,
     not checked again (the reconciler and every admission cycle read specs; a check is for
     untrusted input). Quantities are parsed through the memo of ``gateway.domain.resources``.
+    A document stored before priority classes has no ``priority_class``: it names none.
     """
     run = document["run_policy"]
     callback = document["callback"]
@@ -182,7 +218,8 @@ def from_document(document: Mapping[str, Any]) -> JobSpec:
         name=document["name"],
         tenant=document["tenant"],
         framework=Framework(document["framework"]),
-        priority=document["priority"],
+        priority=document.get("priority"),
+        priority_class=document.get("priority_class"),
         replicas=tuple(
             _replica_of(role, document["replicas"][role]) for role in sorted(document["replicas"])
         ),
@@ -230,6 +267,8 @@ def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
             for t in doc["tolerations"]
         ),
         port=doc["port"],
+        # Absent from documents stored before replicas had a grace period of their own.
+        termination_grace_period_seconds=doc.get("termination_grace_period_seconds"),
     )
 
 
@@ -250,6 +289,7 @@ def _replica_document(r: ReplicaSpec) -> dict[str, Any]:
         "node_selector": dict(r.node_selector),
         "tolerations": [_toleration_document(t) for t in r.tolerations],
         "port": r.port,
+        "termination_grace_period_seconds": r.termination_grace_period_seconds,
     }
 
 

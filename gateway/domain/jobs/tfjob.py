@@ -21,6 +21,12 @@ Invariants:
 - Defaults are the operator's where Muster has the same one (1 replica, ``restartPolicy`` Never,
   port 2222, ``cleanPodPolicy`` Running); where the TFJob has none, Muster's apply
   (``backoffLimit`` 3). A replica type with ``replicas: 0`` runs no pod and is left out.
+- A gang runs at one priority: the job's priority class is
+  ``spec.runPolicy.schedulingPolicy.priorityClass`` and every replica's pod
+  ``priorityClassName``, which must all name the same class where given (a replica that names
+  none, beside one that names a class, differs from it). Whether the tenant may use it is the
+  submit's to say, as for any job spec. ``schedulingPolicy.minAvailable`` passes only as the size
+  of the whole gang, which is what Muster admits.
 """
 
 from __future__ import annotations
@@ -41,7 +47,10 @@ from gateway.domain.jobs.tfjob_fields import (
     Where,
 )
 from gateway.domain.jobs.tfjob_replica import translate_replica
-from gateway.domain.problems import FieldProblem
+from gateway.domain.problems import FieldProblem, pointer
+
+#: A replica's pod spec, with where it sits in the manifest.
+_Pod = tuple[Where, Mapping[Any, Any]]
 
 
 def is_tfjob(document: object) -> bool:
@@ -115,18 +124,23 @@ def _translate(document: Mapping[str, Any], tenant: str | None) -> Translation:
     spec["framework"] = "tensorflow"
     # 3. The replicas and run policy, in the form of the manifest's version.
     body = t.mapping(document.get("spec"), ("spec",), required=True)
+    pods: list[_Pod] = []
+    scheduling: Mapping[Any, Any] = {}
     if api_version == LIST_FORM_VERSION:
         t.screen("spec (v1alpha1)", body, ("spec",))
-        spec["replicas"] = _list_form_replicas(t, body)
+        spec["replicas"] = _list_form_replicas(t, body, pods)
         spec["run_policy"] = {}
         t.came_from(("run_policy",), ("spec",))
     elif _supported(api_version):
         t.screen("spec", body, ("spec",))
-        spec["replicas"] = _map_form_replicas(t, body)
+        spec["replicas"] = _map_form_replicas(t, body, pods)
         spec["run_policy"] = _run_policy(t, body)
+        scheduling = _scheduling_policy(t, body, spec["replicas"])
     labels = metadata.get("labels")
     spec["labels"] = {} if labels is None else copy.deepcopy(labels)
     t.came_from(("labels",), ("metadata", "labels"), same_shape=True)
+    # 4. The priority class, which the whole gang shares.
+    _priority_class(t, scheduling, pods, spec)
     if not t.problems:
         t.spec = spec
     return t
@@ -154,7 +168,7 @@ def _metadata(
         spec["tenant"] = tenant
 
 
-def _map_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
+def _map_form_replicas(t: Translation, body: Mapping[Any, Any], pods: list[_Pod]) -> dict[str, Any]:
     at: Where = ("spec", "tfReplicaSpecs")
     t.came_from(("replicas",), at)
     replicas: dict[str, Any] = {}
@@ -176,7 +190,8 @@ def _map_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any
         t.screen("replica", raw, where)
         if _none_wanted(raw):
             continue
-        replica, _ = translate_replica(t, role, raw, where, port_name=PORT_NAME)
+        replica, pod = translate_replica(t, role, raw, where, port_name=PORT_NAME)
+        _keep_pod(pods, where, pod)
         restart = raw.get("restartPolicy")
         replica["restart_policy"] = "Never" if restart is None else copy.deepcopy(restart)
         if restart is not None:
@@ -185,7 +200,9 @@ def _map_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any
     return replicas
 
 
-def _list_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
+def _list_form_replicas(
+    t: Translation, body: Mapping[Any, Any], pods: list[_Pod]
+) -> dict[str, Any]:
     at: Where = ("spec", "replicaSpecs")
     t.came_from(("replicas",), at)
     replicas: dict[str, Any] = {}
@@ -207,6 +224,7 @@ def _list_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, An
             continue
         # v1alpha1 takes the TF port from tfPort, never from the container's ports.
         replica, pod = translate_replica(t, role, raw, where, port_name=None)
+        _keep_pod(pods, where, pod)
         # v1alpha1 runs the pod's own restart policy; later versions have one per replica type.
         restart = pod.get("restartPolicy")
         replica["restart_policy"] = "Never" if restart is None else copy.deepcopy(restart)
@@ -221,6 +239,13 @@ def _list_form_replicas(t: Translation, body: Mapping[Any, Any]) -> dict[str, An
     if replicas:
         _termination_policy(t, body, replicas)
     return replicas
+
+
+def _keep_pod(pods: list[_Pod], where: Where, pod: Mapping[Any, Any]) -> None:
+    """Keep a replica's pod spec for its priority class. An empty one (or none) is left out: it
+    names no class, and having no container, it is refused anyway."""
+    if pod:
+        pods.append(((*where, "template", "spec"), pod))
 
 
 def _none_wanted(raw: Mapping[Any, Any]) -> bool:
@@ -271,3 +296,59 @@ def _run_policy(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
         run_policy["success_policy"] = copy.deepcopy(success)
         t.came_from(("run_policy", "success_policy"), ("spec", "successPolicy"))
     return run_policy
+
+
+def _scheduling_policy(
+    t: Translation, body: Mapping[Any, Any], replicas: Mapping[str, Any]
+) -> Mapping[Any, Any]:
+    """spec.runPolicy.schedulingPolicy (v1): its priorityClass is taken by ``_priority_class``;
+    minAvailable passes only as the size of the whole gang; the rest is refused."""
+    policy_at: Where = ("spec", "runPolicy")
+    nested = body.get("runPolicy")
+    raw = nested.get("schedulingPolicy") if isinstance(nested, Mapping) else None
+    at: Where = (*policy_at, "schedulingPolicy")
+    policy = t.mapping(raw, at)
+    t.screen("schedulingPolicy", policy, at)
+    minimum = policy.get("minAvailable")
+    counts = [replica.get("count") for replica in replicas.values()]
+    if minimum is not None and all(type(count) is int for count in counts):
+        gang = sum(counts)
+        if type(minimum) is not int or minimum != gang:
+            t.add(
+                (*at, "minAvailable"),
+                f"Muster does not support minAvailable {minimum!r}: it admits the whole gang of "
+                f"{gang} pods or none of it (leave minAvailable out, or make it {gang})",
+            )
+    return policy
+
+
+def _priority_class(
+    t: Translation, scheduling: Mapping[Any, Any], pods: Sequence[_Pod], spec: dict[str, Any]
+) -> None:
+    """The job's priority class: schedulingPolicy.priorityClass and each replica's
+    priorityClassName, which must name the same class wherever one is named (an empty name is
+    none, as in Kubernetes)."""
+    named: list[tuple[Where, object]] = []
+    wanted = scheduling.get("priorityClass")
+    if wanted not in (None, ""):
+        named.append((("spec", "runPolicy", "schedulingPolicy", "priorityClass"), wanted))
+    in_pods = [((*at, "priorityClassName"), pod.get("priorityClassName")) for at, pod in pods]
+    if any(value not in (None, "") for _, value in in_pods):
+        # Once one replica names a class, every one must: a pod without it runs at another.
+        named += [(at, None if value == "" else value) for at, value in in_pods]
+    if not named:
+        return
+    first_at, first = named[0]
+    for at, value in named[1:]:
+        if type(value) is not type(first) or value != first:
+            t.add(
+                at,
+                f"{_names(value)}, but {pointer(*first_at)} {_names(first)}: every pod of a "
+                "gang runs at one priority",
+            )
+    spec["priority_class"] = copy.deepcopy(first)
+    t.came_from(("priority_class",), first_at)
+
+
+def _names(value: object) -> str:
+    return "names no priority class" if value is None else f"names priority class {value!r}"

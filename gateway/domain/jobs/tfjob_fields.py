@@ -61,12 +61,24 @@ HONOURED: Mapping[str, frozenset[str]] = {
     "metadata": frozenset({"name", "namespace", "labels"}),
     "spec": frozenset({"tfReplicaSpecs", "runPolicy", "successPolicy", *RUN_POLICY_FIELDS}),
     "spec (v1alpha1)": frozenset({"replicaSpecs", "terminationPolicy"}),
-    "runPolicy": frozenset(RUN_POLICY_FIELDS),
+    "runPolicy": frozenset({*RUN_POLICY_FIELDS, "schedulingPolicy"}),
+    # priorityClass is the job's priority class; minAvailable passes only as the whole gang.
+    "schedulingPolicy": frozenset({"priorityClass", "minAvailable"}),
     "replica": frozenset({"replicas", "restartPolicy", "template"}),
     "replica (v1alpha1)": frozenset({"replicas", "tfReplicaType", "tfPort", "template"}),
     "template": frozenset({"spec"}),
     # restartPolicy of the pod is honoured in v1alpha1; later versions take the replica's.
-    "pod": frozenset({"containers", "nodeSelector", "tolerations", "restartPolicy"}),
+    # priorityClassName is the job's priority class, when every replica names the same one.
+    "pod": frozenset(
+        {
+            "containers",
+            "nodeSelector",
+            "tolerations",
+            "restartPolicy",
+            "terminationGracePeriodSeconds",
+            "priorityClassName",
+        }
+    ),
     "container": frozenset(
         {"name", "image", "imagePullPolicy", "command", "args", "env", "resources", "ports"}
     ),
@@ -121,10 +133,11 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
     "metadata": {"generateName": "Muster needs metadata.name"},
     "spec": {"enableDynamicWorker": "a gang's size is fixed"},
     "spec (v1alpha1)": {"schedulerName": _PLACEMENT},
-    "runPolicy": {
-        "schedulingPolicy": "Muster does gang admission itself, with its own queues and the job "
-        "spec's priority",
-        "suspend": "a job is queued as soon as it is submitted",
+    "runPolicy": {"suspend": "a job is queued as soon as it is submitted"},
+    "schedulingPolicy": {
+        "queue": "Muster does gang admission itself, with a queue per tenant",
+        "minResources": "Muster admits a gang when every one of its pods fits, never part of it",
+        "scheduleTimeoutSeconds": "a job waits in its queue until it is admitted or cancelled",
     },
     "pod": {
         "volumes": _NO_VOLUMES,
@@ -134,8 +147,9 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
             ("affinity", "nodeName", "topologySpreadConstraints", "schedulerName"), _PLACEMENT
         ),
         **dict.fromkeys(
-            ("priorityClassName", "priority", "preemptionPolicy"),
-            "Muster orders and preempts jobs by the job spec's priority",
+            ("priority", "preemptionPolicy"),
+            "Muster orders and preempts jobs by their priority class (priorityClassName, or "
+            "spec.runPolicy.schedulingPolicy.priorityClass), which an admin grants the tenant",
         ),
         **dict.fromkeys(
             ("hostNetwork", "hostPID", "hostIPC"),
@@ -148,7 +162,6 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
         ),
         "imagePullSecrets": "give them to the namespace's default service account instead",
         "activeDeadlineSeconds": "use spec.runPolicy.activeDeadlineSeconds, for the whole job",
-        "terminationGracePeriodSeconds": "pods get the default grace period of 30 seconds",
         "runtimeClassName": "pods use the node's default container runtime",
         **dict.fromkeys(
             ("dnsPolicy", "dnsConfig", "hostAliases", "hostname", "subdomain", "setHostnameAsFQDN"),
@@ -184,7 +197,6 @@ HARMLESS: Mapping[str, tuple[object, ...]] = {
     "serviceAccountName": ("default",),
     "serviceAccount": ("default",),
     "automountServiceAccountToken": (True,),
-    "terminationGracePeriodSeconds": (30,),
     "dnsPolicy": ("ClusterFirst",),
     "hostPort": (0,),
 }

@@ -9,6 +9,8 @@ Invariants kept here:
 
 - Exactly one container, the one named ``tensorflow``, becomes the replica; every other container
   is refused as a sidecar, and a second ``tensorflow`` container is refused too.
+- The pod's ``terminationGracePeriodSeconds`` becomes the replica's grace period (null: the
+  gateway's default).
 - Resources come from limits, else requests, per resource; ``nvidia.com/gpu`` must be a whole
   number of devices, as in Kubernetes. Whole CPUs requested at their limit are exclusive.
 - An ``imagePullPolicy`` other than Kubernetes' default for the image is refused: another policy
@@ -42,7 +44,12 @@ def translate_replica(
     pod_at = (*where, "template", "spec")
     pod = t.mapping(template.get("spec"), pod_at, required="template" in raw)
     t.screen("pod", pod, pod_at)
-    for name, source in (("node_selector", "nodeSelector"), ("tolerations", "tolerations")):
+    for name, source in (
+        ("node_selector", "nodeSelector"),
+        ("tolerations", "tolerations"),
+        # Checked against the admin's cap by check_job_spec, whose problem points back here.
+        ("termination_grace_period_seconds", "terminationGracePeriodSeconds"),
+    ):
         if pod.get(source) is not None:
             replica[name] = copy.deepcopy(pod[source])
             t.came_from((*spec_at, name), (*pod_at, source), same_shape=True)

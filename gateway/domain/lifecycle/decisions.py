@@ -114,8 +114,10 @@ class JobView:
     id: str
     state: JobState
     spec: JobSpec
-    attempt: int = 0  # evictions so far
+    attempt: int = 0  # evictions and preemptions so far
     restarts: int = 0  # pod restarts already spent in this attempt
+    # Preemptions among the attempts: not the job's fault, so not counted against the limit.
+    preemptions: int = 0
     admitted_at: float
     started_at: float | None = None
     cancelled: bool = False
@@ -399,20 +401,22 @@ def _evict(
     job: JobView, eviction: tuple[Reason, str], existing: tuple[str, ...], now: float, limit: int
 ) -> Decision:
     reason, detail = eviction
-    if job.attempt + 1 > limit:
+    # Preemptions requeue a job too, but they are not its fault: they do not count.
+    evictions = max(job.attempt - job.preemptions, 0)
+    if evictions + 1 > limit:
         return Decision(
             transition=JobState.FAILED,
             reason=Reason.REQUEUE_LIMIT_EXCEEDED,
-            message=f"{detail}; the job was requeued {_plural(job.attempt, 'time')} already, "
+            message=f"{detail}; the job was requeued {_plural(evictions, 'time')} already, "
             f"and its limit is {limit}",
             delete=existing,
         )
-    backoff = requeue_backoff(job.attempt)
+    backoff = requeue_backoff(evictions)
     return Decision(
         transition=JobState.QUEUED,
         reason=reason,
         message=f"{detail}; the gang is evicted and requeued, to wait {backoff:.0f} s "
-        f"(requeue {job.attempt + 1} of {limit})",
+        f"(requeue {evictions + 1} of {limit})",
         delete=existing,
         requeue_not_before=now + backoff,
     )

@@ -42,7 +42,8 @@ class Job:
 
     ``reason`` and ``message`` say why it is in its state (a waiting reason while queued, the
     lifecycle's or a client's words after a change); ``spec`` is the stored document, and
-    ``labels`` its labels.
+    ``labels`` its labels. ``priority_class`` is the class it was submitted with (None: none),
+    and ``preemptible`` whether it may be preempted: both, like ``priority``, fixed at submit.
     """
 
     id: str
@@ -53,6 +54,8 @@ class Job:
     reason: str | None
     message: str | None
     priority: int
+    priority_class: str | None
+    preemptible: bool
     attempt: int
     labels: Mapping[str, str]
     spec: Mapping[str, Any]
@@ -102,6 +105,7 @@ class ActiveJob:
     started_at: datetime | None
     namespace: str
     placements: tuple[Placement, ...]
+    preemptions: int = 0  # of its attempts, those that ended in a preemption
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -16,6 +16,10 @@ for TFJobs and PyTorchJobs find the pods and services where they expect them:
 - Ownership: the parent ConfigMap owns every pod and service of the job, so deleting it
   garbage-collects the whole job in one call.
 
+Stopping: each pod's ``terminationGracePeriodSeconds`` is its replica's grace period, else the
+gateway's default, capped by the most an admin allows (``TerminationGrace``, passed in: nothing
+here reads settings). Deleting the pod later asks for the same grace (``deleting.py``).
+
 Placement: Muster has already checked fit, so each pod is pinned to its planned node by a required
 node affinity on ``kubernetes.io/hostname`` and left to the default scheduler to bind. Parameter
 servers also prefer distinct nodes through a pod anti-affinity, as placement did.
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.domain.jobs.pods import MAX_NAME, pod_name
-from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, Toleration
+from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, TerminationGrace, Toleration
 from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
 from gateway.domain.resources import format_cpu, format_memory
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode
@@ -188,8 +192,10 @@ def pod_manifest(
     attempt: int,
     owner: Owner | None,
     cluster_domain: str | None,
+    grace: TerminationGrace,
 ) -> dict[str, Any]:
-    """The Pod of one replica, pinned to its planned node (whose GPU mode is ``gpu_mode``)."""
+    """The Pod of one replica, pinned to its planned node (whose GPU mode is ``gpu_mode``), given
+    the grace period ``grace`` says for its replica."""
     replica = _replica(spec, plan.role, plan.index)
     if plan.pod_name != pod_name(spec.name, plan.role, plan.index):
         raise ValueError(
@@ -229,6 +235,8 @@ def pod_manifest(
         # limit, as the operator does for ExitCode: kubelet must not restart them behind its back,
         # or exit codes and restart counts would never reach the lifecycle decisions.
         "restartPolicy": "Never",
+        # Between SIGTERM and SIGKILL when the pod is deleted (cancelled, preempted, evicted).
+        "terminationGracePeriodSeconds": grace.of(replica),
         # Service links add variables for every Service in the namespace: a large gang would get
         # thousands, and they could shadow the contract's own.
         "enableServiceLinks": False,
