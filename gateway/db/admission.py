@@ -562,26 +562,12 @@ async def write_plan(
     queue: LeaderQueue,
     guards: Mapping[str, Guard] | None = None,
 ) -> tuple[list[str], list[tuple[str, str, str]]]:
-    """Persist preemptions (the victims requeued, guarded by ``guards``), admissions (state,
-    placements, events) and the reasons that changed; the ids admitted and the reasons written
-    (id, reason, message). A victim that changed since it was read (it ended) holds nothing
-    any more, which is all its preemption was for."""
+    """Persist admissions (state, placements, events), then preemptions (the victims requeued,
+    guarded by ``guards``, each only if its preemptor was admitted), and the reasons that
+    changed; the ids admitted and the reasons written (id, reason, message). A victim that
+    changed since it was read (it ended) holds nothing any more, which is all its preemption
+    was for."""
     admitted_ids: list[str] = []
-    if result.preempted:
-        known = guards or {}
-        requeues = [
-            preemption_change(p, known[p.job_id], now)
-            for p in result.preempted
-            if p.job_id in known
-        ]
-        by_state: dict[JobState, list[Change]] = {}
-        for change in requeues:
-            by_state.setdefault(change.from_state, []).append(change)
-        for changes in by_state.values():
-            moved = await move(conn, JobState.QUEUED, changes, now=now)
-            for change in changes:
-                if change.job_id in moved:
-                    log.info("job %s preempted: %s", change.job_id, change.message)
     if result.admitted:
         columns: dict[str, list[Any]] = {
             k: []
@@ -633,6 +619,24 @@ async def write_plan(
         if admitted_ids:
             await conn.execute(_PLACE, {**columns, "admitted": admitted_ids})
             await conn.execute(text(notify_sql(Channel.ADMITTED)))
+    if result.preempted:
+        # After the admissions: a victim is preempted only if its preemptor was admitted (one
+        # cancelled since the queue was read is not, and then neither are its victims).
+        known = guards or {}
+        admitted = set(admitted_ids)
+        requeues = [
+            preemption_change(p, known[p.job_id], now)
+            for p in result.preempted
+            if p.job_id in known and p.preemptor in admitted
+        ]
+        by_state: dict[JobState, list[Change]] = {}
+        for change in requeues:
+            by_state.setdefault(change.from_state, []).append(change)
+        for changes in by_state.values():
+            moved = await move(conn, JobState.QUEUED, changes, now=now)
+            for change in changes:
+                if change.job_id in moved:
+                    log.info("job %s preempted: %s", change.job_id, change.message)
     # Only reasons that moved are written: a stable queue costs nothing.
     changed = [
         (w.job_id, w.reason.value, w.message)

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db.admission import LeaderQueue, run_cycle
+from gateway.db.admission import LeaderQueue, load_live, load_snapshot, run_cycle, write_plan
+from gateway.domain.scheduling.admission import plan
 from gateway.domain.scheduling.nodes import Node
 from tests.integration.helpers import QUOTA
 from tests.integration.test_admission_cycle import Clock, job
@@ -187,3 +188,30 @@ async def test_an_unknown_preemption_policy_is_refused_and_changes_nothing(
     refused = await api.patch("/v1/admin/tenants/search", json={"preemption_policy": "always"})
     assert refused.status == 422
     assert (await api.get("/v1/admin/tenants/search")).body["preemption_policy"] == "never"
+
+
+async def test_no_gang_is_preempted_for_a_preemptor_cancelled_before_the_plan_is_written(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await setup_cohort(api)
+    big = (await api.post("/v1/jobs", json=job("big", workers=8))).body
+    assert (await cycle_at(engine, nodes, START)).admitted == (big["id"],)
+    mine = (await api.post("/v1/jobs", json=job("mine", workers=2, tenant="ads"))).body
+    queue = LeaderQueue()
+    async with engine.begin() as conn:
+        await queue.catch_up(conn)
+        live = await load_live(conn)
+        snapshot = await load_snapshot(
+            conn, nodes, now=START + MIN_RUNTIME + 1, starvation_seconds=3600, live=live
+        )
+    decided = plan(snapshot, queue.jobs)
+    assert [p.job_id for p in decided.preempted] == [big["id"]]
+    # The preemptor is cancelled after the cycle read the queue, before it writes.
+    assert (await api.post(f"/v1/jobs/{mine['id']}/cancel")).status == 200
+
+    async with engine.begin() as conn:
+        admitted, _ = await write_plan(conn, START + MIN_RUNTIME + 1, decided, queue, live.guards)
+
+    assert admitted == []
+    victim = (await api.get(f"/v1/jobs/{big['id']}")).body
+    assert (victim["state"], victim["attempt"]) == ("admitted", 0)
