@@ -603,3 +603,32 @@ def test_resources_of_a_gang_add_up_its_placements() -> None:
     gang = running("g", "n", pods=3, cpu=2, mem_gib=1, borrowed_cpu=1)
     assert gang.demand == Resources(cpu_millis=6000, memory_bytes=3 << 30, gpu_shares=0)
     assert gang.borrows
+
+
+def test_jobs_blocked_before_a_preemption_in_the_same_cycle_get_their_reason() -> None:
+    """A gang is built on one cycle state's pod classes; a preemption replaces that state, and
+    the reasons of jobs blocked before it are settled on the new one (a saved Hypothesis example
+    once found them read against the old classes)."""
+    gangs = [running("a-big", "n2", tenant="a", cpu=4, borrowed_cpu=2, admitted_at=0)]
+    zone = {"zone": "a"}
+    snap = snapshot(
+        [
+            node("n0", cpu=3, gpus=0, labels=zone),
+            node("n1", cpu=3, gpus=0, labels=zone),
+            node("n2", cpu=4, gpus=0),
+        ],
+        [
+            cpu_job("x-small", 1, tenant="x", priority=9),
+            job("x-wide", pod(cpu=4, mem_gib=0, selector=zone), tenant="x", priority=8),
+            cpu_job("b-1", 2, tenant="b"),
+        ],
+        tenants=[tenant("x"), member("a", 2, gangs=gangs), member("b", 2)],
+        gangs=gangs,
+        now=100,
+    )
+    result = plan(snap)
+    assert preempted(result) == {"a-big": ("b-1", PreemptionReason.RECLAIM)}
+    assert admitted(result) == {"x-small", "b-1"}
+    (wide,) = result.waiting
+    assert (wide.job_id, wide.reason) == ("x-wide", PendingReason.INSUFFICIENT_CAPACITY)
+    assert violations(snap, result) == []

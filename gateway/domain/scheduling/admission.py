@@ -456,6 +456,9 @@ class _Cycle:
             index = self._node_index()
             state.capacity.block(index[name] for name in self.reserved)
         self.cluster = state
+        # Gangs are built on one cluster's classes: those of blocked jobs are built again on
+        # this one when their reason is settled.
+        self.blocked_gangs.clear()
         self._admit(job, demand, gang.order, hits)
         return True
 
