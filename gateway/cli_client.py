@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.cli_token import own_token
 from gateway.client import Client, load_documents
+from gateway.domain.jobs.kubeflow import MANIFEST_KINDS
 from gateway.domain.lifecycle.states import JobState
 from gateway.errors import (
     ApiProblem,
@@ -75,7 +76,9 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         return sub
 
     submit = command(
-        "submit", _submit, "submit Muster job specs or Kubeflow TFJobs (several: in batches)"
+        "submit",
+        _submit,
+        "submit Muster job specs, Kubeflow TFJobs or PyTorchJobs (several: in batches)",
     )
     submit.add_argument(
         "files",
@@ -83,7 +86,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="FILE",
         help="a spec, YAML (documents separated by ---) or JSON; - reads stdin",
     )
-    submit.add_argument("--tenant", help="the tenant, for a spec or TFJob that names none")
+    submit.add_argument("--tenant", help="the tenant, for a spec or manifest that names none")
     submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
@@ -156,8 +159,9 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
         for number, document in enumerate(found, start=1):
             where = source if len(found) == 1 else f"{source} (document {number})"
             documents.append((where, _with_tenant(document, args.tenant, where)))
-    # A TFJob has no tenant field: it travels in the query.
-    query_tenant = args.tenant if any(d.get("kind") == "TFJob" for _, d in documents) else None
+    # A TFJob or PyTorchJob has no tenant field: it travels in the query.
+    manifests = any(d.get("kind") in MANIFEST_KINDS for _, d in documents)
+    query_tenant = args.tenant if manifests else None
     if len(documents) == 1:
         job = client.submit_job(
             documents[0][1], tenant=query_tenant, idempotency_key=args.idempotency_key
@@ -213,8 +217,9 @@ def _batches(items: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 
 def _with_tenant(document: dict[str, Any], tenant: str | None, where: str) -> dict[str, Any]:
-    """A spec with ``--tenant`` filled in where it names none (a TFJob is left as it is)."""
-    if document.get("kind") != "TFJob" and tenant is not None:
+    """A spec with ``--tenant`` filled in where it names none (a TFJob or PyTorchJob is left as
+    it is)."""
+    if document.get("kind") not in MANIFEST_KINDS and tenant is not None:
         named = document.setdefault("tenant", tenant)
         if named != tenant:
             raise BadDocument(f"{where} names tenant {named!r} but --tenant says {tenant!r}")

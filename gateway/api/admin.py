@@ -21,6 +21,7 @@ from gateway.db import audit as audit_log
 from gateway.db import grants as grant_store
 from gateway.db import tenants as tenant_store
 from gateway.db.jobs import decode_cursor, encode_cursor
+from gateway.domain.jobs.policy import policy_of
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
@@ -95,6 +96,8 @@ def tenant_settings(
                 current.preemption_policy if current else PreemptionPolicy.NEVER,
             )
         ),
+        # Keys left out keep their current values (a new tenant's: the defaults).
+        pod_policy=policy_of(body.get("pod_policy") or {}, current.pod_policy if current else None),
     )
 
 

@@ -1,7 +1,7 @@
 """POST /v1/jobs:batch: up to 1,000 jobs in one request, each answered on its own, all of them
 written in one transaction.
 
-The body is ``{"jobs": [{"idempotency_key": "...", "job": <a job spec or a TFJob>}, ...]}``
+The body is ``{"jobs": [{"idempotency_key": "...", "job": <a job spec or manifest>}, ...]}``
 (``JobBatch`` in the OpenAPI document, which bounds the count), at most
 MUSTER_MAX_BATCH_BODY_BYTES. The answer is 200 with ``{"items": [...]}``, one item per job in the
 request's order: its status and its Job, or its status and its problem.

@@ -27,9 +27,10 @@ from gateway.db import tenants as tenant_store
 from gateway.db.submits import never_runs, request_hash
 from gateway.domain.access import Action
 from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.kubeflow import manifest_kind, relocate_problems, translate_manifest
 from gateway.domain.jobs.pods import pod_name, pod_requests
+from gateway.domain.jobs.policy import needs_policy, policy_problems
 from gateway.domain.jobs.spec import JobSpec, from_document
-from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import LABEL_KEY, LABEL_VALUE
 from gateway.domain.problems import FieldProblem
@@ -80,36 +81,38 @@ def idempotency_key_ok(key: str) -> bool:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CheckedSubmit:
     """A job that passed every check of a submit made before anything is written: the spec and
-    pods to write and, for a TFJob, the manifest (without its namespace) and tenant its
-    refusals point into."""
+    pods to write and, for a Kubeflow manifest (a TFJob or PyTorchJob), its kind, the manifest
+    (without its namespace) and tenant its refusals point into."""
 
     spec: JobSpec
     pods: tuple[PodRequest, ...]
+    kind: str | None = None
     manifest: dict[str, Any] | None = None
     tenant: str | None = None
 
     def refusal(self, exc: ClientError) -> ClientError:
-        """``exc``, the cluster's or the tenant's limits refusing the job; for a TFJob, pointing
-        into the manifest the client sent (a TFJob has no priority of its own, so a priority
-        problem points at the whole manifest)."""
-        if self.manifest is None or not isinstance(exc, ValidationFailed):
+        """``exc``, the cluster's or the tenant's limits refusing the job; for a manifest,
+        pointing into the manifest the client sent (a TFJob or PyTorchJob has no priority of its
+        own, so a priority problem points at the whole manifest)."""
+        if self.kind is None or self.manifest is None or not isinstance(exc, ValidationFailed):
             return exc
-        relocated = relocate_problems(self.manifest, exc.problems, tenant=self.tenant)
+        relocated = relocate_problems(self.kind, self.manifest, exc.problems, tenant=self.tenant)
         return ValidationFailed(relocated, detail=exc.detail)
 
 
 async def check_submit(
     request: web.Request, body: Any, *, seen: dict[str, list[tuple[str, str]]] | None = None
 ) -> CheckedSubmit:
-    """The checks of one submitted job (``body``, a job spec or a TFJob), each raising its
+    """The checks of one submitted job (``body``, a job spec, TFJob or PyTorchJob), each raising its
     refusal: its tenant and the caller's role there, its shape against the OpenAPI schema and
-    its meaning in the core, the callback's address, and the cluster's nodes. POST /v1/jobs
+    its meaning in the core, the callback's address, its pod fields against the runtime and the
+    tenant's pod policy, and the cluster's nodes. POST /v1/jobs
     makes them for its body, POST /v1/jobs:batch for each of its jobs, passing ``seen``: what
     the nodes said of each set of pods already checked (a sweep's jobs mostly share theirs)."""
     missing_tenant = None
-    tfjob = is_tfjob(body)
-    if tfjob:
-        document, tenant = await _from_tfjob(request, body)
+    kind = manifest_kind(body)
+    if kind is not None:
+        document, tenant = await _from_manifest(request, kind, body)
     else:
         (document, missing_tenant), tenant = _with_tenant(request, body), None
     _check_submitter(request, document)
@@ -123,17 +126,19 @@ async def check_submit(
     else:
         # The SSRF guard's check of the callback URL: a setting, so the shell's to make.
         problems += webhooks.callback_problems(request.app[SETTINGS], meaning)
+        problems += await _pod_problems(request, meaning)
     if missing_tenant is not None:
         problems = [p for p in problems if p.pointer not in ("/tenant", "")] + [missing_tenant]
     if problems or isinstance(meaning, list):
         problems = problems or (meaning if isinstance(meaning, list) else [])
-        if tfjob:  # point into the manifest the client sent
-            problems = relocate_problems(_without_namespace(body), problems, tenant=tenant)
+        if kind is not None:  # point into the manifest the client sent
+            problems = relocate_problems(kind, _without_namespace(body), problems, tenant=tenant)
         raise ValidationFailed(problems)
     checked = CheckedSubmit(
         spec=meaning,
         pods=pod_requests(meaning),
-        manifest=_without_namespace(body) if tfjob else None,
+        kind=kind,
+        manifest=_without_namespace(body) if kind is not None else None,
         tenant=tenant,
     )
     # A job that can never run is refused before any statement; its tenant's quota is read with
@@ -147,6 +152,22 @@ async def check_submit(
     if impossible:
         raise checked.refusal(never_runs(impossible))
     return checked
+
+
+async def _pod_problems(request: web.Request, spec: JobSpec) -> list[FieldProblem]:
+    """What the runtime cannot run of the spec's pod fields, and what the tenant's pod policy
+    refuses. A spec without pod fields or tolerations passes both, without a statement. The
+    policy is read before the job is written, in another transaction: a submit racing an
+    admin's change is judged by the policy before it."""
+    if not needs_policy(spec):
+        return []
+    runtime = request.app[RUNTIME]
+    problems = [] if runtime is None else list(runtime.unsupported(spec))
+    try:
+        tenant = await tenant_store.get(request.app[ENGINE], spec.tenant)
+    except NotFound:
+        return problems  # the submit reports the tenant
+    return problems + policy_problems(spec, tenant.settings.pod_policy)
 
 
 @routes.get("/v1/jobs")
@@ -210,11 +231,11 @@ def _check_submitter(request: web.Request, document: Any) -> None:
         raise Forbidden(refusal)
 
 
-async def _from_tfjob(
-    request: web.Request, manifest: Mapping[str, Any]
+async def _from_manifest(
+    request: web.Request, kind: str, manifest: Mapping[str, Any]
 ) -> tuple[dict[str, Any], str]:
-    """A Kubeflow TFJob -> a Muster job spec. The tenant is ?tenant=, else the tenant that owns
-    the manifest's metadata.namespace."""
+    """A Kubeflow TFJob or PyTorchJob -> a Muster job spec. The tenant is ?tenant=, else the
+    tenant that owns the manifest's metadata.namespace."""
     tenant = request.query.get("tenant")
     metadata = manifest.get("metadata")
     namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
@@ -224,7 +245,7 @@ async def _from_tfjob(
                 [
                     FieldProblem(
                         pointer="/metadata/namespace",
-                        detail="a TFJob needs metadata.namespace (its tenant's) or ?tenant=",
+                        detail=f"a {kind} needs metadata.namespace (its tenant's) or ?tenant=",
                     )
                 ]
             )
@@ -238,7 +259,7 @@ async def _from_tfjob(
                     )
                 ]
             )
-    translated = translate_tfjob(_without_namespace(manifest), tenant=tenant)
+    translated = translate_manifest(kind, _without_namespace(manifest), tenant=tenant)
     if isinstance(translated, list):
         raise ValidationFailed(translated)
     return translated, tenant

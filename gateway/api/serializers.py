@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.domain.jobs.policy import policy_document
 from gateway.domain.lifecycle.records import Job, JobEvent
 from gateway.domain.resources import Resources, format_cpu, format_gpu, format_memory
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
@@ -127,6 +128,7 @@ def tenant_view(tenant: Tenant) -> dict[str, Any]:
         "max_priority": settings.max_priority,
         "priority_classes": list(settings.priority_classes),
         "preemption_policy": settings.preemption_policy.value,
+        "pod_policy": policy_document(settings.pod_policy),
         "created_at": timestamp(tenant.created_at),
         "updated_at": timestamp(tenant.updated_at),
     }

@@ -17,6 +17,7 @@ from gateway.domain.scheduling.queueing import Placement
 if TYPE_CHECKING:  # annotations only: keeps this interface importable on its own
     from gateway.domain.jobs.spec import JobSpec
     from gateway.domain.lifecycle.decisions import ReplicaPhase
+    from gateway.domain.problems import FieldProblem
 
 
 class Inventory(Protocol):
@@ -94,6 +95,11 @@ class Runtime(Protocol):
     def refusal(self, tenant: str) -> str | None:
         """Why this runtime will not run ``tenant``'s jobs (a local gateway that cannot isolate
         them), or None."""
+        ...
+
+    def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
+        """The pod fields of ``spec`` this runtime cannot honour, each pointing at its field
+        (the submit refuses them with 422)."""
         ...
 
     def on_change(self, callback: Callable[[], None]) -> None:

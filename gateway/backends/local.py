@@ -72,8 +72,10 @@ from gateway.backends.sandbox import (
     instance_name,
     process_env,
 )
-from gateway.domain.jobs.spec import TerminationGrace
+from gateway.domain.jobs.policy import kubernetes_only
+from gateway.domain.jobs.spec import JobSpec, TerminationGrace
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
+from gateway.domain.problems import FieldProblem
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.domain.scheduling.queueing import Placement
@@ -234,6 +236,10 @@ class LocalRuntime(PodWatchers):
     def refusal(self, tenant: str) -> str | None:
         """Why ``tenant``'s jobs may not run here (an unisolated gateway), or None."""
         return self.isolation.refusal(tenant)
+
+    def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
+        """Replicas run as processes: every pod field needs the Kubernetes backend."""
+        return kubernetes_only(spec)
 
     def _pod_dir(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / job_id / str(attempt)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from gateway.backends.base import Gang, Inventory, PodStatus, PodWatchers
 from gateway.domain.jobs.spec import JobSpec
 from gateway.domain.lifecycle.decisions import ReplicaPhase
+from gateway.domain.problems import FieldProblem
 
 _SLEEP = re.compile(r"sleep\s+(\d+(?:\.\d*)?|\.\d+)")
 
@@ -138,6 +139,10 @@ class SimulatedRuntime(PodWatchers):
 
     def refusal(self, tenant: str) -> str | None:
         return None
+
+    def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
+        """A simulated cluster runs no containers: it takes every pod field, as Kubernetes."""
+        return []
 
 
 def _argv(spec: JobSpec, gang: Gang, pod_name: str) -> tuple[str, ...]:

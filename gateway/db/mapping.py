@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from gateway.domain.access import Grant, GrantKind, Role
+from gateway.domain.jobs.policy import PodPolicy, policy_of
 from gateway.domain.jobs.spec import CallbackEvent, CleanPodPolicy, Framework
 from gateway.domain.lifecycle.records import ActiveJob, Job, JobEvent, PodOwner, QueuePlace
 from gateway.domain.lifecycle.states import EventType, JobState
@@ -240,7 +243,13 @@ def tenant_settings_of(row: Row) -> TenantSettings:
         cohort=cohort_terms_of(row),
         priority_classes=tuple(sorted(row["priority_classes"] or ())),
         preemption_policy=PreemptionPolicy(row["preemption_policy"]),
+        pod_policy=pod_policy_of(row["pod_policy"]),
     )
+
+
+def pod_policy_of(stored: str | Mapping[str, Any]) -> PodPolicy:
+    """A tenants row's pod_policy (jsonb, which text statements read as text)."""
+    return policy_of(orjson.loads(stored) if isinstance(stored, str) else stored)
 
 
 def tenant_of(row: Row) -> Tenant:

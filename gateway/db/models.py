@@ -137,6 +137,7 @@ class Tenant(Base):
         CheckConstraint(
             "preemption_policy IN ('never', 'lower_priority')", name="preemption_policy_known"
         ),
+        CheckConstraint("jsonb_typeof(pod_policy) = 'object'", name="pod_policy_object"),
     )
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -167,6 +168,11 @@ class Tenant(Base):
     # (gateway.domain.scheduling.preemption): 'never' or 'lower_priority'.
     preemption_policy: Mapped[str] = mapped_column(
         Text, nullable=False, server_default=text("'never'")
+    )
+    # What the tenant's pods may reach (gateway.domain.jobs.policy.policy_document); a key left
+    # out has its default, so '{}' is the default policy.
+    pod_policy: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
     webhook_secret: Mapped[str] = mapped_column(Text, nullable=False)
     # The secret before the last rotation; deliveries are signed with both for an overlap.

@@ -34,6 +34,7 @@ from gateway.db.mapping import (
     tenant_status_of,
     usage_of,
 )
+from gateway.domain.jobs.policy import policy_document
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.cohorts import Limits
 from gateway.domain.scheduling.quota import RESOURCES, TenantUsage
@@ -45,6 +46,7 @@ from gateway.domain.tenants import (
     standings_of,
 )
 from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.jsontext import json_text
 
 #: The columns a tenant's settings are written to (besides its name and secret).
 _SETTINGS_COLUMNS = (
@@ -55,10 +57,19 @@ _SETTINGS_COLUMNS = (
     "weight",
     "max_priority",
     "preemption_policy",
+    "pod_policy",
     "cohort",
     *BORROWING_COLUMNS.values(),
     *LENDING_COLUMNS.values(),
 )
+#: Columns whose parameters are JSON text, cast to jsonb.
+_JSON_COLUMNS = frozenset({"pod_policy"})
+
+
+def _value(column: str) -> str:
+    return f"CAST(:{column} AS jsonb)" if column in _JSON_COLUMNS else f":{column}"
+
+
 _TENANT_FIELDS = ("name", *_SETTINGS_COLUMNS, "created_at", "updated_at")
 
 
@@ -77,12 +88,13 @@ TENANT_COLUMNS = tenant_columns("tenants")
 _INSERT = text(
     f"""
     INSERT INTO tenants (name, {", ".join(_SETTINGS_COLUMNS)}, webhook_secret)
-    VALUES (:name, {", ".join(f":{c}" for c in _SETTINGS_COLUMNS)}, :secret)
+    VALUES (:name, {", ".join(_value(c) for c in _SETTINGS_COLUMNS)}, :secret)
     """
 )
 _UPDATE = text(
     f"""
-    UPDATE tenants SET {", ".join(f"{c} = :{c}" for c in _SETTINGS_COLUMNS)}, updated_at = now()
+    UPDATE tenants SET {", ".join(f"{c} = {_value(c)}" for c in _SETTINGS_COLUMNS)},
+        updated_at = now()
     WHERE name = :name
     """
 )
@@ -139,6 +151,7 @@ def _params(settings: TenantSettings) -> dict[str, Any]:
         "weight": settings.weight,
         "max_priority": settings.max_priority,
         "preemption_policy": settings.preemption_policy.value,
+        "pod_policy": json_text(policy_document(settings.pod_policy)),
         "cohort": None if terms is None else terms.cohort,
         **_limit_params(None if terms is None else terms.borrowing_limit, BORROWING_COLUMNS),
         **_limit_params(None if terms is None else terms.lending_limit, LENDING_COLUMNS),
@@ -154,7 +167,11 @@ def _audit_view(tenant: Tenant | None) -> dict[str, Any] | None:
     """What the audit log keeps of a tenant: its settings, by column, and its priority classes."""
     if tenant is None:
         return None
-    return {**_params(tenant.settings), "priority_classes": list(tenant.settings.priority_classes)}
+    return {
+        **_params(tenant.settings),
+        "pod_policy": policy_document(tenant.settings.pod_policy),
+        "priority_classes": list(tenant.settings.priority_classes),
+    }
 
 
 async def _select(conn: AsyncConnection, name: str, *, lock: bool) -> Tenant | None:

@@ -12,11 +12,12 @@ bytes, GPU shares; ``gateway.domain.resources``); timestamps are timezone-aware,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.jobs.policy import PodPolicy
 from gateway.domain.resources import Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Member, Standing, idle_quota, standings
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY, PriorityClass
@@ -46,7 +47,8 @@ class TenantSettings:
     ``gateway.domain.scheduling.priority``), and its ``cohort`` with its borrowing and lending
     limits (None: in no cohort; ``gateway.domain.scheduling.cohorts``), and its
     ``preemption_policy``: whether its jobs may preempt its own gangs of lower priority
-    (``gateway.domain.scheduling.preemption``)."""
+    (``gateway.domain.scheduling.preemption``), and its ``pod_policy``: what its pods may reach
+    (``gateway.domain.jobs.policy``)."""
 
     namespace: str
     quota: Quota
@@ -55,6 +57,7 @@ class TenantSettings:
     cohort: CohortTerms | None = None
     priority_classes: tuple[str, ...] = ()
     preemption_policy: PreemptionPolicy = PreemptionPolicy.NEVER
+    pod_policy: PodPolicy = field(default_factory=PodPolicy)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -10,6 +10,7 @@ few fields show the backend sent what the builder rendered, to the right place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -544,3 +545,50 @@ async def test_close_closes_the_client(api: RateLimitedApiClient) -> None:
     runtime = KubernetesRuntime(api, cluster_domain=None, nodes=NodeCache(api))
     await runtime.close()
     assert api.rest_client.pool_manager.closed
+
+
+# --- production pod fields -----------------------------------------------------------------------
+
+
+async def test_pods_carry_the_replicas_pod_fields_exactly_with_musters_own_intact(
+    cluster: Cluster, runtime: KubernetesRuntime
+) -> None:
+    fields: dict[str, Any] = {
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": "imagenet"}},
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        ],
+        "volume_mounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+        "env_value_from": {"TOKEN": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        "service_account_name": "trainer",
+        "image_pull_secrets": ["regcred"],
+        "init_containers": [{"name": "fetch", "image": "reg/fetch:1"}],
+    }
+    checked = check_job_spec(
+        {"name": "x", "tenant": "search", "replicas": {"w": {"image": "i", **fields}}}
+    )
+    assert isinstance(checked, JobSpec), checked
+    base = gang()
+    spec = dataclasses.replace(
+        base.spec,
+        replicas=tuple(
+            dataclasses.replace(r, pod=checked.replicas[0].pod) if r.role == "worker" else r
+            for r in base.spec.replicas
+        ),
+    )
+    await runtime.create(dataclasses.replace(base, spec=spec), NAMES)
+
+    pod = stored(cluster, "pods", "wd-worker-0")["spec"]
+    container = pod["containers"][0]
+    assert pod["volumes"] == fields["volumes"]
+    assert pod["initContainers"] == fields["init_containers"]
+    assert pod["serviceAccountName"] == "trainer"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert container["volumeMounts"] == fields["volume_mounts"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TOKEN"]["valueFrom"] == fields["env_value_from"]["TOKEN"]
+    assert "TF_CONFIG" in env
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["gpu-0"]
+    # The other replicas carry none of them.
+    assert "volumes" not in stored(cluster, "pods", "wd-chief-0")["spec"]

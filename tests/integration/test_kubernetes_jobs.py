@@ -42,6 +42,7 @@ from tests.openapi_check import CheckedClient
 GIB = 2**30
 NAMESPACE = "search"
 EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "examples"
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 QUOTA = {"cpu": "1000", "memory": "10Ti", "gpu": 64, "max_running_jobs": 50, "max_queued_jobs": 100}
 NODE_NAMES = [f"n-{i}" for i in range(8)]
 
@@ -539,3 +540,93 @@ async def test_a_preempted_gang_gets_its_grace_is_requeued_and_later_completes(
             {"id": big},
         )
         assert [row.event_type for row in hooks] == ["job.preempted", "job.succeeded"]
+
+
+async def test_a_pytorchjob_yields_pods_with_the_operators_rendezvous_variables(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    """examples/pytorchjob.yaml, made small enough for the emulated nodes: every pod's MASTER_ADDR
+    is the master's Service, RANK is 0 for the master and 1..n for the workers, WORLD_SIZE the
+    gang's size, as the training operator sets them."""
+    await make_tenant(api)
+    document = yaml.safe_load((REPO_EXAMPLES / "pytorchjob.yaml").read_text())
+    document["metadata"]["namespace"] = NAMESPACE
+    for replica in document["spec"]["pytorchReplicaSpecs"].values():
+        container = replica["template"]["spec"]["containers"][0]
+        container["resources"] = {"limits": {"cpu": "4", "memory": "8Gi"}}
+    response = await api.post("/v1/jobs", json=document)
+    assert response.status == 201, response.text
+    job_id, name = response.body["id"], response.body["name"]
+
+    await gateway.step()
+
+    created = pods(cluster, job_id)
+    master = f"{name}-master-0"
+    assert sorted(created) == [master, f"{name}-worker-0", f"{name}-worker-1"]
+    assert master in services(cluster, job_id)
+    for pod_name, pod in created.items():
+        container = pod["spec"]["containers"][0]
+        assert container["name"] == "pytorch"
+        assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456}]
+        variables = env(pod)
+        rank = "0" if pod_name == master else str(int(pod_name.rsplit("-", 1)[1]) + 1)
+        assert {
+            key: variables[key]
+            for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PYTHONUNBUFFERED")
+        } == {
+            "MASTER_ADDR": master,
+            "MASTER_PORT": "23456",
+            "WORLD_SIZE": "3",
+            "RANK": rank,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+async def test_the_production_tfjob_yields_pods_with_exactly_its_pod_fields_once_allowed(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, engine: AsyncEngine
+) -> None:
+    """examples/tfjob-production.yaml: refused until an admin allows its service account, then
+    its volumes, mounts, env, service account, pull secrets, security contexts and init container
+    reach the pods exactly, with Muster's pinning and environment intact."""
+    await make_tenant(api)
+    text = (REPO_EXAMPLES / "tfjob-production.yaml").read_text()
+    manifest = yaml.safe_load(text)
+    template = manifest["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    post = {"data": text, "headers": {"Content-Type": "application/yaml"}}
+
+    refused = await api.post("/v1/jobs?tenant=search", **post)
+    assert refused.status == 422, refused.text
+    assert sorted(p["pointer"] for p in refused.body["errors"]) == [
+        f"/spec/tfReplicaSpecs/{role}/template/spec/serviceAccountName"
+        for role in ("Chief", "Worker")
+    ]
+    assert all("pod policy rule 'service-account'" in p["detail"] for p in refused.body["errors"])
+
+    policy = {"pod_policy": {"service_accounts": ["default", "trainer"]}}
+    assert (await api.patch("/v1/admin/tenants/search", json=policy)).status == 200
+    response = await api.post("/v1/jobs?tenant=search", **post)
+    assert response.status == 201, response.text
+    await gateway.step()
+    created = pods(cluster, response.body["id"])
+    assert sorted(created) == [
+        "resnet-prod-chief-0",
+        "resnet-prod-worker-0",
+        "resnet-prod-worker-1",
+    ]
+    asked = template["containers"][0]
+    for name, pod in created.items():
+        spec = pod["spec"]
+        for key in ("volumes", "initContainers", "serviceAccountName", "imagePullSecrets"):
+            assert spec[key] == template[key], (name, key)
+        assert spec["securityContext"] == template["securityContext"]
+        container = spec["containers"][0]
+        for key in ("volumeMounts", "workingDir", "securityContext", "command"):
+            assert container[key] == asked[key], (name, key)
+        variables = {e["name"]: e for e in container["env"]}
+        for entry in asked["env"]:
+            assert variables[entry["name"]] == entry
+        assert "TF_CONFIG" in variables
+        assert variables["OMP_NUM_THREADS"]["value"] == "8"
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["g-0"]
+        assert pod["metadata"]["labels"]["muster.dev/tenant"] == "search"

@@ -66,11 +66,27 @@ async def test_unsupported_tfjob_field_is_refused_by_name_and_nothing_written(
     await tenant(api, "search")
     document = yaml.safe_load(manifest("tfjob-v1.yaml"))
     worker = document["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
-    worker["volumes"] = [{"name": "data", "emptyDir": {}}]
+    worker["ephemeralContainers"] = [{"name": "debug", "image": "busybox"}]
     response = await api.post("/v1/jobs", json=document)
     assert response.status == 422
     pointers = [e["pointer"] for e in response.body["errors"]]
-    assert "/spec/tfReplicaSpecs/Worker/template/spec/volumes" in pointers
+    assert "/spec/tfReplicaSpecs/Worker/template/spec/ephemeralContainers" in pointers
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM jobs")) == 0
+
+
+async def test_a_tfjob_breaking_the_pod_policy_is_refused_in_the_manifest_naming_the_rule(
+    api: CheckedClient, engine: AsyncEngine
+) -> None:
+    await tenant(api, "search")
+    document = yaml.safe_load(manifest("tfjob-v1.yaml"))
+    worker = document["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    worker["volumes"] = [{"name": "host", "hostPath": {"path": "/etc"}}]
+    response = await api.post("/v1/jobs", json=document)
+    assert response.status == 422, response.text
+    [error] = response.body["errors"]
+    assert error["pointer"] == "/spec/tfReplicaSpecs/Worker/template/spec/volumes/0/hostPath"
+    assert "pod policy rule 'volume-types'" in error["detail"]
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM jobs")) == 0
 

@@ -328,7 +328,7 @@ def test_container_and_port_names_are_the_operators_defaults(
 def test_pytorch_pod_gets_the_rendezvous_variables() -> None:
     env = _env(_pod("worker", 1, spec=PYTORCH_JOB, plans=CPU_PLANS))
 
-    assert env["MASTER_ADDR"] == f"bert-master-0.{NAMESPACE}.svc"
+    assert env["MASTER_ADDR"] == "bert-master-0"  # the Service, as the operator names it
     assert env["RANK"] == "2"
     assert env["WORLD_SIZE"] == "3"
 

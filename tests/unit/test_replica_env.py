@@ -125,7 +125,7 @@ def test_custom_cluster_domain_is_appended_after_svc() -> None:
 @pytest.mark.parametrize("domain", [None, ""])
 def test_no_cluster_domain_leaves_hosts_at_svc(domain: str | None) -> None:
     addresses = kubernetes_addresses(TF_GANG, "ns", domain)
-    assert addresses["ps", 1] == Address(host="j-ps-1.ns.svc", port=2222)
+    assert addresses["ps", 1] == Address(host="j-ps-1.ns.svc", port=2222, service="j-ps-1")
 
 
 def test_other_frameworks_get_no_tf_config() -> None:
@@ -150,9 +150,9 @@ def test_pytorch_rendezvous_variables(role: str, index: int, rank: str) -> None:
     for name in THREAD_VARIABLES:
         torch.pop(name)
     assert torch == {
-        "MASTER_ADDR": "j-master-0.ns.svc",
+        "MASTER_ADDR": "j-master-0",
         "MASTER_PORT": "23456",
-        "PET_MASTER_ADDR": "j-master-0.ns.svc",
+        "PET_MASTER_ADDR": "j-master-0",
         "PET_MASTER_PORT": "23456",
         "PET_NNODES": "4",
         "PET_NODE_RANK": rank,

@@ -383,27 +383,7 @@ def _sidecar(document: dict[str, Any]) -> None:
 
 
 REFUSALS: dict[str, tuple[Change, str, str]] = {
-    "volumes": (
-        lambda d: pod(d).update(volumes=[{"name": "data", "emptyDir": {}}]),
-        f"{WORKER_POD}/volumes",
-        "Muster does not support volumes",
-    ),
-    "init containers": (
-        lambda d: pod(d).update(initContainers=[{"name": "init", "image": "busybox"}]),
-        f"{WORKER_POD}/initContainers",
-        "Muster does not support initContainers",
-    ),
     "a sidecar": (_sidecar, f"{WORKER_POD}/containers/1", "sidecar"),
-    "host network": (
-        lambda d: pod(d).update(hostNetwork=True),
-        f"{WORKER_POD}/hostNetwork",
-        "Muster does not support hostNetwork",
-    ),
-    "security context": (
-        lambda d: pod(d).update(securityContext={"runAsUser": 1000}),
-        f"{WORKER_POD}/securityContext",
-        "Muster does not support securityContext",
-    ),
     "affinity": (
         lambda d: pod(d).update(affinity={"podAntiAffinity": {}}),
         f"{WORKER_POD}/affinity",
@@ -444,37 +424,10 @@ REFUSALS: dict[str, tuple[Change, str, str]] = {
         "/spec/runPolicy/suspend",
         "Muster does not support suspend",
     ),
-    "env from a secret": (
-        lambda d: container(d).update(
-            env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
-        ),
-        f"{WORKER_CONTAINER}/env/0/valueFrom",
-        "Muster does not support valueFrom",
-    ),
-    "env from a config map": (
-        lambda d: container(d).update(envFrom=[{"configMapRef": {"name": "c"}}]),
-        f"{WORKER_CONTAINER}/envFrom",
-        "Muster does not support envFrom",
-    ),
-    "volume mounts": (
-        lambda d: container(d).update(volumeMounts=[{"name": "data", "mountPath": "/data"}]),
-        f"{WORKER_CONTAINER}/volumeMounts",
-        "Muster does not support volumeMounts",
-    ),
     "a probe": (
         lambda d: container(d).update(livenessProbe={"exec": {"command": ["true"]}}),
         f"{WORKER_CONTAINER}/livenessProbe",
         "Muster does not support livenessProbe",
-    ),
-    "a working directory": (
-        lambda d: container(d).update(workingDir="/app"),
-        f"{WORKER_CONTAINER}/workingDir",
-        "Muster does not support workingDir",
-    ),
-    "a pull policy other than the default": (
-        lambda d: container(d).update(imagePullPolicy="Always"),
-        f"{WORKER_CONTAINER}/imagePullPolicy",
-        "IfNotPresent",
     ),
     "a host port": (
         lambda d: container(d).update(
@@ -641,18 +594,19 @@ def test_the_pull_policy_kubernetes_would_choose_is_accepted(image: str, policy:
     plain = translated(document)
     container(document)["imagePullPolicy"] = policy
     assert translated(document) == plain
+    # Another policy is carried exactly (it is a pod field).
     container(document)["imagePullPolicy"] = "Never"
-    assert [p.pointer for p in problems(document)] == [f"{WORKER_CONTAINER}/imagePullPolicy"]
+    assert translated(document)["replicas"]["worker"]["image_pull_policy"] == "Never"
 
 
 def test_harmless_values_are_only_listed_for_refused_fields() -> None:
     refused = {name for fields in REFUSED.values() for name in fields}
     assert set(HARMLESS) <= refused
-    assert {"hostNetwork", "volumes"} <= refused
-    # False is harmless for hostNetwork; 0 is not False, and is refused.
+    assert {"serviceAccount", "ephemeralContainers"} <= refused
+    # False is harmless for stdin; 0 is not False, and is refused.
     document = manifest()
-    pod(document)["hostNetwork"] = 0
-    assert [p.pointer for p in problems(document)] == [f"{WORKER_POD}/hostNetwork"]
+    container(document)["stdin"] = 0
+    assert [p.pointer for p in problems(document)] == [f"{WORKER_CONTAINER}/stdin"]
 
 
 # -- problems of the translated spec, re-pointed at the manifest ---------------------------------

@@ -31,8 +31,9 @@ from gateway.backends.kubernetes.creating import create_gang
 from gateway.backends.kubernetes.deleting import delete_object, grace_period, object_path
 from gateway.backends.kubernetes.inventory import NodeCache
 from gateway.backends.kubernetes.observing import pod_status
-from gateway.domain.jobs.spec import TerminationGrace
+from gateway.domain.jobs.spec import JobSpec, TerminationGrace
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+from gateway.domain.problems import FieldProblem
 from gateway.errors import KubernetesInvalid, KubernetesNotFound
 
 __all__ = ["KubernetesRuntime"]
@@ -66,6 +67,10 @@ class KubernetesRuntime(PodWatchers):
     def refusal(self, tenant: str) -> str | None:
         """Every tenant's pods run here: namespaces and the cluster's policies separate them."""
         return None
+
+    def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
+        """Pods carry every pod field the spec allows."""
+        return []
 
     async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
         pods = await self._kube.list("/api/v1/pods", label_selector=MANAGED)

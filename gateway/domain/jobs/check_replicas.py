@@ -11,12 +11,15 @@ Invariants:
   missing a replica is never accepted.
 - Amounts are parsed into Muster's units with the defaults filled in; CPU and memory are never
   zero, and exclusive CPUs are whole CPUs.
+- Pod fields (volumes, mounts, service account, security contexts, init containers...) are
+  checked in ``gateway.domain.jobs.check_pod``.
 - The environment never sets a variable Muster reserves; node selectors may use Muster's label
   prefixes (they select nodes, they label nothing).
 """
 
 from __future__ import annotations
 
+from gateway.domain.jobs.check_pod import check_pod_fields
 from gateway.domain.jobs.collector import Checker, check_enum, check_labels, is_mapping
 from gateway.domain.jobs.spec import (
     DEFAULT_CPU,
@@ -148,8 +151,10 @@ def _check_replica(
     grace_ok = _check_grace(c, grace, where)
     port = raw.get("port", DEFAULT_PORT)
     command, args = raw.get("command", []), raw.get("args", [])
+    pod = check_pod_fields(c, raw, where, env or ())
     if not (
-        ok
+        pod is not None
+        and ok
         and resources
         and env is not None
         and restart_policy
@@ -178,6 +183,7 @@ def _check_replica(
         tolerations=tolerations,
         port=port,
         termination_grace_period_seconds=grace,
+        pod=pod,
     )
 
 

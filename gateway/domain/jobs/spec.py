@@ -12,7 +12,9 @@ Invariants:
 - ``to_document`` of a ``JobSpec`` is a spec that ``check_job_spec`` accepts and maps to an equal
   ``JobSpec``, and ``from_document`` reads it back to an equal ``JobSpec`` without the check:
   what is stored can always be read back, one way. A document stored before a replica had a
-  ``termination_grace_period_seconds`` reads back as None there (the gateway's default).
+  ``termination_grace_period_seconds`` reads back as None there (the gateway's default), and one
+  stored before replicas had pod fields (``gateway.domain.jobs.pod_fields``) reads back without
+  any.
 - A replica's grace period (how long it has between SIGTERM and SIGKILL when it is stopped) is
   its own, else the gateway's default, and never more than the most an admin allows:
   ``TerminationGrace.of`` is that rule's one home, for every backend.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gateway.domain.jobs.pod_fields import PodFields, pod_fields_document, pod_fields_of
 from gateway.domain.resources import (
     GPU_SHARES_PER_DEVICE,
     Resources,
@@ -117,6 +120,8 @@ class ReplicaSpec:
     port: int = DEFAULT_PORT
     #: Seconds between SIGTERM and SIGKILL when the replica is stopped; None: the gateway's.
     termination_grace_period_seconds: int | None = None
+    #: Volumes, mounts, service account, security contexts, init containers... (none by default).
+    pod: PodFields = field(default_factory=PodFields)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -269,6 +274,8 @@ def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
         port=doc["port"],
         # Absent from documents stored before replicas had a grace period of their own.
         termination_grace_period_seconds=doc.get("termination_grace_period_seconds"),
+        # Absent from documents stored before replicas had pod fields, and when none is set.
+        pod=pod_fields_of(doc),
     )
 
 
@@ -290,6 +297,7 @@ def _replica_document(r: ReplicaSpec) -> dict[str, Any]:
         "tolerations": [_toleration_document(t) for t in r.tolerations],
         "port": r.port,
         "termination_grace_period_seconds": r.termination_grace_period_seconds,
+        **pod_fields_document(r.pod),
     }
 
 

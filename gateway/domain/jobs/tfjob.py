@@ -6,7 +6,8 @@ that ``check_job_spec`` reads) or every problem found, each pointing into the ma
 then checks the spec like any other (the schema, then ``check_job_spec``) and re-points those
 problems at the manifest with ``relocate_problems``. This module walks the manifest (envelope,
 metadata, replica types, run policy); ``tfjob_replica.py`` translates one replica's pod and
-container, and ``tfjob_fields.py`` lists what becomes of every field.
+container, and ``tfjob_fields.py`` lists what becomes of every field. ``pytorchjob.py`` walks a
+PyTorchJob with the same parts: the public functions here that take a ``Translation``.
 
 Invariants:
 - Nothing changes the run silently. Every field of the manifest is honoured, or listed in
@@ -33,10 +34,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.domain.jobs.tfjob_fields import (
     API_VERSIONS,
+    CONTAINER,
     KIND,
     LIST_FORM_VERSION,
     PORT_NAME,
@@ -50,7 +53,7 @@ from gateway.domain.jobs.tfjob_replica import translate_replica
 from gateway.domain.problems import FieldProblem, pointer
 
 #: A replica's pod spec, with where it sits in the manifest.
-_Pod = tuple[Where, Mapping[Any, Any]]
+ReplicaPod = tuple[Where, Mapping[Any, Any]]
 
 
 def is_tfjob(document: object) -> bool:
@@ -89,12 +92,12 @@ def relocate_problems(
     """
     origins = _translate(document, tenant).origins
     return [
-        FieldProblem(pointer=_relocate(origins, problem.pointer), detail=problem.detail)
+        FieldProblem(pointer=relocate_pointer(origins, problem.pointer), detail=problem.detail)
         for problem in problems
     ]
 
 
-def _relocate(origins: Mapping[str, Origin], spec_pointer: str) -> str:
+def relocate_pointer(origins: Mapping[str, Origin], spec_pointer: str) -> str:
     at = spec_pointer
     while at:
         origin = origins.get(at)
@@ -120,11 +123,11 @@ def _translate(document: Mapping[str, Any], tenant: str | None) -> Translation:
     metadata = t.mapping(document.get("metadata"), ("metadata",), required=True)
     t.screen("metadata", metadata, ("metadata",))
     spec: dict[str, Any] = {}
-    _metadata(t, metadata, tenant, spec)
+    translate_metadata(t, metadata, tenant, spec)
     spec["framework"] = "tensorflow"
     # 3. The replicas and run policy, in the form of the manifest's version.
     body = t.mapping(document.get("spec"), ("spec",), required=True)
-    pods: list[_Pod] = []
+    pods: list[ReplicaPod] = []
     scheduling: Mapping[Any, Any] = {}
     if api_version == LIST_FORM_VERSION:
         t.screen("spec (v1alpha1)", body, ("spec",))
@@ -133,20 +136,20 @@ def _translate(document: Mapping[str, Any], tenant: str | None) -> Translation:
         t.came_from(("run_policy",), ("spec",))
     elif _supported(api_version):
         t.screen("spec", body, ("spec",))
-        spec["replicas"] = _map_form_replicas(t, body, pods)
-        spec["run_policy"] = _run_policy(t, body)
-        scheduling = _scheduling_policy(t, body, spec["replicas"])
+        spec["replicas"] = translate_replica_specs(t, body, pods, TFJOB_FORM)
+        spec["run_policy"] = translate_run_policy(t, body)
+        scheduling = translate_scheduling_policy(t, body, spec["replicas"])
     labels = metadata.get("labels")
     spec["labels"] = {} if labels is None else copy.deepcopy(labels)
     t.came_from(("labels",), ("metadata", "labels"), same_shape=True)
     # 4. The priority class, which the whole gang shares.
-    _priority_class(t, scheduling, pods, spec)
+    translate_priority_class(t, scheduling, pods, spec)
     if not t.problems:
         t.spec = spec
     return t
 
 
-def _metadata(
+def translate_metadata(
     t: Translation, metadata: Mapping[Any, Any], tenant: str | None, spec: dict[str, Any]
 ) -> None:
     if metadata.get("name") is None:
@@ -168,18 +171,49 @@ def _metadata(
         spec["tenant"] = tenant
 
 
-def _map_form_replicas(t: Translation, body: Mapping[Any, Any], pods: list[_Pod]) -> dict[str, Any]:
-    at: Where = ("spec", "tfReplicaSpecs")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReplicaForm:
+    """How a kind of Kubeflow job keys its replica specs (v1's map form), and its operator's
+    defaults for one: the container that runs, the port's name and default, the restart policy."""
+
+    kind: str
+    specs: str
+    types: tuple[str, ...]
+    container: str
+    port_name: str
+    #: None: the replica's port is Muster's default, which is the operator's too.
+    default_port: int | None
+    default_restart_policy: str
+
+
+TFJOB_FORM = ReplicaForm(
+    kind=KIND,
+    specs="tfReplicaSpecs",
+    types=("Chief", "Master", "Worker", "PS", "Evaluator"),
+    container=CONTAINER,
+    port_name=PORT_NAME,
+    default_port=None,
+    default_restart_policy="Never",
+)
+
+
+def translate_replica_specs(
+    t: Translation, body: Mapping[Any, Any], pods: list[ReplicaPod], form: ReplicaForm
+) -> dict[str, Any]:
+    """The replica specs of ``spec.<form.specs>``, keyed by replica type (case ignored)."""
+    at: Where = ("spec", form.specs)
     t.came_from(("replicas",), at)
     replicas: dict[str, Any] = {}
     seen: set[str] = set()
-    for key, raw in t.mapping(body.get("tfReplicaSpecs"), at, required=True).items():
+    roles = [name.lower() for name in form.types]
+    for key, raw in t.mapping(body.get(form.specs), at, required=True).items():
         where = (*at, str(key))
         role = key.lower() if isinstance(key, str) else None
-        if role not in REPLICA_TYPES:
+        if role not in roles:
+            *others, last = form.types
             t.add(
                 where,
-                f"{key!r} is not a TFJob replica type; use Chief, Master, Worker, PS or Evaluator",
+                f"{key!r} is not a {form.kind} replica type; use {', '.join(others)} or {last}",
             )
             continue
         if role in seen:
@@ -188,12 +222,18 @@ def _map_form_replicas(t: Translation, body: Mapping[Any, Any], pods: list[_Pod]
         seen.add(role)
         raw = t.mapping(raw, where, required=True)
         t.screen("replica", raw, where)
-        if _none_wanted(raw):
+        if none_wanted(raw):
             continue
-        replica, pod = translate_replica(t, role, raw, where, port_name=PORT_NAME)
-        _keep_pod(pods, where, pod)
+        replica, pod = translate_replica(
+            t, role, raw, where, port_name=form.port_name, container=form.container
+        )
+        keep_pod(pods, where, pod)
+        if form.default_port is not None:
+            replica.setdefault("port", form.default_port)
         restart = raw.get("restartPolicy")
-        replica["restart_policy"] = "Never" if restart is None else copy.deepcopy(restart)
+        replica["restart_policy"] = (
+            form.default_restart_policy if restart is None else copy.deepcopy(restart)
+        )
         if restart is not None:
             t.came_from(("replicas", role, "restart_policy"), (*where, "restartPolicy"))
         replicas[role] = replica
@@ -201,7 +241,7 @@ def _map_form_replicas(t: Translation, body: Mapping[Any, Any], pods: list[_Pod]
 
 
 def _list_form_replicas(
-    t: Translation, body: Mapping[Any, Any], pods: list[_Pod]
+    t: Translation, body: Mapping[Any, Any], pods: list[ReplicaPod]
 ) -> dict[str, Any]:
     at: Where = ("spec", "replicaSpecs")
     t.came_from(("replicas",), at)
@@ -220,11 +260,11 @@ def _list_form_replicas(
             t.add((*where, "tfReplicaType"), f"a second {kind} replica spec")
             continue
         seen.add(role)
-        if _none_wanted(raw):
+        if none_wanted(raw):
             continue
         # v1alpha1 takes the TF port from tfPort, never from the container's ports.
         replica, pod = translate_replica(t, role, raw, where, port_name=None)
-        _keep_pod(pods, where, pod)
+        keep_pod(pods, where, pod)
         # v1alpha1 runs the pod's own restart policy; later versions have one per replica type.
         restart = pod.get("restartPolicy")
         replica["restart_policy"] = "Never" if restart is None else copy.deepcopy(restart)
@@ -241,14 +281,14 @@ def _list_form_replicas(
     return replicas
 
 
-def _keep_pod(pods: list[_Pod], where: Where, pod: Mapping[Any, Any]) -> None:
+def keep_pod(pods: list[ReplicaPod], where: Where, pod: Mapping[Any, Any]) -> None:
     """Keep a replica's pod spec for its priority class. An empty one (or none) is left out: it
     names no class, and having no container, it is refused anyway."""
     if pod:
         pods.append(((*where, "template", "spec"), pod))
 
 
-def _none_wanted(raw: Mapping[Any, Any]) -> bool:
+def none_wanted(raw: Mapping[Any, Any]) -> bool:
     count = raw.get("replicas")
     return type(count) is int and count == 0
 
@@ -274,7 +314,7 @@ def _termination_policy(
     )
 
 
-def _run_policy(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
+def translate_run_policy(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
     """spec.runPolicy (v1), or the same fields directly in spec (v1alpha2 to early v1)."""
     policy_at: Where = ("spec", "runPolicy")
     nested = t.mapping(body.get("runPolicy"), policy_at)
@@ -298,11 +338,12 @@ def _run_policy(t: Translation, body: Mapping[Any, Any]) -> dict[str, Any]:
     return run_policy
 
 
-def _scheduling_policy(
+def translate_scheduling_policy(
     t: Translation, body: Mapping[Any, Any], replicas: Mapping[str, Any]
 ) -> Mapping[Any, Any]:
-    """spec.runPolicy.schedulingPolicy (v1): its priorityClass is taken by ``_priority_class``;
-    minAvailable passes only as the size of the whole gang; the rest is refused."""
+    """spec.runPolicy.schedulingPolicy (v1): its priorityClass is taken by
+    ``translate_priority_class``; minAvailable passes only as the size of the whole gang; the rest
+    is refused."""
     policy_at: Where = ("spec", "runPolicy")
     nested = body.get("runPolicy")
     raw = nested.get("schedulingPolicy") if isinstance(nested, Mapping) else None
@@ -322,8 +363,8 @@ def _scheduling_policy(
     return policy
 
 
-def _priority_class(
-    t: Translation, scheduling: Mapping[Any, Any], pods: Sequence[_Pod], spec: dict[str, Any]
+def translate_priority_class(
+    t: Translation, scheduling: Mapping[Any, Any], pods: Sequence[ReplicaPod], spec: dict[str, Any]
 ) -> None:
     """The job's priority class: schedulingPolicy.priorityClass and each replica's
     priorityClassName, which must name the same class wherever one is named (an empty name is

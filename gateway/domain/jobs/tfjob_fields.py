@@ -53,7 +53,23 @@ Where = tuple[str | int, ...]
 _PLACEMENT = "Muster places the whole gang itself; nodeSelector and tolerations are honoured"
 _DNS = "Muster names pods and gives each replica a headless Service; TF_CONFIG uses those names"
 SIDECAR = f"Muster runs only the container named {CONTAINER}"
-_NO_VOLUMES = "Muster's pods mount no volumes"
+#: The pod template's fields carried as the replica's pod fields: the spec's key, the pod's key.
+POD_FIELDS: Mapping[str, str] = {
+    "volumes": "volumes",
+    "init_containers": "initContainers",
+    "service_account_name": "serviceAccountName",
+    "pod_security_context": "securityContext",
+    "host_network": "hostNetwork",
+    "host_pid": "hostPID",
+    "host_ipc": "hostIPC",
+}
+#: The main container's fields carried likewise (its imagePullPolicy too, when not the default).
+CONTAINER_FIELDS: Mapping[str, str] = {
+    "volume_mounts": "volumeMounts",
+    "env_from": "envFrom",
+    "working_dir": "workingDir",
+    "security_context": "securityContext",
+}
 
 # Fields each part of the manifest honours. Anything neither here nor in IGNORED is refused.
 HONOURED: Mapping[str, frozenset[str]] = {
@@ -77,12 +93,19 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "restartPolicy",
             "terminationGracePeriodSeconds",
             "priorityClassName",
+            # Pod fields, carried exactly (gateway.domain.jobs.pod_fields) under the tenant's
+            # pod policy (gateway.domain.jobs.policy).
+            *POD_FIELDS.values(),
+            "imagePullSecrets",
         }
     ),
     "container": frozenset(
-        {"name", "image", "imagePullPolicy", "command", "args", "env", "resources", "ports"}
+        {
+            *("name", "image", "imagePullPolicy", "command", "args", "env", "resources", "ports"),
+            *CONTAINER_FIELDS.values(),
+        }
     ),
-    "env": frozenset({"name", "value"}),
+    "env": frozenset({"name", "value", "valueFrom"}),
     "resources": frozenset({"limits", "requests"}),
     "amounts": frozenset({"cpu", "memory", GPU_RESOURCE}),
     "port": frozenset({"name", "containerPort"}),
@@ -140,8 +163,6 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
         "scheduleTimeoutSeconds": "a job waits in its queue until it is admitted or cancelled",
     },
     "pod": {
-        "volumes": _NO_VOLUMES,
-        "initContainers": SIDECAR,
         "ephemeralContainers": SIDECAR,
         **dict.fromkeys(
             ("affinity", "nodeName", "topologySpreadConstraints", "schedulerName"), _PLACEMENT
@@ -151,16 +172,8 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
             "Muster orders and preempts jobs by their priority class (priorityClassName, or "
             "spec.runPolicy.schedulingPolicy.priorityClass), which an admin grants the tenant",
         ),
-        **dict.fromkeys(
-            ("hostNetwork", "hostPID", "hostIPC"),
-            "pods use the cluster network, and TF_CONFIG names their Services",
-        ),
-        "securityContext": "pods run as their image says",
-        **dict.fromkeys(
-            ("serviceAccountName", "serviceAccount", "automountServiceAccountToken"),
-            "pods run as the namespace's default service account",
-        ),
-        "imagePullSecrets": "give them to the namespace's default service account instead",
+        "serviceAccount": "use serviceAccountName",
+        "automountServiceAccountToken": "pods mount their service account's token",
         "activeDeadlineSeconds": "use spec.runPolicy.activeDeadlineSeconds, for the whole job",
         "runtimeClassName": "pods use the node's default container runtime",
         **dict.fromkeys(
@@ -169,18 +182,13 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
         ),
     },
     "container": {
-        "volumeMounts": _NO_VOLUMES,
-        "volumeDevices": _NO_VOLUMES,
-        "envFrom": "give each variable as a {name, value} entry",
-        "workingDir": "the container starts where its image says",
-        "securityContext": "the container runs as its image says",
+        "volumeDevices": "Muster mounts volumes as file systems (volumeMounts), not as devices",
         **dict.fromkeys(
             ("livenessProbe", "readinessProbe", "startupProbe", "lifecycle"),
             "a replica's outcome is the exit code of its container",
         ),
         **dict.fromkeys(("stdin", "stdinOnce", "tty"), "the container runs without a terminal"),
     },
-    "env": {"valueFrom": "give the variable's value itself"},
     "resources": {"claims": "Muster allocates cpu, memory and nvidia.com/gpu only"},
     "port": {"hostPort": "replicas reach each other through their Services"},
 }
@@ -189,12 +197,11 @@ HARMLESS: Mapping[str, tuple[object, ...]] = {
     **{
         name: (False,)
         for name in (
-            *("enableDynamicWorker", "suspend", "hostNetwork", "hostPID", "hostIPC"),
+            *("enableDynamicWorker", "suspend"),
             *("stdin", "stdinOnce", "tty"),
         )
     },
     "schedulerName": ("default-scheduler",),
-    "serviceAccountName": ("default",),
     "serviceAccount": ("default",),
     "automountServiceAccountToken": (True,),
     "dnsPolicy": ("ClusterFirst",),

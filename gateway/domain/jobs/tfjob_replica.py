@@ -13,8 +13,11 @@ Invariants kept here:
   gateway's default).
 - Resources come from limits, else requests, per resource; ``nvidia.com/gpu`` must be a whole
   number of devices, as in Kubernetes. Whole CPUs requested at their limit are exclusive.
-- An ``imagePullPolicy`` other than Kubernetes' default for the image is refused: another policy
-  could run another image.
+- Pod fields (volumes, init containers, service account, pull secrets, security contexts, host
+  namespaces; the container's mounts, envFrom, workingDir, securityContext and ``valueFrom``
+  variables) are carried exactly, as the spec's pod fields (``gateway.domain.jobs.pod_fields``);
+  a value that sets nothing (null, false, empty, the ``default`` service account, the image's
+  default ``imagePullPolicy``) is left out, so it changes nothing.
 - Values are deep-copied verbatim and judged later by the schema and ``check_job_spec``; every
   field copied records its origin in the manifest.
 """
@@ -25,14 +28,28 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.domain.jobs.tfjob_fields import CONTAINER, GPU_RESOURCE, SIDECAR, Translation, Where
+from gateway.domain.jobs.tfjob_fields import (
+    CONTAINER,
+    CONTAINER_FIELDS,
+    GPU_RESOURCE,
+    POD_FIELDS,
+    Translation,
+    Where,
+)
 from gateway.domain.resources import QuantityError, cpu_millis, parse_quantity
 
 
 def translate_replica(
-    t: Translation, role: str, raw: Mapping[Any, Any], where: Where, *, port_name: str | None
+    t: Translation,
+    role: str,
+    raw: Mapping[Any, Any],
+    where: Where,
+    *,
+    port_name: str | None,
+    container: str = CONTAINER,
 ) -> tuple[dict[str, Any], Mapping[Any, Any]]:
-    """The fields every version shares, and the pod spec for the version-specific ones."""
+    """The fields every version shares, and the pod spec for the version-specific ones.
+    ``container`` names the container that becomes the replica (a PyTorchJob's is ``pytorch``)."""
     spec_at: Where = ("replicas", role)
     t.came_from(spec_at, where)
     count = raw.get("replicas")
@@ -53,8 +70,11 @@ def translate_replica(
         if pod.get(source) is not None:
             replica[name] = copy.deepcopy(pod[source])
             t.came_from((*spec_at, name), (*pod_at, source), same_shape=True)
+    _carry(t, spec_at, pod, pod_at, replica, POD_FIELDS)
+    if not _unset(pod.get("imagePullSecrets")):
+        _pull_secrets(t, spec_at, pod["imagePullSecrets"], (*pod_at, "imagePullSecrets"), replica)
     if isinstance(template.get("spec"), Mapping):
-        _container(t, spec_at, pod, pod_at, replica, port_name)
+        _container(t, spec_at, pod, pod_at, replica, port_name, container)
     return replica, pod
 
 
@@ -65,20 +85,22 @@ def _container(
     pod_at: Where,
     replica: dict[str, Any],
     port_name: str | None,
+    name: str,
 ) -> None:
-    """Fill ``replica`` from the container named tensorflow; refuse every other container."""
+    """Fill ``replica`` from the container named ``name``; refuse every other container."""
     containers_at = (*pod_at, "containers")
     chosen: tuple[int, Mapping[Any, Any]] | None = None
     for index, raw in enumerate(t.sequence(pod.get("containers"), containers_at)):
         container = t.mapping(raw, (*containers_at, index), required=True)
-        if container.get("name") != CONTAINER:
-            t.add((*containers_at, index), f"Muster does not support sidecar containers: {SIDECAR}")
+        if container.get("name") != name:
+            sidecar = f"Muster runs only the container named {name}"
+            t.add((*containers_at, index), f"Muster does not support sidecar containers: {sidecar}")
         elif chosen is not None:
-            t.add((*containers_at, index, "name"), f"a second container named {CONTAINER}")
+            t.add((*containers_at, index, "name"), f"a second container named {name}")
         else:
             chosen = (index, container)
     if chosen is None:
-        t.add(containers_at, f"needs a container named {CONTAINER}: Muster runs that one")
+        t.add(containers_at, f"needs a container named {name}: Muster runs that one")
         return
     index, container = chosen
     at = (*containers_at, index)
@@ -89,14 +111,60 @@ def _container(
         if container.get(name) is not None:
             replica[name] = copy.deepcopy(container[name])
             t.came_from((*spec_at, name), (*at, name), same_shape=True)
-    _pull_policy(t, container, at)
-    replica["env"] = _env(t, spec_at, container.get("env"), (*at, "env"))
+    _pull_policy(t, spec_at, container, at, replica)
+    _carry(t, spec_at, container, at, replica, CONTAINER_FIELDS)
+    replica["env"], value_from = _env(t, spec_at, container.get("env"), (*at, "env"))
+    if value_from:
+        replica["env_value_from"] = value_from
     _resources(t, spec_at, container.get("resources"), (*at, "resources"), replica)
     _port(t, spec_at, container.get("ports"), (*at, "ports"), replica, port_name)
 
 
-def _pull_policy(t: Translation, container: Mapping[Any, Any], at: Where) -> None:
-    """Muster's pods take Kubernetes' default pull policy; another could run another image."""
+def _unset(value: object) -> bool:
+    """Whether a pod field's value sets nothing: null, false or empty (``0`` is not false)."""
+    return value is None or value is False or (type(value) in (str, list, dict) and not value)
+
+
+def _carry(
+    t: Translation,
+    spec_at: Where,
+    raw: Mapping[Any, Any],
+    at: Where,
+    replica: dict[str, Any],
+    fields: Mapping[str, str],
+) -> None:
+    """Copy each of ``fields`` (spec key: manifest key) that sets something, as it is; the
+    default service account is no service account."""
+    for name, source in fields.items():
+        value = raw.get(source)
+        if _unset(value) or (source == "serviceAccountName" and value == "default"):
+            continue
+        replica[name] = copy.deepcopy(value)
+        t.came_from((*spec_at, name), (*at, source), same_shape=True)
+
+
+def _pull_secrets(
+    t: Translation, spec_at: Where, raw: object, at: Where, replica: dict[str, Any]
+) -> None:
+    """``[{name: regcred}]`` -> ``[regcred]``; anything else is copied for the check to refuse."""
+    if isinstance(raw, list) and all(isinstance(e, Mapping) and set(e) == {"name"} for e in raw):
+        replica["image_pull_secrets"] = [copy.deepcopy(e["name"]) for e in raw]
+        for index in range(len(raw)):
+            t.came_from((*spec_at, "image_pull_secrets", index), (*at, index, "name"))
+    else:
+        replica["image_pull_secrets"] = copy.deepcopy(raw)
+    t.came_from((*spec_at, "image_pull_secrets"), at)
+
+
+def _pull_policy(
+    t: Translation,
+    spec_at: Where,
+    container: Mapping[Any, Any],
+    at: Where,
+    replica: dict[str, Any],
+) -> None:
+    """A pull policy other than Kubernetes' default for the image is carried; the default is
+    the same as none."""
     policy, image = container.get("imagePullPolicy"), container.get("image")
     if policy is None or not isinstance(image, str):
         return
@@ -105,15 +173,16 @@ def _pull_policy(t: Translation, container: Mapping[Any, Any], at: Where) -> Non
     tag = name.rpartition("/")[2].partition(":")[2]
     default = "Always" if tag == "latest" or not (tag or digest) else "IfNotPresent"
     if policy != default:
-        t.add(
-            (*at, "imagePullPolicy"),
-            f"Muster does not support imagePullPolicy {policy}: its pods use Kubernetes' default "
-            f"for this image, {default}",
-        )
+        replica["image_pull_policy"] = copy.deepcopy(policy)
+        t.came_from((*spec_at, "image_pull_policy"), (*at, "imagePullPolicy"))
 
 
-def _env(t: Translation, spec_at: Where, raw: object, at: Where) -> dict[str, Any]:
+def _env(
+    t: Translation, spec_at: Where, raw: object, at: Where
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plain variables, and those from ``valueFrom``, by name."""
     env: dict[str, Any] = {}
+    value_from: dict[str, Any] = {}
     t.came_from((*spec_at, "env"), at)
     for index, entry in enumerate(t.sequence(raw, at)):
         entry = t.mapping(entry, (*at, index), required=True)
@@ -123,10 +192,20 @@ def _env(t: Translation, spec_at: Where, raw: object, at: Where) -> dict[str, An
             t.add((*at, index, "name"), "is required" if name is None else "must be a string")
             continue
         # As in Kubernetes, the last entry of a name wins.
-        value = entry.get("value")
-        env[name] = "" if value is None else copy.deepcopy(value)
-        t.came_from((*spec_at, "env", name), (*at, index))
-    return env
+        value, source = entry.get("value"), entry.get("valueFrom")
+        env.pop(name, None)
+        value_from.pop(name, None)
+        if source is not None:
+            if value is not None:
+                t.add((*at, index), "has both value and valueFrom")
+            value_from[name] = copy.deepcopy(source)
+            t.came_from(
+                (*spec_at, "env_value_from", name), (*at, index, "valueFrom"), same_shape=True
+            )
+        else:
+            env[name] = "" if value is None else copy.deepcopy(value)
+            t.came_from((*spec_at, "env", name), (*at, index))
+    return env, value_from
 
 
 def _resources(

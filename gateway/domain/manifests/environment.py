@@ -13,10 +13,11 @@ script written for a TFJob or PyTorchJob runs unchanged:
   in that order, cluster roles sorted by name, each a list of ``host:port`` in index order, the
   evaluator included (``genTFConfigJSONStr``).
 - PyTorch (framework pytorch): ``MASTER_ADDR``/``MASTER_PORT`` of master 0 (for the master too),
-  ``WORLD_SIZE`` (one process per pod), ``RANK`` (master 0, worker i is i + 1), their ``PET_``
-  twins for torchrun (``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, ``PET_NODE_RANK``, ``PET_NNODES``,
-  ``PET_NPROC_PER_NODE=auto``, the operator's default) and ``PYTHONUNBUFFERED=1``
-  (``envvar.go``, ``master.go``).
+  ``MASTER_ADDR`` being the master's Service name on Kubernetes (``<job>-master-0``, resolved in
+  the pod's namespace, as the operator's ``replicaName``), ``WORLD_SIZE`` (one process per pod),
+  ``RANK`` (master 0, worker i is i + 1), their ``PET_`` twins for torchrun (``PET_MASTER_ADDR``,
+  ``PET_MASTER_PORT``, ``PET_NODE_RANK``, ``PET_NNODES``, ``PET_NPROC_PER_NODE=auto``, the
+  operator's default) and ``PYTHONUNBUFFERED=1`` (``envvar.go``, ``master.go`` of v1.9).
 
 Muster adds the device plan of shared-GPU nodes (``CUDA_VISIBLE_DEVICES``, ``CUDA_DEVICE_ORDER``),
 thread counts sized to the pod's CPU, and the replica's identity (``MUSTER_*``).
@@ -59,10 +60,13 @@ ReplicaKey = tuple[str, int]
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Address:
-    """Where a replica listens: a host name or IP address, and a TCP port."""
+    """Where a replica listens: a host name or IP address, and a TCP port; on Kubernetes also the
+    name of the replica's Service, which a pod of the same namespace resolves (the operator gives
+    PyTorch replicas that bare name as MASTER_ADDR, and TF_CONFIG the full ``host``)."""
 
     host: str
     port: int
+    service: str | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -91,11 +95,10 @@ def kubernetes_addresses(
     """
     suffix = f".{namespace}.svc" + (f".{cluster_domain}" if cluster_domain else "")
     return {
-        (replica.role, index): Address(
-            host=pod_name(spec.name, replica.role, index) + suffix, port=replica.port
-        )
+        (replica.role, index): Address(host=name + suffix, port=replica.port, service=name)
         for replica in spec.replicas
         for index in range(replica.count)
+        for name in (pod_name(spec.name, replica.role, index),)
     }
 
 
@@ -205,11 +208,12 @@ def _pytorch(
     if spec.replica("master") is None:
         return env
     master = addresses["master", 0]
+    host = master.service or master.host
     rank = str(index + 1 if role == "worker" else index)
     env |= {
-        "MASTER_ADDR": master.host,
+        "MASTER_ADDR": host,
         "MASTER_PORT": str(master.port),
-        "PET_MASTER_ADDR": master.host,
+        "PET_MASTER_ADDR": host,
         "PET_MASTER_PORT": str(master.port),
         # One process per pod: the operator counts "auto" as 1 when it sizes the world.
         "WORLD_SIZE": nodes,

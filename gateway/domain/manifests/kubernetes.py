@@ -33,6 +33,12 @@ GPU modes, from the planned node:
   shares on a shared node gets an empty ``CUDA_VISIBLE_DEVICES``: the runtime exposes every
   device there, and a CPU-only TensorFlow replica would otherwise claim memory on all of them.
 
+Pod fields: a replica's volumes, mounts, ``valueFrom`` and ``envFrom`` variables, working
+directory, pull policy and secrets, service account, security contexts, init containers and host
+namespaces (``gateway.domain.jobs.pod_fields``) are copied into the pod exactly as the replica
+gives them; Muster's own fields are set first and never replaced (its variables win over a
+``valueFrom`` of the same name, and over ``envFrom`` as Kubernetes lets ``env`` win).
+
 Invariants:
 
 - Pure and deterministic: the same arguments give equal dicts, with keys in the same order; every
@@ -50,6 +56,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.domain.jobs.pod_fields import PodFields, parsed
 from gateway.domain.jobs.pods import MAX_NAME, pod_name
 from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, TerminationGrace, Toleration
 from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
@@ -226,9 +233,10 @@ def pod_manifest(
         container["command"] = list(replica.command)
     if replica.args:
         container["args"] = list(replica.args)
-    container["env"] = [{"name": name, "value": env[name]} for name in sorted(env)]
+    container["env"] = _env(env, replica.pod)
     container["ports"] = [{"name": port_name(spec.framework), "containerPort": replica.port}]
     container["resources"] = _resources(replica, plan, gpu_count)
+    _container_fields(container, replica.pod)
 
     pod_spec: dict[str, Any] = {
         # Muster restarts replicas itself, per the replica's restart policy and the job's backoff
@@ -252,7 +260,56 @@ def pod_manifest(
         tolerations.append(dict(_SHARING_TOLERATION))
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    _pod_fields(pod_spec, replica.pod)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def _env(env: dict[str, str], pod: PodFields) -> list[dict[str, Any]]:
+    """Muster's variables and the replica's plain ones, with the replica's ``valueFrom`` ones,
+    by name; a name Muster sets keeps Muster's value."""
+    entries: dict[str, dict[str, Any]] = {
+        name: {"name": name, "valueFrom": parsed(text)} for name, text in pod.env_value_from
+    }
+    entries |= {name: {"name": name, "value": value} for name, value in env.items()}
+    return [entries[name] for name in sorted(entries)]
+
+
+def _container_fields(container: dict[str, Any], pod: PodFields) -> None:
+    """The main container's pod fields, exactly as the replica gives them."""
+    if pod.env_from:
+        # Kubernetes lets env win over envFrom, so Muster's variables still win.
+        container["envFrom"] = [parsed(text) for text in pod.env_from]
+    if pod.working_dir is not None:
+        container["workingDir"] = pod.working_dir
+    if pod.image_pull_policy is not None:
+        container["imagePullPolicy"] = pod.image_pull_policy
+    if pod.volume_mounts:
+        container["volumeMounts"] = [parsed(text) for text in pod.volume_mounts]
+    if pod.security_context is not None:
+        container["securityContext"] = parsed(pod.security_context)
+
+
+def _pod_fields(pod_spec: dict[str, Any], pod: PodFields) -> None:
+    """The pod's own pod fields, exactly as the replica gives them; Muster's fields (pinning,
+    restart policy, containers' names) are set already and none of these replaces them."""
+    if pod.init_containers:
+        pod_spec["initContainers"] = [parsed(text) for text in pod.init_containers]
+    if pod.volumes:
+        pod_spec["volumes"] = [parsed(text) for text in pod.volumes]
+    if pod.service_account_name is not None:
+        pod_spec["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in pod.image_pull_secrets]
+    if pod.pod_security_context is not None:
+        pod_spec["securityContext"] = parsed(pod.pod_security_context)
+    if pod.host_network:
+        pod_spec["hostNetwork"] = True
+        # Peers are still found through their Services' DNS names.
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if pod.host_pid:
+        pod_spec["hostPID"] = True
+    if pod.host_ipc:
+        pod_spec["hostIPC"] = True
 
 
 def service_manifest(
