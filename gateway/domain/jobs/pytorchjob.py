@@ -31,7 +31,6 @@ from typing import Any
 from gateway.domain.jobs.tfjob import (
     ReplicaForm,
     ReplicaPod,
-    relocate_pointer,
     translate_metadata,
     translate_priority_class,
     translate_replica_specs,
@@ -91,21 +90,14 @@ def translate_pytorchjob(
     """The Muster job spec equivalent to a PyTorchJob manifest, or every problem, pointing into
     it. ``tenant`` is the tenant the caller submits for; ``None`` takes it from
     metadata.namespace."""
-    translation = _translate(document, tenant)
-    if translation.problems or translation.spec is None:
-        return translation.problems or [FieldProblem(pointer="", detail="not a PyTorchJob")]
-    return translation.spec
+    return _translate(document, tenant).outcome(KIND)
 
 
 def relocate_problems(
     document: Mapping[str, Any], problems: Sequence[FieldProblem], *, tenant: str | None
 ) -> list[FieldProblem]:
     """Re-point problems found in the translated spec at the manifest fields they came from."""
-    origins = _translate(document, tenant).origins
-    return [
-        FieldProblem(pointer=relocate_pointer(origins, problem.pointer), detail=problem.detail)
-        for problem in problems
-    ]
+    return _translate(document, tenant).relocated(problems)
 
 
 def _translate(document: Mapping[str, Any], tenant: str | None) -> Translation:

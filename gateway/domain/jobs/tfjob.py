@@ -45,7 +45,6 @@ from gateway.domain.jobs.tfjob_fields import (
     PORT_NAME,
     REPLICA_TYPES,
     RUN_POLICY_FIELDS,
-    Origin,
     Translation,
     Where,
 )
@@ -77,10 +76,7 @@ def translate_tfjob(
 
     ``tenant`` is the tenant the caller submits for; ``None`` takes it from metadata.namespace.
     """
-    translation = _translate(document, tenant)
-    if translation.problems or translation.spec is None:
-        return translation.problems or [FieldProblem(pointer="", detail="not a TFJob")]
-    return translation.spec
+    return _translate(document, tenant).outcome("TFJob")
 
 
 def relocate_problems(
@@ -90,21 +86,7 @@ def relocate_problems(
 
     A pointer with no known origin goes to the closest field that has one, else to the manifest.
     """
-    origins = _translate(document, tenant).origins
-    return [
-        FieldProblem(pointer=relocate_pointer(origins, problem.pointer), detail=problem.detail)
-        for problem in problems
-    ]
-
-
-def relocate_pointer(origins: Mapping[str, Origin], spec_pointer: str) -> str:
-    at = spec_pointer
-    while at:
-        origin = origins.get(at)
-        if origin is not None:
-            return origin.pointer + spec_pointer[len(at) :] if origin.same_shape else origin.pointer
-        at = at.rpartition("/")[0]
-    return ""
+    return _translate(document, tenant).relocated(problems)
 
 
 def _translate(document: Mapping[str, Any], tenant: str | None) -> Translation:

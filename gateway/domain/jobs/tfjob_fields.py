@@ -18,7 +18,7 @@ Invariants kept here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +226,29 @@ class Translation:
 
     def add(self, where: Where, detail: str) -> None:
         self.problems.append(FieldProblem(pointer=pointer(*where), detail=detail))
+
+    def outcome(self, kind: str) -> dict[str, Any] | list[FieldProblem]:
+        """The spec, or every problem (a manifest that yielded neither is "not a <kind>")."""
+        if self.problems or self.spec is None:
+            return self.problems or [FieldProblem(pointer="", detail=f"not a {kind}")]
+        return self.spec
+
+    def relocated(self, problems: Sequence[FieldProblem]) -> list[FieldProblem]:
+        """Problems found in the translated spec, re-pointed at the manifest fields they came
+        from: a pointer with no known origin goes to the closest field that has one, else to the
+        manifest."""
+        found = []
+        for problem in problems:
+            at, where = problem.pointer, ""
+            while at:
+                origin = self.origins.get(at)
+                if origin is not None:
+                    tail = problem.pointer[len(at) :]
+                    where = origin.pointer + tail if origin.same_shape else origin.pointer
+                    break
+                at = at.rpartition("/")[0]
+            found.append(FieldProblem(pointer=where, detail=problem.detail))
+        return found
 
     def came_from(self, spec_at: Where, source: Where, *, same_shape: bool = False) -> None:
         self.origins[pointer(*spec_at)] = Origin(pointer=pointer(*source), same_shape=same_shape)

@@ -148,19 +148,6 @@ class RunningGang:
         """Whether any of its pods holds quota its cohort lent."""
         return any(p.borrowed != NOTHING for p in self.placements)
 
-    def released(self) -> tuple[Holding, ...]:
-        """Its holdings with every amount negated: added to a cluster's holdings, they give
-        back what it holds (``capacity.free_after_holdings`` subtracts holdings)."""
-        return tuple(
-            Holding(
-                node=p.node,
-                cpu_millis=-p.cpu_millis,
-                memory_bytes=-p.memory_bytes,
-                gpu=tuple(GpuSlice(device=s.device, shares=-s.shares) for s in p.gpu),
-            )
-            for p in self.placements
-        )
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Preemption:
