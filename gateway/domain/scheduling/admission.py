@@ -141,6 +141,18 @@ def _borrowed_by_pod(pods: Sequence[PodRequest], borrowed: Resources) -> list[Re
     return shares[::-1]
 
 
+def _would_borrow_unpreemptible(
+    job: PendingJob, tenant: TenantState, used: TenantUsage, demand: Resources
+) -> bool:
+    """Whether ``job`` cannot be preempted and would hold more than its tenant's nominal quota.
+    Borrowed quota is taken back by preemption, so such a job runs within nominal only."""
+    return (
+        tenant.cohort is not None
+        and not job.preemptible
+        and not tenant.quota.fits_now(used, demand)
+    )
+
+
 def _search_cost(candidates: int) -> int:
     """The trials `preemption.choose` needs for its first valid answer among ``candidates``:
     all of them, then a bisection of the prefixes."""
@@ -334,9 +346,7 @@ class _Cycle:
             return _Outcome.BLOCKED
         words: str | None = None
         if tenant.cohort is not None and self.book is not None:
-            if not job.preemptible and not quota.fits_now(used, demand):
-                # Borrowed quota is taken back by preemption: a job that cannot be preempted
-                # runs within its tenant's nominal quota only.
+            if _would_borrow_unpreemptible(job, tenant, used, demand):
                 short = quota.short_of(used, demand)
                 words = never_borrows(job.tenant, short) if short is not None else ""
             elif not self.book.fits(job.tenant, demand):
@@ -597,8 +607,7 @@ class _Cycle:
         try:
             if not book.fits(job.tenant, demand):
                 return False
-            nominal_only = tenant.cohort is not None and not job.preemptible
-            return not nominal_only or tenant.quota.fits_now(book.usage(job.tenant), demand)
+            return not _would_borrow_unpreemptible(job, tenant, book.usage(job.tenant), demand)
         finally:
             for name, (held, jobs) in amounts.items():
                 book.take(name, held, jobs)
