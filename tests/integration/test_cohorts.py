@@ -120,6 +120,9 @@ async def test_only_platform_admins_manage_cohorts(
         ("DELETE", "/v1/admin/cohorts/pool", None),
         ("PATCH", "/v1/admin/tenants/search", {"cohort": None}),
         ("PATCH", "/v1/admin/tenants/search", {"quota": {"borrowing_limit": {"cpu": "1000"}}}),
+        ("PATCH", "/v1/admin/tenants/search?dry_run=true", {"weight": 100}),
+        ("PATCH", "/v1/admin/cohorts/pool", {"members": {"search": {"borrowing_limit": {}}}}),
+        ("PATCH", "/v1/admin/cohorts/pool?dry_run=true", {"members": {"search": None}}),
     ]:
         kwargs = {} if body is None else {"json": body}
         response = await sam.request(method, path, **kwargs)
