@@ -24,7 +24,14 @@ from gateway.db.jobs import decode_cursor, encode_cursor
 from gateway.domain.jobs.policy import policy_of
 from gateway.domain.names import DNS_1123_LABEL
 from gateway.domain.problems import FieldProblem, pointer
-from gateway.domain.resources import QuantityError, cpu_millis, gpu_quota_shares, memory_bytes
+from gateway.domain.resources import (
+    QuantityError,
+    cpu_millis,
+    extended_amount,
+    extended_name_problem,
+    gpu_quota_shares,
+    memory_bytes,
+)
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits
 from gateway.domain.scheduling.priority import DEFAULT_MAX_PRIORITY
 from gateway.domain.scheduling.queueing import PreemptionPolicy
@@ -75,6 +82,7 @@ def tenant_settings(
     for key in ("max_running_jobs", "max_queued_jobs"):
         if key in quota:
             amounts[key] = quota[key]
+    amounts["extended"] = _extended_limits(quota, current, problems)
     cohort = _cohort_terms(body, current, problems)
     if problems:
         raise ValidationFailed(problems)
@@ -99,6 +107,30 @@ def tenant_settings(
         # Keys left out keep their current values (a new tenant's: the defaults).
         pod_policy=policy_of(body.get("pod_policy") or {}, current.pod_policy if current else None),
     )
+
+
+def _extended_limits(
+    quota: Mapping[str, Any], current: TenantSettings | None, problems: list[FieldProblem]
+) -> tuple[tuple[str, int], ...]:
+    """The quota's limits on extended resources: every key that is not one of the quota's own
+    names an extended resource (``rdma/hca``...). A PUT sets those it gives; a PATCH changes
+    those it gives over the current ones, and null takes a limit away."""
+    limits = dict(current.quota.extended) if current is not None else {}
+    own = {key for key, _, _ in _QUOTA_PARSERS} | {"max_running_jobs", "max_queued_jobs", *_LIMITS}
+    for name in sorted(set(quota) - own):
+        value = quota[name]
+        problem = extended_name_problem(name)
+        if problem is not None:
+            problems.append(FieldProblem(pointer=pointer("quota", name), detail=problem))
+            continue
+        if value is None:
+            limits.pop(name, None)
+            continue
+        try:
+            limits[name] = extended_amount(name, value)
+        except QuantityError as exc:
+            problems.append(FieldProblem(pointer=pointer("quota", name), detail=str(exc)))
+    return tuple(sorted(limits.items()))
 
 
 def _cohort_terms(

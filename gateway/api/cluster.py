@@ -9,7 +9,13 @@ from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.serializers import json_response, tenant_status_view
 from gateway.db import tenants as tenant_store
 from gateway.db.admission import load_holdings
-from gateway.domain.resources import GPU_SHARES_PER_DEVICE, format_cpu, format_gpu, format_memory
+from gateway.domain.resources import (
+    GPU_SHARES_PER_DEVICE,
+    format_cpu,
+    format_extended,
+    format_gpu,
+    format_memory,
+)
 from gateway.domain.scheduling.capacity import free_capacity
 
 routes = web.RouteTableDef()
@@ -24,9 +30,11 @@ async def cluster(request: web.Request) -> web.Response:
     free = {f.name: f for f in free_capacity(nodes, holdings)}
     items = []
     totals = {"cpu": 0, "memory": 0, "gpu": 0, "free_cpu": 0, "free_memory": 0, "free_gpu": 0}
+    extended: dict[str, list[int]] = {}  # name -> [capacity, free] over ready nodes
     for node in sorted(nodes, key=lambda n: n.name):
         left = free[node.name]
         gpu_free = sum(left.gpu)
+        left_extended = dict(left.extended)
         items.append(
             {
                 "name": node.name,
@@ -46,8 +54,20 @@ async def cluster(request: web.Request) -> web.Response:
                 "gpu_devices": [
                     {"index": i, "free_shares": shares} for i, shares in enumerate(left.gpu)
                 ],
+                "extended": {
+                    name: {
+                        "capacity": format_extended(name, amount),
+                        "free": format_extended(name, max(left_extended.get(name, 0), 0)),
+                    }
+                    for name, amount in sorted(node.extended.items())
+                },
             }
         )
+        if node.ready:
+            for name, amount in node.extended.items():
+                sums = extended.setdefault(name, [0, 0])
+                sums[0] += amount
+                sums[1] += max(left_extended.get(name, 0), 0)
         if node.ready:
             totals["cpu"] += node.cpu_millis
             totals["memory"] += node.memory_bytes
@@ -67,6 +87,13 @@ async def cluster(request: web.Request) -> web.Response:
                 "cpu": format_cpu(totals["free_cpu"]),
                 "memory": format_memory(totals["free_memory"]),
                 "gpu": format_gpu(totals["free_gpu"]),
+            },
+            "extended": {
+                name: {
+                    "capacity": format_extended(name, capacity),
+                    "free": format_extended(name, left),
+                }
+                for name, (capacity, left) in sorted(extended.items())
             },
         }
     )

@@ -15,7 +15,13 @@ from aiohttp import web
 
 from gateway.domain.jobs.policy import policy_document
 from gateway.domain.lifecycle.records import Job, JobEvent
-from gateway.domain.resources import Resources, format_cpu, format_gpu, format_memory
+from gateway.domain.resources import (
+    Resources,
+    format_cpu,
+    format_extended,
+    format_gpu,
+    format_memory,
+)
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.quota import Quota, TenantUsage
 from gateway.domain.tenants import (
@@ -110,6 +116,7 @@ def quota_view(quota: Quota, terms: CohortTerms | None = None) -> dict[str, Any]
         "gpu": format_gpu(quota.gpu_shares),
         "max_running_jobs": quota.max_running_jobs,
         "max_queued_jobs": quota.max_queued_jobs,
+        **{name: format_extended(name, limit) for name, limit in quota.extended},
     }
     if terms is not None:
         view["borrowing_limit"] = limits_view(terms.borrowing_limit)

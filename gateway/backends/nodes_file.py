@@ -5,7 +5,9 @@ Format (see deploy/nodes.example.yaml)::
     nodes:
       - {name: gpu-0, cpu: "32", memory: 128Gi, gpus: 8, gpu_mode: device-plugin,
          labels: {zone: a}, taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}],
-         ready: true}
+         ready: true, extended: {rdma/hca: 4, hugepages-2Mi: 8Gi}}
+
+``extended``: the extended resources the node offers, by Kubernetes name, in whole units.
 
 Invariant: a malformed file stops startup with a ConfigError naming the node and field.
 """
@@ -19,11 +21,19 @@ from typing import Any
 import yaml
 
 from gateway.backends.base import NodeWatchers
-from gateway.domain.resources import QuantityError, cpu_millis, memory_bytes
+from gateway.domain.resources import (
+    QuantityError,
+    cpu_millis,
+    extended_amount,
+    extended_name_problem,
+    memory_bytes,
+)
 from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
 from gateway.errors import ConfigError
 
-_NODE_KEYS = frozenset({"name", "cpu", "memory", "gpus", "gpu_mode", "labels", "taints", "ready"})
+_NODE_KEYS = frozenset(
+    {"name", "cpu", "memory", "gpus", "gpu_mode", "labels", "taints", "ready", "extended"}
+)
 _EFFECTS = frozenset({"NoSchedule", "PreferNoSchedule", "NoExecute"})
 
 
@@ -73,6 +83,18 @@ def parse_nodes(document: Any, source: str) -> tuple[Node, ...]:
                     effect=str(taint["effect"]),
                 )
             )
+        extended = raw.get("extended") or {}
+        if not isinstance(extended, Mapping):
+            raise ConfigError(f"{where} ({name}): 'extended' must be a mapping")
+        offered: dict[str, int] = {}
+        for resource, value in extended.items():
+            problem = extended_name_problem(str(resource))
+            if problem is not None:
+                raise ConfigError(f"{where} ({name}): extended: {problem}")
+            try:
+                offered[str(resource)] = extended_amount(str(resource), value)
+            except QuantityError as exc:
+                raise ConfigError(f"{where} ({name}): extended {resource}: {exc}") from exc
         nodes.append(
             Node(
                 name=name,
@@ -86,6 +108,7 @@ def parse_nodes(document: Any, source: str) -> tuple[Node, ...]:
                 cpu_millis=cpu,
                 memory_bytes=memory,
                 gpu_devices=gpus if mode is not GpuMode.NONE else 0,
+                extended=offered,
             )
         )
     return tuple(nodes)

@@ -313,7 +313,7 @@ class LeaderQueue:
 _TENANTS = text(TENANTS_FOR_ADMISSION)
 
 _HOLDINGS = text(
-    "SELECT node, cpu_millis, memory_bytes, gpu FROM placements WHERE released_at IS NULL"
+    "SELECT node, cpu_millis, memory_bytes, gpu, extended FROM placements WHERE released_at IS NULL"
 )
 # Every live placement with its job, in job order: the holdings, and the gangs preemption
 # chooses among (with the state and attempt that guard their requeue).
@@ -322,7 +322,7 @@ _LIVE = text(
     SELECT CAST(j.id AS text) AS job_id, j.tenant, j.priority, j.preemptible, j.state,
            j.attempt, j.preemptions, COALESCE(j.admitted_at, now()) AS admitted_at,
            p.pod_name, p.role, p.replica_index, p.node, p.cpu_millis, p.memory_bytes, p.gpu,
-           p.borrowed_cpu_millis, p.borrowed_memory_bytes, p.borrowed_gpu_shares
+           p.borrowed_cpu_millis, p.borrowed_memory_bytes, p.borrowed_gpu_shares, p.extended
     FROM placements p JOIN jobs j ON j.id = p.job_id
     WHERE p.released_at IS NULL
     ORDER BY j.id, p.pod_name
@@ -358,17 +358,18 @@ _PLACE = text(
     """
     INSERT INTO placements (job_id, attempt, pod_name, role, replica_index, node, cpu_millis,
                             memory_bytes, gpu_shares, gpu, borrowed_cpu_millis,
-                            borrowed_memory_bytes, borrowed_gpu_shares)
+                            borrowed_memory_bytes, borrowed_gpu_shares, extended)
     SELECT job_id, attempt, pod_name, role, replica_index, node, cpu, memory, gpu_shares,
-           CAST(gpu AS jsonb), borrowed_cpu, borrowed_memory, borrowed_gpu
+           CAST(gpu AS jsonb), borrowed_cpu, borrowed_memory, borrowed_gpu,
+           CAST(extended AS jsonb)
     FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:pods AS text[]),
                 CAST(:roles AS text[]), CAST(:indexes AS int[]), CAST(:nodes AS text[]),
                 CAST(:cpus AS bigint[]), CAST(:memories AS bigint[]),
                 CAST(:gpu_shares AS bigint[]), CAST(:gpus AS text[]),
                 CAST(:borrowed_cpus AS bigint[]), CAST(:borrowed_memories AS bigint[]),
-                CAST(:borrowed_gpus AS bigint[]))
+                CAST(:borrowed_gpus AS bigint[]), CAST(:extended AS text[]))
         AS p(job_id, attempt, pod_name, role, replica_index, node, cpu, memory, gpu_shares, gpu,
-             borrowed_cpu, borrowed_memory, borrowed_gpu)
+             borrowed_cpu, borrowed_memory, borrowed_gpu, extended)
     WHERE job_id = ANY(CAST(:admitted AS uuid[]))
     """
 )
@@ -445,6 +446,7 @@ async def load_live(conn: AsyncConnection) -> Live:
                 cpu_millis=placement.cpu_millis,
                 memory_bytes=placement.memory_bytes,
                 gpu=placement.gpu,
+                extended=placement.extended,
             )
         )
         guards[row["job_id"]] = Guard(
@@ -585,6 +587,7 @@ async def write_plan(
                 "borrowed_cpus",
                 "borrowed_memories",
                 "borrowed_gpus",
+                "extended",
             )
         }
         changes = []
@@ -606,6 +609,7 @@ async def write_plan(
                 columns["borrowed_cpus"].append(placement.borrowed.cpu_millis)
                 columns["borrowed_memories"].append(placement.borrowed.memory_bytes)
                 columns["borrowed_gpus"].append(placement.borrowed.gpu_shares)
+                columns["extended"].append(json.dumps(dict(placement.extended)))
             changes.append(
                 Change(
                     job_id=admission.job_id,

@@ -46,6 +46,7 @@ from gateway.db.transitions import JOB_COLUMNS, SUBMIT
 from gateway.domain.jobs.spec import JobSpec, to_document
 from gateway.domain.lifecycle.records import Job
 from gateway.domain.problems import FieldProblem
+from gateway.domain.resources import Extended
 from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.priority import PriorityClass, resolve
 from gateway.domain.scheduling.reasons import never_fits_quota
@@ -54,7 +55,8 @@ from gateway.jsontext import json_text
 
 # A tenant's quota, queued cap, priority ceiling, and cohort with its limits.
 QUOTA = (
-    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, max_running_jobs, "
+    "SELECT quota_cpu_millis, quota_memory_bytes, quota_gpu_shares, quota_extended, "
+    "max_running_jobs, "
     "max_queued_jobs, max_priority, cohort, "
     + ", ".join((*BORROWING_COLUMNS.values(), *LENDING_COLUMNS.values()))
     + " FROM tenants WHERE name = $1"
@@ -155,6 +157,8 @@ class JobRow:
     cpu_millis: int
     memory_bytes: int
     gpu_shares: int
+    #: Extended resources the whole job asks for, by name.
+    extended: Extended = ()
     priority_class: str | None = None
     preemptible: bool = True
 
@@ -174,6 +178,7 @@ class JobRow:
                 "cpu_millis": self.cpu_millis,
                 "memory_bytes": self.memory_bytes,
                 "gpu_shares": self.gpu_shares,
+                "extended": dict(self.extended),
                 "slot": slot,
             }
         )
@@ -235,6 +240,7 @@ def job_to_write(submission: Submission) -> JobToWrite:
         cpu_millis=total.cpu_millis,
         memory_bytes=total.memory_bytes,
         gpu_shares=total.gpu_shares,
+        extended=total.extended,
     )
     return JobToWrite(submission=submission, row=row, document=document, labels=labels)
 

@@ -39,7 +39,8 @@ _ACTIVE = text(
 _PLACEMENTS = text(
     """
     SELECT p.job_id, p.pod_name, p.role, p.replica_index, p.node, p.cpu_millis, p.memory_bytes,
-           p.gpu, p.borrowed_cpu_millis, p.borrowed_memory_bytes, p.borrowed_gpu_shares
+           p.gpu, p.borrowed_cpu_millis, p.borrowed_memory_bytes, p.borrowed_gpu_shares,
+           p.extended
     FROM placements p JOIN jobs j ON j.id = p.job_id AND p.attempt = j.attempt
     WHERE j.state IN ('admitted', 'running') AND p.released_at IS NULL
     ORDER BY p.pod_name

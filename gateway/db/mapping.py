@@ -21,7 +21,7 @@ from gateway.domain.jobs.policy import PodPolicy, policy_of
 from gateway.domain.jobs.spec import CallbackEvent, CleanPodPolicy, Framework
 from gateway.domain.lifecycle.records import ActiveJob, Job, JobEvent, PodOwner, QueuePlace
 from gateway.domain.lifecycle.states import EventType, JobState
-from gateway.domain.resources import Resources
+from gateway.domain.resources import Extended, Resources
 from gateway.domain.scheduling.cohorts import CohortTerms, Limits, Standing
 from gateway.domain.scheduling.nodes import GpuSlice, Holding
 from gateway.domain.scheduling.priority import PriorityClass
@@ -170,7 +170,15 @@ def placement_of(row: Row) -> Placement:
             memory_bytes=row["borrowed_memory_bytes"],
             gpu_shares=row["borrowed_gpu_shares"],
         ),
+        extended=extended_of(row["extended"]),
     )
+
+
+def extended_of(raw: Mapping[str, Any] | None) -> Extended:
+    """A JSON object of extended amounts (``{"rdma/hca": 1}``) as Muster's sorted pairs."""
+    if not raw:
+        return ()
+    return tuple(sorted((str(name), int(amount)) for name, amount in raw.items() if amount))
 
 
 def holding_of(row: Row) -> Holding:
@@ -180,6 +188,7 @@ def holding_of(row: Row) -> Holding:
         cpu_millis=row["cpu_millis"],
         memory_bytes=row["memory_bytes"],
         gpu=gpu_slices(row["gpu"]),
+        extended=extended_of(row["extended"]),
     )
 
 
@@ -197,6 +206,7 @@ def quota_of(row: Row) -> Quota:
         gpu_shares=row[QUOTA_COLUMNS["gpu_shares"]],
         max_running_jobs=row["max_running_jobs"],
         max_queued_jobs=row["max_queued_jobs"],
+        extended=tuple(sorted((str(n), int(v)) for n, v in row["quota_extended"].items())),
     )
 
 
@@ -207,6 +217,7 @@ def usage_of(row: Row) -> TenantUsage:
         memory_bytes=int(row["used_memory"]),
         gpu_shares=int(row["used_gpu"]),
         running_jobs=int(row["running_jobs"]),
+        extended=extended_of(row["used_extended"]),
     )
 
 

@@ -138,6 +138,7 @@ class Tenant(Base):
             "preemption_policy IN ('never', 'lower_priority')", name="preemption_policy_known"
         ),
         CheckConstraint("jsonb_typeof(pod_policy) = 'object'", name="pod_policy_object"),
+        CheckConstraint("jsonb_typeof(quota_extended) = 'object'", name="quota_extended_object"),
     )
 
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
@@ -147,6 +148,10 @@ class Tenant(Base):
     quota_gpu_shares: Mapped[int] = mapped_column(BigInteger, nullable=False)
     max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     max_queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    # A limit per extended resource the quota names ({"rdma/hca": 8}); a name absent: no limit.
+    quota_extended: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
     weight: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("1"))
     # The highest priority the tenant's jobs may have; an admin grants it
     # (gateway.domain.scheduling.priority).
@@ -384,6 +389,7 @@ class Placement(Base):
             " AND borrowed_gpu_shares >= 0 AND borrowed_gpu_shares <= gpu_shares",
             name="borrowed_within_held",
         ),
+        CheckConstraint("jsonb_typeof(extended) = 'object'", name="extended_object"),
         Index("ix_placements_live_node", "node", postgresql_where=text("released_at IS NULL")),
     )
 
@@ -411,6 +417,10 @@ class Placement(Base):
     )
     # [{"device": 0, "shares": 50}, ...]: CUDA_VISIBLE_DEVICES follows from the device indices.
     gpu: Mapped[list[Any]] = mapped_column(nullable=False, server_default=text("'[]'"))
+    # Extended resources it holds by name ({"rdma/hca": 1}); never borrowed.
+    extended: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

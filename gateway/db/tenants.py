@@ -52,6 +52,7 @@ from gateway.jsontext import json_text
 _SETTINGS_COLUMNS = (
     "namespace",
     *QUOTA_COLUMNS.values(),
+    "quota_extended",
     "max_running_jobs",
     "max_queued_jobs",
     "weight",
@@ -63,7 +64,7 @@ _SETTINGS_COLUMNS = (
     *LENDING_COLUMNS.values(),
 )
 #: Columns whose parameters are JSON text, cast to jsonb.
-_JSON_COLUMNS = frozenset({"pod_policy"})
+_JSON_COLUMNS = frozenset({"pod_policy", "quota_extended"})
 
 
 def _value(column: str) -> str:
@@ -116,7 +117,8 @@ _GRANT = text(
 
 def could_ever_hold_sql(tenant: str, demand: str) -> str:
     """The SQL form of ``Quota.could_ever_hold``: a condition on the tenants row aliased
-    ``tenant`` and a row ``demand`` with cpu_millis, memory_bytes and gpu_shares columns. Made from
+    ``tenant`` and a row ``demand`` with cpu_millis, memory_bytes and gpu_shares columns and an
+    ``extended`` object of extended amounts by name. Made from
     the quota's resource list, and held to the Python rule by a test.
 
     Per resource, as ``Quota.ceiling``: a tenant in no cohort holds at most its quota; a member
@@ -132,7 +134,15 @@ def could_ever_hold_sql(tenant: str, demand: str) -> str:
         )
 
     holds = " AND ".join(held(r) for r in RESOURCES)
-    return f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {holds}"
+    # Extended resources are never borrowed: a named limit is the most, in a cohort or not.
+    extended = (
+        f"NOT EXISTS (SELECT 1 FROM jsonb_each_text({demand}.extended) d "
+        f"WHERE {tenant}.quota_extended ? d.key "
+        f"AND CAST(d.value AS numeric) > CAST({tenant}.quota_extended ->> d.key AS numeric))"
+    )
+    return (
+        f"{tenant}.max_queued_jobs > 0 AND {tenant}.max_running_jobs > 0 AND {holds} AND {extended}"
+    )
 
 
 def _limit_params(limits: Limits | None, columns: Mapping[str, str]) -> dict[str, int | None]:
@@ -146,6 +156,7 @@ def _params(settings: TenantSettings) -> dict[str, Any]:
     return {
         "namespace": settings.namespace,
         **{column: getattr(quota, r) for r, column in QUOTA_COLUMNS.items()},
+        "quota_extended": json_text(dict(quota.extended)),
         "max_running_jobs": quota.max_running_jobs,
         "max_queued_jobs": quota.max_queued_jobs,
         "weight": settings.weight,
@@ -170,6 +181,7 @@ def _audit_view(tenant: Tenant | None) -> dict[str, Any] | None:
     return {
         **_params(tenant.settings),
         "pod_policy": policy_document(tenant.settings.pod_policy),
+        "quota_extended": dict(tenant.settings.quota.extended),
         "priority_classes": list(tenant.settings.priority_classes),
     }
 
@@ -316,7 +328,8 @@ def _tenants_with_usage(*, count_queued: bool) -> str:
     return f"""
     SELECT {tenant_columns("t")},
            COALESCE(u.cpu, 0) AS used_cpu, COALESCE(u.memory, 0) AS used_memory,
-           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs
+           COALESCE(u.gpu, 0) AS used_gpu, COALESCE(r.running, 0) AS running_jobs,
+           COALESCE(x.extended, '{{}}'::jsonb) AS used_extended
            {", COALESCE(r.queued, 0) AS queued_jobs" if count_queued else ""}
     FROM tenants t
     LEFT JOIN (
@@ -325,6 +338,15 @@ def _tenants_with_usage(*, count_queued: bool) -> str:
         FROM placements p JOIN jobs j ON j.id = p.job_id
         WHERE p.released_at IS NULL GROUP BY j.tenant
     ) u ON u.tenant = t.name
+    LEFT JOIN (
+        SELECT tenant, jsonb_object_agg(name, amount) AS extended FROM (
+            SELECT j.tenant, e.key AS name, sum(CAST(e.value AS bigint)) AS amount
+            FROM placements p JOIN jobs j ON j.id = p.job_id
+                 CROSS JOIN LATERAL jsonb_each_text(p.extended) e
+            WHERE p.released_at IS NULL AND p.extended <> '{{}}'::jsonb
+            GROUP BY j.tenant, e.key
+        ) held GROUP BY tenant
+    ) x ON x.tenant = t.name
     LEFT JOIN (
         SELECT tenant, count(*) FILTER (WHERE state <> 'queued') AS running{queued}
         FROM jobs WHERE state IN ({states}) GROUP BY tenant

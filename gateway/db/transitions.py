@@ -67,7 +67,8 @@ SUBMIT_BATCH = f"""
         SELECT * FROM jsonb_to_recordset($1::text::jsonb)
             AS i(id uuid, tenant text, name text, framework text, priority int, spec jsonb,
                  labels jsonb, idempotency_key text, request_hash text, actor text,
-                 cpu_millis bigint, memory_bytes bigint, gpu_shares bigint, slot int)
+                 cpu_millis bigint, memory_bytes bigint, gpu_shares bigint, extended jsonb,
+                 slot int)
     ), fitting AS MATERIALIZED (
         SELECT i.*, COALESCE(i.slot, floor(random() * t.max_queued_jobs)::int) AS queue_slot
         FROM input i JOIN tenants t ON t.name = i.tenant

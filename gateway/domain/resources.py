@@ -4,7 +4,14 @@ Muster keeps every amount as an integer so sums and comparisons are exact:
 
 - CPU in millicores (``"500m"`` -> 500, ``"4"`` -> 4000),
 - memory in bytes (``"4Gi"`` -> 4294967296),
-- GPU in shares, one device being ``GPU_SHARES_PER_DEVICE`` (100) shares.
+- GPU in shares, one device being ``GPU_SHARES_PER_DEVICE`` (100) shares,
+- extended resources (any other name a node advertises: ``rdma/hca``, ``amd.com/gpu``,
+  ``nvidia.com/mig-1g.10gb``, ``hugepages-2Mi``, ``ephemeral-storage``) in whole units: devices
+  for device-plugin names, bytes for hugepages and ephemeral storage. Kubernetes never
+  over-commits or shares them, so a request is its limit.
+
+An ``Extended`` amount is a tuple of ``(name, amount)`` pairs sorted by name, every amount above
+zero: equal amounts are equal tuples, and a request without extended resources is ``()``.
 
 Invariants: every parser returns a non-negative integer or raises ``QuantityError`` with a message a
 person can act on; nothing is rounded silently (a CPU finer than 1m or a fractional byte is
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -23,6 +30,19 @@ GPU_SHARES_PER_DEVICE = 100
 # Generous ceilings that keep every amount inside PostgreSQL's bigint and catch typos like "4Ei".
 MAX_CPU_MILLIS = 10**9
 MAX_MEMORY_BYTES = 2**62
+MAX_EXTENDED = 2**62
+
+#: (resource name, amount) pairs sorted by name, amounts above zero.
+Extended = tuple[tuple[str, int], ...]
+#: Resource names Muster reads under their own keys (cpu, memory, gpu) or never allocates.
+OWN_RESOURCE_NAMES = frozenset({"cpu", "memory", "gpu", "nvidia.com/gpu", "pods"})
+#: Extended resources measured in bytes, like memory.
+BYTE_RESOURCES = ("hugepages-", "ephemeral-storage")
+_QUALIFIED = re.compile(
+    r"^(?P<prefix>[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/"
+    r"(?P<name>[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"
+)
+_HUGEPAGES = re.compile(r"^hugepages-(?P<size>[0-9]+(Ki|Mi|Gi))$")
 
 _QUANTITY = re.compile(
     r"^(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
@@ -50,6 +70,15 @@ class Resources:
     cpu_millis: int
     memory_bytes: int
     gpu_shares: int = 0
+    extended: Extended = ()
+
+    def plus(self, other: Resources) -> Resources:
+        return Resources(
+            cpu_millis=self.cpu_millis + other.cpu_millis,
+            memory_bytes=self.memory_bytes + other.memory_bytes,
+            gpu_shares=self.gpu_shares + other.gpu_shares,
+            extended=merged(self.extended, other.extended),
+        )
 
 
 class QuantityError(ValueError):
@@ -189,3 +218,96 @@ def gpu_quota_shares(value: int | float | str) -> int:
     if shares > 10**9:
         raise QuantityError(f"{value} GPUs is out of range")
     return int(shares)
+
+
+# -- extended resources ------------------------------------------------------------------------
+
+
+def extended_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an extended resource a replica requests or a quota limits, or
+    None. Extended resources are the names nodes advertise besides cpu, memory and
+    nvidia.com/gpu: a device plugin's ``<domain>/<name>``, ``hugepages-<size>`` and
+    ``ephemeral-storage``."""
+    if name == "nvidia.com/gpu":
+        return "nvidia.com/gpu is requested as gpu (whole devices or a fraction of one)"
+    if name in OWN_RESOURCE_NAMES:
+        return f"{name} is not an extended resource"
+    if name == "ephemeral-storage" or _HUGEPAGES.fullmatch(name):
+        return None
+    if name.startswith("hugepages-"):
+        return f"{name!r} is not a huge page size such as hugepages-2Mi or hugepages-1Gi"
+    match = _QUALIFIED.fullmatch(name)
+    if match is None or len(name) > 253 + 1 + 63 or len(match["name"]) > 63:
+        return (
+            f"{name!r} is not a resource name: extended resources are named <domain>/<name> "
+            "(rdma/hca, amd.com/gpu, nvidia.com/mig-1g.10gb), hugepages-<size> or "
+            "ephemeral-storage"
+        )
+    if match["prefix"] == "kubernetes.io" or match["prefix"].endswith(".kubernetes.io"):
+        return f"{name!r}: names under kubernetes.io are Kubernetes' own, not extended resources"
+    if match["prefix"] == "requests":
+        return f"{name!r}: the prefix requests/ is reserved by Kubernetes"
+    return None
+
+
+def is_byte_resource(name: str) -> bool:
+    return name.startswith(BYTE_RESOURCES)
+
+
+def extended_amount(name: str, value: str | int | float) -> int:
+    """An extended resource's quantity -> Muster's integer: bytes for hugepages and ephemeral
+    storage (whole pages for hugepages), whole units for every other name."""
+    amount = parse_quantity(value)
+    if amount != amount.to_integral_value():
+        unit = "bytes" if is_byte_resource(name) else "units (extended resources are not shared)"
+        raise QuantityError(f"{value!r} is not a whole number of {unit}")
+    result = int(amount)
+    if result > MAX_EXTENDED:
+        raise QuantityError(f"{value!r} is more than any node can have")
+    page = _HUGEPAGES.fullmatch(name)
+    if page is not None:
+        size = int(parse_quantity(page["size"]))
+        if size and result % size:
+            raise QuantityError(f"{value!r} is not a whole number of {page['size']} pages")
+    return result
+
+
+def format_extended(name: str, amount: int) -> str:
+    """An extended amount as a Kubernetes quantity (``hugepages-2Mi``: ``"1Gi"``; devices:
+    ``"2"``)."""
+    return format_memory(amount) if is_byte_resource(name) else str(amount)
+
+
+def merged(a: Extended, b: Extended, sign: int = 1) -> Extended:
+    """``a`` plus (``sign`` 1) or minus (``sign`` -1) ``b``, name by name; names that come to
+    zero are dropped."""
+    if not b:
+        return a
+    if not a and sign == 1:
+        return b
+    amounts = dict(a)
+    for name, amount in b:
+        amounts[name] = amounts.get(name, 0) + sign * amount
+    return tuple(sorted((name, amount) for name, amount in amounts.items() if amount))
+
+
+def sum_extended(amounts: Iterable[Extended]) -> Extended:
+    """The sum of extended amounts, name by name."""
+    total: Extended = ()
+    for each in amounts:
+        total = merged(total, each)
+    return total
+
+
+def times(amounts: Extended, count: int) -> Extended:
+    """``amounts`` ``count`` times over (a role's replicas)."""
+    if count <= 0:
+        return ()
+    return tuple((name, amount * count) for name, amount in amounts)
+
+
+def amount_of(amounts: Extended, name: str) -> int:
+    for own, amount in amounts:
+        if own == name:
+            return amount
+    return 0

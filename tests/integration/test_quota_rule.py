@@ -5,11 +5,13 @@ The group-commit submit skips, in SQL, a job that its tenant's quota could never
 ``Quota.could_ever_hold``. Random quotas and demands, with the edges (equal, zero, one over)
 drawn often, are put to both, for tenants in no cohort and for cohort members with and without
 borrowing limits (a member may hold its nominal quota plus its borrowing limit; with no limit,
-anything).
+anything), with limits on extended resources (never borrowed; a name without a limit is not
+limited) and demands of them.
 """
 
 from __future__ import annotations
 
+import json
 import random
 
 from sqlalchemy import text
@@ -22,6 +24,7 @@ from gateway.domain.scheduling.cohorts import CohortTerms, Limits
 from gateway.domain.scheduling.quota import RESOURCES, Quota
 
 CASES = 2000
+EXTENDED = ("hugepages-2Mi", "rdma/hca")
 Case = tuple[Quota, CohortTerms | None, Resources]
 BIGINT = 2**63 - 1  # a demand's column; quotas and limits stop at 2**62 (MAX_MEMORY_BYTES)
 
@@ -46,6 +49,9 @@ def _cases(seed: int) -> list[Case]:
             gpu_shares=rng.choice([0, 50, 800]),
             max_running_jobs=rng.choice([0, 1, 10]),
             max_queued_jobs=rng.choice([0, 1, 100]),
+            extended=tuple(
+                (name, rng.choice([0, 1, 8])) for name in EXTENDED if rng.random() < 0.3
+            ),
         )
         cohort = None
         if rng.random() < 0.6:
@@ -57,7 +63,17 @@ def _cases(seed: int) -> list[Case]:
             + (0 if cohort is None or rng.random() < 0.5 else cohort.borrowing_limit.of(r) or 0)
             for r in RESOURCES
         }
-        demand = Resources(**{r: _amount(rng, near[r]) for r in RESOURCES})
+        extended = tuple(
+            (name, _amount(rng, quota.limit_of(name) or 4))
+            for name in EXTENDED
+            if rng.random() < 0.3
+        )
+        demand = Resources(
+            cpu_millis=_amount(rng, near["cpu_millis"]),
+            memory_bytes=_amount(rng, near["memory_bytes"]),
+            gpu_shares=_amount(rng, near["gpu_shares"]),
+            extended=tuple((name, amount) for name, amount in extended if amount),
+        )
         cases.append((quota, cohort, demand))
     return cases
 
@@ -73,7 +89,8 @@ async def test_the_sql_and_the_python_quota_rule_agree_on_random_cases(
         *BORROWING_COLUMNS.values(),
         *RESOURCES,
     ]
-    params: dict[str, list[int | str | None]] = {c: [] for c in [*bigints, "cohort"]}
+    jsons = ["quota_extended", "extended"]
+    params: dict[str, list[int | str | None]] = {c: [] for c in [*bigints, "cohort", *jsons]}
     for quota, cohort, demand in cases:
         for resource in RESOURCES:
             params[QUOTA_COLUMNS[resource]].append(getattr(quota, resource))
@@ -83,10 +100,16 @@ async def test_the_sql_and_the_python_quota_rule_agree_on_random_cases(
         params["max_running_jobs"].append(quota.max_running_jobs)
         params["max_queued_jobs"].append(quota.max_queued_jobs)
         params["cohort"].append(None if cohort is None else cohort.cohort)
+        params["quota_extended"].append(json.dumps(dict(quota.extended)))
+        params["extended"].append(json.dumps(dict(demand.extended)))
     arrays = ", ".join(
-        [*(f"CAST(:{name} AS bigint[])" for name in bigints), "CAST(:cohort AS text[])"]
+        [
+            *(f"CAST(:{name} AS bigint[])" for name in bigints),
+            "CAST(:cohort AS text[])",
+            *(f"CAST(CAST(:{name} AS text[]) AS jsonb[])" for name in jsons),
+        ]
     )
-    names = ", ".join([*bigints, "cohort"])
+    names = ", ".join([*bigints, "cohort", *jsons])
     sql = text(
         f"SELECT {could_ever_hold_sql('t', 't')} AS holds "
         f"FROM unnest({arrays}) WITH ORDINALITY AS t({names}, n) ORDER BY n"
@@ -106,5 +129,12 @@ async def test_the_sql_and_the_python_quota_rule_agree_on_random_cases(
     # Members hold jobs bigger than their nominal quota: the cohort half of the rule is tested.
     assert any(
         holds and quota.exceeded_by(demand)
+        for holds, (quota, _, demand) in zip(expected, cases, strict=True)
+    )
+    # Extended limits keep jobs out, in and out of cohorts, and names without a limit do not.
+    exceeded = [quota.exceeded_by(demand) for quota, _, demand in cases]
+    assert any(set(names) & set(EXTENDED) for names in exceeded)
+    assert any(
+        holds and demand.extended and not quota.extended
         for holds, (quota, _, demand) in zip(expected, cases, strict=True)
     )

@@ -47,6 +47,7 @@ def node(
     labels: Mapping[str, str] | None = None,
     taints: Sequence[Taint] = (),
     ready: bool = True,
+    extended: Mapping[str, int] | None = None,
 ) -> Node:
     if mode is None:
         mode = GpuMode.SHARED if gpus else GpuMode.NONE
@@ -59,6 +60,7 @@ def node(
         cpu_millis=cpu * 1000,
         memory_bytes=mem_gib * GIB,
         gpu_devices=gpus,
+        extended=dict(extended or {}),
     )
 
 
@@ -72,6 +74,7 @@ def pod(
     selector: Mapping[str, str] | None = None,
     tolerations: Sequence[Toleration] = (),
     spread: bool = False,
+    extended: Mapping[str, int] | None = None,
 ) -> PodRequest:
     return PodRequest(
         name=name,
@@ -82,6 +85,7 @@ def pod(
         node_selector=dict(selector or {}),
         tolerations=tuple(tolerations),
         spread=spread,
+        extended=tuple(sorted((extended or {}).items())),
     )
 
 
@@ -119,6 +123,7 @@ def running(
     priority: int = 0,
     admitted_at: float = 0.0,
     preemptible: bool = True,
+    extended: Mapping[str, int] | None = None,
 ) -> RunningGang:
     """A running gang of ``pods`` equal pods on one node; ``borrowed_cpu`` of it (per pod)
     borrowed."""
@@ -139,6 +144,7 @@ def running(
                 borrowed=Resources(
                     cpu_millis=int(borrowed_cpu * 1000), memory_bytes=0, gpu_shares=0
                 ),
+                extended=tuple(sorted((extended or {}).items())),
             )
             for k in range(pods)
         ),
@@ -161,6 +167,7 @@ def tenant(
     usage: TenantUsage | None = None,
     cohort: CohortTerms | None = None,
     policy: PreemptionPolicy = PreemptionPolicy.NEVER,
+    extended: Mapping[str, int] | None = None,
 ) -> TenantState:
     return TenantState(
         name=name,
@@ -171,6 +178,7 @@ def tenant(
             gpu_shares=BIG if gpu is None else gpu,
             max_running_jobs=max_running,
             max_queued_jobs=1000,
+            extended=tuple(sorted((extended or {}).items())),
         ),
         usage=usage or TenantUsage(),
         cohort=cohort,
@@ -179,13 +187,19 @@ def tenant(
 
 
 def holding(
-    node_name: str, *, cpu: float = 0, mem_gib: float = 0, gpu: Iterable[tuple[int, int]] = ()
+    node_name: str,
+    *,
+    cpu: float = 0,
+    mem_gib: float = 0,
+    gpu: Iterable[tuple[int, int]] = (),
+    extended: Mapping[str, int] | None = None,
 ) -> Holding:
     return Holding(
         node=node_name,
         cpu_millis=int(cpu * 1000),
         memory_bytes=int(mem_gib * GIB),
         gpu=tuple(GpuSlice(device=d, shares=s) for d, s in gpu),
+        extended=tuple(sorted((extended or {}).items())),
     )
 
 
@@ -206,7 +220,13 @@ def snapshot(
     for pending_job in pending:
         by_name.setdefault(pending_job.tenant, tenant(pending_job.tenant))
     held = [
-        Holding(node=p.node, cpu_millis=p.cpu_millis, memory_bytes=p.memory_bytes, gpu=p.gpu)
+        Holding(
+            node=p.node,
+            cpu_millis=p.cpu_millis,
+            memory_bytes=p.memory_bytes,
+            gpu=p.gpu,
+            extended=p.extended,
+        )
         for g in gangs
         for p in g.placements
     ]
@@ -267,6 +287,7 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
     devices = {
         n.name: [100] * (n.gpu_devices if n.gpu_mode is not GpuMode.NONE else 0) for n in snap.nodes
     }
+    ext = {n.name: dict(n.extended) for n in snap.nodes}
     over_before = set()
     for h in snap.holdings:
         if h.node not in nodes:
@@ -275,14 +296,20 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
         mem[h.node] -= h.memory_bytes
         for s in h.gpu:
             devices[h.node][s.device] -= s.shares
+        for resource, amount in h.extended:
+            if resource in ext[h.node]:
+                ext[h.node][resource] -= amount
+    over_ext_before = {(name, r) for name in nodes for r, left in ext[name].items() if left < 0}
     for name in nodes:
         if cpu[name] < 0 or mem[name] < 0 or min(devices[name], default=0) < 0:
             over_before.add(name)
+    ext_used = {name: dict(t.usage.extended) for name, t in snap.tenants.items()}
+    ext_before = {name: dict(t.usage.extended) for name, t in snap.tenants.items()}
     usage = {
         name: [t.usage.cpu_millis, t.usage.memory_bytes, t.usage.gpu_shares, t.usage.running_jobs]
         for name, t in snap.tenants.items()
     }
-    found.extend(_preemption_violations(snap, plan, cpu, mem, devices, usage))
+    found.extend(_preemption_violations(snap, plan, cpu, mem, devices, usage, ext, ext_used))
     for admission in plan.admitted:
         pending_job = jobs[admission.job_id]
         if admission.tenant != pending_job.tenant:
@@ -299,8 +326,13 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
                 found.append(f"{admission.job_id}: unknown node {placement.node}")
                 continue
             kind = gpu_kind(request.gpu_shares)
-            if not node_admits(target, request.node_selector, request.tolerations, kind):
+            names = tuple(r for r, _ in request.extended)
+            if not node_admits(
+                target, request.node_selector, request.tolerations, kind, extended=names
+            ):
                 found.append(f"{admission.job_id}/{request.name}: ineligible {target.name}")
+            if placement.extended != request.extended:
+                found.append(f"{admission.job_id}/{request.name}: extended {placement.extended}")
             if sum(s.shares for s in placement.gpu) != request.gpu_shares:
                 found.append(f"{admission.job_id}/{request.name}: gpu slices {placement.gpu}")
             if request.gpu_shares % 100 == 0 and any(s.shares != 100 for s in placement.gpu):
@@ -313,6 +345,10 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
             mem[target.name] -= request.memory_bytes
             for s in placement.gpu:
                 devices[target.name][s.device] -= s.shares
+            for resource, amount in request.extended:
+                ext[target.name][resource] = ext[target.name].get(resource, 0) - amount
+                held = ext_used[pending_job.tenant]
+                held[resource] = held.get(resource, 0) + amount
         used = usage[pending_job.tenant]
         used[0] += sum(p.cpu_millis for p in pending_job.pods)
         used[1] += sum(p.memory_bytes for p in pending_job.pods)
@@ -323,6 +359,15 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
             continue
         if cpu[name] < 0 or mem[name] < 0 or min(devices[name], default=0) < 0:
             found.append(f"node {name} over-committed: {cpu[name]} {mem[name]} {devices[name]}")
+    for name in nodes:
+        for resource, left in ext[name].items():
+            if left < 0 and (name, resource) not in over_ext_before:
+                found.append(f"node {name} over-committed on {resource}: {left}")
+    for name, held in ext_used.items():
+        for resource, limit in snap.tenants[name].quota.extended:
+            got = held.get(resource, 0)
+            if got > limit and got != ext_before[name].get(resource, 0):
+                found.append(f"tenant {name} over its {resource} quota: {got} > {limit}")
     pools: dict[str, list[list[int]]] = {}  # cohort -> per resource [pool, drawn, drawn before]
     for name, used in usage.items():
         state = snap.tenants[name]
@@ -357,6 +402,8 @@ def _preemption_violations(
     mem: dict[str, int],
     devices: dict[str, list[int]],
     usage: dict[str, list[int]],
+    ext: dict[str, dict[str, int]],
+    ext_used: dict[str, dict[str, int]],
 ) -> list[str]:
     """Every way the plan's preemptions break an invariant; gives back what the victims hold
     (in the free capacity and usage given)."""
@@ -399,6 +446,11 @@ def _preemption_violations(
             mem[placement.node] += placement.memory_bytes
             for s in placement.gpu:
                 devices[placement.node][s.device] += s.shares
+            for resource, amount in placement.extended:
+                if resource in ext.get(placement.node, {}):
+                    ext[placement.node][resource] += amount
+                taken = ext_used[victim.tenant]
+                taken[resource] = taken.get(resource, 0) - amount
         used = usage[victim.tenant]
         held = victim.demand
         used[0] -= held.cpu_millis

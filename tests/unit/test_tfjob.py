@@ -273,6 +273,36 @@ def test_resources_prefer_limits_and_whole_cpus_at_their_limit_are_exclusive(
     checked(document)
 
 
+def test_extended_resources_are_carried_by_name_and_a_request_is_their_limit() -> None:
+    document = manifest()
+    container(document)["resources"] = {
+        "limits": {"nvidia.com/gpu": 2, "rdma/hca": 1, "hugepages-2Mi": "1Gi"},
+        "requests": {"rdma/hca": "1", "amd.com/gpu": 1},
+    }
+    replica = translated(document)["replicas"]["worker"]
+    assert replica["resources"] == {
+        "gpu": 2,
+        "rdma/hca": 1,
+        "hugepages-2Mi": "1Gi",
+        "amd.com/gpu": 1,
+    }
+    worker_spec = checked(document).replica("worker")
+    assert worker_spec is not None
+    assert worker_spec.resources.extended == (
+        ("amd.com/gpu", 1),
+        ("hugepages-2Mi", 1 << 30),
+        ("rdma/hca", 1),
+    )
+
+
+def test_an_extended_request_other_than_its_limit_is_refused() -> None:
+    document = manifest()
+    container(document)["resources"] = {"limits": {"rdma/hca": 2}, "requests": {"rdma/hca": 1}}
+    found = problems(document)
+    assert [p.pointer for p in found] == [f"{WORKER_CONTAINER}/resources/requests/rdma~1hca"]
+    assert "never over-committed" in found[0].detail
+
+
 def test_replica_types_ignore_case_and_zero_replicas_run_nothing() -> None:
     document = manifest()
     replicas = document["spec"]["tfReplicaSpecs"]
@@ -435,11 +465,6 @@ REFUSALS: dict[str, tuple[Change, str, str]] = {
         ),
         f"{WORKER_CONTAINER}/ports/0/hostPort",
         "Muster does not support hostPort",
-    ),
-    "another accelerator": (
-        lambda d: container(d).update(resources={"limits": {"amd.com/gpu": 1}}),
-        f"{WORKER_CONTAINER}/resources/limits/amd.com~1gpu",
-        "Muster does not support amd.com/gpu",
     ),
     "a fraction of a device": (
         lambda d: container(d).update(resources={"limits": {"nvidia.com/gpu": "500m"}}),
@@ -630,6 +655,14 @@ RELOCATED: dict[str, tuple[Change, str]] = {
     "a bad quantity": (
         lambda d: container(d).update(resources={"limits": {"cpu": "lots"}}),
         f"{WORKER_CONTAINER}/resources/limits/cpu",
+    ),
+    "a resource name no node can advertise": (
+        lambda d: container(d).update(resources={"limits": {"gpus": 1}}),
+        f"{WORKER_CONTAINER}/resources/limits/gpus",
+    ),
+    "a fraction of an extended resource": (
+        lambda d: container(d).update(resources={"requests": {"rdma/hca": "500m"}}),
+        f"{WORKER_CONTAINER}/resources/requests/rdma~1hca",
     ),
     "two chiefs": (
         lambda d: d["spec"]["tfReplicaSpecs"].update(Chief=worker(d)),

@@ -6,10 +6,14 @@ A node offers its allocatable CPU and memory (``status.allocatable``) and GPUs i
 - shared: labelled ``muster.dev/gpu-sharing=true``; the device count comes from the label
   ``muster.dev/gpu-count`` when it is a whole number, else from ``nvidia.com/gpu`` allocatable.
 
-Its labels, taints and Ready condition come with it. Every pod that Muster does not manage
-(no ``app.kubernetes.io/managed-by=muster``), is bound to a node and has not ended (phase neither
-Succeeded nor Failed) holds its requests there, and they are subtracted. Muster's own pods are
-not: admission subtracts its own reservations.
+Every other allocatable name that is an extended resource (``rdma/hca``, ``amd.com/gpu``,
+``hugepages-2Mi``, ``ephemeral-storage``...; ``gateway.domain.resources.extended_name_problem``)
+is offered by name, in whole units. Its labels, taints and Ready condition come with it.
+
+Every pod that Muster does not manage (no ``app.kubernetes.io/managed-by=muster``), is bound to
+a node and has not ended (phase neither Succeeded nor Failed) holds its requests there, extended
+resources included, and they are subtracted. Muster's own pods are not: admission subtracts its
+own reservations.
 
 Both lists are read on demand and the result is kept for ``max_age`` seconds (one admission cycle
 reads it once, not once per job). A watch with periodic resync would make this cheaper on large
@@ -41,7 +45,14 @@ from gateway.domain.manifests.kubernetes import (
     LABEL_MANAGED,
     MANAGER,
 )
-from gateway.domain.resources import QuantityError, parse_quantity
+from gateway.domain.resources import (
+    Extended,
+    QuantityError,
+    amount_of,
+    extended_name_problem,
+    merged,
+    parse_quantity,
+)
 from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
 
 __all__ = ["GPU_COUNT_LABEL", "KubernetesInventory", "NodeCache", "Usage", "node_from_object"]
@@ -60,13 +71,26 @@ class Usage:
     cpu_millis: int = 0
     memory_bytes: int = 0
     gpus: int = 0
+    extended: Extended = ()
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             cpu_millis=self.cpu_millis + other.cpu_millis,
             memory_bytes=self.memory_bytes + other.memory_bytes,
             gpus=self.gpus + other.gpus,
+            extended=merged(self.extended, other.extended),
         )
+
+
+def _extended(amounts: Mapping[str, Any], *, up: bool, where: str) -> Extended:
+    """The extended resources among a node's allocatable or a container's requests."""
+    found = []
+    for name in sorted(str(key) for key in amounts):
+        if extended_name_problem(name) is None:
+            amount = _amount(amounts[name], 1, up=up, where=where)
+            if amount > 0:
+                found.append((name, amount))
+    return tuple(found)
 
 
 def _amount(value: object, scale: int, *, up: bool, where: str) -> int:
@@ -134,6 +158,7 @@ def node_from_object(obj: Mapping[str, Any]) -> Node | None:
         cpu_millis=cpu,
         memory_bytes=memory,
         gpu_devices=devices,
+        extended=dict(_extended(allocatable, up=False, where=where)),
     )
 
 
@@ -143,14 +168,19 @@ def _container_requests(container: Mapping[str, Any], where: str) -> Usage:
         cpu_millis=_amount(requests.get("cpu"), 1000, up=True, where=where),
         memory_bytes=_amount(requests.get("memory"), 1, up=True, where=where),
         gpus=_amount(requests.get(GPU_RESOURCE), 1, up=True, where=where),
+        extended=_extended(requests, up=True, where=where),
     )
 
 
 def _larger(a: Usage, b: Usage) -> Usage:
+    names = sorted({name for name, _ in (*a.extended, *b.extended)})
     return Usage(
         cpu_millis=max(a.cpu_millis, b.cpu_millis),
         memory_bytes=max(a.memory_bytes, b.memory_bytes),
         gpus=max(a.gpus, b.gpus),
+        extended=tuple(
+            (name, max(amount_of(a.extended, name), amount_of(b.extended, name))) for name in names
+        ),
     )
 
 
@@ -294,4 +324,8 @@ def _subtract(node: Node, held: Usage) -> Node:
         cpu_millis=max(0, node.cpu_millis - held.cpu_millis),
         memory_bytes=max(0, node.memory_bytes - held.memory_bytes),
         gpu_devices=max(0, node.gpu_devices - held.gpus),
+        extended={
+            name: max(0, amount - amount_of(held.extended, name))
+            for name, amount in node.extended.items()
+        },
     )

@@ -19,6 +19,9 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from gateway.domain.jobs.check_pod import check_pod_fields
 from gateway.domain.jobs.collector import Checker, check_enum, check_labels, is_mapping
 from gateway.domain.jobs.spec import (
@@ -39,11 +42,14 @@ from gateway.domain.names import (
 )
 from gateway.domain.problems import pointer
 from gateway.domain.resources import (
+    Extended,
     QuantityError,
     Resources,
     cached_cpu_millis,
     cached_gpu_shares,
     cached_memory_bytes,
+    extended_amount,
+    extended_name_problem,
     format_cpu,
 )
 
@@ -233,9 +239,41 @@ def _check_resources(c: Checker, raw: object, where: tuple[str, ...]) -> Resourc
     if values["memory"] == 0:
         c.add(pointer(*where, "memory"), "must be more than 0")
         return None
+    extended = _check_extended(c, raw, where)
+    if extended is None:
+        return None
     return Resources(
-        cpu_millis=values["cpu"], memory_bytes=values["memory"], gpu_shares=values["gpu"]
+        cpu_millis=values["cpu"],
+        memory_bytes=values["memory"],
+        gpu_shares=values["gpu"],
+        extended=extended,
     )
+
+
+def _check_extended(c: Checker, raw: Mapping[str, Any], where: tuple[str, ...]) -> Extended | None:
+    """The extended resources among a replica's resources (every key but cpu, memory and gpu),
+    in whole units; None after a problem."""
+    amounts: list[tuple[str, int]] = []
+    ok = True
+    for name in sorted(k for k in raw if k not in ("cpu", "memory", "gpu")):
+        value = raw[name]
+        problem = extended_name_problem(name)
+        if problem is not None:
+            c.add(pointer(*where, name), problem)
+            ok = False
+            continue
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            ok = False  # the schema reports the wrong type
+            continue
+        try:
+            amount = extended_amount(name, value)
+        except QuantityError as exc:
+            c.add(pointer(*where, name), str(exc))
+            ok = False
+            continue
+        if amount:
+            amounts.append((name, amount))
+    return tuple(amounts) if ok else None
 
 
 def _check_env(

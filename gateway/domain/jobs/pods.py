@@ -53,6 +53,7 @@ def pod_requests(spec: JobSpec) -> tuple[PodRequest, ...]:
                     node_selector=selector,
                     tolerations=tolerations,
                     spread=replica.role in SPREAD_ROLES,
+                    extended=replica.resources.extended,
                 )
             )
     return tuple(pods)

@@ -34,9 +34,13 @@ from gateway.domain.resources import (
     cached_cpu_millis,
     cached_gpu_shares,
     cached_memory_bytes,
+    extended_amount,
     format_cpu,
+    format_extended,
     format_gpu,
     format_memory,
+    sum_extended,
+    times,
 )
 
 DEFAULT_CPU = "1"
@@ -181,6 +185,7 @@ class JobSpec:
             cpu_millis=sum(r.resources.cpu_millis * r.count for r in self.replicas),
             memory_bytes=sum(r.resources.memory_bytes * r.count for r in self.replicas),
             gpu_shares=sum(r.resources.gpu_shares * r.count for r in self.replicas),
+            extended=sum_extended(times(r.resources.extended, r.count) for r in self.replicas),
         )
 
 
@@ -244,6 +249,9 @@ def from_document(document: Mapping[str, Any]) -> JobSpec:
     )
 
 
+_OWN_RESOURCES = frozenset({"cpu", "memory", "gpu"})
+
+
 def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
     resources = doc["resources"]
     return ReplicaSpec(
@@ -257,6 +265,11 @@ def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
             cpu_millis=cached_cpu_millis(resources["cpu"]),
             memory_bytes=cached_memory_bytes(resources["memory"]),
             gpu_shares=cached_gpu_shares(resources["gpu"]),
+            extended=tuple(
+                (name, extended_amount(name, resources[name]))
+                for name in sorted(resources)
+                if name not in _OWN_RESOURCES
+            ),
         ),
         exclusive_cpus=doc["exclusive_cpus"],
         restart_policy=RestartPolicy(doc["restart_policy"]),
@@ -290,6 +303,7 @@ def _replica_document(r: ReplicaSpec) -> dict[str, Any]:
             "cpu": format_cpu(r.resources.cpu_millis),
             "memory": format_memory(r.resources.memory_bytes),
             "gpu": format_gpu(r.resources.gpu_shares),
+            **{name: format_extended(name, amount) for name, amount in r.resources.extended},
         },
         "exclusive_cpus": r.exclusive_cpus,
         "restart_policy": r.restart_policy.value,

@@ -107,7 +107,6 @@ HONOURED: Mapping[str, frozenset[str]] = {
     ),
     "env": frozenset({"name", "value", "valueFrom"}),
     "resources": frozenset({"limits", "requests"}),
-    "amounts": frozenset({"cpu", "memory", GPU_RESOURCE}),
     "port": frozenset({"name", "containerPort"}),
 }
 
@@ -189,7 +188,9 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
         ),
         **dict.fromkeys(("stdin", "stdinOnce", "tty"), "the container runs without a terminal"),
     },
-    "resources": {"claims": "Muster allocates cpu, memory and nvidia.com/gpu only"},
+    "resources": {
+        "claims": "Muster allocates cpu, memory, GPUs and extended resources, not resource claims"
+    },
     "port": {"hostPort": "replicas reach each other through their Services"},
 }
 # Values that change nothing, so a refused field may carry them: null and empty values, and these.

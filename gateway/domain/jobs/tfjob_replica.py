@@ -12,7 +12,9 @@ Invariants kept here:
 - The pod's ``terminationGracePeriodSeconds`` becomes the replica's grace period (null: the
   gateway's default).
 - Resources come from limits, else requests, per resource; ``nvidia.com/gpu`` must be a whole
-  number of devices, as in Kubernetes. Whole CPUs requested at their limit are exclusive.
+  number of devices, as in Kubernetes. Whole CPUs requested at their limit are exclusive. Every
+  other resource name is an extended resource (``rdma/hca``, ``hugepages-2Mi``...) carried by
+  name; Kubernetes never over-commits those, so a request that differs from its limit is refused.
 - Pod fields (volumes, init containers, service account, pull secrets, security contexts, host
   namespaces; the container's mounts, envFrom, workingDir, securityContext and ``valueFrom``
   variables) are carried exactly, as the spec's pod fields (``gateway.domain.jobs.pod_fields``);
@@ -216,8 +218,6 @@ def _resources(
     t.screen("resources", resources, at)
     limits = t.mapping(resources.get("limits"), (*at, "limits"))
     requests = t.mapping(resources.get("requests"), (*at, "requests"))
-    t.screen("amounts", limits, (*at, "limits"))
-    t.screen("amounts", requests, (*at, "requests"))
     amounts: dict[str, Any] = {}
     for name, source in (("cpu", "cpu"), ("memory", "memory"), ("gpu", GPU_RESOURCE)):
         side, values = ("limits", limits) if source in limits else ("requests", requests)
@@ -227,6 +227,24 @@ def _resources(
         value = _gpu_count(t, values[source], source_at) if name == "gpu" else values[source]
         amounts[name] = copy.deepcopy(value)
         t.came_from((*spec_at, "resources", name), source_at)
+    # Every other name is an extended resource (rdma/hca, hugepages-2Mi...): never
+    # over-committed, so a request is its limit; the spec's check judges the name and amount.
+    own = ("cpu", "memory", GPU_RESOURCE)
+    for source in sorted({str(k) for k in (*limits, *requests)} - set(own)):
+        side, values = ("limits", limits) if source in limits else ("requests", requests)
+        if (
+            source in limits
+            and source in requests
+            and not _same_amount(limits[source], requests[source])
+        ):
+            t.add(
+                (*at, "requests", source),
+                f"{source} is an extended resource, never over-committed: its request must "
+                "equal its limit",
+            )
+            continue
+        amounts[source] = copy.deepcopy(values[source])
+        t.came_from((*spec_at, "resources", source), (*at, side, source))
     if amounts:
         replica["resources"] = amounts
         t.came_from((*spec_at, "resources"), at)
@@ -235,6 +253,17 @@ def _resources(
         requested = _millis(requests["cpu"]) if "cpu" in requests else limit
         replica["exclusive_cpus"] = requested == limit
         t.came_from((*spec_at, "exclusive_cpus"), at)
+
+
+def _same_amount(a: object, b: object) -> bool:
+    """Whether two quantities are the same amount ("1" and 1 are); unparsable ones compare as
+    they are (the spec's check reports them)."""
+    try:
+        if isinstance(a, str | int | float) and isinstance(b, str | int | float):
+            return parse_quantity(a) == parse_quantity(b)
+    except QuantityError:
+        pass
+    return a == b
 
 
 def _millis(value: object) -> int | None:

@@ -60,7 +60,7 @@ from gateway.domain.jobs.pod_fields import PodFields, parsed
 from gateway.domain.jobs.pods import MAX_NAME, pod_name
 from gateway.domain.jobs.spec import Framework, JobSpec, ReplicaSpec, TerminationGrace, Toleration
 from gateway.domain.manifests.environment import kubernetes_addresses, replica_env
-from gateway.domain.resources import format_cpu, format_memory
+from gateway.domain.resources import format_cpu, format_extended, format_memory
 from gateway.domain.scheduling.nodes import SHARES_PER_DEVICE, GpuMode
 from gateway.domain.scheduling.queueing import Placement
 
@@ -413,6 +413,9 @@ def _resources(replica: ReplicaSpec, plan: Placement, gpu_count: int) -> dict[st
     limits.setdefault("memory", memory)
     if gpu_count:
         requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(gpu_count)
+    # Extended resources as placement counted them: never over-committed, request == limit.
+    for name, amount in plan.extended:
+        requests[name] = limits[name] = format_extended(name, amount)
     return {"requests": requests, "limits": limits}
 
 

@@ -37,7 +37,7 @@ from enum import Enum, auto
 from heapq import heapify, heappop, heappush
 from operator import attrgetter
 
-from gateway.domain.resources import Resources
+from gateway.domain.resources import Resources, sum_extended
 from gateway.domain.scheduling.capacity import Slices
 from gateway.domain.scheduling.cohorts import CohortBook, Member
 from gateway.domain.scheduling.nodes import (
@@ -182,7 +182,8 @@ _MEMORY = attrgetter("memory_bytes")
 _GPU = attrgetter("gpu_shares")
 _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
-_REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "spread")
+_REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "spread", "extended")
+_EXTENDED = attrgetter("extended")
 _MIN_WEIGHT = 1e-9
 #: Placement trials a cycle may spend on finding victims (each builds the cluster's free
 #: capacity afresh); past it, preemption waits for the next cycle.
@@ -331,7 +332,8 @@ class _Cycle:
         pods = job.pods
         totals = (sum(map(_CPU, pods)), sum(map(_MEMORY, pods)), sum(map(_GPU, pods)))
         cpu, mem, gpu = totals
-        demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu)
+        extended = sum_extended(map(_EXTENDED, pods)) if any(map(_EXTENDED, pods)) else ()
+        demand = Resources(cpu_millis=cpu, memory_bytes=mem, gpu_shares=gpu, extended=extended)
         # A tenant at its running-job cap is skipped before any per-pod work (unless its own
         # gangs of lower priority may make room).
         if not quota.runs_another(used):
@@ -345,7 +347,9 @@ class _Cycle:
             self._wait(job, PendingReason.FRAGMENTED, "the job has no pods to place")
             return _Outcome.BLOCKED
         words: str | None = None
-        if tenant.cohort is not None and self.book is not None:
+        if extended and (short := quota.extended_short(used, demand)) is not None:
+            words = over_quota(job.tenant, short)  # extended resources are never borrowed
+        elif tenant.cohort is not None and self.book is not None:
             if _would_borrow_unpreemptible(job, tenant, used, demand):
                 short = quota.short_of(used, demand)
                 words = never_borrows(job.tenant, short) if short is not None else ""
@@ -553,7 +557,7 @@ class _Cycle:
                     slices = tuple(
                         (s.device, s.shares) for s in p.gpu if 0 <= s.device < len(capacity.devs[i])
                     )
-                    capacity.give_back(i, p.cpu_millis, p.memory_bytes, slices)
+                    capacity.give_back(i, p.cpu_millis, p.memory_bytes, slices, p.extended)
         own = self.reserved_for is not None and self.reserved_for.id == job.id
         if capacity.any_blocked and own:  # the reservation is its own: it may use it
             capacity.blocked = bytearray(len(capacity.blocked))
@@ -584,18 +588,13 @@ class _Cycle:
         victims: Sequence[RunningGang],
     ) -> bool:
         """Whether ``job`` fits its tenant's quota (and its cohort's) once ``victims`` are gone."""
-        freed: dict[str, list[int]] = {}  # tenant -> [cpu, memory, gpu, jobs]
+        amounts: dict[str, tuple[Resources, int]] = {}  # tenant -> (what it frees, jobs)
         for victim in victims:
             held = self._held(victim)
-            sums = freed.setdefault(victim.tenant, [0, 0, 0, 0])
-            sums[0] += held.cpu_millis
-            sums[1] += held.memory_bytes
-            sums[2] += held.gpu_shares
-            sums[3] += 1
-        amounts = {
-            name: (Resources(cpu_millis=c, memory_bytes=m, gpu_shares=g), n)
-            for name, (c, m, g, n) in freed.items()
-        }
+            before = amounts.get(victim.tenant)
+            amounts[victim.tenant] = (
+                (held, 1) if before is None else (before[0].plus(held), before[1] + 1)
+            )
         book = self.book
         if book is None:
             used = self.usage[job.tenant]
@@ -648,6 +647,7 @@ class _Cycle:
                 memory_bytes=pod.memory_bytes,
                 gpu=tuple(self._slice(d, s) for d, s in slices),
                 borrowed=borrowed[k],
+                extended=pod.extended,
             )
         placements = tuple(p for p in by_pod if p is not None)
         self.admitted.append(Admission(job_id=job.id, tenant=job.tenant, placements=placements))

@@ -7,7 +7,9 @@ builds gangs with them.
 Invariants kept here:
 
 - Pods of one class are eligible for exactly the same nodes, the nodes `nodes.node_admits` accepts
-  (among ready nodes); the indexes by GPU kind, label and taint only make that cheaper.
+  (among ready nodes); the indexes by GPU kind, label, taint and extended resource only make that
+  cheaper. A class's key holds the names of the extended resources its pods ask for, so every
+  node in its sets advertises them; their amounts are checked node by node during the search.
 - Every node set keeps a sorted list of keys `(gpu measure, cpu free, memory free, tiebreak, node)`.
   A key in a list is never below the node's real free (it is either current or from before the
   gang being placed took from the node), so a bisect never skips a node that fits; the nodes the
@@ -23,6 +25,7 @@ from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from gateway.domain.resources import Extended
 from gateway.domain.scheduling.capacity import FreeCapacity, Slices
 from gateway.domain.scheduling.nodes import (
     ENFORCED_EFFECTS,
@@ -35,12 +38,13 @@ from gateway.domain.scheduling.nodes import (
     Taint,
     Toleration,
     gpu_kind,
+    names_of,
     takes_kind,
     tolerates,
 )
 
-# A pod as the hot loop sees it: (class id, gpu kind, cpu, memory, gpu shares, spread).
-Need = tuple[int, int, int, int, int, bool]
+# A pod as the hot loop sees it: (class id, gpu kind, cpu, memory, gpu shares, spread, extended).
+Need = tuple[int, int, int, int, int, bool, Extended]
 Hit = tuple[int, Slices]  # (node index, slices)
 _Key = tuple[int, int, int, int, int]  # (gpu measure, cpu free, memory free, tiebreak, node)
 
@@ -67,6 +71,8 @@ class ClassFree:
     cpu_max: int
     memory_max: int
     gpu_max: int  # whole: most entirely free devices on a node (in shares); fraction: best device
+    #: Per extended resource the class's pods ask for: (name, free in all, most free on a node).
+    extended: tuple[tuple[str, int, int], ...] = ()
 
 
 class BestFit:
@@ -96,17 +102,21 @@ class BestFit:
         self.nodes = free.nodes
         count = len(self.nodes)
         self.tiebreak = list(tiebreak) if tiebreak is not None else list(range(count))
-        # Eligibility indexes: nodes by gpu kind, by label, and the nodes whose taints matter.
+        # Eligibility indexes: nodes by gpu kind, by label, by extended resource, and the nodes
+        # whose taints matter.
         self._by_kind: dict[int, frozenset[int]]
         self._by_label: dict[tuple[str, str], frozenset[int]]
+        self._by_resource: dict[str, frozenset[int]]
         self._tainted: list[tuple[int, tuple[Taint, ...]]]
         if like is not None and like.nodes is self.nodes:
             self._by_kind = like._by_kind
             self._by_label = like._by_label
+            self._by_resource = like._by_resource
             self._tainted = like._tainted
         else:
             self._by_kind = {}
             self._by_label = {}
+            self._by_resource = {}
             self._tainted = [
                 (i, taints)
                 for i, node in enumerate(self.nodes)
@@ -116,6 +126,7 @@ class BestFit:
         self._classes: dict[tuple[object, ...], int] = {}
         self._class_set: list[int] = []  # class id -> node-set id
         self._class_kind: list[int] = []  # class id -> gpu kind
+        self._class_ext: list[tuple[str, ...]] = []  # class id -> extended resource names
         self._set_ids: dict[tuple[int, tuple[int, ...]], int] = {}
         self._sets: list[tuple[int, ...]] = []
         self._set_key_type: list[int] = []
@@ -135,18 +146,19 @@ class BestFit:
         kind = gpu_kind(pod.gpu_shares)
         selector = pod.node_selector
         tolerations = pod.tolerations
-        if not selector and not tolerations:
+        extended = pod.extended
+        if not selector and not tolerations and not extended:
             key: tuple[object, ...] = (kind,)
         else:
-            key = (kind, tuple(sorted(selector.items())), tolerations)
+            key = (kind, tuple(sorted(selector.items())), tolerations, names_of(extended))
         cls = self._classes.get(key)
         if cls is None:
-            cls = self._new_class(key, selector, tolerations, kind)
+            cls = self._new_class(key, selector, tolerations, kind, names_of(extended))
         return cls, kind
 
     def known_class(self, key: tuple[object, ...]) -> int | None:
         """The id of a class already seen, by its key (``(gpu kind,)`` for a pod without
-        selectors or tolerations), or None."""
+        selectors, tolerations or extended resources), or None."""
         return self._classes.get(key)
 
     def _new_class(
@@ -155,8 +167,9 @@ class BestFit:
         selector: Mapping[str, str],
         tolerations: Sequence[Toleration],
         kind: int,
+        extended: tuple[str, ...],
     ) -> int:
-        members = self._eligible(selector, tolerations, kind)
+        members = self._eligible(selector, tolerations, kind, extended)
         key_type = _KEY_TYPE[kind]
         set_id = self._set_ids.get((key_type, members))
         if set_id is None:
@@ -173,11 +186,16 @@ class BestFit:
         cls = len(self._class_set)
         self._class_set.append(set_id)
         self._class_kind.append(kind)
+        self._class_ext.append(extended)
         self._classes[key] = cls
         return cls
 
     def _eligible(
-        self, selector: Mapping[str, str], tolerations: Sequence[Toleration], kind: int
+        self,
+        selector: Mapping[str, str],
+        tolerations: Sequence[Toleration],
+        kind: int,
+        extended: tuple[str, ...] = (),
     ) -> tuple[int, ...]:
         """The nodes `node_admits` accepts, from indexes instead of a pass over every node."""
         members = self._by_kind.get(kind)
@@ -185,6 +203,13 @@ class BestFit:
             members = self._by_kind[kind] = frozenset(
                 i for i, node in enumerate(self.nodes) if node.ready and takes_kind(node, kind)
             )
+        for name in extended:
+            offering = self._by_resource.get(name)
+            if offering is None:
+                offering = self._by_resource[name] = frozenset(
+                    i for i, node in enumerate(self.nodes) if node.extended.get(name, 0) > 0
+                )
+            members = members & offering
         for label in selector.items():
             with_label = self._by_label.get(label)
             if with_label is None:
@@ -259,7 +284,7 @@ class BestFit:
         fractions), then of CPU, then of memory. That GPU measure also decides whether the GPU
         request fits, so the bisect lands on nodes that fit it.
         """
-        cls, kind, cpu, mem, gpu, _ = need
+        cls, kind, cpu, mem, gpu, _, ext = need
         if kind == GPU_INVALID:
             return None
         set_id = self._class_set[cls]
@@ -285,6 +310,7 @@ class BestFit:
                 or (blocked is not None and blocked[i])
                 or (skip and i in skip)
                 or i in touched
+                or (ext and not free.ext_fits(i, ext))
             ):
                 continue
             slices = devices(i, kind, gpu)
@@ -307,6 +333,7 @@ class BestFit:
                     or not mask[i]
                     or (blocked is not None and blocked[i])
                     or (skip and i in skip)
+                    or (ext and not free.ext_fits(i, ext))
                 ):
                     continue
                 key = (first, free_cpu[i], free_mem[i], self.tiebreak[i], i)
@@ -337,6 +364,14 @@ class BestFit:
             cpu_max=max((free.cpu[i] for i in members), default=0),
             memory_max=max((free.mem[i] for i in members), default=0),
             gpu_max=gpu_max,
+            extended=tuple(
+                (
+                    name,
+                    sum(max((free.ext[i] or {}).get(name, 0), 0) for i in members),
+                    max(((free.ext[i] or {}).get(name, 0) for i in members), default=0),
+                )
+                for name in self._class_ext[cls]
+            ),
         )
         self._class_free[cls] = result
         return result

@@ -13,6 +13,9 @@ Invariants kept here:
   worse: `devices` only chooses devices with room, and the best-fit search only offers nodes
   with room. The free sums count what is usable, so a node over its capacity adds nothing to
   them, not less.
+- Extended resources are counted per node and name (`ext`); a pod takes them only from a node
+  that advertises every name it asks for, never below zero, and holdings of a name a node no
+  longer advertises are ignored. They are not part of the sorted keys: the search checks them.
 - A fractional GPU request (1..99 shares) sits on exactly one device: the fullest device that
   still fits. A whole request (k * 100 shares) takes k entirely free devices, lowest first.
 - Every take is journaled: `rollback()` gives back exactly what was taken since the last
@@ -28,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.domain.resources import Extended
 from gateway.domain.scheduling.nodes import (
     GPU_FRACTION,
     GPU_NONE,
@@ -53,19 +57,29 @@ class NodeFree:
     cpu_millis: int
     memory_bytes: int
     gpu: tuple[int, ...]
+    #: Free extended resources by name (what the node advertises less Muster's holdings).
+    extended: tuple[tuple[str, int], ...] = ()
 
 
 def _device_count(node: Node) -> int:
     return 0 if node.gpu_mode is GpuMode.NONE else max(node.gpu_devices, 0)
 
 
+#: Free extended resources of one node by name; None for a node that advertises none.
+ExtFree = dict[str, int] | None
+
+
 def free_after_holdings(
     nodes: Sequence[Node], holdings: Iterable[Holding]
-) -> tuple[list[int], list[int], list[list[int]]]:
+) -> tuple[list[int], list[int], list[list[int]], list[ExtFree]]:
     index = {node.name: i for i, node in enumerate(nodes)}
     cpu = [node.cpu_millis for node in nodes]
     mem = [node.memory_bytes for node in nodes]
     devs = [[SHARES_PER_DEVICE] * _device_count(node) for node in nodes]
+    ext: list[ExtFree] = [
+        {name: amount for name, amount in node.extended.items() if amount > 0} or None
+        for node in nodes
+    ]
     for holding in holdings:
         i = index.get(holding.node)
         if i is None:  # a node that left the inventory: its pods hold nothing we can use
@@ -75,13 +89,18 @@ def free_after_holdings(
         for gpu_slice in holding.gpu:
             if 0 <= gpu_slice.device < len(devs[i]):
                 devs[i][gpu_slice.device] -= gpu_slice.shares
-    return cpu, mem, devs
+        offered = ext[i]
+        if holding.extended and offered is not None:
+            for name, amount in holding.extended:
+                if name in offered:  # a name the node no longer advertises holds nothing
+                    offered[name] -= amount
+    return cpu, mem, devs, ext
 
 
 def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[NodeFree, ...]:
     """Free CPU, memory and per-device GPU shares of every node, in name order."""
     ordered = sorted(nodes, key=lambda node: node.name)
-    cpu, mem, devs = free_after_holdings(ordered, holdings)
+    cpu, mem, devs, ext = free_after_holdings(ordered, holdings)
     return tuple(
         NodeFree(
             name=node.name,
@@ -90,13 +109,15 @@ def free_capacity(nodes: Sequence[Node], holdings: Iterable[Holding]) -> tuple[N
             cpu_millis=cpu[i],
             memory_bytes=mem[i],
             gpu=tuple(devs[i]),
+            extended=tuple(sorted((ext[i] or {}).items())),
         )
         for i, node in enumerate(ordered)
     )
 
 
 class FreeCapacity:
-    """Per-node free CPU, memory and GPU shares per device, kept in plain lists by node index.
+    """Per-node free CPU, memory, GPU shares per device and extended resources, kept in plain
+    lists by node index.
 
     Nodes are indexed in name order. A pod is taken with `take()`, which journals it and keeps
     the node's values from before the gang in `touched`; `commit()` keeps what was taken and
@@ -106,7 +127,7 @@ class FreeCapacity:
     def __init__(self, nodes: Sequence[Node], holdings: Iterable[Holding] = ()) -> None:
         self.nodes = tuple(sorted(nodes, key=lambda node: node.name))
         count = len(self.nodes)
-        self.cpu, self.mem, self.devs = free_after_holdings(self.nodes, holdings)
+        self.cpu, self.mem, self.devs, self.ext = free_after_holdings(self.nodes, holdings)
         # Free GPU counts only devices with room: an over-committed device must not hide the
         # free shares of its neighbours from the sorted keys, which are upper bounds on fit.
         self.gfree = [sum(max(d, 0) for d in devs) for devs in self.devs]
@@ -138,11 +159,18 @@ class FreeCapacity:
         self._top_device_free = SHARES_PER_DEVICE
         # The gang being placed: what it took, and the values its nodes had before (the keys
         # they still have in the sorted lists of `best_fit.py`).
-        self.journal: list[tuple[int, int, int, Slices]] = []
+        self.journal: list[tuple[int, int, int, Slices, Extended]] = []
         self.touched: dict[int, Raw] = {}
 
     def raw(self, i: int) -> Raw:
         return (self.full[i] * SHARES_PER_DEVICE, self.roomiest[i], self.cpu[i], self.mem[i])
+
+    def ext_fits(self, i: int, ext: Extended) -> bool:
+        """Whether node i has every extended resource of ``ext`` free."""
+        offered = self.ext[i]
+        if offered is None:
+            return False
+        return all(offered.get(name, 0) >= amount for name, amount in ext)
 
     # -- GPU devices ----------------------------------------------------------------------------
 
@@ -178,8 +206,16 @@ class FreeCapacity:
 
     # -- assume and undo ------------------------------------------------------------------------
 
-    def _apply(self, i: int, cpu: int, mem: int, slices: Slices, sign: int) -> None:
+    def _apply(
+        self, i: int, cpu: int, mem: int, slices: Slices, sign: int, ext: Extended = ()
+    ) -> None:
         """Take (sign 1) or give back (sign -1) a pod's requests on node i. Hot: no max()."""
+        if ext:
+            offered = self.ext[i]
+            if offered is not None:
+                for name, amount in ext:
+                    if name in offered:
+                        offered[name] -= sign * amount
         old_cpu = self.cpu[i]
         old_mem = self.mem[i]
         new_cpu = self.cpu[i] = old_cpu - sign * cpu
@@ -216,19 +252,19 @@ class FreeCapacity:
         if full > self._top_full:
             self._top_full = full
 
-    def take(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
+    def take(self, i: int, cpu: int, mem: int, slices: Slices, ext: Extended = ()) -> None:
         """Assume a pod on node i (journaled until ``commit`` or ``rollback``)."""
         if i not in self.touched:
             self.touched[i] = self.raw(i)
-        self._apply(i, cpu, mem, slices, 1)
-        self.journal.append((i, cpu, mem, slices))
+        self._apply(i, cpu, mem, slices, 1, ext)
+        self.journal.append((i, cpu, mem, slices, ext))
 
     def rollback(self) -> None:
         """Undo everything taken since the last commit."""
         journal = self.journal
         while journal:
-            i, cpu, mem, slices = journal.pop()
-            self._apply(i, cpu, mem, slices, -1)
+            i, cpu, mem, slices, ext = journal.pop()
+            self._apply(i, cpu, mem, slices, -1, ext)
         self.touched.clear()
 
     def commit(self) -> None:
@@ -247,6 +283,7 @@ class FreeCapacity:
         twin.nodes = self.nodes
         twin.cpu, twin.mem = list(self.cpu), list(self.mem)
         twin.devs = [list(devs) for devs in self.devs]
+        twin.ext = [None if offered is None else dict(offered) for offered in self.ext]
         twin.gfree, twin.full, twin.roomiest = (
             list(self.gfree),
             list(self.full),
@@ -262,11 +299,11 @@ class FreeCapacity:
         twin.journal, twin.touched = [], {}
         return twin
 
-    def give_back(self, i: int, cpu: int, mem: int, slices: Slices) -> None:
+    def give_back(self, i: int, cpu: int, mem: int, slices: Slices, ext: Extended = ()) -> None:
         """What a pod held on node i is free again (its gang was preempted); not journaled. A
         node that is not ready gives nothing back: nothing can be placed there anyway."""
         if self._ready[i]:
-            self._apply(i, cpu, mem, slices, -1)
+            self._apply(i, cpu, mem, slices, -1, ext)
 
     # -- reservations ---------------------------------------------------------------------------
 

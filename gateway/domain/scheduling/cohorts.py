@@ -23,7 +23,8 @@ lendable``, a cohort's *pool* is the sum of its members' lendable quota, and a m
   most the idle lendable total).
 
 A tenant in no cohort holds at most its nominal quota, as before cohorts: ``CohortBook`` then
-asks ``Quota.fits_now``.
+asks ``Quota.fits_now``. Extended resources (``rdma/hca``, ``hugepages-2Mi``...) are never lent
+or borrowed: a member holds at most its own quota of them, in a cohort or not.
 
 Invariants: values are frozen except ``CohortBook``, which a cycle owns and changes only through
 ``take`` and ``release`` (a preempted gang); every amount is in Muster's units (millicores,
@@ -69,6 +70,16 @@ class Member:
     quota: Quota
     usage: TenantUsage
     terms: CohortTerms | None = None
+
+
+def _resources(amounts: Mapping[str, int]) -> Resources:
+    """A ``Resources`` of the cohort rules' resources (``RESOURCES``); extended resources are
+    neither lent nor borrowed."""
+    return Resources(
+        cpu_millis=amounts["cpu_millis"],
+        memory_bytes=amounts["memory_bytes"],
+        gpu_shares=amounts["gpu_shares"],
+    )
 
 
 def _amount(value: Resources | TenantUsage | Quota, resource: str) -> int:
@@ -147,6 +158,8 @@ class CohortBook:
             return member.quota.fits_now(usage, demand)
         if not member.quota.runs_another(usage):
             return False
+        if demand.extended and member.quota.extended_short(usage, demand) is not None:
+            return False  # extended resources are never lent: the tenant's own quota only
         pools = self._pools[member.terms.cohort]
         for resource in RESOURCES:
             need = _amount(demand, resource)
@@ -200,7 +213,7 @@ class CohortBook:
             nominal, held = _amount(member.quota, resource), _amount(usage, resource)
             need = _amount(demand, resource)
             above[resource] = max(0, held + need - max(nominal, held))
-        return Resources(**above)
+        return _resources(above)
 
     def take(self, tenant: str, demand: Resources, jobs: int = 1) -> None:
         """Record the admission of ``jobs`` jobs of ``tenant`` (one by default) with ``demand``
@@ -261,9 +274,9 @@ def standings(members: Mapping[str, Member]) -> dict[str, Standing]:
                 lent[name][resource] = share
     return {
         name: Standing(
-            nominal=Resources(**{r: _amount(m.quota, r) for r in RESOURCES}),
-            borrowed=Resources(**{r: _borrowed(m, r) for r in RESOURCES}),
-            lent=Resources(**lent[name]),
+            nominal=_resources({r: _amount(m.quota, r) for r in RESOURCES}),
+            borrowed=_resources({r: _borrowed(m, r) for r in RESOURCES}),
+            lent=_resources(lent[name]),
         )
         for name, m in members.items()
     }
@@ -302,4 +315,4 @@ def idle_quota(members: Iterable[Member]) -> Resources:
     for resource in RESOURCES:
         borrowed = sum(_borrowed(m, resource) for m in members)
         amounts[resource] = max(0, sum(_idle_lendable(m, resource) for m in members) - borrowed)
-    return Resources(**amounts)
+    return _resources(amounts)

@@ -12,9 +12,13 @@ Invariants kept here:
   invalid; the kind is part of a pod's class.
 - Shared nodes take fractions and whole devices, device-plugin nodes only whole devices, nodes
   without GPUs neither (`takes_kind`).
+- Extended resources (``rdma/hca``, ``hugepages-2Mi``, ...) are whole units a node advertises
+  (`Node.extended`) and a pod requests (`PodRequest.extended`); a node that does not advertise a
+  name (or advertises none of it) never runs a pod that asks for it.
 - `node_admits` is the one definition of "may ever run this pod, capacity aside": readiness, the
   node selector, the NoSchedule and NoExecute taints (`ENFORCED_EFFECTS`) against the tolerations,
-  and the GPU kind. The indexes in `best_fit.py` must agree with it.
+  the GPU kind and the extended resources' names. The indexes in `best_fit.py` must agree with
+  it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gateway.domain.resources import GPU_SHARES_PER_DEVICE
+from gateway.domain.resources import GPU_SHARES_PER_DEVICE, Extended
 
 SHARES_PER_DEVICE = GPU_SHARES_PER_DEVICE  # one GPU device, in the shares placement counts
 
@@ -77,6 +81,8 @@ class Node:
     cpu_millis: int
     memory_bytes: int
     gpu_devices: int = 0
+    #: Extended resources the node offers Muster, by name (allocatable minus others' pods).
+    extended: Mapping[str, int] = field(default_factory=dict)
 
 
 def newly_offered(before: Iterable[Node], after: Iterable[Node]) -> tuple[str, ...]:
@@ -87,6 +93,11 @@ def newly_offered(before: Iterable[Node], after: Iterable[Node]) -> tuple[str, .
     return tuple(sorted(node.name for node in after if known.get(node.name) != node))
 
 
+def names_of(extended: Extended) -> tuple[str, ...]:
+    """The names of an extended amount, in order: part of a pod's class."""
+    return tuple(name for name, _ in extended)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Holding:
     """What one admitted or running Muster pod already holds on a node."""
@@ -95,6 +106,7 @@ class Holding:
     cpu_millis: int
     memory_bytes: int
     gpu: tuple[GpuSlice, ...] = ()
+    extended: Extended = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -108,6 +120,7 @@ class PodRequest:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     spread: bool = False  # parameter servers: distinct nodes when possible
+    extended: Extended = ()
 
 
 def gpu_kind(shares: int) -> int:
@@ -143,10 +156,16 @@ def node_admits(
     kind: int,
     *,
     ignore_ready: bool = False,
+    extended: Iterable[str] = (),
 ) -> bool:
-    """Whether `node` may ever run a pod of this class (capacity aside)."""
+    """Whether `node` may ever run a pod of this class (capacity aside); ``extended``: the
+    names of the extended resources the pod asks for."""
     if not (node.ready or ignore_ready):
         return False
+    offered = node.extended
+    for name in extended:
+        if offered.get(name, 0) <= 0:
+            return False
     labels = node.labels
     for key, value in selector.items():
         if labels.get(key) != value:

@@ -28,15 +28,19 @@ from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
 
+from gateway.domain.resources import Extended
 from gateway.domain.scheduling.best_fit import BestFit, Hit, Need
 from gateway.domain.scheduling.capacity import FreeCapacity, Slices
 from gateway.domain.scheduling.nodes import GPU_INVALID, Holding, Node, PodRequest, gpu_kind
 
 _NAME = attrgetter("name")
 _GPU = attrgetter("gpu_shares")
-_SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread")
+_SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread", "extended")
 _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
+_EXTENDED = attrgetter("extended")
+# A shape the failure memos keep: (cpu, memory, gpu shares, extended amounts).
+_Shape = tuple[int, int, int, Extended]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,12 +74,12 @@ class ClusterState:
         self.nodes = self.capacity.nodes
         self.find = self.search.find
         self.class_free = self.search.class_free
-        # Failure memos, per class: the minimal (cpu, memory, gpu) shapes known not to fit. Free
-        # capacity only shrinks within a cycle, so a shape that failed keeps failing, and so does
-        # any shape at least as large in every resource. "open" memos hold failures that may be
-        # due to reserved nodes, "all" memos failures on every node.
-        self._failed_open: dict[int, list[tuple[int, int, int]]] = {}
-        self._failed_all: dict[int, list[tuple[int, int, int]]] = {}
+        # Failure memos, per class: the minimal (cpu, memory, gpu, extended) shapes known not to
+        # fit. Free capacity only shrinks within a cycle, so a shape that failed keeps failing,
+        # and so does any shape at least as large in every resource. "open" memos hold failures
+        # that may be due to reserved nodes, "all" memos failures on every node.
+        self._failed_open: dict[int, list[_Shape]] = {}
+        self._failed_all: dict[int, list[_Shape]] = {}
         # Whole gangs that failed. Greedy placement is not strictly monotone in free capacity,
         # so this can, rarely, turn away a gang that a retry would have placed; it never lets
         # anything through, and it keeps a long queue of identical gangs cheap.
@@ -120,7 +124,15 @@ class ClusterState:
         for members in groups.values():
             pod = pods[members[0]]
             cls, kind = self.search.class_of(pod)
-            need = (cls, kind, pod.cpu_millis, pod.memory_bytes, pod.gpu_shares, pod.spread)
+            need = (
+                cls,
+                kind,
+                pod.cpu_millis,
+                pod.memory_bytes,
+                pod.gpu_shares,
+                pod.spread,
+                pod.extended,
+            )
             if len(members) > 1:
                 members.sort(key=names.__getitem__)
             size = (-pod.gpu_shares, -pod.cpu_millis, -pod.memory_bytes)
@@ -183,7 +195,7 @@ class ClusterState:
                 self._learn(needs, k, signature, honor)
                 return None
             i, slices = hit
-            capacity.take(i, need[2], need[3], slices)
+            capacity.take(i, need[2], need[3], slices, need[6])
             if need[5]:
                 spread_used.add(i)
             hits.append(hit)
@@ -200,9 +212,11 @@ class ClusterState:
         self.capacity.rollback()
 
     def _fits(self, i: int, need: Need) -> Slices | None:
-        _, kind, cpu, mem, gpu, _ = need
+        _, kind, cpu, mem, gpu, _, ext = need
         capacity = self.capacity
         if capacity.cpu[i] < cpu or capacity.mem[i] < mem or capacity.gfree[i] < gpu:
+            return None
+        if ext and not capacity.ext_fits(i, ext):
             return None
         return capacity.devices(i, kind, gpu)
 
@@ -217,7 +231,7 @@ class ClusterState:
         if k > 0 and self.find(need, None, honor) is not None:
             return
         memo = self._failed_open if scoped else self._failed_all
-        shape = (need[2], need[3], need[4])
+        shape = (need[2], need[3], need[4], need[6])
         frontier = memo.setdefault(need[0], [])
         frontier[:] = [f for f in frontier if not _dominates(f, shape)]
         frontier.append(shape)
@@ -231,7 +245,8 @@ class ClusterState:
                 return True
             for memo in memos:
                 frontier = memo.get(need[0])
-                if frontier and any(_dominates((need[2], need[3], need[4]), f) for f in frontier):
+                shape = (need[2], need[3], need[4], need[6])
+                if frontier and any(_dominates(shape, f) for f in frontier):
                     return True
         return False
 
@@ -244,16 +259,25 @@ class ClusterState:
         if self.capacity.no_device_fits(max(map(_GPU, pods), default=0)):
             return True
         memo = self._failed_all
-        if not memo or any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+        if (
+            not memo
+            or any(map(_SELECTOR, pods))
+            or any(map(_TOLERATIONS, pods))
+            or any(map(_EXTENDED, pods))
+        ):
             return False
-        for gpu, cpu, mem, _ in dict.fromkeys(map(_SHAPE, pods)):
+        for gpu, cpu, mem, _, _ in dict.fromkeys(map(_SHAPE, pods)):
             cls = self.search.known_class((gpu_kind(gpu),))
             frontier = memo.get(cls) if cls is not None else None
-            if frontier and any(_dominates((cpu, mem, gpu), f) for f in frontier):
+            if frontier and any(_dominates((cpu, mem, gpu, ()), f) for f in frontier):
                 return True
         return False
 
 
-def _dominates(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
-    """a needs at least as much as b in every resource."""
-    return a[0] >= b[0] and a[1] >= b[1] and a[2] >= b[2]
+def _dominates(a: _Shape, b: _Shape) -> bool:
+    """a needs at least as much as b in every resource. Shapes of one class ask for the same
+    extended resources (their names are part of the class), so their amounts pair up."""
+    if not (a[0] >= b[0] and a[1] >= b[1] and a[2] >= b[2]):
+        return False
+    ext_a, ext_b = a[3], b[3]
+    return ext_a == ext_b or all(x[1] >= y[1] for x, y in zip(ext_a, ext_b, strict=True))

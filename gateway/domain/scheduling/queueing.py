@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from gateway.domain.resources import Resources
+from gateway.domain.resources import Extended, Resources, sum_extended
 from gateway.domain.scheduling.cohorts import CohortTerms
 from gateway.domain.scheduling.nodes import GpuSlice, Holding, Node, PodRequest
 from gateway.domain.scheduling.quota import Quota, TenantUsage
@@ -114,6 +114,8 @@ class Placement:
     gpu: tuple[GpuSlice, ...] = ()
     #: What of it lies above the tenant's nominal quota, on quota its cohort lent.
     borrowed: Resources = NOTHING
+    #: Extended resources it holds on the node (``rdma/hca``...), by name.
+    extended: Extended = ()
 
 
 class PreemptionReason(StrEnum):
@@ -141,6 +143,7 @@ class RunningGang:
             cpu_millis=sum(p.cpu_millis for p in self.placements),
             memory_bytes=sum(p.memory_bytes for p in self.placements),
             gpu_shares=sum(s.shares for p in self.placements for s in p.gpu),
+            extended=sum_extended(p.extended for p in self.placements),
         )
 
     @property

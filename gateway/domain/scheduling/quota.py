@@ -21,6 +21,11 @@ The rules, each defined once, here:
   depends on the other members' quotas and lending limits, which change without it, so such a
   job waits with its reason instead (``gateway.domain.scheduling.cohorts``).
 
+Extended resources (any other name nodes advertise: ``rdma/hca``, ``hugepages-2Mi``...) are
+limited only where the quota names them (``Quota.extended``, a limit per name; a name it does not
+list is not limited, as in a Kubernetes ResourceQuota). They come after ``RESOURCES`` in reasons,
+in name order, and are never borrowed in a cohort.
+
 ``RESOURCES`` lists the quota's resources in the order reasons name them. The SQL form of
 "could ever fit" that the group-commit submit runs (``gateway.db.tenants.could_ever_hold_sql``) is
 generated from it, and a test holds the two forms to the same answers on random cases.
@@ -33,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.domain.resources import Resources
+from gateway.domain.resources import Extended, Resources, amount_of, merged
 
 #: The quota's resources, in the order reasons name them: GPU first.
 RESOURCES = ("gpu_shares", "cpu_millis", "memory_bytes")
@@ -56,6 +61,7 @@ class TenantUsage:
     memory_bytes: int = 0
     gpu_shares: int = 0
     running_jobs: int = 0
+    extended: Extended = ()
 
     def plus(self, demand: Resources, jobs: int = 1) -> TenantUsage:
         """The usage once ``jobs`` more jobs (one by default), with ``demand`` in all, are
@@ -65,6 +71,7 @@ class TenantUsage:
             memory_bytes=self.memory_bytes + demand.memory_bytes,
             gpu_shares=self.gpu_shares + demand.gpu_shares,
             running_jobs=self.running_jobs + jobs,
+            extended=merged(self.extended, demand.extended),
         )
 
     def minus(self, held: Resources, jobs: int = 1) -> TenantUsage:
@@ -75,6 +82,7 @@ class TenantUsage:
             memory_bytes=self.memory_bytes - held.memory_bytes,
             gpu_shares=self.gpu_shares - held.gpu_shares,
             running_jobs=self.running_jobs - jobs,
+            extended=merged(self.extended, held.extended, -1),
         )
 
 
@@ -82,7 +90,7 @@ class TenantUsage:
 class Shortfall:
     """One resource the quota is short of: the job needs ``need``, ``left`` of ``limit`` remain."""
 
-    resource: str  # one of RESOURCES
+    resource: str  # one of RESOURCES, or an extended resource's name
     need: int
     left: int
     limit: int
@@ -97,11 +105,32 @@ class Quota:
     gpu_shares: int
     max_running_jobs: int
     max_queued_jobs: int
+    #: A limit per extended resource, sorted by name (0: none of it); names absent: no limit.
+    extended: tuple[tuple[str, int], ...] = ()
+
+    def limit_of(self, name: str) -> int | None:
+        """The quota's limit on the extended resource ``name``, None when it sets none."""
+        for own, limit in self.extended:
+            if own == name:
+                return limit
+        return None
+
+    def extended_short(self, usage: TenantUsage, demand: Resources) -> Shortfall | None:
+        """The first extended resource (in name order) whose limit keeps the job out now."""
+        for name, need in demand.extended:
+            limit = self.limit_of(name)
+            if limit is None:
+                continue
+            held = amount_of(usage.extended, name)
+            if held + need > limit:
+                return Shortfall(resource=name, need=need, left=max(limit - held, 0), limit=limit)
+        return None
 
     def fits_now(self, usage: TenantUsage, demand: Resources) -> bool:
         """Whether a job with ``demand`` may be admitted now, over ``usage``."""
         return (
             usage.running_jobs < self.max_running_jobs
+            and not (demand.extended and self.extended_short(usage, demand) is not None)
             and not (demand.gpu_shares and usage.gpu_shares + demand.gpu_shares > self.gpu_shares)
             and not (demand.cpu_millis and usage.cpu_millis + demand.cpu_millis > self.cpu_millis)
             and not (
@@ -121,15 +150,23 @@ class Quota:
             if need and held + need > limit:
                 left = max(limit - held, 0)
                 return Shortfall(resource=resource, need=need, left=left, limit=limit)
-        return None
+        return self.extended_short(usage, demand) if demand.extended else None
 
     def exceeded_by(
         self, demand: Resources, borrowing: BorrowingLimit | None = None
     ) -> tuple[str, ...]:
         """The resources ``demand`` asks more of than the tenant could ever hold, in
-        ``RESOURCES`` order: a job with any can never run in this tenant. ``borrowing``: the
-        tenant's borrowing limit in its cohort, None when it is in no cohort."""
-        return tuple(r for r in RESOURCES if getattr(demand, r) > self.ceiling(r, borrowing))
+        ``RESOURCES`` order, then extended resources by name: a job with any can never run in
+        this tenant. ``borrowing``: the tenant's borrowing limit in its cohort, None when it is
+        in no cohort (extended resources are never borrowed)."""
+        exceeded = tuple(r for r in RESOURCES if getattr(demand, r) > self.ceiling(r, borrowing))
+        if not demand.extended:
+            return exceeded
+        return exceeded + tuple(
+            name
+            for name, need in demand.extended
+            if (limit := self.limit_of(name)) is not None and need > limit
+        )
 
     def ceiling(self, resource: str, borrowing: BorrowingLimit | None = None) -> float:
         """The most of ``resource`` the tenant could ever hold: its quota, plus its borrowing

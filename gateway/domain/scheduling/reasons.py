@@ -17,11 +17,11 @@ Invariants kept here:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
 
-from gateway.domain.resources import Resources
+from gateway.domain.resources import Extended, Resources, format_extended, merged
 from gateway.domain.scheduling.best_fit import Need
 from gateway.domain.scheduling.cohorts import CohortShortfall, CohortTerms
 from gateway.domain.scheduling.nodes import (
@@ -34,6 +34,7 @@ from gateway.domain.scheduling.nodes import (
     Node,
     PodRequest,
     gpu_kind,
+    names_of,
     node_admits,
 )
 from gateway.domain.scheduling.placement import ClusterState
@@ -43,11 +44,12 @@ from gateway.domain.scheduling.quota import RESOURCE_NAMES, Quota, Shortfall, Te
 _CPU = attrgetter("cpu_millis")
 _MEMORY = attrgetter("memory_bytes")
 _GPU = attrgetter("gpu_shares")
+_EXTENDED = attrgetter("extended")
 
 
 def over_quota(tenant: str, short: Shortfall) -> str:
     """The words of a job the tenant's quota keeps out now (``Quota.short_of``)."""
-    fmt = _FORMATS[short.resource]
+    fmt = _format(short.resource)
     return (
         f"needs {fmt(short.need)}; tenant {tenant} has {fmt(short.left)} of its "
         f"{fmt(short.limit)} quota left"
@@ -56,7 +58,7 @@ def over_quota(tenant: str, short: Shortfall) -> str:
 
 def over_cohort_quota(tenant: str, cohort: str, short: CohortShortfall) -> str:
     """The words of a cohort member's job that its limits or its cohort keep out now."""
-    fmt = _FORMATS[short.resource]
+    fmt = _format(short.resource)
     need = f"needs {fmt(short.need)}"
     if short.limit is not None:
         return (
@@ -125,19 +127,26 @@ def gang_reason(
         sums[0] += need_[4]
         sums[1] += need_[2]
         sums[2] += need_[3]
+    ext_by_class: dict[int, Extended] = {}
+    for need_ in needs:
+        if need_[6]:
+            ext_by_class[need_[0]] = merged(ext_by_class.get(need_[0], ()), need_[6])
     for cls in sorted(by_class):
         free_ = cluster.class_free(cls)
         role = first_role[cls]
         if free_.nodes == 0:
+            what = "GPU mode and extended resources" if cls in ext_by_class else "GPU mode"
             return (
                 PendingReason.INSUFFICIENT_CAPACITY,
-                f"no ready node passes the node selector, taints and GPU mode of its {role} pod",
+                f"no ready node passes the node selector, taints and {what} of its {role} pod",
             )
         sums = by_class[cls]
+        asked = dict(ext_by_class.get(cls, ()))
         for need, free, fmt in (
             (sums[0], free_.gpu_sum, _gpus),
             (sums[1], free_.cpu_sum, _cpus),
             (sums[2], free_.memory_sum, _memory),
+            *((asked[n], total, _format(n)) for n, total, _ in free_.extended if n in asked),
         ):
             if need > free:
                 return (
@@ -147,7 +156,7 @@ def gang_reason(
                 )
     for need_, role in zip(needs, roles, strict=True):
         free_ = cluster.class_free(need_[0])
-        _, kind, cpu, mem, gpu, _ = need_
+        _, kind, cpu, mem, gpu, _, ext = need_
         if kind == GPU_INVALID:
             return (
                 PendingReason.FRAGMENTED,
@@ -178,11 +187,21 @@ def gang_reason(
                 f"a {role} pod needs {_memory(mem)} on one node; the most free on any node is "
                 f"{_memory(free_.memory_max)}",
             )
+        most = {name: largest for name, _, largest in free_.extended}
+        for name, amount in ext:
+            if amount > most.get(name, 0):
+                fmt = _format(name)
+                return (
+                    PendingReason.FRAGMENTED,
+                    f"a {role} pod needs {fmt(amount)} on one node; the most free on any node "
+                    f"is {fmt(most.get(name, 0))}",
+                )
     for need_, role in zip(needs, roles, strict=True):
         if cluster.find(need_, None, honor=False) is None:
-            _, _, cpu, mem, gpu, _ = need_
+            _, _, cpu, mem, gpu, _, ext = need_
             wanted = [_gpus(gpu)] if gpu else []
             wanted += [_cpus(cpu), _memory(mem)]
+            wanted += [_format(name)(amount) for name, amount in ext]
             return (
                 PendingReason.FRAGMENTED,
                 f"no node has {', '.join(wanted[:-1])} and {wanted[-1]} free at once for a "
@@ -211,10 +230,14 @@ def never_fits(
 
 def demand_of(pods: Sequence[PodRequest]) -> Resources:
     """What a gang asks for in all."""
+    extended: Extended = ()
+    for amounts in map(_EXTENDED, pods):
+        extended = merged(extended, amounts)
     return Resources(
         cpu_millis=sum(map(_CPU, pods)),
         memory_bytes=sum(map(_MEMORY, pods)),
         gpu_shares=sum(map(_GPU, pods)),
+        extended=extended,
     )
 
 
@@ -226,8 +249,8 @@ def never_fits_quota(
     borrowing = None if cohort is None else cohort.borrowing_limit
     problems = [
         (
-            RESOURCE_NAMES[resource],
-            f"the job needs {_FORMATS[resource](getattr(demand, resource))} but "
+            RESOURCE_NAMES.get(resource, resource),
+            f"the job needs {_format(resource)(_demanded(demand, resource))} but "
             + _most(quota, resource, cohort),
         )
         for resource in quota.exceeded_by(demand, borrowing)
@@ -239,7 +262,9 @@ def never_fits_quota(
 
 def _most(quota: Quota, resource: str, cohort: CohortTerms | None) -> str:
     """The words of the most of ``resource`` the tenant could ever hold."""
-    fmt = _FORMATS[resource]
+    fmt = _format(resource)
+    if resource not in RESOURCE_NAMES:  # an extended resource: never borrowed
+        return f"the tenant's quota is {fmt(quota.limit_of(resource) or 0)}"
     nominal = getattr(quota, resource)
     if cohort is None:
         return f"the tenant's quota is {fmt(nominal)}"
@@ -268,6 +293,7 @@ def never_fits_nodes(
             pod.memory_bytes,
             pod.node_selector,
             pod.tolerations,
+            pod.extended,
         )
         if asks == previous:
             continue
@@ -302,9 +328,22 @@ def _pod_never_fits(
             )
         ]
     selector, tolerations = pod.node_selector, pod.tolerations
+    names = names_of(pod.extended)
     eligible = [
-        node for node in nodes if node_admits(node, selector, tolerations, kind, ignore_ready=True)
+        node
+        for node in nodes
+        if node_admits(node, selector, tolerations, kind, ignore_ready=True, extended=names)
     ]
+    if not eligible and names:
+        usable = [
+            node
+            for node in nodes
+            if node_admits(node, selector, tolerations, kind, ignore_ready=True)
+        ]
+        for name in names:
+            if not any(node.extended.get(name, 0) > 0 for node in usable):
+                return [(name, f"no node the {role} pod may use offers {name}")]
+        return [(names[0], f"no node the {role} pod may use offers {', '.join(names)} together")]
     if not eligible:
         if kind != GPU_NONE and any(
             node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True) for node in nodes
@@ -333,6 +372,16 @@ def _pod_never_fits(
                     resource,
                     f"the {role} pod needs {fmt(need)} on one node; the largest node it may use "
                     f"has {fmt(most)}",
+                )
+            )
+    for name, need in pod.extended:
+        most = max(node.extended.get(name, 0) for node in eligible)
+        if need > most:
+            problems.append(
+                (
+                    name,
+                    f"the {role} pod needs {_format(name)(need)} on one node; the largest node it "
+                    f"may use has {_format(name)(most)}",
                 )
             )
     return problems
@@ -371,6 +420,10 @@ def _bigger_than_cluster(
         ),
         ("cpu", sum(map(_CPU, pods)), sum(node.cpu_millis for node in nodes), _cpus),
         ("memory", sum(map(_MEMORY, pods)), sum(node.memory_bytes for node in nodes), _memory),
+        *(
+            (name, need, sum(node.extended.get(name, 0) for node in nodes), _format(name))
+            for name, need in demand_of(pods).extended
+        ),
     ):
         if need > offered and resource not in reported:
             problems.append(
@@ -399,3 +452,23 @@ def _memory(size: int) -> str:
 
 
 _FORMATS = {"gpu_shares": _gpus, "cpu_millis": _cpus, "memory_bytes": _memory}
+
+
+def _format(resource: str) -> Callable[[int], str]:
+    """How an amount of ``resource`` reads: one of ``RESOURCES``, or an extended resource's
+    name (``2 rdma/hca``, ``1Gi hugepages-2Mi``)."""
+    fmt = _FORMATS.get(resource)
+    if fmt is not None:
+        return fmt
+
+    def extended(amount: int) -> str:
+        return f"{format_extended(resource, amount)} {resource}"
+
+    return extended
+
+
+def _demanded(demand: Resources, resource: str) -> int:
+    if resource in _FORMATS:
+        amount: int = getattr(demand, resource)
+        return amount
+    return dict(demand.extended).get(resource, 0)
