@@ -33,6 +33,10 @@ request                                             answer
                                                     to every process of its container, then to
                                                     the supervisor
 ``{"op": "subscribe"}``                             ``{}``; events follow on this connection
+``{"op": "features"}``                              ``{"features": [...]}``: what of a plan this
+                                                    daemon honours beyond the first protocol
+                                                    (``FEATURES``; a daemon from before answers
+                                                    an error: none)
 ``{"op": "recorded", "record": PATH,                ``{}``, after ``started`` went out (a record
 "fields": RECORD}``                                 the gateway wrote: a replica not run)
 ``{"op": "forget", "record": PATH, "start": S}``    ``{}``, after ``removed`` went out
@@ -84,6 +88,10 @@ READY = "ready"
 RUNNING = "running"
 #: With no gateway connected and no replica running for this long, the daemon leaves.
 IDLE_SECONDS = 5.0
+#: What of a plan this daemon honours beyond the first protocol: a daemon outlives gateways, so
+#: an upgraded gateway asks before it sends a plan that needs one (``working_dir``; ``mounts``:
+#: emptyDir volumes mounted in the replica's namespace).
+FEATURES = ("mounts", "working_dir")
 #: After a stopped replica's processes were killed, how long its supervisor has to record that.
 KILL_AFTER_SECONDS = 2.0
 #: A subscriber that reads nothing while this much waits for it is dropped (it relists).
@@ -254,6 +262,8 @@ class Daemon:
             elif op == "subscribe":
                 client.subscribed = True
                 answer = {}
+            elif op == "features":
+                answer = {"features": list(FEATURES)}
             elif op == "recorded":  # a record a gateway wrote itself (a replica not run)
                 event = {"record": request["record"], "fields": request["fields"]}
                 self.broadcast({"event": "started", **event})

@@ -97,6 +97,20 @@ class DaemonLink:
             raise RuntimeError(f"the local supervisor refused {op}: {answer['error']}")
         return answer
 
+    async def features(self) -> frozenset[str]:
+        """What of a plan the daemon honours beyond the first protocol (``daemon.FEATURES``);
+        none from a daemon started by an older gateway, which outlived it."""
+        answer = await self._ask_connected({"op": "features"})
+        return (
+            frozenset(map(str, answer.get("features", ())))
+            if "error" not in answer
+            else frozenset()
+        )
+
+    async def _ask_connected(self, message: dict[str, Any]) -> dict[str, Any]:
+        await self.connect()
+        return await self._ask(message)
+
     async def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
         writer = self._writer
         if writer is None:

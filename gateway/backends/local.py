@@ -8,6 +8,13 @@ contract as on Kubernetes (TF_CONFIG with 127.0.0.1 and a free port per replica,
 CUDA_VISIBLE_DEVICES from the GPU plan, thread variables) and nothing of the gateway's. The
 image is recorded and not used: the replica's command runs on this machine.
 
+Of a replica's pod fields it honours plain env, ``working_dir`` (where the command starts) and
+emptyDir volumes (a private directory per replica start, or a tmpfs for medium Memory, mounted at
+their mountPath only where replicas have mount namespaces of their own: ``supervisor``); a submit
+with any other is refused with 422 at the field (``unsupported``, from
+``gateway.domain.jobs.policy.process_unsupported``), and a replica of a job written elsewhere
+that has one is not started, the reason in its log.
+
 State lives under the data directory (0700, unreachable by jobs), so a restarted gateway adopts
 what is still running: the pod records and exit files of ``local_state``, ``ports.json`` (the
 gang's ports) and ``logs/<job>/<pod>.log`` (0600). A replica works in ``<work dir>/<job>/<pod>``
@@ -72,10 +79,11 @@ from gateway.backends.sandbox import (
     instance_name,
     process_env,
 )
-from gateway.domain.jobs.policy import kubernetes_only
+from gateway.domain.jobs.pod_fields import PodFields, parsed
+from gateway.domain.jobs.policy import process_unsupported
 from gateway.domain.jobs.spec import JobSpec, TerminationGrace
 from gateway.domain.manifests.environment import Address, ReplicaKey, local_addresses, replica_env
-from gateway.domain.problems import FieldProblem
+from gateway.domain.problems import FieldProblem, pointer
 from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.domain.scheduling.queueing import Placement
@@ -238,8 +246,10 @@ class LocalRuntime(PodWatchers):
         return self.isolation.refusal(tenant)
 
     def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
-        """Replicas run as processes: every pod field needs the Kubernetes backend."""
-        return kubernetes_only(spec)
+        """Replicas run as processes: of the pod fields, only a working directory and emptyDir
+        volumes are honoured, and the volumes mounted only where each replica has a mount
+        namespace of its own (``process_unsupported``)."""
+        return process_unsupported(spec, mounts=self.isolation.namespaces)
 
     def _pod_dir(self, job_id: str, attempt: int) -> Path:
         return self.state_dir / job_id / str(attempt)
@@ -407,6 +417,18 @@ class LocalRuntime(PodWatchers):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         banner = f"--- muster: starting {name} (attempt {gang.attempt}) at {stamp}\n"
         refusal = self.isolation.refusal(gang.spec.tenant)
+        if refusal is None:
+            # A job written under another backend or gateway: what this one cannot honour
+            # stops the replica, never runs it without.
+            prefix = pointer("replicas", placement.role) + "/"
+            refusal = next(
+                (
+                    f"{p.pointer}: {p.detail}"
+                    for p in self.unsupported(gang.spec)
+                    if p.pointer.startswith(prefix)
+                ),
+                None,
+            )
         if refusal is not None or not command:
             why = (
                 f"muster: not started: {refusal}\n"
@@ -421,6 +443,19 @@ class LocalRuntime(PodWatchers):
             await self._daemon.request("recorded", record=str(path), fields=record)
             return
         plan = self._plan(gang, placement, addresses, command, uid, start)
+        needed = {"working_dir"} if plan["working_dir"] is not None else set()
+        needed |= {"mounts"} if plan["mounts"] else set()
+        missing = sorted(needed - await self._daemon.features()) if needed else []
+        if missing:
+            # A daemon started by an older gateway would run the replica without them.
+            why = (
+                f"muster: not started: the local supervisor daemon predates {', '.join(missing)}; "
+                "it leaves once no gateway is connected and no replica runs\n"
+            )
+            record = await asyncio.to_thread(self._not_started, path, start, banner + why, 126)
+            self._index.put(path, record)
+            await self._daemon.request("recorded", record=str(path), fields=record)
+            return
         plan.update(
             record=str(path),
             banner=banner,
@@ -488,12 +523,18 @@ class LocalRuntime(PodWatchers):
                 "pids": self.max_pids,
             }
         pod_dir = self._pod_dir(gang.job_id, gang.attempt)
+        replica = gang.spec.replica(placement.role)
+        pod = replica.pod if replica is not None else PodFields()
+        volumes, mounts = _empty_dirs(pod, placement.memory_bytes)
         return {
             "start": start,
             "command": command,
             "env": env,
             "cwd": str(work),
             "tmp": str(work / "tmp"),
+            "working_dir": pod.working_dir,
+            "volumes": volumes,
+            "mounts": mounts,
             "uid": uid,
             "gid": gid,
             "namespaces": isolation.namespaces,
@@ -582,6 +623,35 @@ def _remove_pod(path: Path, record: Mapping[str, Any]) -> None:
     for leftover in path.parent.glob(f"{path.stem}.*"):  # exits and plans of every start
         leftover.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
+
+
+def _empty_dirs(pod: PodFields, memory: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The plan's emptyDir volumes (name, medium, and for medium Memory the tmpfs size: the
+    sizeLimit, never above the replica's memory, which is also the size without one) and their
+    mounts (volume, path, read_only), in the order given. ``unsupported`` refused every other
+    volume and mount before the job was written."""
+    volumes: list[dict[str, Any]] = []
+    for text in pod.volumes:
+        volume = parsed(text)
+        source = volume.get("emptyDir")
+        if source is None:
+            continue
+        medium = source.get("medium") or ""
+        size = None
+        if medium == "Memory":
+            size = memory
+            with contextlib.suppress(QuantityError):
+                limit = memory_bytes(source.get("sizeLimit", 0))
+                if limit > 0:
+                    size = min(limit, memory) if memory > 0 else limit
+        volumes.append({"name": volume["name"], "medium": medium, "size_bytes": size})
+    names = {v["name"] for v in volumes}
+    mounts = [
+        {"volume": m["name"], "path": m["mountPath"], "read_only": bool(m.get("readOnly"))}
+        for m in map(parsed, pod.volume_mounts)
+        if m["name"] in names
+    ]
+    return volumes, mounts
 
 
 def _work_dirs(work_dir: Path) -> list[Path]:

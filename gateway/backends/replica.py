@@ -3,7 +3,8 @@
 The gateway asks the data directory's supervisor daemon (``daemon``) to start a replica from a
 launch plan: the command, its environment, working directory, user, cgroups, log and what to
 hide. The daemon forks (no new interpreter), writes the pod's record, and lets the fork go on
-(``run``): it makes the replica's work directory and cgroups, runs it contained
+(``run``): it makes the replica's work directory (with a directory per emptyDir volume, under
+``volumes/``) and cgroups, runs it contained
 (``supervisor.run_contained``), writes its exit status into the plan's exit file, atomically,
 tells the daemon at once (a datagram, which the daemon pushes to the gateways), and cleans up.
 
@@ -29,12 +30,14 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway.backends import cgroups
 from gateway.backends.supervisor import (
     SANDBOX_FAILED,
+    VOLUMES,
     SandboxError,
     keep_only,
     libc,
@@ -130,7 +133,8 @@ def _log_to(path: str) -> None:
 def _prepare(plan: dict[str, Any]) -> None:
     """The replica's work directory and cgroups, made for this start (both named with its start
     id, so nothing of another start is touched)."""
-    _make_work_dir(plan["cwd"], plan["uid"], plan["gid"])
+    volumes = [str(v["name"]) for v in plan.get("volumes") or ()]
+    _make_work_dir(plan["cwd"], plan["uid"], plan["gid"], volumes)
     spec = plan["cgroup"]
     if spec is not None:
         groups = cgroups.Cgroups(
@@ -142,9 +146,13 @@ def _prepare(plan: dict[str, Any]) -> None:
         groups.create(spec["name"], limits)
 
 
-def _make_work_dir(path: str, uid: int | None, gid: int | None) -> None:
+def _make_work_dir(
+    path: str, uid: int | None, gid: int | None, volumes: Sequence[str] = ()
+) -> None:
     """An empty work directory for one start of a replica, owned by the job's user, with a
-    private tmp inside; the job's directory above it is the gateway's (searchable only).
+    private tmp inside and, for each of its emptyDir ``volumes``, an empty ``volumes/<name>``
+    (0700, the job's, mounted where the replica asks by its supervisor); the job's directory
+    above it is the gateway's (searchable only).
 
     Made as root by path only while the job can reach none of it: the directory is root's
     (0700) until everything in it is made, and given to the job last, through a descriptor.
@@ -164,9 +172,17 @@ def _make_work_dir(path: str, uid: int | None, gid: int | None) -> None:
     tmp = work / "tmp"
     tmp.mkdir(mode=0o700)
     tmp.chmod(0o1777)
+    made = [tmp]
+    if volumes:
+        made.append(work / VOLUMES)
+        made[-1].mkdir(mode=0o700)
+        for name in volumes:
+            made.append(work / VOLUMES / name)
+            made[-1].mkdir(mode=0o700)
     if uid is None or gid is None:
         return
-    os.chown(tmp, uid, gid)
+    for directory in made:
+        os.chown(directory, uid, gid)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         os.fchown(fd, uid, gid)

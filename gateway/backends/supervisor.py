@@ -15,6 +15,21 @@ Two ways to contain a replica:
 - Without (the gateway is unprivileged): the supervisor is a child subreaper, so every orphaned
   descendant is re-parented to it; when the command exits, every descendant left is killed.
 
+The pod fields the local backend honours (``gateway.domain.jobs.policy.process_unsupported``):
+
+- ``working_dir``: the command starts there. It changes directory after it became the job's user,
+  so the kernel checks the job's access, not root's; a directory missing or closed to it stops
+  the replica (status 126, ``workingDir /x: No such file or directory`` in its log), never starts
+  it elsewhere. HOME and TMPDIR stay its work directory.
+- emptyDir volumes: ``replica`` makes each an empty ``volumes/<name>`` (0700, the job's) in the
+  work directory, which goes with it. The init mounts each at its mountPath in the replica's
+  mount namespace, after the private /tmp and /dev/shm: the directory bound there (reached from
+  the work directory one component at a time, no link followed, each the job's), or for medium
+  Memory a tmpfs of the plan's size; readOnly mounts are made so last. A mountPath must be a
+  directory already, as the replica sees it (nothing is made outside the work directory, and a
+  mount only hides what is under it); a missing one stops the replica. Without namespaces a
+  plan with mounts is refused (status 126), never run without its volumes.
+
 Signals: SIGTERM or SIGINT sent to the supervisor is passed to every process of the replica (the
 init does this inside its namespace); the supervisor keeps waiting, so the exit status is recorded
 even on cancel. A command killed by signal N is recorded as 128 + N, as a shell reports it.
@@ -54,6 +69,7 @@ MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -65,6 +81,8 @@ DRAIN_SECONDS = 5.0
 
 SANDBOX_FAILED = 126
 NOT_FOUND = 127
+#: The directory of a replica's work directory that holds its emptyDir volumes, one each.
+VOLUMES = "volumes"
 
 
 class SandboxError(Exception):
@@ -321,6 +339,11 @@ def _child(plan: dict[str, Any]) -> None:
             cgroups.join(plan["cgroups"], 0)  # 0: the writing process itself
         if plan["namespaces"]:
             _init(plan)
+        elif plan.get("mounts"):
+            raise SandboxError(
+                "volume_mounts need a mount namespace of the replica's own, which this gateway "
+                "cannot make (it does not run as root); the Kubernetes backend mounts volumes"
+            )
         _exec(plan)
     except (SandboxError, OSError) as exc:
         say(f"muster: cannot set up the replica's sandbox: {exc}\n")
@@ -357,6 +380,7 @@ def _init(plan: dict[str, Any]) -> None:
     for shared in ("/dev/shm", "/run/lock"):  # other directories every user may write to
         if os.path.isdir(shared):
             _mount("tmpfs", shared, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    _mount_volumes(plan)  # last: a volume may be mounted over /tmp or /dev/shm
     command = os.fork()
     if command == 0:
         _exec(plan)
@@ -371,10 +395,75 @@ def _init(plan: dict[str, Any]) -> None:
             os._exit(exit_code(status))
 
 
-def _own_directory(path: str, uid: int | None) -> int:
-    """An open descriptor of the directory ``path``, refused if its last component is a link or
-    it is not ``uid``'s (the job may replace it: this is root, acting in the job's directory)."""
-    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+def _mount_volumes(plan: dict[str, Any]) -> None:
+    """Mount each of the replica's emptyDir volumes at its mountPath, in this (the replica's
+    own) mount namespace: its directory in the work directory, bound there, or for medium
+    Memory a tmpfs of the plan's size, 0700 and the job's. A volume mounted twice is one
+    volume: the second mount binds the first. A mountPath must be a directory already (on
+    this machine, as the replica sees it): none is made outside the work directory, and a
+    missing one stops the replica. Read-only mounts are made so last (a bind copies its
+    source's flags)."""
+    volumes = {str(v["name"]): v for v in plan.get("volumes") or ()}
+    sources: dict[str, int] = {}  # volume -> a descriptor of its first mount
+    mounted: list[tuple[int, dict[str, Any]]] = []  # (descriptor of the mount's root, mount)
+    try:
+        for mount in plan.get("mounts") or ():
+            name, target = str(mount["volume"]), str(mount["path"])
+            if not os.path.isdir(target):
+                raise SandboxError(
+                    f"volume {name}: mountPath {target} is no directory on this machine; the "
+                    "local backend mounts a volume only over a directory that exists"
+                )
+            volume = volumes[name]
+            if name in sources:
+                _mount(f"/proc/self/fd/{sources[name]}", target, None, MS_BIND)
+            elif volume.get("medium") == "Memory":
+                options = "mode=0700"
+                if plan["uid"] is not None:
+                    options += f",uid={plan['uid']},gid={plan['gid']}"
+                if volume.get("size_bytes"):
+                    options += f",size={int(volume['size_bytes'])}"
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+            else:
+                directory = _volume_directory(plan, name)
+                try:
+                    _mount(f"/proc/self/fd/{directory}", target, None, MS_BIND)
+                finally:
+                    os.close(directory)
+            # The mount's root, now on top of the path.
+            root = os.open(target, os.O_PATH | os.O_DIRECTORY)
+            mounted.append((root, mount))
+            sources.setdefault(name, root)
+        for root, mount in mounted:
+            if mount.get("read_only"):
+                flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
+                _mount(None, f"/proc/self/fd/{root}", None, flags)
+    finally:
+        for root, _ in mounted:
+            os.close(root)
+
+
+def _volume_directory(plan: dict[str, Any], name: str) -> int:
+    """An open descriptor of the volume ``name``'s directory in the work directory, reached
+    one component at a time, none a link and each the job's (which may have replaced them)."""
+    uid = plan["uid"]
+    fd = _own_directory(plan["cwd"], uid)
+    try:
+        for part in (VOLUMES, name):
+            inner = _own_directory(part, uid, fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _own_directory(path: str, uid: int | None, dir_fd: int | None = None) -> int:
+    """An open descriptor of the directory ``path`` (in ``dir_fd``, if given), refused if its
+    last component is a link or it is not ``uid``'s (the job may replace it: this is root,
+    acting in the job's directory)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=dir_fd)
     info = os.fstat(fd)
     if uid is not None and info.st_uid != uid:
         os.close(fd)
@@ -394,7 +483,16 @@ def _exec(plan: dict[str, Any]) -> None:
         os.setresuid(plan["uid"], plan["uid"], plan["uid"])
     checked(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
     os.umask(0o022)
-    os.chdir(plan["cwd"])
+    # As the job's user: a directory it may not enter stops it, with the reason in its log.
+    working_dir = plan.get("working_dir")
+    try:
+        os.chdir(working_dir or plan["cwd"])
+    except OSError as exc:
+        if working_dir is None:
+            raise
+        who = "" if plan["uid"] is None else f" (the job runs as uid {plan['uid']})"
+        say(f"muster: workingDir {working_dir}: {exc.strerror}{who}\n")
+        os._exit(SANDBOX_FAILED)
     command = plan["command"]
     try:
         os.execvpe(command[0], command, plan["env"])

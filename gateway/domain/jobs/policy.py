@@ -20,8 +20,11 @@ tenant boundary needs it:
 Invariants:
 - ``policy_of(policy_document(p)) == p``; a stored document without a key has that key's
   default, so ``{}`` is the default policy.
-- ``kubernetes_only`` names every pod field a set, for backends that run replicas as
-  processes and honour none of them.
+- ``kubernetes_only`` names every pod field a set, for a backend that honours none of them;
+  ``process_unsupported`` is what the local backend (replicas as processes) cannot honour: every
+  pod field but ``working_dir``, emptyDir volumes and their plain mounts (only where it can give
+  each replica a mount namespace of its own). Both point at each field they refuse and say it
+  needs the Kubernetes backend.
 - ``check_policy`` returns one problem per breach, its pointer into the spec and its detail
   naming the rule (``pod policy rule 'host-path'``). It reads only the spec and the policy.
 """
@@ -48,6 +51,7 @@ __all__ = [
     "policy_document",
     "policy_of",
     "policy_problems",
+    "process_unsupported",
 ]
 
 ALL_VOLUME_TYPES = (
@@ -249,17 +253,90 @@ def _toleration_view(t: Toleration) -> dict[str, str]:
     }
 
 
+_PROCESSES = "this gateway runs replicas as local processes"
+
+
+def _needs_kubernetes(role: str, *where: str | int, what: str) -> FieldProblem:
+    return FieldProblem(
+        pointer=pointer("replicas", role, *where),
+        detail=f"{what} needs the Kubernetes backend; {_PROCESSES}",
+    )
+
+
 def kubernetes_only(spec: JobSpec) -> list[FieldProblem]:
-    """The pod fields of ``spec`` that need the Kubernetes backend: a backend that runs replicas
-    as processes (``gateway.backends.local``) honours plain env and nothing of a pod beyond it."""
+    """The pod fields of ``spec`` that need the Kubernetes backend, for a backend that honours
+    plain env and nothing of a pod beyond it."""
     none = PodFields()
     return [
-        FieldProblem(
-            pointer=pointer("replicas", replica.role, f.name),
-            detail=f"{f.name} needs the Kubernetes backend; this gateway runs replicas as local "
-            "processes",
-        )
+        _needs_kubernetes(replica.role, f.name, what=f.name)
         for replica in spec.replicas
         for f in fields(PodFields)
         if getattr(replica.pod, f.name) != getattr(none, f.name)
     ]
+
+
+#: The pod fields a backend of processes honours (``process_unsupported`` says how far).
+PROCESS_FIELDS = frozenset({"working_dir", "volumes", "volume_mounts"})
+#: The keys of a volume mount a backend of processes honours.
+PROCESS_MOUNT_KEYS = frozenset({"name", "mountPath", "readOnly"})
+
+
+def process_unsupported(spec: JobSpec, *, mounts: bool) -> list[FieldProblem]:
+    """What of ``spec``'s pod fields a backend that runs replicas as processes cannot honour
+    (``gateway.backends.local``), each problem at its field.
+
+    Honoured: plain env; ``working_dir`` (the directory the command starts in); emptyDir
+    volumes (a fresh private directory per replica, or a tmpfs for medium Memory), and their
+    mounts by name, mountPath and readOnly when ``mounts`` (the backend gives each replica a mount
+    namespace of its own, where it mounts them). Refused: every other pod field, every other
+    volume type and a mount of one, a mount's subPath (or any other mount key), every mount when
+    not ``mounts``, and a mount at ``/``.
+    """
+    none = PodFields()
+    problems: list[FieldProblem] = []
+    for replica in spec.replicas:
+        role, pod = replica.role, replica.pod
+        for f in fields(PodFields):
+            if f.name not in PROCESS_FIELDS and getattr(pod, f.name) != getattr(none, f.name):
+                problems.append(_needs_kubernetes(role, f.name, what=f.name))
+        kinds: dict[str, str] = {}
+        for index, text in enumerate(pod.volumes):
+            volume = parsed(text)
+            kind = next(k for k in volume if k != "name")
+            kinds[volume["name"]] = kind
+            if kind != "emptyDir":
+                problems.append(
+                    _needs_kubernetes(role, "volumes", index, kind, what=f"a {kind} volume")
+                )
+        for index, text in enumerate(pod.volume_mounts):
+            mount = parsed(text)
+            kind = kinds.get(mount["name"], "undeclared")
+            if kind != "emptyDir":
+                problems.append(
+                    _needs_kubernetes(
+                        role, "volume_mounts", index, "name", what=f"mounting a {kind} volume"
+                    )
+                )
+                continue
+            for key in sorted(set(mount) - PROCESS_MOUNT_KEYS):
+                problems.append(
+                    _needs_kubernetes(role, "volume_mounts", index, key, what=f"a mount's {key}")
+                )
+            if mount["mountPath"].rstrip("/") == "":
+                problems.append(
+                    FieldProblem(
+                        pointer=pointer("replicas", role, "volume_mounts", index, "mountPath"),
+                        detail="a volume mounted at / would hide the whole machine from the "
+                        f"replica; {_PROCESSES}, which see the machine's file system",
+                    )
+                )
+            elif not mounts:
+                problems.append(
+                    FieldProblem(
+                        pointer=pointer("replicas", role, "volume_mounts", index),
+                        detail="mounting a volume needs the Kubernetes backend, or a local "
+                        "gateway that gives each replica a mount namespace of its own (one that "
+                        f"runs as root); {_PROCESSES} without one",
+                    )
+                )
+    return problems
