@@ -328,7 +328,12 @@ def violations(snap: Snapshot, plan: AdmissionPlan) -> list[str]:
             kind = gpu_kind(request.gpu_shares)
             names = tuple(r for r, _ in request.extended)
             if not node_admits(
-                target, request.node_selector, request.tolerations, kind, extended=names
+                target,
+                request.node_selector,
+                request.tolerations,
+                kind,
+                extended=names,
+                affinity=request.affinity,
             ):
                 found.append(f"{admission.job_id}/{request.name}: ineligible {target.name}")
             if placement.extended != request.extended:

@@ -405,6 +405,92 @@ def test_node_selector_and_tolerations_come_from_the_replica() -> None:
     assert "nodeSelector" not in ps
 
 
+def _with_worker(**fields: Any) -> JobSpec:
+    """TF_JOB with the worker's replica changed by ``fields`` (raw spec keys)."""
+    return _spec(
+        {
+            "name": "wide-deep",
+            "tenant": TENANT,
+            "framework": "tensorflow",
+            "replicas": {
+                "worker": {
+                    "count": 2,
+                    "image": "reg/wd:1",
+                    "resources": {"cpu": "8", "memory": "32Gi", "gpu": 2},
+                    **fields,
+                }
+            },
+        }
+    )
+
+
+NODE_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+            {
+                "matchExpressions": [{"key": "pool", "operator": "Exists"}],
+                "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["x"]}],
+            },
+        ]
+    },
+    "preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 5, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}
+    ],
+}
+
+
+def test_the_replicas_node_affinity_is_merged_with_the_pinning_never_in_its_place() -> None:
+    spec = _with_worker(node_affinity=NODE_AFFINITY)
+    pod = _pod("worker", 1, spec=spec)
+    pinned = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-1"]}
+    assert pod["spec"]["affinity"]["nodeAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {
+                    "matchExpressions": [
+                        {"key": "zone", "operator": "In", "values": ["a"]},
+                        pinned,
+                    ]
+                },
+                {
+                    "matchExpressions": [{"key": "pool", "operator": "Exists"}, pinned],
+                    "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["x"]}],
+                },
+            ]
+        },
+        "preferredDuringSchedulingIgnoredDuringExecution": (
+            NODE_AFFINITY["preferredDuringSchedulingIgnoredDuringExecution"]
+        ),
+    }
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+def test_extended_resources_are_requested_at_their_limit() -> None:
+    spec = _with_worker(
+        resources={"cpu": "8", "memory": "32Gi", "gpu": 2, "rdma/hca": 1, "hugepages-2Mi": "1Gi"}
+    )
+    placement, mode = _plan(spec, "worker", 1)
+    plan = replace(placement, extended=(("hugepages-2Mi", GIB), ("rdma/hca", 1)))
+    pod = pod_manifest(
+        spec,
+        plan,
+        gpu_mode=mode,
+        job_id=JOB_ID,
+        tenant=TENANT,
+        namespace=NAMESPACE,
+        attempt=0,
+        owner=None,
+        cluster_domain=None,
+        grace=GRACE,
+    )
+    resources = _container(pod)["resources"]
+    for side in ("requests", "limits"):
+        assert resources[side]["rdma/hca"] == "1"
+        assert resources[side]["hugepages-2Mi"] == "1Gi"
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
 # -- GPUs ------------------------------------------------------------------------------------------
 
 

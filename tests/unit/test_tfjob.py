@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.api.schema import check as schema_check
 from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.pods import pod_requests
 from gateway.domain.jobs.spec import JobSpec, RestartPolicy, SpecLimits
 from gateway.domain.jobs.tfjob import is_tfjob, relocate_problems, translate_tfjob
 from gateway.domain.jobs.tfjob_fields import API_VERSIONS, HARMLESS, REFUSED
@@ -273,6 +274,60 @@ def test_resources_prefer_limits_and_whole_cpus_at_their_limit_are_exclusive(
     checked(document)
 
 
+NODE_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+            {"matchExpressions": [{"key": "gpu.gen", "operator": "Gt", "values": ["8"]}]},
+        ]
+    },
+    "preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "preference": {"matchExpressions": [{"key": "ssd", "operator": "Exists"}]}}
+    ],
+}
+
+
+def test_node_affinity_is_carried_to_the_replica_and_its_required_terms_to_placement() -> None:
+    document = manifest()
+    pod(document)["affinity"] = {"nodeAffinity": NODE_AFFINITY}
+    assert translated(document)["replicas"]["worker"]["node_affinity"] == NODE_AFFINITY
+    spec = checked(document)
+    worker_spec = spec.replica("worker")
+    assert worker_spec is not None
+    assert worker_spec.node_affinity is not None
+    terms = next(p.affinity for p in pod_requests(spec) if p.role == "worker")
+    assert [[(r.key, r.operator, r.values) for r in term] for term in terms] == [
+        [("zone", "In", ("a", "b"))],
+        [("gpu.gen", "Gt", ("8",))],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requirement", "where", "words"),
+    [
+        ({"key": "zone", "operator": "In"}, "values", "In needs at least one value"),
+        ({"key": "z", "operator": "Exists", "values": ["a"]}, "values", "takes no values"),
+        ({"key": "z", "operator": "Gt", "values": ["a"]}, "values", "one integer value"),
+        ({"key": "z", "operator": "Near", "values": ["a"]}, "operator", "must be one of"),
+    ],
+)
+def test_a_malformed_node_affinity_is_refused_at_the_manifests_pointer(
+    requirement: dict[str, Any], where: str, words: str
+) -> None:
+    document = manifest()
+    required = {"nodeSelectorTerms": [{"matchExpressions": [requirement]}]}
+    pod(document)["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}
+    }
+    found = spec_problems(document)
+    pointer = (
+        f"{WORKER_POD}/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution"
+        f"/nodeSelectorTerms/0/matchExpressions/0/{where}"
+    )
+    assert [p.pointer for p in found] == [pointer]
+    assert words in found[0].detail
+
+
 def test_extended_resources_are_carried_by_name_and_a_request_is_their_limit() -> None:
     document = manifest()
     container(document)["resources"] = {
@@ -414,9 +469,9 @@ def _sidecar(document: dict[str, Any]) -> None:
 
 REFUSALS: dict[str, tuple[Change, str, str]] = {
     "a sidecar": (_sidecar, f"{WORKER_POD}/containers/1", "sidecar"),
-    "affinity": (
-        lambda d: pod(d).update(affinity={"podAntiAffinity": {}}),
-        f"{WORKER_POD}/affinity",
+    "pod affinity": (
+        lambda d: pod(d).update(affinity={"podAntiAffinity": {"x": 1}}),
+        f"{WORKER_POD}/affinity/podAntiAffinity",
         "Muster places the whole gang itself",
     ),
     "another scheduler": (
@@ -540,6 +595,7 @@ PARTS: dict[str, Callable[[dict[str, Any]], tuple[dict[str, Any], str]]] = {
         container(d).setdefault("ports", [{"name": "p", "containerPort": 1}])[0],
         f"{WORKER_CONTAINER}/ports/0",
     ),
+    "affinity": lambda d: (pod(d).setdefault("affinity", {}), f"{WORKER_POD}/affinity"),
 }
 REFUSED_FIELDS = [
     (part, name) for part, fields in REFUSED.items() if part in PARTS for name in fields

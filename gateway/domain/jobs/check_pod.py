@@ -16,6 +16,9 @@ Invariants:
   container (``main``, ``tensorflow``, ``pytorch``), and their variables avoid Muster's too.
 - Init containers ask for no resources: the pod's requests stay the main container's, which
   placement accounted for.
+- A node affinity has Kubernetes' shape and meaning: at least one required term, operators with
+  the values they take (In and NotIn some, Exists and DoesNotExist none, Gt and Lt one integer),
+  node fields only ``metadata.name``, preferred weights from 1 to 100.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from gateway.domain.names import (
 )
 from gateway.domain.problems import pointer
 
-__all__ = ["POD_FIELD_KEYS", "VOLUME_SOURCES", "check_pod_fields"]
+__all__ = ["POD_FIELD_KEYS", "VOLUME_SOURCES", "check_node_affinity", "check_pod_fields"]
 
 Where = tuple[str | int, ...]
 Check = Callable[[Checker, object, Where], bool]
@@ -426,3 +429,68 @@ def _init_containers(
         for i, source in enumerate(container.get("envFrom") or []):
             _exactly_one(c, source, (*at, "envFrom", i), extra=("prefix",))
         _mounts(c, container.get("volumeMounts") or [], declared, (*at, "volumeMounts"))
+
+
+# -- node affinity -------------------------------------------------------------------------------
+
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_REQUIREMENT = _object(
+    {"key": _string, "operator": _one_of(*_OPERATORS), "values": _list(_string)},
+    ("key", "operator"),
+)
+_TERM = _object({"matchExpressions": _list(_REQUIREMENT), "matchFields": _list(_REQUIREMENT)})
+_NODE_AFFINITY = _object(
+    {
+        "requiredDuringSchedulingIgnoredDuringExecution": _object(
+            {"nodeSelectorTerms": _list(_TERM)}, ("nodeSelectorTerms",)
+        ),
+        "preferredDuringSchedulingIgnoredDuringExecution": _list(
+            _object({"weight": _integer, "preference": _TERM}, ("weight", "preference"))
+        ),
+    }
+)
+REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+PREFERRED = "preferredDuringSchedulingIgnoredDuringExecution"
+
+
+def check_node_affinity(c: Checker, raw: object, where: Where) -> str | None:
+    """A replica's node affinity (Kubernetes' NodeAffinity object) as canonical text, or None
+    (with problems added). Placement honours the required terms; the preferred ones are carried
+    into the pods, where Muster's pinning makes them moot."""
+    before = len(c.problems)
+    if not _NODE_AFFINITY(c, raw, where) or len(c.problems) > before:
+        return None
+    assert is_mapping(raw)
+    required = raw.get(REQUIRED)
+    terms: list[tuple[Any, Where]] = []
+    if required is not None:
+        if not required["nodeSelectorTerms"]:
+            c.add(pointer(*where, REQUIRED, "nodeSelectorTerms"), "must have at least one term")
+        terms += [
+            (term, (*where, REQUIRED, "nodeSelectorTerms", i))
+            for i, term in enumerate(required["nodeSelectorTerms"])
+        ]
+    for i, preferred in enumerate(raw.get(PREFERRED) or []):
+        if not 1 <= preferred["weight"] <= 100:
+            c.add(pointer(*where, PREFERRED, i, "weight"), "must be from 1 to 100")
+        terms.append((preferred["preference"], (*where, PREFERRED, i, "preference")))
+    for term, at in terms:
+        for kind in ("matchExpressions", "matchFields"):
+            for k, requirement in enumerate(term.get(kind) or []):
+                _requirement(c, requirement, kind == "matchFields", (*at, kind, k))
+    return None if len(c.problems) > before else canonical(raw)
+
+
+def _requirement(c: Checker, requirement: Mapping[str, Any], field: bool, where: Where) -> None:
+    operator, values = requirement["operator"], requirement.get("values") or []
+    if field and requirement["key"] != "metadata.name":
+        c.add(pointer(*where, "key"), "the only node field is metadata.name")
+    if field and operator not in ("In", "NotIn"):
+        c.add(pointer(*where, "operator"), "a node field takes In or NotIn")
+    if operator in ("In", "NotIn") and not values:
+        c.add(pointer(*where, "values"), f"{operator} needs at least one value")
+    elif operator in ("Exists", "DoesNotExist") and values:
+        c.add(pointer(*where, "values"), f"{operator} takes no values")
+    elif operator in ("Gt", "Lt") and not (len(values) == 1 and _INTEGER.fullmatch(values[0])):
+        c.add(pointer(*where, "values"), f"{operator} takes exactly one integer value")

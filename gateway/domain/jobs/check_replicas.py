@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.domain.jobs.check_pod import check_pod_fields
+from gateway.domain.jobs.check_pod import check_node_affinity, check_pod_fields
 from gateway.domain.jobs.collector import Checker, check_enum, check_labels, is_mapping
 from gateway.domain.jobs.spec import (
     DEFAULT_CPU,
@@ -158,8 +158,15 @@ def _check_replica(
     port = raw.get("port", DEFAULT_PORT)
     command, args = raw.get("command", []), raw.get("args", [])
     pod = check_pod_fields(c, raw, where, env or ())
+    affinity_raw = raw.get("node_affinity")
+    affinity = (
+        None
+        if affinity_raw is None
+        else check_node_affinity(c, affinity_raw, (*where, "node_affinity"))
+    )
     if not (
         pod is not None
+        and (affinity_raw is None or affinity is not None)
         and ok
         and resources
         and env is not None
@@ -190,6 +197,7 @@ def _check_replica(
         port=port,
         termination_grace_period_seconds=grace,
         pod=pod,
+        node_affinity=affinity,
     )
 
 

@@ -9,10 +9,12 @@ first).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
+from gateway.domain.jobs.pod_fields import parsed
 from gateway.domain.jobs.spec import JobSpec, ReplicaSpec
-from gateway.domain.scheduling.nodes import PodRequest, Toleration
+from gateway.domain.scheduling.nodes import PodRequest, Requirement, Term, Toleration
 
 MAX_NAME = 63
 SPREAD_ROLES = frozenset({"ps"})
@@ -36,11 +38,35 @@ def _tolerations(replica: ReplicaSpec) -> tuple[Toleration, ...]:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def required_terms(node_affinity: str | None) -> tuple[Term, ...]:
+    """The required nodeSelectorTerms of a replica's node affinity (canonical text, checked at
+    submit), as placement matches them; none without one. Remembered: a cycle reads every
+    queued job's spec, and jobs repeat a few affinities."""
+    if node_affinity is None:
+        return ()
+    required = parsed(node_affinity).get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    return tuple(
+        tuple(
+            Requirement(
+                key=r["key"],
+                operator=r["operator"],
+                values=tuple(r.get("values") or ()),
+                field=kind == "matchFields",
+            )
+            for kind in ("matchExpressions", "matchFields")
+            for r in term.get(kind) or ()
+        )
+        for term in required.get("nodeSelectorTerms") or ()
+    )
+
+
 def pod_requests(spec: JobSpec) -> tuple[PodRequest, ...]:
     pods: list[PodRequest] = []
     for replica in spec.replicas:
         selector = dict(replica.node_selector)
         tolerations = _tolerations(replica)
+        affinity = required_terms(replica.node_affinity)
         for index in range(replica.count):
             pods.append(
                 PodRequest(
@@ -54,6 +80,7 @@ def pod_requests(spec: JobSpec) -> tuple[PodRequest, ...]:
                     tolerations=tolerations,
                     spread=replica.role in SPREAD_ROLES,
                     extended=replica.resources.extended,
+                    affinity=affinity,
                 )
             )
     return tuple(pods)

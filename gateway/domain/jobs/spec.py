@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.domain.jobs.pod_fields import PodFields, pod_fields_document, pod_fields_of
+from gateway.domain.jobs.pod_fields import (
+    PodFields,
+    canonical,
+    parsed,
+    pod_fields_document,
+    pod_fields_of,
+)
 from gateway.domain.resources import (
     GPU_SHARES_PER_DEVICE,
     Resources,
@@ -126,6 +132,9 @@ class ReplicaSpec:
     termination_grace_period_seconds: int | None = None
     #: Volumes, mounts, service account, security contexts, init containers... (none by default).
     pod: PodFields = field(default_factory=PodFields)
+    #: Kubernetes' NodeAffinity object, as canonical JSON text: placement honours its required
+    #: terms, and the pods carry it merged with Muster's pinning. None: none.
+    node_affinity: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -289,6 +298,7 @@ def _replica_of(role: str, doc: Mapping[str, Any]) -> ReplicaSpec:
         termination_grace_period_seconds=doc.get("termination_grace_period_seconds"),
         # Absent from documents stored before replicas had pod fields, and when none is set.
         pod=pod_fields_of(doc),
+        node_affinity=None if doc.get("node_affinity") is None else canonical(doc["node_affinity"]),
     )
 
 
@@ -312,6 +322,7 @@ def _replica_document(r: ReplicaSpec) -> dict[str, Any]:
         "port": r.port,
         "termination_grace_period_seconds": r.termination_grace_period_seconds,
         **pod_fields_document(r.pod),
+        **({} if r.node_affinity is None else {"node_affinity": parsed(r.node_affinity)}),
     }
 
 

@@ -50,7 +50,9 @@ RUN_POLICY_FIELDS = {
 Where = tuple[str | int, ...]
 
 
-_PLACEMENT = "Muster places the whole gang itself; nodeSelector and tolerations are honoured"
+_PLACEMENT = (
+    "Muster places the whole gang itself; nodeSelector, node affinity and tolerations are honoured"
+)
 _DNS = "Muster names pods and gives each replica a headless Service; TF_CONFIG uses those names"
 SIDECAR = f"Muster runs only the container named {CONTAINER}"
 #: The pod template's fields carried as the replica's pod fields: the spec's key, the pod's key.
@@ -83,6 +85,8 @@ HONOURED: Mapping[str, frozenset[str]] = {
     "replica": frozenset({"replicas", "restartPolicy", "template"}),
     "replica (v1alpha1)": frozenset({"replicas", "tfReplicaType", "tfPort", "template"}),
     "template": frozenset({"spec"}),
+    # Node affinity is honoured by placement and merged with Muster's pinning.
+    "affinity": frozenset({"nodeAffinity"}),
     # restartPolicy of the pod is honoured in v1alpha1; later versions take the replica's.
     # priorityClassName is the job's priority class, when every replica names the same one.
     "pod": frozenset(
@@ -93,6 +97,7 @@ HONOURED: Mapping[str, frozenset[str]] = {
             "restartPolicy",
             "terminationGracePeriodSeconds",
             "priorityClassName",
+            "affinity",
             # Pod fields, carried exactly (gateway.domain.jobs.pod_fields) under the tenant's
             # pod policy (gateway.domain.jobs.policy).
             *POD_FIELDS.values(),
@@ -161,11 +166,10 @@ REFUSED: Mapping[str, Mapping[str, str]] = {
         "minResources": "Muster admits a gang when every one of its pods fits, never part of it",
         "scheduleTimeoutSeconds": "a job waits in its queue until it is admitted or cancelled",
     },
+    "affinity": dict.fromkeys(("podAffinity", "podAntiAffinity"), _PLACEMENT),
     "pod": {
         "ephemeralContainers": SIDECAR,
-        **dict.fromkeys(
-            ("affinity", "nodeName", "topologySpreadConstraints", "schedulerName"), _PLACEMENT
-        ),
+        **dict.fromkeys(("nodeName", "topologySpreadConstraints", "schedulerName"), _PLACEMENT),
         **dict.fromkeys(
             ("priority", "preemptionPolicy"),
             "Muster orders and preempts jobs by their priority class (priorityClassName, or "

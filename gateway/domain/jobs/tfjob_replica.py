@@ -73,6 +73,14 @@ def translate_replica(
             replica[name] = copy.deepcopy(pod[source])
             t.came_from((*spec_at, name), (*pod_at, source), same_shape=True)
     _carry(t, spec_at, pod, pod_at, replica, POD_FIELDS)
+    if not _unset(pod.get("affinity")):
+        affinity = t.mapping(pod["affinity"], (*pod_at, "affinity"))
+        t.screen("affinity", affinity, (*pod_at, "affinity"))
+        if not _unset(affinity.get("nodeAffinity")):
+            replica["node_affinity"] = copy.deepcopy(affinity["nodeAffinity"])
+            t.came_from(
+                (*spec_at, "node_affinity"), (*pod_at, "affinity", "nodeAffinity"), same_shape=True
+            )
     if not _unset(pod.get("imagePullSecrets")):
         _pull_secrets(t, spec_at, pod["imagePullSecrets"], (*pod_at, "imagePullSecrets"), replica)
     if isinstance(template.get("spec"), Mapping):

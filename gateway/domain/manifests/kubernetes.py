@@ -21,8 +21,10 @@ gateway's default, capped by the most an admin allows (``TerminationGrace``, pas
 here reads settings). Deleting the pod later asks for the same grace (``deleting.py``).
 
 Placement: Muster has already checked fit, so each pod is pinned to its planned node by a required
-node affinity on ``kubernetes.io/hostname`` and left to the default scheduler to bind. Parameter
-servers also prefer distinct nodes through a pod anti-affinity, as placement did.
+node affinity on ``kubernetes.io/hostname`` and left to the default scheduler to bind; a
+replica's own node affinity is merged in, never in its place (every required term of its own
+gets the pinning added). Parameter servers also prefer distinct nodes through a pod
+anti-affinity, as placement did.
 
 GPU modes, from the planned node:
 
@@ -53,6 +55,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +254,7 @@ def pod_manifest(
         # No hostname or subdomain: as with the operator, peers reach a replica through its own
         # headless Service, named like the pod, not through a pod subdomain.
         "containers": [container],
-        "affinity": _affinity(plan, job_id),
+        "affinity": _affinity(plan, job_id, replica.node_affinity),
     }
     if replica.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(replica.node_selector))
@@ -419,20 +422,24 @@ def _resources(replica: ReplicaSpec, plan: Placement, gpu_count: int) -> dict[st
     return {"requests": requests, "limits": limits}
 
 
-def _affinity(plan: Placement, job_id: str) -> dict[str, Any]:
-    affinity: dict[str, Any] = {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {
-                        "matchExpressions": [
-                            {"key": HOSTNAME_KEY, "operator": "In", "values": [plan.node]}
-                        ]
-                    }
-                ]
-            }
-        }
+def _affinity(plan: Placement, job_id: str, node_affinity: str | None) -> dict[str, Any]:
+    """Muster's pinning to the planned node, merged with the replica's own node affinity: each
+    of its required terms (any of which must match) gets the pinning added (so every term pins),
+    and its preferred terms are kept as they are."""
+    pinned = {"key": HOSTNAME_KEY, "operator": "In", "values": [plan.node]}
+    own: Mapping[str, Any] = {} if node_affinity is None else parsed(node_affinity)
+    required = own.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms = [
+        {**term, "matchExpressions": [*(term.get("matchExpressions") or ()), pinned]}
+        for term in required.get("nodeSelectorTerms") or ()
+    ] or [{"matchExpressions": [pinned]}]
+    node: dict[str, Any] = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
     }
+    preferred = own.get("preferredDuringSchedulingIgnoredDuringExecution")
+    if preferred:
+        node["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
+    affinity: dict[str, Any] = {"nodeAffinity": node}
     if plan.role == PS_ROLE:
         # Preferred, not required: placement spreads parameter servers when it can and packs
         # them when it must; a required rule would leave a packed gang unschedulable.

@@ -182,6 +182,7 @@ _MEMORY = attrgetter("memory_bytes")
 _GPU = attrgetter("gpu_shares")
 _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
+_AFFINITY = attrgetter("affinity")
 _REQUEST = attrgetter("role", "gpu_shares", "cpu_millis", "memory_bytes", "spread", "extended")
 _EXTENDED = attrgetter("extended")
 _MIN_WEIGHT = 1e-9
@@ -681,7 +682,7 @@ class _Cycle:
                 found = cache[totals] = (PendingReason.INSUFFICIENT_CAPACITY, short)
             return found
         key: object
-        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)) or any(map(_AFFINITY, pods)):
             gang = gang or cluster.gang_of(pods)
             key = (gang.signature, tuple(pods[k].role for k in gang.order))
         else:

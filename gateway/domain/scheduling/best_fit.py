@@ -36,7 +36,9 @@ from gateway.domain.scheduling.nodes import (
     SHARES_PER_DEVICE,
     PodRequest,
     Taint,
+    Term,
     Toleration,
+    affinity_admits,
     gpu_kind,
     names_of,
     takes_kind,
@@ -147,13 +149,15 @@ class BestFit:
         selector = pod.node_selector
         tolerations = pod.tolerations
         extended = pod.extended
-        if not selector and not tolerations and not extended:
+        affinity = pod.affinity
+        if not selector and not tolerations and not extended and not affinity:
             key: tuple[object, ...] = (kind,)
         else:
-            key = (kind, tuple(sorted(selector.items())), tolerations, names_of(extended))
+            names = names_of(extended)
+            key = (kind, tuple(sorted(selector.items())), tolerations, names, affinity)
         cls = self._classes.get(key)
         if cls is None:
-            cls = self._new_class(key, selector, tolerations, kind, names_of(extended))
+            cls = self._new_class(key, selector, tolerations, kind, names_of(extended), affinity)
         return cls, kind
 
     def known_class(self, key: tuple[object, ...]) -> int | None:
@@ -168,8 +172,9 @@ class BestFit:
         tolerations: Sequence[Toleration],
         kind: int,
         extended: tuple[str, ...],
+        affinity: tuple[Term, ...] = (),
     ) -> int:
-        members = self._eligible(selector, tolerations, kind, extended)
+        members = self._eligible(selector, tolerations, kind, extended, affinity)
         key_type = _KEY_TYPE[kind]
         set_id = self._set_ids.get((key_type, members))
         if set_id is None:
@@ -196,8 +201,10 @@ class BestFit:
         tolerations: Sequence[Toleration],
         kind: int,
         extended: tuple[str, ...] = (),
+        affinity: tuple[Term, ...] = (),
     ) -> tuple[int, ...]:
-        """The nodes `node_admits` accepts, from indexes instead of a pass over every node."""
+        """The nodes `node_admits` accepts, from indexes instead of a pass over every node
+        (but for node affinity, checked on each node that passes the rest)."""
         members = self._by_kind.get(kind)
         if members is None:
             members = self._by_kind[kind] = frozenset(
@@ -223,6 +230,9 @@ class BestFit:
             for i, taints in self._tainted
             if i in members and not all(tolerates(tolerations, taint) for taint in taints)
         }
+        if affinity:
+            nodes = self.nodes
+            refused |= {i for i in members if not affinity_admits(nodes[i], affinity)}
         return tuple(sorted(members - refused))
 
     def _key(self, i: int, key_type: int) -> _Key:

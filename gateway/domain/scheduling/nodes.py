@@ -15,10 +15,13 @@ Invariants kept here:
 - Extended resources (``rdma/hca``, ``hugepages-2Mi``, ...) are whole units a node advertises
   (`Node.extended`) and a pod requests (`PodRequest.extended`); a node that does not advertise a
   name (or advertises none of it) never runs a pod that asks for it.
+- A pod's required node affinity (`PodRequest.affinity`) is Kubernetes' nodeSelectorTerms: a
+  node matches when any term matches, a term when all its requirements hold (`affinity_admits`);
+  no terms: any node.
 - `node_admits` is the one definition of "may ever run this pod, capacity aside": readiness, the
-  node selector, the NoSchedule and NoExecute taints (`ENFORCED_EFFECTS`) against the tolerations,
-  the GPU kind and the extended resources' names. The indexes in `best_fit.py` must agree with
-  it.
+  node selector, the required node affinity, the NoSchedule and NoExecute taints
+  (`ENFORCED_EFFECTS`) against the tolerations, the GPU kind and the extended resources'
+  names. The indexes in `best_fit.py` must agree with it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,51 @@ class Toleration:
     operator: str = "Equal"  # Equal | Exists
     value: str | None = None
     effect: str | None = None  # None matches every effect
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Requirement:
+    """One requirement of a node selector term: a label (or, with ``field``, the node's
+    ``metadata.name``) and an operator: In, NotIn, Exists, DoesNotExist, Gt or Lt."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+    field: bool = False
+
+
+#: A node selector term: every requirement must hold (an empty term matches no node).
+Term = tuple[Requirement, ...]
+
+
+def _holds(node: Node, requirement: Requirement) -> bool:
+    if requirement.field:
+        value: str | None = node.name if requirement.key == "metadata.name" else None
+    else:
+        value = node.labels.get(requirement.key)
+    operator = requirement.operator
+    if operator == "In":
+        return value is not None and value in requirement.values
+    if operator == "NotIn":
+        return value is None or value not in requirement.values
+    if operator == "Exists":
+        return value is not None
+    if operator == "DoesNotExist":
+        return value is None
+    if operator in ("Gt", "Lt") and value is not None and len(requirement.values) == 1:
+        try:
+            label, bound = int(value), int(requirement.values[0])
+        except ValueError:
+            return False
+        return label > bound if operator == "Gt" else label < bound
+    return False
+
+
+def affinity_admits(node: Node, terms: Sequence[Term]) -> bool:
+    """Whether ``node`` matches required node affinity ``terms`` (any term; none: any node)."""
+    if not terms:
+        return True
+    return any(term and all(_holds(node, r) for r in term) for term in terms)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -121,6 +169,8 @@ class PodRequest:
     tolerations: tuple[Toleration, ...] = ()
     spread: bool = False  # parameter servers: distinct nodes when possible
     extended: Extended = ()
+    #: Required node affinity: nodeSelectorTerms, any of which a node must match.
+    affinity: tuple[Term, ...] = ()
 
 
 def gpu_kind(shares: int) -> int:
@@ -157,10 +207,13 @@ def node_admits(
     *,
     ignore_ready: bool = False,
     extended: Iterable[str] = (),
+    affinity: Sequence[Term] = (),
 ) -> bool:
     """Whether `node` may ever run a pod of this class (capacity aside); ``extended``: the
-    names of the extended resources the pod asks for."""
+    names of the extended resources the pod asks for; ``affinity``: its required node affinity."""
     if not (node.ready or ignore_ready):
+        return False
+    if affinity and not affinity_admits(node, affinity):
         return False
     offered = node.extended
     for name in extended:

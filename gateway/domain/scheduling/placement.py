@@ -39,6 +39,7 @@ _SHAPE = attrgetter("gpu_shares", "cpu_millis", "memory_bytes", "spread", "exten
 _SELECTOR = attrgetter("node_selector")
 _TOLERATIONS = attrgetter("tolerations")
 _EXTENDED = attrgetter("extended")
+_AFFINITY = attrgetter("affinity")
 # A shape the failure memos keep: (cpu, memory, gpu shares, extended amounts).
 _Shape = tuple[int, int, int, Extended]
 
@@ -95,7 +96,7 @@ class ClusterState:
         identical pods, not per pod: one class lookup and one `Need` object per group.
         """
         groups: dict[tuple[object, ...], list[int]] = {}
-        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)):
+        if any(map(_SELECTOR, pods)) or any(map(_TOLERATIONS, pods)) or any(map(_AFFINITY, pods)):
             for k, pod in enumerate(pods):
                 selector = pod.node_selector
                 tolerations = pod.tolerations
@@ -103,6 +104,7 @@ class ClusterState:
                     *_SHAPE(pod),
                     tuple(selector.items()) if selector else (),
                     id(tolerations) if tolerations else 0,
+                    pod.affinity,
                 )
                 members = groups.get(key)
                 if members is None:
@@ -264,6 +266,7 @@ class ClusterState:
             or any(map(_SELECTOR, pods))
             or any(map(_TOLERATIONS, pods))
             or any(map(_EXTENDED, pods))
+            or any(map(_AFFINITY, pods))
         ):
             return False
         for gpu, cpu, mem, _, _ in dict.fromkeys(map(_SHAPE, pods)):

@@ -294,6 +294,7 @@ def never_fits_nodes(
             pod.node_selector,
             pod.tolerations,
             pod.extended,
+            pod.affinity,
         )
         if asks == previous:
             continue
@@ -327,18 +328,26 @@ def _pod_never_fits(
                 "node shares GPUs",
             )
         ]
-    selector, tolerations = pod.node_selector, pod.tolerations
+    selector, tolerations, affinity = pod.node_selector, pod.tolerations, pod.affinity
     names = names_of(pod.extended)
     eligible = [
         node
         for node in nodes
-        if node_admits(node, selector, tolerations, kind, ignore_ready=True, extended=names)
+        if node_admits(
+            node,
+            selector,
+            tolerations,
+            kind,
+            ignore_ready=True,
+            extended=names,
+            affinity=affinity,
+        )
     ]
     if not eligible and names:
         usable = [
             node
             for node in nodes
-            if node_admits(node, selector, tolerations, kind, ignore_ready=True)
+            if node_admits(node, selector, tolerations, kind, ignore_ready=True, affinity=affinity)
         ]
         for name in names:
             if not any(node.extended.get(name, 0) > 0 for node in usable):
@@ -346,11 +355,13 @@ def _pod_never_fits(
         return [(names[0], f"no node the {role} pod may use offers {', '.join(names)} together")]
     if not eligible:
         if kind != GPU_NONE and any(
-            node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True) for node in nodes
+            node_admits(node, selector, tolerations, GPU_NONE, ignore_ready=True, affinity=affinity)
+            for node in nodes
         ):
             sort = "shared GPUs" if kind == GPU_FRACTION else "GPUs"
             return [("gpu", f"no node the {role} pod may use offers {sort}")]
-        return [("selector", f"no node passes the node selector and tolerations of the {role} pod")]
+        what = "node selector, node affinity" if affinity else "node selector"
+        return [("selector", f"no node passes the {what} and tolerations of the {role} pod")]
     problems: list[tuple[str, str]] = []
     if kind == GPU_WHOLE:
         most = max(node.gpu_devices for node in eligible)
