@@ -166,8 +166,9 @@ def node(
     ready: bool = True,
     labels: Mapping[str, str] | None = None,
     taints: list[dict[str, str]] | None = None,
+    extended: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    allocatable = {"cpu": cpu, "memory": memory, "pods": "110"}
+    allocatable = {"cpu": cpu, "memory": memory, "pods": "110", **(extended or {})}
     if gpus:
         allocatable["nvidia.com/gpu"] = str(gpus)
     return {

@@ -79,7 +79,13 @@ class Clock:
 def cluster_objects() -> list[dict[str, Any]]:
     """Four nodes (device-plugin GPUs, shared GPUs, CPU, NotReady CPU) and the pods of others."""
     return [
-        node("gpu-0", cpu="32", memory="128Gi", gpus=8),
+        node(
+            "gpu-0",
+            cpu="32",
+            memory="128Gi",
+            gpus=8,
+            extended={"rdma/hca": "4", "hugepages-2Mi": "4Gi", "example.com/weird": "lots"},
+        ),
         node(
             "shared-0",
             cpu="16",
@@ -103,8 +109,8 @@ def cluster_objects() -> list[dict[str, Any]]:
             "ml",
             "notebook",
             node_name="gpu-0",
-            requests={"cpu": "4", "memory": "16Gi", GPU_RESOURCE: "2"},
-            init_requests={"cpu": "6", "memory": "1Gi"},
+            requests={"cpu": "4", "memory": "16Gi", GPU_RESOURCE: "2", "rdma/hca": "1"},
+            init_requests={"cpu": "6", "memory": "1Gi", "hugepages-2Mi": "1Gi"},
         ),
         # Not held: ended, unbound, or Muster's own (admission subtracts those itself).
         pod("ml", "done", node_name="cpu-0", phase="Succeeded", requests={"cpu": "4"}),
@@ -286,6 +292,10 @@ async def test_inventory_offers_allocatable_minus_pods_muster_does_not_own(
     gpu = nodes["gpu-0"]  # the notebook's init container (6 CPUs) counts, not its container's 4
     assert (gpu.cpu_millis, gpu.memory_bytes) == (32_000 - 6000, 128 * GIB - 16 * GIB)
     assert (gpu.gpu_mode, gpu.gpu_devices) == (GpuMode.DEVICE_PLUGIN, 8 - 2)
+    # Extended resources by name, less what others' pods hold (a quantity that does not parse
+    # offers nothing); the pods and ephemeral names Kubernetes keeps are not extended.
+    assert gpu.extended == {"rdma/hca": 4 - 1, "hugepages-2Mi": 4 * GIB - GIB}
+    assert nodes["cpu-0"].extended == {}
 
     shared = nodes["shared-0"]
     assert (shared.gpu_mode, shared.gpu_devices) == (GpuMode.SHARED, 4)

@@ -55,6 +55,10 @@ class Clock:
         return time.time() + self.offset
 
 
+#: What GPU feature discovery labels a GPU node with (the production examples' node affinity).
+GPU_LABELS = {"nvidia.com/gpu.present": "true"}
+
+
 @pytest.fixture
 def nodes() -> tuple[Node, ...]:
     """What the API checks submits against: the same nodes the emulated cluster has."""
@@ -65,6 +69,8 @@ def nodes() -> tuple[Node, ...]:
         memory_bytes=128 * GIB,
         gpu_mode=GpuMode.DEVICE_PLUGIN,
         gpu_devices=8,
+        labels={"kubernetes.io/hostname": "g-0", **GPU_LABELS},
+        extended={"rdma/hca": 4},
     )
     return (*cpu, gpu)
 
@@ -75,7 +81,14 @@ async def cluster() -> AsyncIterator[Cluster]:
         seed(
             cluster,
             *(node(name, cpu="32", memory="128Gi") for name in NODE_NAMES),
-            node("g-0", cpu="32", memory="128Gi", gpus=8),
+            node(
+                "g-0",
+                cpu="32",
+                memory="128Gi",
+                gpus=8,
+                labels=GPU_LABELS,
+                extended={"rdma/hca": "4"},
+            ),
         )
         yield cluster
 
@@ -144,7 +157,7 @@ def _objects(cluster: Cluster, resource: str, job_id: str | None) -> dict[str, d
 
 
 def env(pod: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    return {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"] if "value" in e}
 
 
 def tf_job(name: str, **replicas: dict[str, Any]) -> dict[str, Any]:
@@ -582,12 +595,48 @@ async def test_a_pytorchjob_yields_pods_with_the_operators_rendezvous_variables(
         }
 
 
+PRODUCTION_POLICY = {
+    "pod_policy": {"service_accounts": ["default", "trainer"], "allowed_capabilities": ["IPC_LOCK"]}
+}
+
+
+def assert_pod_as_asked(pod: dict[str, Any], template: dict[str, Any], node_name: str) -> None:
+    """The pod carries what its manifest's template asked for, exactly, with Muster's pinning
+    added to the template's node affinity and its own variables beside the template's."""
+    spec = pod["spec"]
+    for key in ("volumes", "initContainers", "serviceAccountName", "imagePullSecrets"):
+        assert spec[key] == template[key], key
+    assert spec["securityContext"] == template["securityContext"]
+    asked = template["containers"][0]
+    container = spec["containers"][0]
+    for key in ("volumeMounts", "workingDir", "securityContext", "command"):
+        assert container[key] == asked[key], key
+    for side in ("requests", "limits"):
+        assert container["resources"][side]["rdma/hca"] == str(
+            asked["resources"]["limits"]["rdma/hca"]
+        )
+    variables = {e["name"]: e for e in container["env"]}
+    for entry in asked["env"]:
+        assert variables[entry["name"]] == entry
+    pinned = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node_name]}
+    own = template.get("affinity", {}).get("nodeAffinity", {})
+    own_terms = own.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get(
+        "nodeSelectorTerms", [{}]
+    )
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {**term, "matchExpressions": [*term.get("matchExpressions", []), pinned]}
+        for term in own_terms
+    ]
+
+
 async def test_the_production_tfjob_yields_pods_with_exactly_its_pod_fields_once_allowed(
     api: CheckedClient, cluster: Cluster, gateway: Harness, engine: AsyncEngine
 ) -> None:
-    """examples/tfjob-production.yaml: refused until an admin allows its service account, then
-    its volumes, mounts, env, service account, pull secrets, security contexts and init container
-    reach the pods exactly, with Muster's pinning and environment intact."""
+    """examples/tfjob-production.yaml: refused until an admin allows its service account and
+    IPC_LOCK, then its volumes, mounts, env, service account, pull secrets, security contexts,
+    init container, node affinity and RDMA NIC reach the pods exactly, with Muster's pinning and
+    environment intact, on the one node that advertises rdma/hca."""
     await make_tenant(api)
     text = (REPO_EXAMPLES / "tfjob-production.yaml").read_text()
     manifest = yaml.safe_load(text)
@@ -596,14 +645,17 @@ async def test_the_production_tfjob_yields_pods_with_exactly_its_pod_fields_once
 
     refused = await api.post("/v1/jobs?tenant=search", **post)
     assert refused.status == 422, refused.text
-    assert sorted(p["pointer"] for p in refused.body["errors"]) == [
-        f"/spec/tfReplicaSpecs/{role}/template/spec/serviceAccountName"
+    assert sorted(p["pointer"] for p in refused.body["errors"]) == sorted(
+        f"/spec/tfReplicaSpecs/{role}/template/spec/{field}"
         for role in ("Chief", "Worker")
-    ]
-    assert all("pod policy rule 'service-account'" in p["detail"] for p in refused.body["errors"])
+        for field in (
+            "serviceAccountName",
+            "containers/0/securityContext/capabilities/add/0",
+        )
+    )
+    assert all("pod policy rule" in p["detail"] for p in refused.body["errors"])
 
-    policy = {"pod_policy": {"service_accounts": ["default", "trainer"]}}
-    assert (await api.patch("/v1/admin/tenants/search", json=policy)).status == 200
+    assert (await api.patch("/v1/admin/tenants/search", json=PRODUCTION_POLICY)).status == 200
     response = await api.post("/v1/jobs?tenant=search", **post)
     assert response.status == 201, response.text
     await gateway.step()
@@ -613,20 +665,45 @@ async def test_the_production_tfjob_yields_pods_with_exactly_its_pod_fields_once
         "resnet-prod-worker-0",
         "resnet-prod-worker-1",
     ]
-    asked = template["containers"][0]
-    for name, pod in created.items():
-        spec = pod["spec"]
-        for key in ("volumes", "initContainers", "serviceAccountName", "imagePullSecrets"):
-            assert spec[key] == template[key], (name, key)
-        assert spec["securityContext"] == template["securityContext"]
-        container = spec["containers"][0]
-        for key in ("volumeMounts", "workingDir", "securityContext", "command"):
-            assert container[key] == asked[key], (name, key)
-        variables = {e["name"]: e for e in container["env"]}
-        for entry in asked["env"]:
-            assert variables[entry["name"]] == entry
+    for pod in created.values():
+        assert_pod_as_asked(pod, template, "g-0")
+        variables = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
         assert "TF_CONFIG" in variables
         assert variables["OMP_NUM_THREADS"]["value"] == "8"
-        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-        assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["g-0"]
         assert pod["metadata"]["labels"]["muster.dev/tenant"] == "search"
+
+
+async def test_the_production_pytorchjob_yields_pods_with_its_fields_and_the_operators_env(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    """examples/pytorchjob-production.yaml, made small enough for the emulated GPU node: its pod
+    fields and RDMA NIC reach every pod exactly, and each pod's environment is the training
+    operator's (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK and torchrun's PET_ variables)."""
+    body = {"namespace": "research", "quota": QUOTA, **PRODUCTION_POLICY}
+    assert (await api.put("/v1/admin/tenants/research", json=body)).status == 201
+    document = yaml.safe_load((REPO_EXAMPLES / "pytorchjob-production.yaml").read_text())
+    limits = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": 1, "rdma/hca": 1}
+    for replica in document["spec"]["pytorchReplicaSpecs"].values():
+        replica["template"]["spec"]["containers"][0]["resources"] = {"limits": limits}
+    template = document["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    response = await api.post("/v1/jobs", json=document)
+    assert response.status == 201, response.text
+    await gateway.step()
+
+    created = pods(cluster, response.body["id"])
+    master = "llama-pretrain-master-0"
+    assert sorted(created) == [master, *(f"llama-pretrain-worker-{k}" for k in range(3))]
+    for name, pod in created.items():
+        assert_pod_as_asked(pod, template, "g-0")
+        variables = env(pod)
+        rank = "0" if name == master else str(int(name.rsplit("-", 1)[1]) + 1)
+        assert {
+            key: variables[key]
+            for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES")
+        } == {
+            "MASTER_ADDR": master,
+            "MASTER_PORT": "23456",
+            "WORLD_SIZE": "4",
+            "RANK": rank,
+            "PET_NNODES": "4",
+        }

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway.domain.jobs.check import check_job_spec
+from gateway.domain.jobs.kubeflow import manifest_kind, translate_manifest
 from gateway.domain.jobs.pod_fields import PodFields
 from gateway.domain.jobs.pods import pod_name
 from gateway.domain.jobs.policy import (
@@ -23,7 +24,6 @@ from gateway.domain.jobs.policy import (
     policy_problems,
 )
 from gateway.domain.jobs.spec import JobSpec, TerminationGrace, from_document, to_document
-from gateway.domain.jobs.tfjob import translate_tfjob
 from gateway.domain.manifests.kubernetes import HOSTNAME_KEY, pod_manifest
 from gateway.domain.scheduling.nodes import GpuMode
 from gateway.domain.scheduling.queueing import Placement
@@ -110,6 +110,7 @@ def _pod(spec: JobSpec) -> dict[str, Any]:
         cpu_millis=replica.resources.cpu_millis,
         memory_bytes=replica.resources.memory_bytes,
         gpu=(),
+        extended=replica.resources.extended,
     )
     return pod_manifest(
         spec,
@@ -406,20 +407,35 @@ def test_the_local_backend_refuses_every_pod_field_naming_the_kubernetes_backend
     assert kubernetes_only(_spec()) == []
 
 
-def test_the_production_tfjob_example_yields_pods_valid_for_kubernetes_1_30() -> None:
-    document = yaml.safe_load((EXAMPLES / "tfjob-production.yaml").read_text())
+@pytest.mark.parametrize(
+    ("example", "tenant"),
+    [("tfjob-production.yaml", "search"), ("pytorchjob-production.yaml", "research")],
+)
+def test_the_production_examples_yield_pods_valid_for_kubernetes_1_30(
+    example: str, tenant: str
+) -> None:
+    document = yaml.safe_load((EXAMPLES / example).read_text())
     del document["metadata"]["namespace"]  # the API drops it once it has found the tenant
-    translated = translate_tfjob(document, tenant="search")
+    kind = manifest_kind(document)
+    assert kind is not None
+    translated = translate_manifest(kind, document, tenant=tenant)
     assert isinstance(translated, dict), translated
     spec = check_job_spec(translated)
     assert isinstance(spec, JobSpec), spec
     pod = _pod(spec)
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
-    template = document["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    replicas = document["spec"].get("tfReplicaSpecs") or document["spec"]["pytorchReplicaSpecs"]
+    template = replicas["Worker"]["template"]["spec"]
     assert pod["spec"]["volumes"] == template["volumes"]
     assert pod["spec"]["initContainers"] == template["initContainers"]
-    assert policy_problems(spec, policy_of({"service_accounts": ["trainer"]})) == []
-    assert [p.pointer for p in policy_problems(spec, PodPolicy())] == [
-        "/replicas/chief/service_account_name",
-        "/replicas/worker/service_account_name",
-    ]
+    limits = pod["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["rdma/hca"] == "1"
+    allowed = {"service_accounts": ["trainer"], "allowed_capabilities": ["IPC_LOCK"]}
+    assert policy_problems(spec, policy_of(allowed)) == []
+    roles = sorted(r.role for r in spec.replicas)
+    assert sorted(p.pointer for p in policy_problems(spec, PodPolicy())) == sorted(
+        [
+            *(f"/replicas/{role}/security_context/capabilities/add/0" for role in roles),
+            *(f"/replicas/{role}/service_account_name" for role in roles),
+        ]
+    )
