@@ -85,6 +85,18 @@ def test_default_policy_shape(tenant: dict[str, Any]) -> None:
             "privileged",
             {"allow_privileged": True},
         ),
+        (
+            {"security_context": {"capabilities": {"add": ["IPC_LOCK"]}}},
+            "/replicas/worker/security_context/capabilities/add/0",
+            "capabilities",
+            {"allowed_capabilities": ["IPC_LOCK"]},
+        ),
+        (
+            {"host_network": True},
+            "/replicas/worker/host_network",
+            "host-namespaces",
+            {"allow_host_namespaces": True},
+        ),
     ],
 )
 @pytest.mark.usefixtures("tenant")
