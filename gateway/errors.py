@@ -16,6 +16,7 @@ RFC 9457 problem responses (the status is on the right; anything else is a logge
     │   │   ├── KubernetesAlreadyExists  409 on a create: the name is taken
     │   │   └── KubernetesNameTaken  not from the server: the name is taken by another job's
     │   │                            object, which Muster leaves alone; names both jobs
+    │   ├── KubernetesGone           410: a watch's resourceVersion is too old; list again
     │   ├── KubernetesForbidden      401, 403: the service account may not do this
     │   ├── KubernetesInvalid        400, 422: the server refused the object or the request
     │   └── KubernetesUnavailable    429, 5xx, connection errors and timeouts: try again later
@@ -172,6 +173,10 @@ class KubernetesNameTaken(KubernetesConflict):
         self.name = name
         self.job_id = job_id
         self.owner_job_id = owner_job_id
+
+
+class KubernetesGone(KubernetesError):
+    """410 Gone: a watch's resourceVersion is older than the API server keeps; list again."""
 
 
 class KubernetesForbidden(KubernetesError):

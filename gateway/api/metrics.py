@@ -22,8 +22,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway.api.auth import require_admin
-from gateway.api.context import ENGINE, INVENTORY, SETTINGS
+from gateway.api.context import ENGINE, INVENTORY, RUNTIME, SETTINGS
 from gateway.api.observability import REQUEST_DURATION
+from gateway.backends.kubernetes.informer import Informer, WatchCollector
+from gateway.backends.kubernetes.inventory import KubernetesInventory
+from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.db.metrics import MetricCounts, metric_counts
 from gateway.domain.lifecycle.states import EventType
 from gateway.domain.resources import GPU_SHARES_PER_DEVICE, Resources
@@ -226,6 +229,15 @@ class DatabaseCollector(Collector):
             yield family
 
 
+def _informers(inventory: object, runtime: object) -> list[Informer[Any]]:
+    """The Kubernetes backend's informers (each once), for their figures; none elsewhere."""
+    found: list[Informer[Any]] = []
+    for part in (inventory, runtime):
+        if isinstance(part, KubernetesInventory | KubernetesRuntime):
+            found += [i for i in part.informers if all(i is not f for f in found)]
+    return found
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Every tenant's figures: public when MUSTER_PUBLIC_METRICS is set, else for admins."""
@@ -238,6 +250,9 @@ async def metrics(request: web.Request) -> web.Response:
     registry.register(request.app[REQUEST_DURATION])
     for collector in request.app[COLLECTORS]:  # the leader's admission cycle figures
         registry.register(collector)
+    informers = _informers(request.app[INVENTORY], request.app[RUNTIME])
+    if informers:
+        registry.register(WatchCollector(informers))
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

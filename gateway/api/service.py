@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import text
 
-from gateway.api.context import ENGINE, SETTINGS
+from gateway.api.context import ENGINE, RUNTIME, SETTINGS
 from gateway.api.schema import openapi_document
 from gateway.api.serializers import json_response
 from gateway.auth.keys import local_key_set, public_jwks
@@ -45,10 +45,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers (else 503). The cluster's state is reported beside it:
+    an API server outage degrades reconciling, not the API, so it does not make the replica
+    unready."""
     # A database that cannot answer raises DatabaseUnavailable (gateway.db.engine): a 503.
     async with request.app[ENGINE].connect() as conn:
         await conn.execute(text("SELECT 1"))
-    return json_response({"status": "ok"})
+    runtime = request.app[RUNTIME]
+    trouble = None if runtime is None else runtime.health()
+    cluster = {"status": "ok"} if trouble is None else {"status": "unknown", "detail": trouble}
+    return json_response({"status": "ok", "cluster": cluster})
 
 
 @routes.get("/openapi.json")

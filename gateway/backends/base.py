@@ -49,8 +49,12 @@ class NodeWatchers:
     def _seen(self, nodes: tuple[Node, ...]) -> None:
         before, self._last_seen = self._last_seen, nodes
         if before is not None and newly_offered(before, nodes):
-            for watcher in self._watchers:
-                watcher()
+            self._offered()
+
+    def _offered(self) -> None:
+        """A node was added or now offers more: every callback runs."""
+        for watcher in self._watchers:
+            watcher()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,6 +104,11 @@ class Runtime(Protocol):
     def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
         """The pod fields of ``spec`` this runtime cannot honour, each pointing at its field
         (the submit refuses them with 422)."""
+        ...
+
+    def health(self) -> str | None:
+        """Why the runtime does not know the cluster's state now (its API server unreachable or
+        silent), or None: /readyz says it, and ``observe`` raises while it lasts."""
         ...
 
     def on_change(self, callback: Callable[[], None]) -> None:

@@ -245,6 +245,10 @@ class LocalRuntime(PodWatchers):
         """Why ``tenant``'s jobs may not run here (an unisolated gateway), or None."""
         return self.isolation.refusal(tenant)
 
+    def health(self) -> str | None:
+        """This machine's processes are always known (the daemon is started on demand)."""
+        return None
+
     def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
         """Replicas run as processes: of the pod fields, only a working directory and emptyDir
         volumes are honoured, and the volumes mounted only where each replica has a mount

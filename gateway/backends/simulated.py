@@ -144,6 +144,9 @@ class SimulatedRuntime(PodWatchers):
         """A simulated cluster runs no containers: it takes every pod field, as Kubernetes."""
         return []
 
+    def health(self) -> str | None:
+        return None
+
 
 def _argv(spec: JobSpec, gang: Gang, pod_name: str) -> tuple[str, ...]:
     """The command and arguments of the replica a pod runs."""

@@ -41,6 +41,7 @@ from gateway.domain.lifecycle.decisions import (
 )
 from gateway.domain.lifecycle.records import ActiveJob
 from gateway.domain.lifecycle.states import JobState
+from gateway.errors import KubernetesUnavailable
 from gateway.waits import woken
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class Reconciler:
         #: Set after every pass (tests wait on it instead of sleeping).
         self.passed = asyncio.Event()
         self.passes = 0
+        #: Why the last pass could not know the cluster (an API outage), or None.
+        self.unknown: str | None = None
         self._specs: dict[str, JobSpec] = {}
         # Pods the sweep is deleting (within their grace period), by (job id, pod name).
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -254,8 +257,18 @@ class Reconciler:
                 if self.is_leader():
                     try:
                         await self.reconcile()
+                    except KubernetesUnavailable as unknown:
+                        # An outage of the API server is not a node failure: nothing is
+                        # created or evicted until the runtime knows the cluster again.
+                        if self.unknown is None:
+                            log.warning("%s; creating and evicting nothing until it is", unknown)
+                        self.unknown = str(unknown)
                     except Exception:
                         log.exception("reconcile pass failed; retrying at the next tick")
+                    else:
+                        if self.unknown is not None:
+                            log.info("the cluster's state is known again; reconciling")
+                        self.unknown = None
                 await woken(self.wake, self.interval)
         finally:
             # A stop cut short is asked again by the next leader's pass (level-triggered).

@@ -8,12 +8,21 @@ lacks: a uid (and creation time) on every created object, label and field select
 ``pods/<name>/log`` subresource, served from ``Cluster.pod_logs``. Every request is recorded
 (the emulator's own list of them); ``Cluster.deletions`` gives the DeleteOptions each DELETE sent.
 
+It also behaves like an API server for watches: every change gets the next resourceVersion
+(``metadata.resourceVersion``; a list says the current one), and a watch replays the changes
+after the resourceVersion it names, honours the selectors and ``timeoutSeconds``, sends a
+BOOKMARK every ``bookmark_seconds`` when asked for them, and answers 410 Gone (an ERROR event)
+for a resourceVersion older than the history it keeps (``compact()`` drops it all). Faults on
+demand: ``drop_watches()`` ends every open watch; ``down = True`` answers every request 503 (and
+ends the watches) until it is set back.
+
 Nothing here schedules or runs anything: ``Kubelet`` plays the node, binding a pod to its planned
 node and moving it Pending -> Running -> Succeeded or Failed by patching it over HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -22,6 +31,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import kmock
 
@@ -72,34 +82,196 @@ def _matches_fields(selector: str, obj: Mapping[str, Any]) -> bool:
     return True
 
 
+#: (resourceVersion, type, resource plural, object, the object before) of one change.
+Change = tuple[int, str, str, dict[str, Any], dict[str, Any] | None]
+HISTORY = 100_000  # changes kept for watches to resume from
+
+
 @attrs.define(kw_only=True)
 class Cluster(kmock.KubernetesEmulator):
     honour_selectors: bool = True
     pod_logs: dict[tuple[str, str], bytes] = attrs.field(factory=dict)
+    bookmark_seconds: float = 0.2
+    down: bool = False
+    version: int = 1
+    history: list[Change] = attrs.field(factory=list)
+    oldest: int = 1  # the oldest resourceVersion a watch may resume from
+    watch_generation: int = 0
+    changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        if self.down and request.resource is not None:
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 503, "reason": "ServiceUnavailable"}, status=503
+            )
+        changing = request.action in (
+            kmock.action.CREATE,
+            kmock.action.UPDATE,
+            kmock.action.DELETE,
+        ) and (request.name is not None or request.action == kmock.action.CREATE)
+        version = self.version + 1
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
             metadata = request.data.setdefault("metadata", {})
             metadata.setdefault("uid", str(uuid.uuid4()))
             metadata.setdefault(
                 "creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat()
             )
-        return await super()._handle(request)
+            metadata["resourceVersion"] = str(version)
+        elif request.action == kmock.action.UPDATE and isinstance(request.data, dict):
+            request.data.setdefault("metadata", {})["resourceVersion"] = str(version)
+        key = self._key(request)
+        stored = self._stored(key)
+        before = dict(stored.raw) if stored is not None and not stored.deleted else None
+        response = await super()._handle(request)
+        if changing and key is not None and response.status < 300:
+            await self._record(request, key, version, before)
+        return response
+
+    def _stored(self, key: Any) -> Any:
+        """The emulator's stored object under ``key``, or None."""
+        if key is None or key[2] is None or key not in self._objects:
+            return None
+        return self._objects[key]
+
+    def _key(self, request: kmock.Request) -> Any:
+        if request.resource is None:
+            return None
+        data = request.data if isinstance(request.data, dict) else {}
+        namespace = request.namespace or (data.get("metadata") or {}).get("namespace")
+        name = request.name or (data.get("metadata") or {}).get("name")
+        return (request.resource, namespace, name)
+
+    async def _record(
+        self, request: kmock.Request, key: Any, version: int, before: dict[str, Any] | None
+    ) -> None:
+        """Append the change a request made to the watch history, with its resourceVersion."""
+        assert request.resource is not None
+        stored = self._stored(key)
+        if stored is None:
+            return
+        if stored.deleted:
+            kind, obj = "DELETED", dict(stored.last.raw)
+            obj["metadata"] = {**obj.get("metadata", {}), "resourceVersion": str(version)}
+        else:
+            kind = "ADDED" if request.action == kmock.action.CREATE else "MODIFIED"
+            obj = dict(stored.raw)
+        self.version = version
+        self.history.append((version, kind, request.resource.plural, obj, before))
+        if len(self.history) > HISTORY:
+            del self.history[: len(self.history) - HISTORY]
+            self.oldest = self.history[0][0]
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _selected(self, request: kmock.Request, obj: Mapping[str, Any]) -> bool:
+        metadata = obj.get("metadata") or {}
+        if request.namespace and metadata.get("namespace") != request.namespace:
+            return False
+        if not self.honour_selectors:
+            return True
+        labels, fields = request.params.get("labelSelector"), request.params.get("fieldSelector")
+        return (not labels or _matches_labels(labels, metadata.get("labels") or {})) and (
+            not fields or _matches_fields(fields, obj)
+        )
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         listing = await super()._serve_list(request)
-        if self.honour_selectors and isinstance(listing, dict):
-            labels, fields = (
-                request.params.get("labelSelector"),
-                request.params.get("fieldSelector"),
-            )
-            listing["items"] = [
-                item
-                for item in listing["items"]
-                if (not labels or _matches_labels(labels, item["metadata"].get("labels") or {}))
-                and (not fields or _matches_fields(fields, item))
-            ]
+        if isinstance(listing, dict):
+            listing["metadata"] = {"resourceVersion": str(self.version)}
+            listing["items"] = [item for item in listing["items"] if self._selected(request, item)]
         return listing
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        yield b""  # the headers go out at once
+        assert request.resource is not None
+        plural = request.resource.plural
+        generation = self.watch_generation
+        deadline = asyncio.get_running_loop().time() + float(
+            request.params.get("timeoutSeconds") or 3600
+        )
+        bookmarks = request.params.get("allowWatchBookmarks") == "true"
+        since = request.params.get("resourceVersion")
+        if since:
+            last = int(since)
+            if last < self.oldest - 1:
+                yield {
+                    "type": "ERROR",
+                    "object": {"kind": "Status", "code": 410, "reason": "Expired"},
+                }
+                return
+        else:  # no resourceVersion: every object as ADDED first
+            listing = await self._serve_list(request)
+            for item in listing["items"]:
+                yield {"type": "ADDED", "object": item}
+            last = self.version
+        told = last
+        while not self.down and generation == self.watch_generation:
+            for version, kind, resource, obj, before in [c for c in self.history if c[0] > last]:
+                last = version
+                if resource != plural:
+                    continue
+                # As the API server does: an object entering the selection is ADDED to this
+                # watch, one leaving it DELETED.
+                now = self._selected(request, obj) and kind != "DELETED"
+                was = before is not None and self._selected(request, before)
+                if now:
+                    told = version
+                    yield {"type": "MODIFIED" if was else "ADDED", "object": obj}
+                elif was:
+                    told = version
+                    yield {"type": "DELETED", "object": obj}
+            if bookmarks and last > told:  # other collections' changes: say how far it is
+                told = last
+                yield {
+                    "type": "BOOKMARK",
+                    "object": {"kind": "Pod", "metadata": {"resourceVersion": str(last)}},
+                }
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            async with self.changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), min(left, self.bookmark_seconds))
+            if bookmarks and self.version == last:
+                yield {
+                    "type": "BOOKMARK",
+                    "object": {"kind": "Pod", "metadata": {"resourceVersion": str(last)}},
+                }
+
+    async def change_unseen(
+        self, plural: str, namespace: str | None, name: str, patch: Mapping[str, Any]
+    ) -> None:
+        """Merge ``patch`` into an object as a kubelet would while Muster cannot reach the API
+        server (``down``): the change is stored and in the watch history, but no request of
+        Muster's carries it."""
+        resource = next(r for r in self._get_resources() if r.plural == plural)
+        key = (resource, namespace, name)
+        stored = self._objects[key]
+        before = dict(stored.raw)
+        version = self.version + 1
+        stored.patch(
+            {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": str(version)}}
+        )
+        self.version = version
+        self.history.append((version, "MODIFIED", plural, dict(stored.raw), before))
+
+    def compact(self) -> None:
+        """Forget the history: a watch from any resourceVersion so far gets 410 Gone."""
+        self.history.clear()
+        self.oldest = self.version + 1
+
+    async def drop_watches(self) -> None:
+        """End every open watch, as a dropped connection or a restarted API server would."""
+        self.watch_generation += 1
+        async with self.changed:
+            self.changed.notify_all()
+
+    def lists(self, plural: str) -> int:
+        """How many list calls (not watches) of ``plural`` the cluster has answered."""
+        return self.count(kmock.action.LIST, plural)
+
+    def watches(self, plural: str) -> int:
+        return self.count(kmock.action.WATCH, plural)
 
     async def _serve_fetch(self, request: kmock.Request) -> Any:
         if request.subresource == "log":
@@ -306,3 +478,19 @@ async def client_for(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimi
         yield client
     finally:
         await client.close()
+
+
+async def caught_up(cluster: Cluster, *informers: Any, seconds: float = 5.0) -> None:
+    """Wait until every informer has heard of every change the cluster made so far (their
+    resourceVersions reach the cluster's; bookmarks carry them past other collections')."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    target = cluster.version
+    while not all(
+        informer.synced.is_set() and int(informer.resource_version or 0) >= target
+        for informer in informers
+    ):
+        if loop.time() > deadline:
+            behind = {i.name: i.resource_version for i in informers}
+            raise AssertionError(f"informers did not reach resourceVersion {target}: {behind}")
+        await asyncio.sleep(0.005)

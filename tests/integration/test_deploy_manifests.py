@@ -416,7 +416,8 @@ def test_example_node_list_is_well_formed() -> None:
     assert len(names) == len(set(names))
     assert {node["gpu_mode"] for node in nodes} == GPU_MODES
     for node in nodes:
-        assert set(node) <= {"name", "cpu", "memory", "gpus", "gpu_mode", "labels", "taints"}
+        keys = {"name", "cpu", "memory", "gpus", "gpu_mode", "labels", "taints", "extended"}
+        assert set(node) <= keys
         assert isinstance(node["cpu"], str), node["name"]
         assert isinstance(node["memory"], str), node["name"]
         assert isinstance(node["gpus"], int), node["name"]

@@ -55,6 +55,7 @@ from tests.integration.kube import (
     MIB,
     Cluster,
     Kubelet,
+    caught_up,
     kubeconfig,
     node,
     pod,
@@ -144,8 +145,12 @@ async def api(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApiC
 
 
 @pytest.fixture
-def runtime(api: RateLimitedApiClient) -> KubernetesRuntime:
-    return KubernetesRuntime(api, cluster_domain=None)
+async def runtime(api: RateLimitedApiClient) -> AsyncIterator[KubernetesRuntime]:
+    # Nodes NotReady count as lost at once here: the grace has its own tests.
+    made = KubernetesRuntime(api, cluster_domain=None, nodes=NodeCache(api, lost_after=0))
+    yield made
+    await made.pods.stop()
+    await made._nodes.close()
 
 
 def job_spec() -> JobSpec:
@@ -170,12 +175,12 @@ def job_spec() -> JobSpec:
     return spec
 
 
-def gang(*, attempt: int = 1, ps_node: str = "cpu-0") -> Gang:
+def gang(*, attempt: int = 1, ps_node: str = "cpu-0", worker_node: str = "gpu-0") -> Gang:
     """The chief on a slice of a shared GPU, the workers on device-plugin GPUs, the PS on CPUs."""
     spec = job_spec()
     where = {
         ("chief", 0): ("shared-0", (GpuSlice(device=1, shares=50),)),
-        ("worker", 0): ("gpu-0", (GpuSlice(device=0, shares=100),)),
+        ("worker", 0): (worker_node, (GpuSlice(device=0, shares=100),)),
         ("worker", 1): ("gpu-0", (GpuSlice(device=1, shares=100),)),
         ("ps", 0): (ps_node, ()),
     }
@@ -306,20 +311,36 @@ async def test_inventory_offers_allocatable_minus_pods_muster_does_not_own(
     assert nodes["cpu-1"].cpu_millis == 8000
 
 
-async def test_inventory_reads_the_cluster_at_most_once_per_max_age(
+async def test_inventory_lists_once_and_then_follows_the_watches(
     cluster: Cluster, api: RateLimitedApiClient
 ) -> None:
-    clock = Clock()
-    inventory = KubernetesInventory(api, max_age=1.0, clock=clock)
-    first = await inventory.nodes()
-    clock.now += 0.5
-    assert await inventory.nodes() is first
-    assert cluster.count(kmock.action.LIST, "nodes") == 1
-    seed(cluster, node("cpu-2", cpu="8", memory="32Gi"))
-    clock.now += 1.0
-    assert "cpu-2" in {n.name for n in await inventory.nodes()}
-    assert cluster.count(kmock.action.LIST, "nodes") == 2
-    assert cluster.count(kmock.action.LIST, "pods") == 2
+    inventory = KubernetesInventory(api)
+    try:
+        first = await inventory.nodes()
+        assert await inventory.nodes() is first  # nothing changed: the same tuple, no request
+        seed(cluster, node("cpu-2", cpu="8", memory="32Gi"))
+        await cluster_node(cluster, api, "cpu-3")
+        await caught_up(cluster, *inventory.informers)
+        assert {"cpu-3"} <= {n.name for n in await inventory.nodes()}
+        # A pod of someone else's binds to cpu-3 and holds its CPU; when it ends, it holds none.
+        taken = pod("ml", "batch", node_name="cpu-3", requests={"cpu": "3"})
+        await Kube(api).create("/api/v1/namespaces/ml/pods", taken)
+        await caught_up(cluster, *inventory.informers)
+        cpu3 = next(n for n in await inventory.nodes() if n.name == "cpu-3")
+        assert cpu3.cpu_millis == 8000 - 3000
+        await Kubelet(cluster).exit("ml", "batch", 0)
+        await caught_up(cluster, *inventory.informers)
+        cpu3 = next(n for n in await inventory.nodes() if n.name == "cpu-3")
+        assert cpu3.cpu_millis == 8000
+        assert cluster.lists("nodes") == 1
+        assert cluster.lists("pods") == 1
+    finally:
+        await inventory.close()
+
+
+async def cluster_node(cluster: Cluster, api: RateLimitedApiClient, name: str) -> None:
+    """A node joining the cluster through the API (seeded objects make no watch event)."""
+    await Kube(api).create("/api/v1/nodes", node(name, cpu="8", memory="32Gi"))
 
 
 # --- create -------------------------------------------------------------------------------------
@@ -602,3 +623,35 @@ async def test_pods_carry_the_replicas_pod_fields_exactly_with_musters_own_intac
     assert terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["gpu-0"]
     # The other replicas carry none of them.
     assert "volumes" not in stored(cluster, "pods", "wd-chief-0")["spec"]
+
+
+async def test_a_pod_is_pinned_by_its_nodes_hostname_label_where_it_differs_from_the_name(
+    cluster: Cluster, api: RateLimitedApiClient
+) -> None:
+    """On some clouds a node's kubernetes.io/hostname label is not its name: the pin must use
+    the label, or the scheduler finds no node for the pod."""
+    await Kube(api).create(
+        "/api/v1/nodes",
+        {
+            **node("ip-10-0-0-7.ec2.internal", cpu="32", memory="128Gi", gpus=8),
+            "metadata": {
+                "name": "ip-10-0-0-7.ec2.internal",
+                "labels": {"kubernetes.io/hostname": "ip-10-0-0-7"},
+            },
+        },
+    )
+    runtime = KubernetesRuntime(api, cluster_domain=None)
+    try:
+        await runtime.create(gang(worker_node="ip-10-0-0-7.ec2.internal"), ("wd-worker-0",))
+        pinned = stored(cluster, "pods", "wd-worker-0")["spec"]["affinity"]["nodeAffinity"]
+        terms = pinned["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [
+            {
+                "matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": ["ip-10-0-0-7"]}
+                ]
+            }
+        ]
+    finally:
+        await runtime.pods.stop()
+        await runtime._nodes.close()

@@ -4,6 +4,7 @@ phases. Time is an injected clock (real time plus an offset the tests advance)."
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import kmock
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,6 +27,7 @@ from gateway.backends.nodes_file import StaticInventory
 from gateway.db.admission import LeaderQueue
 from gateway.domain.manifests.kubernetes import LABEL_JOB_ID
 from gateway.domain.scheduling.nodes import GpuMode, Node
+from gateway.errors import KubernetesUnavailable
 from gateway.loops.reconciler import Reconciler
 from gateway.settings import Settings
 from tests import tokens
@@ -32,6 +35,7 @@ from tests.integration.helpers import admit_and_place
 from tests.integration.kube import (
     Cluster,
     Kubelet,
+    caught_up,
     client_for,
     node,
     running_cluster,
@@ -100,24 +104,43 @@ async def kube(cluster: Cluster, tmp_path: Path) -> AsyncIterator[RateLimitedApi
 
 
 class Harness:
-    """One gateway's loops, run a step at a time."""
+    """One gateway's loops, run a step at a time; each step first lets the informers hear
+    every change the cluster has made (as the watches deliver them)."""
 
-    def __init__(self, engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock, cluster: Cluster
+    ) -> None:
         self.engine = engine
         self.clock = clock
-        self.node_cache = NodeCache(kube, max_age=0)
-        self.inventory = KubernetesInventory(kube, nodes=self.node_cache, max_age=0)
-        self.runtime = KubernetesRuntime(kube, cluster_domain=None, nodes=self.node_cache)
+        self.cluster = cluster
+        quick = {"backoff": (0.01, 0.05)}  # resume at once when the emulator is back
+        self.node_cache = NodeCache(kube, clock=clock, **quick)
+        self.inventory = KubernetesInventory(kube, nodes=self.node_cache, **quick)
+        self.runtime = KubernetesRuntime(kube, cluster_domain=None, nodes=self.node_cache, **quick)
         self.reconciler = Reconciler(engine, self.runtime, is_leader=lambda: True, clock=clock)
         self.queue = LeaderQueue()
 
+    async def settle(self) -> None:
+        await self.inventory.nodes()
+        await self.runtime.observe()
+        await caught_up(self.cluster, *self.inventory.informers, self.runtime.pods)
+
     async def admit(self) -> tuple[str, ...]:
+        await self.settle()
         nodes = await self.inventory.nodes()
         return (await admit_and_place(self.engine, nodes, self.queue, self.clock)).admitted
 
+    async def reconcile(self) -> None:
+        await self.settle()
+        await self.reconciler.reconcile()
+
     async def step(self) -> None:
         await self.admit()
-        await self.reconciler.reconcile()
+        await self.reconcile()
+
+    async def close(self) -> None:
+        await self.runtime.pods.stop()
+        await self.inventory.close()
 
 
 @pytest.fixture
@@ -126,8 +149,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def gateway(engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock) -> Harness:
-    return Harness(engine, kube, clock)
+async def gateway(
+    engine: AsyncEngine, kube: RateLimitedApiClient, clock: Clock, cluster: Cluster
+) -> AsyncIterator[Harness]:
+    harness = Harness(engine, kube, clock, cluster)
+    yield harness
+    await harness.close()
 
 
 async def make_tenant(api: CheckedClient) -> None:
@@ -260,7 +287,7 @@ async def test_gang_not_ready_in_time_is_evicted_whole_and_requeued_with_backoff
     await gateway.step()
     await Kubelet(cluster).run(NAMESPACE, "slow-chief-0")  # the workers never start
     clock.offset = 61
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     job = await state(api, job_id)
     assert (job["state"], job["reason"], job["attempt"]) == ("queued", "ReadyTimeout", 1)
     assert pods(cluster, job_id) == {}
@@ -287,10 +314,13 @@ async def test_node_going_not_ready_requeues_the_job_onto_other_nodes(
         headers={"Content-Type": "application/merge-patch+json"},
     ) as response:
         assert response.status == 200
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()  # NotReady for less than the grace: a blink, not a loss
+    assert (await state(api, job_id))["state"] == "running"
+    clock.offset += 61
+    await gateway.reconcile()
     job = await state(api, job_id)
     assert (job["state"], job["reason"]) == ("queued", "NodeLost")
-    clock.offset = 61
+    clock.offset += 61
     await gateway.step()
     placed = {
         p["metadata"]["annotations"]["muster.dev/node"] for p in pods(cluster, job_id).values()
@@ -308,12 +338,12 @@ async def test_a_gateway_killed_after_admission_leaves_exactly_one_set_of_pods(
 ) -> None:
     await make_tenant(api)
     job_id = await submit(api, tf_job("once", chief={}, worker={"count": 3}))
-    first = Harness(engine, kube, clock)
+    first = Harness(engine, kube, clock, cluster)
     assert await first.admit() == (job_id,)  # ... and the gateway dies before creating pods
-    second = Harness(engine, kube, clock)  # the next leader, knowing nothing
-    await second.reconciler.reconcile()
-    await second.reconciler.reconcile()
-    await first.reconciler.reconcile()  # even a late pass of the dead one changes nothing
+    second = Harness(engine, kube, clock, cluster)  # the next leader, knowing nothing
+    await second.reconcile()
+    await second.reconcile()
+    await first.reconcile()  # even a late pass of the dead one changes nothing
     assert sorted(pods(cluster, job_id)) == [
         "once-chief-0",
         "once-worker-0",
@@ -332,7 +362,7 @@ async def test_cancel_leaves_no_pod_or_service(
     await run_all(Kubelet(cluster), cluster, job_id)
     await gateway.step()
     assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status == 200
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     assert pods(cluster, job_id) == {}
     assert services(cluster, job_id) == {}
 
@@ -406,7 +436,7 @@ async def test_pods_the_reconciler_sweeps_away_are_given_their_grace_period(
     await gateway.step()
     assert (await api.post(f"/v1/jobs/{job_id}/cancel")).status == 200
 
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
 
     assert pods(cluster, job_id) == {}
     asked = {name: options.get("gracePeriodSeconds") for name, options in cluster.deletions("pods")}
@@ -524,7 +554,7 @@ async def test_a_preempted_gang_gets_its_grace_is_requeued_and_later_completes(
         "Preempted",
         1,
     )
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     assert pods(cluster, big) == {}
     asked = {name: options.get("gracePeriodSeconds") for name, options in cluster.deletions("pods")}
     assert asked == {f"big-worker-{k}": 45 for k in range(4)}
@@ -534,14 +564,14 @@ async def test_a_preempted_gang_gets_its_grace_is_requeued_and_later_completes(
     for name in pods(cluster, mine):
         await kubelet.run("ads", name)
         await kubelet.exit("ads", name, 0)
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     assert (await state(api, mine))["state"] == "succeeded"
     assert await gateway.admit() == (big,)
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     for name in pods(cluster, big):
         await kubelet.run("search", name)
         await kubelet.exit("search", name, 0)
-    await gateway.reconciler.reconcile()
+    await gateway.reconcile()
     done = await state(api, big)
     assert (done["state"], done["attempt"]) == ("succeeded", 1)
     async with engine.connect() as conn:
@@ -707,3 +737,96 @@ async def test_the_production_pytorchjob_yields_pods_with_its_fields_and_the_ope
             "RANK": rank,
             "PET_NNODES": "4",
         }
+
+
+# -- informers: watches that drop, expire, and an API server that goes away ----------------------
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+async def running_gang(api: CheckedClient, cluster: Cluster, gateway: Harness) -> str:
+    await make_tenant(api)
+    job_id = await submit(api, tf_job("steady", chief={}, worker={"count": 2}))
+    await gateway.step()
+    await run_all(Kubelet(cluster), cluster, job_id)
+    await gateway.step()
+    assert (await state(api, job_id))["state"] == "running"
+    return job_id
+
+
+async def test_a_dropped_watch_resumes_from_where_it_was_without_listing_again(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    job_id = await running_gang(api, cluster, gateway)
+    watched = gateway.runtime.pods.watches
+    await cluster.drop_watches()
+    await Kubelet(cluster).exit(NAMESPACE, "steady-worker-1", 0)
+    await gateway.reconcile()
+    assert (await gateway.runtime.observe())[job_id, "steady-worker-1"].exit_code == 0
+    assert gateway.runtime.pods.watches > watched
+    assert cluster.lists("pods") == 2  # once for Muster's pods, once for others': at start only
+    assert cluster.lists("nodes") == 1
+
+
+async def test_a_pod_that_ends_while_the_watch_is_down_is_seen_after_a_relist_on_410(
+    api: CheckedClient, cluster: Cluster, gateway: Harness
+) -> None:
+    """The API server goes away; the chief succeeds meanwhile; the history Muster's watch would
+    resume from is compacted, so the resumed watch gets 410 Gone: the informer lists again, and
+    the chief's success (and so the job's) is not lost."""
+    job_id = await running_gang(api, cluster, gateway)
+    cluster.down = True
+    await cluster.drop_watches()
+    await cluster.change_unseen(
+        "pods",
+        NAMESPACE,
+        "steady-chief-0",
+        {
+            "status": {
+                "phase": "Succeeded",
+                "containerStatuses": [{"name": "main", "state": {"terminated": {"exitCode": 0}}}],
+            }
+        },
+    )
+    cluster.compact()
+    cluster.down = False
+    await gateway.reconcile()
+    assert (await state(api, job_id))["state"] == "succeeded"
+    assert gateway.runtime.pods.lists == 2  # the first list, and the one after 410 Gone
+
+
+async def test_an_api_outage_of_a_minute_evicts_nothing_creates_nothing_and_heals_itself(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, clock: Clock, engine: AsyncEngine
+) -> None:
+    job_id = await running_gang(api, cluster, gateway)
+    before = sorted(pods(cluster, job_id))
+    requests = len(list(cluster))
+    cluster.down = True
+    await cluster.drop_watches()
+    await until(lambda: gateway.runtime.health() is not None)  # the watches' renewals fail
+    for _ in range(6):  # a pass every 10 s for a minute
+        clock.offset += 10
+        with pytest.raises(KubernetesUnavailable):
+            await gateway.reconciler.reconcile()
+        assert gateway.runtime.health() is not None
+    writes = [
+        r
+        for r in list(cluster)[requests:]
+        if r.action in (kmock.action.CREATE, kmock.action.DELETE, kmock.action.UPDATE)
+    ]
+    assert writes == []
+    assert (await state(api, job_id))["state"] == "running"
+
+    cluster.down = False
+    await until(lambda: gateway.runtime.health() is None)  # the informers resume by themselves
+    await gateway.reconcile()
+    await gateway.reconcile()
+    job = await state(api, job_id)
+    assert (job["state"], job["attempt"]) == ("running", 0)
+    assert sorted(pods(cluster, job_id)) == before
+    assert cluster.count(kmock.action.CREATE, "pods") == len(before)  # nothing duplicated

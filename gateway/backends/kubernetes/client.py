@@ -18,6 +18,7 @@ the bucket hands out tokens in the order they are asked for, so in any ``t`` sec
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -153,22 +154,47 @@ class Kube:
         field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every item of a collection, page by page."""
+        items, _ = await self.list_versioned(
+            path, label_selector=label_selector, field_selector=field_selector
+        )
+        return items
+
+    async def list_versioned(
+        self,
+        path: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """Every item of a collection, page by page, and the list's resourceVersion (what a
+        watch resumes from; None when the server gives none)."""
         query: dict[str, str | int] = {"limit": PAGE_SIZE}
         if label_selector:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
-        items: list[dict[str, Any]] = []
+        items: builtins.list[dict[str, Any]] = []
+        version: str | None = None
         while True:
             page = await self._json("GET", path, query=query)
             items.extend(item for item in page.get("items") or () if isinstance(item, dict))
-            token = (page.get("metadata") or {}).get("continue")
+            metadata = page.get("metadata") or {}
+            if version is None and isinstance(metadata.get("resourceVersion"), str):
+                version = metadata["resourceVersion"]
+            token = metadata.get("continue")
             if not token:
-                return items
+                return items, version
             query["continue"] = token
 
-    async def stream(self, path: str, query: Query | None = None) -> AsyncIterator[bytes]:
-        """The body of a GET as it arrives (pod logs with follow=true)."""
+    async def stream(
+        self,
+        path: str,
+        query: Query | None = None,
+        *,
+        limits: aiohttp.ClientTimeout = STREAM_TIMEOUT,
+    ) -> AsyncIterator[bytes]:
+        """The body of a GET as it arrives (pod logs with follow=true, watches); ``limits``
+        bound connecting and, for a watch, the silence between two reads."""
         what = f"GET {path}"
         try:
             response = await self.client.call_api(
@@ -178,7 +204,7 @@ class Kube:
                 header_params={"Accept": "*/*"},
                 auth_settings=_AUTH,
                 _preload_content=False,
-                _request_timeout=STREAM_TIMEOUT,
+                _request_timeout=limits,
             )
         except ApiException as exc:
             raise from_status(exc.status or 0, exc.body, what=what) from exc

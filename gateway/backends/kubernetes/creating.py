@@ -124,8 +124,11 @@ async def create_gang(
     gpu_modes: Mapping[str, GpuMode],
     cluster_domain: str | None,
     grace: TerminationGrace,
+    hostnames: Mapping[str, str] | None = None,
 ) -> None:
-    """Create the Service and Pod of each replica in ``names``; see the module docstring."""
+    """Create the Service and Pod of each replica in ``names``; see the module docstring.
+    ``hostnames``: each node's ``kubernetes.io/hostname`` label, which pods are pinned by (the
+    node's name where it has none)."""
     by_name = {p.pod_name: p for p in gang.placements}
     unknown = sorted(set(names) - set(by_name))
     if unknown:
@@ -145,6 +148,7 @@ async def create_gang(
                 gpu_mode=gpu_modes.get(by_name[name].node) or fallback_gpu_mode(by_name[name]),
                 cluster_domain=cluster_domain,
                 grace=grace,
+                hostname=(hostnames or {}).get(by_name[name].node, by_name[name].node),
             )
             for name in names
         ),
@@ -170,6 +174,7 @@ async def _create_replica(
     gpu_mode: GpuMode,
     cluster_domain: str | None,
     grace: TerminationGrace,
+    hostname: str,
 ) -> None:
     service = service_manifest(
         gang.spec,
@@ -194,6 +199,7 @@ async def _create_replica(
         owner=owner,
         cluster_domain=cluster_domain,
         grace=grace,
+        hostname=hostname,
     )
     await _create(kube, "pods", pod, gang, attempt=gang.attempt)
 

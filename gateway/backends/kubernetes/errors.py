@@ -11,6 +11,7 @@ errors and timeouts become ``KubernetesUnavailable`` there. The classes live in 
     409 otherwise                    KubernetesConflict
     401, 403                         KubernetesForbidden
     400, 422                         KubernetesInvalid
+    410                              KubernetesGone (a watch must list again)
     429, 5xx                         KubernetesUnavailable
     anything else                    KubernetesError
 """
@@ -25,6 +26,7 @@ from gateway.errors import (
     KubernetesConflict,
     KubernetesError,
     KubernetesForbidden,
+    KubernetesGone,
     KubernetesInvalid,
     KubernetesNotFound,
     KubernetesUnavailable,
@@ -49,6 +51,8 @@ def from_status(
     elif status == 409:
         taken = creating or reason == "AlreadyExists"
         kind = KubernetesAlreadyExists if taken else KubernetesConflict
+    elif status == 410:
+        kind = KubernetesGone
     elif status in (401, 403):
         kind = KubernetesForbidden
     elif status in (400, 422):

@@ -15,9 +15,10 @@ a node and has not ended (phase neither Succeeded nor Failed) holds its requests
 resources included, and they are subtracted. Muster's own pods are not: admission subtracts its
 own reservations.
 
-Both lists are read on demand and the result is kept for ``max_age`` seconds (one admission cycle
-reads it once, not once per job). A watch with periodic resync would make this cheaper on large
-clusters; the listing is level-triggered and cannot miss an event, which is why it came first.
+Both are kept by informers (``gateway.backends.kubernetes.informer``): listed once, then
+watched, keeping only what Muster reads (a ``Node``; a pod's node and requests), and others'
+requests summed per node as their events arrive. An admission cycle reads the cache and sends
+no request; idle, Muster's only calls are the watches and their renewals.
 
 Invariants: a node's free amounts are never negative; a quantity that does not parse counts as
 nothing offered (for a node) or nothing held (for a pod), with a warning, rather than failing the
@@ -26,7 +27,6 @@ whole inventory; nodes come sorted by name.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -39,6 +39,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from gateway.backends.base import NodeWatchers
 from gateway.backends.kubernetes.client import Kube
+from gateway.backends.kubernetes.informer import Informer
 from gateway.domain.manifests.kubernetes import (
     GPU_RESOURCE,
     GPU_SHARING_KEY,
@@ -53,9 +54,18 @@ from gateway.domain.resources import (
     merged,
     parse_quantity,
 )
-from gateway.domain.scheduling.nodes import GpuMode, Node, Taint
+from gateway.domain.scheduling.nodes import GpuMode, Node, Taint, newly_offered
+from gateway.errors import KubernetesUnavailable
 
-__all__ = ["GPU_COUNT_LABEL", "KubernetesInventory", "NodeCache", "Usage", "node_from_object"]
+__all__ = [
+    "GPU_COUNT_LABEL",
+    "KubernetesInventory",
+    "NodeCache",
+    "Usage",
+    "foreign_holding",
+    "node_from_object",
+    "synced",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,14 @@ class Usage:
             memory_bytes=self.memory_bytes + other.memory_bytes,
             gpus=self.gpus + other.gpus,
             extended=merged(self.extended, other.extended),
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            cpu_millis=self.cpu_millis - other.cpu_millis,
+            memory_bytes=self.memory_bytes - other.memory_bytes,
+            gpus=self.gpus - other.gpus,
+            extended=merged(self.extended, other.extended, -1),
         )
 
 
@@ -209,113 +227,157 @@ def pod_usage(pod: Mapping[str, Any]) -> Usage:
     )
 
 
-def foreign_usage(pods: Iterable[Mapping[str, Any]]) -> dict[str, Usage]:
-    """What pods Muster does not manage hold, per node; pods that ended or are unbound hold
-    nothing."""
-    held: dict[str, Usage] = {}
-    for pod in pods:
-        labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
-        if labels.get(LABEL_MANAGED) == MANAGER:
-            continue
-        if _mapping(pod.get("status")).get("phase") in ENDED_PHASES:
-            continue
-        node = _mapping(pod.get("spec")).get("nodeName")
-        if not isinstance(node, str) or not node:
-            continue
-        held[node] = held.get(node, Usage()) + pod_usage(pod)
-    return held
+#: How long a first list may take before callers are told the API server is unavailable.
+SYNC_SECONDS = 10.0
+#: How long a node may be NotReady before its pods count as lost (kube-controller-manager's
+#: node-monitor grace is 40 s; its eviction of pods comes minutes later).
+NODE_LOST_GRACE_SECONDS = 60.0
+
+
+async def synced(informer: Informer[Any], seconds: float = SYNC_SECONDS) -> None:
+    """Start ``informer`` if it is not running and wait for its first list; raise
+    ``KubernetesUnavailable`` (naming the last error) when it does not come in ``seconds``."""
+    informer.start()
+    if not await informer.wait_synced(seconds):
+        raise KubernetesUnavailable(
+            f"cannot list {informer.path} from the API server"
+            + (f": {informer.error}" if informer.error else "")
+        )
 
 
 class NodeCache(NodeWatchers):
-    """Every node with its full allocatable, by name, read at most once per ``max_age`` seconds.
+    """Every node with its full allocatable, by name, kept by an informer (one list, then a
+    watch). The runtime reads readiness and GPU modes from it; the inventory, what nodes offer.
 
-    The runtime reads readiness and GPU modes from it; the inventory, what nodes offer.
+    A node is *lost* (its pods evicted) only when the API server says so: the node is deleted,
+    or NotReady for ``lost_after`` seconds of ``clock`` as this cache saw it. ``watch`` goes to
+    the informer (its timeouts, its own clock for staleness).
     """
 
     def __init__(
         self,
         api: ApiClient,
         *,
-        max_age: float = DEFAULT_MAX_AGE,
         clock: Callable[[], float] = time.monotonic,
+        lost_after: float = NODE_LOST_GRACE_SECONDS,
+        **watch: Any,
     ) -> None:
         super().__init__()
-        self._kube = Kube(api)
-        self._max_age = max_age
         self._clock = clock
-        self._lock = asyncio.Lock()
-        self._nodes: dict[str, Node] | None = None
-        self._read_at = 0.0
-
-    def _fresh(self) -> bool:
-        return self._nodes is not None and self._clock() - self._read_at < self._max_age
+        self.lost_after = lost_after
+        self.informer: Informer[Node] = Informer(
+            Kube(api), "/api/v1/nodes", node_from_object, name="nodes", **watch
+        )
+        self.informer.on_change(self._changed_node)
+        #: Nodes NotReady now, with the time this cache first saw them so.
+        self.not_ready_since: dict[str, float] = {}
 
     async def get(self) -> Mapping[str, Node]:
-        if not self._fresh():
-            async with self._lock:  # one listing for every caller waiting on a stale cache
-                if not self._fresh():
-                    objects = await self._kube.list("/api/v1/nodes")
-                    nodes = (node_from_object(obj) for obj in objects)
-                    self._nodes = {node.name: node for node in nodes if node is not None}
-                    self._read_at = self._clock()
-                    self._seen(tuple(self._nodes[name] for name in sorted(self._nodes)))
-        assert self._nodes is not None
-        return self._nodes
+        await synced(self.informer)
+        return self.informer.items
+
+    def lost(self, name: str) -> bool:
+        """Whether a node's pods count as lost: not listed, or NotReady past the grace."""
+        if name not in self.informer.items:
+            return True
+        since = self.not_ready_since.get(name)
+        return since is not None and self._clock() - since >= self.lost_after
+
+    def _changed_node(self, name: str, old: Node | None, new: Node | None) -> None:
+        if new is not None and not new.ready:
+            self.not_ready_since.setdefault(name, self._clock())
+        else:
+            self.not_ready_since.pop(name, None)
+        if new is not None and newly_offered(() if old is None else (old,), (new,)):
+            self._offered()
+
+    async def close(self) -> None:
+        await self.informer.stop()
+
+
+def foreign_holding(pod: Mapping[str, Any]) -> tuple[str, Usage] | None:
+    """What a pod Muster does not manage holds, and on which node; None for Muster's own pods
+    and for pods that ended or are not bound."""
+    labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
+    if labels.get(LABEL_MANAGED) == MANAGER:
+        return None
+    if _mapping(pod.get("status")).get("phase") in ENDED_PHASES:
+        return None
+    node = _mapping(pod.get("spec")).get("nodeName")
+    if not isinstance(node, str) or not node:
+        return None
+    return node, pod_usage(pod)
 
 
 class KubernetesInventory:
-    """``Inventory`` over the Kubernetes API; see the module docstring."""
+    """``Inventory`` over the Kubernetes API, from two informers: the nodes (``NodeCache``) and
+    the pods Muster does not manage (their requests summed per node as events arrive); see the
+    module docstring."""
 
     def __init__(
         self,
         api: ApiClient,
         *,
         nodes: NodeCache | None = None,
-        max_age: float = DEFAULT_MAX_AGE,
-        clock: Callable[[], float] = time.monotonic,
+        **watch: Any,
     ) -> None:
-        self._kube = Kube(api)
         if nodes is None:
-            nodes = NodeCache(api, max_age=max_age, clock=clock)
+            nodes = NodeCache(api, **watch)
         self.node_cache = nodes
-        self._max_age = max_age
-        self._clock = clock
-        self._lock = asyncio.Lock()
+        # The selectors only trim the transfer; foreign_holding() decides on the objects.
+        self.others: Informer[tuple[str, Usage]] = Informer(
+            Kube(api),
+            "/api/v1/pods",
+            foreign_holding,
+            name="others' pods",
+            label_selector=f"{LABEL_MANAGED}!={MANAGER}",
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+            **watch,
+        )
+        self.others.on_change(self._changed_pod)
+        nodes.informer.on_change(self._changed_node)
+        self._held: dict[str, Usage] = {}
         self._nodes: tuple[Node, ...] | None = None
-        self._read_at = 0.0
-
-    def _fresh(self) -> bool:
-        return self._nodes is not None and self._clock() - self._read_at < self._max_age
 
     def on_change(self, callback: Callable[[], None]) -> None:
-        """Nodes added or changed, as the node cache lists them (the runtime reads it on every
-        reconciler pass, so a new node is noticed within a pass)."""
+        """Nodes added or changed so that they offer more, as the node informer hears it."""
         self.node_cache.on_change(callback)
 
+    @property
+    def informers(self) -> tuple[Informer[Any], ...]:
+        return (self.node_cache.informer, self.others)
+
     async def nodes(self) -> tuple[Node, ...]:
-        if not self._fresh():
-            async with self._lock:
-                if not self._fresh():
-                    self._nodes = await self._read()
-                    self._read_at = self._clock()
-        assert self._nodes is not None
+        found = await self.node_cache.get()
+        await synced(self.others)
+        if self._nodes is None:
+            held = self._held
+            self._nodes = tuple(
+                _subtract(found[name], held[name]) if name in held else found[name]
+                for name in sorted(found)
+            )
         return self._nodes
 
-    async def _read(self) -> tuple[Node, ...]:
-        # The selectors only trim the transfer; foreign_usage() decides on the objects themselves.
-        nodes, pods = await asyncio.gather(
-            self.node_cache.get(),
-            self._kube.list(
-                "/api/v1/pods",
-                label_selector=f"{LABEL_MANAGED}!={MANAGER}",
-                field_selector="status.phase!=Succeeded,status.phase!=Failed",
-            ),
-        )
-        held = foreign_usage(pods)
-        return tuple(
-            _subtract(nodes[name], held[name]) if name in held else nodes[name]
-            for name in sorted(nodes)
-        )
+    def _changed_node(self, name: str, old: Node | None, new: Node | None) -> None:
+        self._nodes = None
+
+    def _changed_pod(
+        self, key: str, old: tuple[str, Usage] | None, new: tuple[str, Usage] | None
+    ) -> None:
+        held = self._held
+        if old is not None:
+            left = held[old[0]] - old[1]
+            if left == Usage():
+                del held[old[0]]
+            else:
+                held[old[0]] = left
+        if new is not None:
+            held[new[0]] = held.get(new[0], Usage()) + new[1]
+        self._nodes = None
+
+    async def close(self) -> None:
+        await self.others.stop()
+        await self.node_cache.close()
 
 
 def _subtract(node: Node, held: Usage) -> Node:

@@ -36,7 +36,7 @@ from gateway.domain.manifests.kubernetes import (
 )
 from gateway.domain.scheduling.nodes import Node
 
-__all__ = ["exit_code", "pod_node", "pod_status"]
+__all__ = ["exit_code", "pod_node", "pod_status", "slim_pod"]
 
 _PHASES = {
     "Pending": ReplicaPhase.PENDING,
@@ -108,3 +108,33 @@ def pod_status(pod: Mapping[str, Any], nodes: Mapping[str, Node]) -> PodStatus |
         exit_code=code,
         node_ready=node_ready,
     )
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What Muster keeps of one of its pods in memory: the fields ``pod_status``, the grace
+    period and the delete read, and nothing else; None for an object without a name or
+    namespace."""
+    metadata = _mapping(pod.get("metadata"))
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    spec, status = _mapping(pod.get("spec")), _mapping(pod.get("status"))
+    annotations = _mapping(metadata.get("annotations"))
+    kept_metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "uid": metadata.get("uid"),
+        "labels": dict(_mapping(metadata.get("labels"))),
+    }
+    if NODE_ANNOTATION in annotations:
+        kept_metadata["annotations"] = {NODE_ANNOTATION: annotations[NODE_ANNOTATION]}
+    if metadata.get("deletionTimestamp"):
+        kept_metadata["deletionTimestamp"] = metadata["deletionTimestamp"]
+    kept_spec = {
+        key: spec[key] for key in ("nodeName", "terminationGracePeriodSeconds") if key in spec
+    }
+    code = exit_code(pod)
+    kept_status: dict[str, Any] = {"phase": status.get("phase")}
+    if code is not None:
+        kept_status["containerStatuses"] = [{"state": {"terminated": {"exitCode": code}}}]
+    return {"metadata": kept_metadata, "spec": kept_spec, "status": kept_status}

@@ -1,8 +1,14 @@
 """``Runtime`` over the Kubernetes API: Muster's pods in every tenant namespace.
 
-- ``observe`` lists the pods labelled ``app.kubernetes.io/managed-by=muster`` in all namespaces
-  (checked again on each object: the selector only trims the transfer) and maps each through
-  ``observing.pod_status``, with node readiness from the ``NodeCache``.
+- ``observe`` reads Muster's pods (labelled ``app.kubernetes.io/managed-by=muster``, in all
+  namespaces; checked again on each object) from an informer (one list, then a watch, keeping
+  only the fields ``observing`` reads) and maps each through ``observing.pod_status``, with node
+  readiness from the ``NodeCache``: a node NotReady for less than its grace still counts as
+  ready, so a node that blinks loses no gang. Every pod event and every node change calls
+  ``on_change``, so the reconciler hears of a pod's end as the watch delivers it.
+- An API outage is not a node failure: while an informer cannot reach the API server or has not
+  heard from it for its ``stale_after``, ``observe`` raises ``KubernetesUnavailable`` (the
+  reconciler then evicts and creates nothing), and ``health`` says why; it resumes by itself.
 - ``create`` renders and creates the gang's objects (``creating.create_gang``) with each pod's
   GPU mode taken from its planned node, and its grace period from its replica's spec
   (``TerminationGrace``: the gateway's default and cap).
@@ -22,6 +28,8 @@ only live pods and jobs created since.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
@@ -29,12 +37,13 @@ from gateway.backends.base import Gang, PodStatus, PodWatchers
 from gateway.backends.kubernetes.client import Kube
 from gateway.backends.kubernetes.creating import create_gang
 from gateway.backends.kubernetes.deleting import delete_object, grace_period, object_path
-from gateway.backends.kubernetes.inventory import NodeCache
-from gateway.backends.kubernetes.observing import pod_status
+from gateway.backends.kubernetes.informer import Informer
+from gateway.backends.kubernetes.inventory import NodeCache, synced
+from gateway.backends.kubernetes.observing import pod_status, slim_pod
 from gateway.domain.jobs.spec import JobSpec, TerminationGrace
-from gateway.domain.manifests.kubernetes import LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+from gateway.domain.manifests.kubernetes import HOSTNAME_KEY, LABEL_JOB_ID, LABEL_MANAGED, MANAGER
 from gateway.domain.problems import FieldProblem
-from gateway.errors import KubernetesInvalid, KubernetesNotFound
+from gateway.errors import KubernetesInvalid, KubernetesNotFound, KubernetesUnavailable
 
 __all__ = ["KubernetesRuntime"]
 
@@ -42,8 +51,7 @@ MANAGED = f"{LABEL_MANAGED}={MANAGER}"
 
 
 class KubernetesRuntime(PodWatchers):
-    """Muster's pods on a Kubernetes cluster; see the module docstring. Pods are polled
-    (``observe``): no ``on_change`` callback is called yet."""
+    """Muster's pods on a Kubernetes cluster; see the module docstring."""
 
     def __init__(
         self,
@@ -52,17 +60,67 @@ class KubernetesRuntime(PodWatchers):
         cluster_domain: str | None = None,
         nodes: NodeCache | None = None,
         grace: TerminationGrace | None = None,
+        **watch: Any,
     ) -> None:
         super().__init__()
         self.api = api
         self.cluster_domain = cluster_domain
         self.grace = grace if grace is not None else TerminationGrace()
         self._kube = Kube(api)
-        self._nodes = nodes if nodes is not None else NodeCache(api)
-        # (job id, pod name) -> (namespace, uid, grace period), from the last observe().
+        self._nodes = nodes if nodes is not None else NodeCache(api, **watch)
+        self.pods: Informer[dict[str, Any]] = Informer(
+            self._kube,
+            "/api/v1/pods",
+            slim_pod,
+            name="Muster's pods",
+            label_selector=MANAGED,
+            **watch,
+        )
+        self.pods.on_change(self._pod_changed)
+        self._nodes.informer.on_change(lambda *_: self._changed())
+        # (job id, pod name) -> (namespace, uid, grace period), as the informer has the pod.
         self._pods: dict[tuple[str, str], tuple[str, str | None, int | None]] = {}
-        # job id -> namespace, from observe() and create().
+        # job id -> namespace, from the informer and create().
         self._namespaces: dict[str, str] = {}
+
+    def _pod_changed(
+        self, key: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        for pod, present in ((old, False), (new, True)):
+            if pod is None:
+                continue
+            metadata = pod["metadata"]
+            job_id = (metadata.get("labels") or {}).get(LABEL_JOB_ID)
+            if not isinstance(job_id, str):
+                continue
+            where = (job_id, metadata["name"])
+            if present:
+                namespace = metadata["namespace"]
+                self._pods[where] = (namespace, metadata.get("uid") or None, grace_period(pod))
+                self._namespaces[job_id] = namespace
+            else:
+                self._pods.pop(where, None)
+        self._changed()
+
+    @property
+    def informers(self) -> tuple[Informer[Any], ...]:
+        return (self._nodes.informer, self.pods)
+
+    def health(self) -> str | None:
+        """Why the runtime cannot trust its view of the cluster now (the API server unreachable,
+        or silent for too long), or None."""
+        for informer in self.informers:
+            if not informer.synced.is_set():
+                return f"{informer.name}: not listed yet" + (
+                    f" ({informer.error})" if informer.error else ""
+                )
+            if not informer.connected or not informer.fresh:
+                silent = informer.staleness() or 0.0
+                why = informer.error or "no event or bookmark"
+                return (
+                    f"{informer.name}: the API server has not answered for {silent:.0f} s ({why})"
+                )
+        return None
 
     def refusal(self, tenant: str) -> str | None:
         """Every tenant's pods run here: namespaces and the cluster's policies separate them."""
@@ -73,35 +131,31 @@ class KubernetesRuntime(PodWatchers):
         return []
 
     async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
-        pods = await self._kube.list("/api/v1/pods", label_selector=MANAGED)
         nodes = await self._nodes.get()
+        await synced(self.pods)
+        trouble = self.health()
+        if trouble is not None:
+            raise KubernetesUnavailable(f"the cluster's state is not known now: {trouble}")
+        blinking = [name for name in self._nodes.not_ready_since if not self._nodes.lost(name)]
+        if blinking:  # NotReady within the grace: its pods are not lost yet
+            nodes = {**nodes, **{name: replace(nodes[name], ready=True) for name in blinking}}
         found: dict[tuple[str, str], PodStatus] = {}
-        where: dict[tuple[str, str], tuple[str, str | None, int | None]] = {}
-        namespaces: dict[str, str] = {}
-        for pod in pods:
+        for pod in self.pods.items.values():
             status = pod_status(pod, nodes)
-            if status is None:
-                continue
-            metadata = pod.get("metadata") or {}
-            namespace = metadata.get("namespace")
-            if not isinstance(namespace, str):
-                continue
-            key = (status.job_id, status.name)
-            found[key] = status
-            where[key] = (namespace, metadata.get("uid") or None, grace_period(pod))
-            namespaces[status.job_id] = namespace
-        self._pods = where
-        self._namespaces = namespaces
+            if status is not None:
+                found[(status.job_id, status.name)] = status
         return found
 
     async def create(self, gang: Gang, names: tuple[str, ...]) -> None:
         self._namespaces[gang.job_id] = gang.namespace
         nodes = await self._nodes.get()
+        planned = {p.node: nodes[p.node] for p in gang.placements if p.node in nodes}
         await create_gang(
             self._kube,
             gang,
             names,
-            gpu_modes={name: node.gpu_mode for name, node in nodes.items()},
+            gpu_modes={name: node.gpu_mode for name, node in planned.items()},
+            hostnames={name: node.labels.get(HOSTNAME_KEY, name) for name, node in planned.items()},
             cluster_domain=self.cluster_domain,
             grace=self.grace,
         )
@@ -143,6 +197,8 @@ class KubernetesRuntime(PodWatchers):
             return
 
     async def close(self) -> None:
+        await self.pods.stop()
+        await self._nodes.close()
         await self.api.close()
 
     async def _find_namespaces(

@@ -203,9 +203,11 @@ def pod_manifest(
     owner: Owner | None,
     cluster_domain: str | None,
     grace: TerminationGrace,
+    hostname: str | None = None,
 ) -> dict[str, Any]:
-    """The Pod of one replica, pinned to its planned node (whose GPU mode is ``gpu_mode``), given
-    the grace period ``grace`` says for its replica."""
+    """The Pod of one replica, pinned to its planned node (whose GPU mode is ``gpu_mode``, and
+    whose ``kubernetes.io/hostname`` label is ``hostname``: on some clouds it differs from the
+    node's name; None: the name), given the grace period ``grace`` says for its replica."""
     replica = _replica(spec, plan.role, plan.index)
     if plan.pod_name != pod_name(spec.name, plan.role, plan.index):
         raise ValueError(
@@ -254,7 +256,7 @@ def pod_manifest(
         # No hostname or subdomain: as with the operator, peers reach a replica through its own
         # headless Service, named like the pod, not through a pod subdomain.
         "containers": [container],
-        "affinity": _affinity(plan, job_id, replica.node_affinity),
+        "affinity": _affinity(plan, job_id, replica.node_affinity, hostname or plan.node),
     }
     if replica.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(replica.node_selector))
@@ -422,11 +424,13 @@ def _resources(replica: ReplicaSpec, plan: Placement, gpu_count: int) -> dict[st
     return {"requests": requests, "limits": limits}
 
 
-def _affinity(plan: Placement, job_id: str, node_affinity: str | None) -> dict[str, Any]:
+def _affinity(
+    plan: Placement, job_id: str, node_affinity: str | None, hostname: str
+) -> dict[str, Any]:
     """Muster's pinning to the planned node, merged with the replica's own node affinity: each
     of its required terms (any of which must match) gets the pinning added (so every term pins),
     and its preferred terms are kept as they are."""
-    pinned = {"key": HOSTNAME_KEY, "operator": "In", "values": [plan.node]}
+    pinned = {"key": HOSTNAME_KEY, "operator": "In", "values": [hostname]}
     own: Mapping[str, Any] = {} if node_affinity is None else parsed(node_affinity)
     required = own.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
     terms = [
