@@ -37,6 +37,7 @@ from gateway.api.serializers import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
 from gateway.backends.factory import Backend, make_backend
+from gateway.backends.kubernetes.inventory import KubernetesInventory
 from gateway.backends.local import LocalRuntime
 from gateway.backends.nodes_file import StaticInventory
 from gateway.db.embedded import EmbeddedPostgres
@@ -123,6 +124,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             admission=settings.admission,
             webhooks=settings.webhooks,
             render_job=job_view,
+            ttl_after_finished=settings.backend.job_ttl_seconds_after_finished,
         )
         app = make_app(
             settings,
@@ -156,6 +158,8 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
                 print("Muster is shutting down", flush=True)
         finally:
             await runner.cleanup()
+            if isinstance(backend.inventory, KubernetesInventory):
+                await backend.inventory.close()  # its watches
             if backend.runtime is not None:
                 # Replicas keep running; the next gateway adopts them.
                 await backend.runtime.close()

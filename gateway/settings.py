@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from gateway.domain.jobs.spec import (
     DEFAULT_TERMINATION_GRACE_SECONDS,
+    DEFAULT_TTL_SECONDS_AFTER_FINISHED,
     MAX_TERMINATION_GRACE_SECONDS,
 )
 from gateway.domain.scheduling.queueing import DEFAULT_BACKFILL
@@ -356,6 +357,17 @@ class BackendSettings:
             "seconds and succeeds; `true`/`false` exit at once; anything else runs until "
             "deleted), for benchmarks and demos",
             parse=_bool,
+        ),
+    )
+    job_ttl_seconds_after_finished: int = field(
+        default=DEFAULT_TTL_SECONDS_AFTER_FINISHED,
+        metadata=_env(
+            "MUSTER_JOB_TTL_SECONDS_AFTER_FINISHED",
+            "Kubernetes backend: seconds after a job finished when its parent ConfigMap is "
+            "deleted, and with it the pods and Services its clean-pod policy kept, when its spec "
+            "gives no run_policy.ttl_seconds_after_finished (a TFJob's or PyTorchJob's "
+            "runPolicy.ttlSecondsAfterFinished); the job's record stays",
+            parse=_non_negative_int,
         ),
     )
     termination_grace_seconds: int = field(

@@ -106,6 +106,11 @@ class Runtime(Protocol):
         (the submit refuses them with 422)."""
         ...
 
+    async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
+        """Delete what a finished job left on the cluster once its TTL passed (Kubernetes: its
+        parent ConfigMap, and with it what the clean-pod policy kept). Idempotent."""
+        ...
+
     def health(self) -> str | None:
         """Why the runtime does not know the cluster's state now (its API server unreachable or
         silent), or None: /readyz says it, and ``observe`` raises while it lasts."""

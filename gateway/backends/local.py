@@ -249,6 +249,9 @@ class LocalRuntime(PodWatchers):
         """This machine's processes are always known (the daemon is started on demand)."""
         return None
 
+    async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
+        """Nothing outlives a local job's replicas but their logs, which stay readable."""
+
     def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
         """Replicas run as processes: of the pod fields, only a working directory and emptyDir
         volumes are honoured, and the volumes mounted only where each replica has a mount

@@ -147,6 +147,9 @@ class SimulatedRuntime(PodWatchers):
     def health(self) -> str | None:
         return None
 
+    async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
+        """A simulated run leaves nothing behind."""
+
 
 def _argv(spec: JobSpec, gang: Gang, pod_name: str) -> tuple[str, ...]:
     """The command and arguments of the replica a pod runs."""

@@ -123,3 +123,37 @@ async def apply_all(
         for target, changes in moves.items():
             applied.update(await transitions.move(conn, target, changes, now=now))
     return applied
+
+
+# -- clean-up after the TTL ----------------------------------------------------------------------
+
+_DUE = text(
+    """
+    SELECT CAST(j.id AS text) AS id, j.name, t.namespace
+    FROM jobs j JOIN tenants t ON t.name = j.tenant
+    WHERE j.finished_at IS NOT NULL AND j.cleaned_up_at IS NULL
+      AND j.finished_at + make_interval(secs => COALESCE(
+              CAST(j.spec -> 'run_policy' ->> 'ttl_seconds_after_finished' AS bigint),
+              :default_ttl)) <= to_timestamp(:now)
+    ORDER BY j.finished_at
+    LIMIT :limit
+    """
+)
+_CLEANED_UP = text(
+    "UPDATE jobs SET cleaned_up_at = now() WHERE id = CAST(:id AS uuid) AND cleaned_up_at IS NULL"
+)
+
+
+async def due_for_clean_up(
+    engine: AsyncEngine, *, now: float, default_ttl: int, limit: int = 100
+) -> list[tuple[str, str, str]]:
+    """Finished jobs whose TTL after finishing has passed at ``now`` and whose objects are not
+    cleaned up yet, oldest first: (id, name, tenant namespace)."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(_DUE, {"now": now, "default_ttl": default_ttl, "limit": limit})
+        return [(row.id, row.name, row.namespace) for row in rows]
+
+
+async def mark_cleaned_up(engine: AsyncEngine, job_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(_CLEANED_UP, {"id": job_id})

@@ -292,6 +292,11 @@ class Job(Base):
             postgresql_where=text("state = 'queued' AND queue_slot IS NOT NULL"),
         ),
         Index("ix_jobs_state_seq", "state", "seq"),
+        Index(
+            "ix_jobs_to_clean_up",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL AND cleaned_up_at IS NULL"),
+        ),
         Index("ix_jobs_tenant_seq", "tenant", "seq"),
         # The live jobs of a class, which keep it from being deleted.
         Index(
@@ -340,6 +345,8 @@ class Job(Base):
     admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its Kubernetes objects were deleted, its TTL after finishing having passed.
+    cleaned_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobEvent(Base):

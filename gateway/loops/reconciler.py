@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.base import Gang, PodStatus, Runtime
 from gateway.db import lifecycle as store
-from gateway.domain.jobs.spec import JobSpec, from_document
+from gateway.domain.jobs.spec import DEFAULT_TTL_SECONDS_AFTER_FINISHED, JobSpec, from_document
 from gateway.domain.lifecycle.decisions import (
     Decision,
     JobView,
@@ -54,6 +54,10 @@ _NOTHING = Decision()
 SWEEP_WAIT_SECONDS = 2.0
 
 
+#: How often (seconds) the leader looks for finished jobs whose TTL has passed.
+CLEAN_UP_EVERY = 60.0
+
+
 class Reconciler:
     """Drives the runtime's pods towards the database's jobs while ``is_leader()`` is True.
 
@@ -74,6 +78,7 @@ class Reconciler:
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         on_freed: Callable[[], None] | None = None,
+        ttl_after_finished: int = DEFAULT_TTL_SECONDS_AFTER_FINISHED,
     ) -> None:
         """``on_freed`` is called when a pass moved a job off the cluster (it ended or was
         evicted), as soon as that move committed: admission refills the capacity."""
@@ -89,6 +94,9 @@ class Reconciler:
         self.passes = 0
         #: Why the last pass could not know the cluster (an API outage), or None.
         self.unknown: str | None = None
+        #: Seconds after finishing when a job's objects are removed, unless its spec says.
+        self.ttl_after_finished = ttl_after_finished
+        self._cleaned_at: float | None = None
         self._specs: dict[str, JobSpec] = {}
         # Pods the sweep is deleting (within their grace period), by (job id, pod name).
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -241,6 +249,28 @@ class Reconciler:
         if deletions:
             await asyncio.wait(deletions, timeout=SWEEP_WAIT_SECONDS)
 
+    async def clean_up(self, *, force: bool = False) -> list[str]:
+        """Remove what finished jobs left on the cluster once their TTL passed (at most once
+        every ``CLEAN_UP_EVERY`` seconds unless ``force``); the ids of the jobs cleaned up. A job
+        whose removal fails is tried again at the next round."""
+        now = self.clock()
+        if not force and self._cleaned_at is not None and now - self._cleaned_at < CLEAN_UP_EVERY:
+            return []
+        self._cleaned_at = now
+        done: list[str] = []
+        due = await store.due_for_clean_up(
+            self.engine, now=now, default_ttl=self.ttl_after_finished
+        )
+        for job_id, name, namespace in due:
+            try:
+                await self.runtime.remove(job_id, name, namespace)
+            except Exception as failed:
+                log.warning("cleaning up job %s failed (tried again later): %s", job_id, failed)
+                continue
+            await store.mark_cleaned_up(self.engine, job_id)
+            done.append(job_id)
+        return done
+
     async def _stop(self, job_id: str, name: str) -> None:
         """Delete one pod no live job wants; log a failure (the next pass tries again)."""
         try:
@@ -257,6 +287,7 @@ class Reconciler:
                 if self.is_leader():
                     try:
                         await self.reconcile()
+                        await self.clean_up()
                     except KubernetesUnavailable as unknown:
                         # An outage of the API server is not a node failure: nothing is
                         # created or evicted until the runtime knows the cluster again.

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.base import Inventory, Runtime
 from gateway.db.channels import Channel
 from gateway.db.notify import HandOff, Listener
+from gateway.domain.jobs.spec import DEFAULT_TTL_SECONDS_AFTER_FINISHED
 from gateway.domain.scheduling.queueing import PendingJob
 from gateway.domain.webhooks import RetryPolicy
 from gateway.loops.admission import AdmissionLoop
@@ -80,6 +81,7 @@ class LoopRuntime:
         webhooks: WebhookSettings,
         render_job: RenderJob,
         clock: Callable[[], float] = time.time,
+        ttl_after_finished: int = DEFAULT_TTL_SECONDS_AFTER_FINISHED,
     ) -> None:
         """``pods`` is where the backend runs pods (None: a backend that runs none, such as the
         static one, so no reconciler); ``render_job`` is the API's view of a job, for webhook
@@ -98,7 +100,14 @@ class LoopRuntime:
         self.reconciler = (
             None
             if pods is None
-            else Reconciler(engine, pods, is_leader=self.is_leader, on_freed=freed, clock=clock)
+            else Reconciler(
+                engine,
+                pods,
+                is_leader=self.is_leader,
+                on_freed=freed,
+                clock=clock,
+                ttl_after_finished=ttl_after_finished,
+            )
         )
         inventory.on_change(freed)
         if self.reconciler is not None and pods is not None:

@@ -97,6 +97,7 @@ class Cluster(kmock.KubernetesEmulator):
     history: list[Change] = attrs.field(factory=list)
     oldest: int = 1  # the oldest resourceVersion a watch may resume from
     watch_generation: int = 0
+    collected: list[tuple[str, str | None, str]] = attrs.field(factory=list)
     changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
 
     async def _handle(self, request: kmock.Request) -> Any:
@@ -157,11 +158,32 @@ class Cluster(kmock.KubernetesEmulator):
             obj = dict(stored.raw)
         self.version = version
         self.history.append((version, kind, request.resource.plural, obj, before))
+        if kind == "DELETED":
+            self._collect_garbage(obj.get("metadata", {}).get("uid"))
         if len(self.history) > HISTORY:
             del self.history[: len(self.history) - HISTORY]
             self.oldest = self.history[0][0]
         async with self.changed:
             self.changed.notify_all()
+
+    def _collect_garbage(self, owner_uid: str | None) -> None:
+        """The garbage collector: delete every object whose ownerReferences name a deleted
+        owner's uid (and, in turn, what they own)."""
+        if not owner_uid:
+            return
+        for key, stored in list(self._objects.items()):
+            if stored.deleted:
+                continue
+            owners = (stored.raw.get("metadata") or {}).get("ownerReferences") or []
+            if any(owner.get("uid") == owner_uid for owner in owners):
+                before = dict(stored.raw)
+                stored.delete()
+                self.version += 1
+                obj = dict(before)
+                obj["metadata"] = {**obj.get("metadata", {}), "resourceVersion": str(self.version)}
+                self.history.append((self.version, "DELETED", key[0].plural, obj, before))
+                self.collected.append((key[0].plural, key[1], key[2]))
+                self._collect_garbage((before.get("metadata") or {}).get("uid"))
 
     def _selected(self, request: kmock.Request, obj: Mapping[str, Any]) -> bool:
         metadata = obj.get("metadata") or {}

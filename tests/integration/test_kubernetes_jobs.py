@@ -830,3 +830,42 @@ async def test_an_api_outage_of_a_minute_evicts_nothing_creates_nothing_and_heal
     assert (job["state"], job["attempt"]) == ("running", 0)
     assert sorted(pods(cluster, job_id)) == before
     assert cluster.count(kmock.action.CREATE, "pods") == len(before)  # nothing duplicated
+
+
+# -- clean-up after the TTL ------------------------------------------------------------------------
+
+
+async def test_after_its_ttl_a_finished_jobs_parent_goes_and_its_kept_pods_are_collected(
+    api: CheckedClient, cluster: Cluster, gateway: Harness, clock: Clock, engine: AsyncEngine
+) -> None:
+    """clean_pod_policy None keeps every pod of a finished job; 120 s after it finished (its
+    run_policy.ttl_seconds_after_finished), the leader deletes the parent ConfigMap and the
+    garbage collector (emulated: owner references) takes the pods and Services. The job's
+    record stays."""
+    await make_tenant(api)
+    spec = tf_job("kept", chief={}, worker={"count": 1})
+    spec["run_policy"] = {"clean_pod_policy": "None", "ttl_seconds_after_finished": 120}
+    job_id = await submit(api, spec)
+    await gateway.step()
+    kubelet = Kubelet(cluster)
+    await run_all(kubelet, cluster, job_id)
+    for name in pods(cluster, job_id):
+        await kubelet.exit(NAMESPACE, name, 0)
+    await gateway.reconcile()
+    assert (await state(api, job_id))["state"] == "succeeded"
+    kept = sorted(pods(cluster, job_id))
+    assert kept == ["kept-chief-0", "kept-worker-0"]
+
+    clock.offset += 60
+    assert await gateway.reconciler.clean_up(force=True) == []  # not yet
+    assert sorted(pods(cluster, job_id)) == kept
+    clock.offset += 61
+    assert await gateway.reconciler.clean_up(force=True) == [job_id]
+    assert [name for name, _ in cluster.deletions("configmaps")] == ["kept-muster"]
+    assert pods(cluster, job_id) == {}
+    assert services(cluster, job_id) == {}
+    assert {(plural, name) for plural, _, name in cluster.collected} == {
+        (plural, name) for plural in ("pods", "services") for name in kept
+    }
+    assert await gateway.reconciler.clean_up(force=True) == []  # once only
+    assert (await state(api, job_id))["state"] == "succeeded"  # the record stays

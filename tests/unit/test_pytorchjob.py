@@ -136,11 +136,16 @@ def test_replica_types_ignore_case_and_the_tenant_may_come_from_the_caller() -> 
     assert (spec.tenant, [r.role for r in spec.replicas]) == ("nlp", ["master", "worker"])
 
 
-def test_nproc_per_node_auto_and_a_ttl_change_nothing() -> None:
+def test_nproc_per_node_auto_changes_nothing() -> None:
     document = manifest()
     document["spec"]["nprocPerNode"] = "auto"
-    document["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 60}
     assert checked(document) == checked(manifest())
+
+
+def test_a_ttl_after_finished_becomes_the_jobs() -> None:
+    document = manifest()
+    document["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 60}
+    assert checked(document).run_policy.ttl_seconds_after_finished == 60
 
 
 @pytest.mark.parametrize(

@@ -358,6 +358,16 @@ def test_an_extended_request_other_than_its_limit_is_refused() -> None:
     assert "never over-committed" in found[0].detail
 
 
+@pytest.mark.parametrize("inside", [True, False], ids=["runPolicy", "spec"])
+def test_a_ttl_after_finished_becomes_the_jobs(inside: bool) -> None:
+    document = manifest()
+    if inside:
+        document["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 60}
+    else:
+        document["spec"]["ttlSecondsAfterFinished"] = 60
+    assert checked(document).run_policy.ttl_seconds_after_finished == 60
+
+
 def test_replica_types_ignore_case_and_zero_replicas_run_nothing() -> None:
     document = manifest()
     replicas = document["spec"]["tfReplicaSpecs"]
@@ -640,7 +650,6 @@ IGNORED_CASES: dict[str, Change] = {
     "pod template labels and annotations": lambda d: worker(d)["template"].update(
         metadata={"labels": {"app": "wd"}, "annotations": {"sidecar.istio.io/inject": "false"}}
     ),
-    "a finished job's ttl": lambda d: d["spec"].update(runPolicy={"ttlSecondsAfterFinished": 60}),
     "termination messages": lambda d: container(d).update(terminationMessagePolicy="File"),
     "ports that open nothing": lambda d: container(d).update(
         ports=[{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]

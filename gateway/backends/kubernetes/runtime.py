@@ -41,7 +41,13 @@ from gateway.backends.kubernetes.informer import Informer
 from gateway.backends.kubernetes.inventory import NodeCache, synced
 from gateway.backends.kubernetes.observing import pod_status, slim_pod
 from gateway.domain.jobs.spec import JobSpec, TerminationGrace
-from gateway.domain.manifests.kubernetes import HOSTNAME_KEY, LABEL_JOB_ID, LABEL_MANAGED, MANAGER
+from gateway.domain.manifests.kubernetes import (
+    HOSTNAME_KEY,
+    LABEL_JOB_ID,
+    LABEL_MANAGED,
+    MANAGER,
+    parent_name,
+)
 from gateway.domain.problems import FieldProblem
 from gateway.errors import KubernetesInvalid, KubernetesNotFound, KubernetesUnavailable
 
@@ -195,6 +201,13 @@ class KubernetesRuntime(PodWatchers):
         except (KubernetesNotFound, KubernetesInvalid):
             # Gone, or no container has started yet (400): there is no log to show.
             return
+
+    async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
+        """Delete the job's parent ConfigMap (if it is the job's): the garbage collector then
+        deletes the pods and Services it owns, which the clean-pod policy kept."""
+        await delete_object(
+            self._kube, "configmaps", namespace, parent_name(job_name), job_id=job_id
+        )
 
     async def close(self) -> None:
         await self.pods.stop()

@@ -121,12 +121,14 @@ def _check_run_policy(c: Checker, raw: object) -> RunPolicy | None:
     backoff = raw.get("backoff_limit", 3)
     deadline = raw.get("active_deadline_seconds")
     ready = raw.get("ready_timeout_seconds", 600)
+    ttl = raw.get("ttl_seconds_after_finished")
     if not (
         clean
         and success
         and isinstance(backoff, int)
         and isinstance(ready, int)
         and (deadline is None or isinstance(deadline, int))
+        and (ttl is None or isinstance(ttl, int))
     ):
         return None
     return RunPolicy(
@@ -135,6 +137,7 @@ def _check_run_policy(c: Checker, raw: object) -> RunPolicy | None:
         ready_timeout_seconds=ready,
         clean_pod_policy=clean,
         success_policy=success,
+        ttl_seconds_after_finished=ttl,
     )
 
 

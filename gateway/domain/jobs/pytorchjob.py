@@ -61,9 +61,7 @@ FORM = ReplicaForm(
 # What becomes of each field of spec: honoured, dropped (with why it cannot change the run), or
 # refused (with the reason given to the submitter) unless its value changes nothing.
 SPEC_HONOURED = frozenset({"pytorchReplicaSpecs", "runPolicy", *RUN_POLICY_FIELDS})
-SPEC_IGNORED: Mapping[str, str] = {
-    "ttlSecondsAfterFinished": "it deletes the finished PyTorchJob; Muster keeps job records"
-}
+SPEC_IGNORED: Mapping[str, str] = {}
 FIXED_SIZE = "Muster runs fixed-size gangs"
 SPEC_REFUSED: Mapping[str, str] = {
     "elasticPolicy": f"{FIXED_SIZE}: give Master and Worker a fixed number of replicas, which "

@@ -55,6 +55,8 @@ DEFAULT_PORT = 2222
 PRIORITY_RANGE = (-1000, 1000)
 #: The grace period of a replica that gives none (Kubernetes' own default) and the most a replica
 #: may ask for, unless settings say otherwise.
+#: Seconds after a job finished when its Kubernetes objects are removed, by default (a week).
+DEFAULT_TTL_SECONDS_AFTER_FINISHED = 7 * 24 * 3600
 DEFAULT_TERMINATION_GRACE_SECONDS = 30
 MAX_TERMINATION_GRACE_SECONDS = 300
 
@@ -160,6 +162,9 @@ class RunPolicy:
     ready_timeout_seconds: int = 600
     clean_pod_policy: CleanPodPolicy = CleanPodPolicy.RUNNING
     success_policy: SuccessPolicy = SuccessPolicy.DEFAULT
+    #: Seconds after the job finished when its Kubernetes objects (the parent ConfigMap, and
+    #: through it what the clean-pod policy kept) are deleted; None: the gateway's default.
+    ttl_seconds_after_finished: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -215,6 +220,7 @@ def to_document(spec: JobSpec) -> dict[str, Any]:
             "ready_timeout_seconds": spec.run_policy.ready_timeout_seconds,
             "clean_pod_policy": spec.run_policy.clean_pod_policy.value,
             "success_policy": spec.run_policy.success_policy.value,
+            "ttl_seconds_after_finished": spec.run_policy.ttl_seconds_after_finished,
         },
         "callback": None
         if spec.callback is None
@@ -248,6 +254,8 @@ def from_document(document: Mapping[str, Any]) -> JobSpec:
             ready_timeout_seconds=run["ready_timeout_seconds"],
             clean_pod_policy=CleanPodPolicy(run["clean_pod_policy"]),
             success_policy=SuccessPolicy(run["success_policy"]),
+            # Absent from documents stored before jobs had a TTL: the gateway's default.
+            ttl_seconds_after_finished=run.get("ttl_seconds_after_finished"),
         ),
         callback=None
         if callback is None

@@ -45,6 +45,9 @@ RUN_POLICY_FIELDS = {
     "cleanPodPolicy": "clean_pod_policy",
     "backoffLimit": "backoff_limit",
     "activeDeadlineSeconds": "active_deadline_seconds",
+    # The job's objects (its parent ConfigMap, and with it what the clean-pod policy kept) are
+    # deleted this long after it finished; its record stays.
+    "ttlSecondsAfterFinished": "ttl_seconds_after_finished",
 }
 
 Where = tuple[str | int, ...]
@@ -136,14 +139,10 @@ IGNORED: Mapping[str, Mapping[str, str]] = {
             "written by the API server about the TFJob object",
         ),
     },
-    "spec": {"ttlSecondsAfterFinished": "it deletes the finished TFJob; Muster keeps job records"},
     "spec (v1alpha1)": {
         "RuntimeId": "written by the operator",
         "runtimeId": "written by the operator",
         "tfImage": "used only for a default parameter server, which Muster does not create",
-    },
-    "runPolicy": {
-        "ttlSecondsAfterFinished": "it deletes the finished TFJob; Muster keeps job records"
     },
     "template": {
         "metadata": "Muster sets its own pod labels; template labels and annotations are dropped"
