@@ -194,7 +194,8 @@ class Kube:
         limits: aiohttp.ClientTimeout = STREAM_TIMEOUT,
     ) -> AsyncIterator[bytes]:
         """The body of a GET as it arrives (pod logs with follow=true, watches); ``limits``
-        bound connecting and, for a watch, the silence between two reads."""
+        bound connecting and, for a watch, the silence between two reads. The first chunk is
+        empty, as soon as the server has answered with success (a watch is open then)."""
         what = f"GET {path}"
         try:
             response = await self.client.call_api(
@@ -214,6 +215,7 @@ class Kube:
             # Unread, an error response is not checked by the REST layer: check it here.
             if response.status >= 300:
                 raise from_status(response.status, await response.read(), what=what)
+            yield b""
             async for chunk in response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

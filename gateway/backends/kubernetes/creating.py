@@ -87,13 +87,11 @@ async def ensure_parent(kube: Kube, gang: Gang) -> Owner:
     name = manifest["metadata"]["name"]
     path = object_path("configmaps", gang.namespace, name)
     try:
+        # Create first: a new job's parent does not exist, so this is one call, not two.
+        parent = await kube.create(object_path("configmaps", gang.namespace), manifest)
+    except KubernetesAlreadyExists:
+        # A later attempt, or a gateway that was leader a moment ago, made it.
         parent = await kube.get(path)
-    except KubernetesNotFound:
-        try:
-            parent = await kube.create(object_path("configmaps", gang.namespace), manifest)
-        except KubernetesAlreadyExists:
-            # Created since the read, by a gateway that was leader a moment ago.
-            parent = await kube.get(path)
     owner_job = _labels(parent).get(LABEL_JOB_ID)
     if owner_job != gang.job_id:
         raise KubernetesNameTaken(

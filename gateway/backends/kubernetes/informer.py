@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.backends.kubernetes.client import Kube
-from gateway.errors import KubernetesError, KubernetesGone
+from gateway.errors import KubernetesError, KubernetesGone, KubernetesUnavailable
 
 __all__ = ["Backoff", "Informer", "WatchCollector", "object_key"]
 
@@ -221,15 +221,25 @@ class Informer(Generic[T]):
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=self.read_timeout)
         buffer = b""
         opened = False
-        async for chunk in self.kube.stream(self.path, query, limits=timeout):
-            if not opened:
-                opened = True
-                self._opened()
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self._event(json.loads(line))
+        try:
+            async for chunk in self.kube.stream(self.path, query, limits=timeout):
+                if not opened:
+                    opened = True
+                    self._opened()
+                if not chunk:
+                    continue
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._event(json.loads(line))
+        except KubernetesUnavailable as exc:
+            if opened and isinstance(exc.__cause__, aiohttp.ServerTimeoutError):
+                # Silent for ``read_timeout``: renew the watch. Silence does not refresh
+                # ``heard_at``, so a server that only ever accepts and never speaks goes stale.
+                log.debug("informer %s: a silent watch is renewed", self.name)
+                return
+            raise
         if not opened:
             self._opened()
         if buffer.strip():
