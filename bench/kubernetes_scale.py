@@ -377,6 +377,10 @@ async def measure(args: argparse.Namespace, port: int) -> int:
     runtime.pods.on_change(pod_changed)
     before_rss = rss_mib()
     start = time.perf_counter()
+    for informer in (*inventory.informers, runtime.pods):
+        informer.start()
+    for informer in (*inventory.informers, runtime.pods):
+        await informer.wait_synced(600)  # a first list of 50,000 pods may take a while
     offered = await inventory.nodes()
     await runtime.observe()
     took = time.perf_counter() - start

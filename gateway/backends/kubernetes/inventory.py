@@ -228,7 +228,7 @@ def pod_usage(pod: Mapping[str, Any]) -> Usage:
 
 
 #: How long a first list may take before callers are told the API server is unavailable.
-SYNC_SECONDS = 10.0
+SYNC_SECONDS = 30.0
 #: How long a node may be NotReady before its pods count as lost (kube-controller-manager's
 #: node-monitor grace is 40 s; its eviction of pods comes minutes later).
 NODE_LOST_GRACE_SECONDS = 60.0
