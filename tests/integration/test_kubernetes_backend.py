@@ -26,6 +26,7 @@ from gateway.backends.kubernetes.client import (
     TokenBucket,
     kube_client,
 )
+from gateway.backends.kubernetes.informer import Informer
 from gateway.backends.kubernetes.inventory import KubernetesInventory, NodeCache
 from gateway.backends.kubernetes.runtime import KubernetesRuntime
 from gateway.domain.jobs.check import check_job_spec
@@ -655,3 +656,34 @@ async def test_a_pod_is_pinned_by_its_nodes_hostname_label_where_it_differs_from
     finally:
         await runtime.pods.stop()
         await runtime._nodes.close()
+
+
+async def test_an_informer_whose_listener_fails_lists_again_and_goes_on(
+    cluster: Cluster, api: RateLimitedApiClient
+) -> None:
+    """A bug in a listener must not end the watch for good: the informer logs it, lists again
+    (its cache may be half-updated) and goes on."""
+    informer: Informer[str] = Informer(
+        Kube(api),
+        "/api/v1/nodes",
+        lambda obj: obj["metadata"]["name"],
+        name="nodes",
+        backoff=(0.01, 0.05),
+    )
+    failures = [RuntimeError("a listener's bug")]
+
+    def listener(key: str, old: str | None, new: str | None) -> None:
+        if failures and key == "cpu-9":
+            raise failures.pop()
+
+    informer.on_change(listener)
+    informer.start()
+    try:
+        assert await informer.wait_synced(5)
+        await cluster_node(cluster, api, "cpu-9")
+        await caught_up(cluster, informer)
+        assert "cpu-9" in informer.items
+        assert informer.lists == 2
+        assert informer.fresh
+    finally:
+        await informer.stop()

@@ -185,6 +185,13 @@ class Informer(Generic[T]):
                 wait = self.backoff.next()
                 log.warning("informer %s: %s; resuming in %.1f s", self.name, self.error, wait)
                 await asyncio.sleep(wait)
+            except Exception as exc:  # a listener's bug must not end the informer for good
+                self.connected = False
+                self.error = f"{type(exc).__name__}: {exc}"
+                self.resource_version = None  # the cache may be half-updated: list again
+                wait = self.backoff.next()
+                log.exception("informer %s failed; listing again in %.1f s", self.name, wait)
+                await asyncio.sleep(wait)
 
     async def _relist(self) -> None:
         objects, version = await self.kube.list_versioned(
