@@ -36,12 +36,12 @@ from gateway.api import schema
 from gateway.api.auth import actor, require_role
 from gateway.api.body import read_document
 from gateway.api.context import NOTIFIER, SETTINGS, SUBMITS
-from gateway.api.jobs import CheckedSubmit, check_submit, idempotency_key_ok
+from gateway.api.jobs import CheckedSubmit, check_submit, check_submit_query, idempotency_key_ok
 from gateway.api.problems import client_problem
 from gateway.api.serializers import job_view, json_response
 from gateway.db.submits import Submission, Submitted, request_hash
 from gateway.domain.problems import FieldProblem
-from gateway.errors import BadRequest, ClientError, TooManyRequests, ValidationFailed
+from gateway.errors import ClientError, TooManyRequests, ValidationFailed
 
 routes = web.RouteTableDef()
 
@@ -49,9 +49,7 @@ routes = web.RouteTableDef()
 @routes.post("/v1/jobs:batch")
 async def submit_batch(request: web.Request) -> web.Response:
     body = await read_document(request, request.app[SETTINGS].api.max_batch_body_bytes)
-    unknown = sorted(set(request.query) - {"tenant"})
-    if unknown:
-        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    check_submit_query(request)
     problems = schema.check("JobBatch", body)
     if problems:
         raise ValidationFailed(problems)

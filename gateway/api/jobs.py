@@ -32,7 +32,7 @@ from gateway.domain.jobs.pods import pod_name, pod_requests
 from gateway.domain.jobs.policy import needs_policy, policy_problems
 from gateway.domain.jobs.spec import JobSpec, from_document
 from gateway.domain.lifecycle.states import JobState
-from gateway.domain.names import LABEL_KEY, LABEL_VALUE
+from gateway.domain.names import DNS_1123_LABEL, IDEMPOTENCY_KEY, LABEL_SELECTOR
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.reasons import never_fits_nodes
@@ -46,10 +46,8 @@ async def submit_job(request: web.Request) -> web.Response:
     body = await read_document(request, request.app[SETTINGS].api.max_body_bytes)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not idempotency_key_ok(key):
-        raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
-    unknown = sorted(set(request.query) - {"tenant"})
-    if unknown:
-        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+        raise BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    check_submit_query(request)
     require_role(request)
     checked = await check_submit(request, body)
     try:
@@ -73,9 +71,20 @@ async def submit_job(request: web.Request) -> web.Response:
     )
 
 
+def check_submit_query(request: web.Request) -> None:
+    """A submit's query: only ``tenant``, a DNS-1123 label (as the OpenAPI document says)."""
+    unknown = sorted(set(request.query) - {"tenant"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    tenant = request.query.get("tenant")
+    if tenant is not None and not DNS_1123_LABEL.fullmatch(tenant):
+        raise BadRequest(f"tenant {tenant!r} is not a tenant name (a DNS-1123 label)")
+
+
 def idempotency_key_ok(key: str) -> bool:
-    """An Idempotency-Key is 1 to 255 printable characters (header or batch item alike)."""
-    return 0 < len(key) <= 255 and key.isprintable()
+    """An Idempotency-Key is 1 to 255 printable ASCII characters (header or batch item alike),
+    as the OpenAPI document's pattern says."""
+    return IDEMPOTENCY_KEY.fullmatch(key) is not None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -274,14 +283,14 @@ def _without_namespace(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_selector(selector: str) -> dict[str, str]:
-    """``team=ranking,tier=gold`` -> a dict; only equality terms are supported."""
+    """``team=ranking,tier==gold`` -> a dict; only equality terms, exactly as the OpenAPI
+    document's ``LabelSelector`` pattern (``LABEL_SELECTOR``) says."""
+    if not LABEL_SELECTOR.fullmatch(selector):
+        raise BadRequest(f"label selector {selector!r} is not key=value terms separated by commas")
     labels: dict[str, str] = {}
-    for term in filter(None, (part.strip() for part in selector.split(","))):
-        key, sep, value = term.partition("=")
-        key, value = key.strip(), value.strip().removeprefix("=")
-        if not sep or not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(value):
-            raise BadRequest(f"label selector term {term!r} is not key=value")
-        labels[key] = value
+    for term in filter(None, selector.split(",")):
+        key, _, value = term.partition("=")
+        labels[key] = value.removeprefix("=")
     return labels
 
 

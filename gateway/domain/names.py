@@ -25,6 +25,13 @@ LABEL_KEY = re.compile(
     rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$"
 )
 LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
+_LABEL_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+_SELECTOR_TERM = rf"{_LABEL_PREFIX}{_LABEL_NAME}==?({_LABEL_NAME})?"
+#: An Idempotency-Key: 1 to 255 printable ASCII characters (the OpenAPI document's pattern).
+IDEMPOTENCY_KEY = re.compile(r"[ -~]{1,255}")
+#: A label selector of equality terms, ``team=ranking,tier==gold``: the API's ``label`` query
+#: (the OpenAPI document's ``LabelSelector`` pattern is this one, held to it by a test).
+LABEL_SELECTOR = re.compile(rf"^({_SELECTOR_TERM}(,{_SELECTOR_TERM})*)?$")
 
 # Variables that carry the gang's topology or device plan. Muster writes them; a client may not.
 RESERVED_ENV = frozenset(
