@@ -33,7 +33,6 @@ from gateway.api.connections import (
     connection_cap,
     raise_open_file_limit,
 )
-from gateway.api.protocol import ProblemRunner
 from gateway.api.serializers import job_view
 from gateway.auth.keys import local_key_set
 from gateway.backends.base import Inventory
@@ -136,7 +135,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             collectors=loops.collectors,
             on_queued=loops.queued,
         )
-        runner = ProblemRunner(app, shutdown_timeout=settings.api.shutdown_grace, access_log=None)
+        runner = web.AppRunner(app, shutdown_timeout=settings.api.shutdown_grace, access_log=None)
         await runner.setup()
         try:
             site = GuardedSite(

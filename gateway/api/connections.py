@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from yarl import URL
 
 from gateway.api.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
+from gateway.api.protocol import ProblemRequestHandler
 from gateway.settings import Settings
 
 if sys.platform != "win32":
@@ -145,7 +146,7 @@ class Connections:
         return False
 
 
-class _GuardedHandler(RequestHandler):
+class _GuardedHandler(ProblemRequestHandler):
     """aiohttp's handler, counted against the site's cap, with a header deadline."""
 
     __slots__ = ("_admitted", "_connections", "_header_due", "_header_timer")

@@ -3,7 +3,8 @@
 aiohttp refuses some requests while parsing them, before routing and before any middleware: a
 request line or header over its limits, malformed HTTP, an unsupported method. Its own answer is
 text/plain; here it is an RFC 9457 problem document like every other error, with the same
-status (``ProblemRunner`` serves the app with ``ProblemRequestHandler``).
+status (``gateway.api.connections.GuardedSite`` serves every connection with a handler derived
+from ``ProblemRequestHandler``).
 
 Invariant: the status, the logging and the closing of the connection are aiohttp's own; only the
 body changes. A 500's detail names nothing internal.
@@ -19,7 +20,7 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.api.problems import problem_response
 
-__all__ = ["ProblemRequestHandler", "ProblemRunner"]
+__all__ = ["ProblemRequestHandler"]
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -46,17 +47,3 @@ class ProblemRequestHandler(RequestHandler):
         )
         response.force_close()
         return response
-
-
-class _ProblemServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class ProblemRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections answer refusals before routing as problem+json."""
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = _ProblemServer  # the same server, handing out ProblemRequestHandlers
-        return server

@@ -1,5 +1,6 @@
 """What the HTTP server refuses before routing (a request line or a header over aiohttp's
-limits, malformed HTTP) is answered as problem+json, like every other error."""
+limits, malformed HTTP) is answered as problem+json, like every other error: through the site
+``muster serve`` listens with."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from gateway.api.protocol import ProblemRunner
+from gateway.api.connections import GuardedSite
 
 
 @pytest.fixture
@@ -20,13 +21,12 @@ async def port() -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/", hello)
-    runner = ProblemRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = GuardedSite(runner, "127.0.0.1", 0, header_timeout=10, max_connections=16)
     await site.start()
-    server = site._server
-    assert server is not None
-    yield server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
+    yield port
     await runner.cleanup()
 
 

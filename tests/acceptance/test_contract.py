@@ -1,0 +1,85 @@
+"""The contract: Schemathesis runs every check (examples, fuzzing and the stateful phase that
+follows the document's links) against a real ``muster serve`` with two tenants, and finds no
+failure. The accepted exceptions are in ``schemathesis.toml``, each with its reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.gateway_process import GatewayProcess, admin_token, bearer, write_nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+QUOTA = {"cpu": "64", "memory": "256Gi", "gpu": 8, "max_running_jobs": 10, "max_queued_jobs": 50}
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    # Under /tmp: the embedded PostgreSQL's own user must reach the data directory.
+    data = Path(tempfile.mkdtemp(prefix="mst-", dir="/tmp"))
+    data.chmod(0o755)
+    nodes = write_nodes(data / "nodes.yaml", count=2, cpu=32, memory_gi=128)
+    process = GatewayProcess(
+        {
+            "MUSTER_DATA_DIR": str(data / "data"),
+            "MUSTER_BACKEND": "static",
+            "MUSTER_NODES_FILE": str(nodes),
+        }
+    )
+    url = process.start()
+    try:
+        for name in ("search", "ads"):
+            body = json.dumps({"namespace": f"team-{name}", "quota": QUOTA}).encode()
+            request = urllib.request.Request(
+                f"{url}/v1/admin/tenants/{name}",
+                data=body,
+                method="PUT",
+                headers={**bearer(), "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 201
+        yield url
+    finally:
+        process.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_schemathesis_finds_no_failure_with_every_check(gateway: str) -> None:
+    st = shutil.which("st") or str(Path(sys.executable).parent / "st")
+    result = subprocess.run(
+        [
+            st,
+            "--no-color",
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
+            "run",
+            f"{gateway}/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,fuzzing,stateful",
+            "--header",
+            f"Authorization: Bearer {admin_token()}",
+            "--workers",
+            "2",
+            "--max-time",
+            "120",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    report = result.stdout[-20000:] + result.stderr[-4000:]
+    assert result.returncode == 0, report
+    assert "Stateful" in result.stdout, report
