@@ -24,15 +24,19 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gateway.cli_token import own_token
 from gateway.client import Client, load_documents
 from gateway.domain.jobs.kubeflow import MANIFEST_KINDS
 from gateway.domain.lifecycle.states import JobState
+from gateway.domain.resources import QuantityError, memory_bytes
 from gateway.errors import (
     ApiProblem,
     BadDocument,
@@ -43,7 +47,12 @@ from gateway.errors import (
 )
 from gateway.settings import DEFAULT_URL, ClientSettings
 
-Command = Callable[[Client, argparse.Namespace], None]
+Command = Callable[[Client, argparse.Namespace], int | None]
+ID_HELP = "the job's id, or any start of it that no other job's id shares (as `muster jobs` shows)"
+#: What ``muster submit --wait`` exits with, by the job's end.
+WAIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
+WAIT_TIMED_OUT = 4
+WAIT_POLL_SECONDS = 0.5
 
 
 EVENTS_SHOWN = 10
@@ -65,7 +74,16 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--token", help="bearer token sent with every request [env MUSTER_TOKEN]"
     )
     as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print the API's JSON instead")
+    as_json.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table (default), or the API's answer as json or yaml",
+    )
+    as_json.add_argument(
+        "--json", dest="output", action="store_const", const="json", help="the same as -o json"
+    )
 
     def command(
         name: str, handler: Command, summary: str, *, with_json: bool = False
@@ -87,6 +105,18 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="a spec, YAML (documents separated by ---) or JSON; - reads stdin",
     )
     submit.add_argument("--tenant", help="the tenant, for a spec or manifest that names none")
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job to its end, printing each change of state; exit 0 when it "
+        "succeeded, 1 when it failed, 3 when it was cancelled, 4 when --timeout passed first",
+    )
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --wait, stop waiting after SECONDS (the job goes on)",
+    )
     submit.add_argument(
         "--idempotency-key",
         metavar="KEY",
@@ -114,15 +144,15 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     status = command(
         "status", _status, "show one job: state, queue place, replicas, events", with_json=True
     )
-    status.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+    status.add_argument("id", metavar="ID", help=ID_HELP)
 
     logs_ = command("logs", _logs, "print a job's logs")
-    logs_.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+    logs_.add_argument("id", metavar="ID", help=ID_HELP)
     logs_.add_argument("--replica", metavar="REPLICA", help="one replica, such as worker-0")
     logs_.add_argument("--follow", "-f", action="store_true", help="keep printing as logs grow")
 
     cancel = command("cancel", _cancel, "cancel a job (its pods are deleted)")
-    cancel.add_argument("id", metavar="ID", help="the job's id (the full UUID)")
+    cancel.add_argument("id", metavar="ID", help=ID_HELP)
 
     about = "list tenants: quota, usage, priority ceiling, cohort, what they borrow and lend"
     command("tenants", _tenants, about, with_json=True)
@@ -147,7 +177,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 # --- the client commands ------------------------------------------------------------------------
 
 
-def _submit(client: Client, args: argparse.Namespace) -> None:
+def _submit(client: Client, args: argparse.Namespace) -> int | None:
     documents: list[tuple[str, dict[str, Any]]] = []
     for file in args.files:
         source = "standard input" if file == "-" else file
@@ -162,12 +192,14 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
     # A TFJob or PyTorchJob has no tenant field: it travels in the query.
     manifests = any(d.get("kind") in MANIFEST_KINDS for _, d in documents)
     query_tenant = args.tenant if manifests else None
+    if args.wait and len(documents) != 1:
+        raise BadDocument("--wait follows one job: give one spec or manifest")
     if len(documents) == 1:
         job = client.submit_job(
             documents[0][1], tenant=query_tenant, idempotency_key=args.idempotency_key
         )
         print(f"submitted {job['name']} as {job['id']} ({job['state']})")
-        return
+        return _wait(client, job, args.timeout) if args.wait else None
     key = args.idempotency_key
     if key is not None and len(f"{key}-{len(documents)}") > MAX_KEY_LENGTH:
         raise BadDocument(
@@ -198,6 +230,29 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
             print("\n".join(lines), file=sys.stderr)
     if refused:
         raise JobsRefused(f"{refused} of {len(documents)} jobs were not submitted")
+    return None
+
+
+def _wait(client: Client, job: Mapping[str, Any], timeout: float | None) -> int:
+    """Follow ``job`` to its end, printing each state it reaches (with its reason); the exit
+    code of its outcome (``WAIT_CODES``), or ``WAIT_TIMED_OUT``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = (job["state"], job.get("reason"))
+    while job["state"] not in WAIT_CODES:
+        if deadline is not None and time.monotonic() >= deadline:
+            print(
+                f"muster: still {job['state']} after {timeout:g} s; not waiting any more",
+                file=sys.stderr,
+            )
+            return WAIT_TIMED_OUT
+        time.sleep(WAIT_POLL_SECONDS)
+        job = client.get_job(job["id"])
+        now = (job["state"], job.get("reason"))
+        if now != shown:
+            shown = now
+            why = f" ({job['reason']}: {job['message']})" if job.get("reason") else ""
+            print(f"{job['name']}: {job['state']}{why}", flush=True)
+    return WAIT_CODES[job["state"]]
 
 
 def _batches(items: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -234,8 +289,8 @@ def _jobs(client: Client, args: argparse.Namespace) -> None:
     while args.all and page["next_cursor"]:
         page = client.list_jobs(**query, cursor=page["next_cursor"])
         items += page["items"]
-    if args.json:
-        _print_json({"items": items, "next_cursor": page["next_cursor"]})
+    if args.output != "table":
+        _emit(args.output, {"items": items, "next_cursor": page["next_cursor"]})
         return
     now = datetime.now(UTC)
     rows = [
@@ -256,9 +311,9 @@ def _jobs(client: Client, args: argparse.Namespace) -> None:
 
 
 def _status(client: Client, args: argparse.Namespace) -> None:
-    job = client.get_job(args.id)
-    if args.json:
-        _print_json(job)
+    job = client.get_job(client.resolve_id(args.id))
+    if args.output != "table":
+        _emit(args.output, job)
         return
     events = client.job_events(job["id"])["items"]
     now = datetime.now(UTC)
@@ -317,7 +372,7 @@ def _replica_row(item: tuple[str, Mapping[str, Any]]) -> tuple[str, ...]:
         role,
         str(spec.get("count", 1)),
         _number(resources.get("cpu", "1")),
-        _number(resources.get("memory", "1Gi")),
+        _memory(resources.get("memory", "1Gi")),
         _number(resources.get("gpu", 0)),
         str(spec.get("image", "-")),
     )
@@ -326,7 +381,8 @@ def _replica_row(item: tuple[str, Mapping[str, Any]]) -> tuple[str, ...]:
 def _logs(client: Client, args: argparse.Namespace) -> None:
     out = sys.stdout.buffer
     try:
-        for chunk in client.job_logs(args.id, replica=args.replica, follow=args.follow):
+        job_id = client.resolve_id(args.id)
+        for chunk in client.job_logs(job_id, replica=args.replica, follow=args.follow):
             out.write(chunk)
             out.flush()
     except ApiProblem as exc:
@@ -339,7 +395,7 @@ def _logs(client: Client, args: argparse.Namespace) -> None:
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> None:
-    job = client.cancel_job(args.id)
+    job = client.cancel_job(client.resolve_id(args.id))
     print(f"cancelled {job['name']} ({job['id']})")
 
 
@@ -351,8 +407,8 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
         except ApiProblem as exc:
             if exc.status != 404:  # 404: deleted since the list was read; leave it out
                 raise
-    if args.json:
-        _print_json({"items": tenants})
+    if args.output != "table":
+        _emit(args.output, {"items": tenants})
         return
     rows = []
     for tenant in tenants:
@@ -391,8 +447,8 @@ def _tenants(client: Client, args: argparse.Namespace) -> None:
 
 def _cohorts(client: Client, args: argparse.Namespace) -> None:
     cohorts = client.list_cohorts()
-    if args.json:
-        _print_json(cohorts)
+    if args.output != "table":
+        _emit(args.output, cohorts)
         return
     rows = [
         (c["name"], ",".join(c["members"]) or "-", c.get("description") or "")
@@ -403,8 +459,8 @@ def _cohorts(client: Client, args: argparse.Namespace) -> None:
 
 def _cohort(client: Client, args: argparse.Namespace) -> None:
     status = client.cohort_status(args.name)
-    if args.json:
-        _print_json(status)
+    if args.output != "table":
+        _emit(args.output, status)
         return
     rows = [
         (
@@ -424,8 +480,8 @@ def _cohort(client: Client, args: argparse.Namespace) -> None:
 
 def _priority_classes(client: Client, args: argparse.Namespace) -> None:
     classes = client.list_priority_classes()
-    if args.json:
-        _print_json(classes)
+    if args.output != "table":
+        _emit(args.output, classes)
         return
     rows = [
         (
@@ -443,7 +499,7 @@ def _priority_classes(client: Client, args: argparse.Namespace) -> None:
 def _amounts(amounts: dict[str, Any] | None) -> str:
     """``{"cpu": "2", "memory": "0", "gpu": 1}`` -> ``cpu=2,gpu=1``; ``-`` when none is held."""
     held = [
-        f"{key}={_number(amounts[key])}"
+        f"{key}={_memory(amounts[key]) if key == 'memory' else _number(amounts[key])}"
         for key in ("cpu", "memory", "gpu")
         if amounts and amounts.get(key) not in (None, 0, "0")
     ]
@@ -480,6 +536,22 @@ def _when(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _memory(value: object) -> str:
+    """A memory quantity as people write it: ``24683792Ki`` -> ``23.5Gi`` (one decimal at
+    most, in the largest binary unit it reaches); what does not parse is shown as given."""
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        return str(value)
+    try:
+        amount = memory_bytes(value)
+    except QuantityError:
+        return str(value)
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if amount >= size:
+            shown = f"{amount / size:.1f}".removesuffix(".0")
+            return f"{shown}{unit}"
+    return str(amount)
+
+
 def _number(value: object) -> str:
     """A quantity as the API gave it, with ``2.0`` shown as ``2``."""
     if isinstance(value, float) and value.is_integer():
@@ -487,8 +559,12 @@ def _number(value: object) -> str:
     return str(value)
 
 
-def _print_json(value: object) -> None:
-    print(json.dumps(value, indent=2))
+def _emit(output: str, value: object) -> None:
+    """The API's answer as it is, in JSON or YAML (the client's models read either back)."""
+    if output == "yaml":
+        print(yaml.safe_dump(value, sort_keys=False, allow_unicode=True), end="")
+    else:
+        print(json.dumps(value, indent=2))
 
 
 def run_client(args: argparse.Namespace) -> int:
@@ -497,7 +573,7 @@ def run_client(args: argparse.Namespace) -> int:
         settings = ClientSettings.load(os.environ, url=args.url, token=args.token)
         if settings.token is None:
             settings = dataclasses.replace(settings, token=own_token(settings.url))
-        args.handler(Client(settings), args)
+        code = args.handler(Client(settings), args)
     except (ConfigError, Unproven) as exc:
         print(f"muster: {exc}", file=sys.stderr)
         return 2
@@ -530,4 +606,4 @@ def run_client(args: argparse.Namespace) -> int:
         # the interpreter's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    return code or 0

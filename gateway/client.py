@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,11 +23,13 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 
+from gateway.domain.names import ID_PREFIX
 from gateway.errors import ApiProblem, BadDocument, Unreachable
 from gateway.settings import ClientSettings
 
 TIMEOUT = 30.0
 CHUNK = 64 * 1024
+FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Query = Mapping[str, str | int | None]
 
@@ -207,9 +210,35 @@ class Client:
         label: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        id_prefix: str | None = None,
     ) -> Any:
-        query = {"tenant": tenant, "state": state, "label": label, "limit": limit, "cursor": cursor}
+        query = {
+            "tenant": tenant,
+            "state": state,
+            "label": label,
+            "limit": limit,
+            "cursor": cursor,
+            "id_prefix": id_prefix,
+        }
         return self._json("GET", "/v1/jobs", query=query)
+
+    def resolve_id(self, given: str) -> str:
+        """The id of the one job whose id starts with ``given`` (a full id is itself): a
+        ``BadDocument`` naming the problem when none does or several do."""
+        text = given.strip().lower()
+        if FULL_ID.fullmatch(text):
+            return text
+        if not ID_PREFIX.fullmatch(text):
+            raise BadDocument(f"{given!r} is not a job id or the start of one (hex digits and -)")
+        found = [job["id"] for job in self.list_jobs(id_prefix=text, limit=2)["items"]]
+        if not found:
+            raise BadDocument(f"no job you may see has an id starting with {given!r}")
+        if len(found) > 1:
+            raise BadDocument(
+                f"{given!r} is ambiguous: it starts {found[0]} and {found[1]} (at least); give "
+                "more of the id"
+            )
+        return str(found[0])
 
     def get_job(self, job_id: str) -> Any:
         return self._json("GET", f"/v1/jobs/{quote(job_id, safe='')}")

@@ -30,6 +30,7 @@ builds each handler with (``Server.__call__``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import sys
@@ -43,6 +44,7 @@ from yarl import URL
 
 from gateway.api.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from gateway.api.protocol import ProblemRequestHandler
+from gateway.errors import ConfigError
 from gateway.settings import Settings
 
 if sys.platform != "win32":
@@ -245,6 +247,14 @@ class GuardedSite(web.BaseSite):
         def handler() -> RequestHandler:
             return _GuardedHandler(server, connections, loop=loop, **kwargs)
 
-        self._server = await loop.create_server(
-            handler, self._host, self._port, backlog=self._backlog
-        )
+        try:
+            self._server = await loop.create_server(
+                handler, self._host, self._port, backlog=self._backlog
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {self._port} on {self._host} is taken (another muster serve?); choose "
+                    "another with --port or MUSTER_PORT, or stop what listens there"
+                ) from exc
+            raise ConfigError(f"cannot listen on {self._host}:{self._port}: {exc}") from exc

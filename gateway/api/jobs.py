@@ -32,7 +32,7 @@ from gateway.domain.jobs.pods import pod_name, pod_requests
 from gateway.domain.jobs.policy import needs_policy, policy_problems
 from gateway.domain.jobs.spec import JobSpec, from_document
 from gateway.domain.lifecycle.states import JobState
-from gateway.domain.names import DNS_1123_LABEL, IDEMPOTENCY_KEY, LABEL_SELECTOR
+from gateway.domain.names import DNS_1123_LABEL, ID_PREFIX, IDEMPOTENCY_KEY, LABEL_SELECTOR
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.reasons import never_fits_nodes
@@ -182,7 +182,7 @@ async def _pod_problems(request: web.Request, spec: JobSpec) -> list[FieldProble
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query
-    unknown = sorted(set(query) - {"state", "tenant", "label", "limit", "cursor"})
+    unknown = sorted(set(query) - {"state", "tenant", "label", "limit", "cursor", "id_prefix"})
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     state = None
@@ -195,6 +195,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             ) from exc
     limit = page_limit(query.get("limit"))
     after = job_store.decode_cursor(query["cursor"]) if "cursor" in query else None
+    id_prefix = query.get("id_prefix")
+    if id_prefix is not None and not ID_PREFIX.fullmatch(id_prefix):
+        raise BadRequest(f"id_prefix {id_prefix!r} is not the start of a job id (hex and -)")
     page = await job_store.list_jobs(
         request.app[ENGINE],
         state=state,
@@ -203,6 +206,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         labels=parse_selector(query.get("label", "")),
         limit=limit,
         after=after,
+        id_prefix=id_prefix,
     )
     return json_response(
         {"items": [job_view(job) for job in page.items], "next_cursor": page.next_cursor}

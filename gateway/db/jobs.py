@@ -88,10 +88,12 @@ async def list_jobs(
     limit: int,
     after: int | None,
     tenants: Collection[str] | None = None,
+    id_prefix: str | None = None,
 ) -> Page:
     """One page in submit order (``seq``), which never changes, so cursors stay valid.
 
-    ``tenants`` limits the page to those tenants' jobs (None: every tenant's)."""
+    ``tenants`` limits the page to those tenants' jobs (None: every tenant's); ``id_prefix`` to
+    jobs whose id starts with it (how the CLI takes a short id)."""
     clauses = ["TRUE"]
     params: dict[str, Any] = {"limit": limit + 1}
     if tenants is not None:
@@ -109,6 +111,10 @@ async def list_jobs(
     if after is not None:
         clauses.append("seq > :after")
         params["after"] = after
+    if id_prefix is not None:
+        # A range over the uuid's text: the prefix padded with the lowest and highest digits.
+        clauses.append("CAST(id AS text) LIKE :id_prefix")
+        params["id_prefix"] = id_prefix.lower() + "%"
     query = text(
         f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT :limit"
     )

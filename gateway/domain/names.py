@@ -27,6 +27,8 @@ LABEL_KEY = re.compile(
 LABEL_VALUE = re.compile(rf"^({_LABEL_NAME})?$")
 _LABEL_PREFIX = r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
 _SELECTOR_TERM = rf"{_LABEL_PREFIX}{_LABEL_NAME}==?({_LABEL_NAME})?"
+#: The start of a job id, as the CLI takes a short one (the OpenAPI ``id_prefix`` pattern).
+ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 #: An Idempotency-Key: 1 to 255 printable ASCII characters (the OpenAPI document's pattern).
 IDEMPOTENCY_KEY = re.compile(r"[ -~]{1,255}")
 #: A label selector of equality terms, ``team=ranking,tier==gold``: the API's ``label`` query

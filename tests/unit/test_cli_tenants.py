@@ -58,7 +58,7 @@ def test_the_table_shows_the_cohort_and_what_each_tenant_borrows_and_lends(
         ]
     )
 
-    _tenants(client, argparse.Namespace(json=False))  # type: ignore[arg-type]
+    _tenants(client, argparse.Namespace(output="table"))  # type: ignore[arg-type]
 
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split()[-3:] == ["COHORT", "BORROWED", "LENT"]
