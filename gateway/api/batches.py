@@ -112,7 +112,9 @@ def _check_keys(items: Sequence[dict[str, Any]]) -> None:
             continue
         where = f"/jobs/{index}/idempotency_key"
         if not idempotency_key_ok(key):
-            problems.append(FieldProblem(pointer=where, detail="must be printable characters"))
+            problems.append(
+                FieldProblem(pointer=where, detail="must be 1 to 255 printable ASCII characters")
+            )
         elif key in first:
             problems.append(
                 FieldProblem(

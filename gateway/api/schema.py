@@ -165,5 +165,18 @@ def _message(error: ValidationError) -> str:
     if kind == "minProperties":
         return f"must have at least {value} entries"
     if kind == "pattern":
-        return f"must match {value}"
+        return PATTERN_WORDS.get(value, f"must match {value}")
     return str(error.message)
+
+
+#: What the document's patterns ask for, in words (a regular expression is no message).
+PATTERN_WORDS = {
+    "^[ -~]{1,255}$": "must be 1 to 255 printable ASCII characters",
+    "^[^\\x00]*$": "must not contain a NUL character (U+0000), which cannot be stored",
+    "^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$": "must be a DNS-1035 label: lower-case letters, digits "
+    "and '-', starting with a letter, at most 63 characters",
+    "^[a-z]([-a-z0-9]{0,18}[a-z0-9])?$": "must be a DNS-1035 label of at most 20 characters",
+    "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "must be a DNS-1123 label: lower-case letters, "
+    "digits and '-', at most 63 characters",
+    "^s[0-9]{1,18}$": "must be a cursor a page gave out (s and digits)",
+}

@@ -312,7 +312,7 @@ async def test_a_batch_that_fails_midway_leaves_none_of_its_jobs_written(
         (
             batch(job_spec("a"), keys=("bell\x07",)),
             "/jobs/0/idempotency_key",
-            "must be printable characters",
+            "must be 1 to 255 printable ASCII characters",
         ),
         ({"jobs": [{"job": job_spec("a")}, {"job": "a"}]}, "/jobs/1/job", "must be of type object"),
         ({"jobs": [{"spec": job_spec("a")}]}, "/jobs/0/job", "is required"),
