@@ -112,6 +112,12 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "succeeded, 1 when it failed, 3 when it was cancelled, 4 when --timeout passed first",
     )
     submit.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing: show what would be stored and whether the next admission cycle "
+        "would admit the job, and if not, why",
+    )
+    submit.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
@@ -192,8 +198,20 @@ def _submit(client: Client, args: argparse.Namespace) -> int | None:
     # A TFJob or PyTorchJob has no tenant field: it travels in the query.
     manifests = any(d.get("kind") in MANIFEST_KINDS for _, d in documents)
     query_tenant = args.tenant if manifests else None
-    if args.wait and len(documents) != 1:
-        raise BadDocument("--wait follows one job: give one spec or manifest")
+    if (args.wait or args.dry_run) and len(documents) != 1:
+        raise BadDocument("--wait and --dry-run take one job: give one spec or manifest")
+    if args.dry_run:
+        answer = client.submit_job(documents[0][1], tenant=query_tenant, dry_run=True)
+        spec, cycle = answer["spec"], answer["next_cycle"]
+        print(f"would store {spec['name']} for tenant {spec['tenant']}:")
+        print(_indent(yaml.safe_dump(spec, sort_keys=False).rstrip()))
+        if cycle["admitted"]:
+            preempting = cycle.get("preempting")
+            extra = f", preempting {preempting} running gang(s)" if preempting else ""
+            print(f"next admission cycle: would admit it now{extra}")
+        else:
+            print(f"next admission cycle: would wait: {cycle['reason']}: {cycle['message']}")
+        return None
     if len(documents) == 1:
         job = client.submit_job(
             documents[0][1], tenant=query_tenant, idempotency_key=args.idempotency_key

@@ -188,12 +188,14 @@ class Client:
         *,
         tenant: str | None = None,
         idempotency_key: str | None = None,
+        dry_run: bool = False,
     ) -> Any:
-        """POST /v1/jobs; ``tenant`` goes in the query (the way a TFJob names its tenant)."""
+        """POST /v1/jobs; ``tenant`` goes in the query (the way a TFJob names its tenant). A
+        ``dry_run`` writes nothing and answers what would be stored and what the next
+        admission cycle would do with the job."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return self._json(
-            "POST", "/v1/jobs", query={"tenant": tenant}, body=document, headers=headers
-        )
+        query = {"tenant": tenant, "dry_run": "true" if dry_run else None}
+        return self._json("POST", "/v1/jobs", query=query, body=document, headers=headers)
 
     def submit_batch(self, items: Sequence[Mapping[str, Any]], *, tenant: str | None = None) -> Any:
         """POST /v1/jobs:batch: ``items`` are ``{"job": ..., "idempotency_key": ...}`` (at most

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api.context import ENGINE, INVENTORY, SETTINGS
 from gateway.db.admission import preview
-from gateway.domain.scheduling.queueing import AdmissionPlan
+from gateway.domain.scheduling.queueing import AdmissionPlan, PendingJob
 from gateway.errors import BadRequest
 
 T = TypeVar("T")
@@ -37,6 +37,26 @@ def dry_run(request: web.Request) -> bool:
     if value == "true":
         return True
     raise BadRequest(f"dry_run must be true or false, not {value[:64]!r}")
+
+
+async def next_cycle_with(request: web.Request, job: PendingJob) -> AdmissionPlan:
+    """What the next admission cycle would decide were ``job`` queued now (nothing written)."""
+    settings = request.app[SETTINGS].admission
+    nodes = await request.app[INVENTORY].nodes()
+    async with request.app[ENGINE].connect() as conn:
+        await conn.begin()
+        try:
+            return await preview(
+                conn,
+                nodes,
+                now=time.time(),
+                starvation_seconds=settings.starvation_seconds,
+                backfill=settings.backfill,
+                min_runtime_seconds=settings.preemption_min_runtime,
+                extra=(job,),
+            )
+        finally:
+            await conn.rollback()
 
 
 async def rehearse(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -20,9 +22,11 @@ from gateway.api.context import (
     SPEC_LIMITS,
     SUBMITS,
 )
+from gateway.api.dry_run import dry_run, next_cycle_with
 from gateway.api.paging import page_limit, tenant_filter
 from gateway.api.serializers import event_view, job_view, json_response
 from gateway.db import jobs as job_store
+from gateway.db import priority_classes as class_store
 from gateway.db import tenants as tenant_store
 from gateway.db.submits import never_runs, request_hash
 from gateway.domain.access import Action
@@ -30,12 +34,14 @@ from gateway.domain.jobs.check import check_job_spec
 from gateway.domain.jobs.kubeflow import manifest_kind, relocate_problems, translate_manifest
 from gateway.domain.jobs.pods import pod_name, pod_requests
 from gateway.domain.jobs.policy import needs_policy, policy_problems
-from gateway.domain.jobs.spec import JobSpec, from_document
+from gateway.domain.jobs.spec import JobSpec, from_document, to_document
 from gateway.domain.lifecycle.states import JobState
 from gateway.domain.names import DNS_1123_LABEL, ID_PREFIX, IDEMPOTENCY_KEY, LABEL_SELECTOR
 from gateway.domain.problems import FieldProblem
 from gateway.domain.scheduling.nodes import PodRequest
-from gateway.domain.scheduling.reasons import never_fits_nodes
+from gateway.domain.scheduling.priority import resolve as resolve_priority
+from gateway.domain.scheduling.queueing import PendingJob
+from gateway.domain.scheduling.reasons import never_fits_nodes, never_fits_quota
 from gateway.errors import BadRequest, ClientError, Forbidden, NotFound, ValidationFailed
 
 routes = web.RouteTableDef()
@@ -47,9 +53,11 @@ async def submit_job(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not idempotency_key_ok(key):
         raise BadRequest("Idempotency-Key must be 1 to 255 printable ASCII characters")
-    check_submit_query(request)
+    check_submit_query(request, allowed=("tenant", "dry_run"))
     require_role(request)
     checked = await check_submit(request, body)
+    if dry_run(request):
+        return await _dry_run(request, checked)
     try:
         submitted = await request.app[SUBMITS].submit(
             checked.spec,
@@ -71,9 +79,68 @@ async def submit_job(request: web.Request) -> web.Response:
     )
 
 
-def check_submit_query(request: web.Request) -> None:
-    """A submit's query: only ``tenant``, a DNS-1123 label (as the OpenAPI document says)."""
-    unknown = sorted(set(request.query) - {"tenant"})
+async def _dry_run(request: web.Request, checked: CheckedSubmit) -> web.Response:
+    """What a submit would store and what the next admission cycle would do with the job, and
+    nothing written: the submit's checks, then its tenant's (the priority it would run at,
+    whether its quota could ever hold the job), then a plan of the next cycle with the job
+    queued. A name a live job holds is found only by the submit itself (409)."""
+    spec = checked.spec
+    try:
+        tenant = await tenant_store.get(request.app[ENGINE], spec.tenant)
+    except NotFound as exc:
+        raise checked.refusal(
+            ValidationFailed([FieldProblem(pointer="/tenant", detail=str(exc))])
+        ) from exc
+    settings = tenant.settings
+    granted = None
+    if spec.priority_class is not None and spec.priority_class in settings.priority_classes:
+        try:
+            record = await class_store.get(request.app[ENGINE], spec.priority_class)
+            granted = record.priority_class
+        except NotFound:
+            granted = None
+    resolved = resolve_priority(
+        tenant=spec.tenant,
+        ceiling=settings.max_priority,
+        priority=spec.priority,
+        priority_class=spec.priority_class,
+        granted=granted,
+    )
+    if isinstance(resolved, FieldProblem):
+        raise checked.refusal(ValidationFailed([resolved]))
+    impossible = never_fits_quota(settings.quota, spec.total(), settings.cohort)
+    if impossible:
+        raise checked.refusal(never_runs(impossible))
+    stored = replace(spec, priority=resolved.priority)
+    job = PendingJob(
+        id=str(uuid.uuid4()),
+        tenant=spec.tenant,
+        priority=resolved.priority,
+        submitted_at=time.time(),
+        pods=checked.pods,
+        preemptible=resolved.preemptible,
+    )
+    decided = await next_cycle_with(request, job)
+    admitted = any(a.job_id == job.id for a in decided.admitted)
+    waiting = next((w for w in decided.waiting if w.job_id == job.id), None)
+    cycle: dict[str, Any] = {"admitted": admitted}
+    if waiting is not None:
+        cycle |= {"reason": waiting.reason.value, "message": waiting.message}
+    elif not admitted:
+        cycle |= {
+            "reason": "Queued",
+            "message": "behind its tenant's first job and the backfill window",
+        }
+    preempting = [p.job_id for p in decided.preempted if p.preemptor == job.id]
+    if preempting:
+        cycle["preempting"] = len(preempting)
+    return json_response({"dry_run": True, "spec": to_document(stored), "next_cycle": cycle})
+
+
+def check_submit_query(request: web.Request, allowed: tuple[str, ...] = ("tenant",)) -> None:
+    """A submit's query: only ``allowed`` names; ``tenant`` a DNS-1123 label (as the OpenAPI
+    document says)."""
+    unknown = sorted(set(request.query) - set(allowed))
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     tenant = request.query.get("tenant")

@@ -506,12 +506,16 @@ async def preview(
     starvation_seconds: float,
     backfill: int = DEFAULT_BACKFILL,
     min_runtime_seconds: float = 0.0,
+    extra: Sequence[PendingJob] = (),
 ) -> AdmissionPlan:
     """What the next admission cycle would decide on what ``conn``'s transaction sees (a dry
-    run: the caller changed settings in it and rolls it back). The queue is read whole, as a
-    new leader reads it; nothing is written."""
+    run: the caller changed settings in it and rolls it back), with ``extra`` jobs queued
+    besides (a submit's dry run). The queue is read whole, as a new leader reads it; nothing is
+    written."""
     queue = LeaderQueue()
     await queue.catch_up(conn)
+    for job in extra:
+        queue.jobs.put(job)
     snapshot = await load_snapshot(
         conn,
         nodes,

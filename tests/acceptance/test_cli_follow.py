@@ -225,3 +225,55 @@ def test_a_second_serve_on_a_taken_port_says_so_in_one_line(served: tuple[str, P
     finally:
         _stop_leftover_postgres(other)
         shutil.rmtree(other, ignore_errors=True)
+
+
+# -- submit --dry-run ------------------------------------------------------------------------------
+
+
+def _tight_tenant(url: str) -> None:
+    quota = {**QUOTA, "cpu": "500m", "max_running_jobs": 10}
+    status, _ = _request("PUT", f"{url}/v1/admin/tenants/tight", {"quota": quota})
+    assert status in (200, 201)
+
+
+def _job_count(url: str) -> int:
+    return len(_request("GET", f"{url}/v1/jobs?limit=500")[1]["items"])
+
+
+def test_submit_dry_run_shows_a_job_that_fits_now_and_writes_nothing(
+    gateway: str, tmp_path: Path
+) -> None:
+    before = _job_count(gateway)
+    path = _submit_file(tmp_path, spec("dry-fits", ["sleep", "600"]))
+    result = muster("submit", path, "--dry-run", url=gateway)
+    assert result.returncode == 0, result.stderr
+    assert "would store dry-fits for tenant acme:" in result.stdout
+    assert "next admission cycle: would admit it now" in result.stdout
+    assert _job_count(gateway) == before
+
+
+def test_submit_dry_run_says_why_a_job_would_wait_for_quota(gateway: str, tmp_path: Path) -> None:
+    _tight_tenant(gateway)
+    holder = {**spec("tight-holder", ["sleep", "600"]), "tenant": "tight"}
+    holder["replicas"]["worker"]["resources"]["cpu"] = "400m"
+    submitted(gateway, holder)
+    deadline = time.monotonic() + 15
+    while _request("GET", f"{gateway}/v1/tenants/tight")[1]["usage"]["cpu"] in ("0", 0):
+        assert time.monotonic() < deadline, "the holder was never admitted"
+        time.sleep(0.2)
+    waiting = {**spec("tight-second", ["sleep", "600"]), "tenant": "tight"}
+    waiting["replicas"]["worker"]["resources"]["cpu"] = "400m"
+    result = muster("submit", _submit_file(tmp_path, waiting), "--dry-run", url=gateway)
+    assert result.returncode == 0, result.stderr
+    assert "next admission cycle: would wait: WaitingForQuota: needs 0.4 CPUs" in result.stdout
+
+
+def test_submit_dry_run_refuses_a_job_that_can_never_run(gateway: str, tmp_path: Path) -> None:
+    _tight_tenant(gateway)
+    before = _job_count(gateway)
+    never = {**spec("tight-never", ["true"]), "tenant": "tight"}
+    never["replicas"]["worker"]["resources"]["cpu"] = "2"
+    result = muster("submit", _submit_file(tmp_path, never), "--dry-run", url=gateway)
+    assert result.returncode == 1
+    assert "the job can never run" in result.stderr
+    assert _job_count(gateway) == before
