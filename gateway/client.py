@@ -1,4 +1,15 @@
-"""A small synchronous client of the Muster API, for the ``muster`` client commands.
+"""Muster's Python client (synchronous), which the ``muster`` client commands are built on.
+
+``Client`` has the API's calls, returning its JSON as it is, and on top of them what a service
+that calls Muster needs, with the typed models of ``gateway.client_models``:
+
+- ``submit`` sends a job with an Idempotency-Key (its own, or a fresh one) and retries a request
+  that broke off or met 429/502/503/504 with the same key, so a retry never makes a second job;
+- ``job`` reads one; ``wait`` follows one to its end, or raises ``WaitTimedOut`` at its timeout;
+- ``events`` iterates over ``GET /v1/events`` and, when the connection drops, resumes after the
+  last event it gave (Last-Event-ID): nothing is lost, nothing repeated.
+
+``gateway.async_client.AsyncClient`` offers the same on asyncio.
 
 It speaks plain ``urllib`` so that ``muster jobs`` starts fast and imports nothing of the server.
 Every failure leaves this module as ``gateway.errors.BadDocument`` or one of the
@@ -15,19 +26,26 @@ import http.client
 import ipaddress
 import json
 import re
+import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 
+from gateway.client_models import Job, JobEvent, SubmitResult
 from gateway.domain.names import ID_PREFIX
-from gateway.errors import ApiProblem, BadDocument, Unreachable
+from gateway.errors import ApiProblem, BadDocument, Unreachable, WaitTimedOut
 from gateway.settings import ClientSettings
 
 TIMEOUT = 30.0
+#: Answers a submit is retried after (with the same Idempotency-Key).
+RETRIED = frozenset({429, 502, 503, 504})
+RETRIES = 4
+RETRY_FIRST_SECONDS = 0.5
 CHUNK = 64 * 1024
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -163,6 +181,9 @@ class Client:
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._json_status(method, path, **kwargs)[0]
+
+    def _json_status(self, method: str, path: str, **kwargs: Any) -> tuple[Any, int]:
         response = self._open(method, path, **kwargs)
         try:
             with response:
@@ -170,7 +191,7 @@ class Client:
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(self.url, f"the answer broke off: {exc}") from exc
         try:
-            return json.loads(raw)
+            return json.loads(raw), response.status
         except ValueError as exc:
             raise Unreachable(self.url, f"{method} {path} answered something not JSON") from exc
 
@@ -196,6 +217,87 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         query = {"tenant": tenant, "dry_run": "true" if dry_run else None}
         return self._json("POST", "/v1/jobs", query=query, body=document, headers=headers)
+
+    def submit(
+        self,
+        document: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+        retries: int = RETRIES,
+    ) -> SubmitResult:
+        """Submit one job spec or manifest, retrying a request that broke off or met a busy
+        gateway (429, 502, 503, 504) up to ``retries`` times with the same Idempotency-Key:
+        whichever attempt reached the gateway, there is one job."""
+        key = idempotency_key or f"muster-client-{uuid.uuid4()}"
+        for attempt in range(retries + 1):
+            try:
+                answer, status = self._json_status(
+                    "POST",
+                    "/v1/jobs",
+                    query={"tenant": tenant},
+                    body=document,
+                    headers={"Idempotency-Key": key},
+                )
+            except (Unreachable, ApiProblem) as exc:
+                retry = isinstance(exc, Unreachable) or exc.status in RETRIED
+                if not retry or attempt == retries:
+                    raise
+                time.sleep(RETRY_FIRST_SECONDS * 2**attempt)
+                continue
+            return SubmitResult(
+                job=Job.from_json(answer), created=status == 201, idempotency_key=key
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def job(self, job_id: str) -> Job:
+        return Job.from_json(self.get_job(job_id))
+
+    def wait(self, job_id: str, *, timeout: float, poll: float = 0.5) -> Job:
+        """The job once it has ended; ``WaitTimedOut`` (with the job as last read) if it has not
+        within ``timeout`` seconds. Nothing is cancelled either way."""
+        deadline = time.monotonic() + timeout
+        job = self.job(job_id)
+        while not job.finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimedOut(job, timeout)
+            time.sleep(min(poll, left))
+            job = self.job(job_id)
+        return job
+
+    def events(
+        self,
+        *,
+        tenant: str | None = None,
+        job: str | None = None,
+        after: str | None = None,
+        reconnect_seconds: float = 1.0,
+    ) -> Iterator[JobEvent]:
+        """Every job event from ``GET /v1/events`` (after stream id ``after``, else from the
+        beginning), for ever: a dropped connection is resumed after the last event given."""
+        last = after
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = last
+            try:
+                response = self._open(
+                    "GET",
+                    "/v1/events",
+                    query={"tenant": tenant, "job": job},
+                    headers=headers,
+                    stream=True,
+                )
+                with response:
+                    for event in _sse_events(response):
+                        last = event.stream_id
+                        yield event
+            except Unreachable:
+                pass
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(reconnect_seconds)
 
     def submit_batch(self, items: Sequence[Mapping[str, Any]], *, tenant: str | None = None) -> Any:
         """POST /v1/jobs:batch: ``items`` are ``{"job": ..., "idempotency_key": ...}`` (at most
@@ -285,3 +387,24 @@ class Client:
 
     def tenant_status(self, tenant: str) -> Any:
         return self._json("GET", f"/v1/tenants/{quote(tenant, safe='')}")
+
+
+def _sse_events(response: http.client.HTTPResponse) -> Iterator[JobEvent]:
+    """The events of a Server-Sent Events body, as they arrive (comments and retry hints are
+    skipped); a message without an id or JSON data is skipped too."""
+    fields: dict[str, str] = {}
+    for raw in response:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if line:
+            if not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = fields.get(name, "") + value.removeprefix(" ")
+            continue
+        stream_id, data = fields.get("id"), fields.get("data")
+        fields = {}
+        if stream_id is None or data is None:
+            continue
+        try:
+            yield JobEvent.from_sse(stream_id, json.loads(data))
+        except (ValueError, KeyError):
+            continue

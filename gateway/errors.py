@@ -45,6 +45,7 @@ RFC 9457 problem responses (the status is on the right; anything else is a logge
         ├── ApiProblem               the gateway answered 4xx/5xx (RFC 9457 problem)        exit 1
         ├── Unreachable              no usable answer: refused, unknown host, timeout,      exit 2
         │                            broken connection, not JSON
+        ├── WaitTimedOut             a client's wait(job) ran out of time; .job as last read
         └── Unproven                 the server at a loopback URL did not prove it holds    exit 2
                                      the local issuer's key, so no token of the command's
                                      own was sent
@@ -65,6 +66,7 @@ repositories, which turn them into ``Conflict`` or ``ValidationFailed``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.domain.problems import FieldProblem
 
@@ -336,6 +338,16 @@ class Unreachable(RequestFailed):
         self.url = url
         self.reason = reason
         self.refused = refused
+
+
+class WaitTimedOut(RequestFailed):
+    """A client's ``wait`` ran out of time before the job ended; ``job`` is the job as last read
+    (it goes on: nothing was cancelled)."""
+
+    def __init__(self, job: Any, seconds: float) -> None:
+        super().__init__(f"job {job.name} ({job.id}) is still {job.state} after {seconds:g} s")
+        self.job = job
+        self.seconds = seconds
 
 
 class Unproven(RequestFailed):

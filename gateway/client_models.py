@@ -1,0 +1,99 @@
+"""The typed answers of Muster's Python client (``gateway.client``, ``gateway.async_client``).
+
+Each model is read from the API's JSON by ``from_json`` and keeps that JSON as ``raw``, so a
+field the model does not name is never lost; the fields it names are typed. Models are frozen.
+
+Invariant: ``Job.from_json(job_view_json).raw == job_view_json``; a state outside
+``TERMINAL_STATES`` is one a job can still leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TERMINAL_STATES", "Job", "JobEvent", "SubmitResult"]
+
+#: States a job never leaves.
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Job:
+    """A job as ``GET /v1/jobs/{id}`` answers it."""
+
+    id: str
+    name: str
+    tenant: str
+    state: str
+    attempt: int
+    priority: int
+    reason: str | None = None
+    message: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+    finished_at: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Job:
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            tenant=str(data["tenant"]),
+            state=str(data["state"]),
+            attempt=int(data.get("attempt", 0)),
+            priority=int(data.get("priority", 0)),
+            reason=data.get("reason"),
+            message=data.get("message"),
+            labels=dict(data.get("labels") or {}),
+            spec=dict(data.get("spec") or {}),
+            created_at=data.get("created_at"),
+            finished_at=data.get("finished_at"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SubmitResult:
+    """A submit's answer: the job, and whether this call created it (False: an earlier call
+    with the same Idempotency-Key did, and this is that job)."""
+
+    job: Job
+    created: bool
+    idempotency_key: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobEvent:
+    """One event of ``GET /v1/events``; ``stream_id`` is what a resumed stream starts after."""
+
+    stream_id: str
+    type: str
+    job_id: str
+    tenant: str
+    from_state: str | None = None
+    to_state: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_sse(cls, stream_id: str, data: Mapping[str, Any]) -> JobEvent:
+        return cls(
+            stream_id=stream_id,
+            type=str(data["type"]),
+            job_id=str(data["job_id"]),
+            tenant=str(data.get("tenant", "")),
+            from_state=data.get("from_state"),
+            to_state=data.get("to_state"),
+            reason=data.get("reason"),
+            message=data.get("message"),
+            raw=dict(data),
+        )
