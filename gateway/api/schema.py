@@ -169,6 +169,9 @@ def _message(error: ValidationError) -> str:
     return str(error.message)
 
 
+QUANTITY_PATTERN = (
+    r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
 #: What the document's patterns ask for, in words (a regular expression is no message).
 PATTERN_WORDS = {
     "^[ -~]{1,255}$": "must be 1 to 255 printable ASCII characters",
@@ -179,4 +182,5 @@ PATTERN_WORDS = {
     "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "must be a DNS-1123 label: lower-case letters, "
     "digits and '-', at most 63 characters",
     "^s[0-9]{1,18}$": "must be a cursor a page gave out (s and digits)",
+    QUANTITY_PATTERN: 'must be a Kubernetes quantity such as "500m", "4" or "4Gi"',
 }

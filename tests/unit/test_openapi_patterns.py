@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.api.schema import openapi_document
+from gateway.api.schema import PATTERN_WORDS, openapi_document
 from gateway.db.jobs import CURSOR
 from gateway.domain.names import IDEMPOTENCY_KEY, LABEL_SELECTOR
 
@@ -34,3 +34,16 @@ def test_the_label_selector_pattern_means_equality_terms() -> None:
     assert not pattern.fullmatch(" team=ranking")
     assert not pattern.fullmatch("team!=ranking")
     assert not pattern.fullmatch("team=ranking,")
+
+
+def _patterns(node: object) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["pattern"]} if isinstance(node.get("pattern"), str) else set()
+        return found.union(*(_patterns(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_patterns(value) for value in node))
+    return set()
+
+
+def test_every_pattern_put_in_words_is_one_the_document_uses() -> None:
+    assert set(PATTERN_WORDS) <= _patterns(openapi_document())
