@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(token, only=TOKEN_SETTINGS)
     add_client_commands(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script of every command (bash or zsh)",
+        description="Print the completion script of every muster command and flag for bash or zsh "
+        "(source it, or put it where the shell loads completions).",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -99,9 +106,19 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "handler", None) is not None:
         return run_client(args)
+    if args.command == "completion":
+        import shtab
+
+        try:
+            print(shtab.complete(parser, shell=args.shell))
+        except BrokenPipeError:  # `muster completion bash | head`: the reader went away
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        return 0
     try:
         settings = _settings(args)
         logs.configure(settings.logging.level, settings.logging.format)

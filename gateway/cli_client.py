@@ -53,6 +53,7 @@ ID_HELP = "the job's id, or any start of it that no other job's id shares (as `m
 WAIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
 WAIT_TIMED_OUT = 4
 WAIT_POLL_SECONDS = 0.5
+JOBS_WATCH_SECONDS = 2.0
 
 
 EVENTS_SHOWN = 10
@@ -146,6 +147,25 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="at most N jobs (1-500, default 50; with --all: a page)",
     )
     jobs.add_argument("--all", action="store_true", help="every job, page after page")
+    jobs.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="print the table again whenever it changes (Ctrl-C stops)",
+    )
+
+    events = command(
+        "events", _events, "print job events as they happen (GET /v1/events)", with_json=True
+    )
+    events.add_argument("--tenant", help="only this tenant's events")
+    events.add_argument("--job", metavar="ID", help="only this job's events (" + ID_HELP + ")")
+    events.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new events (a dropped connection resumes where it was); without "
+        "it, print the events recorded so far and stop",
+    )
 
     status = command(
         "status", _status, "show one job: state, queue place, replicas, events", with_json=True
@@ -299,7 +319,54 @@ def _with_tenant(document: dict[str, Any], tenant: str | None, where: str) -> di
     return document
 
 
+def _events(client: Client, args: argparse.Namespace) -> None:
+    job_id = client.resolve_id(args.job) if args.job else None
+    stream = client.events(tenant=args.tenant, job=job_id, follow=args.follow)
+    for event in stream:
+        if args.output != "table":
+            _emit(args.output, {"id": event.stream_id, **event.raw})
+            continue
+        states = "->".join(filter(None, (event.from_state, event.to_state))) or "-"
+        when = _when(str(event.raw.get("created_at"))) if event.raw.get("created_at") else "-"
+        reason = event.reason or "-"
+        print(f"{when}  {event.job_id[:8]}  {event.tenant}  {event.type:<10} {states}  {reason}")
+        sys.stdout.flush()
+
+
 def _jobs(client: Client, args: argparse.Namespace) -> None:
+    if args.watch and args.output == "table":
+        shown = None
+        while True:
+            table = _jobs_table(client, args)
+            if table != shown:
+                shown = table
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                print(f"\n-- {stamp}\n{table}", flush=True)
+            time.sleep(JOBS_WATCH_SECONDS)
+    _jobs_once(client, args)
+
+
+def _jobs_table(client: Client, args: argparse.Namespace) -> str:
+    label = ",".join(args.label) if args.label else None
+    query = {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
+    items = client.list_jobs(**query)["items"]
+    now = datetime.now(UTC)
+    rows = [
+        (
+            job["id"][:8],
+            job["name"],
+            job["tenant"],
+            job["state"],
+            job["reason"] or "-",
+            _age(job["created_at"], now),
+            str(job["queue"]["position"]) if job.get("queue") else "-",
+        )
+        for job in items
+    ]
+    return _table(("ID", "NAME", "TENANT", "STATE", "REASON", "AGE", "QUEUE"), rows)
+
+
+def _jobs_once(client: Client, args: argparse.Namespace) -> None:
     label = ",".join(args.label) if args.label else None
     query = {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
     page = client.list_jobs(**query)

@@ -46,6 +46,8 @@ TIMEOUT = 30.0
 RETRIED = frozenset({429, 502, 503, 504})
 RETRIES = 4
 RETRY_FIRST_SECONDS = 0.5
+#: Without ``follow``, the event stream is read until it has been quiet this long.
+QUIET_SECONDS = 1.0
 CHUNK = 64 * 1024
 FULL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -155,6 +157,7 @@ class Client:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
+        read_timeout: float | None = None,
     ) -> http.client.HTTPResponse:
         params = {key: str(value) for key, value in (query or {}).items() if value is not None}
         url = self.url + path + ("?" + urlencode(params) if params else "")
@@ -168,7 +171,7 @@ class Client:
         for key, value in (headers or {}).items():
             request.add_header(key, value)
         # A stream (a followed log) may stay quiet for hours: no read timeout for it.
-        timeout = None if stream else self.timeout
+        timeout = (read_timeout if stream else self.timeout) or None
         try:
             response: http.client.HTTPResponse = self._opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
@@ -273,9 +276,12 @@ class Client:
         job: str | None = None,
         after: str | None = None,
         reconnect_seconds: float = 1.0,
+        follow: bool = True,
     ) -> Iterator[JobEvent]:
         """Every job event from ``GET /v1/events`` (after stream id ``after``, else from the
-        beginning), for ever: a dropped connection is resumed after the last event given."""
+        beginning), for ever: a dropped connection is resumed after the last event given.
+        Without ``follow``, the events recorded so far: it stops once the stream has been quiet
+        for ``QUIET_SECONDS``."""
         last = after
         while True:
             headers = {"Accept": "text/event-stream"}
@@ -288,15 +294,17 @@ class Client:
                     query={"tenant": tenant, "job": job},
                     headers=headers,
                     stream=True,
+                    read_timeout=None if follow else QUIET_SECONDS,
                 )
                 with response:
                     for event in _sse_events(response):
                         last = event.stream_id
                         yield event
-            except Unreachable:
-                pass
-            except (OSError, http.client.HTTPException):
-                pass
+            except (Unreachable, OSError, http.client.HTTPException) as exc:
+                if not follow and isinstance(exc.__cause__ or exc, TimeoutError):
+                    return
+            if not follow:
+                return
             time.sleep(reconnect_seconds)
 
     def submit_batch(self, items: Sequence[Mapping[str, Any]], *, tenant: str | None = None) -> Any:

@@ -277,3 +277,66 @@ def test_submit_dry_run_refuses_a_job_that_can_never_run(gateway: str, tmp_path:
     assert result.returncode == 1
     assert "the job can never run" in result.stderr
     assert _job_count(gateway) == before
+
+
+# -- events, watch, completion ---------------------------------------------------------------------
+
+
+def test_events_prints_a_jobs_events_recorded_so_far(gateway: str) -> None:
+    job_id = submitted(gateway, spec("evented", ["true"]))
+    printed = muster("events", "--job", job_id[:13], url=gateway)
+    assert printed.returncode == 0, printed.stderr
+    assert re.search(rf"{job_id[:8]}\s+acme\s+submitted", printed.stdout), printed.stdout
+    as_json = muster("events", "--job", job_id, "-o", "json", url=gateway)
+    first = json.loads(as_json.stdout.split("\n}\n")[0] + "\n}")
+    assert (first["job_id"], first["type"]) == (job_id, "submitted")
+
+
+def test_jobs_watch_prints_the_table_until_stopped(gateway: str) -> None:
+    watching = subprocess.Popen(
+        [*MUSTER, "jobs", "--watch"],
+        env=clean_env(MUSTER_URL=gateway),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watching.stdout is not None
+        lines = [watching.stdout.readline() for _ in range(3)]
+        assert lines[1].startswith("-- "), lines
+        assert lines[2].split()[:4] == ["ID", "NAME", "TENANT", "STATE"], lines
+    finally:
+        watching.terminate()
+        watching.communicate(timeout=10)  # closes its pipes
+
+
+def test_status_as_json_reads_back_into_the_clients_model(gateway: str) -> None:
+    job_id = submitted(gateway, spec("modelled", ["sleep", "600"]))
+    shown = muster("status", job_id, "-o", "json", url=gateway)
+    from gateway.client import Client
+    from gateway.client_models import Job
+    from gateway.settings import ClientSettings
+    from tests.acceptance.gateway_process import admin_token
+
+    read = Client(ClientSettings(url=gateway, token=admin_token())).job(job_id)
+    assert Job.from_json(json.loads(shown.stdout)) == read
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_cover_the_commands(shell: str) -> None:
+    result = subprocess.run(
+        [*MUSTER, "completion", shell],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for word in ("submit", "--dry-run", "--wait", "events", "--follow", "status"):
+        assert word in result.stdout
+    if shell == "bash" and shutil.which("bash"):
+        checked = subprocess.run(
+            ["bash", "-n"], input=result.stdout, capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stderr
