@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from gateway.client import RETRIED, RETRIES, RETRY_FIRST_SECONDS
-from gateway.client_models import Job, JobEvent, SubmitResult
+from gateway.client_models import Job, JobEvent, JobRequest, SubmitResult
 from gateway.errors import ApiProblem, Unreachable, WaitTimedOut
 
 __all__ = ["AsyncClient"]
@@ -105,20 +105,21 @@ class AsyncClient:
 
     async def submit(
         self,
-        document: Mapping[str, Any],
+        document: JobRequest | Mapping[str, Any],
         *,
         tenant: str | None = None,
         idempotency_key: str | None = None,
         retries: int = RETRIES,
     ) -> SubmitResult:
         key = idempotency_key or f"muster-client-{uuid.uuid4()}"
+        body = document.to_json() if isinstance(document, JobRequest) else document
         for attempt in range(retries + 1):
             try:
                 data, status = await self._call(
                     "POST",
                     "/v1/jobs",
                     query={"tenant": tenant},
-                    body=document,
+                    body=body,
                     headers={"Idempotency-Key": key},
                 )
             except (Unreachable, ApiProblem) as exc:

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 
-from gateway.client_models import Job, JobEvent, SubmitResult
+from gateway.client_models import Job, JobEvent, JobRequest, SubmitResult
 from gateway.domain.names import ID_PREFIX
 from gateway.errors import ApiProblem, BadDocument, Unreachable, WaitTimedOut
 from gateway.settings import ClientSettings
@@ -223,7 +223,7 @@ class Client:
 
     def submit(
         self,
-        document: Mapping[str, Any],
+        document: JobRequest | Mapping[str, Any],
         *,
         tenant: str | None = None,
         idempotency_key: str | None = None,
@@ -233,13 +233,14 @@ class Client:
         gateway (429, 502, 503, 504) up to ``retries`` times with the same Idempotency-Key:
         whichever attempt reached the gateway, there is one job."""
         key = idempotency_key or f"muster-client-{uuid.uuid4()}"
+        body = document.to_json() if isinstance(document, JobRequest) else document
         for attempt in range(retries + 1):
             try:
                 answer, status = self._json_status(
                     "POST",
                     "/v1/jobs",
                     query={"tenant": tenant},
-                    body=document,
+                    body=body,
                     headers={"Idempotency-Key": key},
                 )
             except (Unreachable, ApiProblem) as exc:

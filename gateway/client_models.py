@@ -13,10 +13,73 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TERMINAL_STATES", "Job", "JobEvent", "SubmitResult"]
+__all__ = [
+    "TERMINAL_STATES",
+    "Job",
+    "JobEvent",
+    "JobRequest",
+    "Replica",
+    "SubmitResult",
+]
 
 #: States a job never leaves.
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Replica:
+    """One role of a job to submit: ``count`` pods of ``image`` running ``command``.
+    ``resources`` are Kubernetes quantities by name (``{"cpu": "4", "memory": "16Gi",
+    "gpu": 1, "rdma/hca": 1}``); ``extra`` carries any other field of the API's ReplicaSpec
+    (volumes, node_selector, ...) as it is."""
+
+    image: str
+    count: int = 1
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, str | int | float] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"count": self.count, "image": self.image}
+        if self.command:
+            document["command"] = list(self.command)
+        if self.args:
+            document["args"] = list(self.args)
+        if self.env:
+            document["env"] = dict(self.env)
+        if self.resources:
+            document["resources"] = dict(self.resources)
+        return {**document, **self.extra}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRequest:
+    """A job to submit, as the API's JobSpec: ``replicas`` by role; ``extra`` carries any other
+    field of JobSpec (run_policy, callback, priority_class, ...) as it is."""
+
+    name: str
+    replicas: Mapping[str, Replica]
+    tenant: str | None = None
+    framework: str = "generic"
+    priority: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "name": self.name,
+            "framework": self.framework,
+            "replicas": {role: r.to_json() for role, r in self.replicas.items()},
+        }
+        if self.tenant is not None:
+            document["tenant"] = self.tenant
+        if self.priority is not None:
+            document["priority"] = self.priority
+        if self.labels:
+            document["labels"] = dict(self.labels)
+        return {**document, **self.extra}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -26,7 +26,7 @@ import pytest
 
 from gateway.async_client import AsyncClient
 from gateway.client import Client
-from gateway.client_models import JobEvent
+from gateway.client_models import JobEvent, JobRequest, Replica
 from gateway.errors import WaitTimedOut
 from gateway.settings import ClientSettings
 from tests.acceptance.gateway_process import GatewayProcess, admin_token
@@ -200,9 +200,14 @@ def test_wait_gives_up_cleanly_at_its_timeout(gateway: str) -> None:
     assert not client.job(job.id).finished  # untouched
 
 
-def test_wait_returns_the_ended_job(gateway: str) -> None:
+def test_wait_returns_the_ended_job_submitted_as_a_typed_request(gateway: str) -> None:
     client = client_of(gateway)
-    job = client.submit(spec("ends-well", ["true"])).job
+    request = JobRequest(
+        name="ends-well",
+        tenant="acme",
+        replicas={"worker": Replica(image="x:1", command=("true",), resources={"cpu": "100m"})},
+    )
+    job = client.submit(request).job
     assert client.wait(job.id, timeout=20, poll=0.2).state == "succeeded"
 
 
