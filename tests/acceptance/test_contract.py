@@ -71,7 +71,7 @@ def test_schemathesis_finds_no_failure_with_every_check(gateway: str) -> None:
             "--workers",
             "2",
             "--max-time",
-            "120",
+            "90",
             "--seed",
             "1",
         ],
