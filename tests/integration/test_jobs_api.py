@@ -12,7 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.settings import Settings
+from tests import tokens
 from tests.integration.helpers import (
+    TENANT,
     create_tenant,
     grant_priority,
     job_spec,
@@ -532,3 +535,25 @@ async def test_job_events_rows_cannot_be_updated(api: CheckedClient, engine: Asy
             await conn.execute(text("UPDATE job_events SET message = 'rewritten'"))
 
     assert await scalar(engine, "SELECT count(*) FROM job_events WHERE message IS NULL") == 1
+
+
+async def test_a_dry_run_is_a_submit_for_who_may_do_it_and_writes_nothing(
+    api: CheckedClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    """A viewer's dry run is a 403 like its submit; another tenant's is a 422 naming no tenant
+    it may not see; a submitter's answers the stored spec and the next cycle, writing nothing."""
+    await create_tenant(api)
+    await create_tenant(api, "other", namespace="other")
+    before = await row_counts(engine)
+    viewer = api.as_(tokens.token(settings, roles={TENANT: "viewer"}))
+    refused = await viewer.post("/v1/jobs?dry_run=true", json=job_spec())
+    assert refused.status == 403, refused.text
+    submitter = api.as_(tokens.token(settings, roles={TENANT: "submitter"}))
+    hidden = await submitter.post("/v1/jobs?dry_run=true", json=job_spec(tenant="other"))
+    assert hidden.status == 422, hidden.text
+    answered = await submitter.post("/v1/jobs?dry_run=true", json=job_spec())
+    assert answered.status == 200, answered.text
+    assert answered.body["dry_run"] is True
+    assert answered.body["spec"]["name"] == "wd"
+    assert answered.body["next_cycle"]["admitted"] is True
+    assert await row_counts(engine) == before
