@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from gateway.client import RETRIED, RETRIES, RETRY_FIRST_SECONDS
-from gateway.client_models import Job, JobEvent, JobRequest, SubmitResult
+from gateway.client_models import Job, JobEvent, JobRequest, SseReader, SubmitResult
 from gateway.errors import ApiProblem, Unreachable, WaitTimedOut
 
 __all__ = ["AsyncClient"]
@@ -176,21 +176,10 @@ class AsyncClient:
                 ) as response:
                     if response.status >= 400:
                         raise _problem(response.status, await _json_or_none(response))
-                    fields: dict[str, str] = {}
+                    reader = SseReader()
                     async for raw in response.content:
-                        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                        if line:
-                            if not line.startswith(":"):
-                                name, _, value = line.partition(":")
-                                fields[name] = fields.get(name, "") + value.removeprefix(" ")
-                            continue
-                        stream_id, data = fields.get("id"), fields.get("data")
-                        fields = {}
-                        if stream_id is None or data is None:
-                            continue
-                        try:
-                            event = JobEvent.from_sse(stream_id, json.loads(data))
-                        except (ValueError, KeyError):
+                        event = reader.line(raw)
+                        if event is None:
                             continue
                         last = event.stream_id
                         yield event

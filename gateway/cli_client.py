@@ -346,10 +346,17 @@ def _jobs(client: Client, args: argparse.Namespace) -> None:
     _jobs_once(client, args)
 
 
-def _jobs_table(client: Client, args: argparse.Namespace) -> str:
+def _jobs_query(args: argparse.Namespace) -> dict[str, Any]:
     label = ",".join(args.label) if args.label else None
-    query = {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
-    items = client.list_jobs(**query)["items"]
+    return {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
+
+
+def _jobs_table(client: Client, args: argparse.Namespace) -> str:
+    return _jobs_rows(client.list_jobs(**_jobs_query(args))["items"])
+
+
+def _jobs_rows(items: Iterable[Mapping[str, Any]]) -> str:
+    """The jobs as the table ``muster jobs`` prints."""
     now = datetime.now(UTC)
     rows = [
         (
@@ -367,8 +374,7 @@ def _jobs_table(client: Client, args: argparse.Namespace) -> str:
 
 
 def _jobs_once(client: Client, args: argparse.Namespace) -> None:
-    label = ",".join(args.label) if args.label else None
-    query = {"tenant": args.tenant, "state": args.state, "label": label, "limit": args.limit}
+    query = _jobs_query(args)
     page = client.list_jobs(**query)
     items = list(page["items"])
     while args.all and page["next_cursor"]:
@@ -377,20 +383,7 @@ def _jobs_once(client: Client, args: argparse.Namespace) -> None:
     if args.output != "table":
         _emit(args.output, {"items": items, "next_cursor": page["next_cursor"]})
         return
-    now = datetime.now(UTC)
-    rows = [
-        (
-            job["id"][:8],
-            job["name"],
-            job["tenant"],
-            job["state"],
-            job["reason"] or "-",
-            _age(job["created_at"], now),
-            str(job["queue"]["position"]) if job.get("queue") else "-",
-        )
-        for job in items
-    ]
-    print(_table(("ID", "NAME", "TENANT", "STATE", "REASON", "AGE", "QUEUE"), rows))
+    print(_jobs_rows(items))
     if page["next_cursor"] and not args.all:
         print("(more jobs: add --all, or a larger --limit)", file=sys.stderr)
 

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import yaml
 
-from gateway.client_models import Job, JobEvent, JobRequest, SubmitResult
+from gateway.client_models import Job, JobEvent, JobRequest, SseReader, SubmitResult
 from gateway.domain.names import ID_PREFIX
 from gateway.errors import ApiProblem, BadDocument, Unreachable, WaitTimedOut
 from gateway.settings import ClientSettings
@@ -399,21 +399,9 @@ class Client:
 
 
 def _sse_events(response: http.client.HTTPResponse) -> Iterator[JobEvent]:
-    """The events of a Server-Sent Events body, as they arrive (comments and retry hints are
-    skipped); a message without an id or JSON data is skipped too."""
-    fields: dict[str, str] = {}
+    """The events of a Server-Sent Events body, as they arrive (``SseReader``)."""
+    reader = SseReader()
     for raw in response:
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if line:
-            if not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = fields.get(name, "") + value.removeprefix(" ")
-            continue
-        stream_id, data = fields.get("id"), fields.get("data")
-        fields = {}
-        if stream_id is None or data is None:
-            continue
-        try:
-            yield JobEvent.from_sse(stream_id, json.loads(data))
-        except (ValueError, KeyError):
-            continue
+        event = reader.line(raw)
+        if event is not None:
+            yield event

@@ -9,6 +9,7 @@ Invariant: ``Job.from_json(job_view_json).raw == job_view_json``; a state outsid
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "JobEvent",
     "JobRequest",
     "Replica",
+    "SseReader",
     "SubmitResult",
 ]
 
@@ -160,3 +162,28 @@ class JobEvent:
             message=data.get("message"),
             raw=dict(data),
         )
+
+
+class SseReader:
+    """Server-Sent Events read line by line, as either client receives them: ``line`` takes one
+    line (its end of line included or not) and gives the event a blank line completes, if any.
+    Comments and retry hints give nothing; a message without an id or JSON data is skipped."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, str] = {}
+
+    def line(self, raw: bytes) -> JobEvent | None:
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if text:
+            if not text.startswith(":"):
+                name, _, value = text.partition(":")
+                self._fields[name] = self._fields.get(name, "") + value.removeprefix(" ")
+            return None
+        fields, self._fields = self._fields, {}
+        stream_id, data = fields.get("id"), fields.get("data")
+        if stream_id is None or data is None:
+            return None
+        try:
+            return JobEvent.from_sse(stream_id, json.loads(data))
+        except (ValueError, KeyError):
+            return None

@@ -7,17 +7,21 @@ The process's stdout and stderr are read line by line in a thread, so a test can
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
+import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from gateway.auth.keys import local_key_set
@@ -191,3 +195,37 @@ def write_nodes(path: Path, count: int, cpu: int, memory_gi: int) -> Path:
         lines.append(f'  - {{name: node-{index}, cpu: "{cpu}", memory: {memory_gi}Gi}}')
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def served_with_tenants(
+    tenants: Mapping[str, Mapping[str, object]], *, nodes: int = 2, prefix: str = "mt-"
+) -> Iterator[str]:
+    """A static-backend ``muster serve`` (its data directory under /tmp, which the embedded
+    PostgreSQL's own user can reach) with ``tenants`` (name -> PUT body) made by an admin; its
+    URL. Everything is gone afterwards."""
+    data = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    data.chmod(0o755)
+    node_list = write_nodes(data / "nodes.yaml", count=nodes, cpu=32, memory_gi=128)
+    process = GatewayProcess(
+        {
+            "MUSTER_DATA_DIR": str(data / "data"),
+            "MUSTER_BACKEND": "static",
+            "MUSTER_NODES_FILE": str(node_list),
+        }
+    )
+    try:
+        url = process.start()
+        for name, body in tenants.items():
+            request = urllib.request.Request(
+                f"{url}/v1/admin/tenants/{name}",
+                data=json.dumps(body).encode(),
+                method="PUT",
+                headers={**bearer(), "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 201
+        yield url
+    finally:
+        process.close()
+        shutil.rmtree(data, ignore_errors=True)

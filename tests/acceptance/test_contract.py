@@ -4,18 +4,15 @@ failure. The accepted exceptions are in ``schemathesis.toml``, each with its rea
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-import tempfile
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.acceptance.gateway_process import GatewayProcess, admin_token, bearer, write_nodes
+from tests.acceptance.gateway_process import admin_token, served_with_tenants
 
 ROOT = Path(__file__).resolve().parents[2]
 QUOTA = {"cpu": "64", "memory": "256Gi", "gpu": 8, "max_running_jobs": 10, "max_queued_jobs": 50}
@@ -23,33 +20,10 @@ QUOTA = {"cpu": "64", "memory": "256Gi", "gpu": 8, "max_running_jobs": 10, "max_
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
-    # Under /tmp: the embedded PostgreSQL's own user must reach the data directory.
-    data = Path(tempfile.mkdtemp(prefix="mst-", dir="/tmp"))
-    data.chmod(0o755)
-    nodes = write_nodes(data / "nodes.yaml", count=2, cpu=32, memory_gi=128)
-    process = GatewayProcess(
-        {
-            "MUSTER_DATA_DIR": str(data / "data"),
-            "MUSTER_BACKEND": "static",
-            "MUSTER_NODES_FILE": str(nodes),
-        }
-    )
-    url = process.start()
-    try:
-        for name in ("search", "ads"):
-            body = json.dumps({"namespace": f"team-{name}", "quota": QUOTA}).encode()
-            request = urllib.request.Request(
-                f"{url}/v1/admin/tenants/{name}",
-                data=body,
-                method="PUT",
-                headers={**bearer(), "Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                assert answer.status == 201
+    with served_with_tenants(
+        {name: {"namespace": f"team-{name}", "quota": QUOTA} for name in ("search", "ads")}
+    ) as url:
         yield url
-    finally:
-        process.close()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_schemathesis_finds_no_failure_with_every_check(gateway: str) -> None:

@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.gateway_process import GatewayProcess, admin_token, bearer, write_nodes
+from tests.acceptance.gateway_process import admin_token, served_with_tenants
 
 QUOTA = {"cpu": "64", "memory": "256Gi", "gpu": 8, "max_running_jobs": 10, "max_queued_jobs": 50}
 SCRIPT = textwrap.dedent(
@@ -50,31 +49,8 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
-    data = Path(tempfile.mkdtemp(prefix="mg-", dir="/tmp"))
-    data.chmod(0o755)
-    nodes = write_nodes(data / "nodes.yaml", count=1, cpu=32, memory_gi=128)
-    process = GatewayProcess(
-        {
-            "MUSTER_DATA_DIR": str(data / "data"),
-            "MUSTER_BACKEND": "static",
-            "MUSTER_NODES_FILE": str(nodes),
-        }
-    )
-    url = process.start()
-    try:
-        body = json.dumps({"namespace": "team-search", "quota": QUOTA}).encode()
-        request = urllib.request.Request(
-            f"{url}/v1/admin/tenants/search",
-            data=body,
-            method="PUT",
-            headers={**bearer(), "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert answer.status == 201
+    with served_with_tenants({"search": {"namespace": "team-search", "quota": QUOTA}}) as url:
         yield url
-    finally:
-        process.close()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_a_generated_client_submits_reads_and_cancels_a_job(gateway: str, tmp_path: Path) -> None:
