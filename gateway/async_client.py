@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.client import RETRIED, RETRIES, RETRY_FIRST_SECONDS
+from gateway.client import RETRIES, retry_delay
 from gateway.client_models import Job, JobEvent, JobRequest, SseReader, SubmitResult
 from gateway.errors import ApiProblem, Unreachable, WaitTimedOut
 
@@ -123,10 +123,10 @@ class AsyncClient:
                     headers={"Idempotency-Key": key},
                 )
             except (Unreachable, ApiProblem) as exc:
-                retry = isinstance(exc, Unreachable) or exc.status in RETRIED
-                if not retry or attempt == retries:
+                wait = retry_delay(exc, attempt, retries)
+                if wait is None:
                     raise
-                await asyncio.sleep(RETRY_FIRST_SECONDS * 2**attempt)
+                await asyncio.sleep(wait)
                 continue
             return SubmitResult(job=Job.from_json(data), created=status == 201, idempotency_key=key)
         raise AssertionError("unreachable")  # pragma: no cover

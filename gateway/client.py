@@ -244,10 +244,10 @@ class Client:
                     headers={"Idempotency-Key": key},
                 )
             except (Unreachable, ApiProblem) as exc:
-                retry = isinstance(exc, Unreachable) or exc.status in RETRIED
-                if not retry or attempt == retries:
+                wait = retry_delay(exc, attempt, retries)
+                if wait is None:
                     raise
-                time.sleep(RETRY_FIRST_SECONDS * 2**attempt)
+                time.sleep(wait)
                 continue
             return SubmitResult(
                 job=Job.from_json(answer), created=status == 201, idempotency_key=key
@@ -396,6 +396,17 @@ class Client:
 
     def tenant_status(self, tenant: str) -> Any:
         return self._json("GET", f"/v1/tenants/{quote(tenant, safe='')}")
+
+
+def retry_delay(failure: Unreachable | ApiProblem, attempt: int, retries: int) -> float | None:
+    """How long to wait before trying a submit again after ``failure`` on try ``attempt`` (from
+    0) of ``retries`` more, or None when it is not tried again: only a request that broke off
+    or met a busy gateway (``RETRIED``) is, with the same Idempotency-Key, backing off by
+    doubling."""
+    retry = isinstance(failure, Unreachable) or failure.status in RETRIED
+    if not retry or attempt >= retries:
+        return None
+    return float(RETRY_FIRST_SECONDS * 2**attempt)
 
 
 def _sse_events(response: http.client.HTTPResponse) -> Iterator[JobEvent]:

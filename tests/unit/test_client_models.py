@@ -51,3 +51,15 @@ def test_a_job_keeps_every_field_of_the_answer() -> None:
     job = Job.from_json(answer)
     assert (job.state, job.attempt, job.finished) == ("running", 1, False)
     assert job.raw == answer
+
+
+def test_only_a_broken_or_busy_submit_is_retried_backing_off() -> None:
+    from gateway.client import retry_delay
+    from gateway.errors import ApiProblem, Unreachable
+
+    broken = Unreachable("http://x", "reset")
+    assert [retry_delay(broken, n, 3) for n in range(4)] == [0.5, 1.0, 2.0, None]
+    assert retry_delay(ApiProblem(503, "Unavailable", "busy"), 0, 3) == 0.5
+    assert retry_delay(ApiProblem(429, "Too many", "later"), 0, 3) == 0.5
+    assert retry_delay(ApiProblem(422, "Invalid", "no"), 0, 3) is None
+    assert retry_delay(ApiProblem(409, "Conflict", "taken"), 0, 3) is None
