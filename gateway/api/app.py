@@ -25,6 +25,7 @@ from gateway.api import (
     jobs,
     metrics,
     priority_classes,
+    replicas,
     service,
     usage,
     webhooks,
@@ -106,6 +107,7 @@ def make_app(
     app.add_routes(metrics.routes)
     app.add_routes(usage.routes)
     app.add_routes(events.routes)
+    app.add_routes(replicas.routes)
     return app
 
 

@@ -1,6 +1,16 @@
-"""Cluster and tenant status: what the cluster offers, what is free, and each tenant's usage."""
+"""Cluster and tenant status: what the cluster offers, what is free, and each tenant's usage.
+
+Invariant: GET /v1/cluster shows every caller each GPU device's holders and their shares, but
+names a holder's tenant and job only to a caller who may read that tenant; the others are
+listed after the named ones, ordered by shares alone, so their place in the list says nothing
+of whose they are.
+"""
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -9,6 +19,8 @@ from gateway.api.context import ENGINE, INVENTORY
 from gateway.api.serializers import json_response, tenant_status_view
 from gateway.db import tenants as tenant_store
 from gateway.db.admission import load_holdings
+from gateway.db.device_holders import DeviceHolder, load_device_holders
+from gateway.domain.access import Action
 from gateway.domain.resources import (
     GPU_SHARES_PER_DEVICE,
     format_cpu,
@@ -23,10 +35,11 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/cluster")
 async def cluster(request: web.Request) -> web.Response:
-    require_role(request)
+    readable = require_role(request).tenants(Action.READ)  # None: an admin reads every tenant
     nodes = await request.app[INVENTORY].nodes()
     async with request.app[ENGINE].connect() as conn:
         holdings = await load_holdings(conn)
+        holders = _holders_by_device(await load_device_holders(conn), readable)
     free = {f.name: f for f in free_capacity(nodes, holdings)}
     items = []
     totals = {"cpu": 0, "memory": 0, "gpu": 0, "free_cpu": 0, "free_memory": 0, "free_gpu": 0}
@@ -52,7 +65,12 @@ async def cluster(request: web.Request) -> web.Response:
                     "gpu": format_gpu(max(gpu_free, 0)),
                 },
                 "gpu_devices": [
-                    {"index": i, "free_shares": shares} for i, shares in enumerate(left.gpu)
+                    {
+                        "index": i,
+                        "free_shares": shares,
+                        "holders": holders.get((node.name, i), []),
+                    }
+                    for i, shares in enumerate(left.gpu)
                 ],
                 "extended": {
                     name: {
@@ -97,6 +115,36 @@ async def cluster(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+def _holders_by_device(
+    holders: Iterable[DeviceHolder], readable: Collection[str] | None
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each device's holders as GET /v1/cluster shows them, by (node, device index): named where
+    the caller may read the tenant (``readable``; None: every tenant), else anonymous (module
+    docstring); named ones by tenant then job, then anonymous ones by shares."""
+    found: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for holder in holders:
+        named = readable is None or holder.tenant in readable
+        found[(holder.node, holder.device)].append(
+            {
+                "tenant": holder.tenant if named else None,
+                "job_id": holder.job_id if named else None,
+                "job_name": holder.job_name if named else None,
+                "shares": holder.shares,
+            }
+        )
+    for listed in found.values():
+        listed.sort(
+            key=lambda h: (
+                h["tenant"] is None,
+                h["tenant"] or "",
+                h["job_name"] or "",
+                h["job_id"] or "",
+                h["shares"],
+            )
+        )
+    return found
 
 
 @routes.get("/v1/tenants/{tenant}")

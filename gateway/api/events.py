@@ -3,7 +3,11 @@
 The stream's event ids are positions, ``<txid>-<id>`` (the writing transaction's id, then the
 event's id; see ``gateway.db.event_stream``): a client that resumes with Last-Event-ID gets every
 event after that position and none before it. A plain event id is accepted too (the ids of
-GET /v1/jobs/{id}/events, and of this stream before positions).
+GET /v1/jobs/{id}/events, and of this stream before positions). A new stream may start
+elsewhere with ``after``: a position, or ``now`` (``gateway.db.event_stream.stream_now``: every
+event written from then on, none that finished before, bar those a still open older transaction
+holds behind it). Last-Event-ID wins over ``after``: it is what an EventSource sends when it
+reconnects, from a page that still carries the ``after`` of its first connection.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gateway.db.event_stream import (
     EventPosition,
     events_after,
     position_of_event,
+    stream_now,
 )
 from gateway.domain.access import Action
 from gateway.domain.lifecycle.states import EventType
@@ -48,6 +53,9 @@ MAX_TXID = 2**64 - 1  # xid8 is unsigned
 MAX_EVENT_ID = 2**63 - 1  # job_events.id is a bigint
 POSITION_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,19})")
 PLAIN_ID = re.compile(r"[0-9]{1,19}")
+#: The ``after`` query parameter: ``now`` or a position, with digits few enough that every
+#: position of this shape is within bounds (the OpenAPI document's pattern is this one).
+AFTER = re.compile(r"now|([0-9]{1,19})-([0-9]{1,18})")
 
 
 def _sse_id(position: EventPosition) -> str:
@@ -55,10 +63,20 @@ def _sse_id(position: EventPosition) -> str:
 
 
 async def _resume_from(request: web.Request) -> EventPosition:
-    """The position after which the stream starts: Last-Event-ID's, else the beginning."""
+    """The position after which the stream starts: Last-Event-ID's, else ``after``'s, else the
+    beginning. ``after`` is checked even when Last-Event-ID is given, so a bad one is a 400 on
+    the first connection, not only on one without the header."""
+    after = request.query.get("after")
+    wanted = None if after is None else AFTER.fullmatch(after)
+    if after is not None and wanted is None:
+        raise BadRequest("after must be now or a position of this stream (<txid>-<id>)")
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
-        return STREAM_START
+        if wanted is None:
+            return STREAM_START
+        if wanted[0] == "now":
+            return await stream_now(request.app[ENGINE])
+        return EventPosition(int(wanted[1]), int(wanted[2]))
     if (match := POSITION_ID.fullmatch(raw)) is not None:
         position = EventPosition(int(match[1]), int(match[2]))
         if position.txid <= MAX_TXID and position.id <= MAX_EVENT_ID:

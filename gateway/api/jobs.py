@@ -1,4 +1,4 @@
-"""Job routes: submit, read, list, cancel, events."""
+"""Job routes: submit, read, list, cancel, events, and the queue of queued jobs."""
 
 from __future__ import annotations
 
@@ -249,7 +249,9 @@ async def _pod_problems(request: web.Request, spec: JobSpec) -> list[FieldProble
 @routes.get("/v1/jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     query = request.query
-    unknown = sorted(set(query) - {"state", "tenant", "label", "limit", "cursor", "id_prefix"})
+    unknown = sorted(
+        set(query) - {"state", "tenant", "label", "limit", "cursor", "id_prefix", "order"}
+    )
     if unknown:
         raise BadRequest("unknown query parameter: " + ", ".join(unknown))
     state = None
@@ -262,6 +264,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             ) from exc
     limit = page_limit(query.get("limit"))
     after = job_store.decode_cursor(query["cursor"]) if "cursor" in query else None
+    order = query.get("order", "oldest")
+    if order not in ("oldest", "newest"):
+        raise BadRequest("order must be oldest or newest")
     id_prefix = query.get("id_prefix")
     if id_prefix is not None and not ID_PREFIX.fullmatch(id_prefix):
         raise BadRequest(f"id_prefix {id_prefix!r} is not the start of a job id (hex and -)")
@@ -274,6 +279,29 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=limit,
         after=after,
         id_prefix=id_prefix,
+        newest_first=order == "newest",
+    )
+    return json_response(
+        {"items": [job_view(job) for job in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+@routes.get("/v1/queue")
+async def list_queue(request: web.Request) -> web.Response:
+    """The queued jobs of the tenants the caller may read, in queue order (a tenant it may not
+    read answers an empty page, as GET /v1/jobs does)."""
+    query = request.query
+    unknown = sorted(set(query) - {"tenant", "limit", "cursor"})
+    if unknown:
+        raise BadRequest("unknown query parameter: " + ", ".join(unknown))
+    limit = page_limit(query.get("limit"))
+    after = job_store.decode_queue_cursor(query["cursor"]) if "cursor" in query else None
+    page = await job_store.list_queue(
+        request.app[ENGINE],
+        tenant=tenant_filter(query),
+        tenants=require_role(request).tenants(Action.READ),
+        limit=limit,
+        after=after,
     )
     return json_response(
         {"items": [job_view(job) for job in page.items], "next_cursor": page.next_cursor}

@@ -1,9 +1,12 @@
-"""GET /v1/tenants/{tenant}/usage: what a tenant's jobs held in a time window."""
+"""GET /v1/tenants/{tenant}/usage: what a tenant's jobs held in a time window, and with
+``step`` as a series of buckets of that many seconds (at most ``MAX_BUCKETS`` of them, so one
+request costs a bounded statement)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +15,7 @@ from prometheus_client.registry import Collector
 from gateway.api.auth import check_tenant
 from gateway.api.context import ENGINE
 from gateway.api.serializers import json_response
-from gateway.db.usage import Consumption, tenant_usage
+from gateway.db.usage import Consumption, bucket_count, tenant_usage
 from gateway.errors import BadRequest
 from gateway.logs import bind
 
@@ -20,6 +23,13 @@ IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
 COLLECTORS: web.AppKey[tuple[Collector, ...]] = web.AppKey("collectors")
 
 routes = web.RouteTableDef()
+
+MIN_STEP_SECONDS = 60
+MAX_STEP_SECONDS = 30 * 86_400
+MAX_BUCKETS = 1000
+#: Without ``from``, a series covers the week before ``to`` (a total still starts at the epoch).
+SERIES_WINDOW = timedelta(days=7)
+STEP = re.compile(r"[0-9]{1,7}")
 
 
 def _instant(query: Mapping[str, str], key: str, default: datetime) -> datetime:
@@ -45,6 +55,22 @@ def _flag(query: Mapping[str, str], key: str) -> bool:
     return raw == "true"
 
 
+def _step(query: Mapping[str, str]) -> int | None:
+    """The ``step`` query parameter: whole seconds, MIN_STEP_SECONDS to MAX_STEP_SECONDS."""
+    raw = query.get("step")
+    if raw is None:
+        return None
+    if not STEP.fullmatch(raw) or not MIN_STEP_SECONDS <= int(raw) <= MAX_STEP_SECONDS:
+        raise BadRequest(
+            f"step must be whole seconds from {MIN_STEP_SECONDS} to {MAX_STEP_SECONDS}"
+        )
+    return int(raw)
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _consumption_view(consumed: Consumption) -> dict[str, float]:
     return {
         "cpu_core_hours": consumed.cpu_core_hours,
@@ -59,12 +85,25 @@ async def usage(request: web.Request) -> web.Response:
     check_tenant(request, name)
     bind(tenant=name)
     now = datetime.now(UTC)
+    step = _step(request.query)
     until = _instant(request.query, "to", now)
-    since = _instant(request.query, "from", datetime(1970, 1, 1, tzinfo=UTC))
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    if step is not None:
+        try:
+            epoch = until - SERIES_WINDOW
+        except OverflowError as exc:  # a `to` in the first week of year 1
+            raise BadRequest("from must be given when to is this early") from exc
+    since = _instant(request.query, "from", epoch)
     if since >= until:
         raise BadRequest("from must be before to")
     per_job = _flag(request.query, "per_job")
-    jobs = await tenant_usage(request.app[ENGINE], name, since, until)
+    if step is not None and (buckets := bucket_count(since, until, step)) > MAX_BUCKETS:
+        raise BadRequest(
+            f"step {step} cuts the window into {buckets} buckets; at most {MAX_BUCKETS} are "
+            "allowed: make the step longer or the window (from, to) shorter"
+        )
+    usage = await tenant_usage(request.app[ENGINE], name, since, until, step_seconds=step)
+    jobs = usage.jobs
     total = Consumption(
         cpu_core_hours=sum(j.consumed.cpu_core_hours for j in jobs),
         memory_gib_hours=sum(j.consumed.memory_gib_hours for j in jobs),
@@ -72,12 +111,21 @@ async def usage(request: web.Request) -> web.Response:
     )
     body: dict[str, Any] = {
         "tenant": name,
-        "from": since.isoformat().replace("+00:00", "Z"),
-        "to": until.isoformat().replace("+00:00", "Z"),
+        "from": _timestamp(since),
+        "to": _timestamp(until),
         **_consumption_view(total),
     }
     if per_job:
         body["jobs"] = [
             {"id": j.job_id, "name": j.name, **_consumption_view(j.consumed)} for j in jobs
+        ]
+    if usage.series is not None:
+        body["series"] = [
+            {
+                "from": _timestamp(bucket.starts),
+                "to": _timestamp(bucket.ends),
+                **_consumption_view(bucket.consumed),
+            }
+            for bucket in usage.series
         ]
     return json_response(body)

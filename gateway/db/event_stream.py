@@ -104,6 +104,27 @@ async def events_after(
     ]
 
 
+_NOW = text("SELECT CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text)")
+
+
+async def stream_now(engine: AsyncEngine) -> EventPosition:
+    """The position ``now``: (H, 0), H the horizon, the oldest transaction still running. A
+    stream from it misses nothing written later:
+
+    - every transaction below H has finished, so its events are all written, and all before
+      (H, 0);
+    - every transaction that had not finished (H itself, those above it still running) and every
+      one that starts later has a txid of at least H, and event ids start at 1, so each of their
+      events is after (H, 0), whenever it commits.
+
+    It may stream a few events that committed before the call: those of transactions above H that
+    finished while an older one was still open (a position cannot tell them from the ones still
+    running). It never skips one."""
+    async with engine.connect() as conn:
+        horizon = await conn.scalar(_NOW)
+    return EventPosition(int(horizon), 0)
+
+
 _RESUME = text(
     """
     SELECT CAST((SELECT txid FROM job_events WHERE id = :id) AS text) AS txid,

@@ -57,7 +57,8 @@ async def get(engine: AsyncEngine, job_id: str) -> Job:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Page:
-    """One page of jobs, in submit order; ``next_cursor`` is None on the last page."""
+    """One page of jobs, in its list's order (submit order, or queue order for the queue);
+    ``next_cursor`` is None on the last page."""
 
     items: tuple[Job, ...]
     next_cursor: str | None
@@ -89,8 +90,10 @@ async def list_jobs(
     after: int | None,
     tenants: Collection[str] | None = None,
     id_prefix: str | None = None,
+    newest_first: bool = False,
 ) -> Page:
-    """One page in submit order (``seq``), which never changes, so cursors stay valid.
+    """One page in submit order (``seq``), which never changes, so cursors stay valid; oldest
+    first, or newest first (a cursor is then the position the next page starts below).
 
     ``tenants`` limits the page to those tenants' jobs (None: every tenant's); ``id_prefix`` to
     jobs whose id starts with it (how the CLI takes a short id)."""
@@ -109,14 +112,15 @@ async def list_jobs(
         clauses.append("labels @> :labels")
         params["labels"] = dict(labels)
     if after is not None:
-        clauses.append("seq > :after")
+        clauses.append("seq < :after" if newest_first else "seq > :after")
         params["after"] = after
     if id_prefix is not None:
         # A range over the uuid's text: the prefix padded with the lowest and highest digits.
         clauses.append("CAST(id AS text) LIKE :id_prefix")
         params["id_prefix"] = id_prefix.lower() + "%"
     query = text(
-        f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT :limit"
+        f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} "
+        f"ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT :limit"
     )
     if labels:
         query = query.bindparams(bindparam("labels", type_=JSONB))
@@ -127,6 +131,76 @@ async def list_jobs(
     return Page(
         items=tuple(map(job_of, rows)),
         next_cursor=encode_cursor(rows[-1]["seq"]) if more else None,
+    )
+
+
+#: A queue page's cursor: ``q``, the last job's queue position (2147483647 for a job without
+#: one), ``-`` and its seq (the OpenAPI document's ``QueueCursor`` pattern says the same). Every
+#: value of this shape is a position (the digits' bounds keep both numbers within bigint).
+QUEUE_CURSOR = re.compile(r"q([0-9]{1,10})-([0-9]{1,18})")
+#: Where a queued job without a position yet stands: after every job with one.
+_UNPLACED = 2_147_483_647
+
+
+def encode_queue_cursor(position: int | None, seq: int) -> str:
+    return f"q{_UNPLACED if position is None else position}-{seq}"
+
+
+def decode_queue_cursor(cursor: str) -> tuple[int, int]:
+    """The (position, seq) a queue page resumes after."""
+    match = QUEUE_CURSOR.fullmatch(cursor)
+    if match is None:
+        raise BadRequest(
+            f"cursor {cursor!r} is not one this server gave out (q, digits, -, digits)"
+        )
+    return int(match[1]), int(match[2])
+
+
+async def list_queue(
+    engine: AsyncEngine,
+    *,
+    tenant: str | None,
+    limit: int,
+    after: tuple[int, int] | None,
+    tenants: Collection[str] | None = None,
+) -> Page:
+    """One page of the queued jobs in queue order: the position the last admission cycle gave
+    each (``queue_position``; jobs it has not placed yet last), then submit order (``seq``).
+
+    ``tenants`` limits the page to those tenants' jobs (None: every tenant's). Positions change
+    between cycles, so a client paging through a queue that moves may see a job twice or miss
+    one that moved ahead of its cursor; within one cycle's positions every job comes once."""
+    clauses = ["state = 'queued'"]
+    params: dict[str, Any] = {"limit": limit + 1, "unplaced": _UNPLACED}
+    if tenants is not None:
+        clauses.append("tenant = ANY(:tenants)")
+        params["tenants"] = sorted(tenants)
+    if tenant is not None:
+        clauses.append("tenant = :tenant")
+        params["tenant"] = tenant
+    if after is not None:
+        # bigint: a cursor's position may be above any integer column's.
+        clauses.append(
+            "(COALESCE(queue_position, :unplaced), seq)"
+            " > (CAST(:after_position AS bigint), CAST(:after_seq AS bigint))"
+        )
+        params["after_position"], params["after_seq"] = after
+    query = text(
+        f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} "
+        "ORDER BY COALESCE(queue_position, :unplaced), seq LIMIT :limit"
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query, params)).mappings().all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    return Page(
+        items=tuple(map(job_of, rows)),
+        next_cursor=(
+            encode_queue_cursor(last["queue_position"], last["seq"])
+            if more and last is not None
+            else None
+        ),
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 
+from gateway.api.events import AFTER
 from gateway.api.schema import PATTERN_WORDS, openapi_document
-from gateway.db.jobs import CURSOR
+from gateway.db.jobs import CURSOR, QUEUE_CURSOR
 from gateway.domain.names import IDEMPOTENCY_KEY, LABEL_SELECTOR
 
 
@@ -18,6 +19,13 @@ def schema(name: str) -> dict[str, object]:
 def test_the_label_selector_and_cursor_patterns_are_the_servers() -> None:
     assert schema("LabelSelector")["pattern"] == LABEL_SELECTOR.pattern
     assert schema("Cursor")["pattern"] == f"^{CURSOR.pattern}$"
+
+
+def test_the_queue_cursor_and_event_stream_after_patterns_are_the_servers() -> None:
+    assert schema("QueueCursor")["pattern"] == f"^{QUEUE_CURSOR.pattern}$"
+    parameters = openapi_document()["paths"]["/v1/events"]["get"]["parameters"]
+    after = next(p for p in parameters if p["name"] == "after")
+    assert after["schema"]["pattern"] == f"^({AFTER.pattern})$"
 
 
 def test_the_idempotency_key_pattern_is_the_servers() -> None:
