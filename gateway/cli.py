@@ -1,7 +1,8 @@
 """The ``muster`` command: its parser and entry point (``gateway.cli:main``, ``python -m gateway``).
 
 ``muster serve`` runs the gateway; ``muster migrate`` applies database migrations and exits;
-``muster token`` mints a token of the local issuer (``gateway.cli_token``). Every setting is also a
+``muster token`` mints a token of the local issuer and ``muster ui`` a one-time dashboard
+sign-in link (``gateway.cli_token``). Every setting is also a
 flag of these commands (see ``gateway.settings``). The client commands (``submit``, ``jobs``,
 ``status``, ``logs``, ``cancel``, ``tenants``, ``cohorts``, ``cohort``, ``priority-classes``) live
 in ``gateway.cli_client``.
@@ -22,10 +23,10 @@ from typing import Any
 
 from gateway import __version__, logs
 from gateway.cli_client import add_client_commands, run_client
-from gateway.cli_token import mint_token, parse_ttl
+from gateway.cli_token import mint_token, parse_ttl, sign_in_link
 from gateway.domain.access import Role
 from gateway.errors import ConfigError, DatabaseUnavailable
-from gateway.settings import Settings, add_flags
+from gateway.settings import DEFAULT_URL, ClientSettings, Settings, add_flags
 
 TOKEN_SETTINGS = frozenset(
     {
@@ -58,24 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
         "in the data directory by default) and print it. Roles come as groups "
         "muster:<tenant>:<role>; --admin adds the first of MUSTER_ADMIN_GROUPS.",
     )
-    token.add_argument(
-        "--tenant", action="append", default=[], metavar="TENANT", help="a tenant (repeat)"
-    )
-    token.add_argument(
-        "--role",
-        choices=[role.value for role in Role],
-        default=Role.SUBMITTER.value,
-        help="the role in each --tenant (default: submitter)",
-    )
-    token.add_argument("--admin", action="store_true", help="a platform admin's token")
-    token.add_argument("--user", help="the user the token names (default: your login name)")
-    token.add_argument(
-        "--group", action="append", default=[], metavar="GROUP", help="another group (repeat)"
-    )
+    _add_identity_flags(token)
     token.add_argument(
         "--ttl", default="1h", type=parse_ttl, help="lifetime: 90s, 30m, 12h or 7d (default: 1h)"
     )
     add_flags(token, only=TOKEN_SETTINGS)
+    ui = commands.add_parser(
+        "ui",
+        help="print a one-time link that signs a browser in to the dashboard (local issuer)",
+        description="Print a link to the dashboard (/ui) that signs the browser in once, within "
+        "a minute, as a platform admin by default, or as --tenant/--role/--user say. Needs the "
+        "local issuer's key (MUSTER_ISSUER_KEY); the gateway must prove it holds that key "
+        "before a link is made for it.",
+    )
+    _add_identity_flags(ui)
+    ui.add_argument(
+        "--url", help=f"the gateway's base URL (default: {DEFAULT_URL}) [env MUSTER_URL]"
+    )
+    ui.add_argument("--open", action="store_true", help="open the link in a web browser too")
+    add_flags(ui, only=TOKEN_SETTINGS)
     add_client_commands(commands)
     completion = commands.add_parser(
         "completion",
@@ -85,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def _add_identity_flags(parser: argparse.ArgumentParser) -> None:
+    """Whom a token or a sign-in link names, and the roles its groups give."""
+    parser.add_argument(
+        "--tenant", action="append", default=[], metavar="TENANT", help="a tenant (repeat)"
+    )
+    parser.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=Role.SUBMITTER.value,
+        help="the role in each --tenant (default: submitter)",
+    )
+    parser.add_argument("--admin", action="store_true", help="a platform admin's")
+    parser.add_argument("--user", help="the user it names (default: your login name)")
+    parser.add_argument(
+        "--group", action="append", default=[], metavar="GROUP", help="another group (repeat)"
+    )
 
 
 # --- serve and migrate --------------------------------------------------------------------------
@@ -103,6 +123,14 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+def _sign_in_link(settings: Settings, args: argparse.Namespace) -> str:
+    try:
+        url = ClientSettings.load(os.environ, url=args.url).url
+        return sign_in_link(settings, args, url)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot make a sign-in link: {exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             where = asyncio.run(migrate_only(settings))
             print(f"migrations applied to {where}")
+        elif args.command == "ui":
+            link = _sign_in_link(settings, args)
+            print(link)
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(link)
         elif args.command == "token":
             try:
                 print(mint_token(settings, args))

@@ -128,6 +128,43 @@ def own_token(url: str) -> str | None:
         return None
 
 
+def sign_in_link(settings: Settings, args: argparse.Namespace, url: str) -> str:
+    """A one-time link that signs a browser in to the dashboard of the gateway at ``url`` as
+    ``args`` asks (by default as a platform admin), valid for a minute. The gateway must first
+    prove it holds the local issuer's key, as for the client commands' own token."""
+    from gateway.auth.keys import local_key_set
+    from gateway.auth.proof import proof_key
+    from gateway.auth.sessions import mint_sign_in_code
+
+    if settings.auth.oidc_issuer is not None:
+        raise ConfigError(
+            f"the dashboard signs in through {settings.auth.oidc_issuer} (MUSTER_OIDC_ISSUER): "
+            f"open {url}/ui/"
+        )
+    if not args.tenant and not args.group and not args.admin:
+        args.admin = True  # the key's holder is an admin of this gateway anyway
+    groups = [role_group(tenant, Role(args.role)) for tenant in args.tenant]
+    if args.admin:
+        if not settings.auth.admin_groups:
+            raise ConfigError("--admin needs MUSTER_ADMIN_GROUPS to name a group")
+        groups.append(settings.auth.admin_groups[0])
+    keys = local_key_set(settings.issuer_key_file)
+    try:
+        _require_proof(url, proof_key(keys))
+    except (Unproven, Unreachable) as exc:
+        message = str(exc).replace("no token was sent", "no sign-in link was made")
+        raise ConfigError(message) from exc
+    user = args.user or _login_name()
+    code = mint_sign_in_code(
+        keys,
+        subject=user,
+        groups=[*groups, *args.group],
+        groups_claim=settings.auth.oidc_groups_claim,
+        extra=_user_claim(settings.auth.oidc_user_claim, user),
+    )
+    return f"{url}/ui/login?code={code}"
+
+
 def _require_proof(url: str, key: ProofKey) -> None:
     """Pass when the server at ``url`` proves it holds the issuer key ``key`` was derived from;
     else raise Unproven (or Unreachable, when the connection is refused)."""

@@ -209,6 +209,13 @@ def _issuer(text: str) -> str:
     return text
 
 
+def _session_seconds(text: str) -> int:
+    value = int(text)
+    if not 60 <= value <= 30 * 86400:
+        raise ValueError("must be 60 seconds to 30 days (2592000)")
+    return value
+
+
 def _leeway(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 300:
@@ -695,6 +702,47 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class UiSettings:
+    """The web dashboard at /ui: how browsers sign in, and for how long."""
+
+    client_id: str | None = field(
+        default=None,
+        metadata=_env(
+            "MUSTER_UI_CLIENT_ID",
+            "public OIDC client id the dashboard signs in with (authorization code flow with "
+            "PKCE) when MUSTER_OIDC_ISSUER is set; unset: the dashboard is signed in only by "
+            "`muster ui` links (local issuer)",
+        ),
+    )
+    scopes: tuple[str, ...] = field(
+        default=("openid", "profile", "email", "groups"),
+        metadata=_env(
+            "MUSTER_UI_SCOPES",
+            "comma-separated scopes the dashboard asks the external issuer for",
+            parse=_csv,
+        ),
+    )
+    public_url: str | None = field(
+        default=None,
+        metadata=_env(
+            "MUSTER_UI_PUBLIC_URL",
+            "the gateway's URL as browsers reach it (e.g. https://muster.example.com), for the "
+            "OIDC redirect URI and secure cookies; unset: taken from each request",
+            parse=_issuer,
+        ),
+    )
+    session_seconds: int = field(
+        default=8 * 3600,
+        metadata=_env(
+            "MUSTER_UI_SESSION_SECONDS",
+            "how long a dashboard sign-in of the local issuer lasts (an external issuer's "
+            "lasts as long as its token)",
+            parse=_session_seconds,
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """Every setting, parsed, by group. ``Settings.load`` builds it from the environment and the
     flags; tests build it directly, naming only the groups (and fields) they change, e.g.
@@ -718,6 +766,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     logging: LogSettings = field(default_factory=LogSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
 
     @property
     def work_dir(self) -> Path:

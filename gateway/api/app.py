@@ -21,6 +21,7 @@ from gateway.api import (
     cluster,
     cohorts,
     connections,
+    dashboard,
     events,
     jobs,
     metrics,
@@ -108,6 +109,7 @@ def make_app(
     app.add_routes(usage.routes)
     app.add_routes(events.routes)
     app.add_routes(replicas.routes)
+    dashboard.setup(app)
     return app
 
 

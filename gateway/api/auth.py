@@ -6,6 +6,10 @@ Invariants:
   local issuer's proof, and /metrics when MUSTER_PUBLIC_METRICS is set) needs a valid bearer
   token, else 401 with ``WWW-Authenticate: Bearer``; unknown paths too, so routes cannot be
   probed without a token;
+- a browser may authenticate with the dashboard's session cookie instead (it holds a bearer
+  token, checked the same way); a cookie-authenticated request that may change something must
+  carry the session's CSRF token and must not come from another site (``gateway.auth.sessions``),
+  else 403. A dashboard page asked for without a session redirects to the sign-in page;
 - an object of a tenant where the caller has no role answers exactly as an object that does not
   exist (404, same message); 403 is reserved for objects the caller can see but may not act on,
   for admin endpoints, and for callers whose token grants no role anywhere.
@@ -13,10 +17,13 @@ Invariants:
 
 from __future__ import annotations
 
+from urllib.parse import urlencode, urlsplit
+
 from aiohttp import web
 
 from gateway.api.context import AUTHENTICATOR, SETTINGS
 from gateway.api.problems import Handler
+from gateway.auth.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, csrf_matches
 from gateway.domain.access import LEAST_ROLE, Access, Action
 from gateway.domain.lifecycle.records import Job
 from gateway.domain.names import DNS_1123_LABEL
@@ -24,21 +31,88 @@ from gateway.errors import Forbidden, NotFound, Unauthorized
 from gateway.logs import bind
 
 ACCESS = web.RequestKey("access", Access)
+#: The Authorization header the request was authenticated with (a session cookie's token as a
+#: bearer header), for rechecks of long-lived responses.
+CREDENTIALS = web.RequestKey("credentials", str)
 PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json", "/v1/issuer/proof"}
+    {
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/.well-known/jwks.json",
+        "/v1/issuer/proof",
+        "/ui/login",
+        "/ui/callback",
+        "/ui/logout",
+    }
 )
+#: The dashboard's assets: public, so the sign-in page has its style sheet.
+PUBLIC_PREFIXES = ("/ui/static/",)
+DASHBOARD_PREFIX = "/ui"
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or (
-        request.path == "/metrics" and request.app[SETTINGS].auth.public_metrics
+    path = request.path
+    if (
+        path in PUBLIC_PATHS
+        or path.startswith(PUBLIC_PREFIXES)
+        or (path == "/metrics" and request.app[SETTINGS].auth.public_metrics)
     ):
         return await handler(request)
-    access = await request.app[AUTHENTICATOR].access(request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    session = request.cookies.get(SESSION_COOKIE)
+    if authorization is None and session:
+        check_same_site(request, session)
+        authorization = f"Bearer {session}"
+    try:
+        access = await request.app[AUTHENTICATOR].access(authorization)
+    except Unauthorized:
+        if _dashboard_page(request):
+            raise web.HTTPSeeOther(sign_in_location(request)) from None
+        raise
     request[ACCESS] = access
+    if authorization is not None:
+        request[CREDENTIALS] = authorization
     bind(user=access.principal.user)
     return await handler(request)
+
+
+def check_same_site(request: web.Request, session: str) -> None:
+    """403 for a cookie-authenticated request that may change something and lacks the session's
+    CSRF token, or that the browser says another site sent."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in {"same-origin", "none"}:
+        raise Forbidden("a request from another site may not use the dashboard's session")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != own_origin(request):
+        raise Forbidden(f"a request from {origin[:100]} may not use the dashboard's session")
+    if not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+        raise Forbidden(
+            f"a request authenticated by the dashboard's session cookie needs its {CSRF_HEADER} "
+            "header (the csrf-token of the page it came from)"
+        )
+
+
+def own_origin(request: web.Request) -> str:
+    """This gateway's origin as browsers see it: MUSTER_UI_PUBLIC_URL's, else the request's."""
+    public = request.app[SETTINGS].ui.public_url
+    if public is not None:
+        parts = urlsplit(public)
+        return f"{parts.scheme}://{parts.netloc}"
+    return f"{request.scheme}://{request.host}"
+
+
+def _dashboard_page(request: web.Request) -> bool:
+    return request.method in {"GET", "HEAD"} and (
+        request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PREFIX + "/")
+    )
+
+
+def sign_in_location(request: web.Request) -> str:
+    """The sign-in page, asked to come back to this page afterwards."""
+    return "/ui/login?" + urlencode({"next": request.path_qs})
 
 
 def access(request: web.Request) -> Access:
@@ -50,7 +124,7 @@ async def recheck(request: web.Request) -> Access | None:
     None once its token has expired or it holds no role any more, and the response should end.
     Cheap: the token and its access are cached."""
     try:
-        current = await request.app[AUTHENTICATOR].access(request.headers.get("Authorization"))
+        current = await request.app[AUTHENTICATOR].access(request.get(CREDENTIALS))
     except Unauthorized:
         return None
     return current if current.anywhere else None

@@ -515,3 +515,15 @@ class AuditEntry(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
+
+
+class SignInCode(Base):
+    """A dashboard sign-in code that has been redeemed (its ``jti``): a code is redeemed once,
+    whichever replica sees it first. Kept a day past its expiry, then deleted."""
+
+    __tablename__ = "sign_in_codes"
+    __table_args__ = (Index("ix_sign_in_codes_expires_at", "expires_at"),)
+
+    jti: Mapped[str] = mapped_column(Text, primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    spent_at: Mapped[datetime] = _now()

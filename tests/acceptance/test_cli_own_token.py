@@ -303,3 +303,69 @@ def test_without_a_readable_key_no_challenge_is_sent_and_no_token(
     assert result.returncode == 0, result.stderr
     assert [path for _, path, _ in server.seen] == ["/v1/jobs"]
     assert server.authorizations() == []
+
+
+# --- muster ui: a sign-in link only for a server that proves the key ---------------------------
+
+
+@pytest.mark.parametrize(
+    "impostor", ["plausible JSON", "a proof made with another key, naming ours"]
+)
+def test_an_impostor_gets_no_dashboard_sign_in_link(
+    gateway: str, other_key: ProofKey, serve: Callable[[ProofAnswer], Server], impostor: str
+) -> None:
+    server = serve(_impostors(gateway, other_key)[impostor])
+
+    result = muster("ui", url=server.url)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"({IMPOSTORS[impostor]}), so no sign-in link was made" in result.stderr
+    assert [path.split("?")[0] for _, path, _ in server.seen] == ["/v1/issuer/proof"]
+
+
+def test_the_sign_in_link_is_a_one_minute_code_of_the_roles_asked_for(
+    serve: Callable[[ProofAnswer], Server],
+) -> None:
+    server = serve(_genuine)
+
+    result = muster("ui", "--tenant", "acme", "--role", "viewer", "--user", "vic", url=server.url)
+
+    assert result.returncode == 0, result.stderr
+    link = urlsplit(result.stdout.strip())
+    assert f"{link.scheme}://{link.netloc}{link.path}" == f"{server.url}/ui/login"
+    code = parse_qs(link.query)["code"][0]
+    claims = json.loads(base64.urlsafe_b64decode(code.split(".")[1] + "=="))
+    assert claims["aud"] == "muster-ui-sign-in"
+    assert claims["groups"] == ["muster:acme:viewer"]
+    assert claims["sub"] == "vic"
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_the_sign_in_link_signs_a_browser_in_to_the_real_gateway_once(gateway: str) -> None:
+    link = muster("ui", url=gateway).stdout.strip()
+    opener = urllib.request.build_opener(_NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as signed_in:
+        opener.open(link)
+    with signed_in.value as answer:
+        assert answer.code == 303
+        assert "muster_session=" in answer.headers["Set-Cookie"]
+    with pytest.raises(urllib.error.HTTPError) as again:
+        opener.open(link)
+    with again.value as answer:
+        assert answer.code == 400
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_muster_ui_refuses_when_an_external_issuer_signs_users_in() -> None:
+    result = muster("ui", url="http://127.0.0.1:1", MUSTER_OIDC_ISSUER="https://idp.example")
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "muster: the dashboard signs in through https://idp.example "
+        "(MUSTER_OIDC_ISSUER): open http://127.0.0.1:1/ui/\n"
+    )

@@ -41,10 +41,13 @@ def app(tmp_path: Path, unconnected_engine: AsyncEngine) -> web.Application:
 
 
 def routed(app: web.Application) -> set[Operation]:
-    """Every (method, template) the router serves, without the HEAD twins aiohttp adds to GETs."""
+    """Every (method, template) the router serves, without the HEAD twins aiohttp adds to GETs,
+    and without the dashboard's (/ui: HTML pages for browsers, not the API)."""
     operations: set[Operation] = set()
     for route in app.router.routes():
         template = route.resource.canonical if route.resource is not None else ""
+        if template == "/ui" or template.startswith("/ui/"):
+            continue
         operations.add((route.method.upper(), template))
     return {
         (method, template)

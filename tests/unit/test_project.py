@@ -53,3 +53,21 @@ def test_every_package_ships_in_the_wheel() -> None:
         for path in (ROOT / "gateway").rglob("__init__.py")
     }
     assert found - listed == set(), "packages missing from [tool.setuptools] packages"
+
+
+def test_the_dashboards_templates_and_assets_ship_in_the_package() -> None:
+    """Every template and asset matches a package-data pattern, so `pip install` (not a
+    checkout) serves the dashboard whole."""
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["gateway.api.dashboard"]
+    base = ROOT / "gateway" / "api" / "dashboard"
+    files = [
+        path.relative_to(base).as_posix()
+        for folder in ("templates", "static")
+        for path in (base / folder).iterdir()
+    ]
+    assert files
+    assert [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)] == []

@@ -1,0 +1,237 @@
+// Muster's dashboard: live updates, followed logs, and the API actions of its buttons and forms.
+// No inline script anywhere (the Content-Security-Policy forbids it); every text that comes from
+// the server is inserted as text, never as markup.
+"use strict";
+
+(() => {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
+
+  function notice(text, kind) {
+    const box = document.getElementById("notice");
+    if (!box) return;
+    box.textContent = text;
+    box.dataset.kind = kind;
+    box.hidden = false;
+  }
+
+  function setStatus(text) {
+    const status = document.getElementById("live-status");
+    if (status) {
+      status.textContent = text;
+      status.dataset.live = text;
+    }
+  }
+
+  // --- live parts: the page fetched again, its [data-live] parts swapped in ---------------------
+
+  let running = false;
+  let pending = false;
+  let timer = null;
+
+  async function refresh() {
+    if (running) {
+      pending = true;
+      return;
+    }
+    running = true;
+    try {
+      const response = await fetch(location.href, {
+        headers: { "X-Muster-Live": "1", Accept: "text/html" },
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+      if (response.redirected) {
+        notice("Your session has ended: reload the page to sign in again.", "error");
+        return;
+      }
+      if (!response.ok) return;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      for (const part of fresh.querySelectorAll("[data-live][id]")) {
+        const current = document.getElementById(part.id);
+        if (current && current.innerHTML !== part.innerHTML) {
+          current.replaceWith(document.importNode(part, true));
+        }
+      }
+      startLogs();
+    } catch (error) {
+      setStatus("offline");
+    } finally {
+      running = false;
+      if (pending) {
+        pending = false;
+        schedule();
+      }
+    }
+  }
+
+  function schedule() {
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      refresh();
+    }, 200);
+  }
+
+  // --- the event stream: resumed after a dropped connection ------------------------------------
+
+  function follow(url, types) {
+    let lastId = null;
+    let delay = 1000;
+    const connect = () => {
+      const resumed = lastId ? url.replace(/after=[^&]*/, "after=" + encodeURIComponent(lastId)) : url;
+      const source = new EventSource(resumed);
+      source.onopen = () => {
+        setStatus("live");
+        delay = 1000;
+        schedule(); // whatever happened while it was away
+      };
+      const seen = (event) => {
+        if (event.lastEventId) lastId = event.lastEventId;
+        schedule();
+      };
+      for (const type of types) source.addEventListener(type, seen);
+      source.onerror = () => {
+        setStatus("reconnecting");
+        if (source.readyState === EventSource.CLOSED) {
+          setTimeout(connect, delay);
+          delay = Math.min(delay * 2, 15000);
+        }
+      };
+    };
+    connect();
+  }
+
+  // --- logs: each open replica's log, streamed as text -----------------------------------------
+
+  const MAX_LOG_CHARS = 2_000_000;
+
+  function append(pre, text) {
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    pre.append(document.createTextNode(text));
+    if (pre.textContent.length > MAX_LOG_CHARS) {
+      pre.textContent = "…" + pre.textContent.slice(-MAX_LOG_CHARS / 2);
+    }
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+
+  async function streamLog(pre) {
+    pre.dataset.streaming = "1";
+    pre.textContent = "";
+    try {
+      const response = await fetch(pre.dataset.src, { credentials: "same-origin", cache: "no-store" });
+      if (!response.ok) {
+        const problem = await response.json().catch(() => ({}));
+        pre.dataset.ended = "error";
+        append(pre, "(" + (problem.detail || "HTTP " + response.status) + ")");
+        return;
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        append(pre, decoder.decode(value, { stream: true }));
+      }
+      append(pre, decoder.decode());
+      pre.dataset.ended = pre.textContent ? "done" : "empty";
+    } catch (error) {
+      pre.dataset.ended = "error";
+      append(pre, "\n(the log stream was interrupted)");
+    } finally {
+      pre.dataset.streaming = "0";
+    }
+  }
+
+  function startLogs() {
+    for (const pre of document.querySelectorAll("details[open] pre.log[data-src]")) {
+      const ended = pre.dataset.ended;
+      if (pre.dataset.streaming === "1" || ended === "done") continue;
+      streamLog(pre);
+    }
+  }
+
+  document.addEventListener(
+    "toggle",
+    (event) => {
+      if (event.target.matches?.("details.log-box") && event.target.open) startLogs();
+    },
+    true,
+  );
+
+  // --- actions: the API's own requests, with the session's CSRF token ---------------------------
+
+  function ask(question) {
+    const dialog = document.getElementById("confirm");
+    if (!question || !dialog?.showModal) return Promise.resolve(true);
+    document.getElementById("confirm-text").textContent = question;
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "yes"), { once: true });
+      dialog.returnValue = "";
+      dialog.showModal();
+      document.getElementById("confirm-no").focus();
+    });
+  }
+
+  async function act(method, path, body, question) {
+    if (!(await ask(question))) return;
+    const headers = { "X-CSRF-Token": csrf(), Accept: "application/json" };
+    if (body !== null) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(path, {
+        method,
+        headers,
+        credentials: "same-origin",
+        body: body === null ? undefined : JSON.stringify(body),
+      });
+    } catch (error) {
+      notice("The gateway could not be reached; nothing was changed.", "error");
+      return;
+    }
+    if (response.ok) {
+      notice("Done.", "ok");
+      refresh();
+      return;
+    }
+    const problem = await response.json().catch(() => ({}));
+    const fields = (problem.errors || []).map((e) => `${e.pointer || ""} ${e.detail || ""}`.trim());
+    notice([problem.detail || problem.title || "HTTP " + response.status, ...fields].join("; "), "error");
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest?.("button[data-api-path]");
+    if (!button) return;
+    event.preventDefault();
+    act(button.dataset.apiMethod, button.dataset.apiPath, null, button.dataset.confirm);
+  });
+
+  document.addEventListener("submit", (event) => {
+    const form = event.target.closest?.("form[data-api-path]");
+    if (!form) return;
+    event.preventDefault();
+    const body = {};
+    for (const input of form.querySelectorAll("input[name]")) {
+      let value = input.value.trim();
+      if (value === "") continue;
+      if (input.dataset.json === "number") {
+        value = Number(value);
+        if (!Number.isFinite(value)) {
+          notice(`${input.name} must be a number`, "error");
+          input.focus();
+          return;
+        }
+      }
+      const path = input.name.split(".");
+      let into = body;
+      for (const key of path.slice(0, -1)) into = into[key] ??= {};
+      into[path[path.length - 1]] = value;
+    }
+    act(form.dataset.apiMethod, form.dataset.apiPath, body, form.dataset.confirm);
+  });
+
+  // --- start ------------------------------------------------------------------------------------
+
+  const events = document.body.dataset.events;
+  if (events) follow(events, (document.body.dataset.eventTypes || "").split(" ").filter(Boolean));
+  startLogs();
+})();
