@@ -64,12 +64,14 @@
     }
   }
 
+  // At most one redraw every half second, however busy the stream: a burst of events is one
+  // fetch of the page.
   function schedule() {
     if (timer !== null) return;
     timer = setTimeout(() => {
       timer = null;
       refresh();
-    }, 200);
+    }, 500);
   }
 
   // --- the event stream: resumed after a dropped connection ------------------------------------
