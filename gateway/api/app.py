@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.api import (
     admin,
     batches,
+    closing,
     cluster,
     cohorts,
     connections,
@@ -97,6 +98,7 @@ def make_app(
         max_termination_grace_seconds=settings.backend.max_termination_grace_seconds,
     )
     app[service.ISSUER_CACHE] = {}
+    closing.install(app)
     app.add_routes(service.routes)
     app.add_routes(jobs.routes)
     app.add_routes(batches.routes)

@@ -12,7 +12,6 @@ reconnects, from a page that still carries the ``after`` of its first connection
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -23,6 +22,7 @@ from aiohttp import web
 from prometheus_client.registry import Collector
 
 from gateway.api.auth import recheck, require_role
+from gateway.api.closing import closing, pause
 from gateway.api.context import ENGINE
 from gateway.api.observability import REQUEST_ID_HEADER
 from gateway.api.paging import tenant_filter
@@ -105,7 +105,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Job events from job_events, by writing transaction then id, each once its transaction and
     every older one have finished (so a client that resumes with Last-Event-ID misses nothing
     committed meanwhile, whatever order transactions commit in). Runs until the client goes, or
-    its token expires, or it loses its last role; a revoked tenant's events stop at once."""
+    its token expires, or it loses its last role, or the gateway shuts down (the client resumes);
+    a revoked tenant's events stop at once."""
     tenants = require_role(request).tenants(Action.READ)  # None: an admin sees every tenant
     tenant, job, kind = _event_filters(request.query)
     last = await _resume_from(request)
@@ -123,7 +124,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(b"retry: 1000\n\n")
         quiet_since = time.monotonic()
-        while request.transport is not None and not request.transport.is_closing():
+        while (
+            request.transport is not None
+            and not request.transport.is_closing()
+            and not closing(request)
+        ):
             # A stream outlives its request: it ends when the token expires, and follows
             # grants as they change.
             caller = await recheck(request)
@@ -153,7 +158,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keep-alive\n\n")
                 quiet_since = time.monotonic()
             if len(page) < EVENT_PAGE:
-                await asyncio.sleep(EVENT_POLL_SECONDS)
+                await pause(request, EVENT_POLL_SECONDS)
     except ConnectionResetError:
         pass
     return response

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.api import schema, webhooks
 from gateway.api.auth import access, actor, check_job, recheck, require_role, role_refusal
 from gateway.api.body import read_checked, read_document
+from gateway.api.closing import until_closing
 from gateway.api.context import (
     ENGINE,
     INVENTORY,
@@ -448,7 +449,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
     name = pod_name(job.name, role, index)
     following = follow in ("true", "1")
     try:
-        async for chunk in runtime.logs(job.id, name, follow=following):
+        async for chunk in until_closing(request, runtime.logs(job.id, name, follow=following)):
             if following:  # a followed log may outlive its token, or the caller's role
                 caller = await recheck(request)
                 if caller is None or not caller.sees(job.tenant):

@@ -1,0 +1,64 @@
+"""Long-lived responses end when the gateway shuts down.
+
+An event stream or a followed log can stay open for hours (every dashboard tab holds one). On
+shutdown, aiohttp waits up to MUSTER_SHUTDOWN_GRACE for handlers still running; these would use
+all of it. So the application's shutdown signal sets ``CLOSING``, and every long-lived handler
+ends its response within one poll of it (``pause``) or as soon as it is set (``until_closing``).
+Clients resume: an EventSource reconnects with Last-Event-ID, to this replica when it is back
+or to another.
+
+Invariant: ``CLOSING`` is set before aiohttp starts waiting for handlers (``on_shutdown`` runs
+first), and nothing clears it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+CLOSING = web.AppKey("closing", asyncio.Event)
+
+
+def install(app: web.Application) -> None:
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_set_closing)
+
+
+async def _set_closing(app: web.Application) -> None:
+    app[CLOSING].set()
+
+
+def closing(request: web.Request) -> bool:
+    return request.app[CLOSING].is_set()
+
+
+async def pause(request: web.Request, seconds: float) -> None:
+    """Sleep ``seconds``, or less once the gateway is shutting down."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(request.app[CLOSING].wait(), seconds)
+
+
+async def until_closing(request: web.Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` until they end or the gateway starts shutting down."""
+    stop = asyncio.ensure_future(request.app[CLOSING].wait())
+    try:
+        while not stop.done():
+            step = asyncio.ensure_future(anext(chunks))
+            done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if step not in done:
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                break
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                break
+    finally:
+        stop.cancel()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
