@@ -156,15 +156,13 @@ def _spec_text(spec: dict[str, Any]) -> str:
 @page
 async def cluster(request: web.Request) -> web.StreamResponse:
     found = await api_get(request, "/v1/cluster")
-    tenants = sorted(
-        {
-            holder["tenant"]
-            for node in found["nodes"]
-            for device in node["gpu_devices"]
-            for holder in device.get("holders", [])
-            if holder["tenant"] is not None
-        }
-    )
+    holders = [
+        holder["tenant"]
+        for node in found["nodes"]
+        for device in node["gpu_devices"]
+        for holder in device["holders"]
+    ]
+    tenants = sorted({tenant for tenant in holders if tenant is not None})
     return render(
         request,
         "cluster.html",
@@ -172,6 +170,7 @@ async def cluster(request: web.Request) -> web.StreamResponse:
             "title": "Cluster",
             "cluster": found,
             "legend": tenants,
+            "hidden_holders": None in holders,
             "events": events_url(),
             "event_types": EVENT_TYPES,
         },

@@ -76,13 +76,18 @@
 
   // --- the event stream: resumed after a dropped connection ------------------------------------
 
+  // The page's one EventSource, closed when the page is left: the browser may keep a left page
+  // alive (its back/forward cache) and would hold the connection otherwise.
+  let source = null;
+
   function follow(url, types) {
     let lastId = null;
     let delay = 1000;
     const connect = () => {
       const resumed = lastId ? url.replace(/after=[^&]*/, "after=" + encodeURIComponent(lastId)) : url;
-      const source = new EventSource(resumed);
-      source.onopen = () => {
+      source = new EventSource(resumed);
+      const current = source;
+      current.onopen = () => {
         setStatus("live");
         delay = 1000;
         schedule(); // whatever happened while it was away
@@ -91,16 +96,18 @@
         if (event.lastEventId) lastId = event.lastEventId;
         schedule();
       };
-      for (const type of types) source.addEventListener(type, seen);
-      source.onerror = () => {
+      for (const type of types) current.addEventListener(type, seen);
+      current.onerror = () => {
+        if (current !== source) return; // closed on purpose
         setStatus("reconnecting");
-        if (source.readyState === EventSource.CLOSED) {
-          setTimeout(connect, delay);
+        if (current.readyState === EventSource.CLOSED) {
+          setTimeout(() => current === source && connect(), delay);
           delay = Math.min(delay * 2, 15000);
         }
       };
     };
     connect();
+    return connect;
   }
 
   // --- logs: each open replica's log, streamed as text -----------------------------------------
@@ -116,11 +123,19 @@
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
+  const streams = new Set(); // the AbortControllers of the logs being streamed
+
   async function streamLog(pre) {
     pre.dataset.streaming = "1";
     pre.textContent = "";
+    const controller = new AbortController();
+    streams.add(controller);
     try {
-      const response = await fetch(pre.dataset.src, { credentials: "same-origin", cache: "no-store" });
+      const response = await fetch(pre.dataset.src, {
+        credentials: "same-origin",
+        cache: "no-store",
+        signal: controller.signal,
+      });
       if (!response.ok) {
         const problem = await response.json().catch(() => ({}));
         pre.dataset.ended = "error";
@@ -137,9 +152,14 @@
       append(pre, decoder.decode());
       pre.dataset.ended = pre.textContent ? "done" : "empty";
     } catch (error) {
-      pre.dataset.ended = "error";
-      append(pre, "\n(the log stream was interrupted)");
+      if (controller.signal.aborted) {
+        pre.dataset.ended = ""; // left the page: streamed again if it comes back
+      } else {
+        pre.dataset.ended = "error";
+        append(pre, "\n(the log stream was interrupted)");
+      }
     } finally {
+      streams.delete(controller);
       pre.dataset.streaming = "0";
     }
   }
@@ -234,6 +254,26 @@
   // --- start ------------------------------------------------------------------------------------
 
   const events = document.body.dataset.events;
-  if (events) follow(events, (document.body.dataset.eventTypes || "").split(" ").filter(Boolean));
+  const reconnect = events
+    ? follow(events, (document.body.dataset.eventTypes || "").split(" ").filter(Boolean))
+    : null;
   startLogs();
+
+  // Leaving the page closes its connections; coming back to it (the back/forward cache) opens
+  // them again and catches up.
+  window.addEventListener("pagehide", () => {
+    setStatus("");
+    if (source !== null) {
+      const closing = source;
+      source = null;
+      closing.close();
+    }
+    for (const controller of streams) controller.abort();
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (!event.persisted) return;
+    if (reconnect !== null) reconnect();
+    startLogs();
+    schedule();
+  });
 })();
