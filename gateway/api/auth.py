@@ -41,11 +41,10 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
         "/.well-known/jwks.json",
         "/v1/issuer/proof",
-        "/ui/login",
-        "/ui/callback",
-        "/ui/logout",
     }
 )
+#: The dashboard's sign-in pages, which a browser reaches before it has a session.
+SIGN_IN_PATHS = frozenset({"/ui/login", "/ui/callback", "/ui/logout"})
 #: The dashboard's assets: public, so the sign-in page has its style sheet.
 PUBLIC_PREFIXES = ("/ui/static/",)
 DASHBOARD_PREFIX = "/ui"
@@ -56,6 +55,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     path = request.path
     if (
         path in PUBLIC_PATHS
+        or path in SIGN_IN_PATHS
         or path.startswith(PUBLIC_PREFIXES)
         or (path == "/metrics" and request.app[SETTINGS].auth.public_metrics)
     ):
@@ -83,16 +83,37 @@ def check_same_site(request: web.Request, session: str) -> None:
     CSRF token, or that the browser says another site sent."""
     if request.method in SAFE_METHODS:
         return
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in {"same-origin", "none"}:
-        raise Forbidden("a request from another site may not use the dashboard's session")
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != own_origin(request):
+    if not from_this_site(request):
+        origin = request.headers.get("Origin", "another site")
         raise Forbidden(f"a request from {origin[:100]} may not use the dashboard's session")
     if not csrf_matches(session, request.headers.get(CSRF_HEADER)):
         raise Forbidden(
             f"a request authenticated by the dashboard's session cookie needs its {CSRF_HEADER} "
             "header (the csrf-token of the page it came from)"
         )
+
+
+def from_this_site(request: web.Request) -> bool:
+    """Whether the browser says the request comes from the gateway's own pages (or the user
+    typed it): Sec-Fetch-Site same-origin or none, and an Origin of this gateway. An Origin of
+    "null" (a privacy setting's) counts only where Sec-Fetch-Site vouches for the page."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site not in {"same-origin", "none"}:
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None or (origin == "null" and fetch_site == "same-origin"):
+        return True
+    return same_origin(request, origin)
+
+
+def same_origin(request: web.Request, origin: str) -> bool:
+    """Whether a browser's Origin header names this gateway: MUSTER_UI_PUBLIC_URL's origin when
+    it is set, else the host the request was sent to, whatever the scheme (a TLS proxy in front
+    turns the browser's https into the gateway's http)."""
+    if request.app[SETTINGS].ui.public_url is not None:
+        return origin == own_origin(request)
+    parts = urlsplit(origin)
+    return parts.scheme in {"http", "https"} and parts.netloc == request.host
 
 
 def own_origin(request: web.Request) -> str:
@@ -105,8 +126,13 @@ def own_origin(request: web.Request) -> str:
 
 
 def _dashboard_page(request: web.Request) -> bool:
-    return request.method in {"GET", "HEAD"} and (
-        request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PREFIX + "/")
+    """A browser navigating to a dashboard page (not a page's own script fetching it again,
+    which is answered 401 and tells its user the session ended)."""
+    return (
+        request.method in {"GET", "HEAD"}
+        and (request.path == DASHBOARD_PREFIX or request.path.startswith(DASHBOARD_PREFIX + "/"))
+        and request.headers.get("Sec-Fetch-Mode", "navigate") == "navigate"
+        and "X-Muster-Live" not in request.headers
     )
 
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qs
 
 import yaml
 from aiohttp import StreamReader, web
@@ -86,6 +87,19 @@ async def read_document(request: web.Request, max_bytes: int) -> Any:
         raise BadRequest(f"the YAML body cannot be expressed as JSON: {exc}") from exc
     _refuse_unstorable(value)
     return value
+
+
+async def read_form(request: web.Request, max_bytes: int) -> dict[str, str]:
+    """A small HTML form's body (application/x-www-form-urlencoded, at most ``max_bytes``, within
+    the body deadline), each field's first value."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("send the form as application/x-www-form-urlencoded")
+    text = await _read_text(request, max_bytes)
+    try:
+        fields = parse_qs(text, max_num_fields=20)
+    except ValueError as exc:
+        raise BadRequest(f"the form cannot be read: {exc}") from exc
+    return {key: values[0] for key, values in fields.items()}
 
 
 async def _read_text(request: web.Request, max_bytes: int) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -41,24 +42,44 @@ async def pause(request: web.Request, seconds: float) -> None:
         await asyncio.wait_for(request.app[CLOSING].wait(), seconds)
 
 
-async def until_closing(request: web.Request, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``chunks`` until they end or the gateway starts shutting down."""
+async def until_closing(
+    request: web.Request, chunks: AsyncIterator[bytes], *, check_every: float = 5.0
+) -> AsyncIterator[bytes]:
+    """``chunks`` until they end, the gateway starts shutting down, or the client has gone
+    (checked every ``check_every`` seconds while no chunk comes: a followed log of a silent
+    replica would otherwise wait for its next line to notice). The source is closed whichever
+    way it ends."""
     stop = asyncio.ensure_future(request.app[CLOSING].wait())
+    step: asyncio.Future[bytes] | None = None
     try:
         while not stop.done():
-            step = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if step is None:
+                step = asyncio.ensure_future(anext(chunks))
+            waiting: set[asyncio.Future[Any]] = {step, stop}
+            done, _ = await asyncio.wait(waiting, timeout=check_every, return_when=FIRST)
             if step not in done:
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                break
+                if stop in done or _client_gone(request):
+                    break
+                continue
+            finished, step = step, None
             try:
-                yield step.result()
+                chunk = finished.result()
             except StopAsyncIteration:
                 break
+            yield chunk
     finally:
         stop.cancel()
+        if step is not None:
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+FIRST = asyncio.FIRST_COMPLETED
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()

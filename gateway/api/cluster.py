@@ -1,9 +1,9 @@
 """Cluster and tenant status: what the cluster offers, what is free, and each tenant's usage.
 
 Invariant: GET /v1/cluster shows every caller each GPU device's holders and their shares, but
-names a holder's tenant and job only to a caller who may read that tenant; the others are
-listed after the named ones, ordered by shares alone, so their place in the list says nothing
-of whose they are.
+names a holder's tenant and job only to a caller who may read that tenant; what the others
+hold on a device is one anonymous holder after the named ones, their shares summed, so a caller
+learns neither whose they are nor how many pods or jobs they are.
 """
 
 from __future__ import annotations
@@ -121,29 +121,28 @@ def _holders_by_device(
     holders: Iterable[DeviceHolder], readable: Collection[str] | None
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Each device's holders as GET /v1/cluster shows them, by (node, device index): named where
-    the caller may read the tenant (``readable``; None: every tenant), else anonymous (module
-    docstring); named ones by tenant then job, then anonymous ones by shares."""
+    the caller may read the tenant (``readable``; None: every tenant), by tenant then job; then
+    what tenants it may not read hold there, as one anonymous holder of their shares together,
+    so a caller learns how much of a device others use but not how many pods or jobs."""
     found: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    hidden: dict[tuple[str, int], int] = defaultdict(int)
     for holder in holders:
-        named = readable is None or holder.tenant in readable
-        found[(holder.node, holder.device)].append(
+        device = (holder.node, holder.device)
+        if readable is not None and holder.tenant not in readable:
+            hidden[device] += holder.shares
+            continue
+        found[device].append(
             {
-                "tenant": holder.tenant if named else None,
-                "job_id": holder.job_id if named else None,
-                "job_name": holder.job_name if named else None,
+                "tenant": holder.tenant,
+                "job_id": holder.job_id,
+                "job_name": holder.job_name,
                 "shares": holder.shares,
             }
         )
     for listed in found.values():
-        listed.sort(
-            key=lambda h: (
-                h["tenant"] is None,
-                h["tenant"] or "",
-                h["job_name"] or "",
-                h["job_id"] or "",
-                h["shares"],
-            )
-        )
+        listed.sort(key=lambda h: (h["tenant"], h["job_name"], h["job_id"], h["shares"]))
+    for device, shares in hidden.items():
+        found[device].append({"tenant": None, "job_id": None, "job_name": None, "shares": shares})
     return found
 
 

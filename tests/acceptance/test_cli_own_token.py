@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -344,14 +345,19 @@ def test_the_sign_in_link_is_a_one_minute_code_of_the_roles_asked_for(
 
 def test_the_sign_in_link_signs_a_browser_in_to_the_real_gateway_once(gateway: str) -> None:
     link = muster("ui", url=gateway).stdout.strip()
+    code = parse_qs(urlsplit(link).query)["code"][0]
+    with urllib.request.urlopen(link) as page:  # opening the link asks first
+        assert page.status == 200
+        assert "Set-Cookie" not in page.headers
     opener = urllib.request.build_opener(_NoRedirect)
+    form = urllib.parse.urlencode({"code": code}).encode()
     with pytest.raises(urllib.error.HTTPError) as signed_in:
-        opener.open(link)
+        opener.open(urllib.request.Request(f"{gateway}/ui/login", data=form))
     with signed_in.value as answer:
         assert answer.code == 303
         assert "muster_session=" in answer.headers["Set-Cookie"]
     with pytest.raises(urllib.error.HTTPError) as again:
-        opener.open(link)
+        opener.open(urllib.request.Request(f"{gateway}/ui/login", data=form))
     with again.value as answer:
         assert answer.code == 400
 

@@ -27,7 +27,7 @@ import pytest
 from gateway.async_client import AsyncClient
 from gateway.client import Client
 from gateway.client_models import JobEvent, JobRequest, Replica
-from gateway.errors import WaitTimedOut
+from gateway.errors import ApiProblem, Unreachable, WaitTimedOut
 from gateway.settings import ClientSettings
 from tests.acceptance.gateway_process import GatewayProcess, admin_token
 from tests.acceptance.test_serve import _request, _stop_leftover_postgres
@@ -173,9 +173,16 @@ def test_events_resume_after_a_cut_connection_losing_and_repeating_nothing(
     client = client_of(proxy.url)
     first = client_of(gateway).submit(spec("events-a", ["sleep", "600"])).job
 
+    done = threading.Event()
+
     def follow() -> None:
-        for event in client.events(tenant="acme", reconnect_seconds=0.1):
-            seen.append(event)
+        try:
+            for event in client.events(tenant="acme", reconnect_seconds=0.1):
+                seen.append(event)
+                if done.is_set():
+                    return
+        except (ApiProblem, Unreachable):
+            return  # the gateway went away once the test was over
 
     threading.Thread(target=follow, daemon=True).start()
     until(lambda: any(e.job_id == first.id for e in seen))
@@ -187,6 +194,7 @@ def test_events_resume_after_a_cut_connection_losing_and_repeating_nothing(
     assert proxy.connections >= 2  # it did reconnect
     types = {(e.job_id, e.type) for e in seen}
     assert {(first.id, "submitted"), (second.id, "submitted")} <= types
+    done.set()
 
 
 def test_wait_gives_up_cleanly_at_its_timeout(gateway: str) -> None:

@@ -164,7 +164,11 @@ class Dashboard:
         )
 
     def follow_link(self, link: str) -> None:
+        """Open a sign-in link and press its page's Sign in button (opening it signs no one in,
+        so a link preview cannot use it up)."""
         self.driver.get(link)
+        self.wait_until(lambda: self.find_all("#sign-in"), "the sign-in button")
+        self.find_all("#sign-in")[0].click()
 
     # --- pages -----------------------------------------------------------------------------------
 

@@ -44,20 +44,38 @@ def with_csrf(session: str, **extra: str) -> dict[str, str]:
     return {**cookie(session), CSRF_HEADER: csrf_token(session), **extra}
 
 
-async def sign_in(api: CheckedClient, code: str) -> str:
-    """The session cookie a sign-in link sets."""
-    async with api.client.get(
-        f"/ui/login?code={code}", headers=HTML, allow_redirects=False
+async def sign_in(api: CheckedClient, code: str, next_page: str = "") -> str:
+    """The session cookie a sign-in link sets: its page, then that page's button."""
+    query = {"code": code, **({"next": next_page} if next_page else {})}
+    async with api.client.get("/ui/login", params=query, headers=HTML) as page:
+        assert page.status == 200, await page.text()
+        html = await page.text()
+        assert SESSION_COOKIE not in page.cookies  # opening the link signs no one in
+    fields = dict(re.findall(r'<input type="hidden" name="(code|next)" value="([^"]*)">', html))
+    assert fields["code"] == code
+    async with api.client.post(
+        "/ui/login", data=fields, headers=HTML, allow_redirects=False
     ) as response:
         assert response.status == 303, await response.text()
-        assert response.headers["Location"] == "/ui/queue"
         morsel = response.cookies[SESSION_COOKIE]
         assert morsel["httponly"] is True
         assert morsel["samesite"] == "Lax"
         assert morsel["path"] == "/"
+        location = response.headers["Location"]
+    assert location == (next_page or "/ui/queue")
     # Each test names the session it sends: the client's own jar keeps none.
     api.client.session.cookie_jar.clear()
     return morsel.value
+
+
+async def redeem(api: CheckedClient, code: str, **headers: str) -> tuple[int, str, Any]:
+    """POST a sign-in code as the confirmation page's form does."""
+    async with api.client.post(
+        "/ui/login", data={"code": code}, headers={**HTML, **headers}, allow_redirects=False
+    ) as response:
+        text = await response.text()
+        api.client.session.cookie_jar.clear()
+        return response.status, text, response.headers
 
 
 async def session_of(api: CheckedClient, settings: Settings, **roles: Role) -> str:
@@ -80,15 +98,32 @@ async def tenants(api: CheckedClient) -> None:
 
 async def test_a_sign_in_link_signs_in_once(api: CheckedClient, settings: Settings) -> None:
     code = code_for(settings, groups=[], user="ann")
+    for _ in range(3):  # a link preview, a mail scanner, the user: opening it spends nothing
+        async with api.client.get(f"/ui/login?code={code}", headers=HTML) as opened:
+            assert opened.status == 200
+            assert 'id="signing-in-as">ann<' in await opened.text()
     session = await sign_in(api.as_(None), code)
     status, body, _ = await page(api.as_(None), "/ui/jobs", session)
     assert status == 403  # a user with no role: signed in, but nothing to see
     assert "ann has no role in any tenant" in body
 
-    async with api.client.get(f"/ui/login?code={code}", headers=HTML) as again:
-        assert again.status == 400
-        assert "has been used already" in await again.text()
-        assert SESSION_COOKIE not in again.cookies
+    status, body, headers = await redeem(api, code)
+    assert status == 400
+    assert "has been used already" in body
+    assert SESSION_COOKIE not in headers.get("Set-Cookie", "")
+
+
+async def test_a_sign_in_form_from_another_site_signs_no_one_in(
+    api: CheckedClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    code = code_for(settings, groups=[settings.auth.admin_groups[0]])
+    before = await row_counts(engine)
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        status, _, response_headers = await redeem(api, code, **headers)
+        assert status == 403
+        assert SESSION_COOKIE not in response_headers.get("Set-Cookie", "")
+    assert await row_counts(engine) == before
+    await sign_in(api.as_(None), code)  # the code is still good for its own page
 
 
 async def test_the_session_is_a_token_of_the_same_user_and_groups(
@@ -143,11 +178,12 @@ async def test_next_returns_only_to_a_dashboard_page(
         ("/v1/jobs", "/ui/queue"),
     ):
         code = code_for(settings, groups=[])
-        async with api.client.get(
-            "/ui/login", params={"code": code, "next": wanted}, allow_redirects=False
+        async with api.client.post(
+            "/ui/login", data={"code": code, "next": wanted}, allow_redirects=False
         ) as response:
             assert response.status == 303
             assert response.headers["Location"] == landed, wanted
+        api.client.session.cookie_jar.clear()
 
 
 async def test_a_page_without_a_session_goes_to_sign_in(api: CheckedClient) -> None:
@@ -269,7 +305,7 @@ async def test_every_dashboard_response_carries_a_strict_content_security_policy
         assert directives["default-src"] == "'none'"
         assert "unsafe" not in policy
         assert headers["X-Content-Type-Options"] == "nosniff"
-        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Referrer-Policy"] == "same-origin"
         if path.endswith(".js"):
             continue
         assert headers["Cache-Control"] == "no-store"
@@ -304,16 +340,67 @@ async def test_signing_out_clears_the_cookie_and_needs_the_pages_token(
     api: CheckedClient, settings: Settings
 ) -> None:
     session = await session_of(api, settings)
-    async with api.client.post(
-        "/ui/logout", data={"csrf": "wrong"}, headers=cookie(session), allow_redirects=False
-    ) as refused:
-        assert refused.status == 403
+    for headers, form in (
+        (cookie(session), {"csrf": "wrong"}),
+        ({**cookie(session), "Origin": "https://evil.example"}, {"csrf": csrf_token(session)}),
+        ({"Sec-Fetch-Site": "cross-site"}, {}),  # another site's form: no cookie comes with it
+    ):
+        async with api.client.post(
+            "/ui/logout", data=form, headers=headers, allow_redirects=False
+        ) as refused:
+            assert refused.status == 403
+            assert SESSION_COOKIE not in refused.cookies
     async with api.client.post(
         "/ui/logout",
         data={"csrf": csrf_token(session)},
         headers=cookie(session),
         allow_redirects=False,
     ) as response:
-        assert response.status == 303
-        assert response.headers["Location"] == "/ui/login?signed_out=1"
+        assert response.status == 200
+        assert "Signed out." in await response.text()
         assert response.cookies[SESSION_COOKIE].value == ""
+    async with api.client.post(
+        "/ui/logout",
+        data="x" * 5000,
+        headers={**cookie(session), "Content-Type": "application/x-www-form-urlencoded"},
+    ) as oversized:
+        assert oversized.status == 413
+
+
+async def test_a_crafted_job_id_reaches_no_other_route(
+    api: CheckedClient, settings: Settings, tenants: None
+) -> None:
+    job = await submit(api, job_spec(tenant="alpha"))
+    session = await session_of(api, settings, alpha=Role.VIEWER)
+    for crafted in (
+        f"{job['id']}%3F",
+        f"{job['id']}%2Flogs%3F",
+        f"{job['id']}%2F..%2F..%2Fcluster",
+    ):
+        status, body, headers = await page(api, f"/ui/jobs/{crafted}", session)
+        assert status == 404, crafted
+        assert headers["Content-Type"].startswith("text/html")
+        assert "does not exist" in body
+
+
+async def test_a_pages_own_refresh_without_a_session_is_a_401_not_a_redirect(
+    api: CheckedClient,
+) -> None:
+    for headers in ({"X-Muster-Live": "1"}, {"Sec-Fetch-Mode": "cors"}):
+        async with api.client.get(
+            "/ui/jobs", headers={**HTML, **headers}, allow_redirects=False
+        ) as response:
+            assert response.status == 401
+
+
+async def test_behind_a_tls_proxy_the_browsers_https_origin_is_this_gateways(
+    api: CheckedClient, settings: Settings, tenants: None
+) -> None:
+    """The proxy speaks http to the gateway; the browser's Origin says https, same host."""
+    job = await submit(api, job_spec(tenant="alpha"))
+    session = await session_of(api, settings, alpha=Role.SUBMITTER)
+    origin = f"https://{api.client.host}:{api.client.port}"
+    async with api.client.post(
+        f"/v1/jobs/{job['id']}/cancel", headers=with_csrf(session, Origin=origin)
+    ) as done:
+        assert done.status == 200

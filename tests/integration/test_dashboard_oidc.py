@@ -163,14 +163,17 @@ async def test_a_callback_that_does_not_match_its_sign_in_is_refused(
         (f"code={code}&state=forged", flow, 400, "does not match"),
         (callback.query, None, 400, "has expired"),
         (callback.query, other_flow, 400, "does not match"),
-        ("error=access_denied&error_description=<b>no</b>", flow, 400, "&lt;b&gt;no&lt;/b&gt;"),
+        ("error=access_denied&error_description=call+0800-PHISH", flow, 400, "access_denied."),
+        ("error=<b>x</b>", flow, 400, "refused: an error."),
     ):
         headers = {"Cookie": f"{FLOW_COOKIE}={cookie}"} if cookie else {}
         async with dashboard.get(
             f"/ui/callback?{query}", headers=headers, allow_redirects=False
         ) as response:
             assert response.status == status, query
-            assert words in await response.text()
+            text = await response.text()
+            assert words in text
+            assert "PHISH" not in text  # the sender's free text is not shown on this origin
             assert SESSION_COOKIE not in response.cookies
 
 
@@ -205,3 +208,16 @@ async def test_a_sign_in_link_is_refused_when_an_external_issuer_signs_users_in(
     async with dashboard.get(f"/ui/login?code={code}", allow_redirects=False) as response:
         assert response.status == 400
         assert "for the local issuer" in await response.text()
+
+
+async def test_signing_out_does_not_start_a_new_sign_in(
+    provider: Provider, dashboard: TestClient[Any, Any]
+) -> None:
+    async with dashboard.post(
+        "/ui/logout", headers={"Sec-Fetch-Site": "same-origin"}, data={}, allow_redirects=False
+    ) as response:
+        assert response.status == 200
+        assert "Signed out." in await response.text()
+    async with dashboard.get("/ui/login?signed_out=1", allow_redirects=False) as again:
+        assert again.status == 200
+        assert FLOW_COOKIE not in again.cookies

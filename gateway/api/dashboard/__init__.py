@@ -9,8 +9,9 @@ session's CSRF token.
 Invariants:
 
 - every response under /ui carries a strict Content-Security-Policy (scripts and styles only from
-  /ui/static, no inline script or style, ``frame-ancestors 'none'``), nosniff, no referrer
-  (a sign-in link's one-time code never leaks in a Referer), and pages are never cached;
+  /ui/static, no inline script or style, ``frame-ancestors 'none'``), nosniff, a referrer only
+  to this origin (a sign-in link's one-time code never leaks to another site), and pages are
+  never cached;
 - templates escape everything (Jinja2 autoescaping, strict undefined): names, labels, messages,
   specs and logs are text, never markup; logs are added by the script as text nodes;
 - the assets are files of this package: nothing is built, nothing is fetched from elsewhere.

@@ -9,6 +9,7 @@ server-rendered form would not.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -20,9 +21,10 @@ from gateway.api.dashboard.render import render
 from gateway.api.dashboard.views import api_get, page
 from gateway.domain.access import Action
 from gateway.domain.lifecycle.states import EventType, JobState
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, NotFound
 
 routes = web.RouteTableDef()
+JOB_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 QUEUE_PAGE = "100"
 JOBS_PAGE = "50"
@@ -106,6 +108,8 @@ async def jobs(request: web.Request) -> web.StreamResponse:
 @page
 async def job(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["id"]
+    if not JOB_ID.fullmatch(job_id):  # as the API answers an id that is not a job's
+        raise NotFound(f"job {job_id[:100]!r} does not exist")
     found = await api_get(request, f"/v1/jobs/{job_id}")
     replicas, events, deliveries = await asyncio.gather(
         api_get(request, f"/v1/jobs/{job_id}/replicas"),

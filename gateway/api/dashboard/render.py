@@ -167,7 +167,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    # Never sent to another site (a sign-in link's code stays home); sent to this one, so the
+    # browser's Origin header names it on the pages' own POSTs (with no-referrer it is "null").
+    headers["Referrer-Policy"] = "same-origin"
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if not request.path.startswith("/ui/static/"):
         headers["Cache-Control"] = "no-store"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,8 @@ from urllib.parse import unquote, urlencode, urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.api.auth import own_origin
+from gateway.api.auth import from_this_site, own_origin
+from gateway.api.body import read_form
 from gateway.api.context import AUTHENTICATOR, ENGINE, SETTINGS
 from gateway.api.dashboard.render import render
 from gateway.auth.keys import LOCAL_ALGORITHM, local_key_set
@@ -48,6 +50,7 @@ from gateway.settings import Settings
 routes = web.RouteTableDef()
 
 HOME = "/ui/queue"
+ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 MAX_CODE_BYTES = 8192
 ISSUER_TIMEOUT = 10.0
 SIGN_IN_VERIFIER: web.AppKey[dict[str, Verifier]] = web.AppKey("sign_in_verifier")
@@ -76,11 +79,18 @@ def see_other(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
 
-def _refused(request: web.Request, detail: str, *, status: int = 400) -> web.Response:
+def _refused(
+    request: web.Request, detail: str, *, status: int = 400, next: str = HOME
+) -> web.Response:
     return render(
         request,
         "signin.html",
-        {"title": "Sign in", "detail": detail, "oidc": _oidc(request.app[SETTINGS])},
+        {
+            "title": "Sign in",
+            "detail": detail,
+            "oidc": _oidc(request.app[SETTINGS]),
+            "sign_in": "/ui/login?" + urlencode({"next": next}),
+        },
         status=status,
     )
 
@@ -90,7 +100,12 @@ def _oidc(settings: Settings) -> bool:
 
 
 def _secure(request: web.Request) -> bool:
-    return own_origin(request).startswith("https://")
+    """Whether the browser reached the gateway over HTTPS: MUSTER_UI_PUBLIC_URL says so, or the
+    request came over TLS, or a TLS proxy says it did (trusted only to add Secure to a cookie)."""
+    return (
+        own_origin(request).startswith("https://")
+        or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+    )
 
 
 def _signed_in(request: web.Request, token: str, lifetime: int, destination: str) -> web.Response:
@@ -113,15 +128,18 @@ async def login(request: web.Request) -> web.StreamResponse:
     destination = safe_next(request.query.get("next"))
     code = request.query.get("code")
     if code is not None:
-        return await _redeem(request, code, destination)
+        return await _confirm(request, code, destination)
+    if "signed_out" in request.query:
+        return _signed_out(request)
     if _oidc(request.app[SETTINGS]):
         return await _start_flow(request, destination)
-    detail = (
-        "Signed out."
-        if "signed_out" in request.query
-        else "You are not signed in (or your session has ended)."
+    return _refused(
+        request, "You are not signed in (or your session has ended).", status=401, next=destination
     )
-    return _refused(request, detail, status=401)
+
+
+def _signed_out(request: web.Request) -> web.Response:
+    return _refused(request, "Signed out.", status=200)
 
 
 # --- the local issuer: `muster ui` links -------------------------------------------------------
@@ -141,27 +159,66 @@ def _sign_in_verifier(app: web.Application) -> Verifier:
     return cache["verifier"]
 
 
-async def _redeem(request: web.Request, code: str, destination: str) -> web.Response:
+async def _code_claims(request: web.Request, code: str) -> dict[str, Any] | str:
+    """A sign-in code's claims, or why it cannot sign anyone in (nothing is spent)."""
     settings = request.app[SETTINGS]
     if settings.auth.oidc_issuer is not None:
-        return _refused(
-            request,
+        return (
             f"Sign-in links are for the local issuer; this gateway trusts "
-            f"{settings.auth.oidc_issuer}.",
+            f"{settings.auth.oidc_issuer}."
         )
     if len(code) > MAX_CODE_BYTES:
-        return _refused(request, "This sign-in link is not one that `muster ui` made.")
+        return "This sign-in link is not one that `muster ui` made."
     try:
         claims = await _sign_in_verifier(request.app).verify(code)
     except InvalidToken as exc:
-        return _refused(
-            request, f"This sign-in link cannot be used: {exc.detail}. Run `muster ui` again."
-        )
+        return f"This sign-in link cannot be used: {exc.detail}. Run `muster ui` again."
     jti, expires = claims.get("jti"), claims.get("exp")
     if not isinstance(jti, str) or not jti or not isinstance(expires, int):
-        return _refused(request, "This sign-in link is not one that `muster ui` made.")
+        return "This sign-in link is not one that `muster ui` made."
+    return claims
+
+
+def _groups(settings: Settings, claims: dict[str, Any]) -> list[str]:
+    groups = claims.get(settings.auth.oidc_groups_claim, [])
+    return [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
+
+
+async def _confirm(request: web.Request, code: str, destination: str) -> web.Response:
+    """GET of a sign-in link: a page that asks to sign in, spending nothing, so a link preview
+    or a mail scanner that fetches the link does not use it up, and a link forwarded to someone
+    signs nobody in without their click."""
+    claims = await _code_claims(request, code)
+    if isinstance(claims, str):
+        return _refused(request, claims)
+    settings = request.app[SETTINGS]
+    user = claims.get(settings.auth.oidc_user_claim) or claims["sub"]
+    return render(
+        request,
+        "confirm.html",
+        {
+            "title": "Sign in",
+            "signing_in_as": str(user),
+            "groups": _groups(settings, claims),
+            "code": code,
+            "next": destination,
+        },
+    )
+
+
+@routes.post("/ui/login")
+async def redeem(request: web.Request) -> web.StreamResponse:
+    """The confirmation's POST: the code is spent and the browser signed in."""
+    if not from_this_site(request):
+        return _refused(request, "Sign in from the page of your sign-in link.", status=403)
+    form = await read_form(request, MAX_CODE_BYTES + 4096)
+    destination = safe_next(form.get("next"))
+    claims = await _code_claims(request, form.get("code", ""))
+    if isinstance(claims, str):
+        return _refused(request, claims)
+    settings = request.app[SETTINGS]
     spent = await sign_in.spend(
-        request.app[ENGINE], jti[:128], datetime.fromtimestamp(expires, UTC)
+        request.app[ENGINE], claims["jti"][:128], datetime.fromtimestamp(claims["exp"], UTC)
     )
     if not spent:
         return _refused(
@@ -174,12 +231,11 @@ async def _redeem(request: web.Request, code: str, destination: str) -> web.Resp
         for claim in {auth.oidc_user_claim, "email", "email_verified"} - {"sub"}
         if claim in claims
     }
-    groups = claims.get(auth.oidc_groups_claim, [])
     token = mint(
         keys,
         audience=auth.oidc_audience,
         subject=str(claims["sub"]),
-        groups=[g for g in groups if isinstance(g, str)] if isinstance(groups, list) else [],
+        groups=_groups(settings, claims),
         ttl_seconds=settings.ui.session_seconds,
         groups_claim=auth.oidc_groups_claim,
         extra=carried,
@@ -287,10 +343,10 @@ async def callback(request: web.Request) -> web.StreamResponse:
         return _refused(request, "This gateway does not sign in through an external issuer.")
     query = request.query
     if "error" in query:
-        described = query.get("error_description", "")[:300]
-        return _refused(
-            request, f"The sign-in service refused: {query['error'][:100]} {described}".strip()
-        )
+        # Only the error code (OAuth's are short snake_case words): a description is the
+        # sender's free text, and anyone can send a browser here with any.
+        code = query["error"] if ERROR_CODE.fullmatch(query["error"]) else "an error"
+        return _refused(request, f"The sign-in service refused: {code}.")
     flow = _decode_flow(request.cookies.get(FLOW_COOKIE))
     if flow is None:
         return _refused(request, "This sign-in has expired or began elsewhere; sign in again.")
@@ -360,18 +416,13 @@ async def _session_token(
 
 @routes.post("/ui/logout")
 async def logout(request: web.Request) -> web.StreamResponse:
+    """Clear the session cookie, when the form comes from the dashboard's own page with its
+    CSRF token; another site cannot sign a user out."""
+    if not from_this_site(request):
+        return _refused(request, "Sign out from the dashboard's own pages.", status=403)
     session = request.cookies.get(SESSION_COOKIE)
-    if session:
-        form = await request.post()
-        sent = form.get("csrf")
-        same_site = request.headers.get("Sec-Fetch-Site", "same-origin") in {"same-origin", "none"}
-        origin = request.headers.get("Origin")
-        if (
-            not same_site
-            or (origin is not None and origin != own_origin(request))
-            or not csrf_matches(session, sent if isinstance(sent, str) else None)
-        ):
-            return _refused(request, "Sign out from the dashboard's own pages.", status=403)
-    response = see_other("/ui/login?signed_out=1")
+    if session and not csrf_matches(session, (await read_form(request, 4096)).get("csrf")):
+        return _refused(request, "Sign out from the dashboard's own pages.", status=403)
+    response = _signed_out(request)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

@@ -17,13 +17,17 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.api.dashboard.render import render
-from gateway.errors import ClientError, DatabaseUnavailable
+from gateway.errors import ClientError, DatabaseUnavailable, NotFound
 
 PageHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def api_get(request: web.Request, path: str, query: Mapping[str, str] | None = None) -> Any:
-    """The JSON the API answers to GET ``path`` with ``query``, for the page's caller."""
+    """The JSON the API answers to GET ``path`` with ``query``, for the page's caller. ``path``
+    is made of ids the page checked: one that would carry a query, a fragment or an escape of its
+    own is refused, so a crafted id cannot reach another route than the page meant."""
+    if any(c in path for c in "?#%\\") or "/." in path:
+        raise NotFound(f"{path[:100]} does not exist")
     url = URL(path).with_query({key: value for key, value in (query or {}).items() if value})
     sub = request.clone(method="GET", rel_url=url)
     match = await request.app.router.resolve(sub)
@@ -55,6 +59,15 @@ def page(handler: PageHandler) -> PageHandler:
                 request,
                 "error.html",
                 {"title": exc.title, "status": exc.status, "detail": exc.detail},
+                status=exc.status,
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400 or not wants_html(request):
+                raise
+            return render(
+                request,
+                "error.html",
+                {"title": exc.reason, "status": exc.status, "detail": exc.reason},
                 status=exc.status,
             )
         except DatabaseUnavailable:

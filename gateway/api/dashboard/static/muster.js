@@ -40,7 +40,7 @@
         credentials: "same-origin",
         cache: "no-store",
       });
-      if (response.redirected) {
+      if (response.status === 401 || response.redirected) {
         notice("Your session has ended: reload the page to sign in again.", "error");
         return;
       }
@@ -114,12 +114,17 @@
 
   const MAX_LOG_CHARS = 2_000_000;
 
+  // Appends as text nodes, counting as it goes: a log of many tiny chunks costs each chunk its
+  // own size, not the whole log's; past the cap the oldest chunks go.
   function append(pre, text) {
     const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     pre.append(document.createTextNode(text));
-    if (pre.textContent.length > MAX_LOG_CHARS) {
-      pre.textContent = "…" + pre.textContent.slice(-MAX_LOG_CHARS / 2);
+    let length = Number(pre.dataset.length || 0) + text.length;
+    while (length > MAX_LOG_CHARS && pre.firstChild) {
+      length -= pre.firstChild.textContent.length;
+      pre.firstChild.remove();
     }
+    pre.dataset.length = String(length);
     if (atEnd) pre.scrollTop = pre.scrollHeight;
   }
 
@@ -128,7 +133,9 @@
   async function streamLog(pre) {
     pre.dataset.streaming = "1";
     pre.textContent = "";
+    pre.dataset.length = "0";
     const controller = new AbortController();
+    controller.pre = pre;
     streams.add(controller);
     try {
       const response = await fetch(pre.dataset.src, {
@@ -150,7 +157,7 @@
         append(pre, decoder.decode(value, { stream: true }));
       }
       append(pre, decoder.decode());
-      pre.dataset.ended = pre.textContent ? "done" : "empty";
+      pre.dataset.ended = pre.dataset.length !== "0" ? "done" : "empty";
     } catch (error) {
       if (controller.signal.aborted) {
         pre.dataset.ended = ""; // left the page: streamed again if it comes back
@@ -172,10 +179,18 @@
     }
   }
 
+  // One replica's log followed at a time (the boxes are an exclusive group): a browser has six
+  // connections to the gateway, and the page's event stream holds one already.
   document.addEventListener(
     "toggle",
     (event) => {
-      if (event.target.matches?.("details.log-box") && event.target.open) startLogs();
+      if (!event.target.matches?.("details.log-box")) return;
+      if (event.target.open) {
+        startLogs();
+      } else {
+        const pre = event.target.querySelector("pre.log");
+        for (const controller of streams) if (controller.pre === pre) controller.abort();
+      }
     },
     true,
   );
