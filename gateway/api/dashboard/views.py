@@ -55,38 +55,30 @@ def page(handler: PageHandler) -> PageHandler:
         except ClientError as exc:
             if not wants_html(request):
                 raise
-            return render(
-                request,
-                "error.html",
-                {"title": exc.title, "status": exc.status, "detail": exc.detail},
-                status=exc.status,
-            )
+            return error_page(request, exc.status, exc.title, exc.detail)
         except web.HTTPException as exc:
             if exc.status < 400 or not wants_html(request):
                 raise
-            return render(
-                request,
-                "error.html",
-                {"title": exc.reason, "status": exc.status, "detail": exc.reason},
-                status=exc.status,
-            )
+            return error_page(request, exc.status, exc.reason, exc.reason)
         except DatabaseUnavailable:
             if not wants_html(request):
                 raise
-            response = render(
+            response = error_page(
                 request,
-                "error.html",
-                {
-                    "title": "Service unavailable",
-                    "status": 503,
-                    "detail": "The database does not answer; this page retries by itself.",
-                },
-                status=503,
+                503,
+                "Service unavailable",
+                "The database does not answer; this page retries by itself.",
             )
             response.headers["Retry-After"] = "5"
             return response
 
     return wrapped
+
+
+def error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
+    return render(
+        request, "error.html", {"title": title, "status": status, "detail": detail}, status=status
+    )
 
 
 def wants_html(request: web.Request) -> bool:
