@@ -13,7 +13,11 @@ Invariants:
   is abandoned) before anyone else may send the same event. Only the lease holder records the
   result; a loop that died leaves its lease to expire, and the event is sent again, with the same
   webhook-id.
-- Claims and schedules use the caller's clock (unix seconds), so tests need no sleeping.
+- Leases use the database's clock (``now()``), never a gateway's: replicas whose clocks
+  disagree still agree on when a lease passes, so a replica whose clock runs ahead cannot take a
+  delivery another is still sending. When a delivery is due (``next_attempt_at``) follows the
+  caller's clock (unix seconds), so tests need no sleeping; a replica's skew only moves a retry
+  by as much, and the lease still keeps it single.
 """
 
 from __future__ import annotations
@@ -163,13 +167,13 @@ _CLAIM = text(
     WITH due AS (
         SELECT id FROM webhook_outbox
         WHERE status = 'pending' AND next_attempt_at <= to_timestamp(:now)
-          AND (locked_until IS NULL OR locked_until <= to_timestamp(:now))
+          AND (locked_until IS NULL OR locked_until <= now())
         ORDER BY next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
     UPDATE webhook_outbox o
-    SET locked_until = to_timestamp(:lease_until), locked_by = :token,
+    SET locked_until = now() + make_interval(secs => :lease), locked_by = :token,
         attempts = o.attempts + 1, updated_at = now()
     FROM due, tenants t
     WHERE o.id = due.id AND t.name = o.tenant
@@ -180,12 +184,13 @@ _CLAIM = text(
 
 
 async def claim(engine: AsyncEngine, *, now: float, lease: float, limit: int) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries for ``lease`` seconds, in one short transaction."""
+    """Lease up to ``limit`` deliveries due by ``now`` (the caller's clock) for ``lease`` seconds
+    of the database's clock, in one short transaction."""
     token = uuid.uuid4()
     async with engine.begin() as conn:
         rows = (
             await conn.execute(
-                _CLAIM, {"now": now, "lease_until": now + lease, "limit": limit, "token": token}
+                _CLAIM, {"now": now, "lease": float(lease), "limit": limit, "token": token}
             )
         ).mappings()
         return [_claimed(row, token) for row in rows]
@@ -211,7 +216,7 @@ _DISABLE_JOB = text(
     """
     UPDATE webhook_outbox SET status = 'disabled', last_error = :note, updated_at = now()
     WHERE job_id = :job_id AND status = 'pending' AND id <> :id
-      AND (locked_until IS NULL OR locked_until <= to_timestamp(:at))
+      AND (locked_until IS NULL OR locked_until <= now())
     """
 )
 
@@ -259,7 +264,6 @@ async def record(
                 {
                     "job_id": claimed.job_id,
                     "id": claimed.id,
-                    "at": attempted_at,
                     "note": DISABLED_NOTE,
                 },
             )

@@ -679,6 +679,64 @@ async def test_two_loops_on_two_engines_never_deliver_one_event_twice(
     assert receiver.overlapped == []
 
 
+async def test_loops_whose_clocks_disagree_by_a_minute_never_send_one_event_in_parallel(
+    api: CheckedClient,
+    database: str,
+    receiver: Receiver,
+    secret: str,
+    make_loop: MakeLoop,
+    clock: Clock,
+) -> None:
+    """A lease runs on the database's clock: the loop whose clock is 60 s ahead (far more than a
+    lease, 12 s here) still sees the other's leases as held, and takes other deliveries."""
+    for index in range(12):
+        await cancel(api, await with_callback(api, receiver.url(), name=f"s{index}"))
+    # The first loop's four deliveries hang at the receiver, in flight, until released.
+    receiver.script = [Answer(hang=True) for _ in range(4)]
+    ahead = Clock()
+    ahead.advance(60)
+    engines = [make_engine(database, pool_size=5) for _ in range(2)]
+    try:
+        behind = make_loop(engine=engines[0], concurrency=4, clock=clock)
+        early = make_loop(engine=engines[1], concurrency=4, clock=ahead)
+        assert behind.lease < 60
+        sending = asyncio.create_task(behind.run_once())
+        while len(receiver.received) < 4:
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+            receiver.arrived.clear()
+
+        taken = await early.run_once()  # while the first four are in flight
+        receiver.release()
+        held = await sending
+        while await early.run_once() or await behind.run_once():
+            pass
+    finally:
+        for e in engines:
+            await e.dispose()
+
+    in_flight = {a.webhook_id for a in held}
+    assert len(in_flight) == 4
+    assert in_flight.isdisjoint(a.webhook_id for a in taken)
+    ids = [r.webhook_id for r in receiver.received]
+    assert receiver.overlapped == []
+    assert len(ids) == len(set(ids)) == 12
+
+
+async def lease_runs_out(database: str) -> None:
+    """Leases are on the database's clock, which a test does not move: it moves the leases."""
+    engine = make_engine(database, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE webhook_outbox SET locked_until = now() - interval '1 second' "
+                    "WHERE locked_until IS NOT NULL"
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
 async def test_a_leased_delivery_is_left_alone_until_its_lease_passes(
     api: CheckedClient,
     database: str,
@@ -696,9 +754,9 @@ async def test_a_leased_delivery_is_left_alone_until_its_lease_passes(
         sending = asyncio.create_task(first.run_once())
         await asyncio.wait_for(receiver.arrived.wait(), 10)
 
-        clock.advance(first.lease - 1)  # due all along, but leased
+        clock.advance(first.lease + 60)  # however far the second loop's clock runs ahead
         while_leased = await second.run_once()
-        clock.advance(2)  # the lease ran out: the first loop is presumed dead
+        await lease_runs_out(database)  # by the database's clock: the first loop is presumed dead
         after_lease = await second.run_once()
         receiver.release()
         (late,) = await sending
