@@ -71,7 +71,11 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
         embedded = EmbeddedPostgres(settings.data_dir)
         url = await embedded.start()
         description = f"embedded PostgreSQL in {embedded.pgdata}"
-    engine = make_engine(url)
+    engine = make_engine(
+        url,
+        pool_timeout=settings.database.pool_timeout,
+        statement_timeout=settings.database.statement_timeout,
+    )
     try:
         if migrate:
             try:

@@ -334,6 +334,24 @@ class DatabaseSettings:
             "embedded one in the data directory",
         ),
     )
+    pool_timeout: float = field(
+        default=10.0,
+        metadata=_env(
+            "MUSTER_DATABASE_POOL_TIMEOUT",
+            "seconds a request waits for a free database connection before it is answered 503 "
+            "with Retry-After (a slow or stuck database sheds load instead of queueing it)",
+            parse=_positive_float,
+        ),
+    )
+    statement_timeout: float = field(
+        default=30.0,
+        metadata=_env(
+            "MUSTER_DATABASE_STATEMENT_TIMEOUT",
+            "seconds one SQL statement may run before PostgreSQL cancels it (the request gets "
+            "503 with Retry-After); 0 for no limit. Migrations run without it",
+            parse=_non_negative_float,
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

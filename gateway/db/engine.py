@@ -6,8 +6,8 @@ Invariant: a failure of the database itself, rather than of a statement, leaves 
 
 1. making a connection (a new pooled one, or the reconnect of an invalidated one): every failure,
    in the engine's ``do_connect`` event; the message names the database, password hidden;
-2. checking one out of the pool: a wait past ``POOL_TIMEOUT``, or a failure while the new
-   connection is set up (``_Pool.connect``);
+2. checking one out of the pool: a wait past the pool timeout (MUSTER_DATABASE_POOL_TIMEOUT),
+   or a failure while the new connection is set up (``_Pool.connect``);
 3. a statement run through SQLAlchemy: what ``unavailable`` recognises, in the engine's
    ``handle_error`` event;
 4. a statement run on the driver's own connection (``driver_connection``, ``driver_of``): the
@@ -63,15 +63,29 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 20,
+    pool_timeout: float = POOL_TIMEOUT,
+    statement_timeout: float = 0.0,
+) -> AsyncEngine:
     """The engine every part of Muster uses, with the driver's errors translated as the module
-    docstring says."""
+    docstring says. A checkout waits at most ``pool_timeout`` seconds; every statement on its
+    connections is cancelled by PostgreSQL after ``statement_timeout`` seconds (0: never), and
+    both end as ``DatabaseUnavailable`` (a 503 with Retry-After)."""
     url = normalize_url(url)
+    server_settings = (
+        {"statement_timeout": str(max(1, round(statement_timeout * 1000)))}
+        if statement_timeout > 0
+        else {}
+    )
     engine = create_async_engine(
         url,
         poolclass=_Pool,
         pool_size=pool_size,
-        pool_timeout=POOL_TIMEOUT,
+        pool_timeout=pool_timeout,
+        connect_args={"server_settings": server_settings} if server_settings else {},
         # No overflow: SQLAlchemy closes an overflow connection when it is returned, and opening
         # one forks a PostgreSQL backend. Under load that churn cost more than queueing for a
         # pooled connection (bench/api.py: 2x fewer submits per second).

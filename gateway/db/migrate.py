@@ -41,7 +41,10 @@ def _downgrade(connection: Connection, revision: str) -> None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``, with no statement timeout (a migration of a large
+    table may take longer than any request should)."""
     async with engine.begin() as connection:
+        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         await connection.run_sync(_upgrade, revision)
 
 
