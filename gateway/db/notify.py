@@ -57,11 +57,11 @@ class Notifier:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(self._notify)
-            except Exception:
+            except Exception as exc:
                 log.warning(
-                    "could not send NOTIFY %s; the loops' timer will pick up the work",
+                    "could not send NOTIFY %s; the loops' timer will pick up the work (%s)",
                     self._channel,
-                    exc_info=True,
+                    exc,
                 )
             await asyncio.sleep(self._min_interval)
 
@@ -122,8 +122,8 @@ class Listener:
         await self._close()
         try:
             conn = await self._engine.connect()
-        except Exception:
-            log.warning("cannot LISTEN for wake-ups; the loops tick only", exc_info=True)
+        except Exception as exc:
+            log.warning("cannot LISTEN for wake-ups; the loops tick only (%s)", exc)
             return
         try:
             raw = await conn.get_raw_connection()
@@ -131,8 +131,8 @@ class Listener:
             assert driver is not None
             for channel in self._handoffs:
                 await driver.add_listener(channel.value, self._notified)
-        except Exception:
-            log.warning("cannot LISTEN for wake-ups; the loops tick only", exc_info=True)
+        except Exception as exc:
+            log.warning("cannot LISTEN for wake-ups; the loops tick only (%s)", exc)
             with contextlib.suppress(Exception):
                 await conn.invalidate()
             return

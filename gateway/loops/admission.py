@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.backends.base import Inventory
 from gateway.db.admission import CycleResult, LeaderQueue, places_to_write, run_cycle, write_places
 from gateway.domain.scheduling.queueing import DEFAULT_BACKFILL, PendingJob
+from gateway.logs import loop_failed
 from gateway.waits import woken
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ class AdmissionLoop:
             if self.is_leader():
                 try:
                     result = await self._finish_on_shutdown(self.cycle())
-                except Exception:
-                    log.exception("admission cycle failed; retrying at the next wake-up")
+                except Exception as exc:
+                    loop_failed(log, "admission cycle failed; retrying at the next wake-up", exc)
             else:
                 # Capacity freed elsewhere is the leader's to fill: a follower that kept the
                 # event set would never rest again (and never yield the event loop).
@@ -234,8 +235,10 @@ class AdmissionLoop:
             started = time.perf_counter()
             try:
                 await self.write_places()
-            except Exception:
-                log.exception("writing queue positions failed; retrying after the next cycle")
+            except Exception as exc:
+                loop_failed(
+                    log, "writing queue positions failed; retrying after the next cycle", exc
+                )
             took = time.perf_counter() - started
             await asyncio.sleep(max(PLACES_PACING * took, PLACES_MIN_REST))
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.logs import loop_failed
+
 log = logging.getLogger(__name__)
 
 LEADER_LOCK = 0x6D75_0000
@@ -61,8 +63,8 @@ class Leadership:
             while True:
                 try:
                     await self.check()
-                except Exception:
-                    log.warning("cannot take the leader lock; retrying", exc_info=True)
+                except Exception as exc:
+                    loop_failed(log, "cannot take the leader lock; retrying", exc)
                 await asyncio.sleep(self._interval)
         finally:
             await self.release()
@@ -75,8 +77,8 @@ class Leadership:
                 # End the transaction, so the lock connection never sits "idle in transaction".
                 await self._conn.commit()
                 return True
-            except Exception:
-                log.warning("lost the leader connection; stepping down", exc_info=True)
+            except Exception as exc:
+                log.warning("lost the leader connection; stepping down (%s)", exc)
                 await self._drop()
                 return False
         conn = await self._engine.connect()

@@ -42,6 +42,7 @@ from gateway.domain.lifecycle.decisions import (
 from gateway.domain.lifecycle.records import ActiveJob
 from gateway.domain.lifecycle.states import JobState
 from gateway.errors import KubernetesUnavailable
+from gateway.logs import loop_failed
 from gateway.waits import woken
 
 log = logging.getLogger(__name__)
@@ -294,8 +295,8 @@ class Reconciler:
                         if self.unknown is None:
                             log.warning("%s; creating and evicting nothing until it is", unknown)
                         self.unknown = str(unknown)
-                    except Exception:
-                        log.exception("reconcile pass failed; retrying at the next tick")
+                    except Exception as exc:
+                        loop_failed(log, "reconcile pass failed; retrying at the next tick", exc)
                     else:
                         if self.unknown is not None:
                             log.info("the cluster's state is known again; reconciling")

@@ -56,6 +56,7 @@ from gateway.domain.webhooks import (
     webhook_id,
 )
 from gateway.errors import SSRF_PRIVATE_ADDRESS, SSRF_REFUSED, AddressRefused
+from gateway.logs import loop_failed
 from gateway.waits import woken
 from gateway.webhooks.ssrf import Guard
 
@@ -159,8 +160,8 @@ class DeliveryLoop:
                 if free > 0:
                     try:
                         claimed = await self._claim(free)
-                    except Exception:
-                        log.exception("claiming webhook deliveries failed; retrying at the tick")
+                    except Exception as exc:
+                        loop_failed(log, "claiming webhook deliveries failed; retrying", exc)
                 for delivery in claimed:
                     task = asyncio.create_task(
                         self._attempt(delivery), name=f"webhook {delivery.id}"
