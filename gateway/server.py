@@ -18,7 +18,8 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -90,7 +91,8 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     finally:
         await engine.dispose()
         if embedded is not None:
-            await embedded.stop()
+            with _timed("the embedded PostgreSQL stopped"):
+                await embedded.stop()
 
 
 async def _issuer_key(settings: Settings) -> None:
@@ -160,8 +162,11 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
                     ready.set()
                 await stop.wait()
                 print("Muster is shutting down", flush=True)
+                stopping = time.monotonic()
+            log.info("the background loops stopped in %.2f s", time.monotonic() - stopping)
         finally:
-            await runner.cleanup()
+            with _timed("the HTTP server stopped"):
+                await runner.cleanup()
             if isinstance(backend.inventory, KubernetesInventory):
                 await backend.inventory.close()  # its watches
             if backend.runtime is not None:
@@ -170,6 +175,16 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     print("Muster stopped", flush=True)
+
+
+@contextlib.contextmanager
+def _timed(what: str) -> Iterator[None]:
+    """Log how long a step of shutdown took: a slow stop says which step held it."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        log.info("%s in %.2f s", what, time.monotonic() - started)
 
 
 def _reload_nodes(inventory: StaticInventory) -> None:
