@@ -490,8 +490,8 @@ class LocalSettings:
         default=100 * 2**20,
         metadata=_env(
             "MUSTER_LOCAL_LOG_BYTES",
-            "bytes of one local replica's output kept in its log (a start's); the rest is "
-            "dropped with a note",
+            "bytes of a local replica's log file before it is rotated (the part before is "
+            "kept as <pod>.log.1, so at most twice this is on disk per replica)",
             parse=_positive_int,
         ),
     )

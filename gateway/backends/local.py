@@ -53,7 +53,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gateway.backends import cgroups
 from gateway.backends.base import Gang, NodeWatchers, PodStatus, PodWatchers
@@ -236,7 +236,7 @@ class LocalRuntime(PodWatchers):
             )
         claim_work_dir(work_dir, data_dir)
         self._claims = UidClaims(instance_name(data_dir)) if isolation.run_as else None
-        for log in self.log_dir.glob("*/*.log"):
+        for log in (*self.log_dir.glob("*/*.log"), *self.log_dir.glob("*/*.log.1")):
             with contextlib.suppress(OSError):
                 log.chmod(0o600)
                 log.parent.chmod(0o700)
@@ -590,18 +590,31 @@ class LocalRuntime(PodWatchers):
                     self._claims.release(int(path.name), job_id)
 
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
+        """The pod's log: its rotated part (``.1``) first, then the current file; followed
+        across a rotation (the file read so far is finished, then the new one is read)."""
         path = self.log_path(job_id, name)
+        older = path.with_name(path.name + ".1")
+        with contextlib.suppress(FileNotFoundError), older.open("rb") as rotated:
+            while chunk := rotated.read(64 * 1024):
+                yield chunk
         if not path.exists():
             return
-        with path.open("rb") as log:
+        log = path.open("rb")
+        try:
             while True:
                 chunk = log.read(64 * 1024)
                 if chunk:
                     yield chunk
                     continue
+                if _rotated(path, log):
+                    log.close()
+                    log = path.open("rb")
+                    continue
                 if not follow or not self._writes_log(job_id, name):
                     return
                 await asyncio.sleep(0.2)
+        finally:
+            log.close()
 
     def _writes_log(self, job_id: str, name: str) -> bool:
         """Whether a replica of the pod still runs (its log may grow)."""
@@ -617,6 +630,14 @@ class LocalRuntime(PodWatchers):
         if self.isolation.cgroups is not None:
             # The data directory's cgroup parents, when no replica is left in them.
             cgroups.remove([str(parent) for _, parent in self.isolation.cgroups.parents], timeout=0)
+
+
+def _rotated(path: Path, reading: BinaryIO) -> bool:
+    """Whether the log at ``path`` is another file than the one being read (it was rotated)."""
+    try:
+        return path.stat().st_ino != os.fstat(reading.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _remove_pod(path: Path, record: Mapping[str, Any]) -> None:

@@ -35,9 +35,9 @@ init does this inside its namespace); the supervisor keeps waiting, so the exit 
 even on cancel. A command killed by signal N is recorded as 128 + N, as a shell reports it.
 
 Logs: the replica writes to a pipe; the supervisor copies it into the log file (its own stdout,
-which the replica never holds, so it cannot truncate, preallocate or rewrite it) up to the plan's
-``log_bytes``, then notes the cut and discards the rest. A full disk stops the copy, never the
-replica.
+which the replica never holds, so it cannot truncate, preallocate or rewrite it). At the plan's
+``log_bytes`` the file is rotated (kept as ``<log>.1``, a new one begun), so the newest output is
+kept and at most twice ``log_bytes`` is on disk. A full disk stops the copy, never the replica.
 
 Kernel rules kept here: a process that unshared CLONE_NEWPID may start no thread (one thread,
 poll, and a SIGCHLD wakeup pipe); once the namespace's init died, forking into it fails (ENOMEM),
@@ -176,7 +176,7 @@ def _contain(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int
     os.close(write_end)
     if stopping:  # a stop that came before the fork
         signal_replica(plan, pid, stopping[0])
-    code = _wait_for(child, plan, read_end, _Log(1, int(plan["log_bytes"])))
+    code = _wait_for(child, plan, read_end, _Log(1, int(plan["log_bytes"]), plan.get("log")))
     if code == 128 + signal.SIGKILL and cgroups.oom_killed(plan["cgroups"]):
         _note(
             f"the replica used more memory than it requested "
@@ -192,30 +192,63 @@ def _note(text: str) -> None:
 
 
 class _Log:
-    """The replica's log: what it wrote, up to ``limit`` bytes; then the rest is dropped."""
+    """The replica's log: what it wrote, ``limit`` bytes to a file. When the file is full it is
+    rotated: renamed ``<log>.1`` (replacing an older one) and a new file begun, so the newest
+    output is always kept and at most twice ``limit`` is on disk. Without a path to rotate
+    (or when a rotation fails) the rest is dropped, with a note. The file's size when the
+    supervisor starts counts (a restarted replica appends to its log)."""
 
-    def __init__(self, fd: int, limit: int) -> None:
+    def __init__(self, fd: int, limit: int, path: str | None = None) -> None:
         self.fd = fd
         self.limit = limit
-        self.written = 0
+        self.path = path
         self.failed = False
+        self.dropping = False
+        try:
+            self.written = os.fstat(fd).st_size
+        except OSError:
+            self.written = 0
 
     def write(self, chunk: bytes) -> None:
-        if self.failed or self.written >= self.limit:
-            return
-        take = chunk[: self.limit - self.written]
+        while chunk and not self.failed and not self.dropping:
+            if self.written >= self.limit and not self._rotate():
+                self.dropping = True
+                _note(
+                    f"log cut at {_quantity(self.limit)}; the rest of the replica's output is "
+                    "dropped"
+                )
+                return
+            take = chunk[: self.limit - self.written]
+            chunk = chunk[len(take) :]
+            try:
+                view = memoryview(take)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                self.failed = True  # a full disk: the replica goes on, its log does not
+                return
+            self.written += len(take)
+
+    def _rotate(self) -> bool:
+        """Begin a new log file, the full one kept as ``<log>.1``; False if that cannot be."""
+        if self.path is None:
+            return False
         try:
-            view = memoryview(take)
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError:
-            self.failed = True  # a full disk: the replica goes on, its log does not
-            return
-        self.written += len(take)
-        if self.written >= self.limit:
-            _note(
-                f"log cut at {_quantity(self.limit)}; the rest of the replica's output is dropped"
+            os.replace(self.path, self.path + ".1")
+            fd = os.open(
+                self.path,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                0o600,
             )
+        except OSError:
+            return False
+        os.dup2(fd, self.fd)
+        if self.fd == 1:
+            os.dup2(fd, 2)  # the supervisor's own notes go to the new file too
+        os.close(fd)
+        self.written = 0
+        _note(f"log rotated at {_quantity(self.limit)}; the part before is kept as the .1 log")
+        return True
 
 
 def _read(fd: int) -> bytes:
