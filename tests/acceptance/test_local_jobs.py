@@ -360,6 +360,49 @@ def test_a_followed_log_goes_on_across_its_rotations(dirs: LocalDirs) -> None:
         gateway.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs for the logs needs root")
+def test_a_full_log_disk_stops_the_log_never_the_replica_or_the_gateway(dirs: LocalDirs) -> None:
+    logs = dirs.data / "logs"
+    logs.mkdir(parents=True, mode=0o700)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(logs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        gateway = start(dirs)
+        try:
+            job = submit(
+                gateway.url,
+                {
+                    "name": "flood",
+                    "tenant": "demo",
+                    "replicas": {
+                        "w": program("for i in range(20000): print('y' * 99, flush=True)")
+                    },
+                },
+            )
+            done = wait_for(lambda: finished(gateway.url, job["id"]), 60, "the job to end")
+            assert done["state"] == "succeeded", done  # the replica went on to its end
+            status, log = call("GET", f"{gateway.url}/v1/jobs/{job['id']}/logs")
+            assert status == 200
+            assert 0 < len(log) <= 64 * 1024
+            # The gateway serves on, and runs the next job.
+            after = submit(
+                gateway.url,
+                {"name": "after", "tenant": "demo", "replicas": {"w": program("pass")}},
+            )
+            ended = wait_for(lambda: finished(gateway.url, after["id"]), 60, "the next job")
+            assert ended["state"] == "succeeded", ended
+        finally:
+            gateway.close()
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
 def test_a_cancelled_jobs_replicas_get_the_grace_period_of_their_spec(dirs: LocalDirs) -> None:
     # The default of 0 s would kill the tidy replica before it saved; the deaf one's 1 s is over
     # long before the maximum.
