@@ -53,11 +53,15 @@ _OWNERS = text(
 
 
 async def active_jobs(engine: AsyncEngine, *, known: Collection[str] = ()) -> list[ActiveJob]:
-    """Every admitted or running job, in submit order, with its live placements; the spec of a
-    job whose id is in ``known`` is not read (it is None)."""
+    """Every admitted or running job, in submit order, with its live placements, both as of one
+    moment; the spec of a job whose id is in ``known`` is not read (it is None)."""
+    # One snapshot for both statements: under READ COMMITTED a cancel committed between them
+    # would leave a job still active whose placements are already released.
     async with engine.connect() as conn:
-        jobs = (await conn.execute(_ACTIVE, {"known": sorted(known)})).mappings().all()
-        placements = (await conn.execute(_PLACEMENTS)).mappings().all()
+        conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            jobs = (await conn.execute(_ACTIVE, {"known": sorted(known)})).mappings().all()
+            placements = (await conn.execute(_PLACEMENTS)).mappings().all()
     by_job: dict[Any, list[Placement]] = {}
     for placement in placements:
         by_job.setdefault(placement["job_id"], []).append(placement_of(placement))
