@@ -12,14 +12,11 @@ jobs run and succeed in a moment.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,6 @@ import pytest
 
 from gateway.db.embedded import EmbeddedPostgres
 from tests.acceptance.gateway_process import GatewayProcess, bearer, clean_env
-from tests.acceptance.test_serve import _stop_leftover_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -125,16 +121,6 @@ class Storm:
                     return self.last_created_at
             time.sleep(0.02)
         raise AssertionError(f"no submit succeeded within {timeout} s: {self.statuses}")
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        _stop_leftover_postgres(path)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

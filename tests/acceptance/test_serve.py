@@ -11,17 +11,13 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
 from gateway.settings import SETTINGS
 from tests.acceptance.gateway_process import MUSTER, GatewayProcess, bearer, clean_env
@@ -105,16 +101,6 @@ def _stop_leftover_postgres(data_dir: Path) -> None:
         postmaster.wait(10)
     except (OSError, ValueError, psutil.Error):
         pass
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ma-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        _stop_leftover_postgres(path)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _stop_cleanly(gateway: GatewayProcess, data_dir: Path) -> None:
