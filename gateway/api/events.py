@@ -13,6 +13,7 @@ reconnects, from a page that still carries the ``after`` of its first connection
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -36,12 +37,13 @@ from gateway.db.event_stream import (
 )
 from gateway.domain.access import Action
 from gateway.domain.lifecycle.states import EventType
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, DatabaseUnavailable
 from gateway.logs import bind, log_context
 
 IS_LEADER: web.AppKey[Callable[[], bool]] = web.AppKey("is_leader")
 COLLECTORS: web.AppKey[tuple[Collector, ...]] = web.AppKey("collectors")
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 EVENT_PAGE = 100
@@ -105,8 +107,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     """Job events from job_events, by writing transaction then id, each once its transaction and
     every older one have finished (so a client that resumes with Last-Event-ID misses nothing
     committed meanwhile, whatever order transactions commit in). Runs until the client goes, or
-    its token expires, or it loses its last role, or the gateway shuts down (the client resumes);
-    a revoked tenant's events stop at once."""
+    its token expires, or it loses its last role, or the gateway shuts down or loses its database
+    (the client resumes); a revoked tenant's events stop at once."""
     tenants = require_role(request).tenants(Action.READ)  # None: an admin sees every tenant
     tenant, job, kind = _event_filters(request.query)
     last = await _resume_from(request)
@@ -161,4 +163,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 await pause(request, EVENT_POLL_SECONDS)
     except ConnectionResetError:
         pass
+    except DatabaseUnavailable as exc:
+        # The stream has begun: no problem document can follow. It ends, and the client
+        # resumes with Last-Event-ID once the database answers again (a 503 until then).
+        log.warning("an event stream ended: the database cannot answer now (%s)", exc)
     return response
