@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping
@@ -43,8 +44,16 @@ from gateway.domain.scheduling.nodes import PodRequest
 from gateway.domain.scheduling.priority import resolve as resolve_priority
 from gateway.domain.scheduling.queueing import PendingJob
 from gateway.domain.scheduling.reasons import never_fits_nodes, never_fits_quota
-from gateway.errors import BadRequest, ClientError, Forbidden, NotFound, ValidationFailed
+from gateway.errors import (
+    BadRequest,
+    ClientError,
+    DatabaseUnavailable,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
@@ -458,6 +467,8 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client left mid-stream: nothing to answer
+    except DatabaseUnavailable as exc:  # a recheck of the caller's grants, mid-stream
+        log.warning("a followed log ended: the database cannot answer now (%s)", exc)
     return response
 
 
