@@ -192,4 +192,4 @@ def loop_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
     if isinstance(exc, DatabaseUnavailable):
         logger.warning("%s: the database cannot answer now (%s)", what, exc)
     else:
-        logger.error(what, exc_info=exc)
+        logger.error("%s", what, exc_info=exc)

@@ -91,7 +91,7 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIte
     finally:
         await engine.dispose()
         if embedded is not None:
-            with _timed("the embedded PostgreSQL stopped"):
+            with _timed("let go of the embedded PostgreSQL (it stops when no gateway uses it)"):
                 await embedded.stop()
 
 

@@ -348,7 +348,8 @@ class DatabaseSettings:
         metadata=_env(
             "MUSTER_DATABASE_STATEMENT_TIMEOUT",
             "seconds one SQL statement may run before PostgreSQL cancels it (the request gets "
-            "503 with Retry-After); 0 for no limit. Migrations run without it",
+            "503 with Retry-After); 0 for no limit. Migrations and tenant deletes run without "
+            "it. Sent as a connection parameter: a pooler in between must pass it on",
             parse=_non_negative_float,
         ),
     )

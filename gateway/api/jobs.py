@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -469,6 +470,12 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
         pass  # the client left mid-stream: nothing to answer
     except DatabaseUnavailable as exc:  # a recheck of the caller's grants, mid-stream
         log.warning("a followed log ended: the database cannot answer now (%s)", exc)
+        with contextlib.suppress(ConnectionResetError):
+            # Not the replica's end: say so, for a reader to follow again.
+            await response.write(
+                b"\nmuster: the log stream stopped (the gateway's database does not answer); "
+                b"follow again\n"
+            )
     return response
 
 

@@ -168,7 +168,7 @@ def _private_dir(path: Path, mode: int = 0o700) -> None:
     path.chmod(mode)
 
 
-#: Bytes of one replica's output kept in its log; the rest is dropped, with a note.
+#: Bytes of a replica's log file before it is rotated (the part before kept as ``.1``).
 LOG_BYTES = 100 * 2**20
 #: How long a stop may take beyond the replica's grace period before ``delete`` gives up on this
 #: pass (the daemon kills the container at the grace, and its supervisor two seconds later).
@@ -591,22 +591,29 @@ class LocalRuntime(PodWatchers):
 
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
         """The pod's log: its rotated part (``.1``) first, then the current file; followed
-        across a rotation (the file read so far is finished, then the new one is read)."""
+        across rotations. The current file is opened first, so a rotation while ``.1`` is read
+        loses nothing (the file held is the one that became ``.1``, read next, whole); after a
+        rotation the file held is read to its end before the new one is opened (the supervisor
+        never writes to a file it has renamed)."""
         path = self.log_path(job_id, name)
         older = path.with_name(path.name + ".1")
-        with contextlib.suppress(FileNotFoundError), older.open("rb") as rotated:
-            while chunk := rotated.read(64 * 1024):
-                yield chunk
-        if not path.exists():
-            return
-        log = path.open("rb")
         try:
+            log = path.open("rb")
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError), older.open("rb") as rotated:
+                if os.fstat(rotated.fileno()).st_ino != os.fstat(log.fileno()).st_ino:
+                    while chunk := rotated.read(64 * 1024):
+                        yield chunk
             while True:
                 chunk = log.read(64 * 1024)
                 if chunk:
                     yield chunk
                     continue
                 if _rotated(path, log):
+                    while chunk := log.read(64 * 1024):  # what came before the rename
+                        yield chunk
                     log.close()
                     log = path.open("rb")
                     continue

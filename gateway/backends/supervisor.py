@@ -185,10 +185,11 @@ def _contain(plan: dict[str, Any], stopping: list[int], child: list[int]) -> int
     return code
 
 
-def _note(text: str) -> None:
-    """A line of the supervisor's own in the replica's log."""
+def _note(text: str, *, after_partial_line: bool = False) -> None:
+    """A line of the supervisor's own in the replica's log (on a line of its own, after a line
+    of the replica's that was cut)."""
     with contextlib.suppress(OSError):
-        os.write(1, f"muster: {text}\n".encode())
+        os.write(1, f"{chr(10) if after_partial_line else ''}muster: {text}\n".encode())
 
 
 class _Log:
@@ -204,6 +205,7 @@ class _Log:
         self.path = path
         self.failed = False
         self.dropping = False
+        self.line_open = False  # the last byte written was not a line's end
         try:
             self.written = os.fstat(fd).st_size
         except OSError:
@@ -219,6 +221,14 @@ class _Log:
                 )
                 return
             take = chunk[: self.limit - self.written]
+            if len(take) < len(chunk) and self.path is not None:
+                # Rotate at a line's end where the chunk has one, so no line is split in two.
+                end = take.rfind(b"\n") + 1
+                if end:
+                    take = take[:end]
+                elif self.written:
+                    self.written = self.limit  # the line goes whole to the next file
+                    continue
             chunk = chunk[len(take) :]
             try:
                 view = memoryview(take)
@@ -228,6 +238,7 @@ class _Log:
                 self.failed = True  # a full disk: the replica goes on, its log does not
                 return
             self.written += len(take)
+            self.line_open = not take.endswith(b"\n")
 
     def _rotate(self) -> bool:
         """Begin a new log file, the full one kept as ``<log>.1``; False if that cannot be."""
@@ -247,7 +258,11 @@ class _Log:
             os.dup2(fd, 2)  # the supervisor's own notes go to the new file too
         os.close(fd)
         self.written = 0
-        _note(f"log rotated at {_quantity(self.limit)}; the part before is kept as the .1 log")
+        _note(
+            f"log rotated at {_quantity(self.limit)}; the part before is kept as the .1 log",
+            after_partial_line=self.line_open,
+        )
+        self.line_open = False
         return True
 
 

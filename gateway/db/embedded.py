@@ -132,18 +132,20 @@ class EmbeddedPostgres:
         """Stop the server now, whoever uses it (``pg_ctl stop -m fast|immediate``), as a crash
         or an operator's restart would: for fault injection (``bench/chaos.py`` and its tests).
         The gateways using it lose their connections and answer 503 until ``resume``."""
-        if mode not in {"smart", "fast", "immediate"}:
-            raise ValueError(f"a stop mode is smart, fast or immediate, not {mode!r}")
+        if mode not in {"fast", "immediate"}:
+            raise ValueError(f"a stop mode is fast or immediate, not {mode!r}")
         user = _system_user()
-        install = _reachable_install(self.data_dir, user)
-        self._pg_ctl(install, user, "stop", "-w", "-m", mode)
+        with self._locked():  # not while a gateway starts or joins it
+            install = _reachable_install(self.data_dir, user)
+            self._pg_ctl(install, user, "stop", "-w", "-m", mode)
 
     def resume(self) -> None:
         """Start a halted server again where it listened before (``halt``'s other half)."""
         user = _system_user()
-        install = _reachable_install(self.data_dir, user)
-        socket_dir = self._socket_dir(user)
-        self._pg_ctl(install, user, "start", *self._start_options(socket_dir))
+        with self._locked():
+            install = _reachable_install(self.data_dir, user)
+            socket_dir = self._socket_dir(user)
+            self._pg_ctl(install, user, "start", *self._start_options(socket_dir))
 
     # The work, in a thread: ----------------------------------------------------------------
 

@@ -46,7 +46,8 @@ from gateway.jsontext import json_text
 
 #: SQLSTATE classes that say the server cannot serve now, not that the statement is wrong.
 UNAVAILABLE_CLASSES = frozenset({"08", "53", "57"})
-#: How long a request waits for a pooled connection before it is answered 503.
+#: How long a checkout waits for a pooled connection by default (``muster serve`` passes
+#: MUSTER_DATABASE_POOL_TIMEOUT).
 POOL_TIMEOUT = 30.0
 
 

@@ -49,5 +49,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Undo migrations down to ``revision``, with no statement timeout (as ``upgrade``)."""
     async with engine.begin() as connection:
+        await connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         await connection.run_sync(_downgrade, revision)

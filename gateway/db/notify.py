@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.db.channels import Channel, notify_sql
+from gateway.logs import loop_failed
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Listener:
         try:
             conn = await self._engine.connect()
         except Exception as exc:
-            log.warning("cannot LISTEN for wake-ups; the loops tick only (%s)", exc)
+            loop_failed(log, "cannot LISTEN for wake-ups; the loops tick only", exc)
             return
         try:
             raw = await conn.get_raw_connection()
@@ -132,7 +133,7 @@ class Listener:
             for channel in self._handoffs:
                 await driver.add_listener(channel.value, self._notified)
         except Exception as exc:
-            log.warning("cannot LISTEN for wake-ups; the loops tick only (%s)", exc)
+            loop_failed(log, "cannot LISTEN for wake-ups; the loops tick only", exc)
             with contextlib.suppress(Exception):
                 await conn.invalidate()
             return

@@ -449,6 +449,9 @@ async def delete(engine: AsyncEngine, name: str, *, actor: str) -> None:
             raise Conflict(
                 f"tenant {name!r} still has {live} queued or running jobs; cancel them first"
             )
+        # The delete cascades through every finished job of the tenant, its events, placements
+        # and deliveries: it may take longer than a request's statement may.
+        await conn.execute(text("SET LOCAL statement_timeout = 0"))
         await conn.execute(text("DELETE FROM tenants WHERE name = :name"), {"name": name})
         await _audit(
             conn, actor=actor, action=AuditAction.DELETE, tenant=name, before=before, after=None

@@ -78,7 +78,7 @@ class Leadership:
                 await self._conn.commit()
                 return True
             except Exception as exc:
-                log.warning("lost the leader connection; stepping down (%s)", exc)
+                loop_failed(log, "lost the leader connection; stepping down", exc)
                 await self._drop()
                 return False
         conn = await self._engine.connect()

@@ -224,9 +224,9 @@ class DeliveryLoop:
                 verdict=verdict,
                 recorded=recorded,
             )
-        except Exception:
-            log.exception(
-                "webhook delivery %s failed unexpectedly; retried when its lease ends", delivery.id
+        except Exception as exc:
+            loop_failed(
+                log, f"webhook delivery {delivery.id} failed; retried when its lease ends", exc
             )
             return None
 

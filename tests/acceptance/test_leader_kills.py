@@ -119,14 +119,16 @@ async def test_the_leader_killed_again_and_again_breaks_no_promise(
                     killed_at = time.monotonic()
                     gateways[leader].kill()
                     replacement = GatewayProcess(env)
-                    await asyncio.to_thread(replacement.start)
-                    gateways[leader] = replacement
-                    await admitted_beyond(conn, before)
+                    starting = asyncio.create_task(asyncio.to_thread(replacement.start))
+                    await admitted_beyond(conn, before)  # another replica took over
                     recoveries.append(time.monotonic() - killed_at)
+                    await starting
+                    gateways[leader] = replacement
 
             conn = await asyncpg.connect(dsn)
             watcher = await asyncpg.connect(dsn)
-            finisher = asyncio.create_task(finish_some(dsn, stop))
+            finished = asyncio.Event()  # the finisher frees capacity until the very end
+            finisher = asyncio.create_task(finish_some(dsn, finished))
             submitter = asyncio.create_task(submit_steadily())
             killer = asyncio.create_task(kill_leaders(watcher))
             try:
@@ -158,6 +160,7 @@ async def test_the_leader_killed_again_and_again_breaks_no_promise(
                 )
             finally:
                 stop.set()
+                finished.set()
                 for task in (submitter, killer):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, AssertionError):

@@ -5,6 +5,7 @@ which the gateway serves again by itself."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -67,16 +68,25 @@ async def test_a_request_that_finds_no_free_connection_is_answered_503(
     assert (await shedding.get("/v1/jobs")).status == 200
 
 
-async def test_migrations_run_without_the_statement_limit(database: str) -> None:
-    from gateway.db.migrate import downgrade, upgrade
+async def test_migrations_run_without_the_statement_limit(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.db import migrate
 
     plain = make_engine(database)
-    tight = make_engine(database, statement_timeout=0.001)
+    tight = make_engine(database, statement_timeout=0.2)
+    real_upgrade = migrate._upgrade
+
+    def slow_upgrade(connection: Any, revision: str) -> None:
+        connection.exec_driver_sql("SELECT pg_sleep(0.5)")  # longer than the limit
+        real_upgrade(connection, revision)
+
+    monkeypatch.setattr(migrate, "_upgrade", slow_upgrade)
     try:
         async with tight.connect() as conn:
-            assert await conn.scalar(text("SHOW statement_timeout")) == "1ms"
-        await downgrade(plain, "base")
-        await upgrade(tight)  # the initial migration's statements take longer than a millisecond
+            assert await conn.scalar(text("SHOW statement_timeout")) == "200ms"
+        await migrate.downgrade(plain, "base")
+        await migrate.upgrade(tight)
         async with tight.connect() as conn:
             assert await conn.scalar(text("SELECT count(*) FROM sign_in_codes")) == 0
     finally:

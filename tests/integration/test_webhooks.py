@@ -697,7 +697,9 @@ async def test_loops_whose_clocks_disagree_by_a_minute_never_send_one_event_in_p
     ahead.advance(60)
     engines = [make_engine(database, pool_size=5) for _ in range(2)]
     try:
-        behind = make_loop(engine=engines[0], concurrency=4, clock=clock)
+        # A long request timeout: the hung requests must stay in flight, not time out and
+        # come due again (the early loop would rightly send those).
+        behind = make_loop(engine=engines[0], concurrency=4, clock=clock, timeout=30.0)
         early = make_loop(engine=engines[1], concurrency=4, clock=ahead)
         assert behind.lease < 60
         sending = asyncio.create_task(behind.run_once())
