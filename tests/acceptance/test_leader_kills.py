@@ -22,14 +22,20 @@ import pytest
 
 from tests import pg
 from tests.acceptance.gateway_process import GatewayProcess, bearer, write_nodes
-from tests.acceptance.test_two_gateways import AUDIT, NODE_CPUS, NODES, finish_some, job
+from tests.acceptance.test_two_gateways import (
+    AUDIT,
+    NODE_CPUS,
+    NODES,
+    create_tenants,
+    finish_some,
+    job,
+)
 
 pytestmark = pytest.mark.slow
 
 REPLICAS = 3
 KILLS = 5
 KILL_EVERY = 3.0
-TENANT_CPUS = {"alpha": 12, "beta": 20}
 
 
 async def leader_of(http: aiohttp.ClientSession, gateways: list[GatewayProcess]) -> int | None:
@@ -76,18 +82,7 @@ async def test_the_leader_killed_again_and_again_breaks_no_promise(
     try:
         await asyncio.gather(*(asyncio.to_thread(g.start) for g in gateways))
         async with aiohttp.ClientSession(headers=bearer()) as http:
-            for tenant, cpus in TENANT_CPUS.items():
-                quota = {
-                    "cpu": str(cpus),
-                    "memory": "1Ti",
-                    "gpu": 0,
-                    "max_running_jobs": 10000,
-                    "max_queued_jobs": 10000,
-                }
-                async with http.put(
-                    f"{gateways[0].url}/v1/admin/tenants/{tenant}", json={"quota": quota}
-                ) as response:
-                    assert response.status == 201
+            await create_tenants(http, gateways[0].url, max_jobs=10000)
 
             async def submit_steadily() -> None:
                 for index in itertools.count():

@@ -54,6 +54,20 @@ def job(index: int, tenant: str) -> dict[str, Any]:
     }
 
 
+async def create_tenants(http: aiohttp.ClientSession, url: str, *, max_jobs: int) -> None:
+    """The tenants of TENANT_CPUS, each with its CPU quota and room for ``max_jobs`` jobs."""
+    for tenant, cpus in TENANT_CPUS.items():
+        quota = {
+            "cpu": str(cpus),
+            "memory": "1Ti",
+            "gpu": 0,
+            "max_running_jobs": max_jobs,
+            "max_queued_jobs": max_jobs,
+        }
+        async with http.put(f"{url}/v1/admin/tenants/{tenant}", json={"quota": quota}) as answer:
+            assert answer.status == 201
+
+
 async def finish_some(dsn: str, stop: asyncio.Event) -> None:
     """Stand in for a cluster where jobs end: succeed a few admitted jobs now and then."""
     conn = await asyncpg.connect(dsn)
@@ -95,18 +109,7 @@ async def test_two_gateways_admit_each_job_once_within_quota(
     try:
         urls = [g.start() for g in gateways]
         async with aiohttp.ClientSession(headers=bearer()) as http:
-            for tenant, cpus in TENANT_CPUS.items():
-                quota = {
-                    "cpu": str(cpus),
-                    "memory": "1Ti",
-                    "gpu": 0,
-                    "max_running_jobs": 1000,
-                    "max_queued_jobs": 1000,
-                }
-                async with http.put(
-                    f"{urls[0]}/v1/admin/tenants/{tenant}", json={"quota": quota}
-                ) as response:
-                    assert response.status == 201
+            await create_tenants(http, urls[0], max_jobs=1000)
 
             async def submit(index: int) -> int:
                 tenant = "alpha" if index % 2 else "beta"
