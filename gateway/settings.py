@@ -389,9 +389,10 @@ class BackendSettings:
         default=DEFAULT_TTL_SECONDS_AFTER_FINISHED,
         metadata=_env(
             "MUSTER_JOB_TTL_SECONDS_AFTER_FINISHED",
-            "Kubernetes backend: seconds after a job finished when its parent ConfigMap is "
-            "deleted, and with it the pods and Services its clean-pod policy kept, when its spec "
-            "gives no run_policy.ttl_seconds_after_finished (a TFJob's or PyTorchJob's "
+            "seconds after a job finished when what its clean-pod policy kept is removed "
+            "(Kubernetes: its parent ConfigMap, and with it the pods and Services; local: the "
+            "kept replicas' records and work directories, their logs stay), when its spec gives "
+            "no run_policy.ttl_seconds_after_finished (a TFJob's or PyTorchJob's "
             "runPolicy.ttlSecondsAfterFinished); the job's record stays",
             parse=_non_negative_int,
         ),

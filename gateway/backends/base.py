@@ -108,7 +108,8 @@ class Runtime(Protocol):
 
     async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
         """Delete what a finished job left on the cluster once its TTL passed (Kubernetes: its
-        parent ConfigMap, and with it what the clean-pod policy kept). Idempotent."""
+        parent ConfigMap, and with it what the clean-pod policy kept; elsewhere the kept
+        replicas, which ``observe`` then no longer reports). Idempotent."""
         ...
 
     def health(self) -> str | None:

@@ -250,7 +250,10 @@ class LocalRuntime(PodWatchers):
         return None
 
     async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
-        """Nothing outlives a local job's replicas but their logs, which stay readable."""
+        """Forget the replicas the job's clean_pod_policy kept (their records and work
+        directories), as Kubernetes collects a finished job's pods; their logs stay readable."""
+        await self._delete(job_id, "*")
+        await asyncio.to_thread(_remove_job_state, self.state_dir / job_id)
 
     def unsupported(self, spec: JobSpec) -> list[FieldProblem]:
         """Replicas run as processes: of the pod fields, only a working directory and emptyDir
@@ -555,6 +558,10 @@ class LocalRuntime(PodWatchers):
         }
 
     async def delete(self, job_id: str, name: str) -> None:
+        await self._delete(job_id, name)
+
+    async def _delete(self, job_id: str, name: str) -> None:
+        """Stop and forget the pod ``name`` of the job (``*``: every pod it has)."""
         await self._ready()
         # The files are the truth: every attempt's record of the pod.
         for path, record in await asyncio.to_thread(
@@ -645,6 +652,19 @@ def _rotated(path: Path, reading: BinaryIO) -> bool:
         return path.stat().st_ino != os.fstat(reading.fileno()).st_ino
     except FileNotFoundError:
         return False
+
+
+def _remove_job_state(job_dir: Path) -> None:
+    """Remove a job's state directory once no pod record is left in it: what remains is its
+    attempts' ``ports.json``, which only its replicas read."""
+    with contextlib.suppress(OSError):
+        for attempt in job_dir.iterdir():
+            if any(path.name != "ports.json" for path in attempt.iterdir()):
+                return
+        for attempt in job_dir.iterdir():
+            (attempt / "ports.json").unlink(missing_ok=True)
+            attempt.rmdir()
+        job_dir.rmdir()
 
 
 def _remove_pod(path: Path, record: Mapping[str, Any]) -> None:

@@ -75,6 +75,8 @@ class SimulatedRuntime(PodWatchers):
         super().__init__()
         self._inventory = inventory
         self._replicas: dict[tuple[str, str], _Replica] = {}
+        # The pod names of each job with a replica here (what ``remove`` forgets).
+        self._by_job: dict[str, set[str]] = {}
 
     async def observe(self) -> Mapping[tuple[str, str], PodStatus]:
         ready = None
@@ -105,6 +107,7 @@ class SimulatedRuntime(PodWatchers):
             replica = self._replicas[key] = _Replica(
                 attempt=gang.attempt, node=node, phase=ReplicaPhase.RUNNING
             )
+            self._by_job.setdefault(gang.job_id, set()).add(name)
             started = True
             runs = run_seconds(_argv(gang.spec, gang, name))
             if runs is not None:
@@ -126,8 +129,14 @@ class SimulatedRuntime(PodWatchers):
 
     def _forget(self, key: tuple[str, str]) -> None:
         replica = self._replicas.pop(key, None)
-        if replica is not None and replica.timer is not None:
+        if replica is None:
+            return
+        if replica.timer is not None:
             replica.timer.cancel()
+        names = self._by_job[key[0]]
+        names.discard(key[1])
+        if not names:
+            del self._by_job[key[0]]
 
     async def logs(self, job_id: str, name: str, *, follow: bool) -> AsyncIterator[bytes]:
         if (job_id, name) in self._replicas:
@@ -148,7 +157,9 @@ class SimulatedRuntime(PodWatchers):
         return None
 
     async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
-        """A simulated run leaves nothing behind."""
+        """Forget the replicas the job's clean_pod_policy kept, as Kubernetes collects them."""
+        for name in list(self._by_job.get(job_id, ())):
+            self._forget((job_id, name))
 
 
 def _argv(spec: JobSpec, gang: Gang, pod_name: str) -> tuple[str, ...]:

@@ -9,7 +9,9 @@ One pass, in order:
 3. write the decision's transition (guarded by state and attempt), then act on the runtime:
    delete, restart (delete and create again), create;
 4. delete pods no live job wants: pods of unknown, cancelled and requeued (evicted, preempted)
-   jobs, and pods of finished jobs that their clean_pod_policy does not keep. Such a pod gets its
+   jobs, and pods of finished jobs that their clean_pod_policy does not keep. A kept pod's job
+   is read once, when the sweep first meets it in a phase (a finished job never changes); the
+   TTL clean-up removes kept pods later, and then they are forgotten. Such a pod gets its
    grace period, which a tenant may set long: the pass waits ``SWEEP_WAIT_SECONDS`` at most for
    the deletes, and those still stopping finish on their own (none is asked twice meanwhile), so
    a replica that ignores SIGTERM holds up no other job.
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: The moves of a pass after which the job holds no capacity (its placements are released).
 _OFF_THE_CLUSTER = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.QUEUED})
+#: The states a job never leaves whose pods its clean_pod_policy may keep.
+_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED})
 #: A decision to do nothing (most jobs, most passes): nothing to write, nothing to act on.
 _NOTHING = Decision()
 #: How long a pass waits for the deletes of its sweep before it goes on without them.
@@ -57,6 +61,8 @@ SWEEP_WAIT_SECONDS = 2.0
 
 #: How often (seconds) the leader looks for finished jobs whose TTL has passed.
 CLEAN_UP_EVERY = 60.0
+#: How many jobs one pass cleans up at most; while a batch is full the next pass goes on.
+CLEAN_UP_BATCH = 100
 
 
 class Reconciler:
@@ -101,6 +107,10 @@ class Reconciler:
         self._specs: dict[str, JobSpec] = {}
         # Pods the sweep is deleting (within their grace period), by (job id, pod name).
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Pods of finished jobs that their clean_pod_policy keeps, with the phase they were
+        # kept in: a finished job never changes, so the sweep reads such a pod's owner again
+        # only when its phase changes (not every pass, for a week of kept pods).
+        self._kept: dict[tuple[str, str], ReplicaPhase] = {}
 
     def _spec(self, job: ActiveJob) -> JobSpec:
         """The job's spec, read once per job (a stored spec never changes)."""
@@ -232,7 +242,15 @@ class Reconciler:
     async def _sweep(
         self, observed: Mapping[tuple[str, str], PodStatus], wanted: set[tuple[str, str]]
     ) -> None:
-        strays = [key for key in observed if key not in wanted and key not in self._stopping]
+        for key in [key for key in self._kept if key not in observed]:
+            del self._kept[key]  # removed after its TTL (or by hand)
+        strays = [
+            key
+            for key, status in observed.items()
+            if key not in wanted
+            and key not in self._stopping
+            and self._kept.get(key) != status.phase
+        ]
         if not strays:
             return
         owners = await store.pod_owners(self.engine, sorted({job_id for job_id, _ in strays}))
@@ -242,6 +260,8 @@ class Reconciler:
             # Every pod of a job that is gone; of others, what the domain's rule says.
             phase = observed[(job_id, name)].phase
             if owner is not None and not unwanted(owner.state, owner.clean_pod_policy, phase):
+                if owner.state in _FINISHED:
+                    self._kept[(job_id, name)] = phase
                 continue
             log.info("deleting pod %s of job %s: no live job wants it", name, job_id)
             task = asyncio.create_task(self._stop(job_id, name))
@@ -251,16 +271,16 @@ class Reconciler:
             await asyncio.wait(deletions, timeout=SWEEP_WAIT_SECONDS)
 
     async def clean_up(self, *, force: bool = False) -> list[str]:
-        """Remove what finished jobs left on the cluster once their TTL passed (at most once
-        every ``CLEAN_UP_EVERY`` seconds unless ``force``); the ids of the jobs cleaned up. A job
-        whose removal fails is tried again at the next round."""
+        """Remove what finished jobs left on the cluster once their TTL passed, oldest first,
+        at most ``CLEAN_UP_BATCH`` jobs a call: a round every ``CLEAN_UP_EVERY`` seconds (or
+        when ``force``), and at every pass while the last batch was full. The ids of the jobs
+        cleaned up; a job whose removal fails is tried again at the next round."""
         now = self.clock()
         if not force and self._cleaned_at is not None and now - self._cleaned_at < CLEAN_UP_EVERY:
             return []
-        self._cleaned_at = now
         done: list[str] = []
         due = await store.due_for_clean_up(
-            self.engine, now=now, default_ttl=self.ttl_after_finished
+            self.engine, now=now, default_ttl=self.ttl_after_finished, limit=CLEAN_UP_BATCH
         )
         for job_id, name, namespace in due:
             try:
@@ -270,6 +290,10 @@ class Reconciler:
                 continue
             await store.mark_cleaned_up(self.engine, job_id)
             done.append(job_id)
+        # A full batch that got somewhere leaves more due: the next pass takes the next batch,
+        # so a backlog (jobs finishing faster than one batch a minute) is worked off.
+        if len(due) < CLEAN_UP_BATCH or not done:
+            self._cleaned_at = now
         return done
 
     async def _stop(self, job_id: str, name: str) -> None:

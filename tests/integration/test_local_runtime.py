@@ -987,3 +987,29 @@ async def test_claims_a_killed_gateway_left_are_released_by_the_next_once_their_
     second = place.runtime()
     await looked_until(second, lambda: not claims_of(place), "the claim released by the next")
     assert await state(second, pod(done)) == SUCCEEDED
+
+
+async def test_removing_a_finished_job_forgets_its_kept_replicas_and_keeps_their_logs(
+    place: Place,
+) -> None:
+    runtime = place.runtime()
+    changes = Changes(runtime)
+    done = gang("done", "echo bye; exit 0", count=2)
+    await runtime.create(done, names(done))
+    await changes.after(0)
+    await looked_until(
+        runtime,
+        lambda: all(record_path(runtime, pod(done, i)).exists() for i in range(2)),
+        "both records",
+    )
+    for index in range(2):
+        await until(lambda i=index: exists(record(runtime, pod(done, i))["exit"]), "the exits")
+        assert await state(runtime, pod(done, index)) == SUCCEEDED  # kept by clean_pod_policy
+
+    await runtime.remove("done", "done", "t")  # the job's TTL after finishing passed
+
+    assert not [key for key in await runtime.observe() if key[0] == "done"]
+    assert not (runtime.state_dir / "done").exists()
+    log = b"".join([chunk async for chunk in runtime.logs(*pod(done), follow=False)])
+    assert b"bye" in log  # the log stays readable
+    await runtime.remove("done", "done", "t")  # twice is harmless
