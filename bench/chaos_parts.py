@@ -489,6 +489,8 @@ class Audit:
     duplicated: int = 0
     phantoms: int = 0  # jobs of answers other than 201 (503, dropped connections): not promised
     unfinished: int = 0
+    unfinished_states: dict[str, int] = field(default_factory=dict)
+    drain_seconds: float = 0.0  # from the audit's start until every job had finished
     finished_twice: int = 0
     failed: int = 0
     double_admissions: int = 0
@@ -549,20 +551,32 @@ FROM job_events WHERE type = 'admitted' ORDER BY id
 
 
 async def audit(dsn: str, created: list[str], *, finish_within: float) -> Audit:
-    """Wait up to ``finish_within`` seconds for the created jobs to finish, then check."""
+    """Wait for the created jobs to finish (a backlog the storm left drains at the quotas'
+    pace: the wait ends when none is left, or when ``finish_within`` seconds passed without
+    one finishing), then check."""
     result = Audit(created=len(created))
     conn = await _connect(dsn)
     try:
-        deadline = time.monotonic() + finish_within
+        began = time.monotonic()
+        progress, fewest = began, len(created) + 1
         while True:
-            result.unfinished = await conn.fetchval(
-                "SELECT count(*) FROM jobs WHERE id = ANY($1::uuid[]) AND state <> ALL($2)",
-                created,
-                list(TERMINAL),
-            )
-            if result.unfinished == 0 or time.monotonic() > deadline:
+            states = {
+                row["state"]: row["n"]
+                for row in await conn.fetch(
+                    "SELECT state, count(*) AS n FROM jobs WHERE id = ANY($1::uuid[]) "
+                    "AND state <> ALL($2) GROUP BY state",
+                    created,
+                    list(TERMINAL),
+                )
+            }
+            result.unfinished, result.unfinished_states = sum(states.values()), states
+            now = time.monotonic()
+            if result.unfinished < fewest:
+                progress, fewest = now, result.unfinished
+            if result.unfinished == 0 or now - progress > finish_within:
                 break
             await asyncio.sleep(0.5)
+        result.drain_seconds = time.monotonic() - began
         known = {
             str(row["id"])
             for row in await conn.fetch("SELECT id FROM jobs WHERE id = ANY($1::uuid[])", created)
@@ -824,7 +838,16 @@ def print_table(
 
 
 def audit_verdicts(result: Audit, *, webhooks: bool = False) -> list[tuple[str, bool, str]]:
-    return [(label, value == 0, str(value)) for label, value in result.verdicts(webhooks=webhooks)]
+    rows = [(label, value == 0, str(value)) for label, value in result.verdicts(webhooks=webhooks)]
+    if result.unfinished_states:
+        left = ", ".join(f"{n} {state}" for state, n in sorted(result.unfinished_states.items()))
+        rows = [
+            (label, ok, f"{detail} ({left}; none finished in the audit's last wait)")
+            if label == "jobs unfinished"
+            else (label, ok, detail)
+            for label, ok, detail in rows
+        ]
+    return rows
 
 
 def kinds_text(kinds: Counter[str]) -> str:

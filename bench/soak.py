@@ -7,7 +7,9 @@
 One ``muster serve`` (static backend over 20 nodes of 64 CPUs, ``MUSTER_SIMULATE_RUNS``: a
 ``sleep N`` replica runs N seconds and succeeds, ``sleep infinity`` runs until cancelled) with its
 embedded PostgreSQL in a temporary directory under /tmp, which this script joins to read the
-tables. One tenant with quotas nothing reaches. The load, from one asyncio loop of this process
+tables. The finished replicas that ``clean_pod_policy`` keeps are removed a minute after their
+job ends (``MUSTER_JOB_TTL_SECONDS_AFTER_FINISHED=60``; by default they stay a week, and what a
+gateway holds for them then grows for a week by design). One tenant with quotas nothing reaches. The load, from one asyncio loop of this process
 (an aiohttp client and a webhook receiver; a few percent of a CPU, far from the bottleneck):
 
 - submits: Poisson arrivals at ``--rate`` per second; 90 % ``sleep 1`` .. ``sleep 5``, 10 %
@@ -91,6 +93,7 @@ MAX_IN_FLIGHT = 200
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30)
 SSE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)  # keep-alive every 15 s
 DRAIN_SECONDS = 120.0
+KEPT_SECONDS = 60
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -648,6 +651,9 @@ async def soak(args: argparse.Namespace, root: Path) -> int:
                 "MUSTER_BACKEND": "static",
                 "MUSTER_NODES_FILE": str(write_nodes(root / "nodes.yaml", 20, 64, 256)),
                 "MUSTER_SIMULATE_RUNS": "true",
+                # What finished jobs' clean_pod_policy keeps goes a minute after they end (the
+                # default keeps it a week): a steady state exists within the run.
+                "MUSTER_JOB_TTL_SECONDS_AFTER_FINISHED": str(KEPT_SECONDS),
                 "MUSTER_WEBHOOK_ALLOW_HTTP": "true",
                 "MUSTER_WEBHOOK_ALLOW_NETS": "127.0.0.1/32",
             }
