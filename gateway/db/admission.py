@@ -79,8 +79,9 @@ log = logging.getLogger(__name__)
 ADMISSION_LOCK = 0x6D75_0001
 #: Rows read per round trip when a queue is loaded whole.
 LOAD_CHUNK = 2000
-#: Distinct pod shapes and words kept for sharing, at most (past it, sharing starts over).
-MAX_SHAPES = 50_000
+#: Distinct words kept for sharing, at most, beyond those the queue shows (past it, the words
+#: no queued job shows are let go).
+MAX_WORDS = 10_000
 #: How long the snapshot horizon may stay put, with queue changes above it, before it is logged.
 HORIZON_WARNING_SECONDS = 60
 
@@ -99,6 +100,15 @@ class CycleResult:
     seconds: float
     plan: AdmissionPlan
     snapshot: Snapshot
+
+
+@dataclass(slots=True)
+class _Shared:
+    """A pod shape kept once for every queued job that has it."""
+
+    key: tuple[Hashable, ...]
+    pods: tuple[PodRequest, ...]
+    users: int = 0
 
 
 class Shown(NamedTuple):
@@ -150,8 +160,10 @@ class LeaderQueue:
         self._cursor: int | None = None
         self._held_since = time.monotonic()
         # Jobs of one template have equal pods, and waiting jobs mostly the same words: each is
-        # kept once, however many jobs share it (100,000 five-pod jobs held 154 MB before).
-        self._pods: dict[tuple[Hashable, ...], tuple[PodRequest, ...]] = {}
+        # kept once, however many jobs share it (100,000 five-pod jobs held 154 MB before). A
+        # shape is kept while a queued job has it: by its key, with the number of such jobs.
+        self._pods: dict[tuple[Hashable, ...], _Shared] = {}
+        self._shape_of: dict[str, tuple[Hashable, ...]] = {}
         self._words: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -167,6 +179,9 @@ class LeaderQueue:
         self._attempts.clear()
         self._shown.clear()
         self._recheck.clear()
+        self._pods.clear()
+        self._shape_of.clear()
+        self._words.clear()
         self._cursor = None
 
     def prime(self, job: PendingJob) -> None:
@@ -176,6 +191,11 @@ class LeaderQueue:
 
     def attempt(self, job_id: str) -> int:
         return self._attempts[job_id]
+
+    @property
+    def pod_shapes(self) -> int:
+        """Distinct pod shapes held: at most one per queued job, whatever left the queue."""
+        return len(self._pods)
 
     def shown(self, job_id: str) -> Shown:
         return self._shown.get(job_id, _UNSHOWN)
@@ -261,13 +281,15 @@ class LeaderQueue:
 
     def _put(self, job: PendingJob, attempt: int, shown: Shown) -> None:
         shape = tuple(map(_shape, job.pods))
-        pods = self._pods.get(shape)
-        if pods is None:
-            if len(self._pods) >= MAX_SHAPES:
-                self._pods.clear()
-            pods = self._pods[shape] = job.pods
-        if pods is not job.pods:
-            job = replace(job, pods=pods)
+        shared = self._pods.get(shape)
+        if shared is None:
+            shared = self._pods[shape] = _Shared(shape, job.pods)
+        if self._shape_of.get(job.id) is not shared.key:
+            self._let_go_of_shape(job.id)
+            shared.users += 1
+            self._shape_of[job.id] = shared.key
+        if shared.pods is not job.pods:
+            job = replace(job, pods=shared.pods)
         self.jobs.put(job)
         self._attempts[job.id] = attempt
         self._shown[job.id] = self._same(shown)
@@ -277,14 +299,27 @@ class LeaderQueue:
         reason, message = shown.reason, shown.message
         if message is not None:
             message = self._words.setdefault(message, message)
-            if len(self._words) > MAX_SHAPES:
-                self._words.clear()
+            if len(self._words) > MAX_WORDS + len(self._shown):
+                shown_now = {s.message for s in self._shown.values()}
+                self._words = {w: w for w in self._words.values() if w in shown_now}
+                self._words.setdefault(message, message)
         return Shown(reason, message, shown.position, shown.tenant_position)
 
     def _drop(self, job_id: str) -> None:
         self.jobs.remove(job_id)
         self._attempts.pop(job_id, None)
         self._shown.pop(job_id, None)
+        self._let_go_of_shape(job_id)
+
+    def _let_go_of_shape(self, job_id: str) -> None:
+        """The job no longer holds its pod shape; the last job to let go of it drops it."""
+        key = self._shape_of.pop(job_id, None)
+        if key is None:
+            return
+        shared = self._pods[key]
+        shared.users -= 1
+        if not shared.users:
+            del self._pods[key]
 
     def settle(
         self,
