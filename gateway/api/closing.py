@@ -20,6 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.waits import woken
+
 CLOSING = web.AppKey("closing", asyncio.Event)
 
 
@@ -38,8 +40,7 @@ def closing(request: web.Request) -> bool:
 
 async def pause(request: web.Request, seconds: float) -> None:
     """Sleep ``seconds``, or less once the gateway is shutting down."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(request.app[CLOSING].wait(), seconds)
+    await woken(request.app[CLOSING], seconds)
 
 
 async def until_closing(

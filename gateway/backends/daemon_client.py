@@ -35,6 +35,7 @@ import psutil
 
 import gateway
 from gateway.backends.daemon import LOG, READY, RUNNING, SOCKET, short_path
+from gateway.waits import within
 
 #: Where the daemon finds Muster's code and psutil, its one dependency, and nothing else: not
 #: the gateway's whole ``sys.path``, which holds the directory it was started from (the daemon
@@ -166,10 +167,10 @@ class DaemonLink:
         )
         assert process.stdout is not None
         try:
-            line = await asyncio.wait_for(process.stdout.readline(), START_SECONDS)
+            line = await within(process.stdout.readline(), START_SECONDS)
         finally:
             with contextlib.suppress(ProcessLookupError):
-                await asyncio.wait_for(process.wait(), START_SECONDS)
+                await within(process.wait(), START_SECONDS)
         return line.decode().split(" ")[0].strip()
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

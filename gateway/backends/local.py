@@ -89,6 +89,7 @@ from gateway.domain.scheduling.nodes import GpuMode, Node
 from gateway.domain.scheduling.queueing import Placement
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+from gateway.waits import within
 
 LOCAL_NODE = "local"
 # Directories a replica's mount namespace replaces with private ones (see the supervisor).
@@ -572,7 +573,7 @@ class LocalRuntime(PodWatchers):
                 # The grace the replica started with (a record older than grace periods has
                 # none: the default's).
                 grace = grace_of(record, self.grace.default_seconds)
-                await asyncio.wait_for(
+                await within(
                     self._daemon.request("stop", start=start, grace=grace),
                     grace + STOP_MARGIN_SECONDS,
                 )

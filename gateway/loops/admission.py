@@ -41,7 +41,7 @@ from gateway.backends.base import Inventory
 from gateway.db.admission import CycleResult, LeaderQueue, places_to_write, run_cycle, write_places
 from gateway.domain.scheduling.queueing import DEFAULT_BACKFILL, PendingJob
 from gateway.logs import loop_failed
-from gateway.waits import woken
+from gateway.waits import within, woken
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class AdmissionLoop:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, CYCLE_GRACE)
+                await within(task, CYCLE_GRACE)
             raise
 
     async def run(self) -> None:

@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 
 from gateway.backends.kubernetes.client import Kube
 from gateway.errors import KubernetesError, KubernetesGone, KubernetesUnavailable
+from gateway.waits import woken
 
 __all__ = ["Backoff", "Informer", "WatchCollector", "object_key"]
 
@@ -152,8 +153,7 @@ class Informer(Generic[T]):
 
     async def wait_synced(self, seconds: float) -> bool:
         """Whether the first list came within ``seconds``."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.synced.wait(), seconds)
+        await woken(self.synced, seconds)
         return self.synced.is_set()
 
     # -- running -------------------------------------------------------------------------------
