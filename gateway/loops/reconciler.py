@@ -10,11 +10,11 @@ One pass, in order:
    delete, restart (delete and create again), create;
 4. delete pods no live job wants: pods of unknown, cancelled and requeued (evicted, preempted)
    jobs, and pods of finished jobs that their clean_pod_policy does not keep. A kept pod's job
-   is read once, when the sweep first meets it in a phase (a finished job never changes); the
-   TTL clean-up removes kept pods later, and then they are forgotten. Such a pod gets its
-   grace period, which a tenant may set long: the pass waits ``SWEEP_WAIT_SECONDS`` at most for
-   the deletes, and those still stopping finish on their own (none is asked twice meanwhile), so
-   a replica that ignores SIGTERM holds up no other job.
+   is read when the sweep first meets it in a phase and then once a minute (a finished job
+   never changes, but it goes with its tenant); the TTL clean-up removes kept pods later. A pod
+   deleted gets its grace period, which a tenant may set long: the pass waits
+   ``SWEEP_WAIT_SECONDS`` at most for the deletes, and those still stopping finish on their own
+   (none is asked twice meanwhile), so a replica that ignores SIGTERM holds up no other job.
 
 A pass runs every ``interval`` seconds on the leader, and at once when woken: when this replica
 becomes the leader and on every NOTIFY of ``Channel.ADMITTED`` (``gateway.loops.runtime`` wires
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -63,6 +64,8 @@ SWEEP_WAIT_SECONDS = 2.0
 CLEAN_UP_EVERY = 60.0
 #: How many jobs one pass cleans up at most; while a batch is full the next pass goes on.
 CLEAN_UP_BATCH = 100
+#: How often (seconds) the sweep reads the jobs of the pods it keeps again.
+KEPT_RECHECK_EVERY = 60.0
 
 
 class Reconciler:
@@ -109,8 +112,10 @@ class Reconciler:
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
         # Pods of finished jobs that their clean_pod_policy keeps, with the phase they were
         # kept in: a finished job never changes, so the sweep reads such a pod's owner again
-        # only when its phase changes (not every pass, for a week of kept pods).
+        # only when its phase changes or every KEPT_RECHECK_EVERY seconds (not every pass,
+        # for a week of kept pods).
         self._kept: dict[tuple[str, str], ReplicaPhase] = {}
+        self._kept_since = -math.inf
 
     def _spec(self, job: ActiveJob) -> JobSpec:
         """The job's spec, read once per job (a stored spec never changes)."""
@@ -242,6 +247,12 @@ class Reconciler:
     async def _sweep(
         self, observed: Mapping[tuple[str, str], PodStatus], wanted: set[tuple[str, str]]
     ) -> None:
+        now = self.clock()
+        if now - self._kept_since >= KEPT_RECHECK_EVERY:
+            # A finished job can still vanish (its tenant deleted with its finished jobs): then
+            # the pass after this look deletes its pods.
+            self._kept.clear()
+            self._kept_since = now
         for key in [key for key in self._kept if key not in observed]:
             del self._kept[key]  # removed after its TTL (or by hand)
         strays = [

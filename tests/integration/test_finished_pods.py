@@ -136,3 +136,24 @@ async def test_a_backlog_of_finished_jobs_is_cleaned_up_a_batch_a_pass_not_a_bat
     assert await reconciler.clean_up() == []
     clock.offset += module.CLEAN_UP_EVERY
     assert await reconciler.clean_up() == [late]
+
+
+async def test_kept_pods_of_a_deleted_tenants_jobs_go_once_the_sweep_looks_again(
+    api: CheckedClient, engine: AsyncEngine, nodes: tuple[Node, ...]
+) -> None:
+    await make_tenant(api)
+    runtime = SimulatedRuntime()
+    clock = Clock()
+    reconciler = Reconciler(
+        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
+    )
+    [done] = await finished(api, engine, nodes, reconciler, ["done"])
+    await reconciler.reconcile()
+    # The tenant goes with its finished jobs: no TTL clean-up will ever find them.
+    assert (await api.delete("/v1/admin/tenants/search")).status == 204
+
+    await reconciler.reconcile()
+    assert list(await runtime.observe()) == [(done, "done-worker-0")]  # kept until it looks
+    clock.offset += module.KEPT_RECHECK_EVERY
+    await reconciler.reconcile()
+    assert await runtime.observe() == {}
