@@ -110,6 +110,8 @@ class Reconciler:
         self._specs: dict[str, JobSpec] = {}
         # Pods the sweep is deleting (within their grace period), by (job id, pod name).
         self._stopping: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Jobs whose objects the clean-up is removing, by id.
+        self._removing: dict[str, asyncio.Task[bool]] = {}
         # Pods of finished jobs that their clean_pod_policy keeps, with the phase they were
         # kept in: a finished job never changes, so the sweep reads such a pod's owner again
         # only when its phase changes or every KEPT_RECHECK_EVERY seconds (not every pass,
@@ -248,9 +250,9 @@ class Reconciler:
         self, observed: Mapping[tuple[str, str], PodStatus], wanted: set[tuple[str, str]]
     ) -> None:
         now = self.clock()
-        if now - self._kept_since >= KEPT_RECHECK_EVERY:
+        if not 0 <= now - self._kept_since < KEPT_RECHECK_EVERY:
             # A finished job can still vanish (its tenant deleted with its finished jobs): then
-            # the pass after this look deletes its pods.
+            # this pass deletes its pods. (A clock set back looks again too.)
             self._kept.clear()
             self._kept_since = now
         for key in [key for key in self._kept if key not in observed]:
@@ -284,28 +286,44 @@ class Reconciler:
     async def clean_up(self, *, force: bool = False) -> list[str]:
         """Remove what finished jobs left on the cluster once their TTL passed, oldest first,
         at most ``CLEAN_UP_BATCH`` jobs a call: a round every ``CLEAN_UP_EVERY`` seconds (or
-        when ``force``), and at every pass while the last batch was full. The ids of the jobs
-        cleaned up; a job whose removal fails is tried again at the next round."""
+        when ``force``), and at the next pass after a full batch that all went (a backlog is
+        worked off a batch a pass). The ids of the jobs cleaned up within the call.
+
+        Removals run beside the pass, which waits ``SWEEP_WAIT_SECONDS`` at most for them (a
+        kept replica still running gets its grace period, which a tenant may set long); one
+        still going is not started again, and marks its job cleaned up when it ends. A job
+        whose removal fails is tried again at the next round."""
         now = self.clock()
         if not force and self._cleaned_at is not None and now - self._cleaned_at < CLEAN_UP_EVERY:
             return []
-        done: list[str] = []
+        self._cleaned_at = now  # a failed round, too, waits its minute
         due = await store.due_for_clean_up(
             self.engine, now=now, default_ttl=self.ttl_after_finished, limit=CLEAN_UP_BATCH
         )
+        started: dict[asyncio.Task[bool], str] = {}
         for job_id, name, namespace in due:
-            try:
-                await self.runtime.remove(job_id, name, namespace)
-            except Exception as failed:
-                log.warning("cleaning up job %s failed (tried again later): %s", job_id, failed)
-                continue
-            await store.mark_cleaned_up(self.engine, job_id)
-            done.append(job_id)
-        # A full batch that got somewhere leaves more due: the next pass takes the next batch,
-        # so a backlog (jobs finishing faster than one batch a minute) is worked off.
-        if len(due) < CLEAN_UP_BATCH or not done:
-            self._cleaned_at = now
+            if job_id not in self._removing:
+                task = asyncio.create_task(self._remove(job_id, name, namespace))
+                self._removing[job_id], started[task] = task, job_id
+        if not started:
+            return []
+        ended, _ = await asyncio.wait(started, timeout=SWEEP_WAIT_SECONDS)
+        done = [started[task] for task in ended if task.result()]
+        if len(due) == CLEAN_UP_BATCH and len(done) == len(started):
+            self._cleaned_at = None  # more may be due: the next pass goes on
         return done
+
+    async def _remove(self, job_id: str, name: str, namespace: str) -> bool:
+        """Remove one finished job's objects and record it; False (logged) if that failed."""
+        try:
+            await self.runtime.remove(job_id, name, namespace)
+            await store.mark_cleaned_up(self.engine, job_id)
+        except Exception as failed:
+            log.warning("cleaning up job %s failed (tried again later): %s", job_id, failed)
+            return False
+        finally:
+            self._removing.pop(job_id, None)
+        return True
 
     async def _stop(self, job_id: str, name: str) -> None:
         """Delete one pod no live job wants; log a failure (the next pass tries again)."""
@@ -338,6 +356,7 @@ class Reconciler:
                         self.unknown = None
                 await woken(self.wake, self.interval)
         finally:
-            # A stop cut short is asked again by the next leader's pass (level-triggered).
-            for task in list(self._stopping.values()):
+            # A stop cut short is asked again by the next leader's pass (level-triggered), a
+            # removal cut short at the next round (its job is not marked cleaned up).
+            for task in [*self._stopping.values(), *self._removing.values()]:
                 task.cancel()

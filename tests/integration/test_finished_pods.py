@@ -12,11 +12,13 @@ the reconciler are the real ones, with the reconciler's clock injected.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.backends.simulated import SimulatedRuntime
@@ -157,3 +159,85 @@ async def test_kept_pods_of_a_deleted_tenants_jobs_go_once_the_sweep_looks_again
     clock.offset += module.KEPT_RECHECK_EVERY
     await reconciler.reconcile()
     assert await runtime.observe() == {}
+
+
+class SlowRemovals(SimulatedRuntime):
+    """A removal waits until the test lets it end (a kept replica in its grace period), or
+    fails for the jobs named in ``failing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.asked: list[str] = []
+        self.failing: set[str] = set()
+
+    async def remove(self, job_id: str, job_name: str, namespace: str) -> None:
+        self.asked.append(job_id)
+        if job_id in self.failing:
+            raise RuntimeError("the cluster said no")
+        await self.release.wait()
+        await super().remove(job_id, job_name, namespace)
+
+
+async def cleaned_up(engine: AsyncEngine, job_id: str) -> bool:
+    async with engine.connect() as conn:
+        return bool(
+            await conn.scalar(
+                text("SELECT cleaned_up_at IS NOT NULL FROM jobs WHERE id = CAST(:id AS uuid)"),
+                {"id": job_id},
+            )
+        )
+
+
+async def test_a_slow_removal_holds_up_no_pass_is_not_started_twice_and_is_recorded_when_done(
+    api: CheckedClient,
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(module, "SWEEP_WAIT_SECONDS", 0.05)
+    await make_tenant(api)
+    runtime = SlowRemovals()
+    clock = Clock()
+    reconciler = Reconciler(
+        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
+    )
+    [done] = await finished(api, engine, nodes, reconciler, ["done"])
+    clock.offset += TTL + 1
+
+    assert await reconciler.clean_up(force=True) == []  # still removing: the pass goes on
+    await reconciler.reconcile()
+    assert await reconciler.clean_up(force=True) == []
+    assert runtime.asked == [done]  # not asked twice meanwhile
+    runtime.release.set()
+    async with asyncio.timeout(10):
+        while not await cleaned_up(engine, done):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert await runtime.observe() == {}
+    assert await reconciler.clean_up(force=True) == []  # done: not due any more
+    assert runtime.asked == [done]
+
+
+async def test_a_batch_with_a_failed_removal_waits_its_minute_before_the_next(
+    api: CheckedClient,
+    engine: AsyncEngine,
+    nodes: tuple[Node, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(module, "CLEAN_UP_BATCH", 2)
+    await make_tenant(api)
+    runtime = SlowRemovals()
+    runtime.release.set()
+    clock = Clock()
+    reconciler = Reconciler(
+        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
+    )
+    failing, going = await finished(api, engine, nodes, reconciler, ["a", "b"])
+    runtime.failing.add(failing)
+    clock.offset += TTL + 1
+
+    assert await reconciler.clean_up() == [going]  # a full batch, but not all of it went
+    assert await reconciler.clean_up() == []  # so the next try is a minute later, not now
+    runtime.failing.clear()
+    clock.offset += module.CLEAN_UP_EVERY
+    assert await reconciler.clean_up() == [failing]

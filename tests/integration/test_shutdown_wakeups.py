@@ -10,7 +10,9 @@ when wake-ups are many, the odds were highest.
 
 Here every loop is woken and then, zero to three turns of the event loop later (the window in
 which ``wait_for`` drops the cancel), stopped: all of them must end at once. With the old rest
-these tests hang until their timeout.
+put back (``gateway.waits.woken`` on ``wait_for``) turns 0, 1 and 2 fail at the 15 s timeout;
+``tests/unit/test_waits.py`` holds ``within``, the stand-in for every other ``wait_for``, to the
+same.
 """
 
 from __future__ import annotations
