@@ -44,6 +44,15 @@ class Clock:
         return time.time() + self.offset
 
 
+def leader(engine: AsyncEngine, runtime: SimulatedRuntime) -> tuple[Reconciler, Clock]:
+    """The leader's reconciler over ``runtime``, with a clock the test moves."""
+    clock = Clock()
+    reconciler = Reconciler(
+        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
+    )
+    return reconciler, clock
+
+
 def quick(name: str) -> dict[str, Any]:
     """A one-replica job whose replica exits 0 at once."""
     body = job(name)
@@ -90,10 +99,7 @@ async def test_a_kept_pods_job_is_read_once_not_at_every_pass_and_the_pod_goes_a
 ) -> None:
     await make_tenant(api)
     runtime = SimulatedRuntime()
-    clock = Clock()
-    reconciler = Reconciler(
-        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
-    )
+    reconciler, clock = leader(engine, runtime)
     [done] = await finished(api, engine, nodes, reconciler, ["done"])
     kept = [key for key in await runtime.observe() if key[0] == done]
     assert kept == [(done, "done-worker-0")]  # clean_pod_policy Running keeps a finished pod
@@ -120,10 +126,7 @@ async def test_a_backlog_of_finished_jobs_is_cleaned_up_a_batch_a_pass_not_a_bat
     monkeypatch.setattr(module, "CLEAN_UP_BATCH", 2)
     await make_tenant(api)
     runtime = SimulatedRuntime()
-    clock = Clock()
-    reconciler = Reconciler(
-        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
-    )
+    reconciler, clock = leader(engine, runtime)
     ids = await finished(api, engine, nodes, reconciler, [f"j{i}" for i in range(5)])
     clock.offset += TTL + 1
 
@@ -145,10 +148,7 @@ async def test_kept_pods_of_a_deleted_tenants_jobs_go_once_the_sweep_looks_again
 ) -> None:
     await make_tenant(api)
     runtime = SimulatedRuntime()
-    clock = Clock()
-    reconciler = Reconciler(
-        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
-    )
+    reconciler, clock = leader(engine, runtime)
     [done] = await finished(api, engine, nodes, reconciler, ["done"])
     await reconciler.reconcile()
     # The tenant goes with its finished jobs: no TTL clean-up will ever find them.
@@ -198,10 +198,7 @@ async def test_a_slow_removal_holds_up_no_pass_is_not_started_twice_and_is_recor
     monkeypatch.setattr(module, "SWEEP_WAIT_SECONDS", 0.05)
     await make_tenant(api)
     runtime = SlowRemovals()
-    clock = Clock()
-    reconciler = Reconciler(
-        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
-    )
+    reconciler, clock = leader(engine, runtime)
     [done] = await finished(api, engine, nodes, reconciler, ["done"])
     clock.offset += TTL + 1
 
@@ -228,10 +225,7 @@ async def test_a_batch_with_a_failed_removal_waits_its_minute_before_the_next(
     await make_tenant(api)
     runtime = SlowRemovals()
     runtime.release.set()
-    clock = Clock()
-    reconciler = Reconciler(
-        engine, runtime, is_leader=lambda: True, clock=clock, ttl_after_finished=TTL
-    )
+    reconciler, clock = leader(engine, runtime)
     failing, going = await finished(api, engine, nodes, reconciler, ["a", "b"])
     runtime.failing.add(failing)
     clock.offset += TTL + 1
