@@ -15,7 +15,9 @@ rested in ``wait_for(self.wake.wait(), interval)`` and a SIGTERM met a wake-up).
 Invariants: ``woken`` returns whether ``event`` was set before ``seconds`` passed and always
 yields to the event loop at least once; ``within`` returns what it awaited or raises
 ``TimeoutError`` past ``seconds``; a cancellation of the waiting task always raises
-``CancelledError`` out of either. Nothing in ``gateway`` calls ``asyncio.wait_for``.
+``CancelledError`` out of either (on Python 3.11.3 and later, whose ``asyncio.timeout`` also
+holds inside a task already being cancelled: gh-102780). Nothing in ``gateway`` calls
+``asyncio.wait_for``.
 """
 
 from __future__ import annotations
