@@ -144,7 +144,8 @@ _DUE = text(
     """
 )
 _CLEANED_UP = text(
-    "UPDATE jobs SET cleaned_up_at = now() WHERE id = CAST(:id AS uuid) AND cleaned_up_at IS NULL"
+    "UPDATE jobs SET cleaned_up_at = now() "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) AND cleaned_up_at IS NULL"
 )
 
 
@@ -158,6 +159,7 @@ async def due_for_clean_up(
         return [(row.id, row.name, row.namespace) for row in rows]
 
 
-async def mark_cleaned_up(engine: AsyncEngine, job_id: str) -> None:
+async def mark_cleaned_up(engine: AsyncEngine, job_ids: Sequence[str]) -> None:
+    """Record that the jobs' objects are gone (one statement for them all)."""
     async with engine.begin() as conn:
-        await conn.execute(_CLEANED_UP, {"id": job_id})
+        await conn.execute(_CLEANED_UP, {"ids": list(job_ids)})

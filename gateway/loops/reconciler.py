@@ -287,12 +287,13 @@ class Reconciler:
         """Remove what finished jobs left on the cluster once their TTL passed, oldest first,
         at most ``CLEAN_UP_BATCH`` jobs a call: a round every ``CLEAN_UP_EVERY`` seconds (or
         when ``force``), and at the next pass after a full batch that all went (a backlog is
-        worked off a batch a pass). The ids of the jobs cleaned up within the call.
+        worked off a batch a pass). The ids of the jobs cleaned up, recorded in one statement.
 
         Removals run beside the pass, which waits ``SWEEP_WAIT_SECONDS`` at most for them (a
         kept replica still running gets its grace period, which a tenant may set long); one
-        still going is not started again, and marks its job cleaned up when it ends. A job
-        whose removal fails is tried again at the next round."""
+        still going is not started again, and its job, not recorded, is due at the next round,
+        whose removal (idempotent) finds it gone. A job whose removal fails is tried again at
+        the next round."""
         now = self.clock()
         if not force and self._cleaned_at is not None and now - self._cleaned_at < CLEAN_UP_EVERY:
             return []
@@ -308,16 +309,17 @@ class Reconciler:
         if not started:
             return []
         ended, _ = await asyncio.wait(started, timeout=SWEEP_WAIT_SECONDS)
-        done = [started[task] for task in ended if task.result()]
+        done = sorted(started[task] for task in ended if task.result())
+        if done:
+            await store.mark_cleaned_up(self.engine, done)
         if len(due) == CLEAN_UP_BATCH and len(done) == len(started):
             self._cleaned_at = None  # more may be due: the next pass goes on
         return done
 
     async def _remove(self, job_id: str, name: str, namespace: str) -> bool:
-        """Remove one finished job's objects and record it; False (logged) if that failed."""
+        """Remove one finished job's objects; False (logged) if that failed."""
         try:
             await self.runtime.remove(job_id, name, namespace)
-            await store.mark_cleaned_up(self.engine, job_id)
         except Exception as failed:
             log.warning("cleaning up job %s failed (tried again later): %s", job_id, failed)
             return False
