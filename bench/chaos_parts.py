@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from gateway.db.embedded import PORT, EmbeddedPostgres
 from gateway.db.engine import make_engine
 from gateway.db.migrate import upgrade
-from tests.acceptance.gateway_process import GatewayProcess, bearer
+from tests.acceptance.gateway_process import GatewayProcess, call
 
 T = TypeVar("T")
 HTTP_TIMEOUT = 30.0
@@ -51,7 +50,6 @@ QUOTA_CPUS = 6  # two tenants of 6 CPUs on 16: each quota binds, and both togeth
 TENANTS = ("alpha", "beta")
 SWEEP_SLACK = 0.05  # seconds an over-commit by commit timestamps may last (see _sweep)
 _storms = itertools.count()
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # The background loop: receivers, proxies and audits run here, the storm's threads beside it. ---
@@ -74,31 +72,6 @@ class Loop:
 
 
 # HTTP, as a client with a platform admin's token. --------------------------------------------
-
-
-def call(
-    method: str, url: str, body: Any = None, timeout: float = HTTP_TIMEOUT
-) -> tuple[int, Any, dict[str, str]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with _http.open(request, timeout=timeout) as response:
-            raw = response.read()
-            try:
-                answer = json.loads(raw or b"null")
-            except ValueError:
-                answer = raw.decode(errors="replace")
-            return response.status, answer, dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            raw = exc.read()
-            try:
-                answer = json.loads(raw or b"null")
-            except ValueError:
-                answer = raw.decode(errors="replace")
-            return exc.code, answer, dict(exc.headers)
 
 
 def error_kind(exc: BaseException) -> str:

@@ -20,9 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from gateway.auth.keys import local_key_set
 from gateway.auth.tokens import mint
@@ -65,6 +67,34 @@ def admin_token() -> str:
 def bearer() -> dict[str, str]:
     """The Authorization header of ``admin_token``."""
     return {"Authorization": f"Bearer {admin_token()}"}
+
+
+# Requests go straight to 127.0.0.1, whatever proxy the environment names.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(
+    method: str, url: str, body: Any = None, timeout: float = 30.0
+) -> tuple[int, Any, dict[str, str]]:
+    """One request as a platform admin: the status, the decoded answer (the text when it is not
+    JSON) and the headers; an HTTP error status is an answer, not an exception."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _http.open(request, timeout=timeout) as response:
+            return response.status, _decoded(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, _decoded(exc.read()), dict(exc.headers)
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 class GatewayProcess:

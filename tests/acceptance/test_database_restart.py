@@ -11,19 +11,15 @@ jobs run and succeed in a moment.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.db.embedded import EmbeddedPostgres
-from tests.acceptance.gateway_process import GatewayProcess, bearer, clean_env
+from tests.acceptance.gateway_process import GatewayProcess, call, clean_env
 
 pytestmark = pytest.mark.slow
 
@@ -40,25 +36,6 @@ TENANT = {
 OUTAGE_SECONDS = 3.0
 SUBMITTERS = 3
 HTTP_TIMEOUT = 30.0
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def call(method: str, url: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=bearer())
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with _http.open(request, timeout=HTTP_TIMEOUT) as response:
-            return response.status, json.loads(response.read() or b"null"), dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            raw = exc.read()
-            try:
-                answer = json.loads(raw or b"null")
-            except ValueError:
-                answer = raw.decode(errors="replace")
-            return exc.code, answer, dict(exc.headers)
 
 
 class Storm:
